@@ -1,0 +1,156 @@
+// The validated, immutable configuration tandem runs on. conf/ builds it from
+// TOML; everything else only reads it through std::shared_ptr<const Config>.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "algorithms/picker.h"
+
+namespace tandem::conf {
+
+using Duration = std::chrono::milliseconds;
+
+// A numeric socket address with the text it was written as ("127.0.0.1:9001",
+// "[::1]:80"). Host names are resolved once, when the file is loaded.
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  // Normalized "host:port" as shown in logs and /status: IP literals in their
+  // canonical form ("[::1]:80"), host names lower-cased ("localhost:9001").
+  std::string text;
+  // The host part as written, without brackets: a host name or an IP literal.
+  // Upstream TLS sends it as SNI by default.
+  std::string host;
+
+  const sockaddr* sa() const {
+    return reinterpret_cast<const sockaddr*>(&storage);
+  }
+  // 127.0.0.0/8, ::1 and IPv4-mapped 127.0.0.0/8.
+  bool IsLoopback() const;
+  // 0.0.0.0 or ::, i.e. every local address.
+  bool IsWildcard() const;
+  // Host byte order; 0 for an empty address.
+  uint16_t port() const;
+};
+
+enum class AccessLogFormat { kText, kJson };
+
+struct Global {
+  uint32_t threads = 0;  // 0 = one per core
+  Duration grace_period = std::chrono::seconds(10);
+  Duration drain_delay = Duration::zero();
+  std::string access_log = "stdout";  // "stdout", "off" or a path
+  AccessLogFormat access_log_format = AccessLogFormat::kText;
+};
+
+struct Admin {
+  SocketAddress listen;
+  std::string token;  // empty: mutating calls are refused
+};
+
+struct Certificate {
+  std::string cert_file;
+  std::string key_file;
+};
+
+struct Listener {
+  std::string name;
+  SocketAddress listen;
+  std::string cluster;
+  size_t cluster_index = 0;  // into Config::clusters
+  Duration client_header_timeout = std::chrono::seconds(10);
+  Duration idle_timeout = std::chrono::seconds(60);
+  uint64_t max_header_size_bytes = 64 * 1024;
+  uint64_t max_body_size_bytes = 0;  // 0 = no limit
+  // TLS: empty = plain HTTP. The first certificate is the default when no
+  // SNI name matches.
+  std::vector<Certificate> certificates;
+  bool tls() const { return !certificates.empty(); }
+};
+
+enum class Policy { kAllActive, kPrimaryBackup };
+enum class Role { kPrimary, kBackup };
+enum class Standby { kHot, kWarm, kCold };
+
+struct HashKey {
+  enum class Kind { kNone, kHeader, kCookie, kSourceIp, kPath };
+  Kind kind = Kind::kNone;
+  std::string name;  // header or cookie name
+};
+
+struct HealthCheck {
+  enum class Kind { kNone, kTcp, kHttp };
+  Kind kind = Kind::kNone;
+  std::string path = "/healthz";
+  Duration interval = std::chrono::seconds(2);
+  Duration timeout = std::chrono::seconds(1);
+  uint32_t rise = 2;
+  uint32_t fall = 3;
+  uint32_t expect_status_min = 200;  // inclusive
+  uint32_t expect_status_max = 399;  // inclusive
+};
+
+struct Outlier {
+  uint32_t consecutive_failures = 5;
+  Duration ejection_time = std::chrono::seconds(30);
+  uint32_t max_ejection_percent = 50;
+};
+
+struct UpstreamTls {
+  bool enabled = false;
+  std::string ca_file;      // empty: the system store
+  std::string sni;          // empty: the backend address's host
+  std::string verify_name;  // empty: the sni value
+  bool verify = true;
+};
+
+struct Backend {
+  SocketAddress address;
+  uint32_t weight = 1;
+  Role role = Role::kPrimary;
+  Standby standby = Standby::kHot;  // meaningful for backups only
+  std::string activate;             // cold standby: shell command
+  std::string deactivate;
+};
+
+struct Cluster {
+  std::string name;
+  Policy policy = Policy::kAllActive;
+  algorithms::PickerOptions picker;
+  HashKey hash_key;
+  uint32_t min_active = 1;
+  uint32_t retries = 2;
+  Duration connect_timeout = std::chrono::seconds(1);
+  Duration try_timeout =
+      std::chrono::seconds(30);  // defaults to request_timeout
+  Duration request_timeout = std::chrono::seconds(30);
+  Duration idle_timeout = std::chrono::seconds(60);
+  uint32_t max_idle_connections = 64;  // per backend, per thread
+  double panic_threshold = 0.0;        // 0 = off
+  Duration slow_start = Duration::zero();
+  HealthCheck health;
+  std::optional<Outlier> outlier;
+  UpstreamTls tls;
+  std::vector<Backend> backends;
+};
+
+struct Config {
+  std::string path;  // the file it was read from, or a name for embedded text
+  Global global;
+  std::optional<Admin> admin;
+  std::vector<Listener> listeners;
+  std::vector<Cluster> clusters;
+
+  // nullptr when there is no cluster by that name.
+  const Cluster* FindCluster(std::string_view name) const;
+};
+
+}  // namespace tandem::conf

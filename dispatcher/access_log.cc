@@ -1,0 +1,166 @@
+// The access log; see access_log.h.
+#include "dispatcher/access_log.h"
+
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+
+namespace tandem::dispatcher {
+namespace {
+
+constexpr size_t kFlushBytes = 32 * 1024;
+constexpr timeval kFlushInterval = {0, 200 * 1000};
+
+void AppendNumber(uint64_t value, std::string* out) {
+  char buffer[24];
+  auto [end, ec] = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  out->append(buffer, end);
+}
+
+// Escapes what a client controls (target, method) so a line stays one line
+// and JSON stays valid.
+void AppendEscaped(std::string_view value, bool json, std::string* out) {
+  for (char c : value) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out->push_back('\\');
+      out->push_back(c);
+    } else if (u < 0x20 || u == 0x7f || (json && u >= 0x80)) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), json ? "\\u%04x" : "\\x%02x", u);
+      out->append(hex);
+    } else {
+      out->push_back(c);
+    }
+  }
+}
+
+}  // namespace
+
+AccessLog::AccessLog(event_base* base, int fd, conf::AccessLogFormat format)
+    : fd_(fd), format_(format) {
+  if (fd_ >= 0) {
+    timer_.reset(evtimer_new(base, FlushCb, this));
+    buffer_.reserve(kFlushBytes + 1024);
+  }
+}
+
+AccessLog::~AccessLog() { Flush(); }
+
+void AccessLog::FlushCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<AccessLog*>(arg);
+  self->timer_armed_ = false;
+  self->Flush();
+}
+
+void AccessLog::Flush() {
+  if (fd_ < 0 || buffer_.empty()) return;
+  const char* data = buffer_.data();
+  size_t left = buffer_.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd_, data, left);
+    if (n <= 0) break;  // a full disk must not stop the proxy
+    data += n;
+    left -= static_cast<size_t>(n);
+  }
+  buffer_.clear();
+}
+
+void AccessLog::AppendTime() {
+  timeval tv;
+  gettimeofday(&tv, nullptr);
+  if (tv.tv_sec != cached_second_) {
+    cached_second_ = tv.tv_sec;
+    tm parts;
+    gmtime_r(&tv.tv_sec, &parts);
+    std::snprintf(cached_time_, sizeof(cached_time_), "%04d-%02d-%02dT%02d:%02d:%02d",
+                  parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour,
+                  parts.tm_min, parts.tm_sec);
+  }
+  char millis[8];
+  std::snprintf(millis, sizeof(millis), ".%03dZ", static_cast<int>(tv.tv_usec / 1000));
+  buffer_.append(cached_time_);
+  buffer_.append(millis);
+}
+
+void AccessLog::Write(const AccessLogEntry& e) {
+  if (fd_ < 0) return;
+  char duration[32];
+  std::snprintf(duration, sizeof(duration), "%.6f",
+                static_cast<double>(e.duration_micros) / 1e6);
+  if (format_ == conf::AccessLogFormat::kJson) {
+    buffer_.append("{\"time\":\"");
+    AppendTime();
+    buffer_.append("\",\"client\":\"");
+    buffer_.append(e.client);
+    buffer_.append("\",\"method\":\"");
+    AppendEscaped(e.method, true, &buffer_);
+    buffer_.append("\",\"target\":\"");
+    AppendEscaped(e.target, true, &buffer_);
+    buffer_.append("\",\"protocol\":\"HTTP/1.");
+    AppendNumber(static_cast<uint64_t>(e.http_minor), &buffer_);
+    buffer_.append("\",\"status\":");
+    AppendNumber(static_cast<uint64_t>(e.status), &buffer_);
+    buffer_.append(",\"bytes_sent\":");
+    AppendNumber(e.bytes_sent, &buffer_);
+    buffer_.append(",\"bytes_received\":");
+    AppendNumber(e.bytes_received, &buffer_);
+    buffer_.append(",\"duration\":");
+    buffer_.append(duration);
+    buffer_.append(",\"listener\":\"");
+    buffer_.append(e.listener);
+    buffer_.append("\",\"cluster\":\"");
+    buffer_.append(e.cluster);
+    buffer_.append("\",\"backend\":");
+    if (e.backend.empty()) {
+      buffer_.append("null");
+    } else {
+      buffer_.push_back('"');
+      buffer_.append(e.backend);
+      buffer_.push_back('"');
+    }
+    buffer_.append(",\"tries\":");
+    AppendNumber(e.tries, &buffer_);
+    buffer_.append(",\"flags\":\"");
+    buffer_.append(e.flags.empty() ? "-" : e.flags);
+    buffer_.append("\"}\n");
+  } else {
+    AppendTime();
+    buffer_.push_back(' ');
+    buffer_.append(e.client);
+    buffer_.append(" \"");
+    AppendEscaped(e.method, false, &buffer_);
+    buffer_.push_back(' ');
+    AppendEscaped(e.target, false, &buffer_);
+    buffer_.append(" HTTP/1.");
+    AppendNumber(static_cast<uint64_t>(e.http_minor), &buffer_);
+    buffer_.append("\" ");
+    AppendNumber(static_cast<uint64_t>(e.status), &buffer_);
+    buffer_.push_back(' ');
+    AppendNumber(e.bytes_sent, &buffer_);
+    buffer_.push_back(' ');
+    buffer_.append(duration);
+    buffer_.push_back(' ');
+    buffer_.append(e.listener);
+    buffer_.push_back(' ');
+    buffer_.append(e.cluster);
+    buffer_.push_back(' ');
+    buffer_.append(e.backend.empty() ? "-" : e.backend);
+    buffer_.append(" tries=");
+    AppendNumber(e.tries, &buffer_);
+    buffer_.append(" flags=");
+    buffer_.append(e.flags.empty() ? "-" : e.flags);
+    buffer_.push_back('\n');
+  }
+  if (buffer_.size() >= kFlushBytes) {
+    Flush();
+  } else if (!timer_armed_) {
+    timer_armed_ = true;
+    evtimer_add(timer_.get(), &kFlushInterval);
+  }
+}
+
+}  // namespace tandem::dispatcher

@@ -1,0 +1,56 @@
+// The access log: one line per request, buffered per loop thread and written
+// with one write(2) per batch (nginx's "access_log ... buffer="), so lines
+// from different threads never interleave.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "conf/config.h"
+#include "dispatcher/event_ptr.h"
+
+namespace tandem::dispatcher {
+
+struct AccessLogEntry {
+  std::string_view client;  // "ip:port"
+  std::string_view method;
+  std::string_view target;
+  int http_minor = 1;
+  int status = 0;           // 0: no response was sent
+  uint64_t bytes_sent = 0;  // response body bytes to the client
+  uint64_t bytes_received = 0;  // request body bytes from the client
+  uint64_t duration_micros = 0;
+  std::string_view listener;
+  std::string_view cluster;
+  std::string_view backend;  // empty: none
+  uint32_t tries = 0;
+  std::string_view flags;  // short failure codes, empty when none
+};
+
+class AccessLog {
+ public:
+  // `fd` < 0 turns the log off. The fd is not owned.
+  AccessLog(event_base* base, int fd, conf::AccessLogFormat format);
+  ~AccessLog();
+  AccessLog(const AccessLog&) = delete;
+  AccessLog& operator=(const AccessLog&) = delete;
+
+  bool enabled() const { return fd_ >= 0; }
+  void Write(const AccessLogEntry& entry);
+  void Flush();
+
+ private:
+  static void FlushCb(evutil_socket_t, short, void* arg);
+  void AppendTime();
+
+  int fd_;
+  conf::AccessLogFormat format_;
+  std::string buffer_;
+  EventPtr timer_;
+  bool timer_armed_ = false;
+  long long cached_second_ = -1;
+  char cached_time_[64] = {};  // "2026-11-26T10:00:00"
+};
+
+}  // namespace tandem::dispatcher

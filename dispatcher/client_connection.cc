@@ -1,0 +1,974 @@
+// The HTTP/1.1 proxy state machine for one client connection; see
+// client_connection.h.
+#include "dispatcher/client_connection.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "dispatcher/http_message.h"
+
+namespace tandem::dispatcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Back-pressure marks (bytes queued for the peer): stop reading the other
+// side above the high mark, resume once drained to the low mark.
+constexpr size_t kOutputHighWater = 256 * 1024;
+constexpr size_t kOutputLowWater = 64 * 1024;
+// Client input read ahead while the current request is being served
+// (pipelined requests wait here).
+constexpr size_t kClientReadHighWater = 64 * 1024;
+constexpr size_t kMaxSingleRead = 64 * 1024;
+// How long a closing connection waits for the client to read the last
+// response and close its side (lingering close, as nginx's lingering_time).
+constexpr auto kLingerTime = std::chrono::seconds(2);
+
+constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+timeval ToTimeval(Clock::duration d) {
+  if (d < Clock::duration::zero()) d = Clock::duration::zero();
+  auto micros = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+  timeval tv;
+  tv.tv_sec = static_cast<time_t>(micros / 1000000);
+  tv.tv_usec = static_cast<suseconds_t>(micros % 1000000);
+  return tv;
+}
+
+// Defers `delete` until the outermost callback on the connection returns, so
+// no member function runs on a freed object.
+class DepthGuard {
+ public:
+  explicit DepthGuard(int* depth) : depth_(depth) { ++*depth_; }
+  ~DepthGuard() { --*depth_; }
+
+ private:
+  int* depth_;
+};
+
+std::string FormatAddress(const sockaddr* address, size_t* ip_length) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (address->sa_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(address);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    port = ntohs(in->sin_port);
+  } else if (address->sa_family == AF_INET6) {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(address);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+    port = ntohs(in6->sin6_port);
+  }
+  std::string text = host;
+  *ip_length = text.size();
+  text.push_back(':');
+  text.append(std::to_string(port));
+  return text;
+}
+
+}  // namespace
+
+void ClientConnection::Accept(Loop& loop, Generation& generation, ListenerRuntime& listener,
+                              evutil_socket_t fd, const sockaddr* address, int length) {
+  BufferEventPtr bev(bufferevent_socket_new(loop.base(), fd, BEV_OPT_CLOSE_ON_FREE));
+  if (!bev) {
+    evutil_closesocket(fd);
+    return;
+  }
+  int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  new ClientConnection(loop, generation, listener, std::move(bev), address, length);
+}
+
+ClientConnection::ClientConnection(Loop& loop, Generation& generation,
+                                   ListenerRuntime& listener, BufferEventPtr bev,
+                                   const sockaddr* address, int /*length*/)
+    : loop_(loop),
+      generation_(&generation),
+      listener_(&listener),
+      bev_(std::move(bev)),
+      request_(HttpParser::Type::kRequest, this),
+      response_(HttpParser::Type::kResponse, this) {
+  loop_.Attach(this, generation_);
+  listener_->stats->connections_accepted.Add();
+  listener_->stats->connections_open.Add(1);
+  client_address_ = FormatAddress(address, &client_ip_length_);
+  request_.set_max_head_bytes(listener_->config->max_header_size_bytes);
+  request_.set_max_body_bytes(listener_->config->max_body_size_bytes);
+  evtimer_assign(&timer_, loop_.base(), TimerCb, this);
+  bufferevent* bev_raw = bev_.get();
+  bufferevent_setcb(bev_raw, ReadCb, WriteCb, EventCb, this);
+  bufferevent_setwatermark(bev_raw, EV_READ, 0, kClientReadHighWater);
+  bufferevent_setwatermark(bev_raw, EV_WRITE, kOutputLowWater, 0);
+  bufferevent_set_max_single_read(bev_raw, kMaxSingleRead);
+  Touch();
+  if (bufferevent_enable(bev_raw, EV_READ | EV_WRITE) != 0) {
+    Destroy();
+    return;
+  }
+  ArmTimer(listener_->config->client_header_timeout);
+}
+
+ClientConnection::~ClientConnection() {
+  event_del(&timer_);
+  EndAttempt(false);
+  listener_->stats->connections_open.Add(-1);
+  loop_.Detach(this, generation_);
+}
+
+void ClientConnection::Destroy() {
+  if (callback_depth_ > 0) {
+    destroy_pending_ = true;
+    // Stop every event now; the object goes when the callback unwinds.
+    bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
+    event_del(&timer_);
+    return;
+  }
+  delete this;
+}
+
+// ---- libevent entry points --------------------------------------------------
+
+void ClientConnection::ReadCb(bufferevent*, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  {
+    DepthGuard guard(&self->callback_depth_);
+    if (!self->destroy_pending_) self->OnClientRead();
+  }
+  if (self->destroy_pending_ && self->callback_depth_ == 0) delete self;
+}
+
+void ClientConnection::WriteCb(bufferevent*, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  {
+    DepthGuard guard(&self->callback_depth_);
+    if (self->destroy_pending_) {
+      // nothing
+    } else if (self->state_ == State::kClosing) {
+      if (evbuffer_get_length(bufferevent_get_output(self->bev_.get())) == 0) {
+        self->FinishClose();
+      }
+    } else if (self->state_ == State::kTunnel) {
+      self->Touch();
+      if (self->upstream_ != nullptr) bufferevent_enable(self->upstream_->bev(), EV_READ);
+    } else if (self->response_blocked_ && self->upstream_ != nullptr) {
+      self->Touch();
+      self->response_blocked_ = false;
+      bufferevent_enable(self->upstream_->bev(), EV_READ);
+      self->ParseResponse();
+    }
+  }
+  if (self->destroy_pending_ && self->callback_depth_ == 0) delete self;
+}
+
+void ClientConnection::EventCb(bufferevent*, short events, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  {
+    DepthGuard guard(&self->callback_depth_);
+    if (self->destroy_pending_) {
+      // nothing
+    } else if (events & BEV_EVENT_ERROR) {
+      self->AbortExchange(kFlagClientReset);
+    } else if (events & BEV_EVENT_EOF) {
+      switch (self->state_) {
+        case State::kIdle:
+          if (self->request_.message_started()) self->flags_ |= kFlagClientReset;
+          self->Destroy();
+          break;
+        case State::kConnecting:
+        case State::kProxying:
+          if (self->request_complete_) {
+            // A half-closed client still gets its response.
+            self->client_eof_ = true;
+          } else {
+            self->AbortExchange(kFlagClientReset);
+          }
+          break;
+        case State::kTunnel:
+        case State::kClosing:
+          self->Destroy();
+          break;
+      }
+    }
+  }
+  if (self->destroy_pending_ && self->callback_depth_ == 0) delete self;
+}
+
+void ClientConnection::TimerCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  {
+    DepthGuard guard(&self->callback_depth_);
+    if (!self->destroy_pending_) self->OnTimer();
+  }
+  if (self->destroy_pending_ && self->callback_depth_ == 0) delete self;
+}
+
+// The upstream callbacks arrive through UpstreamConnection's trampolines; the
+// guard keeps `this` alive until they return.
+void ClientConnection::OnUpstreamConnected(UpstreamConnection&) {
+  {
+    DepthGuard guard(&callback_depth_);
+    if (!destroy_pending_ && state_ == State::kConnecting) {
+      state_ = State::kProxying;
+      SendRequestHead();
+    }
+  }
+  if (destroy_pending_ && callback_depth_ == 0) delete this;
+}
+
+void ClientConnection::OnUpstreamRead(UpstreamConnection&) {
+  {
+    DepthGuard guard(&callback_depth_);
+    if (destroy_pending_) {
+      // nothing
+    } else if (state_ == State::kTunnel) {
+      Touch();
+      PumpTunnel(upstream_->input(), bufferevent_get_output(bev_.get()), upstream_->bev(),
+                 bev_.get());
+    } else {
+      Touch();
+      ParseResponse();
+    }
+  }
+  if (destroy_pending_ && callback_depth_ == 0) delete this;
+}
+
+void ClientConnection::OnUpstreamDrained(UpstreamConnection&) {
+  {
+    DepthGuard guard(&callback_depth_);
+    if (destroy_pending_) {
+      // nothing
+    } else if (state_ == State::kTunnel) {
+      Touch();
+      bufferevent_enable(bev_.get(), EV_READ);
+    } else if (request_blocked_) {
+      Touch();
+      request_blocked_ = false;
+      bufferevent_enable(bev_.get(), EV_READ);
+      ParseRequest();
+    }
+  }
+  if (destroy_pending_ && callback_depth_ == 0) delete this;
+}
+
+void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short events) {
+  {
+    DepthGuard guard(&callback_depth_);
+    if (destroy_pending_) {
+      // nothing
+    } else if (&connection != upstream_) {
+      // An event of a connection this exchange no longer uses.
+    } else if (state_ == State::kConnecting) {
+      FailAttempt(kFlagConnectFailure, 502, "connection to backend failed", true);
+    } else if (state_ == State::kTunnel) {
+      // The backend ended the tunnel: deliver what it sent, then close.
+      evbuffer_add_buffer(bufferevent_get_output(bev_.get()), upstream_->input());
+      EndAttempt(false);
+      LogExchange();
+      CloseAfterFlush();
+    } else if (state_ == State::kProxying && &connection == upstream_) {
+      upstream_eof_ = true;
+      if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_) ParseResponse();
+      if (destroy_pending_ || &connection != upstream_) {
+        // ParseResponse finished or failed the exchange.
+      } else if (response_started_) {
+        if ((events & BEV_EVENT_EOF) && !response_blocked_ && response_.FinishAtEof()) {
+          // A close-delimited body ended: complete, but not reusable.
+          OnResponseComplete();
+        } else if (!response_blocked_) {
+          AbortExchange(kFlagUpstreamReset);
+        }
+      } else {
+        // No response yet. A pooled connection the backend closed while idle
+        // races with our request; when nothing of it can have been processed
+        // another connection may try again.
+        bool retryable = !response_bytes_seen_ && upstream_->reused() &&
+                         request_.body_bytes() == 0 && IsIdempotent(request_);
+        FailAttempt(kFlagUpstreamReset, 502,
+                    (events & BEV_EVENT_ERROR) ? "connection to backend reset"
+                                               : "backend closed the connection",
+                    retryable);
+      }
+    }
+  }
+  if (destroy_pending_ && callback_depth_ == 0) delete this;
+}
+
+// ---- the request side -------------------------------------------------------
+
+void ClientConnection::OnClientRead() {
+  switch (state_) {
+    case State::kIdle:
+      ParseRequest();
+      break;
+    case State::kConnecting:
+      break;  // the body waits until a backend connection is ready
+    case State::kProxying:
+      Touch();
+      if (!request_complete_ && !paused_at_head_ && !request_blocked_) ParseRequest();
+      break;
+    case State::kTunnel:
+      Touch();
+      if (upstream_ != nullptr) {
+        PumpTunnel(bufferevent_get_input(bev_.get()), upstream_->output(), bev_.get(),
+                   upstream_->bev());
+      }
+      break;
+    case State::kClosing: {
+      evbuffer* input = bufferevent_get_input(bev_.get());
+      evbuffer_drain(input, evbuffer_get_length(input));
+      break;
+    }
+  }
+}
+
+void ClientConnection::ParseRequest() {
+  evbuffer* input = bufferevent_get_input(bev_.get());
+  HttpParser::Result result = HttpParser::Result::kNeedMore;
+  while (evbuffer_get_length(input) > 0) {
+    evbuffer_iovec vec[8];
+    int n = evbuffer_peek(input, -1, nullptr, vec, 8);
+    size_t used_total = 0;
+    for (int i = 0; i < std::min(n, 8); ++i) {
+      size_t used = 0;
+      result = request_.Execute(static_cast<const char*>(vec[i].iov_base), vec[i].iov_len,
+                                &used);
+      used_total += used;
+      if (result != HttpParser::Result::kNeedMore) break;
+    }
+    evbuffer_drain(input, used_total);
+    listener_->stats->bytes_received.Add(used_total);
+    if (result != HttpParser::Result::kNeedMore) break;
+  }
+
+  switch (result) {
+    case HttpParser::Result::kNeedMore:
+      if (state_ == State::kIdle && request_.message_started() && !header_timer_armed_) {
+        // The head has begun: from now on it must be complete in time.
+        header_timer_armed_ = true;
+        if (!first_request_) ArmTimer(listener_->config->client_header_timeout);
+      }
+      break;
+    case HttpParser::Result::kPausedHead:
+      head_pending_ = false;
+      paused_at_head_ = true;
+      OnRequestHead();
+      return;
+    case HttpParser::Result::kUpgrade:
+      request_upgrade_paused_ = true;
+      [[fallthrough]];
+    case HttpParser::Result::kComplete:
+      request_complete_ = true;
+      request_done_ = Clock::now();
+      if (head_pending_) {
+        head_pending_ = false;
+        OnRequestHead();
+        return;
+      }
+      if (response_complete_) {
+        FinishExchange();
+        return;
+      }
+      if (!response_started_ && state_ == State::kProxying) {
+        // The whole request is out: the backend's time to answer starts.
+        auto deadline = std::min(
+            request_done_ + cluster().config->request_timeout,
+            std::max(attempt_start_, request_done_) + cluster().config->try_timeout);
+        ArmTimer(deadline - Clock::now());
+      }
+      return;
+    case HttpParser::Result::kError:
+      if (state_ == State::kIdle) {
+        Respond(request_.error_status(), std::string(request_.error_reason()).c_str(), true);
+      } else {
+        // The body broke the rules after part of it went to the backend.
+        EndAttempt(false);
+        if (response_started_) {
+          Destroy();
+        } else {
+          Respond(request_.error_status(), std::string(request_.error_reason()).c_str(),
+                  true);
+        }
+      }
+      return;
+  }
+  if (upstream_ != nullptr && state_ == State::kProxying && OutputFull(upstream_->output())) {
+    request_blocked_ = true;
+    bufferevent_disable(bev_.get(), EV_READ);
+  }
+}
+
+HttpParser::HeadAction ClientConnection::OnHeadComplete(HttpParser& parser) {
+  if (&parser == &request_) {
+    head_pending_ = true;
+    // A request without a body completes at once (an upgrade stops itself);
+    // one with a body waits until a backend can take it.
+    return request_.framing() == Framing::kNone ? HttpParser::HeadAction::kContinue
+                                                : HttpParser::HeadAction::kPause;
+  }
+  OnResponseHead(parser);
+  return head_request_ ? HttpParser::HeadAction::kSkipBody
+                       : HttpParser::HeadAction::kContinue;
+}
+
+void ClientConnection::OnBody(HttpParser& parser, const char* data, size_t length) {
+  if (&parser == &request_) {
+    if (upstream_ == nullptr) return;
+    evbuffer* out = upstream_->output();
+    if (request_.framing() == Framing::kChunked) {
+      std::string& header = loop_.scratch();
+      AppendChunkHeader(length, &header);
+      evbuffer_add(out, header.data(), header.size());
+      evbuffer_add(out, data, length);
+      evbuffer_add(out, "\r\n", 2);
+    } else {
+      evbuffer_add(out, data, length);
+    }
+    return;
+  }
+  response_body_bytes_ += length;
+  evbuffer* out = bufferevent_get_output(bev_.get());
+  switch (response_framing_) {
+    case Framing::kChunked: {
+      std::string& header = loop_.scratch();
+      AppendChunkHeader(length, &header);
+      evbuffer_add(out, header.data(), header.size());
+      evbuffer_add(out, data, length);
+      evbuffer_add(out, "\r\n", 2);
+      break;
+    }
+    case Framing::kContentLength:
+    case Framing::kUntilClose:
+      evbuffer_add(out, data, length);
+      break;
+    case Framing::kNone:
+      break;
+  }
+}
+
+void ClientConnection::OnMessageComplete(HttpParser& parser) {
+  if (&parser == &request_) {
+    if (upstream_ != nullptr && request_.framing() == Framing::kChunked) {
+      std::string& tail = loop_.scratch();
+      AppendLastChunk(request_.trailers(), &tail);
+      evbuffer_add(upstream_->output(), tail.data(), tail.size());
+    }
+    return;
+  }
+  int status = response_.status_code();
+  if (status >= 100 && status < 200 && status != 101) return;  // interim
+  if (response_framing_ == Framing::kChunked) {
+    std::string& tail = loop_.scratch();
+    AppendLastChunk(response_.trailers(), &tail);
+    evbuffer_add(bufferevent_get_output(bev_.get()), tail.data(), tail.size());
+  }
+  response_complete_ = true;
+}
+
+void ClientConnection::OnRequestHead() {
+  request_start_ = Clock::now();
+  client_keep_alive_ = request_.keep_alive();
+  head_request_ = request_.method() == HTTP_HEAD;
+  event_del(&timer_);
+  if (HasUnsupportedExpectation(request_)) {
+    Respond(417, "only 100-continue is supported", true);
+    return;
+  }
+  expect_continue_ = ExpectsContinue(request_);
+  upgrade_ = WantsUpgrade(request_);
+  if (close_when_idle_ || loop_.shutting_down()) client_keep_alive_ = false;
+  StartAttempt();
+}
+
+void ClientConnection::StartAttempt() {
+  ClusterRuntime& runtime = cluster();
+  algorithms::PickInput input;
+  input.inflight = runtime.inflight;
+  input.tried = &tried_;
+  std::optional<size_t> pick = runtime.picker->Pick(input);
+  if (!pick) {
+    flags_ |= kFlagNoBackend;
+    runtime.stats->no_backend.Add();
+    Respond(503, tries_ == 0 ? "no eligible backend" : "no eligible backend left to try",
+            !request_complete_);
+    return;
+  }
+  backend_ = *pick;
+  has_backend_ = true;
+  BackendRuntime& backend = runtime.backends[backend_];
+  last_backend_ = backend.config;
+  if (++tries_ > 1) {
+    flags_ |= kFlagRetried;
+    runtime.stats->retries.Add();
+  }
+  ++runtime.inflight[backend_];
+  backend.stats->inflight.Add(1);
+  attempt_start_ = Clock::now();
+  response_.Reset();
+  response_bytes_seen_ = false;
+  upstream_eof_ = false;
+
+  upstream_ = backend.pool->TakeIdle(this);
+  if (upstream_ != nullptr) {
+    state_ = State::kProxying;
+    SendRequestHead();
+    return;
+  }
+  upstream_ = backend.pool->Connect(this);
+  if (upstream_ == nullptr) {
+    FailAttempt(kFlagConnectFailure, 502, "cannot open a connection to the backend", true);
+    return;
+  }
+  state_ = State::kConnecting;
+  auto deadline = attempt_start_ + runtime.config->connect_timeout;
+  ArmTimer(deadline - Clock::now());
+}
+
+void ClientConnection::SendRequestHead() {
+  RequestForwarding forwarding;
+  forwarding.client_ip = std::string_view(client_address_).substr(0, client_ip_length_);
+  forwarding.client_tls = listener_->config->tls();
+  forwarding.upgrade = upgrade_;
+  std::string& head = loop_.scratch();
+  AppendRequestHead(request_, forwarding, &head);
+  evbuffer_add(upstream_->output(), head.data(), head.size());
+  bufferevent_setwatermark(upstream_->bev(), EV_WRITE, kOutputLowWater, 0);
+  bufferevent_setwatermark(upstream_->bev(), EV_READ, 0, 0);
+  bufferevent_set_max_single_read(upstream_->bev(), kMaxSingleRead);
+  if (bufferevent_enable(upstream_->bev(), EV_READ | EV_WRITE) != 0) {
+    FailAttempt(kFlagConnectFailure, 502, "cannot use the backend connection", true);
+    return;
+  }
+  if (expect_continue_ && !continue_sent_) {
+    continue_sent_ = true;
+    evbuffer_add(bufferevent_get_output(bev_.get()), kContinue, sizeof(kContinue) - 1);
+  }
+  if (request_complete_) {
+    auto deadline = std::min(
+        request_done_ + cluster().config->request_timeout,
+        std::max(attempt_start_, request_done_) + cluster().config->try_timeout);
+    ArmTimer(deadline - Clock::now());
+    return;
+  }
+  if (paused_at_head_) {
+    paused_at_head_ = false;
+    request_.Resume();
+  }
+  ArmTimer(cluster().config->idle_timeout);
+  ParseRequest();
+}
+
+// ---- the response side ------------------------------------------------------
+
+void ClientConnection::ParseResponse() {
+  if (upstream_ == nullptr) return;
+  evbuffer* input = upstream_->input();
+  HttpParser::Result result = HttpParser::Result::kNeedMore;
+  while (evbuffer_get_length(input) > 0) {
+    evbuffer_iovec vec[8];
+    int n = evbuffer_peek(input, -1, nullptr, vec, 8);
+    size_t used_total = 0;
+    for (int i = 0; i < std::min(n, 8); ++i) {
+      size_t used = 0;
+      result = response_.Execute(static_cast<const char*>(vec[i].iov_base), vec[i].iov_len,
+                                 &used);
+      used_total += used;
+      if (result != HttpParser::Result::kNeedMore) break;
+    }
+    evbuffer_drain(input, used_total);
+    if (used_total > 0) response_bytes_seen_ = true;
+    if (result != HttpParser::Result::kNeedMore) break;
+  }
+  switch (result) {
+    case HttpParser::Result::kNeedMore:
+      if (OutputFull(bufferevent_get_output(bev_.get()))) {
+        response_blocked_ = true;
+        bufferevent_disable(upstream_->bev(), EV_READ);
+      }
+      return;
+    case HttpParser::Result::kComplete:
+    case HttpParser::Result::kPausedHead:
+      OnResponseComplete();
+      return;
+    case HttpParser::Result::kUpgrade:
+      if (response_.status_code() == 101 && upgrade_) {
+        EnterTunnel();
+      } else {
+        OnResponseComplete();
+      }
+      return;
+    case HttpParser::Result::kError:
+      if (!response_started_) {
+        FailAttempt(kFlagInvalidResponse, 502, "invalid response from backend", false);
+      } else {
+        AbortExchange(kFlagInvalidResponse);
+      }
+      return;
+  }
+}
+
+void ClientConnection::OnResponseHead(HttpParser& parser) {
+  int status = parser.status_code();
+  int client_minor = request_.http_minor();
+  std::string& head = loop_.scratch();
+  if (status >= 100 && status < 200 && status != 101) {
+    // Interim responses: tandem sends its own 100 Continue; others (103
+    // Early Hints) go to HTTP/1.1 clients.
+    if (status != 100 && client_minor >= 1) {
+      ResponsePlan plan;
+      AppendResponseHead(parser, plan, client_minor, false, &head);
+      evbuffer_add(bufferevent_get_output(bev_.get()), head.data(), head.size());
+    }
+    return;
+  }
+  if (status == 101 && !upgrade_) {
+    parser.Reject(502, "backend switched protocols unasked");
+    return;
+  }
+  ResponsePlan plan = PlanResponse(parser, head_request_, client_minor,
+                                   client_keep_alive_ && !client_eof_);
+  if (!request_complete_) plan.close = true;  // the rest of the request can't follow
+  if (plan.framing == Framing::kUntilClose) plan.close = true;
+  response_framing_ = plan.framing;
+  response_close_ = plan.close;
+  status_ = status;
+  AppendResponseHead(parser, plan, client_minor, head_request_, &head);
+  evbuffer_add(bufferevent_get_output(bev_.get()), head.data(), head.size());
+  response_started_ = true;
+  // From here on only silence ends the exchange.
+  Touch();
+  ArmTimer(cluster().config->idle_timeout);
+}
+
+void ClientConnection::OnResponseComplete() {
+  if (!request_complete_) {
+    // The backend answered before the request ended (an early 413, say): the
+    // backend connection can't be reused and the client's is closed.
+    EndAttempt(false);
+    LogExchange();
+    CloseAfterFlush();
+    return;
+  }
+  FinishExchange();
+}
+
+void ClientConnection::EnterTunnel() {
+  state_ = State::kTunnel;
+  evbuffer* client_out = bufferevent_get_output(bev_.get());
+  evbuffer* client_in = bufferevent_get_input(bev_.get());
+  // Bytes that followed the 101 belong to the new protocol already.
+  PumpTunnel(upstream_->input(), client_out, upstream_->bev(), bev_.get());
+  PumpTunnel(client_in, upstream_->output(), bev_.get(), upstream_->bev());
+  bufferevent_enable(bev_.get(), EV_READ);
+  Touch();
+  ArmTimer(cluster().config->idle_timeout);
+}
+
+void ClientConnection::PumpTunnel(evbuffer* from, evbuffer* to, bufferevent* from_bev,
+                                  bufferevent* /*to_bev*/) {
+  evbuffer_add_buffer(to, from);
+  if (OutputFull(to)) bufferevent_disable(from_bev, EV_READ);
+}
+
+// ---- ending an exchange ------------------------------------------------------
+
+void ClientConnection::EndAttempt(bool reusable) {
+  if (upstream_ != nullptr) {
+    BackendPool& pool = upstream_->pool();
+    if (reusable) {
+      pool.Release(upstream_, cluster().config->max_idle_connections);
+    } else {
+      pool.Close(upstream_);
+    }
+    upstream_ = nullptr;
+  }
+  if (has_backend_) {
+    has_backend_ = false;
+    ClusterRuntime& runtime = cluster();
+    --runtime.inflight[backend_];
+    runtime.backends[backend_].stats->inflight.Add(-1);
+  }
+}
+
+void ClientConnection::FailAttempt(uint32_t flag, int status, const char* detail,
+                                   bool retryable) {
+  flags_ |= flag;
+  if (has_backend_) {
+    BackendStats* stats = cluster().backends[backend_].stats;
+    if (flag == kFlagConnectFailure) stats->connect_failures.Add();
+    if (flag == kFlagUpstreamReset) stats->upstream_resets.Add();
+    if (flag == kFlagUpstreamTimeout) stats->upstream_timeouts.Add();
+    tried_.Insert(backend_);
+  }
+  EndAttempt(false);
+  if (retryable && !response_started_ && tries_ < 1 + cluster().config->retries) {
+    StartAttempt();
+    return;
+  }
+  Respond(status, detail, !request_complete_);
+}
+
+void ClientConnection::Respond(int status, const char* detail, bool close) {
+  if (response_started_) {
+    AbortExchange(0);
+    return;
+  }
+  EndAttempt(false);
+  if (!request_complete_) close = true;
+  if (!client_keep_alive_ || client_eof_) close = true;
+  status_ = status;
+  std::string& out = loop_.scratch();
+  AppendSimpleResponse(status, detail, close, request_.http_minor(), &out);
+  evbuffer_add(bufferevent_get_output(bev_.get()), out.data(), out.size());
+  response_started_ = true;
+  response_complete_ = true;
+  response_close_ = close;
+  if (close) {
+    LogExchange();
+    CloseAfterFlush();
+    return;
+  }
+  FinishExchange();
+}
+
+void ClientConnection::FinishExchange() {
+  bool reusable = upstream_ != nullptr && !upstream_eof_ && response_complete_ &&
+                  request_complete_ &&
+                  response_.keep_alive() && response_.framing() != Framing::kUntilClose &&
+                  !request_upgrade_paused_;
+  EndAttempt(reusable);
+  LogExchange();
+  if (response_close_ || !client_keep_alive_ || client_eof_ || close_when_idle_ ||
+      loop_.shutting_down()) {
+    CloseAfterFlush();
+    return;
+  }
+  bool upgrade_paused = request_upgrade_paused_;
+  ResetExchange();
+  state_ = State::kIdle;
+  if (upgrade_paused) {
+    request_.ResumeAfterUpgrade();
+  } else {
+    request_.Resume();
+  }
+  ArmTimer(listener_->config->idle_timeout);
+  bufferevent_enable(bev_.get(), EV_READ);
+  ParseRequest();  // a pipelined request may be waiting
+}
+
+void ClientConnection::ResetExchange() {
+  backend_ = 0;
+  has_backend_ = false;
+  tried_.Clear();
+  tries_ = 0;
+  flags_ = 0;
+  head_pending_ = false;
+  paused_at_head_ = false;
+  request_upgrade_paused_ = false;
+  continue_sent_ = false;
+  logged_ = false;
+  request_complete_ = false;
+  request_blocked_ = false;
+  response_started_ = false;
+  response_complete_ = false;
+  response_blocked_ = false;
+  response_bytes_seen_ = false;
+  response_close_ = false;
+  client_keep_alive_ = true;
+  head_request_ = false;
+  expect_continue_ = false;
+  upgrade_ = false;
+  status_ = 0;
+  response_framing_ = Framing::kNone;
+  response_body_bytes_ = 0;
+  first_request_ = false;
+  header_timer_armed_ = false;
+  last_backend_ = nullptr;
+}
+
+void ClientConnection::AbortExchange(uint32_t flag) {
+  flags_ |= flag;
+  EndAttempt(false);
+  if (state_ != State::kIdle || request_.message_started()) LogExchange();
+  Destroy();
+}
+
+void ClientConnection::CloseAfterFlush() {
+  state_ = State::kClosing;
+  bufferevent_setwatermark(bev_.get(), EV_WRITE, 0, 0);
+  if (evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0) {
+    FinishClose();
+    return;
+  }
+  ArmTimer(listener_->config->idle_timeout);
+}
+
+void ClientConnection::FinishClose() {
+  if (closing_shutdown_) return;
+  closing_shutdown_ = true;
+  // Lingering close: shut our side, keep reading (and discarding) for a
+  // moment so unread request bytes do not turn into an RST that destroys
+  // the response before the client has read it.
+  evutil_socket_t fd = bufferevent_getfd(bev_.get());
+  if (fd < 0 || shutdown(fd, SHUT_WR) != 0) {
+    Destroy();
+    return;
+  }
+  evbuffer* input = bufferevent_get_input(bev_.get());
+  evbuffer_drain(input, evbuffer_get_length(input));
+  bufferevent_enable(bev_.get(), EV_READ);
+  ArmTimer(kLingerTime);
+}
+
+void ClientConnection::CloseWhenIdle() {
+  close_when_idle_ = true;
+  if (state_ == State::kIdle && !request_.message_started()) {
+    DepthGuard guard(&callback_depth_);
+    Destroy();
+  }
+  if (destroy_pending_ && callback_depth_ == 0) delete this;
+}
+
+void ClientConnection::Abort() {
+  flags_ |= kFlagClientReset;
+  if (state_ != State::kIdle && state_ != State::kClosing) LogExchange();
+  delete this;
+}
+
+// ---- timers ----------------------------------------------------------------
+
+void ClientConnection::ArmTimer(std::chrono::steady_clock::duration delay) {
+  timeval tv = ToTimeval(delay);
+  event_add(&timer_, &tv);
+}
+
+void ClientConnection::OnTimer() {
+  Clock::time_point now = Clock::now();
+  const conf::Cluster& config = *cluster().config;
+  switch (state_) {
+    case State::kIdle:
+      if (request_.message_started() || first_request_) {
+        if (request_.message_started()) {
+          flags_ |= kFlagClientTimeout;
+          Respond(408, "request head not received in time", true);
+        } else {
+          Destroy();
+        }
+      } else {
+        Destroy();  // keep-alive connection idle too long
+      }
+      return;
+    case State::kConnecting:
+      FailAttempt(kFlagConnectFailure | kFlagUpstreamTimeout, 502,
+                  "connection to backend timed out", true);
+      return;
+    case State::kProxying: {
+      if (!request_complete_ || response_started_) {
+        auto idle_for = now - last_activity_;
+        if (idle_for < config.idle_timeout) {
+          ArmTimer(config.idle_timeout - idle_for);
+          return;
+        }
+        if (!response_started_) {
+          flags_ |= kFlagClientTimeout;
+          Respond(408, "request body not received in time", true);
+        } else {
+          AbortExchange(kFlagUpstreamTimeout);
+        }
+        return;
+      }
+      auto request_deadline = request_done_ + config.request_timeout;
+      if (now >= request_deadline) {
+        FailAttempt(kFlagUpstreamTimeout, 504, "backend did not answer within request_timeout",
+                    false);
+        return;
+      }
+      auto try_deadline = std::max(attempt_start_, request_done_) + config.try_timeout;
+      if (now >= try_deadline) {
+        FailAttempt(kFlagUpstreamTimeout, 504, "backend did not answer within try_timeout",
+                    false);
+        return;
+      }
+      ArmTimer(std::min(request_deadline, try_deadline) - now);
+      return;
+    }
+    case State::kTunnel: {
+      auto idle_for = now - last_activity_;
+      if (idle_for < config.idle_timeout) {
+        ArmTimer(config.idle_timeout - idle_for);
+        return;
+      }
+      EndAttempt(false);
+      Destroy();
+      return;
+    }
+    case State::kClosing:
+      Destroy();
+      return;
+  }
+}
+
+// ---- accounting ------------------------------------------------------------
+
+bool ClientConnection::OutputFull(evbuffer* buffer) const {
+  return evbuffer_get_length(buffer) >= kOutputHighWater;
+}
+
+std::string_view ClientConnection::backend_address() const {
+  return last_backend_ != nullptr ? std::string_view(last_backend_->address.text)
+                                  : std::string_view();
+}
+
+std::string_view ClientConnection::FlagsText() {
+  flags_text_.clear();
+  static constexpr std::pair<uint32_t, const char*> kNames[] = {
+      {kFlagNoBackend, "UH"},      {kFlagConnectFailure, "UF"}, {kFlagUpstreamTimeout, "UT"},
+      {kFlagUpstreamReset, "UC"},  {kFlagClientReset, "DC"},    {kFlagInvalidResponse, "UP"},
+      {kFlagRetried, "RT"},        {kFlagClientTimeout, "DT"},
+  };
+  for (const auto& [bit, name] : kNames) {
+    if ((flags_ & bit) == 0) continue;
+    if (!flags_text_.empty()) flags_text_.push_back(',');
+    flags_text_.append(name);
+  }
+  return flags_text_;
+}
+
+void ClientConnection::LogExchange() {
+  if (logged_) return;
+  logged_ = true;
+  auto now = Clock::now();
+  if (request_start_.time_since_epoch().count() == 0) request_start_ = now;
+  uint64_t micros = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(now - request_start_).count());
+  ClusterRuntime& runtime = cluster();
+  listener_->stats->requests[StatusClass(status_)].Add();
+  listener_->stats->bytes_sent.Add(response_body_bytes_);
+  runtime.stats->request_duration.Observe(micros);
+  if (last_backend_ != nullptr) {
+    runtime.backends[backend_].stats->responses[StatusClass(status_)].Add();
+  }
+  AccessLog& log = loop_.access_log();
+  if (!log.enabled()) return;
+  AccessLogEntry entry;
+  entry.client = client_address_;
+  entry.method = request_.in_head() ? std::string_view("-") : request_.method_name();
+  entry.target = request_.in_head() ? std::string_view("-") : request_.target();
+  entry.http_minor = request_.http_minor();
+  entry.status = status_;
+  entry.bytes_sent = response_body_bytes_;
+  entry.bytes_received = request_.body_bytes();
+  entry.duration_micros = micros;
+  entry.listener = listener_->config->name;
+  entry.cluster = runtime.config->name;
+  entry.backend = backend_address();
+  entry.tries = tries_;
+  entry.flags = FlagsText();
+  log.Write(entry);
+}
+
+}  // namespace tandem::dispatcher

@@ -1,0 +1,170 @@
+// One client connection and the exchange in progress on it: the HTTP/1.1
+// proxy state machine, driven from a few entry points as memcached's
+// drive_machine(), with back-pressure by watermarks as libevent's le-proxy.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "algorithms/picker.h"
+#include "dispatcher/event_ptr.h"
+#include "dispatcher/http_parser.h"
+#include "dispatcher/loop.h"
+#include "dispatcher/upstream.h"
+
+#include <event2/event_struct.h>
+
+namespace tandem::dispatcher {
+
+class ClientConnection : private HttpParser::Handler, private UpstreamUser {
+ public:
+  // Takes ownership of `fd`, accepted on `listener` of `generation`.
+  static void Accept(Loop& loop, Generation& generation, ListenerRuntime& listener,
+                     evutil_socket_t fd, const sockaddr* address, int length);
+
+  // Shutdown: close now if no request is in progress, else close once the
+  // current exchange ends.
+  void CloseWhenIdle();
+  // Grace period over: close at once.
+  void Abort();
+
+  // Intrusive list of a loop's connections.
+  ClientConnection* next = nullptr;
+  ClientConnection* prev = nullptr;
+
+ private:
+  enum class State {
+    kIdle,        // waiting for a request head (or its rest)
+    kConnecting,  // head parsed, connecting to a backend
+    kProxying,    // request sent or streaming; response awaited or streaming
+    kTunnel,      // after 101: bytes copied both ways
+    kClosing,     // flushing the last bytes, then close
+  };
+
+  // Why an exchange ended badly, for the access log (Envoy's response flags).
+  enum Flag : uint32_t {
+    kFlagNoBackend = 1 << 0,        // UH: no eligible backend
+    kFlagConnectFailure = 1 << 1,   // UF: connect failed
+    kFlagUpstreamTimeout = 1 << 2,  // UT
+    kFlagUpstreamReset = 1 << 3,    // UC: backend closed or reset
+    kFlagClientReset = 1 << 4,      // DC: client went away
+    kFlagInvalidResponse = 1 << 5,  // UP: unparseable response
+    kFlagRetried = 1 << 6,          // RT: more than one try
+    kFlagClientTimeout = 1 << 7,    // DT: client too slow
+  };
+
+  ClientConnection(Loop& loop, Generation& generation, ListenerRuntime& listener,
+                   BufferEventPtr bev, const sockaddr* address, int length);
+  ~ClientConnection() override;
+
+  // libevent entry points.
+  static void ReadCb(bufferevent* bev, void* arg);
+  static void WriteCb(bufferevent* bev, void* arg);
+  static void EventCb(bufferevent* bev, short events, void* arg);
+  static void TimerCb(evutil_socket_t, short, void* arg);
+
+  // HttpParser::Handler, for both the request and the response parser.
+  HttpParser::HeadAction OnHeadComplete(HttpParser& parser) override;
+  void OnBody(HttpParser& parser, const char* data, size_t length) override;
+  void OnMessageComplete(HttpParser& parser) override;
+
+  // UpstreamUser.
+  void OnUpstreamConnected(UpstreamConnection& connection) override;
+  void OnUpstreamRead(UpstreamConnection& connection) override;
+  void OnUpstreamDrained(UpstreamConnection& connection) override;
+  void OnUpstreamClosed(UpstreamConnection& connection, short events) override;
+
+  // The driver.
+  void OnClientRead();
+  void ParseRequest();
+  void OnRequestHead();
+  void StartAttempt();
+  void SendRequestHead();
+  void ParseResponse();
+  void OnResponseHead(HttpParser& parser);
+  void OnResponseComplete();
+  void EnterTunnel();
+  void PumpTunnel(evbuffer* from, evbuffer* to, bufferevent* from_bev,
+                  bufferevent* to_bev);
+  void FinishExchange();
+  void ResetExchange();
+  // Ends the current attempt; `reusable` returns the upstream connection to
+  // its pool, else it is closed.
+  void EndAttempt(bool reusable);
+  // A failed attempt: retry when allowed, else answer `status`.
+  void FailAttempt(uint32_t flag, int status, const char* detail, bool retryable);
+  // Answers with tandem's own short response; closes when `close` or the
+  // request was not read completely.
+  void Respond(int status, const char* detail, bool close);
+  void CloseAfterFlush();
+  void FinishClose();
+  void Destroy();
+  // Closes the exchange's upstream side and the client at once (a response
+  // cut off mid-body must not look complete).
+  void AbortExchange(uint32_t flag);
+  void ArmTimer(std::chrono::steady_clock::duration delay);
+  void OnTimer();
+  void LogExchange();
+  bool OutputFull(evbuffer* buffer) const;
+  void Touch() { last_activity_ = std::chrono::steady_clock::now(); }
+  std::string_view FlagsText();
+  std::string_view backend_address() const;
+  ClusterRuntime& cluster() const { return *listener_->cluster; }
+
+  Loop& loop_;
+  Generation* generation_;
+  ListenerRuntime* listener_;
+  BufferEventPtr bev_;
+  struct event timer_;
+  HttpParser request_;
+  HttpParser response_;
+  State state_ = State::kIdle;
+  std::string client_address_;  // "ip:port"
+  size_t client_ip_length_ = 0;  // the "ip" prefix of client_address_
+  int callback_depth_ = 0;
+  bool destroy_pending_ = false;
+  bool close_when_idle_ = false;
+  bool first_request_ = true;
+  bool header_timer_armed_ = false;
+
+  // The exchange in progress.
+  UpstreamConnection* upstream_ = nullptr;
+  size_t backend_ = 0;
+  bool has_backend_ = false;
+  algorithms::TriedSet tried_;
+  uint32_t tries_ = 0;
+  uint32_t flags_ = 0;
+  bool head_pending_ = false;     // a request head awaits OnRequestHead()
+  bool paused_at_head_ = false;   // the request parser waits before the body
+  bool request_upgrade_paused_ = false;  // stopped at an upgrade boundary
+  bool continue_sent_ = false;
+  bool logged_ = false;
+  bool request_complete_ = false;
+  bool request_blocked_ = false;  // client reads off: upstream output full
+  bool response_started_ = false; // response head written to the client
+  bool response_complete_ = false;
+  bool response_blocked_ = false; // upstream reads off: client output full
+  bool response_bytes_seen_ = false;
+  bool upstream_eof_ = false;     // the backend closed its side
+  bool closing_shutdown_ = false;  // write side shut, waiting for the client
+  const conf::Backend* last_backend_ = nullptr;  // for the access log
+  bool response_close_ = false;   // close the client after this response
+  bool client_keep_alive_ = true;
+  bool head_request_ = false;
+  bool expect_continue_ = false;
+  bool upgrade_ = false;
+  bool client_eof_ = false;
+  int status_ = 0;                // status sent to the client
+  Framing response_framing_ = Framing::kNone;
+  uint64_t response_body_bytes_ = 0;
+  std::chrono::steady_clock::time_point request_start_;
+  std::chrono::steady_clock::time_point request_done_;
+  std::chrono::steady_clock::time_point attempt_start_;
+  std::chrono::steady_clock::time_point last_activity_;
+  std::string flags_text_;
+};
+
+}  // namespace tandem::dispatcher

@@ -1,0 +1,378 @@
+// Writing the heads tandem sends; see http_message.h.
+#include "dispatcher/http_message.h"
+
+#include <charconv>
+
+namespace tandem::dispatcher {
+namespace {
+
+void AppendNumber(uint64_t value, std::string* out) {
+  char buffer[24];
+  auto [end, ec] = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  out->append(buffer, end);
+}
+
+void AppendField(std::string_view name, std::string_view value, std::string* out) {
+  out->append(name);
+  out->append(": ");
+  out->append(value);
+  out->append("\r\n");
+}
+
+// Whether `name` is one of the hop-by-hop fields RFC 9110 §7.6.1 removes,
+// or one tandem always rewrites itself.
+bool IsHopByHop(std::string_view name) {
+  switch (name.size()) {
+    case 2:
+      return EqualsIgnoreCase(name, "te");
+    case 7:
+      return EqualsIgnoreCase(name, "upgrade");
+    case 10:
+      return EqualsIgnoreCase(name, "connection") || EqualsIgnoreCase(name, "keep-alive");
+    case 14:
+      return EqualsIgnoreCase(name, "content-length");
+    case 16:
+      return EqualsIgnoreCase(name, "proxy-connection");
+    case 17:
+      return EqualsIgnoreCase(name, "transfer-encoding");
+    default:
+      return false;
+  }
+}
+
+// Whether the Connection header(s) of `headers` name `field`.
+bool NamedByConnection(const HeaderList& headers, std::string_view field,
+                       bool has_connection) {
+  if (!has_connection) return false;
+  for (size_t i = 0; i < headers.size(); ++i) {
+    if (EqualsIgnoreCase(headers.name(i), "connection") &&
+        HasToken(headers.value(i), field)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Splits an absolute-form target into authority and origin-form path.
+void SplitAbsoluteForm(std::string_view target, std::string_view* authority,
+                       std::string_view* path) {
+  size_t start = target.find("://");
+  std::string_view rest = target.substr(start + 3);
+  size_t end = rest.find_first_of("/?#");
+  *authority = rest.substr(0, end);
+  *path = end == std::string_view::npos ? std::string_view() : rest.substr(end);
+}
+
+void AppendFraming(Framing framing, uint64_t content_length,
+                   std::string_view transfer_codings, std::string* out) {
+  if (framing == Framing::kContentLength) {
+    out->append("Content-Length: ");
+    AppendNumber(content_length, out);
+    out->append("\r\n");
+  } else if (framing == Framing::kChunked) {
+    out->append("Transfer-Encoding: ");
+    if (!transfer_codings.empty()) {
+      out->append(transfer_codings);
+      out->append(", ");
+    }
+    out->append("chunked\r\n");
+  }
+}
+
+}  // namespace
+
+bool ExpectsContinue(const HttpParser& request) {
+  if (request.http_minor() < 1) return false;
+  auto expect = request.headers().Find("expect");
+  return expect && EqualsIgnoreCase(*expect, "100-continue");
+}
+
+bool HasUnsupportedExpectation(const HttpParser& request) {
+  if (request.http_minor() < 1) return false;
+  auto expect = request.headers().Find("expect");
+  return expect && !EqualsIgnoreCase(*expect, "100-continue");
+}
+
+bool WantsUpgrade(const HttpParser& request) {
+  if (!request.upgrade()) return false;
+  auto upgrade = request.headers().Find("upgrade");
+  return upgrade && !upgrade->empty() && !HasToken(*upgrade, "h2c");
+}
+
+bool IsIdempotent(const HttpParser& request) {
+  switch (request.method()) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+    case HTTP_TRACE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void AppendRequestHead(const HttpParser& request, const RequestForwarding& forwarding,
+                       std::string* out) {
+  const HeaderList& headers = request.headers();
+  std::string_view target = request.target();
+  std::string_view authority;
+  bool absolute = !target.empty() && target[0] != '/' && target != "*";
+  if (absolute) {
+    std::string_view path;
+    SplitAbsoluteForm(target, &authority, &path);
+    target = path.empty() ? std::string_view("/") : path;
+  }
+  out->append(request.method_name());
+  out->push_back(' ');
+  out->append(target);
+  out->append(" HTTP/1.1\r\n");
+
+  if (absolute) {
+    AppendField("Host", authority, out);
+  } else if (auto host = headers.Find("host")) {
+    AppendField("Host", *host, out);
+  }
+
+  const bool has_connection = headers.Find("connection").has_value();
+  std::string_view xff_first;
+  bool xff_seen = false;
+  bool forwarded_seen = false;
+  for (size_t i = 0; i < headers.size(); ++i) {
+    std::string_view name = headers.name(i);
+    std::string_view value = headers.value(i);
+    if (IsHopByHop(name)) {
+      // "TE: trailers" is the one TE value a backend may rely on.
+      if (EqualsIgnoreCase(name, "te") && HasToken(value, "trailers")) {
+        AppendField("TE", "trailers", out);
+      }
+      continue;
+    }
+    if (EqualsIgnoreCase(name, "host") || EqualsIgnoreCase(name, "expect") ||
+        EqualsIgnoreCase(name, "x-forwarded-proto") ||
+        NamedByConnection(headers, name, has_connection)) {
+      continue;
+    }
+    if (EqualsIgnoreCase(name, "x-forwarded-for")) {
+      // Several fields merge into one list, the client's address appended.
+      if (!xff_seen) {
+        xff_seen = true;
+        xff_first = value;
+        out->append("X-Forwarded-For: ");
+        out->append(value);
+        for (size_t j = i + 1; j < headers.size(); ++j) {
+          if (EqualsIgnoreCase(headers.name(j), "x-forwarded-for")) {
+            out->append(", ");
+            out->append(headers.value(j));
+          }
+        }
+        if (!xff_first.empty()) out->append(", ");
+        out->append(forwarding.client_ip);
+        out->append("\r\n");
+      }
+      continue;
+    }
+    if (EqualsIgnoreCase(name, "forwarded")) {
+      if (!forwarded_seen) {
+        forwarded_seen = true;
+        out->append("Forwarded: ");
+        out->append(value);
+        for (size_t j = i + 1; j < headers.size(); ++j) {
+          if (EqualsIgnoreCase(headers.name(j), "forwarded")) {
+            out->append(", ");
+            out->append(headers.value(j));
+          }
+        }
+        if (!value.empty()) out->append(", ");
+        out->append("for=");
+        bool v6 = forwarding.client_ip.find(':') != std::string_view::npos;
+        if (v6) out->append("\"[");
+        out->append(forwarding.client_ip);
+        if (v6) out->append("]\"");
+        out->append(forwarding.client_tls ? ";proto=https\r\n" : ";proto=http\r\n");
+      }
+      continue;
+    }
+    AppendField(name, value, out);
+  }
+  if (!xff_seen) AppendField("X-Forwarded-For", forwarding.client_ip, out);
+  if (!forwarded_seen) {
+    out->append("Forwarded: for=");
+    bool v6 = forwarding.client_ip.find(':') != std::string_view::npos;
+    if (v6) out->append("\"[");
+    out->append(forwarding.client_ip);
+    if (v6) out->append("]\"");
+    out->append(forwarding.client_tls ? ";proto=https\r\n" : ";proto=http\r\n");
+  }
+  AppendField("X-Forwarded-Proto", forwarding.client_tls ? "https" : "http", out);
+  AppendFraming(request.framing(), request.content_length(), request.transfer_codings(),
+                out);
+  if (forwarding.upgrade) {
+    AppendField("Connection", "upgrade", out);
+    AppendField("Upgrade", *headers.Find("upgrade"), out);
+  }
+  out->append("\r\n");
+}
+
+ResponsePlan PlanResponse(const HttpParser& response, bool head_request, int client_minor,
+                          bool client_keep_alive) {
+  ResponsePlan plan;
+  plan.close = !client_keep_alive;
+  int status = response.status_code();
+  if (head_request || status == 204 || status == 304 || (status >= 100 && status < 200)) {
+    plan.framing = Framing::kNone;
+    return plan;
+  }
+  switch (response.framing()) {
+    case Framing::kContentLength:
+      plan.framing = Framing::kContentLength;
+      break;
+    case Framing::kNone:
+      // A response without framing fields that llhttp ends at once has an
+      // empty body; say so explicitly.
+      plan.framing = Framing::kContentLength;
+      break;
+    case Framing::kChunked:
+    case Framing::kUntilClose:
+      if (client_minor >= 1) {
+        plan.framing = Framing::kChunked;
+      } else {
+        plan.framing = Framing::kUntilClose;
+        plan.close = true;
+      }
+      break;
+  }
+  return plan;
+}
+
+void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
+                        int client_minor, bool head_request, std::string* out) {
+  const HeaderList& headers = response.headers();
+  int status = response.status_code();
+  out->append("HTTP/1.1 ");
+  AppendNumber(static_cast<uint64_t>(status), out);
+  out->push_back(' ');
+  out->append(response.reason());
+  out->append("\r\n");
+  const bool switching = status == 101;
+  const bool has_connection = headers.Find("connection").has_value();
+  for (size_t i = 0; i < headers.size(); ++i) {
+    std::string_view name = headers.name(i);
+    if (IsHopByHop(name) || NamedByConnection(headers, name, has_connection)) continue;
+    AppendField(name, headers.value(i), out);
+  }
+  if (switching) {
+    AppendField("Connection", "upgrade", out);
+    if (auto upgrade = headers.Find("upgrade")) AppendField("Upgrade", *upgrade, out);
+    out->append("\r\n");
+    return;
+  }
+  if (head_request || status == 304) {
+    // The fields describe the representation a GET would have sent.
+    if (response.framing() == Framing::kContentLength ||
+        headers.Find("content-length")) {
+      if (auto length = headers.Find("content-length")) {
+        AppendField("Content-Length", *length, out);
+      }
+    }
+  } else if (plan.framing == Framing::kContentLength) {
+    AppendFraming(Framing::kContentLength,
+                  response.framing() == Framing::kContentLength ? response.content_length()
+                                                                : 0,
+                  {}, out);
+  } else if (plan.framing == Framing::kChunked) {
+    AppendFraming(Framing::kChunked, 0, response.transfer_codings(), out);
+  }
+  if (status >= 100 && status < 200) {
+    out->append("\r\n");
+    return;
+  }
+  if (plan.close) {
+    out->append("Connection: close\r\n");
+  } else if (client_minor == 0) {
+    out->append("Connection: keep-alive\r\n");
+  }
+  out->append("\r\n");
+}
+
+std::string_view ReasonPhrase(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "";
+  }
+}
+
+void AppendSimpleResponse(int status, std::string_view detail, bool close, int client_minor,
+                          std::string* out) {
+  AppendSimpleResponse(status, detail, close, client_minor, {}, out);
+}
+
+void AppendSimpleResponse(int status, std::string_view detail, bool close, int client_minor,
+                          std::string_view extra_fields, std::string* out) {
+  std::string_view phrase = ReasonPhrase(status);
+  out->append("HTTP/1.1 ");
+  AppendNumber(static_cast<uint64_t>(status), out);
+  out->push_back(' ');
+  out->append(phrase);
+  out->append("\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+  // Body: "<status> <phrase>: <detail>\n"
+  uint64_t body_length = 3 + 1 + phrase.size() + (detail.empty() ? 0 : 2 + detail.size()) + 1;
+  AppendNumber(body_length, out);
+  out->append("\r\n");
+  out->append(extra_fields);
+  if (close) {
+    out->append("Connection: close\r\n");
+  } else if (client_minor == 0) {
+    out->append("Connection: keep-alive\r\n");
+  }
+  out->append("\r\n");
+  AppendNumber(static_cast<uint64_t>(status), out);
+  out->push_back(' ');
+  out->append(phrase);
+  if (!detail.empty()) {
+    out->append(": ");
+    out->append(detail);
+  }
+  out->push_back('\n');
+}
+
+void AppendChunkHeader(uint64_t length, std::string* out) {
+  char buffer[20];
+  auto [end, ec] = std::to_chars(buffer, buffer + sizeof(buffer), length, 16);
+  out->append(buffer, end);
+  out->append("\r\n");
+}
+
+void AppendLastChunk(const HeaderList& trailers, std::string* out) {
+  out->append("0\r\n");
+  for (size_t i = 0; i < trailers.size(); ++i) {
+    std::string_view name = trailers.name(i);
+    // Framing and routing fields are not allowed in trailers (RFC 9110 §6.5.1).
+    if (IsHopByHop(name) || EqualsIgnoreCase(name, "host")) continue;
+    AppendField(name, trailers.value(i), out);
+  }
+  out->append("\r\n");
+}
+
+}  // namespace tandem::dispatcher

@@ -1,0 +1,503 @@
+// HTTP/1.x message parsing for the proxy; see http_parser.h.
+#include "dispatcher/http_parser.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace tandem::dispatcher {
+namespace {
+
+inline char Lower(char c) { return (c >= 'A' && c <= 'Z') ? char(c + 32) : c; }
+
+inline bool IsOws(char c) { return c == ' ' || c == '\t'; }
+
+std::string_view TrimOws(std::string_view s) {
+  while (!s.empty() && IsOws(s.front())) s.remove_prefix(1);
+  while (!s.empty() && IsOws(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+// Calls `fn` on each trimmed, non-empty element of a comma-separated list.
+template <typename Fn>
+void ForEachListElement(std::string_view list, Fn&& fn) {
+  while (!list.empty()) {
+    size_t comma = list.find(',');
+    std::string_view item = TrimOws(list.substr(0, comma));
+    if (!item.empty()) fn(item);
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+}
+
+bool IsKnownTransferCoding(std::string_view coding) {
+  // A coding may carry parameters ("gzip;q=1" is not valid here, but be
+  // lenient in what the name is compared on).
+  coding = TrimOws(coding.substr(0, coding.find(';')));
+  for (std::string_view known :
+       {"chunked", "gzip", "x-gzip", "deflate", "compress", "x-compress"}) {
+    if (EqualsIgnoreCase(coding, known)) return true;
+  }
+  return false;
+}
+
+// RFC 3986 host [ ":" port ], as allowed in a Host field: no whitespace,
+// controls, userinfo or path characters.
+bool IsValidHost(std::string_view host) {
+  for (char c : host) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7f) return false;
+    switch (c) {
+      case '/': case '\\': case '@': case '?': case '#': case '"': case '<':
+      case '>': case '{': case '}': case '|': case '^': case '`':
+        return false;
+      default:
+        break;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (Lower(a[i]) != Lower(b[i])) return false;
+  }
+  return true;
+}
+
+bool HasToken(std::string_view value, std::string_view token) {
+  bool found = false;
+  ForEachListElement(value, [&](std::string_view item) {
+    if (EqualsIgnoreCase(item, token)) found = true;
+  });
+  return found;
+}
+
+std::optional<std::string_view> HeaderList::Find(std::string_view field) const {
+  for (size_t i = 0; i < fields_.size(); ++i) {
+    if (EqualsIgnoreCase(name(i), field)) return value(i);
+  }
+  return std::nullopt;
+}
+
+size_t HeaderList::Count(std::string_view field) const {
+  size_t count = 0;
+  for (size_t i = 0; i < fields_.size(); ++i) {
+    if (EqualsIgnoreCase(name(i), field)) ++count;
+  }
+  return count;
+}
+
+void HeaderList::AppendName(const char* data, size_t length) {
+  if (fields_.empty() || in_value_) {
+    Field field;
+    field.name_offset = static_cast<uint32_t>(bytes_.size());
+    fields_.push_back(field);
+    in_value_ = false;
+  }
+  bytes_.append(data, length);
+  fields_.back().name_length += static_cast<uint32_t>(length);
+}
+
+void HeaderList::AppendValue(const char* data, size_t length) {
+  if (fields_.empty()) return;
+  Field& field = fields_.back();
+  if (!in_value_) {
+    field.value_offset = static_cast<uint32_t>(bytes_.size());
+    in_value_ = true;
+  }
+  bytes_.append(data, length);
+  field.value_length += static_cast<uint32_t>(length);
+}
+
+void HeaderList::FinishValue() {
+  if (fields_.empty()) return;
+  Field& field = fields_.back();
+  if (!in_value_) {  // empty value: llhttp sends no value callback
+    field.value_offset = static_cast<uint32_t>(bytes_.size());
+    in_value_ = true;
+  }
+  while (field.value_length > 0 &&
+         IsOws(bytes_[field.value_offset + field.value_length - 1])) {
+    --field.value_length;
+  }
+}
+
+void HeaderList::Add(std::string_view field, std::string_view value) {
+  AppendName(field.data(), field.size());
+  AppendValue(value.data(), value.size());
+  FinishValue();
+}
+
+HttpParser::HttpParser(Type type, Handler* handler) : type_(type), handler_(handler) {
+  llhttp_init(&parser_, type == Type::kRequest ? HTTP_REQUEST : HTTP_RESPONSE,
+              Settings());
+  parser_.data = this;
+}
+
+const llhttp_settings_t* HttpParser::Settings() {
+  static const llhttp_settings_t settings = [] {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_message_begin = OnMessageBeginCb;
+    s.on_url = OnUrlCb;
+    s.on_status = OnStatusCb;
+    s.on_header_field = OnHeaderFieldCb;
+    s.on_header_field_complete = OnHeaderFieldCompleteCb;
+    s.on_header_value = OnHeaderValueCb;
+    s.on_header_value_complete = OnHeaderValueCompleteCb;
+    s.on_headers_complete = OnHeadersCompleteCb;
+    s.on_body = OnBodyCb;
+    s.on_message_complete = OnMessageCompleteCb;
+    return s;
+  }();
+  return &settings;
+}
+
+void HttpParser::Reset() {
+  llhttp_reset(&parser_);
+  StartMessage();
+  message_started_ = false;
+  error_status_ = 0;
+  error_reason_ = "";
+  last_fed_byte_ = 0;
+}
+
+void HttpParser::StartMessage() {
+  target_.clear();
+  reason_.clear();
+  headers_.Clear();
+  trailers_.Clear();
+  transfer_codings_.clear();
+  framing_ = Framing::kNone;
+  content_length_ = 0;
+  head_bytes_ = 0;
+  body_bytes_ = 0;
+  head_done_ = false;
+  in_trailers_ = false;
+  is_informational_ = false;
+  field_is_content_length_ = false;
+  seen_content_length_ = false;
+  first_content_length_.clear();
+  current_content_length_.clear();
+  value_started_ = false;
+}
+
+std::string_view HttpParser::method_name() const {
+  return llhttp_method_name(static_cast<llhttp_method_t>(parser_.method));
+}
+
+bool HttpParser::keep_alive() const {
+  return llhttp_should_keep_alive(const_cast<llhttp_t*>(&parser_)) != 0;
+}
+
+int HttpParser::Fail(int status, const char* reason) {
+  if (error_status_ == 0) {
+    error_status_ = status;
+    error_reason_ = reason;
+  }
+  return -1;
+}
+
+HttpParser::Result HttpParser::Execute(const char* data, size_t length,
+                                       size_t* consumed) {
+  *consumed = 0;
+  if (error_status_ != 0) return Result::kError;
+  const bool was_in_head = !head_done_;
+  size_t feed = length;
+  if (was_in_head) {
+    // Never hand llhttp more than one byte past the head limit, so a head
+    // that never ends cannot grow without bound.
+    uint64_t budget = max_head_bytes_ + 1 - std::min(head_bytes_, max_head_bytes_);
+    feed = static_cast<size_t>(std::min<uint64_t>(length, budget));
+  }
+  chunk_start_ = data;
+  llhttp_errno_t err = llhttp_execute(&parser_, data, feed);
+  const char* stop = err == HPE_OK ? data + feed : llhttp_get_error_pos(&parser_);
+  if (stop == nullptr || stop < data || stop > data + feed) stop = data + feed;
+  *consumed = static_cast<size_t>(stop - data);
+  if (*consumed > 0) last_fed_byte_ = stop[-1];
+
+  if (was_in_head && !head_done_ && err == HPE_OK) {
+    head_bytes_ += *consumed;
+    if (head_bytes_ > max_head_bytes_) {
+      if (type_ == Type::kResponse) {
+        Fail(502, "response head too large");
+      } else if (target_.size() >= max_head_bytes_ || parser_.method == 0 ||
+                 headers_.empty()) {
+        Fail(target_.size() * 2 >= max_head_bytes_ ? 414 : 431,
+             target_.size() * 2 >= max_head_bytes_ ? "request target too long"
+                                                   : "request header too large");
+      } else {
+        Fail(431, "request header too large");
+      }
+      return Result::kError;
+    }
+  } else if (was_in_head && head_done_) {
+    head_bytes_ += *consumed;
+  }
+
+  switch (err) {
+    case HPE_OK:
+      return Result::kNeedMore;
+    case HPE_PAUSED:
+      return head_done_ && !message_started_ ? Result::kComplete
+             : head_done_                    ? Result::kPausedHead
+                                             : Result::kNeedMore;
+    case HPE_PAUSED_UPGRADE:
+      return Result::kUpgrade;
+    default:
+      break;
+  }
+  if (error_status_ == 0) {
+    if (type_ == Type::kResponse) {
+      Fail(502, "invalid response from backend");
+    } else if (err == HPE_INVALID_METHOD) {
+      Fail(400, "invalid method");
+    } else if (err == HPE_INVALID_VERSION) {
+      Fail(400, "invalid HTTP version");
+    } else if (err == HPE_INVALID_URL) {
+      Fail(400, "invalid request target");
+    } else if (err == HPE_INVALID_CHUNK_SIZE) {
+      Fail(400, "invalid chunk size");
+    } else if (err == HPE_UNEXPECTED_CONTENT_LENGTH ||
+               err == HPE_INVALID_CONTENT_LENGTH ||
+               err == HPE_INVALID_TRANSFER_ENCODING) {
+      Fail(400, "ambiguous message framing");
+    } else if (err == HPE_PAUSED_H2_UPGRADE) {
+      Fail(400, "HTTP/2 preface on an HTTP/1.1 port");
+    } else {
+      Fail(400, "malformed request");
+    }
+  }
+  return Result::kError;
+}
+
+void HttpParser::Resume() { llhttp_resume(&parser_); }
+
+void HttpParser::ResumeAfterUpgrade() { llhttp_resume_after_upgrade(&parser_); }
+
+bool HttpParser::FinishAtEof() {
+  if (framing_ != Framing::kUntilClose || !head_done_) return false;
+  llhttp_errno_t err = llhttp_finish(&parser_);
+  return err == HPE_OK || err == HPE_PAUSED;
+}
+
+int HttpParser::OnMessageBeginCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  self->StartMessage();
+  self->message_started_ = true;
+  return 0;
+}
+
+int HttpParser::OnUrlCb(llhttp_t* p, const char* at, size_t length) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  self->target_.append(at, length);
+  if (self->target_.size() > self->max_head_bytes_) {
+    return self->Fail(414, "request target too long");
+  }
+  return 0;
+}
+
+int HttpParser::OnStatusCb(llhttp_t* p, const char* at, size_t length) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  if (self->reason_.size() + length > 1024) {
+    return self->Fail(502, "response reason too long");
+  }
+  self->reason_.append(at, length);
+  return 0;
+}
+
+int HttpParser::OnHeaderFieldCb(llhttp_t* p, const char* at, size_t length) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  HeaderList& list = self->head_done_ ? self->trailers_ : self->headers_;
+  list.AppendName(at, length);
+  self->value_started_ = false;
+  return 0;
+}
+
+int HttpParser::OnHeaderFieldCompleteCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  self->field_is_content_length_ = false;
+  if (self->head_done_) return 0;
+  const HeaderList& list = self->headers_;
+  if (!EqualsIgnoreCase(list.name(list.size() - 1), "content-length")) return 0;
+  self->field_is_content_length_ = true;
+  self->current_content_length_.clear();
+  if (self->seen_content_length_) {
+    // llhttp refuses any second Content-Length; RFC 9110 §8.6 lets a
+    // recipient collapse identical ones. Let llhttp parse this one afresh
+    // and compare the two values when it is complete.
+    p->flags &= ~F_CONTENT_LENGTH;
+    p->content_length = 0;
+  }
+  return 0;
+}
+
+int HttpParser::OnHeaderValueCb(llhttp_t* p, const char* at, size_t length) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  if (self->value_started_) {
+    // A second piece of one value that starts a line is an obs-fold
+    // continuation (a piece split by our own buffer boundary does not
+    // follow a line break).
+    char before = at > self->chunk_start_ ? at[-1] : self->last_fed_byte_;
+    if (before == '\n') return self->Fail(400, "obsolete line folding in header");
+  }
+  self->value_started_ = true;
+  for (size_t i = 0; i < length; ++i) {
+    unsigned char c = static_cast<unsigned char>(at[i]);
+    if ((c < 0x20 && c != '\t') || c == 0x7f) {
+      return self->Fail(400, "control character in header field");
+    }
+  }
+  if (self->field_is_content_length_) self->current_content_length_.append(at, length);
+  HeaderList& list = self->head_done_ ? self->trailers_ : self->headers_;
+  list.AppendValue(at, length);
+  return 0;
+}
+
+int HttpParser::OnHeaderValueCompleteCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  HeaderList& list = self->head_done_ ? self->trailers_ : self->headers_;
+  list.FinishValue();
+  self->value_started_ = false;
+  if (self->field_is_content_length_) {
+    std::string_view value = TrimOws(self->current_content_length_);
+    if (!self->seen_content_length_) {
+      self->seen_content_length_ = true;
+      self->first_content_length_.assign(value);
+    } else if (value != self->first_content_length_) {
+      return self->Fail(400, "conflicting Content-Length values");
+    }
+  }
+  return 0;
+}
+
+int HttpParser::ValidateHead() {
+  if (type_ == Type::kResponse) {
+    if (parser_.http_major != 1) return Fail(502, "invalid response version");
+    return 0;
+  }
+  if (parser_.http_major != 1 || parser_.http_minor > 1) {
+    return Fail(505, "HTTP version not supported");
+  }
+  if (parser_.method == HTTP_CONNECT) return Fail(501, "CONNECT is not supported");
+  if (parser_.method == HTTP_PRI) return Fail(400, "HTTP/2 preface on an HTTP/1.1 port");
+  if (target_.empty()) return Fail(400, "empty request target");
+  if (target_[0] != '/' && target_ != "*" &&
+      target_.compare(0, 7, "http://") != 0 && target_.compare(0, 8, "https://") != 0) {
+    return Fail(400, "invalid request target");
+  }
+  if (target_ == "*" && parser_.method != HTTP_OPTIONS) {
+    return Fail(400, "invalid request target");
+  }
+  if (target_[0] == 'h') {
+    // Absolute form: the authority replaces Host (RFC 9112 §3.2.2).
+    std::string_view rest = std::string_view(target_).substr(target_.find("://") + 3);
+    std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+    if (authority.empty() || !IsValidHost(authority)) {
+      return Fail(400, "invalid authority in request target");
+    }
+  }
+  size_t hosts = headers_.Count("host");
+  if (parser_.http_minor == 1 && hosts == 0) return Fail(400, "missing Host header");
+  if (hosts > 1) return Fail(400, "repeated Host header");
+  if (hosts == 1 && !IsValidHost(*headers_.Find("host"))) {
+    return Fail(400, "invalid Host header");
+  }
+  bool has_te = false;
+  bool unknown_coding = false;
+  for (size_t i = 0; i < headers_.size(); ++i) {
+    if (!EqualsIgnoreCase(headers_.name(i), "transfer-encoding")) continue;
+    has_te = true;
+    ForEachListElement(headers_.value(i), [&](std::string_view coding) {
+      if (!IsKnownTransferCoding(coding)) unknown_coding = true;
+    });
+  }
+  if (has_te && seen_content_length_) return Fail(400, "ambiguous message framing");
+  if (unknown_coding) return Fail(501, "unknown transfer coding");
+  if (has_te && parser_.http_minor == 0) {
+    // RFC 9112 §6.1: chunked from an HTTP/1.0 client cannot be trusted.
+    return Fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+  }
+  return 0;
+}
+
+int HttpParser::OnHeadersCompleteCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  if (self->ValidateHead() != 0) return -1;
+  self->head_done_ = true;
+
+  if (p->flags & F_CHUNKED) {
+    self->framing_ = Framing::kChunked;
+  } else if (p->flags & F_CONTENT_LENGTH) {
+    self->framing_ = Framing::kContentLength;
+    self->content_length_ = p->content_length;
+  } else if (self->type_ == Type::kResponse && llhttp_message_needs_eof(p)) {
+    self->framing_ = Framing::kUntilClose;
+  } else if (self->type_ == Type::kResponse && (p->flags & F_TRANSFER_ENCODING)) {
+    self->framing_ = Framing::kUntilClose;
+  } else {
+    self->framing_ = Framing::kNone;
+  }
+  if (p->flags & F_TRANSFER_ENCODING) {
+    // Keep the codings applied before the final "chunked", to forward them.
+    for (size_t i = 0; i < self->headers_.size(); ++i) {
+      if (!EqualsIgnoreCase(self->headers_.name(i), "transfer-encoding")) continue;
+      ForEachListElement(self->headers_.value(i), [&](std::string_view coding) {
+        if (EqualsIgnoreCase(coding, "chunked")) return;
+        if (!self->transfer_codings_.empty()) self->transfer_codings_.append(", ");
+        self->transfer_codings_.append(coding);
+      });
+    }
+  }
+  if (self->type_ == Type::kRequest && self->max_body_bytes_ > 0 &&
+      self->framing_ == Framing::kContentLength &&
+      self->content_length_ > self->max_body_bytes_) {
+    return self->Fail(413, "request body too large");
+  }
+  // RFC 9110 §6.4.1: 1xx, 204 and 304 responses never have a body, whatever
+  // their framing fields say (llhttp leaves this to its caller).
+  bool no_body = false;
+  if (self->type_ == Type::kResponse) {
+    int status = p->status_code;
+    self->is_informational_ = status >= 100 && status < 200 && status != 101;
+    no_body = self->is_informational_ || status == 204 || status == 304;
+  }
+  HeadAction action = self->handler_->OnHeadComplete(*self);
+  if (self->error_status_ != 0) return -1;
+  if (action == HeadAction::kSkipBody || no_body) {
+    self->framing_ = Framing::kNone;
+    return 1;
+  }
+  return action == HeadAction::kPause ? HPE_PAUSED : 0;
+}
+
+int HttpParser::OnBodyCb(llhttp_t* p, const char* at, size_t length) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  self->body_bytes_ += length;
+  if (self->max_body_bytes_ > 0 && self->body_bytes_ > self->max_body_bytes_) {
+    return self->Fail(413, "request body too large");
+  }
+  self->handler_->OnBody(*self, at, length);
+  if (self->error_status_ != 0) return -1;
+  return 0;
+}
+
+int HttpParser::OnMessageCompleteCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  if (self->is_informational_) {
+    // 1xx: the final response follows on the same stream.
+    self->handler_->OnMessageComplete(*self);
+    return 0;
+  }
+  self->message_started_ = false;
+  self->handler_->OnMessageComplete(*self);
+  // An upgrade stops by itself (HPE_PAUSED_UPGRADE); anything else pauses
+  // so the caller handles one message at a time.
+  return p->upgrade ? 0 : HPE_PAUSED;
+}
+
+}  // namespace tandem::dispatcher

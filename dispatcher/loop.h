@@ -1,0 +1,158 @@
+// One event-loop thread: its own event_base, SO_REUSEPORT listeners, client
+// connections, backend pools and pickers. Other threads talk to it only by
+// posting a message (queue + wake-up, as memcached's notify_worker()); the
+// request path takes no lock.
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "algorithms/picker.h"
+#include "algorithms/rng.h"
+#include "conf/config.h"
+#include "dispatcher/access_log.h"
+#include "dispatcher/event_ptr.h"
+#include "dispatcher/stats.h"
+#include "dispatcher/upstream.h"
+
+namespace tandem::dispatcher {
+
+class ClientConnection;
+class Loop;
+
+struct BackendRuntime {
+  const conf::Backend* config = nullptr;
+  BackendPool* pool = nullptr;
+  BackendStats* stats = nullptr;
+};
+
+struct ClusterRuntime {
+  const conf::Cluster* config = nullptr;
+  std::unique_ptr<algorithms::Picker> picker;
+  std::vector<BackendRuntime> backends;
+  std::vector<uint32_t> inflight;  // this thread's requests per backend
+  ClusterStats* stats = nullptr;
+};
+
+struct ListenerRuntime {
+  const conf::Listener* config = nullptr;
+  ClusterRuntime* cluster = nullptr;
+  ListenerStats* stats = nullptr;
+};
+
+// One configuration as one loop uses it. Connections accepted under it keep
+// it alive (a plain count: only this loop's thread touches it) until they
+// close, so a reload never changes the rules under a request in flight.
+class Generation {
+ public:
+  Generation(Loop& loop, std::shared_ptr<const conf::Config> config);
+  const conf::Config& config() const { return *config_; }
+  ListenerRuntime& listener(size_t index) { return listeners_[index]; }
+  ClusterRuntime& cluster(size_t index) { return clusters_[index]; }
+  size_t cluster_count() const { return clusters_.size(); }
+
+ private:
+  friend class Loop;
+  std::shared_ptr<const conf::Config> config_;
+  std::vector<ClusterRuntime> clusters_;
+  std::vector<ListenerRuntime> listeners_;
+  int connections_ = 0;
+};
+
+// A bound listening socket handed to a loop: one per listener per loop.
+struct ListenSocket {
+  std::string listener_name;
+  evutil_socket_t fd = -1;
+};
+
+class Loop {
+ public:
+  // `access_log_fd` < 0: no access log. Nothing starts until Run().
+  Loop(size_t index, int access_log_fd, conf::AccessLogFormat access_log_format);
+  ~Loop();
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+
+  // Creates the event base and message event. Call before Run(), on any
+  // thread. Returns false and sets `error` on failure.
+  bool Init(std::string* error);
+
+  // The thread body: runs until Stop() or the end of a shutdown.
+  void Run();
+
+  // Thread-safe: runs `fn` on this loop's thread.
+  void Post(std::function<void(Loop&)> fn);
+
+  // Loop thread: serve `config` from now on, accepting on `sockets` (owned
+  // from now on; listeners of the previous generation not among them close).
+  void ApplyConfig(std::shared_ptr<const conf::Config> config,
+                   std::vector<ListenSocket> sockets);
+
+  // Loop thread: stop accepting, close idle connections, and leave Run()
+  // once the last connection is gone or `grace` has passed.
+  void BeginShutdown(std::chrono::milliseconds grace);
+
+  // Thread-safe: the number of client connections open (approximate).
+  int64_t open_connections() const { return open_connections_.Get(); }
+
+  // For connections, on the loop thread.
+  event_base* base() const { return base_.get(); }
+  size_t index() const { return index_; }
+  AccessLog& access_log() { return *access_log_; }
+  LoopStats& stats() { return stats_; }
+  algorithms::Rng& rng() { return rng_; }
+  // A scratch buffer for building heads; valid until the next call.
+  std::string& scratch() {
+    scratch_.clear();
+    return scratch_;
+  }
+  bool shutting_down() const { return shutting_down_; }
+  BackendPool& PoolFor(const conf::Backend& backend, BackendStats* stats);
+  void Attach(ClientConnection* connection, Generation* generation);
+  void Detach(ClientConnection* connection, Generation* generation);
+
+ private:
+  struct BoundListener {
+    std::string listener_name;
+    ListenerPtr listener;
+  };
+
+  static void MessageCb(evutil_socket_t, short, void* arg);
+  static void AcceptCb(evconnlistener* listener, evutil_socket_t fd, sockaddr* address,
+                       int length, void* arg);
+  static void AcceptErrorCb(evconnlistener* listener, void* arg);
+  static void TickCb(evutil_socket_t, short, void* arg);
+  static void GraceCb(evutil_socket_t, short, void* arg);
+  void OnAccept(evconnlistener* listener, evutil_socket_t fd, sockaddr* address, int length);
+  void ReleaseGeneration(Generation* generation);
+  void MaybeFinishShutdown();
+
+  size_t index_;
+  int access_log_fd_;
+  conf::AccessLogFormat access_log_format_;
+  EventBasePtr base_;
+  EventPtr message_event_;
+  EventPtr tick_event_;
+  EventPtr grace_event_;
+  std::mutex message_mutex_;
+  std::deque<std::function<void(Loop&)>> messages_;
+  std::unique_ptr<AccessLog> access_log_;
+  LoopStats stats_;
+  algorithms::Rng rng_;
+  std::string scratch_;
+
+  std::unique_ptr<Generation> current_;
+  std::vector<std::unique_ptr<Generation>> retired_;
+  std::vector<BoundListener> listeners_;
+  std::unordered_map<std::string, std::unique_ptr<BackendPool>> pools_;  // by address
+  ClientConnection* connections_ = nullptr;  // intrusive list head
+  LocalGauge open_connections_;
+  bool shutting_down_ = false;
+};
+
+}  // namespace tandem::dispatcher

@@ -1,0 +1,472 @@
+// The process; see server.h.
+#include "dispatcher/server.h"
+
+#include <arpa/inet.h>
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "conf/log.h"
+#include "dispatcher/json.h"
+#include "dispatcher/metrics.h"
+
+namespace tandem::dispatcher {
+
+const char* const kVersion = "0.1.0";
+
+namespace {
+
+using conf::Log;
+using conf::LogLevel;
+
+const char* PolicyName(conf::Policy policy) {
+  return policy == conf::Policy::kPrimaryBackup ? "primary-backup" : "all-active";
+}
+
+const char* AlgorithmName(algorithms::Algorithm algorithm) {
+  switch (algorithm) {
+    case algorithms::Algorithm::kRoundRobin: return "round-robin";
+    case algorithms::Algorithm::kLeastConn: return "least-conn";
+    case algorithms::Algorithm::kP2c: return "p2c";
+    case algorithms::Algorithm::kRingHash: return "ring-hash";
+    case algorithms::Algorithm::kMaglev: return "maglev";
+    case algorithms::Algorithm::kRandom: return "random";
+  }
+  return "round-robin";
+}
+
+const char* StandbyName(conf::Standby standby) {
+  switch (standby) {
+    case conf::Standby::kHot: return "hot";
+    case conf::Standby::kWarm: return "warm";
+    case conf::Standby::kCold: return "cold";
+  }
+  return "hot";
+}
+
+uint16_t BoundPort(evutil_socket_t fd) {
+  sockaddr_storage bound;
+  socklen_t length = sizeof(bound);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length) != 0) return 0;
+  return ntohs(bound.ss_family == AF_INET6
+                   ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                   : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+}
+
+// A listening socket on `address`, with SO_REUSEPORT so every loop thread
+// can have its own (the kernel spreads connections over them).
+evutil_socket_t OpenListenSocket(const conf::SocketAddress& address, uint16_t port,
+                                 std::string* error) {
+  sockaddr_storage storage = address.storage;
+  if (storage.ss_family == AF_INET6) {
+    reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port = htons(port);
+  } else {
+    reinterpret_cast<sockaddr_in*>(&storage)->sin_port = htons(port);
+  }
+  evutil_socket_t fd =
+      socket(storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *error = std::string("socket: ") + strerror(errno);
+    return -1;
+  }
+  int one = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+    *error = std::string("setsockopt: ") + strerror(errno);
+    close(fd);
+    return -1;
+  }
+  if (storage.ss_family == AF_INET6) {
+    (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  }
+  if (bind(fd, reinterpret_cast<sockaddr*>(&storage), address.length) != 0) {
+    *error = "bind " + address.text + ": " + strerror(errno);
+    close(fd);
+    return -1;
+  }
+  if (listen(fd, 4096) != 0) {
+    *error = "listen " + address.text + ": " + strerror(errno);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string HostOf(const conf::SocketAddress& address) {
+  const std::string& text = address.text;
+  size_t colon = text.rfind(':');
+  return colon == std::string::npos ? text : text.substr(0, colon);
+}
+
+}  // namespace
+
+Server::Server(ServerOptions options) : options_(std::move(options)) {}
+
+Server::~Server() {
+  admin_.reset();
+  loops_.clear();
+  if (access_log_fd_ > STDERR_FILENO) close(access_log_fd_);
+}
+
+conf::LoadResult Server::Load() {
+  if (!options_.config_text.empty()) {
+    return conf::ParseConfig(options_.config_text, options_.config_path);
+  }
+  return conf::LoadConfigFile(options_.config_path);
+}
+
+int Server::OpenAccessLog(const conf::Global& global, std::string* error) {
+  if (global.access_log == "off") return -1;
+  if (global.access_log == "stdout") return STDOUT_FILENO;
+  int fd = open(global.access_log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) *error = "access_log " + global.access_log + ": " + strerror(errno);
+  return fd;
+}
+
+bool Server::BindListeners(const conf::Config& config,
+                           std::map<std::string, std::vector<evutil_socket_t>>* sockets,
+                           std::string* error) {
+  std::vector<evutil_socket_t> opened;
+  for (const conf::Listener& listener : config.listeners) {
+    const std::string& key = listener.listen.text;
+    if (sockets->count(key)) continue;
+    if (auto it = sockets_.find(key); it != sockets_.end()) {
+      (*sockets)[key] = it->second;
+      continue;
+    }
+    std::vector<evutil_socket_t> fds;
+    uint16_t port = listener.listen.port();
+    for (size_t i = 0; i < loops_.size(); ++i) {
+      evutil_socket_t fd = OpenListenSocket(listener.listen, port, error);
+      if (fd < 0) {
+        *error = "listener \"" + listener.name + "\": " + *error;
+        for (evutil_socket_t f : opened) close(f);
+        for (evutil_socket_t f : fds) close(f);
+        return false;
+      }
+      if (i == 0) port = BoundPort(fd);  // port 0: the others share the chosen one
+      fds.push_back(fd);
+    }
+    opened.insert(opened.end(), fds.begin(), fds.end());
+    std::string where = HostOf(listener.listen);
+    if (where.find(':') != std::string::npos && where.front() != '[') where = "[" + where + "]";
+    Log(LogLevel::kInfo, "dispatcher", "listener ready",
+        {{"listener", listener.name}, {"address", where + ":" + std::to_string(port)},
+         {"cluster", listener.cluster}, {"tls", listener.tls() ? "on" : "off"}});
+    (*sockets)[key] = std::move(fds);
+  }
+  return true;
+}
+
+void Server::Apply(std::shared_ptr<const conf::Config> config,
+                   std::map<std::string, std::vector<evutil_socket_t>> sockets) {
+  for (size_t i = 0; i < loops_.size(); ++i) {
+    std::vector<ListenSocket> mine;
+    for (const conf::Listener& listener : config->listeners) {
+      mine.push_back({listener.name, sockets.at(listener.listen.text)[i]});
+    }
+    loops_[i]->Post([config, mine = std::move(mine)](Loop& loop) mutable {
+      loop.ApplyConfig(config, std::move(mine));
+    });
+  }
+  sockets_ = std::move(sockets);
+  config_ = std::move(config);
+}
+
+int Server::Run() {
+  signal(SIGPIPE, SIG_IGN);
+  if (evthread_use_pthreads() != 0) {
+    Log(LogLevel::kError, "dispatcher", "libevent has no thread support");
+    return 1;
+  }
+  conf::LoadResult result = Load();
+  for (const conf::Diagnostic& warning : result.warnings) {
+    Log(LogLevel::kWarn, "conf", warning.ToString());
+  }
+  if (!result.ok()) {
+    for (const conf::Diagnostic& error : result.errors) {
+      std::fprintf(stderr, "%s\n", error.ToString().c_str());
+    }
+    return 1;
+  }
+  last_reload_.at_unix = static_cast<long long>(time(nullptr));
+  const conf::Config& config = *result.config;
+
+  std::string error;
+  access_log_fd_ = OpenAccessLog(config.global, &error);
+  if (!error.empty()) {
+    Log(LogLevel::kError, "dispatcher", error);
+    return 1;
+  }
+  control_base_.reset(event_base_new());
+  if (!control_base_) {
+    Log(LogLevel::kError, "dispatcher", "cannot create the control event loop");
+    return 1;
+  }
+  size_t threads = config.global.threads;
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  for (size_t i = 0; i < threads; ++i) {
+    loops_.push_back(
+        std::make_unique<Loop>(i, access_log_fd_, config.global.access_log_format));
+    if (!loops_.back()->Init(&error)) {
+      Log(LogLevel::kError, "dispatcher", error);
+      return 1;
+    }
+  }
+  std::map<std::string, std::vector<evutil_socket_t>> sockets;
+  if (!BindListeners(config, &sockets, &error)) {
+    Log(LogLevel::kError, "dispatcher", error);
+    return 1;
+  }
+  if (config.admin) {
+    admin_ = std::make_unique<AdminServer>(control_base_.get(), static_cast<AdminHandler*>(this));
+    if (!admin_->Start(*config.admin, &error)) {
+      Log(LogLevel::kError, "admin", error);
+      return 1;
+    }
+    std::string host = HostOf(config.admin->listen);
+    Log(LogLevel::kInfo, "admin", "admin listener ready",
+        {{"address", host + ":" + std::to_string(admin_->port())}});
+  }
+  Apply(result.config, std::move(sockets));
+
+  // Loop threads leave signals to the main thread's control loop.
+  sigset_t all;
+  sigset_t previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &previous);
+  for (auto& loop : loops_) threads_.emplace_back([raw = loop.get()] { raw->Run(); });
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+    EventPtr ev(evsignal_new(control_base_.get(), sig, SignalCb, this));
+    if (!ev || event_add(ev.get(), nullptr) != 0) {
+      Log(LogLevel::kError, "dispatcher", "cannot install signal handlers");
+      return 1;
+    }
+    signal_events_.push_back(std::move(ev));
+  }
+  drain_delay_event_.reset(evtimer_new(control_base_.get(), DrainDelayCb, this));
+  ready_ = true;
+  Log(LogLevel::kInfo, "dispatcher", "tandem started",
+      {{"version", kVersion}, {"threads", threads}, {"config", config.path}});
+
+  event_base_dispatch(control_base_.get());
+
+  for (auto& thread : threads_) thread.join();
+  Log(LogLevel::kInfo, "dispatcher", "tandem stopped");
+  return 0;
+}
+
+void Server::SignalCb(evutil_socket_t signal, short, void* arg) {
+  auto* self = static_cast<Server*>(arg);
+  if (signal == SIGHUP) {
+    std::vector<std::string> errors;
+    self->ReloadNow("SIGHUP", &errors);
+    return;
+  }
+  self->BeginShutdown();
+}
+
+void Server::BeginShutdown() {
+  if (draining_) return;
+  draining_ = true;
+  ready_ = false;
+  const conf::Global& global = config_->global;
+  Log(LogLevel::kInfo, "dispatcher", "shutting down",
+      {{"drain_delay_ms", global.drain_delay.count()},
+       {"grace_period_ms", global.grace_period.count()}});
+  // Fail /readyz first and keep serving for drain_delay, so whoever routes to
+  // tandem (a Service, keepalived) stops before the listeners close.
+  timeval tv = {static_cast<time_t>(global.drain_delay.count() / 1000),
+                static_cast<suseconds_t>((global.drain_delay.count() % 1000) * 1000)};
+  evtimer_add(drain_delay_event_.get(), &tv);
+}
+
+void Server::DrainDelayCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Server*>(arg);
+  auto grace = self->config_->global.grace_period;
+  for (auto& loop : self->loops_) {
+    loop->Post([grace](Loop& l) { l.BeginShutdown(grace); });
+  }
+  event_base_loopexit(self->control_base_.get(), nullptr);
+}
+
+bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* errors) {
+  if (draining_) {
+    errors->push_back("shutting down");
+    return false;
+  }
+  conf::LoadResult result = Load();
+  last_reload_.at_unix = static_cast<long long>(time(nullptr));
+  for (const conf::Diagnostic& error : result.errors) errors->push_back(error.ToString());
+  std::map<std::string, std::vector<evutil_socket_t>> sockets;
+  std::string error;
+  if (result.ok() && !BindListeners(*result.config, &sockets, &error)) {
+    errors->push_back(error);
+  }
+  if (!errors->empty()) {
+    ++reloads_failed_;
+    last_reload_.ok = false;
+    last_reload_.errors = *errors;
+    Log(LogLevel::kError, "conf", "reload rejected, the running config keeps serving",
+        {{"trigger", trigger}, {"errors", errors->size()}});
+    for (const std::string& e : *errors) Log(LogLevel::kError, "conf", e);
+    return false;
+  }
+  for (const conf::Diagnostic& warning : result.warnings) {
+    Log(LogLevel::kWarn, "conf", warning.ToString());
+  }
+  const conf::Config& next = *result.config;
+  if (next.global.threads != config_->global.threads) {
+    Log(LogLevel::kWarn, "conf", "threads changes take effect at the next restart");
+  }
+  if (admin_ && next.admin) admin_->set_token(next.admin->token);
+  Apply(result.config, std::move(sockets));
+  ++reloads_ok_;
+  last_reload_.ok = true;
+  last_reload_.errors.clear();
+  Log(LogLevel::kInfo, "conf", "config reloaded", {{"trigger", trigger}});
+  return true;
+}
+
+bool Server::Ready() { return ready_ && !draining_; }
+
+AdminReply Server::Reload() {
+  std::vector<std::string> errors;
+  AdminReply reply;
+  if (ReloadNow("admin", &errors)) {
+    reply.body = "reloaded\n";
+    return reply;
+  }
+  reply.status = 422;
+  reply.body = "reload rejected:\n";
+  for (const std::string& e : errors) reply.body += e + "\n";
+  return reply;
+}
+
+AdminReply Server::BackendAction(const std::string& cluster, const std::string& address,
+                                 const std::string& action) {
+  AdminReply reply;
+  const conf::Cluster* found = config_->FindCluster(cluster);
+  if (found == nullptr) {
+    reply.status = 404;
+    reply.body = "no cluster " + cluster + "\n";
+    return reply;
+  }
+  reply.status = 501;
+  reply.body = action + " needs health checking, which this build does not have yet\n";
+  (void)address;
+  return reply;
+}
+
+std::string Server::StatusJson() {
+  // In-flight requests per backend, summed over the loops.
+  std::map<std::pair<std::string, std::string>, int64_t> inflight;
+  for (const auto& loop : loops_) {
+    loop->stats().VisitBackends(
+        [&](const std::string& cluster, const std::string& backend, const BackendStats& s) {
+          inflight[{cluster, backend}] += s.inflight.Get();
+        });
+  }
+  std::string out;
+  out.reserve(4096);
+  out.append("{\"version\":");
+  AppendJsonString(kVersion, &out);
+  out.append(",\"config\":{\"path\":");
+  AppendJsonString(config_->path, &out);
+  out.append(",\"last_reload\":{\"ok\":");
+  out.append(last_reload_.ok ? "true" : "false");
+  out.append(",\"at\":");
+  AppendJsonString(conf::FormatUtcSeconds(last_reload_.at_unix), &out);
+  out.append(",\"errors\":[");
+  for (size_t i = 0; i < last_reload_.errors.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendJsonString(last_reload_.errors[i], &out);
+  }
+  out.append("]}},\"ready\":");
+  out.append(Ready() ? "true" : "false");
+  out.append(",\"listeners\":[");
+  for (size_t i = 0; i < config_->listeners.size(); ++i) {
+    const conf::Listener& listener = config_->listeners[i];
+    if (i > 0) out.push_back(',');
+    out.append("{\"name\":");
+    AppendJsonString(listener.name, &out);
+    out.append(",\"address\":");
+    auto it = sockets_.find(listener.listen.text);
+    std::string address = listener.listen.text;
+    if (it != sockets_.end() && !it->second.empty()) {
+      address = HostOf(listener.listen) + ":" + std::to_string(BoundPort(it->second[0]));
+    }
+    AppendJsonString(address, &out);
+    out.append(",\"cluster\":");
+    AppendJsonString(listener.cluster, &out);
+    out.append(",\"tls\":");
+    out.append(listener.tls() ? "true" : "false");
+    out.push_back('}');
+  }
+  out.append("],\"clusters\":[");
+  for (size_t c = 0; c < config_->clusters.size(); ++c) {
+    const conf::Cluster& cluster = config_->clusters[c];
+    if (c > 0) out.push_back(',');
+    out.append("{\"name\":");
+    AppendJsonString(cluster.name, &out);
+    out.append(",\"policy\":");
+    AppendJsonString(PolicyName(cluster.policy), &out);
+    out.append(",\"algorithm\":");
+    AppendJsonString(AlgorithmName(cluster.picker.algorithm), &out);
+    out.append(",\"panic\":false,\"backends\":[");
+    for (size_t b = 0; b < cluster.backends.size(); ++b) {
+      const conf::Backend& backend = cluster.backends[b];
+      if (b > 0) out.push_back(',');
+      out.append("{\"address\":");
+      AppendJsonString(backend.address.text, &out);
+      out.append(",\"role\":");
+      AppendJsonString(backend.role == conf::Role::kBackup ? "backup" : "primary", &out);
+      out.append(",\"standby\":");
+      if (backend.role == conf::Role::kBackup) {
+        AppendJsonString(StandbyName(backend.standby), &out);
+      } else {
+        out.append("null");
+      }
+      out.append(",\"state\":\"unknown\",\"active\":true,\"weight\":");
+      out.append(std::to_string(backend.weight));
+      out.append(",\"effective_weight\":");
+      out.append(std::to_string(backend.weight));
+      out.append(",\"inflight\":");
+      out.append(std::to_string(inflight[{cluster.name, backend.address.text}]));
+      out.append(",\"transitions\":[]}");
+    }
+    out.append("]}");
+  }
+  out.append("]}\n");
+  return out;
+}
+
+std::string Server::MetricsText() {
+  MetricsBuilder builder;
+  builder.Gauge("tandem_build_info", "tandem's version", {{"version", kVersion}}, 1);
+  builder.Counter("tandem_config_reloads_total", "Config reloads, by result",
+                  {{"result", "success"}}, static_cast<double>(reloads_ok_));
+  builder.Counter("tandem_config_reloads_total", "Config reloads, by result",
+                  {{"result", "failure"}}, static_cast<double>(reloads_failed_));
+  builder.Gauge("tandem_config_last_reload_success",
+                "1 if the last config load or reload succeeded", {},
+                last_reload_.ok ? 1 : 0);
+  builder.Gauge("tandem_config_last_reload_timestamp_seconds",
+                "Unix time of the last config load or reload attempt", {},
+                static_cast<double>(last_reload_.at_unix));
+  builder.Gauge("tandem_ready", "1 while tandem accepts traffic (/readyz)", {},
+                Ready() ? 1 : 0);
+  AddLoopMetrics(loops_, &builder);
+  return builder.Serialize();
+}
+
+}  // namespace tandem::dispatcher

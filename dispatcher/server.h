@@ -1,0 +1,87 @@
+// The process: loads the configuration, binds listeners, runs one event loop
+// per thread, and a control loop on the main thread for signals, the admin
+// listener, reloads and shutdown.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "conf/config.h"
+#include "conf/load.h"
+#include "dispatcher/admin.h"
+#include "dispatcher/event_ptr.h"
+#include "dispatcher/loop.h"
+
+namespace tandem::dispatcher {
+
+extern const char* const kVersion;
+
+struct ServerOptions {
+  std::string config_path;  // the file to load and reload
+  // Config text to run instead of a file (the demo); config_path then only
+  // names it.
+  std::string config_text;
+};
+
+class Server : private AdminHandler {
+ public:
+  explicit Server(ServerOptions options);
+  ~Server() override;
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Runs until SIGTERM/SIGINT and the drain that follows. Returns the exit
+  // code: 0 after a clean stop, 1 when start-up failed.
+  int Run();
+
+ private:
+  struct ReloadStatus {
+    bool ok = true;
+    long long at_unix = 0;
+    std::vector<std::string> errors;
+  };
+
+  static void SignalCb(evutil_socket_t signal, short, void* arg);
+  static void DrainDelayCb(evutil_socket_t, short, void* arg);
+
+  conf::LoadResult Load();
+  // Binds what `config` listens on that is not bound yet; reuses the rest.
+  bool BindListeners(const conf::Config& config,
+                     std::map<std::string, std::vector<evutil_socket_t>>* sockets,
+                     std::string* error);
+  void Apply(std::shared_ptr<const conf::Config> config,
+             std::map<std::string, std::vector<evutil_socket_t>> sockets);
+  bool ReloadNow(const std::string& trigger, std::vector<std::string>* errors);
+  void BeginShutdown();
+  int OpenAccessLog(const conf::Global& global, std::string* error);
+
+  // AdminHandler.
+  bool Ready() override;
+  std::string StatusJson() override;
+  std::string MetricsText() override;
+  AdminReply Reload() override;
+  AdminReply BackendAction(const std::string& cluster, const std::string& address,
+                           const std::string& action) override;
+
+  ServerOptions options_;
+  std::shared_ptr<const conf::Config> config_;
+  EventBasePtr control_base_;
+  std::vector<EventPtr> signal_events_;
+  EventPtr drain_delay_event_;
+  std::vector<std::unique_ptr<Loop>> loops_;
+  std::vector<std::thread> threads_;
+  // Bound listening sockets by listen address, one per loop.
+  std::map<std::string, std::vector<evutil_socket_t>> sockets_;
+  std::unique_ptr<AdminServer> admin_;
+  ReloadStatus last_reload_;
+  uint64_t reloads_ok_ = 0;
+  uint64_t reloads_failed_ = 0;
+  int access_log_fd_ = -1;
+  bool ready_ = false;
+  bool draining_ = false;
+};
+
+}  // namespace tandem::dispatcher

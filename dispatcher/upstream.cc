@@ -1,0 +1,152 @@
+// Connections to one backend from one loop thread; see upstream.h.
+#include "dispatcher/upstream.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+
+namespace tandem::dispatcher {
+namespace {
+
+// Largest read per callback: big enough for bulk bodies, small enough that a
+// busy connection does not starve the others on the loop.
+constexpr size_t kMaxSingleRead = 64 * 1024;
+
+void SetNoDelay(evutil_socket_t fd) {
+  int one = 1;
+  // Best effort: a failure only costs latency.
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+}  // namespace
+
+UpstreamConnection::UpstreamConnection(BackendPool& pool, BufferEventPtr bev)
+    : pool_(pool), bev_(std::move(bev)) {}
+
+void UpstreamConnection::ReadCb(bufferevent*, void* arg) {
+  auto* self = static_cast<UpstreamConnection*>(arg);
+  if (self->user_ == nullptr) {
+    self->pool_.OnIdleEvent(self);
+    return;
+  }
+  self->user_->OnUpstreamRead(*self);
+}
+
+void UpstreamConnection::WriteCb(bufferevent*, void* arg) {
+  auto* self = static_cast<UpstreamConnection*>(arg);
+  if (self->user_ != nullptr) self->user_->OnUpstreamDrained(*self);
+}
+
+void UpstreamConnection::EventCb(bufferevent*, short events, void* arg) {
+  auto* self = static_cast<UpstreamConnection*>(arg);
+  if (self->user_ == nullptr) {
+    self->pool_.OnIdleEvent(self);
+    return;
+  }
+  if (events & BEV_EVENT_CONNECTED) {
+    self->connected_ = true;
+    SetNoDelay(bufferevent_getfd(self->bev_.get()));
+    if (bufferevent_enable(self->bev_.get(), EV_READ | EV_WRITE) != 0) {
+      self->user_->OnUpstreamClosed(*self, BEV_EVENT_ERROR);
+      return;
+    }
+    auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::steady_clock::now() - self->since_)
+                      .count();
+    self->pool_.stats_->connect_micros.Add(static_cast<uint64_t>(micros));
+    self->user_->OnUpstreamConnected(*self);
+    return;
+  }
+  self->user_->OnUpstreamClosed(*self, events);
+}
+
+BackendPool::BackendPool(event_base* base, const conf::SocketAddress& address,
+                         BackendStats* stats)
+    : base_(base), address_(address), stats_(stats) {}
+
+BackendPool::~BackendPool() {
+  while (head_ != nullptr) Close(head_);
+}
+
+UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user) {
+  if (idle_.empty()) return nullptr;
+  UpstreamConnection* connection = idle_.back();
+  idle_.pop_back();
+  stats_->idle_connections.Add(-1);
+  connection->idle_ = false;
+  connection->user_ = user;
+  connection->reused_ = true;
+  return connection;
+}
+
+UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
+  BufferEventPtr bev(bufferevent_socket_new(base_, -1, BEV_OPT_CLOSE_ON_FREE));
+  if (!bev) return nullptr;
+  bufferevent_set_max_single_read(bev.get(), kMaxSingleRead);
+  auto* connection = new UpstreamConnection(*this, std::move(bev));
+  connection->user_ = user;
+  connection->since_ = std::chrono::steady_clock::now();
+  connection->next_ = head_;
+  if (head_ != nullptr) head_->prev_ = connection;
+  head_ = connection;
+  ++count_;
+  stats_->connections_opened.Add();
+  bufferevent* raw = connection->bev_.get();
+  bufferevent_setcb(raw, UpstreamConnection::ReadCb, UpstreamConnection::WriteCb,
+                    UpstreamConnection::EventCb, connection);
+  // Refusals and unreachable networks are reported through EventCb (libevent
+  // defers an immediate ECONNREFUSED), so the caller sees one path.
+  if (bufferevent_socket_connect(raw, const_cast<sockaddr*>(address_.sa()),
+                                 static_cast<int>(address_.length)) != 0) {
+    Close(connection);
+    return nullptr;
+  }
+  return connection;
+}
+
+void BackendPool::Release(UpstreamConnection* connection, uint32_t max_idle) {
+  if (idle_.size() >= max_idle || !connection->connected_ ||
+      evbuffer_get_length(connection->input()) > 0) {
+    Close(connection);
+    return;
+  }
+  connection->user_ = nullptr;
+  connection->since_ = std::chrono::steady_clock::now();
+  // Reading stays on while idle so a close by the backend is noticed at once
+  // (the callbacks route to OnIdleEvent while user_ is null).
+  bufferevent_setwatermark(connection->bev_.get(), EV_WRITE, 0, 0);
+  connection->idle_ = true;
+  idle_.push_back(connection);
+  stats_->idle_connections.Add(1);
+}
+
+void BackendPool::Close(UpstreamConnection* connection) {
+  if (connection->idle_) {
+    idle_.erase(std::find(idle_.begin(), idle_.end(), connection));
+    stats_->idle_connections.Add(-1);
+  }
+  if (connection->prev_ != nullptr) connection->prev_->next_ = connection->next_;
+  if (connection->next_ != nullptr) connection->next_->prev_ = connection->prev_;
+  if (head_ == connection) head_ = connection->next_;
+  --count_;
+  delete connection;
+}
+
+void BackendPool::CloseIdle(std::chrono::steady_clock::duration max_age) {
+  auto now = std::chrono::steady_clock::now();
+  // idle_ is oldest first: stop at the first one young enough.
+  while (!idle_.empty()) {
+    UpstreamConnection* oldest = idle_.front();
+    if (max_age.count() != 0 && now - oldest->since_ < max_age) break;
+    Close(oldest);
+  }
+}
+
+void BackendPool::OnIdleEvent(UpstreamConnection* connection) {
+  // An idle connection has nothing to say: data or EOF both end it.
+  Close(connection);
+}
+
+}  // namespace tandem::dispatcher

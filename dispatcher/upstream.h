@@ -1,0 +1,111 @@
+// Connections to one backend from one loop thread: connecting, and a LIFO
+// pool of idle keep-alive connections (nginx's upstream keepalive cache,
+// HAProxy's idle connection list). Nothing here is shared between threads.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
+#include "conf/config.h"
+#include "dispatcher/event_ptr.h"
+#include "dispatcher/stats.h"
+
+namespace tandem::dispatcher {
+
+class BackendPool;
+class UpstreamConnection;
+
+// Whoever is using an upstream connection for an exchange receives its events.
+class UpstreamUser {
+ public:
+  virtual ~UpstreamUser() = default;
+  virtual void OnUpstreamConnected(UpstreamConnection& connection) = 0;
+  virtual void OnUpstreamRead(UpstreamConnection& connection) = 0;
+  // The output buffer fell to its low-water mark.
+  virtual void OnUpstreamDrained(UpstreamConnection& connection) = 0;
+  // EOF, error or refused connect (BEV_EVENT_* flags in `events`). The
+  // connection is still valid; the user closes or releases it.
+  virtual void OnUpstreamClosed(UpstreamConnection& connection, short events) = 0;
+};
+
+class UpstreamConnection {
+ public:
+  UpstreamConnection(const UpstreamConnection&) = delete;
+  UpstreamConnection& operator=(const UpstreamConnection&) = delete;
+
+  bufferevent* bev() const { return bev_.get(); }
+  evbuffer* input() const { return bufferevent_get_input(bev_.get()); }
+  evbuffer* output() const { return bufferevent_get_output(bev_.get()); }
+  BackendPool& pool() const { return pool_; }
+  // True when the connection carried an earlier exchange (it may have been
+  // closed by the backend while idle, so a failure is worth one more try).
+  bool reused() const { return reused_; }
+  bool connected() const { return connected_; }
+  // Replaces the user; used when an exchange hands the connection over.
+  void set_user(UpstreamUser* user) { user_ = user; }
+
+ private:
+  friend class BackendPool;
+  UpstreamConnection(BackendPool& pool, BufferEventPtr bev);
+
+  static void ReadCb(bufferevent* bev, void* arg);
+  static void WriteCb(bufferevent* bev, void* arg);
+  static void EventCb(bufferevent* bev, short events, void* arg);
+
+  BackendPool& pool_;
+  BufferEventPtr bev_;
+  UpstreamUser* user_ = nullptr;  // null while idle in the pool
+  bool connected_ = false;
+  bool reused_ = false;
+  bool idle_ = false;  // in the pool's idle list
+  std::chrono::steady_clock::time_point since_;  // connect start, or idle since
+  // Intrusive list of every connection of the pool.
+  UpstreamConnection* prev_ = nullptr;
+  UpstreamConnection* next_ = nullptr;
+};
+
+class BackendPool {
+ public:
+  BackendPool(event_base* base, const conf::SocketAddress& address, BackendStats* stats);
+  ~BackendPool();
+  BackendPool(const BackendPool&) = delete;
+  BackendPool& operator=(const BackendPool&) = delete;
+
+  const conf::SocketAddress& address() const { return address_; }
+
+  // An idle connection handed to `user`, most recently used first; nullptr
+  // when none is idle.
+  UpstreamConnection* TakeIdle(UpstreamUser* user);
+
+  // Starts a new connection for `user`, who later gets OnUpstreamConnected
+  // or OnUpstreamClosed. nullptr when no socket could be made.
+  UpstreamConnection* Connect(UpstreamUser* user);
+
+  // Takes back a connection whose exchange completed cleanly; keeps it idle
+  // when fewer than `max_idle` are, else closes it.
+  void Release(UpstreamConnection* connection, uint32_t max_idle);
+
+  // Closes and frees a connection (idle or not).
+  void Close(UpstreamConnection* connection);
+
+  // Closes idle connections older than `max_age`; every connection when
+  // `max_age` is zero.
+  void CloseIdle(std::chrono::steady_clock::duration max_age);
+
+  size_t idle_count() const { return idle_.size(); }
+  size_t connection_count() const { return count_; }
+
+ private:
+  friend class UpstreamConnection;
+  void OnIdleEvent(UpstreamConnection* connection);
+
+  event_base* base_;
+  conf::SocketAddress address_;
+  BackendStats* stats_;
+  std::vector<UpstreamConnection*> idle_;  // oldest first
+  UpstreamConnection* head_ = nullptr;
+  size_t count_ = 0;
+};
+
+}  // namespace tandem::dispatcher

@@ -1,0 +1,1 @@
+// Health checking lands with its own issue; this unit keeps the library target.
