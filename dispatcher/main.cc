@@ -1,4 +1,6 @@
 // tandem's command line: run a config, check it, or run the embedded demo.
+#include <event2/thread.h>
+
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -42,6 +44,12 @@ int Check(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any event base exists, so every base can be woken from another
+  // thread (the demo workers' loop is stopped that way).
+  if (evthread_use_pthreads() != 0) {
+    std::fprintf(stderr, "tandem: libevent has no thread support\n");
+    return 1;
+  }
   std::string config_path;
   bool check = false;
   bool demo = false;

@@ -2,7 +2,6 @@
 #include "dispatcher/server.h"
 
 #include <arpa/inet.h>
-#include <event2/thread.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -182,10 +181,6 @@ void Server::Apply(std::shared_ptr<const conf::Config> config,
 
 int Server::Run() {
   signal(SIGPIPE, SIG_IGN);
-  if (evthread_use_pthreads() != 0) {
-    Log(LogLevel::kError, "dispatcher", "libevent has no thread support");
-    return 1;
-  }
   conf::LoadResult result = Load();
   for (const conf::Diagnostic& warning : result.warnings) {
     Log(LogLevel::kWarn, "conf", warning.ToString());

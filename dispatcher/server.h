@@ -34,7 +34,8 @@ class Server : private AdminHandler {
   Server& operator=(const Server&) = delete;
 
   // Runs until SIGTERM/SIGINT and the drain that follows. Returns the exit
-  // code: 0 after a clean stop, 1 when start-up failed.
+  // code: 0 after a clean stop, 1 when start-up failed. evthread_use_pthreads()
+  // must have been called before.
   int Run();
 
  private:
