@@ -80,9 +80,20 @@ struct PickInput {
                                        // backend past its end counts as 0
   const TriedSet* tried = nullptr;     // backends this request already failed
                                        // on; nullptr: none
+  // In-flight requests over the whole cluster, when the caller keeps that
+  // count. Bounded-load hashing needs it; without it, it sums `inflight`
+  // over the eligible backends, O(backends) per pick.
+  std::optional<uint64_t> total_inflight;
 };
 
-enum class Algorithm { kRoundRobin, kLeastConn, kP2c, kRingHash, kMaglev, kRandom };
+enum class Algorithm {
+  kRoundRobin,
+  kLeastConn,
+  kP2c,
+  kRingHash,
+  kMaglev,
+  kRandom
+};
 
 struct PickerOptions {
   Algorithm algorithm = Algorithm::kRoundRobin;

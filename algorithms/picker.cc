@@ -1,0 +1,31 @@
+// MakePicker: the one place that maps an Algorithm to its class.
+#include "algorithms/picker.h"
+
+#include "algorithms/least_conn.h"
+#include "algorithms/maglev.h"
+#include "algorithms/p2c.h"
+#include "algorithms/random_picker.h"
+#include "algorithms/ring_hash.h"
+#include "algorithms/smooth_wrr.h"
+
+namespace tandem::algorithms {
+
+std::unique_ptr<Picker> MakePicker(const PickerOptions& options, Rng& rng) {
+  switch (options.algorithm) {
+    case Algorithm::kRoundRobin:
+      return std::make_unique<SmoothWrr>();
+    case Algorithm::kLeastConn:
+      return std::make_unique<LeastConn>();
+    case Algorithm::kP2c:
+      return std::make_unique<P2c>(rng);
+    case Algorithm::kRingHash:
+      return std::make_unique<RingHash>(options);
+    case Algorithm::kMaglev:
+      return std::make_unique<Maglev>(options);
+    case Algorithm::kRandom:
+      return std::make_unique<RandomPicker>(rng);
+  }
+  return std::make_unique<SmoothWrr>();
+}
+
+}  // namespace tandem::algorithms
