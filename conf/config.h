@@ -89,9 +89,22 @@ struct HashKey {
 struct HealthCheck {
   enum class Kind { kNone, kTcp, kHttp };
   Kind kind = Kind::kNone;
+  std::string method = "GET";
   std::string path = "/healthz";
+  std::string host;         // Host of HTTP checks; empty: the backend's host
+  std::string expect_body;  // a substring the body must hold; empty: any
+  uint16_t port = 0;        // check another port; 0: the backend's
   Duration interval = std::chrono::seconds(2);
   Duration timeout = std::chrono::seconds(1);
+  // While a backend is changing state (some checks passed or failed but not
+  // rise/fall yet), as HAProxy's fastinter; and while it is down (downinter).
+  Duration fast_interval = std::chrono::milliseconds(500);
+  Duration down_interval = std::chrono::seconds(2);
+  // Warm backups are checked at this slower rate.
+  Duration warm_interval = std::chrono::seconds(10);
+  // Each wait is interval ± a random share up to this (and the first check
+  // of each backend starts at a random point of the first interval).
+  Duration jitter = Duration::zero();
   uint32_t rise = 2;
   uint32_t fall = 3;
   uint32_t expect_status_min = 200;  // inclusive
@@ -101,6 +114,8 @@ struct HealthCheck {
 struct Outlier {
   uint32_t consecutive_failures = 5;
   Duration ejection_time = std::chrono::seconds(30);
+  // Repeated ejections last ejection_time × times ejected, up to this.
+  Duration max_ejection_time = std::chrono::seconds(300);
   uint32_t max_ejection_percent = 50;
 };
 
@@ -119,6 +134,10 @@ struct Backend {
   Standby standby = Standby::kHot;  // meaningful for backups only
   std::string activate;             // cold standby: shell command
   std::string deactivate;
+  // Requests this backend may hold at once across all threads; 0 = no limit.
+  uint32_t max_inflight = 0;
+  // Connections to this backend across all threads; 0 = no limit.
+  uint32_t max_connections = 0;
 };
 
 struct Cluster {
@@ -136,6 +155,17 @@ struct Cluster {
   uint32_t max_idle_connections = 64;  // per backend, per thread
   double panic_threshold = 0.0;        // 0 = off
   Duration slow_start = Duration::zero();
+  // Retries may be at most this share of the cluster's requests in flight,
+  // but at least 3 at once (Envoy's retry budget).
+  double retry_budget = 0.2;
+  // A request body up to this size is kept so the request can be retried
+  // after it reached a backend; larger bodies are streamed and not retried.
+  uint64_t retry_buffer_bytes = 64 * 1024;
+  // Requests waiting for a backend below its max_inflight, per thread.
+  uint32_t queue_size = 0;
+  Duration queue_timeout = std::chrono::seconds(1);
+  // Cold standby: how long activate/deactivate may run.
+  Duration activate_timeout = std::chrono::seconds(30);
   HealthCheck health;
   std::optional<Outlier> outlier;
   UpstreamTls tls;

@@ -72,6 +72,11 @@ constexpr std::string_view kClusterKeys[] = {"policy",
                                              "max_idle_connections",
                                              "panic_threshold",
                                              "slow_start",
+                                             "retry_budget",
+                                             "retry_buffer",
+                                             "queue_size",
+                                             "queue_timeout",
+                                             "activate_timeout",
                                              "tls",
                                              "ca_file",
                                              "sni",
@@ -81,11 +86,16 @@ constexpr std::string_view kClusterKeys[] = {"policy",
                                              "outlier",
                                              "backends"};
 constexpr std::string_view kHealthKeys[] = {
-    "kind", "path", "interval", "timeout", "rise", "fall", "expect_status"};
+    "kind",          "method",        "path",          "host",
+    "expect_body",   "port",          "interval",      "timeout",
+    "fast_interval", "down_interval", "warm_interval", "jitter",
+    "rise",          "fall",          "expect_status"};
 constexpr std::string_view kOutlierKeys[] = {
-    "consecutive_failures", "ejection_time", "max_ejection_percent"};
+    "consecutive_failures", "ejection_time", "max_ejection_time",
+    "max_ejection_percent"};
 constexpr std::string_view kBackendKeys[] = {
-    "address", "weight", "role", "standby", "activate", "deactivate"};
+    "address",  "weight",     "role",         "standby",
+    "activate", "deactivate", "max_inflight", "max_connections"};
 
 struct Schema {
   std::string_view display;  // how a hint names the table
@@ -930,6 +940,14 @@ void Loader::LoadCluster(const std::string& name, const toml::table& table) {
   reader.ReadNumber("panic_threshold", 0.0, 1.0, &cluster.panic_threshold);
   reader.ReadDuration("slow_start", ZeroDuration::kAllowed,
                       &cluster.slow_start);
+  reader.ReadNumber("retry_budget", 0.0, 1.0, &cluster.retry_budget);
+  reader.ReadSize("retry_buffer", 0, 64 * 1024 * 1024,
+                  &cluster.retry_buffer_bytes);
+  reader.ReadInteger("queue_size", 0, 1000000, &cluster.queue_size);
+  reader.ReadDuration("queue_timeout", ZeroDuration::kRejected,
+                      &cluster.queue_timeout);
+  reader.ReadDuration("activate_timeout", ZeroDuration::kRejected,
+                      &cluster.activate_timeout);
 
   reader.ReadBool("tls", &cluster.tls.enabled);
   reader.ReadFile("ca_file", &cluster.tls.ca_file);
@@ -1010,16 +1028,61 @@ void Loader::LoadHealth(const toml::table& table, const std::string& path,
   reader.ReadInteger("rise", 1, 1000, &health->rise);
   reader.ReadInteger("fall", 1, 1000, &health->fall);
   LoadExpectStatus(reader, health);
+  if (reader.ReadString("method", &health->method)) {
+    const bool token = std::all_of(
+        health->method.begin(), health->method.end(),
+        [](char c) { return (c >= 'A' && c <= 'Z') || c == '-' || c == '_'; });
+    if (!token) {
+      reader.Error(*reader.Find("method"), "method",
+                   "must be an upper-case HTTP method such as GET, got \"" +
+                       health->method + "\"");
+    }
+  }
+  if (reader.ReadString("host", &health->host)) {
+    const bool clean =
+        std::none_of(health->host.begin(), health->host.end(), [](char c) {
+          return static_cast<unsigned char>(c) <= ' ' || c == 0x7f ||
+                 c == '/';
+        });
+    if (!clean) {
+      reader.Error(*reader.Find("host"), "host",
+                   "must be a host name without spaces or '/'");
+    }
+  }
+  reader.ReadString("expect_body", &health->expect_body);
+  reader.ReadInteger("port", 1, 65535, &health->port);
+  // The faster intervals default to a share of interval unless set.
+  health->fast_interval = std::max<Duration>(
+      std::chrono::milliseconds(100),
+      std::min<Duration>(health->interval / 4, health->fast_interval));
+  health->down_interval = health->interval;
+  health->warm_interval = health->interval * 5;
+  reader.ReadDuration("fast_interval", ZeroDuration::kRejected,
+                      &health->fast_interval);
+  reader.ReadDuration("down_interval", ZeroDuration::kRejected,
+                      &health->down_interval);
+  reader.ReadDuration("warm_interval", ZeroDuration::kRejected,
+                      &health->warm_interval);
+  if (reader.ReadDuration("jitter", ZeroDuration::kAllowed, &health->jitter) &&
+      health->jitter > health->interval / 2) {
+    reader.Error(*reader.Find("jitter"), "jitter",
+                 "jitter (" + FormatDuration(health->jitter) +
+                     ") must not exceed half the interval (" +
+                     FormatDuration(health->interval) + ")");
+  }
   if (!kind_ok) return;
   if (health->kind == HealthCheck::Kind::kNone) {
     for (std::string_view key :
-         {"path", "interval", "timeout", "rise", "fall", "expect_status"}) {
+         {"path", "interval", "timeout", "rise", "fall", "expect_status",
+          "method", "host", "expect_body", "port", "fast_interval",
+          "down_interval", "warm_interval", "jitter"}) {
       if (const toml::node* node = reader.Find(key)) {
         reader.Warning(*node, key, "has no effect with kind = \"none\"");
       }
     }
   } else if (health->kind == HealthCheck::Kind::kTcp) {
-    for (std::string_view key : {"path", "expect_status"}) {
+    for (std::string_view key :
+         {"path", "expect_status", "method", "host", "expect_body"}) {
       if (const toml::node* node = reader.Find(key)) {
         reader.Warning(*node, key, "has no effect with kind = \"tcp\"");
       }
@@ -1084,6 +1147,15 @@ void Loader::LoadOutlier(const toml::table& table, const std::string& path,
                      &outlier->consecutive_failures);
   reader.ReadDuration("ejection_time", ZeroDuration::kRejected,
                       &outlier->ejection_time);
+  outlier->max_ejection_time =
+      std::max(outlier->max_ejection_time, outlier->ejection_time);
+  if (reader.ReadDuration("max_ejection_time", ZeroDuration::kRejected,
+                          &outlier->max_ejection_time) &&
+      outlier->max_ejection_time < outlier->ejection_time) {
+    reader.Error(*reader.Find("max_ejection_time"), "max_ejection_time",
+                 "must not be shorter than ejection_time (" +
+                     FormatDuration(outlier->ejection_time) + ")");
+  }
   reader.ReadInteger("max_ejection_percent", 0, 100,
                      &outlier->max_ejection_percent);
 }
@@ -1146,6 +1218,9 @@ void Loader::LoadBackends(TableReader& cluster_reader, bool policy_ok,
                         &backend.standby);
     reader.ReadString("activate", &backend.activate);
     reader.ReadString("deactivate", &backend.deactivate);
+    reader.ReadInteger("max_inflight", 0, 1000000, &backend.max_inflight);
+    reader.ReadInteger("max_connections", 0, 1000000,
+                       &backend.max_connections);
     if (role_ok && backend.role == Role::kPrimary) ++primaries;
     if (role_ok && standby_ok) {
       const bool is_backup = backend.role == Role::kBackup;

@@ -126,7 +126,13 @@ void AccessLog::Write(const AccessLogEntry& e) {
     AppendNumber(e.tries, &buffer_);
     buffer_.append(",\"flags\":\"");
     buffer_.append(e.flags.empty() ? "-" : e.flags);
-    buffer_.append("\"}\n");
+    buffer_.append("\"");
+    if (!e.note.empty()) {
+      buffer_.append(",\"not_retried\":\"");
+      buffer_.append(e.note);
+      buffer_.append("\"");
+    }
+    buffer_.append("}\n");
   } else {
     AppendTime();
     buffer_.push_back(' ');
@@ -153,6 +159,11 @@ void AccessLog::Write(const AccessLogEntry& e) {
     AppendNumber(e.tries, &buffer_);
     buffer_.append(" flags=");
     buffer_.append(e.flags.empty() ? "-" : e.flags);
+    if (!e.note.empty()) {
+      buffer_.append(" not_retried=\"");
+      buffer_.append(e.note);
+      buffer_.push_back('"');
+    }
     buffer_.push_back('\n');
   }
   if (buffer_.size() >= kFlushBytes) {

@@ -26,6 +26,7 @@ struct AccessLogEntry {
   std::string_view backend;  // empty: none
   uint32_t tries = 0;
   std::string_view flags;  // short failure codes, empty when none
+  std::string_view note;   // why a failure was not retried, empty when none
 };
 
 class AccessLog {

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "algorithms/hash.h"
 #include "dispatcher/http_message.h"
 
 namespace tandem::dispatcher {
@@ -115,7 +116,9 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
 
 ClientConnection::~ClientConnection() {
   event_del(&timer_);
+  Dequeue();
   EndAttempt(false);
+  ReleaseClusterCounts();
   listener_->stats->connections_open.Add(-1);
   loop_.Detach(this, generation_);
 }
@@ -179,6 +182,7 @@ void ClientConnection::EventCb(bufferevent*, short events, void* arg) {
           if (self->request_.message_started()) self->flags_ |= kFlagClientReset;
           self->Destroy();
           break;
+        case State::kQueued:
         case State::kConnecting:
         case State::kProxying:
           if (self->request_complete_) {
@@ -263,7 +267,9 @@ void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short ev
     } else if (&connection != upstream_) {
       // An event of a connection this exchange no longer uses.
     } else if (state_ == State::kConnecting) {
-      FailAttempt(kFlagConnectFailure, 502, "connection to backend failed", true);
+      bool refused = (events & BEV_EVENT_ERROR) && EVUTIL_SOCKET_ERROR() == ECONNREFUSED;
+      FailAttempt(refused ? Failure::kRefused : Failure::kConnect, 502,
+                  refused ? "connection to backend refused" : "connection to backend failed");
     } else if (state_ == State::kTunnel) {
       // The backend ended the tunnel: deliver what it sent, then close.
       evbuffer_add_buffer(bufferevent_get_output(bev_.get()), upstream_->input());
@@ -280,18 +286,17 @@ void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short ev
           // A close-delimited body ended: complete, but not reusable.
           OnResponseComplete();
         } else if (!response_blocked_) {
+          ReportOutcome(false, Failure::kReset);
           AbortExchange(kFlagUpstreamReset);
         }
+      } else if (!response_bytes_seen_ && upstream_->reused() && !pool_race_retried_) {
+        // A pooled connection the backend had closed while idle: the request
+        // never reached it.
+        FailAttempt(Failure::kPoolRace, 502, "backend closed the connection");
       } else {
-        // No response yet. A pooled connection the backend closed while idle
-        // races with our request; when nothing of it can have been processed
-        // another connection may try again.
-        bool retryable = !response_bytes_seen_ && upstream_->reused() &&
-                         request_.body_bytes() == 0 && IsIdempotent(request_);
-        FailAttempt(kFlagUpstreamReset, 502,
+        FailAttempt(Failure::kReset, 502,
                     (events & BEV_EVENT_ERROR) ? "connection to backend reset"
-                                               : "backend closed the connection",
-                    retryable);
+                                               : "backend closed the connection");
       }
     }
   }
@@ -305,6 +310,7 @@ void ClientConnection::OnClientRead() {
     case State::kIdle:
       ParseRequest();
       break;
+    case State::kQueued:
     case State::kConnecting:
       break;  // the body waits until a backend connection is ready
     case State::kProxying:
@@ -417,6 +423,15 @@ HttpParser::HeadAction ClientConnection::OnHeadComplete(HttpParser& parser) {
 
 void ClientConnection::OnBody(HttpParser& parser, const char* data, size_t length) {
   if (&parser == &request_) {
+    if (body_kept_) {
+      // Keep a small body so the request can go to another backend.
+      if (retry_body_.size() + length <= cluster().config->retry_buffer_bytes) {
+        retry_body_.append(data, length);
+      } else {
+        body_kept_ = false;
+        std::string().swap(retry_body_);
+      }
+    }
     if (upstream_ == nullptr) return;
     evbuffer* out = upstream_->output();
     if (request_.framing() == Framing::kChunked) {
@@ -481,20 +496,119 @@ void ClientConnection::OnRequestHead() {
   expect_continue_ = ExpectsContinue(request_);
   upgrade_ = WantsUpgrade(request_);
   if (close_when_idle_ || loop_.shutting_down()) client_keep_alive_ = false;
+  ++cluster().active_requests;
+  counted_request_ = true;
   StartAttempt();
 }
 
-void ClientConnection::StartAttempt() {
+void ClientConnection::ReleaseClusterCounts() {
+  ClusterRuntime& runtime = cluster();
+  if (counted_request_) --runtime.active_requests;
+  if (counted_retry_) --runtime.active_retries;
+  counted_request_ = counted_retry_ = false;
+}
+
+std::optional<uint64_t> ClientConnection::RequestHash() const {
+  const conf::HashKey& key = cluster().config->hash_key;
+  std::string_view value;
+  switch (key.kind) {
+    case conf::HashKey::Kind::kNone:
+      return std::nullopt;
+    case conf::HashKey::Kind::kHeader: {
+      auto header = request_.headers().Find(key.name);
+      if (!header) return std::nullopt;
+      value = *header;
+      break;
+    }
+    case conf::HashKey::Kind::kCookie: {
+      // Cookie: a=1; b=2 (RFC 6265 §4.2); several Cookie fields may exist.
+      const HeaderList& headers = request_.headers();
+      for (size_t i = 0; i < headers.size() && value.empty(); ++i) {
+        if (!EqualsIgnoreCase(headers.name(i), "cookie")) continue;
+        std::string_view rest = headers.value(i);
+        while (!rest.empty()) {
+          size_t semi = rest.find(';');
+          std::string_view pair = rest.substr(0, semi);
+          while (!pair.empty() && pair.front() == ' ') pair.remove_prefix(1);
+          size_t eq = pair.find('=');
+          if (eq != std::string_view::npos && pair.substr(0, eq) == key.name) {
+            value = pair.substr(eq + 1);
+            break;
+          }
+          if (semi == std::string_view::npos) break;
+          rest.remove_prefix(semi + 1);
+        }
+      }
+      if (value.empty()) return std::nullopt;
+      break;
+    }
+    case conf::HashKey::Kind::kSourceIp:
+      value = std::string_view(client_address_).substr(0, client_ip_length_);
+      break;
+    case conf::HashKey::Kind::kPath: {
+      value = request_.target();
+      size_t query = value.find('?');
+      if (query != std::string_view::npos) value = value.substr(0, query);
+      break;
+    }
+  }
+  return algorithms::Hash64(value);
+}
+
+void ClientConnection::StartAttempt(bool retry, int status, const char* detail, bool other) {
   ClusterRuntime& runtime = cluster();
   algorithms::PickInput input;
   input.inflight = runtime.inflight;
   input.tried = &tried_;
+  if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone) input.hash = RequestHash();
   std::optional<size_t> pick = runtime.picker->Pick(input);
+  if (pick && retry && other && tried_.Contains(*pick)) pick.reset();
+  if (pick && runtime.has_limits && !TryAcquire(runtime.backends[*pick])) {
+    // Full: look for another backend below its limit, treating the full ones
+    // as tried for this pick only.
+    algorithms::TriedSet skip = tried_;
+    bool found = false;
+    for (size_t attempt = 0; attempt < runtime.backends.size(); ++attempt) {
+      skip.Insert(*pick);
+      input.tried = &skip;
+      pick = runtime.picker->Pick(input);
+      if (!pick || skip.Contains(*pick)) break;
+      if (TryAcquire(runtime.backends[*pick])) {
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      flags_ |= kFlagOverflow;
+      if (from_queue_) {
+        // Still full: back to the head of the line, the timeout unchanged.
+        state_ = State::kQueued;
+        queued_ = true;
+        runtime.queue.push_front(this);
+        return;
+      }
+      const uint32_t queue_size = runtime.config->queue_size;
+      if (queue_size > 0 && runtime.queue.size() < queue_size && !retry) {
+        state_ = State::kQueued;
+        queued_ = true;
+        runtime.queue.push_back(this);
+        loop_.WatchQueue();
+        ArmTimer(runtime.config->queue_timeout);
+        return;
+      }
+      RespondBusy("every backend is at its request limit");
+      return;
+    }
+  }
   if (!pick) {
+    if (retry) {
+      retry_note_ = "no other backend";
+      Respond(status, detail, !request_complete_);
+      return;
+    }
     flags_ |= kFlagNoBackend;
     runtime.stats->no_backend.Add();
-    Respond(503, tries_ == 0 ? "no eligible backend" : "no eligible backend left to try",
-            !request_complete_);
+    Respond(503, "no eligible backend", !request_complete_);
     return;
   }
   backend_ = *pick;
@@ -504,6 +618,10 @@ void ClientConnection::StartAttempt() {
   if (++tries_ > 1) {
     flags_ |= kFlagRetried;
     runtime.stats->retries.Add();
+    if (!counted_retry_) {
+      counted_retry_ = true;
+      ++runtime.active_retries;
+    }
   }
   ++runtime.inflight[backend_];
   backend.stats->inflight.Add(1);
@@ -520,7 +638,7 @@ void ClientConnection::StartAttempt() {
   }
   upstream_ = backend.pool->Connect(this);
   if (upstream_ == nullptr) {
-    FailAttempt(kFlagConnectFailure, 502, "cannot open a connection to the backend", true);
+    FailAttempt(Failure::kConnect, 502, "cannot open a connection to the backend");
     return;
   }
   state_ = State::kConnecting;
@@ -540,13 +658,14 @@ void ClientConnection::SendRequestHead() {
   bufferevent_setwatermark(upstream_->bev(), EV_READ, 0, 0);
   bufferevent_set_max_single_read(upstream_->bev(), kMaxSingleRead);
   if (bufferevent_enable(upstream_->bev(), EV_READ | EV_WRITE) != 0) {
-    FailAttempt(kFlagConnectFailure, 502, "cannot use the backend connection", true);
+    FailAttempt(Failure::kConnect, 502, "cannot use the backend connection");
     return;
   }
   if (expect_continue_ && !continue_sent_) {
     continue_sent_ = true;
     evbuffer_add(bufferevent_get_output(bev_.get()), kContinue, sizeof(kContinue) - 1);
   }
+  if (tries_ > 1 && request_.body_bytes() > 0) ReplayBody();
   if (request_complete_) {
     auto deadline = std::min(
         request_done_ + cluster().config->request_timeout,
@@ -560,6 +679,24 @@ void ClientConnection::SendRequestHead() {
   }
   ArmTimer(cluster().config->idle_timeout);
   ParseRequest();
+}
+
+void ClientConnection::ReplayBody() {
+  evbuffer* out = upstream_->output();
+  if (request_.framing() == Framing::kChunked) {
+    std::string& framed = loop_.scratch();
+    if (!retry_body_.empty()) AppendChunkHeader(retry_body_.size(), &framed);
+    evbuffer_add(out, framed.data(), framed.size());
+    evbuffer_add(out, retry_body_.data(), retry_body_.size());
+    if (!retry_body_.empty()) evbuffer_add(out, "\r\n", 2);
+    if (request_complete_) {
+      std::string& tail = loop_.scratch();
+      AppendLastChunk(request_.trailers(), &tail);
+      evbuffer_add(out, tail.data(), tail.size());
+    }
+  } else {
+    evbuffer_add(out, retry_body_.data(), retry_body_.size());
+  }
 }
 
 // ---- the response side ------------------------------------------------------
@@ -602,9 +739,15 @@ void ClientConnection::ParseResponse() {
       }
       return;
     case HttpParser::Result::kError:
-      if (!response_started_) {
-        FailAttempt(kFlagInvalidResponse, 502, "invalid response from backend", false);
+      if (retry_status_ != 0) {
+        int status = retry_status_;
+        retry_status_ = 0;
+        flags_ |= kFlagRetried5xx;
+        FailAttempt(Failure::kStatus, status, "backend answered with an error");
+      } else if (!response_started_) {
+        FailAttempt(Failure::kInvalid, 502, "invalid response from backend");
       } else {
+        ReportOutcome(false, Failure::kInvalid);
         AbortExchange(kFlagInvalidResponse);
       }
       return;
@@ -629,6 +772,15 @@ void ClientConnection::OnResponseHead(HttpParser& parser) {
     parser.Reject(502, "backend switched protocols unasked");
     return;
   }
+  if ((status == 502 || status == 503 || status == 504) &&
+      RetryRefusal(Failure::kStatus).empty()) {
+    // Another backend may do better: drop this answer and try there. When
+    // no retry is possible the backend's own answer is relayed instead.
+    retry_status_ = status;
+    parser.Reject(status, "retrying");
+    return;
+  }
+  ReportOutcome(status < 500, Failure::kStatus);
   ResponsePlan plan = PlanResponse(parser, head_request_, client_minor,
                                    client_keep_alive_ && !client_eof_);
   if (!request_complete_) plan.close = true;  // the rest of the request can't follow
@@ -691,24 +843,149 @@ void ClientConnection::EndAttempt(bool reusable) {
     ClusterRuntime& runtime = cluster();
     --runtime.inflight[backend_];
     runtime.backends[backend_].stats->inflight.Add(-1);
+    if (holds_slot_) {
+      holds_slot_ = false;
+      runtime.backends[backend_].limits->inflight.fetch_sub(1, std::memory_order_relaxed);
+      // A slot is free: the oldest queued request on this thread may go.
+      if (!runtime.queue.empty()) loop_.DrainQueue(runtime);
+    }
   }
 }
 
-void ClientConnection::FailAttempt(uint32_t flag, int status, const char* detail,
-                                   bool retryable) {
-  flags_ |= flag;
-  if (has_backend_) {
-    BackendStats* stats = cluster().backends[backend_].stats;
-    if (flag == kFlagConnectFailure) stats->connect_failures.Add();
-    if (flag == kFlagUpstreamReset) stats->upstream_resets.Add();
-    if (flag == kFlagUpstreamTimeout) stats->upstream_timeouts.Add();
-    tried_.Insert(backend_);
+bool ClientConnection::TryAcquire(BackendRuntime& backend) {
+  if (!backend.limits) return true;
+  const conf::Backend& config = *backend.config;
+  if (config.max_connections > 0 && backend.pool->idle_count() == 0 &&
+      backend.pool->shared_connections() >= config.max_connections) {
+    return false;
   }
-  EndAttempt(false);
-  if (retryable && !response_started_ && tries_ < 1 + cluster().config->retries) {
+  if (config.max_inflight == 0) return true;
+  std::atomic<uint32_t>& inflight = backend.limits->inflight;
+  uint32_t current = inflight.load(std::memory_order_relaxed);
+  do {
+    if (current >= config.max_inflight) return false;
+  } while (!inflight.compare_exchange_weak(current, current + 1, std::memory_order_relaxed));
+  holds_slot_ = true;
+  return true;
+}
+
+void ClientConnection::Dequeue() {
+  if (!queued_) return;
+  queued_ = false;
+  auto& queue = cluster().queue;
+  auto it = std::find(queue.begin(), queue.end(), this);
+  if (it != queue.end()) queue.erase(it);
+}
+
+bool ClientConnection::RetryFromQueue() {
+  {
+    DepthGuard guard(&callback_depth_);
+    Dequeue();
+    from_queue_ = true;
+    state_ = State::kConnecting;
     StartAttempt();
+    from_queue_ = false;
+  }
+  const bool left = !queued_;
+  if (destroy_pending_ && callback_depth_ == 0) delete this;
+  return left;
+}
+
+void ClientConnection::RespondBusy(const char* detail) {
+  cluster().stats->no_backend.Add();
+  std::string& out = loop_.scratch();
+  bool close = !request_complete_ || !client_keep_alive_ || client_eof_;
+  AppendSimpleResponse(503, detail, close,
+                       request_.http_minor(), "Retry-After: 1\r\n", &out);
+  status_ = 503;
+  evbuffer_add(bufferevent_get_output(bev_.get()), out.data(), out.size());
+  response_started_ = response_complete_ = true;
+  response_close_ = close;
+  if (close) {
+    LogExchange();
+    CloseAfterFlush();
     return;
   }
+  FinishExchange();
+}
+
+void ClientConnection::ReportOutcome(bool success, Failure failure) {
+  if (!has_backend_) return;
+  health::TrafficFailure kind = health::TrafficFailure::kReset;
+  switch (failure) {
+    case Failure::kConnect:
+    case Failure::kRefused:
+      kind = health::TrafficFailure::kConnect;
+      break;
+    case Failure::kTimeout:
+      kind = health::TrafficFailure::kTimeout;
+      break;
+    case Failure::kStatus:
+      kind = health::TrafficFailure::kStatus5xx;
+      break;
+    case Failure::kPoolRace:
+    case Failure::kReset:
+    case Failure::kInvalid:
+      kind = health::TrafficFailure::kReset;
+      break;
+  }
+  loop_.ReportOutcome(cluster(), backend_, success, kind, failure == Failure::kRefused);
+}
+
+std::string_view ClientConnection::RetryRefusal(Failure failure) const {
+  const ClusterRuntime& runtime = cluster();
+  const conf::Cluster& config = *runtime.config;
+  if (response_started_) return "response already started";
+  // A request that never reached a worker may always go elsewhere; one that
+  // did only when repeating it is safe.
+  bool reached = failure != Failure::kConnect && failure != Failure::kRefused &&
+                 failure != Failure::kPoolRace;
+  if (reached) {
+    if (!IsIdempotent(request_)) return "not idempotent";
+    if (tries_ > config.retries) return "retries exhausted";
+  }
+  if (request_.body_bytes() > 0 && !body_kept_) return "body too large to replay";
+  if (failure != Failure::kPoolRace) {
+    // tried_ will hold the current backend too.
+    size_t tried = tried_.size() + (has_backend_ && !tried_.Contains(backend_) ? 1 : 0);
+    if (runtime.eligible <= tried) return "no other backend";
+  }
+  // Envoy's retry budget: retries may be retry_budget of the requests in
+  // flight, but never fewer than 3 at once.
+  if (!counted_retry_) {
+    double budget = std::max(3.0, config.retry_budget * runtime.active_requests);
+    if (runtime.active_retries + 1 > budget) return "retry budget spent";
+  }
+  return {};
+}
+
+void ClientConnection::FailAttempt(Failure failure, int status, const char* detail) {
+  static constexpr uint32_t kFlagFor[] = {
+      kFlagConnectFailure, kFlagConnectFailure, kFlagUpstreamReset, kFlagUpstreamReset,
+      kFlagUpstreamTimeout, 0, kFlagInvalidResponse};
+  flags_ |= kFlagFor[static_cast<size_t>(failure)];
+  if (has_backend_) {
+    BackendStats* stats = cluster().backends[backend_].stats;
+    if (failure == Failure::kConnect || failure == Failure::kRefused) {
+      stats->connect_failures.Add();
+    } else if (failure == Failure::kReset || failure == Failure::kPoolRace) {
+      stats->upstream_resets.Add();
+    } else if (failure == Failure::kTimeout) {
+      stats->upstream_timeouts.Add();
+    }
+    // A pooled connection closing under us says nothing about the backend.
+    if (failure != Failure::kPoolRace) ReportOutcome(false, failure);
+    tried_.Insert(backend_);
+  }
+  std::string_view refusal = RetryRefusal(failure);
+  bool same_backend_ok = failure == Failure::kPoolRace;
+  if (failure == Failure::kPoolRace) pool_race_retried_ = true;
+  EndAttempt(false);
+  if (refusal.empty()) {
+    StartAttempt(true, status, detail, !same_backend_ok);
+    return;
+  }
+  retry_note_ = refusal;
   Respond(status, detail, !request_complete_);
 }
 
@@ -788,6 +1065,11 @@ void ClientConnection::ResetExchange() {
   first_request_ = false;
   header_timer_armed_ = false;
   last_backend_ = nullptr;
+  retry_note_ = {};
+  retry_status_ = 0;
+  if (!retry_body_.empty()) retry_body_.clear();
+  body_kept_ = true;
+  pool_race_retried_ = false;
 }
 
 void ClientConnection::AbortExchange(uint32_t flag) {
@@ -862,9 +1144,13 @@ void ClientConnection::OnTimer() {
         Destroy();  // keep-alive connection idle too long
       }
       return;
+    case State::kQueued:
+      Dequeue();
+      RespondBusy("no backend slot freed up within queue_timeout");
+      return;
     case State::kConnecting:
-      FailAttempt(kFlagConnectFailure | kFlagUpstreamTimeout, 502,
-                  "connection to backend timed out", true);
+      flags_ |= kFlagUpstreamTimeout;
+      FailAttempt(Failure::kConnect, 502, "connection to backend timed out");
       return;
     case State::kProxying: {
       if (!request_complete_ || response_started_) {
@@ -883,14 +1169,14 @@ void ClientConnection::OnTimer() {
       }
       auto request_deadline = request_done_ + config.request_timeout;
       if (now >= request_deadline) {
-        FailAttempt(kFlagUpstreamTimeout, 504, "backend did not answer within request_timeout",
-                    false);
+        // The whole budget is spent: no retry, whatever the method.
+        tries_ = std::max(tries_, cluster().config->retries + 1);
+        FailAttempt(Failure::kTimeout, 504, "backend did not answer within request_timeout");
         return;
       }
       auto try_deadline = std::max(attempt_start_, request_done_) + config.try_timeout;
       if (now >= try_deadline) {
-        FailAttempt(kFlagUpstreamTimeout, 504, "backend did not answer within try_timeout",
-                    false);
+        FailAttempt(Failure::kTimeout, 504, "backend did not answer within try_timeout");
         return;
       }
       ArmTimer(std::min(request_deadline, try_deadline) - now);
@@ -928,7 +1214,8 @@ std::string_view ClientConnection::FlagsText() {
   static constexpr std::pair<uint32_t, const char*> kNames[] = {
       {kFlagNoBackend, "UH"},      {kFlagConnectFailure, "UF"}, {kFlagUpstreamTimeout, "UT"},
       {kFlagUpstreamReset, "UC"},  {kFlagClientReset, "DC"},    {kFlagInvalidResponse, "UP"},
-      {kFlagRetried, "RT"},        {kFlagClientTimeout, "DT"},
+      {kFlagRetried, "RT"},        {kFlagClientTimeout, "DT"},  {kFlagRetried5xx, "R5"},
+      {kFlagOverflow, "UO"},
   };
   for (const auto& [bit, name] : kNames) {
     if ((flags_ & bit) == 0) continue;
@@ -939,6 +1226,7 @@ std::string_view ClientConnection::FlagsText() {
 }
 
 void ClientConnection::LogExchange() {
+  ReleaseClusterCounts();
   if (logged_) return;
   logged_ = true;
   auto now = Clock::now();
@@ -968,6 +1256,7 @@ void ClientConnection::LogExchange() {
   entry.backend = backend_address();
   entry.tries = tries_;
   entry.flags = FlagsText();
+  entry.note = retry_note_;
   log.Write(entry);
 }
 

@@ -30,6 +30,9 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   void CloseWhenIdle();
   // Grace period over: close at once.
   void Abort();
+  // A queued request tries again to find a backend below its limit; false
+  // when it is still queued (every backend still full).
+  bool RetryFromQueue();
 
   // Intrusive list of a loop's connections.
   ClientConnection* next = nullptr;
@@ -38,10 +41,23 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
  private:
   enum class State {
     kIdle,        // waiting for a request head (or its rest)
+    kQueued,      // every eligible backend is at its max_inflight: waiting
     kConnecting,  // head parsed, connecting to a backend
     kProxying,    // request sent or streaming; response awaited or streaming
     kTunnel,      // after 101: bytes copied both ways
     kClosing,     // flushing the last bytes, then close
+  };
+
+  // How an attempt on a backend failed; decides whether it may be retried.
+  enum class Failure {
+    kConnect,   // the connection could not be made (or timed out connecting)
+    kRefused,   // the connection was refused
+    kPoolRace,  // a reused connection closed before any answer: the backend
+                // closed it while idle, the request never reached it
+    kReset,     // closed or reset after the request was sent
+    kTimeout,   // try_timeout passed without a response head
+    kStatus,    // answered 502, 503 or 504
+    kInvalid,   // an unparseable response
   };
 
   // Why an exchange ended badly, for the access log (Envoy's response flags).
@@ -54,6 +70,8 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
     kFlagInvalidResponse = 1 << 5,  // UP: unparseable response
     kFlagRetried = 1 << 6,          // RT: more than one try
     kFlagClientTimeout = 1 << 7,    // DT: client too slow
+    kFlagRetried5xx = 1 << 8,       // R5: a 502/503/504 answer was retried
+    kFlagOverflow = 1 << 9,         // UO: every backend at its limit
   };
 
   ClientConnection(Loop& loop, Generation& generation, ListenerRuntime& listener,
@@ -81,7 +99,10 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   void OnClientRead();
   void ParseRequest();
   void OnRequestHead();
-  void StartAttempt();
+  // `retry`: an earlier attempt failed with `status`/`detail`, which the
+  // client gets if no backend is left; `other`: a different backend is needed.
+  void StartAttempt(bool retry = false, int status = 0, const char* detail = nullptr,
+                    bool other = true);
   void SendRequestHead();
   void ParseResponse();
   void OnResponseHead(HttpParser& parser);
@@ -95,10 +116,25 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   // its pool, else it is closed.
   void EndAttempt(bool reusable);
   // A failed attempt: retry when allowed, else answer `status`.
-  void FailAttempt(uint32_t flag, int status, const char* detail, bool retryable);
+  void FailAttempt(Failure failure, int status, const char* detail);
+  // Empty when `failure` may be retried now; else why not (for the log).
+  std::string_view RetryRefusal(Failure failure) const;
+  // Tells health/ how the attempt went.
+  void ReportOutcome(bool success, Failure failure);
+  // The request's hash for ring-hash and maglev, from hash_key.
+  std::optional<uint64_t> RequestHash() const;
+  // Writes what the request body has been so far (kept for a retry).
+  void ReplayBody();
+  // The exchange is over for the cluster's in-flight and retry counts.
+  void ReleaseClusterCounts();
+  // Takes a slot of a limited backend; false when it is full.
+  bool TryAcquire(BackendRuntime& backend);
+  void Dequeue();
   // Answers with tandem's own short response; closes when `close` or the
   // request was not read completely.
   void Respond(int status, const char* detail, bool close);
+  // 503 with Retry-After: every backend is at its limit.
+  void RespondBusy(const char* detail);
   void CloseAfterFlush();
   void FinishClose();
   void Destroy();
@@ -165,6 +201,16 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   std::chrono::steady_clock::time_point attempt_start_;
   std::chrono::steady_clock::time_point last_activity_;
   std::string flags_text_;
+  std::string_view retry_note_;   // why the last failure was not retried
+  std::string retry_body_;        // request body kept for a retry
+  bool body_kept_ = true;         // retry_body_ holds the whole body so far
+  bool pool_race_retried_ = false;
+  bool counted_request_ = false;  // in cluster().active_requests
+  bool counted_retry_ = false;    // in cluster().active_retries
+  int retry_status_ = 0;          // a 5xx answer being dropped for a retry
+  bool holds_slot_ = false;       // counted in the backend's shared inflight
+  bool queued_ = false;           // in cluster().queue
+  bool from_queue_ = false;       // StartAttempt() called for a queued request
 };
 
 }  // namespace tandem::dispatcher

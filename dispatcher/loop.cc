@@ -10,6 +10,7 @@
 #include "algorithms/hash.h"
 #include "conf/log.h"
 #include "dispatcher/client_connection.h"
+#include "health/monitor.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -29,23 +30,27 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config)
   for (size_t c = 0; c < config_->clusters.size(); ++c) {
     const conf::Cluster& cluster = config_->clusters[c];
     ClusterRuntime& runtime = clusters_[c];
+    runtime.index = c;
     runtime.config = &cluster;
     runtime.stats = loop.stats().Cluster(cluster.name);
     runtime.picker = algorithms::MakePicker(cluster.picker, loop.rng());
     runtime.inflight.assign(cluster.backends.size(), 0);
-    std::vector<algorithms::BackendView> views(cluster.backends.size());
-    for (size_t b = 0; b < cluster.backends.size(); ++b) {
-      const conf::Backend& backend = cluster.backends[b];
+    runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
+    for (const conf::Backend& backend : cluster.backends) {
       BackendRuntime backend_runtime;
       backend_runtime.config = &backend;
       backend_runtime.stats = loop.stats().Backend(cluster.name, backend.address.text);
       backend_runtime.pool = &loop.PoolFor(backend, backend_runtime.stats);
+      if (backend.max_inflight > 0 || backend.max_connections > 0) {
+        backend_runtime.limits = loop.LimitsFor(cluster.name, backend.address.text);
+        runtime.has_limits = true;
+        if (backend.max_connections > 0) {
+          backend_runtime.pool->set_shared_connections(std::shared_ptr<std::atomic<uint32_t>>(
+              backend_runtime.limits, &backend_runtime.limits->connections));
+        }
+      }
       runtime.backends.push_back(backend_runtime);
-      views[b].weight = algorithms::ScaledWeight(backend.weight);
-      views[b].eligible = true;
-      views[b].id = algorithms::Hash64(backend.address.text);
     }
-    runtime.picker->Update(views);
   }
   listeners_.resize(config_->listeners.size());
   for (size_t l = 0; l < config_->listeners.size(); ++l) {
@@ -53,6 +58,40 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config)
     listeners_[l].config = &listener;
     listeners_[l].cluster = &clusters_[listener.cluster_index];
     listeners_[l].stats = loop.stats().Listener(listener.name);
+  }
+}
+
+void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
+  for (ClusterRuntime& runtime : clusters_) {
+    const conf::Cluster& cluster = *runtime.config;
+    const bool checks = cluster.health.kind != conf::HealthCheck::Kind::kNone;
+    const health::ClusterStatus* status =
+        snapshot != nullptr ? snapshot->Find(cluster.name) : nullptr;
+    std::vector<algorithms::BackendView> views(cluster.backends.size());
+    for (size_t b = 0; b < cluster.backends.size(); ++b) {
+      const conf::Backend& backend = cluster.backends[b];
+      algorithms::BackendView& view = views[b];
+      view.id = algorithms::Hash64(backend.address.text);
+      view.weight = algorithms::ScaledWeight(backend.weight);
+      // Until health/ has spoken, only unchecked primaries take traffic.
+      view.eligible = !checks && backend.role == conf::Role::kPrimary;
+      if (status == nullptr) continue;
+      if (snapshot->config == config_ && b < status->views.size()) {
+        view = status->views[b];
+        continue;
+      }
+      for (size_t i = 0; i < status->backends.size(); ++i) {
+        if (status->backends[i].address == backend.address.text) {
+          view = status->views[i];
+          break;
+        }
+      }
+    }
+    runtime.eligible = 0;
+    for (const auto& view : views) {
+      if (view.eligible && view.weight > 0) ++runtime.eligible;
+    }
+    runtime.picker->Update(views);
   }
 }
 
@@ -65,6 +104,7 @@ Loop::Loop(size_t index, int access_log_fd, conf::AccessLogFormat access_log_for
 }
 
 Loop::~Loop() {
+  health_monitor_ = nullptr;
   while (connections_ != nullptr) connections_->Abort();
   listeners_.clear();
   pools_.clear();
@@ -73,6 +113,8 @@ Loop::~Loop() {
   retired_.clear();
   tick_event_.reset();
   grace_event_.reset();
+  flush_event_.reset();
+  queue_poll_event_.reset();
   message_event_.reset();
 }
 
@@ -85,7 +127,10 @@ bool Loop::Init(std::string* error) {
   message_event_.reset(event_new(base_.get(), -1, EV_PERSIST, MessageCb, this));
   tick_event_.reset(event_new(base_.get(), -1, EV_PERSIST, TickCb, this));
   grace_event_.reset(evtimer_new(base_.get(), GraceCb, this));
-  if (!message_event_ || !tick_event_ || !grace_event_ ||
+  flush_event_.reset(evtimer_new(base_.get(), FlushOutcomesCb, this));
+  queue_poll_event_.reset(event_new(base_.get(), -1, EV_PERSIST, QueuePollCb, this));
+  if (!message_event_ || !tick_event_ || !grace_event_ || !flush_event_ ||
+      !queue_poll_event_ ||
       event_add(message_event_.get(), nullptr) != 0 ||
       event_add(tick_event_.get(), &kTickInterval) != 0) {
     *error = "cannot create loop events";
@@ -150,7 +195,9 @@ void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,
   }
   listeners_ = std::move(listeners);  // listeners not carried over close here
 
+  generation->ApplyHealth(health_.get());
   if (current_) {
+    FlushOutcomes(*current_);
     if (current_->connections_ == 0) {
       current_.reset();
     } else {
@@ -158,6 +205,113 @@ void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,
     }
   }
   current_ = std::move(generation);
+}
+
+void Loop::ApplyHealth(std::shared_ptr<const health::HealthSnapshot> snapshot) {
+  health_ = std::move(snapshot);
+  if (current_) current_->ApplyHealth(health_.get());
+  for (auto& generation : retired_) generation->ApplyHealth(health_.get());
+}
+
+std::shared_ptr<SharedLimits> Loop::LimitsFor(const std::string& cluster,
+                                              const std::string& address) const {
+  if (limits_) {
+    auto it = limits_->find({cluster, address});
+    if (it != limits_->end()) return it->second;
+  }
+  // Not prepared by the server (a test): a private counter still limits.
+  return std::make_shared<SharedLimits>();
+}
+
+void Loop::ReportOutcome(ClusterRuntime& cluster, size_t backend, bool success,
+                         health::TrafficFailure kind, bool refused) {
+  if (health_monitor_ == nullptr) return;
+  OutcomeCounts& counts = cluster.outcomes[backend];
+  cluster.outcomes_pending = true;
+  if (success) {
+    ++counts.successes;
+    if (!flush_pending_) {
+      flush_pending_ = true;
+      static constexpr timeval kSuccessBatch = {0, 250 * 1000};
+      evtimer_add(flush_event_.get(), &kSuccessBatch);
+    }
+    return;
+  }
+  ++counts.failures;
+  counts.kind = kind;
+  counts.refused = counts.refused || refused;
+  // Failures go out at once (coalesced within this loop iteration), so an
+  // ejection does not wait for a batch.
+  flush_pending_ = true;
+  event_active(flush_event_.get(), EV_TIMEOUT, 0);
+}
+
+void Loop::WatchQueue() {
+  if (queue_poll_armed_) return;
+  // Slots free up on other threads without telling this one: look again
+  // every few milliseconds while anything waits.
+  static constexpr timeval kPoll = {0, 5 * 1000};
+  if (event_add(queue_poll_event_.get(), &kPoll) == 0) queue_poll_armed_ = true;
+}
+
+void Loop::DrainQueue(ClusterRuntime& cluster) {
+  while (!cluster.queue.empty()) {
+    ClientConnection* next = cluster.queue.front();
+    if (!next->RetryFromQueue()) break;
+  }
+}
+
+void Loop::QueuePollCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Loop*>(arg);
+  bool waiting = false;
+  auto drain = [&](Generation& generation) {
+    for (ClusterRuntime& cluster : generation.clusters_) {
+      self->DrainQueue(cluster);
+      waiting = waiting || !cluster.queue.empty();
+    }
+  };
+  if (self->current_) drain(*self->current_);
+  for (auto& generation : self->retired_) drain(*generation);
+  if (!waiting) {
+    event_del(self->queue_poll_event_.get());
+    self->queue_poll_armed_ = false;
+  }
+}
+
+void Loop::FlushOutcomesCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Loop*>(arg);
+  self->flush_pending_ = false;
+  self->FlushOutcomes();
+}
+
+void Loop::FlushOutcomes() {
+  if (current_) FlushOutcomes(*current_);
+  for (auto& generation : retired_) FlushOutcomes(*generation);
+}
+
+void Loop::FlushOutcomes(Generation& generation) {
+  if (health_monitor_ == nullptr) return;
+  health::OutcomeBatch batch;
+  for (ClusterRuntime& cluster : generation.clusters_) {
+    if (!cluster.outcomes_pending) continue;
+    cluster.outcomes_pending = false;
+    for (size_t b = 0; b < cluster.outcomes.size(); ++b) {
+      OutcomeCounts& counts = cluster.outcomes[b];
+      if (counts.successes == 0 && counts.failures == 0) continue;
+      health::OutcomeReport report;
+      report.cluster = static_cast<uint32_t>(cluster.index);
+      report.backend = static_cast<uint32_t>(b);
+      report.successes = counts.successes;
+      report.failures = counts.failures;
+      report.kind = counts.kind;
+      report.refused = counts.refused;
+      batch.reports.push_back(report);
+      counts = OutcomeCounts{};
+    }
+  }
+  if (batch.reports.empty()) return;
+  batch.config = generation.config_;
+  health_monitor_->Report(std::move(batch));
 }
 
 void Loop::AcceptCb(evconnlistener* listener, evutil_socket_t fd, sockaddr* address,
@@ -221,6 +375,7 @@ void Loop::Detach(ClientConnection* connection, Generation* generation) {
 }
 
 void Loop::ReleaseGeneration(Generation* generation) {
+  FlushOutcomes(*generation);
   for (auto it = retired_.begin(); it != retired_.end(); ++it) {
     if (it->get() == generation) {
       retired_.erase(it);
@@ -235,7 +390,9 @@ void Loop::TickCb(evutil_socket_t, short, void* arg) {
   for (const conf::Cluster& cluster : self->current_->config().clusters) {
     for (const conf::Backend& backend : cluster.backends) {
       auto it = self->pools_.find(backend.address.text);
-      if (it != self->pools_.end()) it->second->CloseIdle(cluster.idle_timeout);
+      if (it != self->pools_.end()) {
+        it->second->CloseIdle(cluster.idle_timeout, cluster.max_idle_connections);
+      }
     }
   }
 }

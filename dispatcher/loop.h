@@ -4,7 +4,9 @@
 // request path takes no lock.
 #pragma once
 
+#include <atomic>
 #include <deque>
+#include <map>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -19,23 +21,53 @@
 #include "dispatcher/event_ptr.h"
 #include "dispatcher/stats.h"
 #include "dispatcher/upstream.h"
+#include "health/snapshot.h"
+
+namespace tandem::health {
+class HealthMonitor;
+}
 
 namespace tandem::dispatcher {
 
 class ClientConnection;
 class Loop;
 
+// Counters one backend shares across threads, for its max_inflight and
+// max_connections limits only (a backend without limits never touches them).
+struct SharedLimits {
+  std::atomic<uint32_t> inflight{0};
+  std::atomic<uint32_t> connections{0};
+};
+
+// Outcomes seen on one backend since the last report to health/.
+struct OutcomeCounts {
+  uint32_t successes = 0;
+  uint32_t failures = 0;
+  health::TrafficFailure kind = health::TrafficFailure::kConnect;
+  bool refused = false;
+};
+
 struct BackendRuntime {
   const conf::Backend* config = nullptr;
   BackendPool* pool = nullptr;
   BackendStats* stats = nullptr;
+  std::shared_ptr<SharedLimits> limits;  // null when the backend has no limit
 };
 
 struct ClusterRuntime {
+  size_t index = 0;  // in the config
   const conf::Cluster* config = nullptr;
   std::unique_ptr<algorithms::Picker> picker;
   std::vector<BackendRuntime> backends;
   std::vector<uint32_t> inflight;  // this thread's requests per backend
+  std::vector<OutcomeCounts> outcomes;
+  bool outcomes_pending = false;
+  uint32_t eligible = 0;         // backends the last health snapshot allows
+  uint32_t active_requests = 0;  // this thread's exchanges in progress
+  uint32_t active_retries = 0;   // of which retries
+  bool has_limits = false;       // some backend has max_inflight/max_connections
+  // Requests waiting for a backend below its limit, oldest first.
+  std::deque<ClientConnection*> queue;
   ClusterStats* stats = nullptr;
 };
 
@@ -52,6 +84,12 @@ class Generation {
  public:
   Generation(Loop& loop, std::shared_ptr<const conf::Config> config);
   const conf::Config& config() const { return *config_; }
+  const std::shared_ptr<const conf::Config>& config_ptr() const { return config_; }
+  // Feeds a health snapshot to the pickers (backends matched by cluster name
+  // and address, so a snapshot of another config applies too). Backends the
+  // snapshot does not know take traffic only when their cluster has no
+  // active checks.
+  void ApplyHealth(const health::HealthSnapshot* snapshot);
   ListenerRuntime& listener(size_t index) { return listeners_[index]; }
   ClusterRuntime& cluster(size_t index) { return clusters_[index]; }
   size_t cluster_count() const { return clusters_.size(); }
@@ -113,6 +151,28 @@ class Loop {
   }
   bool shutting_down() const { return shutting_down_; }
   BackendPool& PoolFor(const conf::Backend& backend, BackendStats* stats);
+  // Limits shared across threads for (cluster, address); set by the server
+  // before a config is applied.
+  std::shared_ptr<SharedLimits> LimitsFor(const std::string& cluster,
+                                          const std::string& address) const;
+
+  // Wiring, before Run(): where outcomes go, and the shared limit counters.
+  void set_health(health::HealthMonitor* monitor) { health_monitor_ = monitor; }
+  void set_limits(std::shared_ptr<const std::map<std::pair<std::string, std::string>,
+                                                 std::shared_ptr<SharedLimits>>> limits) {
+    limits_ = std::move(limits);
+  }
+  // Loop thread: a new health snapshot for every generation.
+  void ApplyHealth(std::shared_ptr<const health::HealthSnapshot> snapshot);
+  // Loop thread: one exchange's outcome on a backend, batched to health/ (at
+  // once when something failed, else a few times a second).
+  void ReportOutcome(ClusterRuntime& cluster, size_t backend, bool success,
+                     health::TrafficFailure kind, bool refused);
+  // Loop thread: a request joined `cluster`'s queue; the loop polls queues
+  // while any is non-empty (slots free up on other threads too).
+  void WatchQueue();
+  // Loop thread: a slot may have freed up: let queued requests try again.
+  void DrainQueue(ClusterRuntime& cluster);
   void Attach(ClientConnection* connection, Generation* generation);
   void Detach(ClientConnection* connection, Generation* generation);
 
@@ -128,6 +188,10 @@ class Loop {
   static void AcceptErrorCb(evconnlistener* listener, void* arg);
   static void TickCb(evutil_socket_t, short, void* arg);
   static void GraceCb(evutil_socket_t, short, void* arg);
+  static void FlushOutcomesCb(evutil_socket_t, short, void* arg);
+  static void QueuePollCb(evutil_socket_t, short, void* arg);
+  void FlushOutcomes();
+  void FlushOutcomes(Generation& generation);
   void OnAccept(evconnlistener* listener, evutil_socket_t fd, sockaddr* address, int length);
   void ReleaseGeneration(Generation* generation);
   void MaybeFinishShutdown();
@@ -139,6 +203,15 @@ class Loop {
   EventPtr message_event_;
   EventPtr tick_event_;
   EventPtr grace_event_;
+  EventPtr flush_event_;
+  EventPtr queue_poll_event_;
+  bool queue_poll_armed_ = false;
+  bool flush_pending_ = false;
+  health::HealthMonitor* health_monitor_ = nullptr;
+  std::shared_ptr<const health::HealthSnapshot> health_;
+  std::shared_ptr<const std::map<std::pair<std::string, std::string>,
+                                 std::shared_ptr<SharedLimits>>>
+      limits_;
   std::mutex message_mutex_;
   std::deque<std::function<void(Loop&)>> messages_;
   std::unique_ptr<AccessLog> access_log_;

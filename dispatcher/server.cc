@@ -98,6 +98,15 @@ evutil_socket_t OpenListenSocket(const conf::SocketAddress& address, uint16_t po
   return fd;
 }
 
+// "2026-11-26T10:00:01.234Z"
+std::string FormatUnixMs(int64_t unix_ms) {
+  std::string seconds = conf::FormatUtcSeconds(unix_ms / 1000);
+  char millis[8];
+  std::snprintf(millis, sizeof(millis), ".%03dZ", static_cast<int>(unix_ms % 1000));
+  seconds.pop_back();  // the 'Z'
+  return seconds + millis;
+}
+
 std::string HostOf(const conf::SocketAddress& address) {
   const std::string& text = address.text;
   size_t colon = text.rfind(':');
@@ -110,7 +119,9 @@ Server::Server(ServerOptions options) : options_(std::move(options)) {}
 
 Server::~Server() {
   admin_.reset();
+  if (health_) health_->Stop();
   loops_.clear();
+  health_.reset();
   if (access_log_fd_ > STDERR_FILENO) close(access_log_fd_);
 }
 
@@ -164,14 +175,35 @@ bool Server::BindListeners(const conf::Config& config,
   return true;
 }
 
+void Server::PrepareLimits(const conf::Config& config) {
+  auto limits = std::make_shared<
+      std::map<std::pair<std::string, std::string>, std::shared_ptr<SharedLimits>>>();
+  for (const conf::Cluster& cluster : config.clusters) {
+    for (const conf::Backend& backend : cluster.backends) {
+      if (backend.max_inflight == 0 && backend.max_connections == 0) continue;
+      std::pair<std::string, std::string> key{cluster.name, backend.address.text};
+      std::shared_ptr<SharedLimits> shared;
+      if (limits_) {
+        auto it = limits_->find(key);
+        if (it != limits_->end()) shared = it->second;
+      }
+      if (!shared) shared = std::make_shared<SharedLimits>();
+      (*limits)[key] = std::move(shared);
+    }
+  }
+  limits_ = std::move(limits);
+}
+
 void Server::Apply(std::shared_ptr<const conf::Config> config,
                    std::map<std::string, std::vector<evutil_socket_t>> sockets) {
+  PrepareLimits(*config);
   for (size_t i = 0; i < loops_.size(); ++i) {
     std::vector<ListenSocket> mine;
     for (const conf::Listener& listener : config->listeners) {
       mine.push_back({listener.name, sockets.at(listener.listen.text)[i]});
     }
-    loops_[i]->Post([config, mine = std::move(mine)](Loop& loop) mutable {
+    loops_[i]->Post([config, mine = std::move(mine), limits = limits_](Loop& loop) mutable {
+      loop.set_limits(std::move(limits));
       loop.ApplyConfig(config, std::move(mine));
     });
   }
@@ -220,6 +252,18 @@ int Server::Run() {
     Log(LogLevel::kError, "dispatcher", error);
     return 1;
   }
+  // Health decides; every loop gets each new snapshot as a message.
+  health_ = std::make_unique<health::HealthMonitor>(
+      [this](std::shared_ptr<const health::HealthSnapshot> snapshot) {
+        for (auto& loop : loops_) {
+          loop->Post([snapshot](Loop& l) { l.ApplyHealth(snapshot); });
+        }
+      });
+  for (auto& loop : loops_) loop->set_health(health_.get());
+  if (!health_->Start(result.config, &error)) {
+    Log(LogLevel::kError, "health", error);
+    return 1;
+  }
   if (config.admin) {
     admin_ = std::make_unique<AdminServer>(control_base_.get(), static_cast<AdminHandler*>(this));
     if (!admin_->Start(*config.admin, &error)) {
@@ -256,6 +300,7 @@ int Server::Run() {
   event_base_dispatch(control_base_.get());
 
   for (auto& thread : threads_) thread.join();
+  health_->Stop();
   Log(LogLevel::kInfo, "dispatcher", "tandem stopped");
   return 0;
 }
@@ -324,6 +369,7 @@ bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* err
     Log(LogLevel::kWarn, "conf", "threads changes take effect at the next restart");
   }
   if (admin_ && next.admin) admin_->set_token(next.admin->token);
+  health_->ApplyConfig(result.config);
   Apply(result.config, std::move(sockets));
   ++reloads_ok_;
   last_reload_.ok = true;
@@ -349,20 +395,18 @@ AdminReply Server::Reload() {
 
 AdminReply Server::BackendAction(const std::string& cluster, const std::string& address,
                                  const std::string& action) {
+  health::HealthMonitor::ActionResult result = health_->AdminAction(cluster, address, action);
   AdminReply reply;
-  const conf::Cluster* found = config_->FindCluster(cluster);
-  if (found == nullptr) {
-    reply.status = 404;
-    reply.body = "no cluster " + cluster + "\n";
-    return reply;
-  }
-  reply.status = 501;
-  reply.body = action + " needs health checking, which this build does not have yet\n";
-  (void)address;
+  reply.status = result.status;
+  reply.body = result.message + "\n";
+  Log(result.status == 200 ? LogLevel::kInfo : LogLevel::kWarn, "admin", "backend action",
+      {{"cluster", cluster}, {"backend", address}, {"action", action},
+       {"status", result.status}});
   return reply;
 }
 
 std::string Server::StatusJson() {
+  std::shared_ptr<const health::HealthSnapshot> snapshot = health_->snapshot();
   // In-flight requests per backend, summed over the loops.
   std::map<std::pair<std::string, std::string>, int64_t> inflight;
   for (const auto& loop : loops_) {
@@ -417,9 +461,22 @@ std::string Server::StatusJson() {
     AppendJsonString(PolicyName(cluster.policy), &out);
     out.append(",\"algorithm\":");
     AppendJsonString(AlgorithmName(cluster.picker.algorithm), &out);
-    out.append(",\"panic\":false,\"backends\":[");
+    const health::ClusterStatus* status = snapshot ? snapshot->Find(cluster.name) : nullptr;
+    out.append(",\"panic\":");
+    out.append(status != nullptr && status->panic ? "true" : "false");
+    if (status != nullptr) {
+      out.append(",\"serving\":" + std::to_string(status->serving) +
+                 ",\"min_active\":" + std::to_string(cluster.min_active));
+    }
+    out.append(",\"backends\":[");
     for (size_t b = 0; b < cluster.backends.size(); ++b) {
       const conf::Backend& backend = cluster.backends[b];
+      const health::BackendStatus* health = nullptr;
+      if (status != nullptr) {
+        for (const health::BackendStatus& candidate : status->backends) {
+          if (candidate.address == backend.address.text) health = &candidate;
+        }
+      }
       if (b > 0) out.push_back(',');
       out.append("{\"address\":");
       AppendJsonString(backend.address.text, &out);
@@ -431,13 +488,54 @@ std::string Server::StatusJson() {
       } else {
         out.append("null");
       }
-      out.append(",\"state\":\"unknown\",\"active\":true,\"weight\":");
-      out.append(std::to_string(backend.weight));
+      out.append(",\"state\":");
+      AppendJsonString(health != nullptr ? health::StateName(health->state) : "unknown", &out);
+      out.append(",\"active\":");
+      out.append(health != nullptr && health->active ? "true" : "false");
+      out.append(",\"weight\":" + std::to_string(backend.weight));
       out.append(",\"effective_weight\":");
-      out.append(std::to_string(backend.weight));
+      char weight[32];
+      double effective = health != nullptr ? static_cast<double>(health->view_weight) /
+                                                 algorithms::kWeightScale
+                                           : backend.weight;
+      std::snprintf(weight, sizeof(weight), "%g", effective);
+      out.append(weight);
       out.append(",\"inflight\":");
       out.append(std::to_string(inflight[{cluster.name, backend.address.text}]));
-      out.append(",\"transitions\":[]}");
+      if (health != nullptr && health->activation) {
+        out.append(",\"activation\":");
+        AppendJsonString(*health->activation, &out);
+      }
+      out.append(",\"last_check\":");
+      AppendJsonString(health != nullptr ? health->last_check : "", &out);
+      out.append(",\"transitions\":[");
+      if (health != nullptr) {
+        for (size_t t = 0; t < health->transitions.size(); ++t) {
+          const health::Transition& transition = health->transitions[t];
+          if (t > 0) out.push_back(',');
+          out.append("{\"at\":");
+          AppendJsonString(FormatUnixMs(transition.at_unix_ms), &out);
+          out.append(",\"from\":");
+          AppendJsonString(health::StateName(transition.from), &out);
+          out.append(",\"to\":");
+          AppendJsonString(health::StateName(transition.to), &out);
+          out.append(",\"reason\":");
+          AppendJsonString(transition.reason, &out);
+          out.push_back('}');
+        }
+      }
+      out.append("]}");
+    }
+    out.append("],\"events\":[");
+    if (status != nullptr) {
+      for (size_t e = 0; e < status->events.size(); ++e) {
+        if (e > 0) out.push_back(',');
+        out.append("{\"at\":");
+        AppendJsonString(FormatUnixMs(status->events[e].at_unix_ms), &out);
+        out.append(",\"message\":");
+        AppendJsonString(status->events[e].message, &out);
+        out.push_back('}');
+      }
     }
     out.append("]}");
   }

@@ -14,6 +14,7 @@
 #include "dispatcher/admin.h"
 #include "dispatcher/event_ptr.h"
 #include "dispatcher/loop.h"
+#include "health/monitor.h"
 
 namespace tandem::dispatcher {
 
@@ -58,6 +59,9 @@ class Server : private AdminHandler {
   bool ReloadNow(const std::string& trigger, std::vector<std::string>* errors);
   void BeginShutdown();
   int OpenAccessLog(const conf::Global& global, std::string* error);
+  // Shared counters for backends with max_inflight / max_connections, kept
+  // across reloads for backends that stay.
+  void PrepareLimits(const conf::Config& config);
 
   // AdminHandler.
   bool Ready() override;
@@ -77,6 +81,10 @@ class Server : private AdminHandler {
   // Bound listening sockets by listen address, one per loop.
   std::map<std::string, std::vector<evutil_socket_t>> sockets_;
   std::unique_ptr<AdminServer> admin_;
+  std::unique_ptr<health::HealthMonitor> health_;
+  std::shared_ptr<const std::map<std::pair<std::string, std::string>,
+                                 std::shared_ptr<SharedLimits>>>
+      limits_;
   ReloadStatus last_reload_;
   uint64_t reloads_ok_ = 0;
   uint64_t reloads_failed_ = 0;

@@ -92,6 +92,7 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
   if (head_ != nullptr) head_->prev_ = connection;
   head_ = connection;
   ++count_;
+  if (shared_connections_) shared_connections_->fetch_add(1, std::memory_order_relaxed);
   stats_->connections_opened.Add();
   bufferevent* raw = connection->bev_.get();
   bufferevent_setcb(raw, UpstreamConnection::ReadCb, UpstreamConnection::WriteCb,
@@ -107,7 +108,9 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
 }
 
 void BackendPool::Release(UpstreamConnection* connection, uint32_t max_idle) {
-  if (idle_.size() >= max_idle || !connection->connected_ ||
+  // Beyond max_idle only connections that stay idle are closed (CloseIdle),
+  // so a burst of concurrency does not churn connections on every request.
+  if (max_idle == 0 || !connection->connected_ ||
       evbuffer_get_length(connection->input()) > 0) {
     Close(connection);
     return;
@@ -131,15 +134,19 @@ void BackendPool::Close(UpstreamConnection* connection) {
   if (connection->next_ != nullptr) connection->next_->prev_ = connection->prev_;
   if (head_ == connection) head_ = connection->next_;
   --count_;
+  if (shared_connections_) shared_connections_->fetch_sub(1, std::memory_order_relaxed);
   delete connection;
 }
 
-void BackendPool::CloseIdle(std::chrono::steady_clock::duration max_age) {
+void BackendPool::CloseIdle(std::chrono::steady_clock::duration max_age, size_t keep) {
   auto now = std::chrono::steady_clock::now();
   // idle_ is oldest first: stop at the first one young enough.
   while (!idle_.empty()) {
     UpstreamConnection* oldest = idle_.front();
-    if (max_age.count() != 0 && now - oldest->since_ < max_age) break;
+    bool too_old = max_age.count() == 0 || now - oldest->since_ >= max_age;
+    // Idle for a whole tick beyond the limit: the burst is over.
+    bool surplus = idle_.size() > keep && now - oldest->since_ >= std::chrono::seconds(1);
+    if (!too_old && !surplus) break;
     Close(oldest);
   }
 }

@@ -3,7 +3,9 @@
 // HAProxy's idle connection list). Nothing here is shared between threads.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <cstdint>
 #include <vector>
 
@@ -82,18 +84,26 @@ class BackendPool {
   // or OnUpstreamClosed. nullptr when no socket could be made.
   UpstreamConnection* Connect(UpstreamUser* user);
 
-  // Takes back a connection whose exchange completed cleanly; keeps it idle
-  // when fewer than `max_idle` are, else closes it.
+  // Takes back a connection whose exchange completed cleanly and keeps it
+  // idle; CloseIdle() later trims the pool to `max_idle`.
   void Release(UpstreamConnection* connection, uint32_t max_idle);
 
   // Closes and frees a connection (idle or not).
   void Close(UpstreamConnection* connection);
 
-  // Closes idle connections older than `max_age`; every connection when
-  // `max_age` is zero.
-  void CloseIdle(std::chrono::steady_clock::duration max_age);
+  // Closes idle connections older than `max_age` (every one when zero), and
+  // beyond `keep` those idle for a second or more.
+  void CloseIdle(std::chrono::steady_clock::duration max_age,
+                 size_t keep = SIZE_MAX);
 
   size_t idle_count() const { return idle_.size(); }
+  // Connections across threads, for a max_connections limit (null: none).
+  void set_shared_connections(std::shared_ptr<std::atomic<uint32_t>> counter) {
+    shared_connections_ = std::move(counter);
+  }
+  uint32_t shared_connections() const {
+    return shared_connections_ ? shared_connections_->load(std::memory_order_relaxed) : 0;
+  }
   size_t connection_count() const { return count_; }
 
  private:
@@ -103,6 +113,7 @@ class BackendPool {
   event_base* base_;
   conf::SocketAddress address_;
   BackendStats* stats_;
+  std::shared_ptr<std::atomic<uint32_t>> shared_connections_;
   std::vector<UpstreamConnection*> idle_;  // oldest first
   UpstreamConnection* head_ = nullptr;
   size_t count_ = 0;

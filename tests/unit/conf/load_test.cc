@@ -330,7 +330,7 @@ cluster = "compute"
 idle_timout = "5s"
 
 [clusters.compute]
-max_ejection_pct = 10
+max_ejection_percnt = 10
 [[clusters.compute.backends]]
 adress = "127.0.0.1:9001"
 )") == Lines{
@@ -339,8 +339,8 @@ adress = "127.0.0.1:9001"
            "t.toml:6:1: listeners.web.idle_timout: unknown key 'idle_timout'; "
            "did you "
            "mean 'idle_timeout'?",
-           "t.toml:9:1: clusters.compute.max_ejection_pct: unknown key "
-           "'max_ejection_pct'; did you mean 'max_ejection_percent' (a key of "
+           "t.toml:9:1: clusters.compute.max_ejection_percnt: unknown key "
+           "'max_ejection_percnt'; did you mean 'max_ejection_percent' (a key of "
            "[clusters.NAME.outlier])?",
            "t.toml:10:1: clusters.compute.backends[0].address: every backend "
            "needs an "

@@ -1,0 +1,707 @@
+// The health monitor; see monitor.h.
+#include "health/monitor.h"
+
+#include <event2/event.h>
+#include <sys/time.h>
+
+#include <algorithm>
+#include <future>
+#include <random>
+
+#include "algorithms/hash.h"
+#include "conf/log.h"
+
+namespace tandem::health {
+namespace {
+
+using conf::Log;
+using conf::LogLevel;
+
+constexpr timeval kTickInterval = {0, 100 * 1000};
+// How long a refused connect keeps a backend out of panic routing.
+constexpr auto kRefusedWindow = std::chrono::seconds(10);
+// A failed cold activation is tried again after this long.
+constexpr auto kActivationRetry = std::chrono::seconds(60);
+// Slow-start weights are republished this often while a ramp runs.
+constexpr auto kRampPublishInterval = std::chrono::milliseconds(500);
+constexpr size_t kMaxEvents = 32;
+
+int64_t WallMs() {
+  timeval tv;
+  gettimeofday(&tv, nullptr);
+  return static_cast<int64_t>(tv.tv_sec) * 1000 + tv.tv_usec / 1000;
+}
+
+timeval ToTimeval(std::chrono::nanoseconds d) {
+  if (d.count() < 0) d = std::chrono::nanoseconds(0);
+  auto micros =
+      std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+  return {static_cast<time_t>(micros / 1000000),
+          static_cast<suseconds_t>(micros % 1000000)};
+}
+
+algorithms::Role RoleOf(conf::Role role) {
+  return role == conf::Role::kBackup ? algorithms::Role::kBackup
+                                     : algorithms::Role::kPrimary;
+}
+
+algorithms::Standby StandbyOf(conf::Standby standby) {
+  switch (standby) {
+    case conf::Standby::kHot:
+      return algorithms::Standby::kHot;
+    case conf::Standby::kWarm:
+      return algorithms::Standby::kWarm;
+    case conf::Standby::kCold:
+      return algorithms::Standby::kCold;
+  }
+  return algorithms::Standby::kHot;
+}
+
+const char* ActivationName(algorithms::Activation activation) {
+  switch (activation) {
+    case algorithms::Activation::kInactive:
+      return "inactive";
+    case algorithms::Activation::kActivating:
+      return "activating";
+    case algorithms::Activation::kActive:
+      return "active";
+    case algorithms::Activation::kFailed:
+      return "failed";
+  }
+  return "inactive";
+}
+
+bool IsCold(const conf::Backend& backend) {
+  return backend.role == conf::Role::kBackup &&
+         backend.standby == conf::Standby::kCold;
+}
+
+std::string Trimmed(const std::string& output) {
+  std::string text = output;
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
+    text.pop_back();
+  if (text.size() > 512) text = "..." + text.substr(text.size() - 512);
+  return text;
+}
+
+}  // namespace
+
+HealthMonitor::HealthMonitor(PublishFn publish)
+    : publish_fn_(std::move(publish)), rng_(std::random_device{}()) {}
+
+HealthMonitor::~HealthMonitor() { Stop(); }
+
+bool HealthMonitor::Start(std::shared_ptr<const conf::Config> config,
+                          std::string* error) {
+  base_ = event_base_new();
+  if (base_ == nullptr || !messages_.Init(base_, this)) {
+    *error = "health: cannot create an event loop";
+    return false;
+  }
+  tick_ = event_new(base_, -1, EV_PERSIST, TickCb, this);
+  publish_event_ = event_new(base_, -1, 0, PublishCb, this);
+  if (tick_ == nullptr || publish_event_ == nullptr ||
+      event_add(tick_, &kTickInterval) != 0) {
+    *error = "health: cannot create timers";
+    return false;
+  }
+  Apply(std::move(config));
+  Publish();
+  thread_ = std::thread([this] { Run(); });
+  return true;
+}
+
+void HealthMonitor::Run() { event_base_loop(base_, EVLOOP_NO_EXIT_ON_EMPTY); }
+
+void HealthMonitor::Stop() {
+  if (thread_.joinable()) {
+    messages_.Post(
+        [](HealthMonitor& self) { event_base_loopbreak(self.base_); });
+    thread_.join();
+  }
+  for (auto& cluster : clusters_) {
+    for (auto& backend : cluster->backends) StopChecks(*backend);
+  }
+  clusters_.clear();
+  if (tick_ != nullptr) event_free(tick_);
+  if (publish_event_ != nullptr) event_free(publish_event_);
+  tick_ = publish_event_ = nullptr;
+  messages_.Reset();
+  if (base_ != nullptr) event_base_free(base_);
+  base_ = nullptr;
+}
+
+void HealthMonitor::ApplyConfig(std::shared_ptr<const conf::Config> config) {
+  messages_.Post([config = std::move(config)](HealthMonitor& self) mutable {
+    self.Apply(std::move(config));
+  });
+}
+
+void HealthMonitor::Report(OutcomeBatch batch) {
+  messages_.Post([batch = std::move(batch)](HealthMonitor& self) {
+    self.OnReport(batch);
+  });
+}
+
+std::shared_ptr<const HealthSnapshot> HealthMonitor::snapshot() const {
+  std::lock_guard<std::mutex> lock(snapshot_mutex_);
+  return snapshot_;
+}
+
+HealthSettings HealthMonitor::SettingsFor(const conf::Cluster& cluster) const {
+  HealthSettings settings;
+  settings.checks = cluster.health.kind != conf::HealthCheck::Kind::kNone;
+  settings.rise = cluster.health.rise;
+  settings.fall = cluster.health.fall;
+  settings.slow_start = cluster.slow_start;
+  settings.check_name = cluster.health.kind == conf::HealthCheck::Kind::kTcp
+                            ? "TCP check"
+                            : "HTTP check";
+  if (cluster.outlier) {
+    settings.consecutive_failures = cluster.outlier->consecutive_failures;
+    settings.ejection_time = cluster.outlier->ejection_time;
+    settings.max_ejection_time = cluster.outlier->max_ejection_time;
+  }
+  return settings;
+}
+
+void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config) {
+  // Backends that stay keep their state machine, history and activation.
+  std::map<std::pair<std::string, std::string>, std::unique_ptr<Backend>>
+      previous;
+  for (auto& cluster : clusters_) {
+    for (auto& backend : cluster->backends) {
+      StopChecks(*backend);
+      previous[{cluster->config->name, backend->address}] = std::move(backend);
+    }
+  }
+  clusters_.clear();
+  config_ = std::move(config);
+  for (const conf::Cluster& cluster_config : config_->clusters) {
+    auto cluster = std::make_unique<Cluster>();
+    cluster->monitor = this;
+    cluster->config = &cluster_config;
+    HealthSettings settings = SettingsFor(cluster_config);
+    bool checks = settings.checks;
+    for (const conf::Backend& backend_config : cluster_config.backends) {
+      std::unique_ptr<Backend> backend;
+      auto it =
+          previous.find({cluster_config.name, backend_config.address.text});
+      if (it != previous.end()) {
+        backend = std::move(it->second);
+        previous.erase(it);
+        backend->health->set_settings(settings);
+      } else {
+        backend = std::make_unique<Backend>();
+        backend->address = backend_config.address.text;
+        backend->health = std::make_unique<BackendHealth>(settings);
+      }
+      backend->config = &backend_config;
+      backend->cluster = cluster.get();
+      if (!IsCold(backend_config))
+        backend->activation = algorithms::Activation::kInactive;
+      backend->timer = event_new(base_, -1, 0, CheckCb, backend.get());
+      if (checks) {
+        backend->prober = std::make_unique<Prober>(base_, cluster_config.health,
+                                                   backend_config.address);
+      }
+      if (!backend->command)
+        backend->command = std::make_unique<CommandRunner>(base_);
+      cluster->backends.push_back(std::move(backend));
+    }
+    if (checks) {
+      Log(LogLevel::kInfo, "health",
+          "backends take traffic after their first passing check",
+          {{"cluster", cluster_config.name},
+           {"check", settings.check_name},
+           {"interval_ms", cluster_config.health.interval.count()}});
+    }
+    clusters_.push_back(std::move(cluster));
+  }
+  for (auto& [key, backend] : previous) StopChecks(*backend);
+  previous.clear();
+  for (auto& cluster : clusters_) {
+    for (auto& backend : cluster->backends)
+      ScheduleCheck(*cluster, *backend, true);
+  }
+  MarkDirty();
+}
+
+bool HealthMonitor::ShouldCheck(const Cluster& cluster,
+                                const Backend& backend) const {
+  if (cluster.config->health.kind == conf::HealthCheck::Kind::kNone)
+    return false;
+  if (backend.health->state() == BackendState::kDisabled) return false;
+  // A cold backup is not running until activated.
+  if (IsCold(*backend.config)) {
+    return backend.activation == algorithms::Activation::kActivating ||
+           backend.activation == algorithms::Activation::kActive;
+  }
+  return true;
+}
+
+void HealthMonitor::StopChecks(Backend& backend) {
+  if (backend.prober) backend.prober->Cancel();
+  if (backend.timer != nullptr) {
+    event_free(backend.timer);
+    backend.timer = nullptr;
+  }
+  backend.check_scheduled = false;
+  backend.prober.reset();
+}
+
+void HealthMonitor::ScheduleCheck(Cluster& cluster, Backend& backend,
+                                  bool first) {
+  if (!ShouldCheck(cluster, backend) || backend.timer == nullptr) return;
+  const conf::HealthCheck& check = cluster.config->health;
+  std::chrono::nanoseconds delay;
+  const bool warm_idle = backend.config->role == conf::Role::kBackup &&
+                         backend.config->standby == conf::Standby::kWarm &&
+                         !backend.active;
+  if (first) {
+    delay = std::chrono::nanoseconds(0);
+  } else if (backend.health->changing()) {
+    delay = check.fast_interval;
+  } else if (warm_idle) {
+    delay = check.warm_interval;
+  } else if (backend.health->state() == BackendState::kDown) {
+    delay = check.down_interval;
+  } else {
+    delay = check.interval;
+  }
+  if (check.jitter.count() > 0) {
+    // interval ± jitter, so checks of many backends do not beat in step.
+    auto span =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(check.jitter)
+            .count();
+    auto offset =
+        static_cast<int64_t>(rng_.Below(static_cast<uint64_t>(2 * span + 1))) -
+        span;
+    if (first) offset = std::abs(offset);
+    delay += std::chrono::nanoseconds(offset);
+  }
+  timeval tv = ToTimeval(delay);
+  if (evtimer_add(backend.timer, &tv) == 0) backend.check_scheduled = true;
+}
+
+void HealthMonitor::CheckCb(evutil_socket_t, short, void* arg) {
+  auto* backend = static_cast<Backend*>(arg);
+  backend->check_scheduled = false;
+  backend->cluster->monitor->RunCheck(*backend->cluster, *backend);
+}
+
+void HealthMonitor::RunCheck(Cluster& cluster, Backend& backend) {
+  if (!ShouldCheck(cluster, backend) || !backend.prober) return;
+  if (backend.prober->running()) {
+    ScheduleCheck(cluster, backend, false);
+    return;
+  }
+  Backend* target = &backend;
+  backend.prober->Start([this, target](const ProbeResult& result) {
+    OnProbe(*target->cluster, *target, result);
+  });
+}
+
+void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
+                            const ProbeResult& result) {
+  auto now = Clock::now();
+  int64_t wall = WallMs();
+  uint64_t before = backend.health->transition_count();
+  auto weight_before = backend.health->feedback_weight();
+  if (result.passed) {
+    backend.health->OnCheckPassed(now, wall, result.detail);
+  } else {
+    backend.health->OnCheckFailed(now, wall, result.detail);
+  }
+  if (result.drain) backend.health->SetFeedbackDrain(now, wall, *result.drain);
+  if (result.weight_percent)
+    backend.health->SetFeedbackWeight(result.weight_percent);
+  bool dirty = backend.health->transition_count() != before ||
+               backend.health->feedback_weight() != weight_before;
+  if (weight_before != backend.health->feedback_weight()) {
+    Log(LogLevel::kInfo, "health", "worker feedback changed the weight",
+        {{"cluster", cluster.config->name},
+         {"backend", backend.address},
+         {"weight_percent", backend.health->feedback_weight().value_or(100)}});
+  }
+  if (result.passed &&
+      backend.activation == algorithms::Activation::kActivating) {
+    backend.activation = algorithms::Activation::kActive;
+    AddEvent(cluster, "cold backup " + backend.address +
+                          " passed its check after activation");
+    dirty = true;
+  }
+  LogTransitions(cluster, backend, before);
+  if (dirty) MarkDirty();
+  ScheduleCheck(cluster, backend, false);
+}
+
+void HealthMonitor::OnReport(const OutcomeBatch& batch) {
+  auto now = Clock::now();
+  for (const OutcomeReport& report : batch.reports) {
+    Cluster* cluster = nullptr;
+    Backend* backend = nullptr;
+    if (batch.config == config_) {
+      if (report.cluster < clusters_.size() &&
+          report.backend < clusters_[report.cluster]->backends.size()) {
+        cluster = clusters_[report.cluster].get();
+        backend = cluster->backends[report.backend].get();
+      }
+    } else if (batch.config && report.cluster < batch.config->clusters.size() &&
+               report.backend <
+                   batch.config->clusters[report.cluster].backends.size()) {
+      // A report about the previous config: find the same backend by name.
+      const conf::Cluster& old = batch.config->clusters[report.cluster];
+      const std::string& address = old.backends[report.backend].address.text;
+      for (auto& c : clusters_) {
+        if (c->config->name != old.name) continue;
+        for (auto& b : c->backends) {
+          if (b->address == address) {
+            cluster = c.get();
+            backend = b.get();
+          }
+        }
+      }
+    }
+    if (backend == nullptr) continue;
+    backend->health->OnTraffic(report.successes, report.failures, report.kind);
+    if (report.refused) {
+      bool was = now < backend->refused_until;
+      backend->refused_until = now + kRefusedWindow;
+      if (!was && cluster->config->panic_threshold > 0) MarkDirty();
+    }
+    MaybeEject(*cluster, *backend);
+  }
+}
+
+void HealthMonitor::MaybeEject(Cluster& cluster, Backend& backend) {
+  if (!backend.health->WantsEjection()) return;
+  size_t ejected = 0;
+  for (const auto& b : cluster.backends) {
+    if (b->health->state() == BackendState::kEjected) ++ejected;
+  }
+  uint32_t percent = cluster.config->outlier
+                         ? cluster.config->outlier->max_ejection_percent
+                         : 0;
+  // As Envoy: the percentage caps ejections, but one backend may always go
+  // (unless the percentage is 0).
+  size_t allowed =
+      percent == 0
+          ? 0
+          : std::max<size_t>(1, cluster.backends.size() * percent / 100);
+  if (ejected >= allowed) {
+    backend.health->DeclineEjection();
+    std::string message = "not ejecting " + backend.address + ": " +
+                          std::to_string(ejected) + " of " +
+                          std::to_string(cluster.backends.size()) +
+                          " backends already ejected (max_ejection_percent " +
+                          std::to_string(percent) + ")";
+    Log(LogLevel::kWarn, "health", message,
+        {{"cluster", cluster.config->name}});
+    AddEvent(cluster, message);
+    MarkDirty();
+    return;
+  }
+  uint64_t before = backend.health->transition_count();
+  backend.health->Eject(Clock::now(), WallMs());
+  LogTransitions(cluster, backend, before);
+  MarkDirty();
+}
+
+void HealthMonitor::TickCb(evutil_socket_t, short, void* arg) {
+  static_cast<HealthMonitor*>(arg)->Tick();
+}
+
+void HealthMonitor::Tick() {
+  auto now = Clock::now();
+  int64_t wall = WallMs();
+  bool dirty = false;
+  bool transitions = false;
+  bool ramp = false;
+  for (auto& cluster : clusters_) {
+    for (auto& backend : cluster->backends) {
+      auto deadline = backend->health->NextDeadline();
+      if (deadline && *deadline <= now) {
+        uint64_t before = backend->health->transition_count();
+        if (backend->health->Tick(now, wall)) transitions = true;
+        LogTransitions(*cluster, *backend, before);
+        if (!backend->check_scheduled) ScheduleCheck(*cluster, *backend, false);
+      }
+      // A slow-start ramp changes weights continuously: republish now and then.
+      if (backend->health->state() == BackendState::kSlowStart &&
+          now - last_ramp_publish_ >= kRampPublishInterval) {
+        ramp = true;
+      }
+      if (backend->activation == algorithms::Activation::kFailed &&
+          now - backend->activation_failed_at >= kActivationRetry) {
+        backend->activation = algorithms::Activation::kInactive;
+        dirty = true;
+      }
+      if (backend->refused_until != TimePoint{} &&
+          now >= backend->refused_until) {
+        backend->refused_until = TimePoint{};
+        if (cluster->config->panic_threshold > 0) dirty = true;
+      }
+    }
+  }
+  if (ramp) last_ramp_publish_ = now;
+  if (dirty || transitions || ramp) MarkDirty();
+}
+
+void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
+                               bool activate) {
+  const std::string& command =
+      activate ? backend.config->activate : backend.config->deactivate;
+  const std::string cluster_name = cluster.config->name;
+  Backend* target = &backend;
+  if (activate) {
+    backend.activation = algorithms::Activation::kActivating;
+    Log(LogLevel::kInfo, "health", "activating cold backup",
+        {{"cluster", cluster_name},
+         {"backend", backend.address},
+         {"command", command}});
+    AddEvent(cluster,
+             "activating cold backup " + backend.address + ": " + command);
+  } else {
+    backend.activation = algorithms::Activation::kInactive;
+    StopChecks(backend);
+    backend.timer = event_new(base_, -1, 0, CheckCb, &backend);
+    backend.prober = std::make_unique<Prober>(base_, cluster.config->health,
+                                              backend.config->address);
+    backend.health->MarkStopped(Clock::now(), WallMs(),
+                                "cold backup deactivated");
+    AddEvent(cluster, "deactivating cold backup " + backend.address +
+                          (command.empty() ? std::string() : ": " + command));
+    Log(LogLevel::kInfo, "health", "deactivating cold backup",
+        {{"cluster", cluster_name},
+         {"backend", backend.address},
+         {"command", command}});
+    if (command.empty()) return;
+  }
+  backend.command->Run(
+      command, cluster.config->activate_timeout,
+      [this, target, activate, cluster_name](const CommandResult& result) {
+        Cluster& owner = *target->cluster;
+        std::string what = activate ? "activate" : "deactivate";
+        std::string outcome =
+            result.ok()        ? "succeeded"
+            : result.timed_out ? "timed out"
+            : !result.error.empty()
+                ? "could not start: " + result.error
+                : "exited with status " + std::to_string(result.exit_code);
+        Log(result.ok() ? LogLevel::kInfo : LogLevel::kError, "health",
+            what + " command " + outcome,
+            {{"cluster", cluster_name},
+             {"backend", target->address},
+             {"duration_ms", result.duration.count()},
+             {"output", Trimmed(result.output)}});
+        if (!activate) return;
+        if (result.ok()) {
+          // Now it must pass its check before it is promoted.
+          AddEvent(owner, "cold backup " + target->address +
+                              " activate command " + outcome +
+                              "; waiting for its check");
+          ScheduleCheck(owner, *target, true);
+          if (owner.config->health.kind == conf::HealthCheck::Kind::kNone) {
+            target->activation = algorithms::Activation::kActive;
+          }
+        } else {
+          target->activation = algorithms::Activation::kFailed;
+          target->activation_failed_at = Clock::now();
+          AddEvent(owner, "cold backup " + target->address +
+                              " activate command " + outcome +
+                              "; trying the next backup");
+        }
+        MarkDirty();
+      });
+}
+
+HealthMonitor::ActionResult HealthMonitor::AdminAction(
+    const std::string& cluster, const std::string& address,
+    const std::string& action) {
+  auto promise = std::make_shared<std::promise<ActionResult>>();
+  std::future<ActionResult> future = promise->get_future();
+  messages_.Post([promise, cluster, address, action](HealthMonitor& self) {
+    ActionResult result;
+    Cluster* found_cluster = nullptr;
+    for (auto& c : self.clusters_) {
+      if (c->config->name == cluster) found_cluster = c.get();
+    }
+    if (found_cluster == nullptr) {
+      promise->set_value({404, "no cluster " + cluster});
+      return;
+    }
+    Backend* found = nullptr;
+    for (auto& b : found_cluster->backends) {
+      if (b->address == address) found = b.get();
+    }
+    if (found == nullptr) {
+      promise->set_value(
+          {404, "no backend " + address + " in cluster " + cluster});
+      return;
+    }
+    auto now = Clock::now();
+    int64_t wall = WallMs();
+    uint64_t before = found->health->transition_count();
+    if (action == "drain") {
+      found->health->Drain(now, wall, "drained by admin");
+    } else if (action == "disable") {
+      found->health->Disable(now, wall, "disabled by admin");
+    } else {
+      found->health->Enable(now, wall, "enabled by admin");
+      if (!found->check_scheduled)
+        self.ScheduleCheck(*found_cluster, *found, true);
+    }
+    self.LogTransitions(*found_cluster, *found, before);
+    self.MarkDirty();
+    promise->set_value(
+        {200, action + " " + address + ": " +
+                  std::string(StateName(found->health->state()))});
+  });
+  if (future.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    return {503, "the health monitor did not answer"};
+  }
+  return future.get();
+}
+
+void HealthMonitor::LogTransitions(const Cluster& cluster,
+                                   const Backend& backend, size_t before) {
+  uint64_t count = backend.health->transition_count();
+  if (count == before) return;
+  const auto& log = backend.health->transitions();
+  size_t fresh = std::min<uint64_t>(count - before, log.size());
+  for (size_t i = log.size() - fresh; i < log.size(); ++i) {
+    const Transition& t = log[i];
+    bool bad = t.to == BackendState::kDown || t.to == BackendState::kEjected;
+    Log(bad ? LogLevel::kWarn : LogLevel::kInfo, "health",
+        "backend state changed",
+        {{"cluster", cluster.config->name},
+         {"backend", backend.address},
+         {"from", StateName(t.from)},
+         {"to", StateName(t.to)},
+         {"reason", t.reason}});
+  }
+}
+
+void HealthMonitor::AddEvent(Cluster& cluster, std::string message) {
+  cluster.events.push_back({WallMs(), std::move(message)});
+  if (cluster.events.size() > kMaxEvents)
+    cluster.events.erase(cluster.events.begin());
+}
+
+void HealthMonitor::MarkDirty() {
+  if (publish_pending_ || publish_event_ == nullptr) return;
+  publish_pending_ = true;
+  event_active(publish_event_, EV_TIMEOUT, 0);
+}
+
+void HealthMonitor::PublishCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<HealthMonitor*>(arg);
+  self->publish_pending_ = false;
+  self->Publish();
+}
+
+void HealthMonitor::Publish() {
+  auto now = Clock::now();
+  auto snapshot = std::make_shared<HealthSnapshot>();
+  snapshot->version = ++version_;
+  snapshot->config = config_;
+  for (auto& cluster_ptr : clusters_) {
+    Cluster& cluster = *cluster_ptr;
+    const conf::Cluster& config = *cluster.config;
+    const bool checks = config.health.kind != conf::HealthCheck::Kind::kNone;
+    std::vector<algorithms::PolicyBackend> inputs(cluster.backends.size());
+    for (size_t i = 0; i < cluster.backends.size(); ++i) {
+      const Backend& backend = *cluster.backends[i];
+      algorithms::PolicyBackend& input = inputs[i];
+      input.role = RoleOf(backend.config->role);
+      input.standby = StandbyOf(backend.config->standby);
+      input.state = backend.health->state();
+      // With checks, "unknown" has not been proven healthy: no traffic yet.
+      if (checks && input.state == BackendState::kUnknown)
+        input.state = BackendState::kDown;
+      input.activation = backend.activation;
+      input.weight = backend.health->EffectiveWeight(
+          algorithms::ScaledWeight(backend.config->weight), now);
+      input.id = algorithms::Hash64(backend.address);
+      input.refused_recently = now < backend.refused_until;
+    }
+    algorithms::PolicyOptions options;
+    options.policy = config.policy == conf::Policy::kPrimaryBackup
+                         ? algorithms::Policy::kPrimaryBackup
+                         : algorithms::Policy::kAllActive;
+    options.min_active = config.min_active;
+    options.panic_threshold = config.panic_threshold;
+    algorithms::PolicyResult result = algorithms::ApplyPolicy(inputs, options);
+
+    for (size_t index : result.activate) {
+      Backend& backend = *cluster.backends[index];
+      if (backend.activation == algorithms::Activation::kInactive &&
+          !backend.command->running()) {
+        RunCommand(cluster, backend, true);
+      }
+    }
+    for (size_t index : result.deactivate) {
+      Backend& backend = *cluster.backends[index];
+      if (!backend.command->running()) RunCommand(cluster, backend, false);
+    }
+    if (result.panic != cluster.panic) {
+      cluster.panic = result.panic;
+      std::string message =
+          result.panic
+              ? "panic: " + std::to_string(result.serving) + " of " +
+                    std::to_string(result.target) +
+                    " backends healthy, below panic_threshold; routing over "
+                    "all "
+                    "running backends except those refusing connections"
+              : "panic over: " + std::to_string(result.serving) + " of " +
+                    std::to_string(result.target) + " backends healthy";
+      Log(result.panic ? LogLevel::kWarn : LogLevel::kInfo, "health", message,
+          {{"cluster", config.name}});
+      AddEvent(cluster, message);
+    }
+    ClusterStatus status;
+    status.name = config.name;
+    status.panic = result.panic;
+    status.serving = result.serving;
+    status.target = result.target;
+    status.views = result.views;
+    for (size_t i = 0; i < cluster.backends.size(); ++i) {
+      Backend& backend = *cluster.backends[i];
+      bool active = result.views[i].eligible;
+      if (active != backend.active &&
+          backend.config->role == conf::Role::kBackup && !result.panic) {
+        std::string message =
+            (active ? "backup " + backend.address + " promoted: "
+                    : "backup " + backend.address + " demoted: ") +
+            std::to_string(result.serving) + " serving, min_active " +
+            std::to_string(config.min_active);
+        Log(LogLevel::kInfo, "health", message, {{"cluster", config.name}});
+        AddEvent(cluster, message);
+      }
+      backend.active = active;
+      BackendStatus b;
+      b.address = backend.address;
+      b.state = backend.health->state();
+      b.active = active;
+      b.weight = backend.config->weight;
+      b.view_weight = result.views[i].weight;
+      if (IsCold(*backend.config))
+        b.activation = ActivationName(backend.activation);
+      b.refused_recently = inputs[i].refused_recently;
+      b.last_check = backend.health->last_check();
+      b.transitions.assign(backend.health->transitions().begin(),
+                           backend.health->transitions().end());
+      status.backends.push_back(std::move(b));
+    }
+    status.events = cluster.events;
+    snapshot->clusters.push_back(std::move(status));
+  }
+  {
+    std::lock_guard<std::mutex> lock(snapshot_mutex_);
+    snapshot_ = snapshot;
+  }
+  if (publish_fn_) publish_fn_(snapshot);
+}
+
+}  // namespace tandem::health

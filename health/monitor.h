@@ -1,0 +1,129 @@
+// The health monitor: on its own thread and event loop it runs every
+// backend's active checks, takes the data path's outcome reports, owns each
+// backend's state machine, applies the standby policy (activating cold
+// backups), and publishes an immutable HealthSnapshot after every change. It
+// decides; it never routes.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "algorithms/policy.h"
+#include "algorithms/rng.h"
+#include "conf/config.h"
+#include "health/backend_health.h"
+#include "health/command.h"
+#include "health/message_queue.h"
+#include "health/probe.h"
+#include "health/snapshot.h"
+
+namespace tandem::health {
+
+class HealthMonitor {
+ public:
+  using PublishFn = std::function<void(std::shared_ptr<const HealthSnapshot>)>;
+
+  // `publish` is called on the monitor's thread with each new snapshot.
+  explicit HealthMonitor(PublishFn publish);
+  ~HealthMonitor();
+  HealthMonitor(const HealthMonitor&) = delete;
+  HealthMonitor& operator=(const HealthMonitor&) = delete;
+
+  // Starts the thread with `config`; the first snapshot is published before
+  // Start returns. False with `error` set on failure.
+  bool Start(std::shared_ptr<const conf::Config> config, std::string* error);
+  // Stops checks and the thread (running commands are killed).
+  void Stop();
+
+  // Thread-safe. Backends present in both configs keep their state and
+  // history; new ones start unknown.
+  void ApplyConfig(std::shared_ptr<const conf::Config> config);
+  // Thread-safe: outcomes seen by a loop.
+  void Report(OutcomeBatch batch);
+
+  struct ActionResult {
+    int status = 200;  // HTTP status for the admin API
+    std::string message;
+  };
+  // Thread-safe; waits for the monitor's thread. `action` is drain, enable
+  // or disable.
+  ActionResult AdminAction(const std::string& cluster,
+                           const std::string& address,
+                           const std::string& action);
+
+  // Thread-safe: the latest snapshot.
+  std::shared_ptr<const HealthSnapshot> snapshot() const;
+
+ private:
+  struct Cluster;
+  struct Backend {
+    Cluster* cluster = nullptr;  // owner, for timer callbacks
+    const conf::Backend* config = nullptr;
+    std::string address;
+    std::unique_ptr<BackendHealth> health;
+    std::unique_ptr<Prober> prober;
+    std::unique_ptr<CommandRunner> command;
+    struct event* timer = nullptr;  // next check
+    bool check_scheduled = false;
+    algorithms::Activation activation = algorithms::Activation::kInactive;
+    TimePoint activation_failed_at{};
+    TimePoint refused_until{};
+    bool active = false;  // as the policy last said
+  };
+  struct Cluster {
+    HealthMonitor* monitor = nullptr;
+    const conf::Cluster* config = nullptr;
+    std::vector<std::unique_ptr<Backend>> backends;
+    bool panic = false;
+    std::vector<PolicyEvent> events;
+  };
+
+  static void TickCb(evutil_socket_t, short, void* arg);
+  static void CheckCb(evutil_socket_t, short, void* arg);
+  static void PublishCb(evutil_socket_t, short, void* arg);
+
+  void Run();
+  void Apply(std::shared_ptr<const conf::Config> config);
+  void OnReport(const OutcomeBatch& batch);
+  void Tick();
+  void ScheduleCheck(Cluster& cluster, Backend& backend, bool first);
+  void RunCheck(Cluster& cluster, Backend& backend);
+  void OnProbe(Cluster& cluster, Backend& backend, const ProbeResult& result);
+  bool ShouldCheck(const Cluster& cluster, const Backend& backend) const;
+  void StopChecks(Backend& backend);
+  void RunCommand(Cluster& cluster, Backend& backend, bool activate);
+  void MaybeEject(Cluster& cluster, Backend& backend);
+  // Reruns the policy of every cluster and publishes (coalesced per loop
+  // iteration).
+  void MarkDirty();
+  void Publish();
+  void AddEvent(Cluster& cluster, std::string message);
+  void LogTransitions(const Cluster& cluster, const Backend& backend,
+                      size_t before);
+  HealthSettings SettingsFor(const conf::Cluster& cluster) const;
+
+  PublishFn publish_fn_;
+  std::thread thread_;
+  struct event_base* base_ = nullptr;
+  struct event* tick_ = nullptr;
+  struct event* publish_event_ = nullptr;
+  MessageQueue<HealthMonitor> messages_;
+  algorithms::Rng rng_;
+
+  std::shared_ptr<const conf::Config> config_;
+  std::vector<std::unique_ptr<Cluster>> clusters_;
+  uint64_t version_ = 0;
+  TimePoint last_ramp_publish_{};
+  bool publish_pending_ = false;
+
+  mutable std::mutex snapshot_mutex_;
+  std::shared_ptr<const HealthSnapshot> snapshot_;
+};
+
+}  // namespace tandem::health

@@ -1,0 +1,79 @@
+// What health/ publishes: an immutable picture of every backend's state and
+// of what the standby policy made of it. Loops feed it to their pickers; the
+// admin API shows it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "algorithms/picker.h"
+#include "algorithms/policy.h"
+#include "conf/config.h"
+#include "health/backend_health.h"
+
+namespace tandem::health {
+
+struct BackendStatus {
+  std::string address;
+  BackendState state = BackendState::kUnknown;
+  bool active = false;       // the policy lets it take traffic now
+  uint32_t weight = 1;       // configured
+  uint32_t view_weight = 0;  // what pickers use (BackendView units)
+  // Cold backups: "inactive", "activating", "active" or "failed".
+  std::optional<std::string> activation;
+  bool refused_recently = false;
+  std::string last_check;
+  std::vector<Transition> transitions;
+};
+
+// A decision of the policy, kept to explain failovers.
+struct PolicyEvent {
+  int64_t at_unix_ms = 0;
+  std::string message;
+};
+
+struct ClusterStatus {
+  std::string name;
+  bool panic = false;
+  uint32_t serving = 0;
+  uint32_t target = 0;
+  std::vector<BackendStatus> backends;  // config order
+  std::vector<algorithms::BackendView>
+      views;                        // index-aligned, for Picker::Update
+  std::vector<PolicyEvent> events;  // newest last
+};
+
+struct HealthSnapshot {
+  uint64_t version = 0;
+  std::shared_ptr<const conf::Config>
+      config;                           // the config these states belong to
+  std::vector<ClusterStatus> clusters;  // config order
+
+  const ClusterStatus* Find(std::string_view cluster) const {
+    for (const ClusterStatus& status : clusters) {
+      if (status.name == cluster) return &status;
+    }
+    return nullptr;
+  }
+};
+
+// An outcome the data path saw on a backend, aggregated over a short while.
+struct OutcomeReport {
+  uint32_t cluster = 0;  // index into the batch's config
+  uint32_t backend = 0;
+  uint32_t successes = 0;
+  uint32_t failures = 0;
+  TrafficFailure kind = TrafficFailure::kConnect;  // of the failures
+  bool refused = false;                            // a connect was refused
+};
+
+struct OutcomeBatch {
+  std::shared_ptr<const conf::Config> config;
+  std::vector<OutcomeReport> reports;
+};
+
+}  // namespace tandem::health
