@@ -651,6 +651,7 @@ void ClientConnection::SendRequestHead() {
   forwarding.client_ip = std::string_view(client_address_).substr(0, client_ip_length_);
   forwarding.client_tls = listener_->config->tls();
   forwarding.upgrade = upgrade_;
+  forwarding.default_host = cluster().backends[backend_].config->address.text;
   std::string& head = loop_.scratch();
   AppendRequestHead(request_, forwarding, &head);
   evbuffer_add(upstream_->output(), head.data(), head.size());

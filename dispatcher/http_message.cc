@@ -133,6 +133,8 @@ void AppendRequestHead(const HttpParser& request, const RequestForwarding& forwa
     AppendField("Host", authority, out);
   } else if (auto host = headers.Find("host")) {
     AppendField("Host", *host, out);
+  } else if (!forwarding.default_host.empty()) {
+    AppendField("Host", forwarding.default_host, out);
   }
 
   const bool has_connection = headers.Find("connection").has_value();

@@ -14,6 +14,9 @@ struct RequestForwarding {
   std::string_view client_ip;  // the client's address, no port
   bool client_tls = false;     // the scheme the client used
   bool upgrade = false;        // forward Upgrade (the parser saw a valid one)
+  // Host for a request that has none (HTTP/1.0): HTTP/1.1 to the backend
+  // needs one; the backend's own address, as nginx's $proxy_host.
+  std::string_view default_host;
 };
 
 // Whether `request` carries "Expect: 100-continue" (HTTP/1.1 only; 1.0

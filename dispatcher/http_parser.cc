@@ -321,6 +321,10 @@ int HttpParser::OnHeaderFieldCb(llhttp_t* p, const char* at, size_t length) {
 int HttpParser::OnHeaderFieldCompleteCb(llhttp_t* p) {
   auto* self = static_cast<HttpParser*>(p->data);
   self->field_is_content_length_ = false;
+  const HeaderList& current = self->head_done_ ? self->trailers_ : self->headers_;
+  if (current.empty() || current.name(current.size() - 1).empty()) {
+    return self->Fail(self->type_ == Type::kResponse ? 502 : 400, "empty header field name");
+  }
   if (self->head_done_) return 0;
   const HeaderList& list = self->headers_;
   if (!EqualsIgnoreCase(list.name(list.size() - 1), "content-length")) return 0;

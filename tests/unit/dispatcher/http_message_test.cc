@@ -62,6 +62,20 @@ TEST_CASE("a forwarded request is HTTP/1.1 with forwarding fields") {
         "\r\n");
 }
 
+TEST_CASE("an HTTP/1.0 request without Host gets the backend's address as Host") {
+  NullHandler handler;
+  HttpParser parser(HttpParser::Type::kRequest, &handler);
+  std::string request = "GET / HTTP/1.0\r\n\r\n";
+  size_t used = 0;
+  parser.Execute(request.data(), request.size(), &used);
+  RequestForwarding forwarding;
+  forwarding.client_ip = "192.0.2.7";
+  forwarding.default_host = "10.0.0.5:9000";
+  std::string out;
+  AppendRequestHead(parser, forwarding, &out);
+  CHECK(out.rfind("GET / HTTP/1.1\r\nHost: 10.0.0.5:9000\r\n", 0) == 0);
+}
+
 TEST_CASE("hop-by-hop fields and those named in Connection are removed") {
   std::string out = Forward(
       "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\n"

@@ -218,6 +218,7 @@ TEST_CASE("field syntax errors are refused with 400") {
       "GET http://user@a/ HTTP/1.1\r\nHost: a\r\n\r\n",       // userinfo in the target
       "GET nothing HTTP/1.1\r\nHost: a\r\n\r\n",              // not a target form
       "GET * HTTP/1.1\r\nHost: a\r\n\r\n",                    // * only for OPTIONS
+      "GET / HTTP/1.1\r\nHost: a\r\n: v\r\n\r\n",               // empty field name
   };
   for (std::string input : cases) {
     CAPTURE(input);
