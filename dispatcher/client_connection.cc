@@ -782,8 +782,11 @@ void ClientConnection::OnResponseHead(HttpParser& parser) {
     return;
   }
   ReportOutcome(status < 500, Failure::kStatus);
-  ResponsePlan plan = PlanResponse(parser, head_request_, client_minor,
-                                   client_keep_alive_ && !client_eof_);
+  // Closing for a shutdown: tell the client in this response.
+  ResponsePlan plan =
+      PlanResponse(parser, head_request_, client_minor,
+                   client_keep_alive_ && !client_eof_ && !close_when_idle_ &&
+                       !loop_.shutting_down());
   if (!request_complete_) plan.close = true;  // the rest of the request can't follow
   if (plan.framing == Framing::kUntilClose) plan.close = true;
   response_framing_ = plan.framing;
@@ -1002,6 +1005,7 @@ void ClientConnection::Respond(int status, const char* detail, bool close) {
   std::string& out = loop_.scratch();
   AppendSimpleResponse(status, detail, close, request_.http_minor(), &out);
   evbuffer_add(bufferevent_get_output(bev_.get()), out.data(), out.size());
+  response_body_bytes_ = out.size() - (out.find("\r\n\r\n") + 4);
   response_started_ = true;
   response_complete_ = true;
   response_close_ = close;
@@ -1077,6 +1081,14 @@ void ClientConnection::AbortExchange(uint32_t flag) {
   flags_ |= flag;
   EndAttempt(false);
   if (state_ != State::kIdle || request_.message_started()) LogExchange();
+  if (response_started_ && !(flag & kFlagClientReset)) {
+    // The backend cut the response: deliver what arrived, then end the
+    // connection so the client cannot take it as complete. A close-delimited
+    // body would look complete after a clean FIN, so that one is reset.
+    reset_on_close_ = response_framing_ == Framing::kUntilClose;
+    CloseAfterFlush();
+    return;
+  }
   Destroy();
 }
 
@@ -1093,6 +1105,13 @@ void ClientConnection::CloseAfterFlush() {
 void ClientConnection::FinishClose() {
   if (closing_shutdown_) return;
   closing_shutdown_ = true;
+  if (reset_on_close_) {
+    evutil_socket_t fd = bufferevent_getfd(bev_.get());
+    linger hard = {1, 0};
+    if (fd >= 0) (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof(hard));
+    Destroy();
+    return;
+  }
   // Lingering close: shut our side, keep reading (and discarding) for a
   // moment so unread request bytes do not turn into an RST that destroys
   // the response before the client has read it.

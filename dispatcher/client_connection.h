@@ -186,6 +186,7 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   bool response_bytes_seen_ = false;
   bool upstream_eof_ = false;     // the backend closed its side
   bool closing_shutdown_ = false;  // write side shut, waiting for the client
+  bool reset_on_close_ = false;    // end with an RST, not a FIN
   const conf::Backend* last_backend_ = nullptr;  // for the access log
   bool response_close_ = false;   // close the client after this response
   bool client_keep_alive_ = true;

@@ -205,6 +205,7 @@ class DemoWorker::Connection {
     llhttp_init(&parser_, HTTP_REQUEST, &Settings());
     parser_.data = this;
   }
+  ~Connection() { EndRequest(); }
 
   // Sets the bufferevent up and starts reading; false when libevent refuses,
   // and then the caller frees the connection.
@@ -234,6 +235,7 @@ class DemoWorker::Connection {
     kHello,
     kHealthz,
     kControlHealth,
+    kControlFail,
     kCompute,
     kBytes,
     kSink,
@@ -301,6 +303,7 @@ class DemoWorker::Connection {
     return HPE_OK;
   }
   static int OnHeadersComplete(llhttp_t* parser) {
+    Self(parser)->BeginRequest();
     Self(parser)->RouteRequest();
     return HPE_OK;
   }
@@ -481,6 +484,13 @@ class DemoWorker::Connection {
       SetNumber(QueryNumber(query, "status", 0, 200, 599),
                 "status must be a number from 200 to 599");
       if (!QueryValue(query, "status")) query_error_ = "status is missing";
+    } else if (path == "/control/fail") {
+      Allow(Route::kControlFail, post, "POST, PUT");
+      std::optional<uint64_t> status = QueryNumber(query, "status", 0, 0, 599);
+      SetNumber(
+          status && (*status == 0 || *status >= 200) ? status : std::nullopt,
+          "status must be 0 or a number from 200 to 599");
+      if (!QueryValue(query, "status")) query_error_ = "status is missing";
     } else if (path == "/compute") {
       Allow(Route::kCompute, get || post, "GET, HEAD, POST, PUT");
       SetNumber(QueryNumber(query, "rounds", kDefaultRounds, 1, kMaxRounds),
@@ -551,6 +561,33 @@ class DemoWorker::Connection {
     }
   }
 
+  // Counts a request in flight from its head on, for /stats.
+  void BeginRequest() {
+    if (in_flight_) return;
+    in_flight_ = true;
+    DemoWorkerShared& shared = *worker_->shared_;
+    uint64_t now = shared.in_flight.fetch_add(1, std::memory_order_relaxed) + 1;
+    uint64_t most = shared.max_concurrent.load(std::memory_order_relaxed);
+    while (most < now && !shared.max_concurrent.compare_exchange_weak(
+                             most, now, std::memory_order_relaxed)) {
+    }
+  }
+
+  // The answer is queued (or the connection is going away).
+  void EndRequest() {
+    if (!in_flight_) return;
+    in_flight_ = false;
+    worker_->shared_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  // A failure switched on by /control/fail hits everything but the probes
+  // and the switches themselves.
+  bool Failing() const {
+    return worker_->shared_->fail_status.load(std::memory_order_relaxed) != 0 &&
+           route_ != Route::kHealthz && route_ != Route::kStats &&
+           route_ != Route::kControlHealth && route_ != Route::kControlFail;
+  }
+
   // Answers a complete request; pauses the parser unless the next pipelined
   // request may be read at once.
   int Answer() {
@@ -571,6 +608,9 @@ class DemoWorker::Connection {
       std::string body(query_error_);
       body.push_back('\n');
       WriteAnswer(400, body);
+    } else if (Failing()) {
+      WriteAnswer(worker_->shared_->fail_status.load(std::memory_order_relaxed),
+                  "failing on purpose\n");
     } else {
       switch (route_) {
         case Route::kNotFound:
@@ -588,6 +628,13 @@ class DemoWorker::Connection {
         case Route::kControlHealth:
           worker_->SetHealthStatus(static_cast<int>(number_));
           body_.assign("healthz answers ");
+          AppendNumber(body_, number_);
+          body_.push_back('\n');
+          WriteAnswer(200, body_);
+          break;
+        case Route::kControlFail:
+          worker_->SetFailStatus(static_cast<int>(number_));
+          body_.assign("requests answer ");
           AppendNumber(body_, number_);
           body_.push_back('\n');
           WriteAnswer(200, body_);
@@ -623,6 +670,9 @@ class DemoWorker::Connection {
       }
     }
 
+    if (state_ != State::kSleeping && state_ != State::kStreaming) {
+      EndRequest();
+    }
     if (state_ != State::kReading) return HPE_PAUSED;
     if (!keep_alive_) {
       state_ = State::kClosing;
@@ -737,6 +787,13 @@ class DemoWorker::Connection {
     body_.append(",\"health_status\":");
     AppendNumber(body_, static_cast<uint64_t>(shared.health_status.load(
                             std::memory_order_relaxed)));
+    body_.append(",\"fail_status\":");
+    AppendNumber(body_, static_cast<uint64_t>(shared.fail_status.load(
+                            std::memory_order_relaxed)));
+    body_.append(",\"in_flight\":");
+    AppendNumber(body_, shared.in_flight.load(std::memory_order_relaxed));
+    body_.append(",\"max_concurrent\":");
+    AppendNumber(body_, shared.max_concurrent.load(std::memory_order_relaxed));
     body_.append("}\n");
     WriteAnswer(200, body_, kJson);
   }
@@ -783,11 +840,13 @@ class DemoWorker::Connection {
   }
 
   void FinishAsync() {
+    EndRequest();
     state_ = keep_alive_ ? State::kReading : State::kClosing;
   }
 
   // A request llhttp or our limits refused: answer and close.
   void Reject(int status) {
+    EndRequest();
     keep_alive_ = false;
     head_only_ = false;
     http10_ = false;
@@ -859,6 +918,7 @@ class DemoWorker::Connection {
   State state_ = State::kReading;
   bool peer_closed_ = false;
   bool aborted_ = false;
+  bool in_flight_ = false;  // counted in DemoWorkerShared::in_flight
 
   // The request being read.
   std::string url_;
@@ -969,6 +1029,12 @@ DemoWorkerStart DemoWorker::Start(const std::string& listen_address,
 void DemoWorker::SetHealthStatus(int status) {
   if (status >= 200 && status <= 599) {
     shared_->health_status.store(status, std::memory_order_relaxed);
+  }
+}
+
+void DemoWorker::SetFailStatus(int status) {
+  if (status == 0 || (status >= 200 && status <= 599)) {
+    shared_->fail_status.store(status, std::memory_order_relaxed);
   }
 }
 

@@ -28,6 +28,12 @@ struct DemoWorkerShared {
   std::atomic<uint64_t> connections_accepted{0};
   std::atomic<uint64_t> requests_served{0};
   std::atomic<int> health_status{200};
+  // 0, or the status every request but /healthz, /stats and /control/* gets.
+  std::atomic<int> fail_status{0};
+  // Requests between their head arriving and their answer being queued, and
+  // the most there ever were at once.
+  std::atomic<uint64_t> in_flight{0};
+  std::atomic<uint64_t> max_concurrent{0};
 };
 
 // The outcome of DemoWorker::Start: the bound port, or why it could not bind.
@@ -42,6 +48,8 @@ struct DemoWorkerStart {
 //   GET  /                        200 "hello from <name>\n"
 //   GET  /healthz                 200 "ok\n", or the status set below
 //   POST /control/health?status=N sets what /healthz answers (200..599)
+//   POST /control/fail?status=N   answers N (200..599) to every request but
+//                                 /healthz, /stats and /control/*; 0 restores
 //   GET|POST /compute?rounds=N    N rounds of SHA-256 chained over the body
 //   (over
 //                                 the name when there is none); default 1000,
@@ -50,7 +58,10 @@ struct DemoWorkerStart {
 //   POST|PUT /sink                reads any body without keeping it, JSON count
 //   GET  /status/CODE             answers CODE (200..599)
 //   GET  /sleep?ms=N              answers after N ms (at most 600,000)
-//   GET  /stats                   JSON counters (this request included)
+//   GET  /stats                   JSON counters (this request included):
+//                                 connections, requests, the /healthz and
+//                                 fail statuses, requests in flight and the
+//                                 most ever in flight at once
 //   GET  /echo + Upgrade: websocket   101, then echoes every byte back
 // Requests are answered in order on each keep-alive connection (pipelining
 // too). The process must ignore SIGPIPE, as tandem does.
@@ -91,6 +102,10 @@ class DemoWorker {
   // Sets the status GET /healthz answers (200 restores), as
   // POST /control/health does. Values outside 200..599 are ignored.
   void SetHealthStatus(int status);
+  // Sets the status every request but /healthz, /stats and /control/* gets,
+  // as POST /control/fail does; 0 restores normal answers. Other values
+  // outside 200..599 are ignored.
+  void SetFailStatus(int status);
 
  private:
   class Connection;

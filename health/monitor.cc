@@ -309,10 +309,13 @@ void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
   uint64_t before = backend.health->transition_count();
   auto weight_before = backend.health->feedback_weight();
   if (result.passed) {
+    ++backend.checks_passed;
     backend.health->OnCheckPassed(now, wall, result.detail);
   } else {
+    ++backend.checks_failed;
     backend.health->OnCheckFailed(now, wall, result.detail);
   }
+  backend.check_seconds += static_cast<double>(result.duration.count()) / 1e6;
   if (result.drain) backend.health->SetFeedbackDrain(now, wall, *result.drain);
   if (result.weight_percent)
     backend.health->SetFeedbackWeight(result.weight_percent);
@@ -404,6 +407,7 @@ void HealthMonitor::MaybeEject(Cluster& cluster, Backend& backend) {
   }
   uint64_t before = backend.health->transition_count();
   backend.health->Eject(Clock::now(), WallMs());
+  ++backend.ejections;
   LogTransitions(cluster, backend, before);
   MarkDirty();
 }
@@ -468,8 +472,9 @@ void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
     backend.timer = event_new(base_, -1, 0, CheckCb, &backend);
     backend.prober = std::make_unique<Prober>(base_, cluster.config->health,
                                               backend.config->address);
-    backend.health->MarkStopped(Clock::now(), WallMs(),
-                                "cold backup deactivated");
+    uint64_t before = backend.health->transition_count();
+    backend.health->MarkStopped(Clock::now(), WallMs(), "cold backup deactivated");
+    LogTransitions(cluster, backend, before);
     AddEvent(cluster, "deactivating cold backup " + backend.address +
                           (command.empty() ? std::string() : ": " + command));
     Log(LogLevel::kInfo, "health", "deactivating cold backup",
@@ -564,14 +569,15 @@ HealthMonitor::ActionResult HealthMonitor::AdminAction(
   return future.get();
 }
 
-void HealthMonitor::LogTransitions(const Cluster& cluster,
-                                   const Backend& backend, size_t before) {
+void HealthMonitor::LogTransitions(const Cluster& cluster, Backend& backend,
+                                   size_t before) {
   uint64_t count = backend.health->transition_count();
   if (count == before) return;
   const auto& log = backend.health->transitions();
   size_t fresh = std::min<uint64_t>(count - before, log.size());
   for (size_t i = log.size() - fresh; i < log.size(); ++i) {
     const Transition& t = log[i];
+    ++backend.transitions_to[static_cast<size_t>(t.to)];
     bool bad = t.to == BackendState::kDown || t.to == BackendState::kEjected;
     Log(bad ? LogLevel::kWarn : LogLevel::kInfo, "health",
         "backend state changed",
@@ -692,6 +698,11 @@ void HealthMonitor::Publish() {
       b.last_check = backend.health->last_check();
       b.transitions.assign(backend.health->transitions().begin(),
                            backend.health->transitions().end());
+      b.checks_passed = backend.checks_passed;
+      b.checks_failed = backend.checks_failed;
+      b.check_seconds = backend.check_seconds;
+      b.ejections = backend.ejections;
+      b.transitions_to = backend.transitions_to;
       status.backends.push_back(std::move(b));
     }
     status.events = cluster.events;

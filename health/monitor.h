@@ -5,6 +5,7 @@
 // decides; it never routes.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -75,6 +76,11 @@ class HealthMonitor {
     TimePoint activation_failed_at{};
     TimePoint refused_until{};
     bool active = false;  // as the policy last said
+    uint64_t checks_passed = 0;
+    uint64_t checks_failed = 0;
+    double check_seconds = 0;
+    uint64_t ejections = 0;
+    std::array<uint64_t, 7> transitions_to{};
   };
   struct Cluster {
     HealthMonitor* monitor = nullptr;
@@ -104,8 +110,8 @@ class HealthMonitor {
   void MarkDirty();
   void Publish();
   void AddEvent(Cluster& cluster, std::string message);
-  void LogTransitions(const Cluster& cluster, const Backend& backend,
-                      size_t before);
+  // Logs and counts the transitions made since `before` (a transition_count()).
+  void LogTransitions(const Cluster& cluster, Backend& backend, size_t before);
   HealthSettings SettingsFor(const conf::Cluster& cluster) const;
 
   PublishFn publish_fn_;

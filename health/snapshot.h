@@ -3,6 +3,7 @@
 // admin API shows it.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -28,6 +29,13 @@ struct BackendStatus {
   bool refused_recently = false;
   std::string last_check;
   std::vector<Transition> transitions;
+  // Counters since start (kept across reloads for backends that stay).
+  uint64_t checks_passed = 0;
+  uint64_t checks_failed = 0;
+  double check_seconds = 0;  // total time spent in checks
+  uint64_t ejections = 0;
+  // Transitions by the state entered, indexed by BackendState.
+  std::array<uint64_t, 7> transitions_to{};
 };
 
 // A decision of the policy, kept to explain failovers.

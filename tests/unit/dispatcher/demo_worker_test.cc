@@ -307,12 +307,60 @@ TEST_CASE("a keep-alive connection is counted once by /stats") {
   Response stats = client.Exchange(Get("/stats"));
   CHECK(stats.body ==
         "{\"worker\":\"w1\",\"connections_accepted\":1,"
-        "\"requests_served\":4,\"health_status\":200}\n");
+        "\"requests_served\":4,\"health_status\":200,\"fail_status\":0,"
+        "\"in_flight\":1,\"max_concurrent\":1}\n");
 
   Client second(worker.port());
   CHECK(
       second.Exchange(Get("/stats")).body.find("\"connections_accepted\":2") !=
       std::string::npos);
+}
+
+TEST_CASE("/control/fail answers its status to all but probes and switches") {
+  WorkerThread worker;
+  Client client(worker.port());
+  auto fail = [&client](std::string_view status) {
+    return client.Exchange(std::string("POST /control/fail?status=")
+                               .append(status)
+                               .append(" HTTP/1.1\r\nHost: test\r\n"
+                                       "Content-Length: 0\r\n\r\n"));
+  };
+  CHECK(fail("500").status == 200);
+  Response failed = client.Exchange(Get("/"));
+  CHECK(failed.status == 500);
+  CHECK(failed.body == "failing on purpose\n");
+  CHECK(failed.Header("X-Worker") == "w1");
+  CHECK(client.Exchange(Get("/sleep?ms=1")).status == 500);
+  CHECK(client.Exchange(Get("/healthz")).status == 200);
+  Response stats = client.Exchange(Get("/stats"));
+  CHECK(stats.status == 200);
+  CHECK(stats.body.find("\"fail_status\":500") != std::string::npos);
+
+  CHECK(fail("0").status == 200);
+  CHECK(client.Exchange(Get("/")).status == 200);
+  CHECK(fail("99").status == 400);
+  CHECK(client.Exchange(Get("/control/fail?status=500")).status == 405);
+  CHECK(client.Exchange(Get("/")).status == 200);
+}
+
+TEST_CASE("/stats counts the most requests ever in flight at once") {
+  WorkerThread worker;
+  {
+    Client first(worker.port());
+    Client second(worker.port());
+    Client third(worker.port());
+    first.Send(Get("/sleep?ms=300"));
+    second.Send(Get("/sleep?ms=300"));
+    third.Send(Get("/sleep?ms=300"));
+    CHECK(first.Read().status == 200);
+    CHECK(second.Read().status == 200);
+    CHECK(third.Read().status == 200);
+  }
+  Client client(worker.port());
+  Response stats = client.Exchange(Get("/stats"));
+  // The three sleeps overlapped; only the /stats request is in flight now.
+  CHECK(stats.body.find("\"in_flight\":1,\"max_concurrent\":3}") !=
+        std::string::npos);
 }
 
 TEST_CASE("pipelined requests are answered in order, a slow one included") {

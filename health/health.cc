@@ -1,1 +1,0 @@
-// Health checking lands with its own issue; this unit keeps the library target.

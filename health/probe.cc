@@ -1,0 +1,469 @@
+// One backend's active health check; see probe.h. The response is parsed with
+// llhttp and judged as soon as enough of it has arrived.
+#include "health/probe.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <string_view>
+#include <utility>
+
+namespace tandem::health {
+namespace {
+
+// A body is searched for `expect_body` within its first 64 KiB, and a response
+// head larger than that is refused rather than buffered.
+constexpr size_t kMaxBodyBytes = 64 * 1024;
+constexpr uint64_t kMaxHeadBytes = 64 * 1024;
+constexpr uint32_t kMaxWeightPercent = 1000;
+// Longest expected body quoted in a failure's detail.
+constexpr size_t kMaxQuotedBody = 40;
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           auto lower = [](char c) {
+             return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+           };
+           return lower(x) == lower(y);
+         });
+}
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
+  return s;
+}
+
+// "50%" or "50" -> 50; nullopt for anything else or above 1000.
+std::optional<uint32_t> ParseWeight(std::string_view value) {
+  value = Trim(value);
+  if (!value.empty() && value.back() == '%') value.remove_suffix(1);
+  if (value.empty() || value.size() > 4) return std::nullopt;
+  uint32_t weight = 0;
+  for (char c : value) {
+    if (c < '0' || c > '9') return std::nullopt;
+    weight = weight * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (weight > kMaxWeightPercent) return std::nullopt;
+  return weight;
+}
+
+std::string ErrorText(int error) {
+  char buffer[128];
+  // GNU strerror_r: returns a pointer to the text, maybe not into `buffer`.
+  return strerror_r(error, buffer, sizeof(buffer));
+}
+
+std::string ConnectFailureText(int error) {
+  switch (error) {
+    case ECONNREFUSED:
+      return "connection refused";
+    case ENETUNREACH:
+      return "network unreachable";
+    case EHOSTUNREACH:
+      return "host unreachable";
+    case ETIMEDOUT:
+      return "connect timed out";
+    case 0:
+      return "connect failed";
+    default:
+      return "connect failed: " + ErrorText(error);
+  }
+}
+
+std::string FormatDuration(conf::Duration duration) {
+  auto ms = duration.count();
+  if (ms != 0 && ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+timeval ToTimeval(conf::Duration duration) {
+  auto ms = std::max<conf::Duration::rep>(duration.count(), 0);
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(ms / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((ms % 1000) * 1000);
+  return tv;
+}
+
+// The numeric host of `address`, for an address built without its text.
+std::string NumericHost(const conf::SocketAddress& address) {
+  char text[INET6_ADDRSTRLEN] = "";
+  const void* raw = nullptr;
+  if (address.storage.ss_family == AF_INET) {
+    raw = &reinterpret_cast<const sockaddr_in*>(&address.storage)->sin_addr;
+  } else if (address.storage.ss_family == AF_INET6) {
+    raw = &reinterpret_cast<const sockaddr_in6*>(&address.storage)->sin6_addr;
+  }
+  if (raw == nullptr || inet_ntop(address.storage.ss_family, raw, text,
+                                  sizeof(text)) == nullptr) {
+    return "";
+  }
+  return text;
+}
+
+void SetPort(conf::SocketAddress& address, uint16_t port) {
+  if (address.storage.ss_family == AF_INET) {
+    reinterpret_cast<sockaddr_in*>(&address.storage)->sin_port = htons(port);
+  } else if (address.storage.ss_family == AF_INET6) {
+    reinterpret_cast<sockaddr_in6*>(&address.storage)->sin6_port = htons(port);
+  }
+}
+
+std::string HostHeader(const conf::HealthCheck& check,
+                       const conf::SocketAddress& target) {
+  if (!check.host.empty()) return check.host;
+  std::string host = target.host.empty() ? NumericHost(target) : target.host;
+  if (host.find(':') != std::string::npos) host = "[" + host + "]";
+  if (target.port() != 80) host += ":" + std::to_string(target.port());
+  return host;
+}
+
+std::string QuoteExpected(const std::string& expected) {
+  if (expected.size() <= kMaxQuotedBody) return "\"" + expected + "\"";
+  return "\"" + expected.substr(0, kMaxQuotedBody) + "...\"";
+}
+
+}  // namespace
+
+Prober::Prober(event_base* base, const conf::HealthCheck& check,
+               const conf::SocketAddress& backend)
+    : base_(base), check_(check), target_(backend) {
+  if (check_.port != 0) SetPort(target_, check_.port);
+  if (check_.kind == conf::HealthCheck::Kind::kHttp) {
+    request_ = check_.method + " " + check_.path +
+               " HTTP/1.1\r\nHost: " + HostHeader(check_, target_) +
+               "\r\nUser-Agent: tandem-health\r\nAccept: */*\r\n"
+               "Connection: close\r\n\r\n";
+  }
+  timer_.reset(evtimer_new(base_, TimeoutCb, this));
+  deliver_.reset(evtimer_new(base_, DeliverCb, this));
+  if (!timer_ || !deliver_) throw std::bad_alloc();
+}
+
+Prober::~Prober() { Cancel(); }
+
+void Prober::Start(Callback done) {
+  assert(!running_ && "Prober::Start while a probe is in flight");
+  Close();
+  done_ = std::move(done);
+  running_ = true;
+  connected_ = false;
+  decided_ = false;
+  result_ = ProbeResult{};
+  received_bytes_ = 0;
+  head_complete_ = false;
+  interim_ = false;
+  field_done_ = false;
+  field_.clear();
+  value_.clear();
+  body_.clear();
+  llhttp_init(&parser_, HTTP_RESPONSE, Settings());
+  parser_.data = this;
+  started_ = std::chrono::steady_clock::now();
+
+  timeval deadline = ToTimeval(check_.timeout);
+  int error = 0;
+  if (evtimer_add(timer_.get(), &deadline) != 0) {
+    Decide(ProbeResult::Failure::kConnect, "cannot arm the check's timer");
+  } else if ((error = Connect()) != 0) {
+    Decide(ProbeResult::Failure::kConnect, ConnectFailureText(error));
+  }
+  if (decided_) {
+    // The callback must not run inside Start: deliver it from the loop.
+    Close();
+    event_active(deliver_.get(), EV_TIMEOUT, 1);
+  }
+}
+
+void Prober::Cancel() {
+  Close();
+  event_del(deliver_.get());
+  done_ = nullptr;
+  running_ = false;
+}
+
+int Prober::Connect() {
+  int fd = socket(target_.storage.ss_family,
+                  SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  // Connecting here rather than in bufferevent_socket_connect() keeps the
+  // errno of an immediate refusal, which libevent would report without one.
+  if (connect(fd, target_.sa(), target_.length) != 0 && errno != EINPROGRESS &&
+      errno != EINTR) {
+    int error = errno;
+    close(fd);
+    return error;
+  }
+  BufferEventPtr bev(bufferevent_socket_new(base_, fd, BEV_OPT_CLOSE_ON_FREE));
+  if (!bev) {
+    close(fd);
+    return ENOMEM;
+  }
+  bufferevent_setcb(bev.get(), ReadCb, nullptr, EventCb, this);
+  // With a socket already connecting, libevent waits for it to become
+  // writable and reports BEV_EVENT_CONNECTED or BEV_EVENT_ERROR.
+  if (bufferevent_socket_connect(bev.get(), nullptr, 0) != 0) return ENOMEM;
+  bev_ = std::move(bev);
+  return 0;
+}
+
+void Prober::OnConnected() {
+  connected_ = true;
+  if (check_.kind != conf::HealthCheck::Kind::kHttp) {
+    Decide(ProbeResult::Failure::kNone, "connected");
+    Finish();
+    return;
+  }
+  if (bufferevent_write(bev_.get(), request_.data(), request_.size()) != 0 ||
+      bufferevent_enable(bev_.get(), EV_READ | EV_WRITE) != 0) {
+    Decide(ProbeResult::Failure::kConnect, "cannot send the request");
+    Finish();
+  }
+}
+
+void Prober::OnRead() {
+  evbuffer* input = bufferevent_get_input(bev_.get());
+  while (evbuffer_get_length(input) > 0) {
+    evbuffer_iovec chunk{};
+    if (evbuffer_peek(input, -1, nullptr, &chunk, 1) < 1) break;
+    if (Parse(static_cast<const char*>(chunk.iov_base), chunk.iov_len)) {
+      Finish();
+      return;
+    }
+    if (evbuffer_drain(input, chunk.iov_len) != 0) {
+      Decide(ProbeResult::Failure::kProtocol, "cannot read the response");
+      Finish();
+      return;
+    }
+  }
+}
+
+void Prober::OnEvent(short events) {
+  // Read first: libevent leaves the socket's errno in place for this call.
+  int error = EVUTIL_SOCKET_ERROR();
+  if (events & BEV_EVENT_CONNECTED) {
+    OnConnected();
+    return;
+  }
+  if (events & BEV_EVENT_ERROR) {
+    if (!connected_) {
+      Decide(ProbeResult::Failure::kConnect, ConnectFailureText(error));
+    } else if (error == ECONNRESET || error == EPIPE) {
+      Decide(ProbeResult::Failure::kReset, "connection reset");
+    } else {
+      Decide(ProbeResult::Failure::kReset,
+             "connection error: " + ErrorText(error));
+    }
+  } else if (events & BEV_EVENT_EOF) {
+    // A body delimited by the connection's end completes here.
+    // Otherwise the backend dropped the connection, which is a reset's kin.
+    (void)llhttp_finish(&parser_);
+    Decide(ProbeResult::Failure::kReset,
+           received_bytes_ == 0 ? "connection closed without a response"
+                                : "connection closed mid-response");
+  } else {
+    return;
+  }
+  Finish();
+}
+
+bool Prober::Parse(const char* data, size_t length) {
+  received_bytes_ += length;
+  llhttp_errno_t error = llhttp_execute(&parser_, data, length);
+  if (decided_) return true;
+  if (error != HPE_OK) {
+    Decide(ProbeResult::Failure::kProtocol, "invalid HTTP response");
+    return true;
+  }
+  if (!head_complete_ && received_bytes_ > kMaxHeadBytes) {
+    Decide(ProbeResult::Failure::kProtocol, "response head over 64 KiB");
+    return true;
+  }
+  return false;
+}
+
+void Prober::Decide(ProbeResult::Failure failure, std::string detail) {
+  if (decided_) return;
+  decided_ = true;
+  result_.passed = failure == ProbeResult::Failure::kNone;
+  result_.failure = failure;
+  result_.detail = std::move(detail);
+}
+
+void Prober::Finish() {
+  Close();
+  event_del(deliver_.get());
+  running_ = false;
+  ProbeResult result = std::move(result_);
+  result.duration = std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::steady_clock::now() - started_);
+  Callback done = std::move(done_);
+  done_ = nullptr;
+  // Last: `done` may Start again or destroy this Prober.
+  if (done) done(result);
+}
+
+void Prober::Close() {
+  bev_.reset();
+  event_del(timer_.get());
+}
+
+int Prober::EvaluateHead() {
+  int status = parser_.status_code;
+  result_.status = status;
+  if (status < 0 || static_cast<uint32_t>(status) < check_.expect_status_min ||
+      static_cast<uint32_t>(status) > check_.expect_status_max) {
+    Decide(ProbeResult::Failure::kStatus,
+           "HTTP " + std::to_string(status) + " (expected " +
+               std::to_string(check_.expect_status_min) + "-" +
+               std::to_string(check_.expect_status_max) + ")");
+    return HPE_PAUSED;
+  }
+  if (check_.expect_body.empty()) {
+    Decide(ProbeResult::Failure::kNone, "HTTP " + std::to_string(status));
+    return HPE_PAUSED;
+  }
+  // A response to HEAD has no body whatever its Content-Length says.
+  return check_.method == "HEAD" ? 1 : 0;
+}
+
+void Prober::NoteHeader() {
+  if (EqualsIgnoreCase(field_, "Tandem-Weight")) {
+    if (auto weight = ParseWeight(value_)) result_.weight_percent = weight;
+  } else if (EqualsIgnoreCase(field_, "Tandem-State")) {
+    std::string_view state = Trim(value_);
+    if (EqualsIgnoreCase(state, "drain")) {
+      result_.drain = true;
+    } else if (EqualsIgnoreCase(state, "up")) {
+      result_.drain = false;
+    }
+  }
+}
+
+void Prober::ReadCb(bufferevent*, void* arg) {
+  static_cast<Prober*>(arg)->OnRead();
+}
+
+void Prober::EventCb(bufferevent*, short events, void* arg) {
+  static_cast<Prober*>(arg)->OnEvent(events);
+}
+
+void Prober::TimeoutCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Prober*>(arg);
+  self->Decide(ProbeResult::Failure::kTimeout,
+               "timed out after " + FormatDuration(self->check_.timeout));
+  self->Finish();
+}
+
+void Prober::DeliverCb(evutil_socket_t, short, void* arg) {
+  static_cast<Prober*>(arg)->Finish();
+}
+
+int Prober::OnHeaderField(llhttp_t* parser, const char* at, size_t length) {
+  auto* self = static_cast<Prober*>(parser->data);
+  if (self->field_done_) {
+    // A name after a value, or after an empty value llhttp reported nothing
+    // for.
+    self->field_.clear();
+    self->value_.clear();
+    self->field_done_ = false;
+  }
+  self->field_.append(at, length);
+  return 0;
+}
+
+int Prober::OnHeaderFieldComplete(llhttp_t* parser) {
+  auto* self = static_cast<Prober*>(parser->data);
+  self->field_done_ = true;
+  self->value_.clear();
+  return 0;
+}
+
+int Prober::OnHeaderValue(llhttp_t* parser, const char* at, size_t length) {
+  static_cast<Prober*>(parser->data)->value_.append(at, length);
+  return 0;
+}
+
+int Prober::OnHeaderValueComplete(llhttp_t* parser) {
+  static_cast<Prober*>(parser->data)->NoteHeader();
+  return 0;
+}
+
+int Prober::OnHeadersComplete(llhttp_t* parser) {
+  auto* self = static_cast<Prober*>(parser->data);
+  int status = parser->status_code;
+  // 100 Continue and the other interim answers precede the real one; 101 is
+  // final (and unasked for), so it is judged like any other status.
+  if (status >= 100 && status < 200 && status != 101) {
+    self->interim_ = true;
+    return 0;
+  }
+  self->head_complete_ = true;
+  return self->EvaluateHead();
+}
+
+int Prober::OnBody(llhttp_t* parser, const char* at, size_t length) {
+  auto* self = static_cast<Prober*>(parser->data);
+  const std::string& expected = self->check_.expect_body;
+  size_t take = std::min(length, kMaxBodyBytes - self->body_.size());
+  // Search only what is new, plus enough of the old to catch a match that
+  // straddles two pieces.
+  size_t from = self->body_.size() >= expected.size()
+                    ? self->body_.size() - expected.size() + 1
+                    : 0;
+  self->body_.append(at, take);
+  if (self->body_.find(expected, from) != std::string::npos) {
+    self->Decide(ProbeResult::Failure::kNone,
+                 "HTTP " + std::to_string(self->result_.status));
+    return HPE_USER;
+  }
+  if (self->body_.size() >= kMaxBodyBytes) {
+    self->Decide(
+        ProbeResult::Failure::kBody,
+        "body lacks " + QuoteExpected(expected) + " in its first 64 KiB");
+    return HPE_USER;
+  }
+  return 0;
+}
+
+int Prober::OnMessageComplete(llhttp_t* parser) {
+  auto* self = static_cast<Prober*>(parser->data);
+  if (self->interim_) {
+    self->interim_ = false;
+    return 0;
+  }
+  // Only a check with an expected body reads on to here, and a match would
+  // have decided it already.
+  self->Decide(ProbeResult::Failure::kBody,
+               "body lacks " + QuoteExpected(self->check_.expect_body));
+  return HPE_PAUSED;
+}
+
+const llhttp_settings_t* Prober::Settings() {
+  static const llhttp_settings_t settings = [] {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_header_field = OnHeaderField;
+    s.on_header_field_complete = OnHeaderFieldComplete;
+    s.on_header_value = OnHeaderValue;
+    s.on_header_value_complete = OnHeaderValueComplete;
+    s.on_headers_complete = OnHeadersComplete;
+    s.on_body = OnBody;
+    s.on_message_complete = OnMessageComplete;
+    return s;
+  }();
+  return &settings;
+}
+
+}  // namespace tandem::health

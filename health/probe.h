@@ -1,0 +1,144 @@
+// One backend's active health check: a TCP connect or an HTTP request on a
+// fresh connection, bounded by one timeout, as HAProxy's tcp-check/httpchk
+// (src/check.c), with agent-check style load feedback in the response headers.
+#pragma once
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <llhttp.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "conf/config.h"
+
+namespace tandem::health {
+
+struct ProbeResult {
+  enum class Failure {
+    kNone,
+    kConnect,
+    kTimeout,
+    kReset,
+    kStatus,
+    kBody,
+    kProtocol
+  };
+  bool passed = false;
+  Failure failure = Failure::kNone;
+  // Short, for logs and /status: "HTTP 200", "connected", "connection refused",
+  // "timed out after 1s", "HTTP 503 (expected 200-399)", "body lacks \"ok\"",
+  // "connection reset", "invalid HTTP response".
+  std::string detail;
+  int status = 0;  // HTTP status; 0 for TCP checks or when no head arrived
+  std::chrono::microseconds duration{0};
+  // From "Tandem-Weight: N%" or "N" (0..1000); nullopt when absent or invalid.
+  std::optional<uint32_t> weight_percent;
+  // "Tandem-State: drain" -> true, "up" -> false (case-insensitive); nullopt
+  // when absent or any other value.
+  std::optional<bool> drain;
+};
+
+// Probes one backend, at most one probe in flight. Lives on one event loop:
+// every member is called on that loop's thread.
+class Prober {
+ public:
+  using Callback = std::function<void(const ProbeResult&)>;
+
+  // `check` is the cluster's check (kind tcp or http; kNone probes as tcp);
+  // `backend` the backend's address. Both are copied. The check connects to
+  // `check.port` when non-zero, else to the backend's port. The Host header is
+  // `check.host`, else the backend address's host part (bracketed for IPv6),
+  // with ":port" when the probed port is not 80. `base` must outlive the
+  // Prober. Throws std::bad_alloc when libevent cannot allocate its events.
+  Prober(event_base* base, const conf::HealthCheck& check,
+         const conf::SocketAddress& backend);
+  // Cancels a probe in flight; its callback is not called.
+  ~Prober();
+
+  Prober(const Prober&) = delete;
+  Prober& operator=(const Prober&) = delete;
+
+  // Starts a probe; requires !running(). `done` is called exactly once, on
+  // the loop, never from Start itself (a failure to even start is delivered
+  // on the next loop iteration). From `done`, the caller may Start again or
+  // destroy the Prober.
+  void Start(Callback done);
+  // Stops the probe in flight, if any, and drops its callback uncalled.
+  void Cancel();
+  // True from Start until `done` has been called or the probe was cancelled.
+  bool running() const { return running_; }
+
+ private:
+  struct BufferEventDeleter {
+    void operator()(bufferevent* bev) const { bufferevent_free(bev); }
+  };
+  struct EventDeleter {
+    void operator()(event* ev) const { event_free(ev); }
+  };
+  using BufferEventPtr = std::unique_ptr<bufferevent, BufferEventDeleter>;
+  using EventPtr = std::unique_ptr<event, EventDeleter>;
+
+  // Opens the connection to `target_` into bev_. The one place a TLS
+  // bufferevent will replace the socket one. Returns 0, or an errno.
+  int Connect();
+  void OnConnected();
+  void OnRead();
+  void OnEvent(short events);
+  // Feeds bytes to the parser; true once the probe has a verdict.
+  bool Parse(const char* data, size_t length);
+  // Records the outcome; the first one wins. Callers then Finish(), except
+  // inside llhttp callbacks, where finishing would free the bytes being parsed.
+  void Decide(ProbeResult::Failure failure, std::string detail);
+  // Tears the connection down and calls the callback (which may destroy us).
+  void Finish();
+  void Close();
+  // llhttp's on_headers_complete for a final response: 0, 1 (no body) or
+  // HPE_PAUSED once decided.
+  int EvaluateHead();
+  void NoteHeader();
+
+  static void ReadCb(bufferevent* bev, void* arg);
+  static void EventCb(bufferevent* bev, short events, void* arg);
+  static void TimeoutCb(evutil_socket_t fd, short events, void* arg);
+  static void DeliverCb(evutil_socket_t fd, short events, void* arg);
+  static int OnHeaderField(llhttp_t* parser, const char* at, size_t length);
+  static int OnHeaderFieldComplete(llhttp_t* parser);
+  static int OnHeaderValue(llhttp_t* parser, const char* at, size_t length);
+  static int OnHeaderValueComplete(llhttp_t* parser);
+  static int OnHeadersComplete(llhttp_t* parser);
+  static int OnBody(llhttp_t* parser, const char* at, size_t length);
+  static int OnMessageComplete(llhttp_t* parser);
+  static const llhttp_settings_t* Settings();
+
+  event_base* base_;
+  conf::HealthCheck check_;
+  conf::SocketAddress target_;  // the backend's address, check port applied
+  std::string request_;
+
+  EventPtr timer_;    // the whole probe's deadline
+  EventPtr deliver_;  // delivers a result decided inside Start
+  BufferEventPtr bev_;
+  Callback done_;
+  bool running_ = false;
+  bool connected_ = false;
+  std::chrono::steady_clock::time_point started_;
+  ProbeResult result_;
+  bool decided_ = false;  // result_ holds the outcome
+
+  // Response parsing state, reset by Start.
+  llhttp_t parser_{};
+  uint64_t received_bytes_ = 0;
+  bool head_complete_ = false;
+  bool interim_ = false;     // the head being parsed is a 1xx
+  bool field_done_ = false;  // field_ is complete; the next name starts anew
+  std::string field_;
+  std::string value_;
+  std::string body_;
+};
+
+}  // namespace tandem::health

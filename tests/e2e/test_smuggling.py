@@ -1,0 +1,323 @@
+"""Request smuggling and malformed input: each bad request of DESIGN.md's "Limits and
+their answers" gets its status, its connection is closed, and none of it reaches the
+backend (asserted on the bytes the raw backend received). What tandem sends a backend
+is always CRLF-framed."""
+
+import socket
+import unittest
+
+from harness import (TandemTestCase, bare_line_ends, build_request, http_request,
+                     make_config, scaled, serve_once)
+
+# Appended after a bad request: if any of it ever reaches the backend, the
+# rejected request's framing leaked.
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+class RejectedRequestsTest(TandemTestCase):
+    """One tandem in front of a raw backend per test, so that the backend's
+    recorded bytes belong to that test alone."""
+
+    def setUp(self):
+        self.backend = self.start_backend()
+        self.tandem = self.start_tandem(make_config([self.backend.address]))
+
+    # ---- helpers ----
+
+    def send_raw(self, data):
+        """Sends `data` on a new connection; returns (client, first response)."""
+        client = self.client(self.tandem.port, timeout=scaled(5))
+        client.send(data)
+        return client, client.response()
+
+    def assertClosedAfter(self, client, response):
+        """Nothing follows `response`: tandem closes the connection."""
+        try:
+            rest = client.read_until_close()
+        except socket.timeout:
+            self.fail("tandem kept the connection open after answering %d" % response.status)
+        self.assertEqual(rest, b"", "more than one answer to a rejected request")
+
+    def assertOnlySentinelReached(self):
+        """A good request on a new connection reaches the backend, and it is all
+        the backend ever received."""
+        response = http_request(self.tandem.port, "GET", "/sentinel")
+        self.assertEqual(response.status, 200)
+        requests = self.backend.wait_requests(1)
+        received = self.backend.received()
+        self.assertNotIn(b"smuggled", received)
+        self.assertEqual([r.target for r in requests], ["/sentinel"], received)
+        self.assertEqual(received, requests[0].raw)
+
+    def assertRejected(self, data, status):
+        """`data` gets `status` from tandem, the connection closes after that one
+        answer, and nothing of it reaches the backend."""
+        client, response = self.send_raw(data)
+        self.assertEqual(response.status, status, response.body)
+        self.assertTrue(response.body.startswith(b"%d " % status), response.body)
+        self.assertEqual((response.header("connection") or "").lower(), "close")
+        self.assertClosedAfter(client, response)
+        self.assertOnlySentinelReached()
+
+    def assertBodyRejected(self, data, status):
+        """For a request whose head is valid and whose body is not. Bodies are
+        streamed, so the head may already be on its way when the body breaks the
+        rules; the backend must then see its connection end before a complete
+        request, and no byte from the bad one on."""
+        client, response = self.send_raw(data)
+        self.assertEqual(response.status, status, response.body)
+        self.assertClosedAfter(client, response)
+        self.assertNoCompleteRequestReached()
+
+    def assertNoCompleteRequestReached(self):
+        """The sentinel is the only complete request the backend received, and
+        every backend connection that carried part of a bad request was closed."""
+        response = http_request(self.tandem.port, "GET", "/sentinel")
+        self.assertEqual(response.status, 200)
+        self.backend.wait_requests(1)
+        self.backend.wait(lambda b: all(c.peer_closed.is_set() or c.requests
+                                        for c in b.connections),
+                          what="tandem closing the cut backend connection")
+        received = self.backend.received()
+        self.assertNotIn(b"smuggled", received)
+        self.assertNotIn(b"BAD", received)
+        self.assertEqual([r.target for r in self.backend.requests()], ["/sentinel"], received)
+
+    # ---- framing ----
+
+    def test_content_length_with_transfer_encoding_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_transfer_encoding_before_content_length_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                            b"Content-Length: 40\r\n\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_differing_duplicate_content_lengths_get_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n"
+                            b"Content-Length: 37\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_content_length_list_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0, 37\r\n\r\n"
+                            + SMUGGLED, 400)
+
+    def test_a_signed_content_length_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: +37\r\n\r\n"
+                            + SMUGGLED, 400)
+
+    def test_identical_duplicate_content_lengths_collapse_and_are_forwarded_once(self):
+        client = self.client(self.tandem.port)
+        client.send(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n"
+                    b"\r\nhello" + build_request("GET", "/next"))
+        self.assertEqual(client.response().status, 200)
+        self.assertEqual(client.response().status, 200)
+        first, second = self.backend.wait_requests(2)
+        self.assertEqual(first.header_all("content-length"), ["5"])
+        self.assertEqual(first.body, b"hello")
+        self.assertEqual(second.target, "/next")
+
+    def test_transfer_encoding_not_ending_in_chunked_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n"
+                            b"\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_transfer_encoding_gzip_alone_in_a_request_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"
+                            + SMUGGLED, 400)
+
+    def test_chunked_applied_twice_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_unknown_transfer_coding_gets_501(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: mystery, chunked\r\n"
+                            b"\r\n0\r\n\r\n" + SMUGGLED, 501)
+
+    def test_transfer_encoding_from_an_http10_client_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                            + SMUGGLED, 400)
+
+    def test_a_space_before_the_colon_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length : 37\r\n\r\n"
+                            + SMUGGLED, 400)
+
+    def test_a_transfer_encoding_hidden_by_a_control_character_gets_400(self):
+        self.assertRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0bchunked\r\n"
+                            b"Content-Length: 5\r\n\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    # ---- chunked bodies ----
+
+    def test_a_non_hex_chunk_size_gets_400(self):
+        self.assertBodyRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                b"zz\r\nBAD\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_negative_chunk_size_gets_400(self):
+        self.assertBodyRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                b"-1\r\nBAD\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_0x_prefixed_chunk_size_gets_400(self):
+        self.assertBodyRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                b"0x3\r\nBAD\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_an_overflowing_chunk_size_gets_400(self):
+        self.assertBodyRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                b"10000000000000003\r\nBAD\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_chunk_longer_than_its_size_gets_400(self):
+        self.assertBodyRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                b"1\r\nxBAD\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_chunk_size_ended_by_a_bare_cr_gets_400(self):
+        self.assertBodyRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                b"3\rBAD\r\n0\r\n\r\n" + SMUGGLED, 400)
+
+    def test_an_obs_folded_trailer_gets_400(self):
+        self.assertBodyRejected(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                b"0\r\nX-T: a\r\n BAD\r\n\r\n" + SMUGGLED, 400)
+
+    # ---- field lines ----
+
+    def test_obs_fold_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_first_field_line_starting_with_whitespace_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\n Host: a\r\nHost: b\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_bare_cr_in_a_field_value_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: b\rContent-Length: 37\r\n\r\n"
+                            + SMUGGLED, 400)
+
+    def test_a_nul_in_a_field_value_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_control_character_in_a_field_value_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_del_in_a_field_value_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: b\x7fc\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_field_name_with_a_space_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_field_name_with_a_separator_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a\r\nX@A: b\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_field_line_with_an_empty_name_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n" + SMUGGLED, 400)
+
+    # ---- Host ----
+
+    def test_a_missing_host_in_http11_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nX-A: b\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_repeated_host_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_host_with_a_space_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_host_with_a_path_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: a/b\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_host_with_userinfo_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1\r\nHost: user@a\r\n\r\n" + SMUGGLED, 400)
+
+    # ---- request line ----
+
+    def test_an_invalid_method_gets_400(self):
+        self.assertRejected(b"G@T /a HTTP/1.1\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
+    def test_tabs_as_request_line_separators_get_400(self):
+        self.assertRejected(b"GET\t/a\tHTTP/1.1\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_lowercase_http_version_gets_400(self):
+        self.assertRejected(b"GET /a http/1.1\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_space_after_the_version_gets_400(self):
+        self.assertRejected(b"GET /a HTTP/1.1 \r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_target_not_starting_with_a_slash_gets_400(self):
+        self.assertRejected(b"GET a HTTP/1.1\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_nul_in_the_target_gets_400(self):
+        self.assertRejected(b"GET /a\x00b HTTP/1.1\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
+    def test_a_bare_cr_in_the_target_gets_400(self):
+        self.assertRejected(b"GET /a\rb HTTP/1.1\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
+    def test_an_absolute_form_target_with_an_empty_authority_gets_400(self):
+        self.assertRejected(b"GET http:///a HTTP/1.1\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
+    def test_an_absolute_form_target_with_userinfo_gets_400(self):
+        self.assertRejected(b"GET http://user@a/a HTTP/1.1\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
+    def test_an_http2_preface_gets_400(self):
+        self.assertRejected(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SMUGGLED, 400)
+
+    def test_connect_gets_501(self):
+        self.assertRejected(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n" + SMUGGLED, 501)
+
+    # ---- line ends ----
+
+    def test_bare_lf_line_ends_are_rejected_or_forwarded_as_crlf(self):
+        client = self.client(self.tandem.port)
+        client.send(b"GET /lf HTTP/1.1\nHost: a\nX-Bare: lf\n\n")
+        response = client.response()
+        if response.status == 400:
+            self.assertOnlySentinelReached()
+            return
+        self.assertEqual(response.status, 200)
+        (request,) = self.backend.wait_requests(1)
+        self.assertEqual(request.header("x-bare"), "lf")
+        self.assertEqual(bare_line_ends(self.backend.received()), [])
+
+
+class ForwardedBytesTest(TandemTestCase):
+    """What tandem sends a backend."""
+
+    def setUp(self):
+        self.backend = self.start_backend()
+        self.tandem = self.start_tandem(make_config([self.backend.address]))
+
+    def test_what_reaches_the_backend_is_crlf_only(self):
+        requests = [
+            build_request("GET", "/plain", [("X-A", "b")]),
+            build_request("POST", "/length", body=b"hello"),
+            build_request("POST", "/chunked", [("Transfer-Encoding", "chunked")],
+                          body=b"3;ext=1\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n"),
+            build_request("GET", "http://authority.test/absolute", host="other.test"),
+            build_request("GET", "/old", version="HTTP/1.0", host=None),
+        ]
+        for data in requests:
+            client = self.client(self.tandem.port)
+            client.send(data)
+            self.assertEqual(client.response().status, 200, data)
+            client.close()
+        self.backend.wait_requests(len(requests))
+        received = self.backend.received()
+        self.assertEqual(bare_line_ends(received), [], received)
+        for request in self.backend.requests():
+            self.assertEqual(request.version, "HTTP/1.1")
+
+    def test_a_response_with_content_length_and_transfer_encoding_is_refused_or_reframed(self):
+        backend = self.start_backend(serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n", "hold"))
+        tandem = self.start_tandem(make_config([backend.address], cluster_opts={"retries": 0}))
+        response = http_request(tandem.port)
+        # RFC 9112 §6.3: an error (502), or forwarded framed by Transfer-Encoding alone.
+        if response.status == 502:
+            return
+        self.assertFalse(response.has_header("content-length") and response.has_header("transfer-encoding"))
+        self.assertEqual(response.body, b"hello")
+
+    def test_a_response_with_differing_content_lengths_gets_502(self):
+        backend = self.start_backend(serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello", "hold"))
+        tandem = self.start_tandem(make_config([backend.address], cluster_opts={"retries": 0}))
+        response = http_request(tandem.port)
+        self.assertEqual(response.status, 502)
+        self.assertNotIn(b"hel", response.body)
+
+
+if __name__ == "__main__":
+    unittest.main()
