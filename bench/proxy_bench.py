@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""Helpers of proxy_bench.sh: process CPU and RSS from /proc, the idle
+keep-alive client, config checks and the report. Standard library only."""
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import resource
+import socket
+import statistics
+import sys
+import time
+import tomllib
+import urllib.request
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root):
+    """`root` and every descendant, from the parent ids in /proc/*/stat."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo and len(tree) < 10_000:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_ticks(root):
+    """utime + stime of the tree, in clock ticks."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+
+def rss_kib(root):
+    """VmRSS of the tree, in KiB."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port, timeout):
+    """True once GET / on the port answers 200, within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def backend_connections(ports):
+    """Connections the tandem-worker backends accepted so far, summed."""
+    total = 0
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as r:
+            total += json.load(r)["connections_accepted"]
+    return total
+
+
+async def open_idle(port, count, concurrency, timeout):
+    """Opens `count` connections, each after one answered request."""
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    gate = asyncio.Semaphore(concurrency)
+    opened, failures = [], []
+
+    async def one():
+        async with gate:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), timeout)
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                status = int(head.split(b" ", 2)[1])
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if length:
+                    await asyncio.wait_for(reader.readexactly(length), timeout)
+                if status != 200:
+                    raise ValueError(f"status {status}")
+                opened.append((reader, writer))
+            except (OSError, ValueError, asyncio.TimeoutError,
+                    asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+                failures.append(repr(e))
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return opened, failures
+
+
+def idle_memory(args):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < args.count + 100:
+        sys.exit(f"open-file limit {hard} is too low for {args.count} connections")
+
+    async def run():
+        before = rss_kib(args.pid)
+        started = time.monotonic()
+        opened, failures = await open_idle(args.port, args.count, args.concurrency,
+                                           args.timeout)
+        open_seconds = time.monotonic() - started
+        await asyncio.sleep(args.settle)
+        after = rss_kib(args.pid)
+        still_open = sum(1 for reader, _ in opened if not reader.at_eof())
+        for _, writer in opened:
+            writer.close()
+        return {
+            "proxy": args.proxy,
+            "connections": len(opened),
+            "still_open": still_open,
+            "failed": len(failures),
+            "first_failure": failures[0] if failures else "",
+            "open_seconds": round(open_seconds, 2),
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "bytes_per_connection": round((after - before) * 1024 / len(opened))
+            if opened else None,
+        }
+
+    print(json.dumps(asyncio.run(run())))
+
+
+def check_tandem_config(path, backends):
+    """The generated file parses as TOML and has the contract's shape."""
+    with open(path, "rb") as f:
+        config = tomllib.load(f)
+    known = {
+        "global": {"threads", "grace_period", "drain_delay", "access_log"},
+        "listener": {"listen", "cluster", "client_header_timeout", "idle_timeout",
+                     "max_header_size", "max_body_size"},
+        "cluster": {"policy", "algorithm", "min_active", "retries", "connect_timeout",
+                    "try_timeout", "request_timeout", "idle_timeout",
+                    "max_idle_connections", "panic_threshold", "slow_start",
+                    "health", "backends"},
+        "health": {"kind", "path", "interval", "timeout", "rise", "fall"},
+        "backend": {"address", "weight", "role", "standby"},
+    }
+    errors = []
+
+    def keys(kind, table, where):
+        errors.extend(f"{where}.{k}: not a contract key" for k in table
+                      if k not in known[kind])
+
+    keys("global", config.get("global", {}), "global")
+    if config["global"].get("threads") != 1 or config["global"].get("access_log") != "off":
+        errors.append("global: threads must be 1 and access_log \"off\"")
+    clusters = config.get("clusters", {})
+    for name, listener in config.get("listeners", {}).items():
+        keys("listener", listener, f"listeners.{name}")
+        if listener.get("cluster") not in clusters:
+            errors.append(f"listeners.{name}.cluster: no such cluster")
+        if not str(listener.get("listen", "")).startswith("127.0.0.1:"):
+            errors.append(f"listeners.{name}.listen: not on 127.0.0.1")
+    for name, cluster in clusters.items():
+        keys("cluster", cluster, f"clusters.{name}")
+        keys("health", cluster.get("health", {}), f"clusters.{name}.health")
+        addresses = []
+        for i, backend in enumerate(cluster.get("backends", [])):
+            keys("backend", backend, f"clusters.{name}.backends[{i}]")
+            addresses.append(backend.get("address"))
+        if addresses != backends:
+            errors.append(f"clusters.{name}.backends: {addresses} != {backends}")
+    if not config.get("listeners") or not clusters:
+        errors.append("a listener and a cluster are required")
+    for error in errors:
+        print(f"{path}: {error}", file=sys.stderr)
+    return not errors
+
+
+def read_runs(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def report(args):
+    runs = read_runs(args.runs)
+    memory = []
+    if args.memory and os.path.exists(args.memory):
+        with open(args.memory) as f:
+            memory = [json.loads(line) for line in f if line.strip()]
+    proxies = args.proxies.split()
+    conns = [int(c) for c in args.conns.split()]
+
+    def median(proxy, c, field):
+        values = [float(r[field]) for r in runs
+                  if r["proxy"] == proxy and int(r["conns"]) == c and r[field] != ""]
+        return statistics.median(values) if values else None
+
+    def total(proxy, c, field):
+        return sum(int(r[field]) for r in runs
+                   if r["proxy"] == proxy and int(r["conns"]) == c)
+
+    def fmt(value, digits=0):
+        return "n/a" if value is None else f"{value:,.{digits}f}"
+
+    out = []
+    reps = max((int(r["rep"]) for r in runs), default=0)
+    out.append(f"Medians of {reps} run(s) each; proxies alternate run by run.\n")
+    out.append("| conns | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req "
+               "| backend conns opened | errors |")
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for c in conns:
+        for proxy in proxies:
+            p50, p99 = median(proxy, c, "p50_us"), median(proxy, c, "p99_us")
+            out.append(
+                f"| {c} | {proxy} | {fmt(median(proxy, c, 'rps'))} "
+                f"| {fmt(p50 and p50 / 1000, 2)} | {fmt(p99 and p99 / 1000, 2)} "
+                f"| {fmt(median(proxy, c, 'cpu_us_per_req'), 1)} "
+                f"| {fmt(median(proxy, c, 'backend_conns'))} "
+                f"| {total(proxy, c, 'errors')} |")
+    if memory:
+        out.append("")
+        out.append("| proxy | idle keep-alive conns | RSS before KiB | RSS after KiB "
+                   "| bytes per idle conn |")
+        out.append("|---|---:|---:|---:|---:|")
+        for m in memory:
+            note = "" if m["still_open"] == m["connections"] else \
+                f" ({m['still_open']} still open)"
+            out.append(f"| {m['proxy']} | {m['connections']}{note} "
+                       f"| {m['rss_before_kib']:,} | {m['rss_after_kib']:,} "
+                       f"| {fmt(m['bytes_per_connection'])} |")
+
+    by_proxy = {m["proxy"]: m for m in memory}
+    base = "tandem" if "tandem" in proxies else None
+    others = [p for p in proxies if p != base] if base else proxies[1:]
+    base = base or (proxies[0] if proxies else None)
+    if base and others:
+        out.append("")
+        out.append(f"Ratios {base}/other, same run (req/s: higher is better; "
+                   "p99, CPU and memory: lower is better).\n")
+        out.append("| conns | ratio | req/s | p99 | CPU/req |")
+        out.append("|---:|---|---:|---:|---:|")
+
+        def ratio(a, b):
+            return "n/a" if a is None or not b else f"{a / b:.2f}"
+
+        for c in conns:
+            for other in others:
+                out.append(
+                    f"| {c} | {base}/{other} "
+                    f"| {ratio(median(base, c, 'rps'), median(other, c, 'rps'))} "
+                    f"| {ratio(median(base, c, 'p99_us'), median(other, c, 'p99_us'))} "
+                    f"| {ratio(median(base, c, 'cpu_us_per_req'), median(other, c, 'cpu_us_per_req'))} |")
+        for other in others:
+            if base in by_proxy and other in by_proxy:
+                a = by_proxy[base]["bytes_per_connection"]
+                b = by_proxy[other]["bytes_per_connection"]
+                out.append(f"\nMemory per idle connection {base}/{other}: {ratio(a, b)}")
+        if base == "tandem" and "haproxy" in proxies and 100 in conns:
+            rps = ratio(median("tandem", 100, "rps"), median("haproxy", 100, "rps"))
+            p99 = ratio(median("tandem", 100, "p99_us"), median("haproxy", 100, "p99_us"))
+            ok = rps != "n/a" and p99 != "n/a" and float(rps) >= 0.8 and float(p99) <= 1.5
+            out.append(f"\nBar at 100 connections (req/s >= 0.8 x HAProxy, p99 <= 1.5 x "
+                       f"HAProxy): req/s {rps}, p99 {p99}: {'PASS' if ok else 'FAIL'}")
+    print("\n".join(out))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("free-port")
+    p = sub.add_parser("wait-http")
+    p.add_argument("port", type=int)
+    p.add_argument("timeout", type=float)
+    for name in ("cpu", "rss"):
+        p = sub.add_parser(name)
+        p.add_argument("pid", type=int)
+    p = sub.add_parser("backend-conns")
+    p.add_argument("ports", type=int, nargs="+")
+    p = sub.add_parser("idle")
+    p.add_argument("--proxy", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--count", type=int, default=10_000)
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--timeout", type=float, default=10)
+    p.add_argument("--settle", type=float, default=1)
+    p = sub.add_parser("check-tandem")
+    p.add_argument("path")
+    p.add_argument("backends", nargs="+")
+    p = sub.add_parser("report")
+    p.add_argument("--runs", required=True)
+    p.add_argument("--memory")
+    p.add_argument("--proxies", required=True)
+    p.add_argument("--conns", required=True)
+    args = parser.parse_args()
+
+    if args.command == "free-port":
+        print(free_port())
+    elif args.command == "wait-http":
+        sys.exit(0 if wait_http(args.port, args.timeout) else 1)
+    elif args.command == "cpu":
+        print(cpu_ticks(args.pid))
+    elif args.command == "rss":
+        print(rss_kib(args.pid))
+    elif args.command == "backend-conns":
+        print(backend_connections(args.ports))
+    elif args.command == "idle":
+        idle_memory(args)
+    elif args.command == "check-tandem":
+        sys.exit(0 if check_tandem_config(args.path, args.backends) else 1)
+    elif args.command == "report":
+        report(args)
+
+
+if __name__ == "__main__":
+    main()
