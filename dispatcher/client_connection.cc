@@ -592,6 +592,8 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail, 
         state_ = State::kQueued;
         queued_ = true;
         runtime.queue.push_back(this);
+        runtime.stats->queued.Add(1);
+        queued_since_ = Clock::now();
         loop_.WatchQueue();
         ArmTimer(runtime.config->queue_timeout);
         return;
@@ -617,7 +619,7 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail, 
   last_backend_ = backend.config;
   if (++tries_ > 1) {
     flags_ |= kFlagRetried;
-    runtime.stats->retries.Add();
+    runtime.stats->retries[static_cast<size_t>(last_failure_)].Add();
     if (!counted_retry_) {
       counted_retry_ = true;
       ++runtime.active_retries;
@@ -876,6 +878,10 @@ bool ClientConnection::TryAcquire(BackendRuntime& backend) {
 void ClientConnection::Dequeue() {
   if (!queued_) return;
   queued_ = false;
+  cluster().stats->queued.Add(-1);
+  cluster().stats->queue_wait.Observe(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - queued_since_)
+          .count()));
   auto& queue = cluster().queue;
   auto it = std::find(queue.begin(), queue.end(), this);
   if (it != queue.end()) queue.erase(it);
@@ -884,11 +890,19 @@ void ClientConnection::Dequeue() {
 bool ClientConnection::RetryFromQueue() {
   {
     DepthGuard guard(&callback_depth_);
-    Dequeue();
+    // Leaves the queue for this try; StartAttempt() puts it back at the head
+    // when every backend is still full.
+    auto& queue = cluster().queue;
+    queue.erase(std::find(queue.begin(), queue.end(), this));
+    queued_ = false;
     from_queue_ = true;
     state_ = State::kConnecting;
     StartAttempt();
     from_queue_ = false;
+    if (!queued_) {
+      queued_ = true;  // account for the wait as Dequeue() does
+      Dequeue();
+    }
   }
   const bool left = !queued_;
   if (destroy_pending_ && callback_depth_ == 0) delete this;
@@ -981,6 +995,7 @@ void ClientConnection::FailAttempt(Failure failure, int status, const char* deta
     if (failure != Failure::kPoolRace) ReportOutcome(false, failure);
     tried_.Insert(backend_);
   }
+  last_failure_ = failure;
   std::string_view refusal = RetryRefusal(failure);
   bool same_backend_ok = failure == Failure::kPoolRace;
   if (failure == Failure::kPoolRace) pool_race_retried_ = true;
@@ -1166,6 +1181,7 @@ void ClientConnection::OnTimer() {
       return;
     case State::kQueued:
       Dequeue();
+      cluster().stats->queue_timeouts.Add();
       RespondBusy("no backend slot freed up within queue_timeout");
       return;
     case State::kConnecting:

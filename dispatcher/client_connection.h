@@ -212,6 +212,8 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   bool holds_slot_ = false;       // counted in the backend's shared inflight
   bool queued_ = false;           // in cluster().queue
   bool from_queue_ = false;       // StartAttempt() called for a queued request
+  std::chrono::steady_clock::time_point queued_since_;
+  Failure last_failure_ = Failure::kConnect;  // what the last failed try saw
 };
 
 }  // namespace tandem::dispatcher

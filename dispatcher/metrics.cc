@@ -95,8 +95,17 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops, MetricsBuil
       b->Histogram("tandem_request_duration_seconds",
                    "Time from a request head to the end of its response", {{"cluster", cluster}},
                    s.request_duration);
-      b->Counter("tandem_retries_total", "Requests tried again on a backend",
-                 {{"cluster", cluster}}, static_cast<double>(s.retries.Get()));
+      for (size_t r = 0; r < s.retries.size(); ++r) {
+        b->Counter("tandem_retries_total", "Tries after a failed one, by what failed",
+                   {{"cluster", cluster}, {"reason", kRetryReasons[r]}},
+                   static_cast<double>(s.retries[r].Get()));
+      }
+      b->Gauge("tandem_queue_length", "Requests waiting for a backend below its limit",
+               {{"cluster", cluster}}, static_cast<double>(s.queued.Get()));
+      b->Counter("tandem_queue_timeouts_total", "Queued requests answered 503 after queue_timeout",
+                 {{"cluster", cluster}}, static_cast<double>(s.queue_timeouts.Get()));
+      b->Histogram("tandem_queue_wait_seconds", "Time requests waited in the queue",
+                   {{"cluster", cluster}}, s.queue_wait);
       b->Counter("tandem_no_backend_total", "Requests that found no eligible backend",
                  {{"cluster", cluster}}, static_cast<double>(s.no_backend.Get()));
     });

@@ -14,7 +14,6 @@
 
 #include "conf/log.h"
 #include "dispatcher/json.h"
-#include "dispatcher/metrics.h"
 
 namespace tandem::dispatcher {
 
@@ -118,6 +117,7 @@ std::string HostOf(const conf::SocketAddress& address) {
 Server::Server(ServerOptions options) : options_(std::move(options)) {}
 
 Server::~Server() {
+  watch_.reset();
   admin_.reset();
   if (health_) health_->Stop();
   loops_.clear();
@@ -293,6 +293,20 @@ int Server::Run() {
     signal_events_.push_back(std::move(ev));
   }
   drain_delay_event_.reset(evtimer_new(control_base_.get(), DrainDelayCb, this));
+  if (options_.config_text.empty()) {
+    watch_ = std::make_unique<ConfigWatch>(control_base_.get(), options_.config_path, [this] {
+      std::vector<std::string> errors;
+      ReloadNow("file change", &errors);
+    });
+    std::string content;
+    ReadWholeFile(options_.config_path, &content);
+    watch_->set_loaded_content(std::move(content));
+    if (!watch_->Start(&error)) {
+      Log(LogLevel::kWarn, "conf", "config file not watched; reload with SIGHUP",
+          {{"error", error}});
+      watch_.reset();
+    }
+  }
   ready_ = true;
   Log(LogLevel::kInfo, "dispatcher", "tandem started",
       {{"version", kVersion}, {"threads", threads}, {"config", config.path}});
@@ -343,6 +357,10 @@ bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* err
   if (draining_) {
     errors->push_back("shutting down");
     return false;
+  }
+  std::string content;
+  if (watch_ && ReadWholeFile(options_.config_path, &content)) {
+    watch_->set_loaded_content(std::move(content));
   }
   conf::LoadResult result = Load();
   last_reload_.at_unix = static_cast<long long>(time(nullptr));
@@ -559,7 +577,60 @@ std::string Server::MetricsText() {
   builder.Gauge("tandem_ready", "1 while tandem accepts traffic (/readyz)", {},
                 Ready() ? 1 : 0);
   AddLoopMetrics(loops_, &builder);
+  AddHealthMetrics(&builder);
   return builder.Serialize();
+}
+
+void Server::AddHealthMetrics(MetricsBuilder* builder) {
+  std::shared_ptr<const health::HealthSnapshot> snapshot = health_->snapshot();
+  if (!snapshot) return;
+  static constexpr algorithms::BackendState kStates[] = {
+      algorithms::BackendState::kUnknown,  algorithms::BackendState::kUp,
+      algorithms::BackendState::kDown,     algorithms::BackendState::kEjected,
+      algorithms::BackendState::kDraining, algorithms::BackendState::kDisabled,
+      algorithms::BackendState::kSlowStart};
+  for (const health::ClusterStatus& cluster : snapshot->clusters) {
+    builder->Gauge("tandem_cluster_panic", "1 while the cluster routes in panic mode",
+                   {{"cluster", cluster.name}}, cluster.panic ? 1 : 0);
+    builder->Gauge("tandem_cluster_serving_backends",
+                   "Healthy backends the policy lets take traffic", {{"cluster", cluster.name}},
+                   cluster.serving);
+    for (const health::BackendStatus& backend : cluster.backends) {
+      std::vector<prometheus::ClientMetric::Label> labels = {{"cluster", cluster.name},
+                                                             {"backend", backend.address}};
+      bool up = backend.state == algorithms::BackendState::kUp ||
+                backend.state == algorithms::BackendState::kSlowStart;
+      builder->Gauge("tandem_backend_up", "1 when health checks say the backend is up",
+                     labels, up ? 1 : 0);
+      builder->Gauge("tandem_backend_active",
+                     "1 when the policy lets the backend take traffic now", labels,
+                     backend.active ? 1 : 0);
+      builder->Gauge("tandem_backend_effective_weight",
+                     "Weight pickers use: slow start and worker feedback applied", labels,
+                     static_cast<double>(backend.view_weight) / algorithms::kWeightScale);
+      for (algorithms::BackendState state : kStates) {
+        auto with_state = labels;
+        with_state.push_back({"state", std::string(health::StateName(state))});
+        builder->Gauge("tandem_backend_state", "1 for the backend's current state",
+                       with_state, backend.state == state ? 1 : 0);
+        builder->Counter("tandem_backend_transitions_total",
+                         "State changes, by the state entered", with_state,
+                         static_cast<double>(backend.transitions_to[static_cast<size_t>(state)]));
+      }
+      builder->Counter("tandem_backend_ejections_total", "Outlier ejections", labels,
+                       static_cast<double>(backend.ejections));
+      auto passed = labels;
+      passed.push_back({"result", "passed"});
+      auto failed = labels;
+      failed.push_back({"result", "failed"});
+      builder->Counter("tandem_health_checks_total", "Active checks, by result", passed,
+                       static_cast<double>(backend.checks_passed));
+      builder->Counter("tandem_health_checks_total", "Active checks, by result", failed,
+                       static_cast<double>(backend.checks_failed));
+      builder->Counter("tandem_health_check_duration_seconds_total",
+                       "Time spent in active checks", labels, backend.check_seconds);
+    }
+  }
 }
 
 }  // namespace tandem::dispatcher

@@ -12,8 +12,10 @@
 #include "conf/config.h"
 #include "conf/load.h"
 #include "dispatcher/admin.h"
+#include "dispatcher/config_watch.h"
 #include "dispatcher/event_ptr.h"
 #include "dispatcher/loop.h"
+#include "dispatcher/metrics.h"
 #include "health/monitor.h"
 
 namespace tandem::dispatcher {
@@ -62,6 +64,7 @@ class Server : private AdminHandler {
   // Shared counters for backends with max_inflight / max_connections, kept
   // across reloads for backends that stay.
   void PrepareLimits(const conf::Config& config);
+  void AddHealthMetrics(MetricsBuilder* builder);
 
   // AdminHandler.
   bool Ready() override;
@@ -81,6 +84,7 @@ class Server : private AdminHandler {
   // Bound listening sockets by listen address, one per loop.
   std::map<std::string, std::vector<evutil_socket_t>> sockets_;
   std::unique_ptr<AdminServer> admin_;
+  std::unique_ptr<ConfigWatch> watch_;
   std::unique_ptr<health::HealthMonitor> health_;
   std::shared_ptr<const std::map<std::pair<std::string, std::string>,
                                  std::shared_ptr<SharedLimits>>>

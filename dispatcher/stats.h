@@ -76,10 +76,18 @@ struct BackendStats {
   LocalGauge idle_connections;
 };
 
+// Why a request was tried again (index: ClientConnection's Failure).
+inline constexpr const char* kRetryReasons[] = {
+    "connect_failure", "connect_refused", "pooled_connection_closed", "reset",
+    "try_timeout",     "status_5xx",      "invalid_response"};
+
 struct ClusterStats {
   LocalHistogram request_duration;
-  LocalCounter retries;
+  std::array<LocalCounter, 7> retries;  // by kRetryReasons
   LocalCounter no_backend;
+  LocalGauge queued;
+  LocalCounter queue_timeouts;
+  LocalHistogram queue_wait;
 };
 
 struct ListenerStats {
