@@ -1,7 +1,9 @@
 // One event-loop thread; see loop.h.
 #include "dispatcher/loop.h"
 
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -116,15 +118,28 @@ Loop::~Loop() {
   flush_event_.reset();
   queue_poll_event_.reset();
   message_event_.reset();
+  if (wake_fd_ >= 0) close(wake_fd_);
 }
 
 bool Loop::Init(std::string* error) {
-  base_.reset(event_base_new());
-  if (!base_) {
+  // Only this loop's thread touches its base, so it needs no lock (messages
+  // from other threads arrive through an eventfd); the changelist folds the
+  // add/remove of write interest within one iteration into one epoll_ctl.
+  event_config* config = event_config_new();
+  if (config == nullptr) {
     *error = "cannot create an event base";
     return false;
   }
-  message_event_.reset(event_new(base_.get(), -1, EV_PERSIST, MessageCb, this));
+  event_config_set_flag(config, EVENT_BASE_FLAG_NOLOCK);
+  event_config_set_flag(config, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+  base_.reset(event_base_new_with_config(config));
+  event_config_free(config);
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (!base_ || wake_fd_ < 0) {
+    *error = "cannot create an event base";
+    return false;
+  }
+  message_event_.reset(event_new(base_.get(), wake_fd_, EV_READ | EV_PERSIST, MessageCb, this));
   tick_event_.reset(event_new(base_.get(), -1, EV_PERSIST, TickCb, this));
   grace_event_.reset(evtimer_new(base_.get(), GraceCb, this));
   flush_event_.reset(evtimer_new(base_.get(), FlushOutcomesCb, this));
@@ -150,12 +165,16 @@ void Loop::Post(std::function<void(Loop&)> fn) {
     std::lock_guard<std::mutex> lock(message_mutex_);
     messages_.push_back(std::move(fn));
   }
-  // event_active is thread-safe once libevent's pthreads support is on.
-  event_active(message_event_.get(), EV_READ, 0);
+  uint64_t one = 1;
+  // The eventfd counter only grows: a failed write means it is already
+  // readable, so the loop wakes anyway.
+  (void)write(wake_fd_, &one, sizeof(one));
 }
 
-void Loop::MessageCb(evutil_socket_t, short, void* arg) {
+void Loop::MessageCb(evutil_socket_t fd, short, void* arg) {
   auto* self = static_cast<Loop*>(arg);
+  uint64_t count;
+  (void)read(fd, &count, sizeof(count));
   std::deque<std::function<void(Loop&)>> messages;
   {
     std::lock_guard<std::mutex> lock(self->message_mutex_);

@@ -201,6 +201,7 @@ class Loop {
   conf::AccessLogFormat access_log_format_;
   EventBasePtr base_;
   EventPtr message_event_;
+  int wake_fd_ = -1;
   EventPtr tick_event_;
   EventPtr grace_event_;
   EventPtr flush_event_;
