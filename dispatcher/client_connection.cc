@@ -289,7 +289,8 @@ void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short ev
           ReportOutcome(false, Failure::kReset);
           AbortExchange(kFlagUpstreamReset);
         }
-      } else if (!response_bytes_seen_ && upstream_->reused() && !pool_race_retried_) {
+      } else if (!response_bytes_seen_ && upstream_->reused() &&
+                 tries_ <= cluster().backends.size() + cluster().config->retries) {
         // A pooled connection the backend had closed while idle: the request
         // never reached it.
         FailAttempt(Failure::kPoolRace, 502, "backend closed the connection");
@@ -561,24 +562,33 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail, 
   input.inflight = runtime.inflight;
   input.tried = &tried_;
   if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone) input.hash = RequestHash();
-  std::optional<size_t> pick = runtime.picker->Pick(input);
-  if (pick && retry && other && tried_.Contains(*pick)) pick.reset();
-  if (pick && runtime.has_limits && !TryAcquire(runtime.backends[*pick])) {
+  constexpr size_t kNone = SIZE_MAX;
+  size_t pick = runtime.picker->Pick(input).value_or(kNone);
+  if (pick != kNone && retry && other && tried_.Contains(pick)) pick = kNone;
+  if (pick == kNone && retry && runtime.has_fallback && NeverReached(last_failure_)) {
+    // Every eligible backend refused: a healthy backup in reserve is better
+    // than an error while health/ counts the failures.
+    pick = runtime.fallback->Pick(input).value_or(kNone);
+    if (pick != kNone && tried_.Contains(pick)) pick = kNone;
+  }
+  if (pick != kNone && runtime.has_limits && !TryAcquire(runtime.backends[pick])) {
     // Full: look for another backend below its limit, treating the full ones
     // as tried for this pick only.
     algorithms::TriedSet skip = tried_;
-    bool found = false;
+    size_t full = pick;
+    pick = kNone;
     for (size_t attempt = 0; attempt < runtime.backends.size(); ++attempt) {
-      skip.Insert(*pick);
+      skip.Insert(full);
       input.tried = &skip;
-      pick = runtime.picker->Pick(input);
-      if (!pick || skip.Contains(*pick)) break;
-      if (TryAcquire(runtime.backends[*pick])) {
-        found = true;
+      size_t candidate = runtime.picker->Pick(input).value_or(kNone);
+      if (candidate == kNone || skip.Contains(candidate)) break;
+      if (TryAcquire(runtime.backends[candidate])) {
+        pick = candidate;
         break;
       }
+      full = candidate;
     }
-    if (!found) {
+    if (pick == kNone) {
       flags_ |= kFlagOverflow;
       if (from_queue_) {
         // Still full: back to the head of the line, the timeout unchanged.
@@ -602,7 +612,7 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail, 
       return;
     }
   }
-  if (!pick) {
+  if (pick == kNone) {
     if (retry) {
       retry_note_ = "no other backend";
       Respond(status, detail, !request_complete_);
@@ -613,7 +623,7 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail, 
     Respond(503, "no eligible backend", !request_complete_);
     return;
   }
-  backend_ = *pick;
+  backend_ = pick;
   has_backend_ = true;
   BackendRuntime& backend = runtime.backends[backend_];
   last_backend_ = backend.config;
@@ -956,21 +966,21 @@ std::string_view ClientConnection::RetryRefusal(Failure failure) const {
   if (response_started_) return "response already started";
   // A request that never reached a worker may always go elsewhere; one that
   // did only when repeating it is safe.
-  bool reached = failure != Failure::kConnect && failure != Failure::kRefused &&
-                 failure != Failure::kPoolRace;
+  bool reached = !NeverReached(failure);
   if (reached) {
     if (!IsIdempotent(request_)) return "not idempotent";
     if (tries_ > config.retries) return "retries exhausted";
   }
   if (request_.body_bytes() > 0 && !body_kept_) return "body too large to replay";
-  if (failure != Failure::kPoolRace) {
+  if (failure != Failure::kPoolRace && !(runtime.has_fallback && !reached)) {
     // tried_ will hold the current backend too.
     size_t tried = tried_.size() + (has_backend_ && !tried_.Contains(backend_) ? 1 : 0);
     if (runtime.eligible <= tried) return "no other backend";
   }
   // Envoy's retry budget: retries may be retry_budget of the requests in
-  // flight, but never fewer than 3 at once.
-  if (!counted_retry_) {
+  // flight, but never fewer than 3 at once. A request that never reached a
+  // worker costs no worker anything and is always retried.
+  if (reached && !counted_retry_) {
     double budget = std::max(3.0, config.retry_budget * runtime.active_requests);
     if (runtime.active_retries + 1 > budget) return "retry budget spent";
   }
@@ -998,7 +1008,11 @@ void ClientConnection::FailAttempt(Failure failure, int status, const char* deta
   last_failure_ = failure;
   std::string_view refusal = RetryRefusal(failure);
   bool same_backend_ok = failure == Failure::kPoolRace;
-  if (failure == Failure::kPoolRace) pool_race_retried_ = true;
+  if (failure == Failure::kPoolRace && upstream_ != nullptr) {
+    // The backend closed an idle connection under us; its other idle ones
+    // (a restart, a crash) are likely gone too: don't try them one by one.
+    upstream_->pool().CloseIdle(std::chrono::steady_clock::duration::zero());
+  }
   EndAttempt(false);
   if (refusal.empty()) {
     StartAttempt(true, status, detail, !same_backend_ok);
@@ -1089,7 +1103,6 @@ void ClientConnection::ResetExchange() {
   retry_status_ = 0;
   if (!retry_body_.empty()) retry_body_.clear();
   body_kept_ = true;
-  pool_race_retried_ = false;
 }
 
 void ClientConnection::AbortExchange(uint32_t flag) {

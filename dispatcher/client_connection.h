@@ -60,6 +60,11 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
     kInvalid,   // an unparseable response
   };
 
+  static bool NeverReached(Failure failure) {
+    return failure == Failure::kConnect || failure == Failure::kRefused ||
+           failure == Failure::kPoolRace;
+  }
+
   // Why an exchange ended badly, for the access log (Envoy's response flags).
   enum Flag : uint32_t {
     kFlagNoBackend = 1 << 0,        // UH: no eligible backend
@@ -205,7 +210,6 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   std::string_view retry_note_;   // why the last failure was not retried
   std::string retry_body_;        // request body kept for a retry
   bool body_kept_ = true;         // retry_body_ holds the whole body so far
-  bool pool_race_retried_ = false;
   bool counted_request_ = false;  // in cluster().active_requests
   bool counted_retry_ = false;    // in cluster().active_retries
   int retry_status_ = 0;          // a 5xx answer being dropped for a retry

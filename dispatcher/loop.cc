@@ -36,6 +36,7 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config)
     runtime.config = &cluster;
     runtime.stats = loop.stats().Cluster(cluster.name);
     runtime.picker = algorithms::MakePicker(cluster.picker, loop.rng());
+    runtime.fallback = algorithms::MakePicker(algorithms::PickerOptions{}, loop.rng());
     runtime.inflight.assign(cluster.backends.size(), 0);
     runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
     for (const conf::Backend& backend : cluster.backends) {
@@ -70,6 +71,8 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
     const health::ClusterStatus* status =
         snapshot != nullptr ? snapshot->Find(cluster.name) : nullptr;
     std::vector<algorithms::BackendView> views(cluster.backends.size());
+    std::vector<algorithms::BackendView> reserve(cluster.backends.size());
+    runtime.has_fallback = false;
     for (size_t b = 0; b < cluster.backends.size(); ++b) {
       const conf::Backend& backend = cluster.backends[b];
       algorithms::BackendView& view = views[b];
@@ -77,16 +80,31 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
       view.weight = algorithms::ScaledWeight(backend.weight);
       // Until health/ has spoken, only unchecked primaries take traffic.
       view.eligible = !checks && backend.role == conf::Role::kPrimary;
+      reserve[b] = view;
+      reserve[b].eligible = false;
       if (status == nullptr) continue;
+      const health::BackendStatus* backend_status = nullptr;
       if (snapshot->config == config_ && b < status->views.size()) {
         view = status->views[b];
-        continue;
-      }
-      for (size_t i = 0; i < status->backends.size(); ++i) {
-        if (status->backends[i].address == backend.address.text) {
-          view = status->views[i];
-          break;
+        backend_status = &status->backends[b];
+      } else {
+        for (size_t i = 0; i < status->backends.size(); ++i) {
+          if (status->backends[i].address == backend.address.text) {
+            view = status->views[i];
+            backend_status = &status->backends[i];
+            break;
+          }
         }
+      }
+      if (backend_status != nullptr && backend.role == conf::Role::kBackup && !view.eligible) {
+        auto state = backend_status->state;
+        bool healthy = state == algorithms::BackendState::kUp ||
+                       state == algorithms::BackendState::kSlowStart ||
+                       (state == algorithms::BackendState::kUnknown && !checks);
+        bool running = backend.standby != conf::Standby::kCold ||
+                       backend_status->activation == std::optional<std::string>("active");
+        reserve[b].eligible = healthy && running;
+        runtime.has_fallback = runtime.has_fallback || reserve[b].eligible;
       }
     }
     runtime.eligible = 0;
@@ -94,6 +112,7 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
       if (view.eligible && view.weight > 0) ++runtime.eligible;
     }
     runtime.picker->Update(views);
+    runtime.fallback->Update(reserve);
   }
 }
 

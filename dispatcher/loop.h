@@ -58,6 +58,11 @@ struct ClusterRuntime {
   size_t index = 0;  // in the config
   const conf::Cluster* config = nullptr;
   std::unique_ptr<algorithms::Picker> picker;
+  // Healthy backups the policy keeps in reserve: a request whose every
+  // eligible backend refused the connection goes here rather than failing
+  // while health/ is still counting to `fall`.
+  std::unique_ptr<algorithms::Picker> fallback;
+  bool has_fallback = false;
   std::vector<BackendRuntime> backends;
   std::vector<uint32_t> inflight;  // this thread's requests per backend
   std::vector<OutcomeCounts> outcomes;

@@ -374,6 +374,17 @@ void HealthMonitor::OnReport(const OutcomeBatch& batch) {
       if (!was && cluster->config->panic_threshold > 0) MarkDirty();
     }
     MaybeEject(*cluster, *backend);
+    // Traffic that could not reach the backend is a reason to check it now
+    // rather than at the next interval (HAProxy's observe layer4 with
+    // fastinter): detection then takes about fall × fast_interval.
+    if (report.failures > 0 && report.kind != TrafficFailure::kStatus5xx &&
+        backend->health->serving() && backend->prober && !backend->prober->running() &&
+        now - backend->last_traffic_check >= cluster->config->health.fast_interval) {
+      backend->last_traffic_check = now;
+      if (backend->timer != nullptr) evtimer_del(backend->timer);
+      backend->check_scheduled = false;
+      RunCheck(*cluster, *backend);
+    }
   }
 }
 
@@ -637,10 +648,21 @@ void HealthMonitor::Publish() {
                          ? algorithms::Policy::kPrimaryBackup
                          : algorithms::Policy::kAllActive;
     options.min_active = config.min_active;
-    options.panic_threshold = config.panic_threshold;
+    // Until every primary has been checked once, "not up" only means "not
+    // checked yet": neither a cold activation nor panic routing (which would
+    // send traffic to backends never proven healthy) is called for.
+    bool primaries_pending = false;
+    for (const auto& backend : cluster.backends) {
+      if (checks && backend->config->role == conf::Role::kPrimary &&
+          !backend->health->checked_once()) {
+        primaries_pending = true;
+      }
+    }
+    options.panic_threshold = primaries_pending ? 0.0 : config.panic_threshold;
     algorithms::PolicyResult result = algorithms::ApplyPolicy(inputs, options);
 
     for (size_t index : result.activate) {
+      if (primaries_pending) break;
       Backend& backend = *cluster.backends[index];
       if (backend.activation == algorithms::Activation::kInactive &&
           !backend.command->running()) {

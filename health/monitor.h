@@ -75,6 +75,7 @@ class HealthMonitor {
     algorithms::Activation activation = algorithms::Activation::kInactive;
     TimePoint activation_failed_at{};
     TimePoint refused_until{};
+    TimePoint last_traffic_check{};  // a check run because traffic failed
     bool active = false;  // as the policy last said
     uint64_t checks_passed = 0;
     uint64_t checks_failed = 0;
