@@ -106,6 +106,14 @@ std::string FormatUnixMs(int64_t unix_ms) {
   return seconds + millis;
 }
 
+// Tells systemd the reload is over when it goes out of scope.
+struct ReloadNotice {
+  SystemdNotifier* notifier;
+  ~ReloadNotice() {
+    if (notifier != nullptr) notifier->Ready("serving");
+  }
+};
+
 std::string HostOf(const conf::SocketAddress& address) {
   const std::string& text = address.text;
   size_t colon = text.rfind(':');
@@ -308,6 +316,9 @@ int Server::Run() {
     }
   }
   ready_ = true;
+  systemd_ = std::make_unique<SystemdNotifier>(control_base_.get());
+  systemd_->Ready("serving");
+  systemd_->StartWatchdog();
   Log(LogLevel::kInfo, "dispatcher", "tandem started",
       {{"version", kVersion}, {"threads", threads}, {"config", config.path}});
 
@@ -333,6 +344,7 @@ void Server::BeginShutdown() {
   if (draining_) return;
   draining_ = true;
   ready_ = false;
+  if (systemd_) systemd_->Stopping();
   const conf::Global& global = config_->global;
   Log(LogLevel::kInfo, "dispatcher", "shutting down",
       {{"drain_delay_ms", global.drain_delay.count()},
@@ -358,6 +370,8 @@ bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* err
     errors->push_back("shutting down");
     return false;
   }
+  if (systemd_) systemd_->Reloading();
+  ReloadNotice notice{systemd_.get()};  // READY=1 again however it ends
   std::string content;
   if (watch_ && ReadWholeFile(options_.config_path, &content)) {
     watch_->set_loaded_content(std::move(content));

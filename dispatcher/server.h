@@ -15,6 +15,7 @@
 #include "dispatcher/config_watch.h"
 #include "dispatcher/event_ptr.h"
 #include "dispatcher/loop.h"
+#include "dispatcher/systemd.h"
 #include "dispatcher/metrics.h"
 #include "health/monitor.h"
 
@@ -85,6 +86,7 @@ class Server : private AdminHandler {
   std::map<std::string, std::vector<evutil_socket_t>> sockets_;
   std::unique_ptr<AdminServer> admin_;
   std::unique_ptr<ConfigWatch> watch_;
+  std::unique_ptr<SystemdNotifier> systemd_;
   std::unique_ptr<health::HealthMonitor> health_;
   std::shared_ptr<const std::map<std::pair<std::string, std::string>,
                                  std::shared_ptr<SharedLimits>>>
