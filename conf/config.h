@@ -73,6 +73,11 @@ struct Listener {
   // TLS: empty = plain HTTP. The first certificate is the default when no
   // SNI name matches.
   std::vector<Certificate> certificates;
+  std::string tls_min_version = "1.2";  // "1.2" or "1.3"
+  // TLS 1.2 cipher list (OpenSSL syntax); empty: Mozilla's "intermediate".
+  std::string tls_ciphers;
+  // Verify client certificates against these CAs; empty: no client auth.
+  std::string client_ca;
   bool tls() const { return !certificates.empty(); }
 };
 

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "conf/tls_files.h"
 #include "conf/units.h"
 
 namespace tandem::conf {
@@ -57,7 +58,8 @@ constexpr std::string_view kAdminKeys[] = {"listen", "token"};
 constexpr std::string_view kListenerKeys[] = {
     "listen",       "cluster",         "client_header_timeout",
     "idle_timeout", "max_header_size", "max_body_size",
-    "tls_cert",     "tls_key",         "certificates"};
+    "tls_cert",     "tls_key",         "certificates",
+    "tls_min_version", "tls_ciphers",  "client_ca"};
 constexpr std::string_view kCertificateKeys[] = {"cert", "key"};
 constexpr std::string_view kClusterKeys[] = {"policy",
                                              "algorithm",
@@ -405,6 +407,10 @@ class Loader {
   void LoadListeners(TableReader& root);
   void LoadListener(const std::string& name, const toml::table& table);
   void LoadCertificates(TableReader& reader, Listener* listener);
+  void LoadListenerTls(TableReader& reader, Listener* listener);
+  // Reports an unusable certificate/key pair at `node`; true when usable.
+  bool CheckPair(const toml::node& node, const std::string& path,
+                 const Certificate& certificate);
   bool LoadHashKey(TableReader& reader, HashKey* hash_key);
   void CheckListenOverlaps();
   LoadResult Finish();
@@ -950,7 +956,12 @@ void Loader::LoadCluster(const std::string& name, const toml::table& table) {
                       &cluster.activate_timeout);
 
   reader.ReadBool("tls", &cluster.tls.enabled);
-  reader.ReadFile("ca_file", &cluster.tls.ca_file);
+  if (reader.ReadFile("ca_file", &cluster.tls.ca_file)) {
+    std::string error;
+    if (!CheckCaFile(cluster.tls.ca_file, &error)) {
+      reader.Error(*reader.Find("ca_file"), "ca_file", error);
+    }
+  }
   reader.ReadString("sni", &cluster.tls.sni);
   reader.ReadString("verify_name", &cluster.tls.verify_name);
   reader.ReadBool("verify", &cluster.tls.verify);
@@ -1351,6 +1362,7 @@ void Loader::LoadListener(const std::string& name, const toml::table& table) {
   reader.ReadSize("max_body_size", 0, std::numeric_limits<uint64_t>::max(),
                   &listener.max_body_size_bytes);
   LoadCertificates(reader, &listener);
+  LoadListenerTls(reader, &listener);
   config_.listeners.push_back(std::move(listener));
 }
 
@@ -1394,7 +1406,9 @@ void Loader::LoadCertificates(TableReader& reader, Listener* listener) {
           ok = entry.ReadFile(key, out) && ok;
         }
       }
-      if (ok) listener->certificates.push_back(std::move(certificate));
+      if (ok && CheckPair(*table->get("cert"), path, certificate)) {
+        listener->certificates.push_back(std::move(certificate));
+      }
     }
     return;
   }
@@ -1410,8 +1424,45 @@ void Loader::LoadCertificates(TableReader& reader, Listener* listener) {
   Certificate certificate;
   const bool cert_ok = reader.ReadFile("tls_cert", &certificate.cert_file);
   const bool key_ok = reader.ReadFile("tls_key", &certificate.key_file);
-  if (cert_ok && key_ok) {
+  if (cert_ok && key_ok &&
+      CheckPair(*reader.Find("tls_cert"), reader.path(), certificate)) {
     listener->certificates.push_back(std::move(certificate));
+  }
+}
+
+bool Loader::CheckPair(const toml::node& node, const std::string& path,
+                       const Certificate& certificate) {
+  std::string error;
+  if (CheckCertificatePair(certificate.cert_file, certificate.key_file, &error)) {
+    return true;
+  }
+  Error(Where(node.source()), path, error);
+  return false;
+}
+
+void Loader::LoadListenerTls(TableReader& reader, Listener* listener) {
+  std::string version;
+  if (reader.ReadString("tls_min_version", &version)) {
+    if (version == "1.2" || version == "1.3") {
+      listener->tls_min_version = version;
+    } else {
+      reader.Error(*reader.Find("tls_min_version"), "tls_min_version",
+                   "must be \"1.2\" or \"1.3\", got \"" + version + "\"");
+    }
+  }
+  reader.ReadString("tls_ciphers", &listener->tls_ciphers);
+  if (reader.ReadFile("client_ca", &listener->client_ca)) {
+    std::string error;
+    if (!CheckCaFile(listener->client_ca, &error)) {
+      reader.Error(*reader.Find("client_ca"), "client_ca", error);
+    }
+  }
+  if (!listener->tls()) {
+    for (std::string_view key : {"tls_min_version", "tls_ciphers", "client_ca"}) {
+      if (const toml::node* node = reader.Find(key)) {
+        reader.Warning(*node, key, "has no effect without a certificate (tls_cert)");
+      }
+    }
   }
 }
 

@@ -10,6 +10,9 @@
 #include <algorithm>
 #include <cstring>
 
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+
 #include "algorithms/hash.h"
 #include "dispatcher/http_message.h"
 
@@ -75,7 +78,19 @@ std::string FormatAddress(const sockaddr* address, size_t* ip_length) {
 
 void ClientConnection::Accept(Loop& loop, Generation& generation, ListenerRuntime& listener,
                               evutil_socket_t fd, const sockaddr* address, int length) {
-  BufferEventPtr bev(bufferevent_socket_new(loop.base(), fd, BEV_OPT_CLOSE_ON_FREE));
+  BufferEventPtr bev;
+  if (listener.tls) {
+    SSL* ssl = listener.tls->NewSsl();
+    if (ssl != nullptr) {
+      bev.reset(bufferevent_openssl_socket_new(loop.base(), fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                               BEV_OPT_CLOSE_ON_FREE));
+      if (!bev) SSL_free(ssl);
+    }
+    // A client closing without close_notify is an ordinary EOF here.
+    if (bev) bufferevent_openssl_set_allow_dirty_shutdown(bev.get(), 1);
+  } else {
+    bev.reset(bufferevent_socket_new(loop.base(), fd, BEV_OPT_CLOSE_ON_FREE));
+  }
   if (!bev) {
     evutil_closesocket(fd);
     return;
@@ -174,6 +189,22 @@ void ClientConnection::EventCb(bufferevent*, short events, void* arg) {
     DepthGuard guard(&self->callback_depth_);
     if (self->destroy_pending_) {
       // nothing
+    } else if (events & BEV_EVENT_CONNECTED) {
+      // The TLS handshake with the client is done.
+      self->tls_established_ = true;
+      self->listener_->stats->tls_handshakes.Add();
+    } else if (self->listener_->tls && !self->tls_established_ &&
+               (events & (BEV_EVENT_ERROR | BEV_EVENT_EOF))) {
+      // A failed handshake (old protocol, plain HTTP, no shared cipher...):
+      // counted, and the connection just closes.
+      unsigned long error = bufferevent_get_openssl_error(self->bev_.get());
+      std::string_view reason = HandshakeFailureReason(error);
+      for (size_t i = 0; i < std::size(kHandshakeFailures); ++i) {
+        if (reason == kHandshakeFailures[i]) self->listener_->stats->tls_handshake_failures[i].Add();
+      }
+      while (bufferevent_get_openssl_error(self->bev_.get()) != 0) {
+      }
+      self->Destroy();
     } else if (events & BEV_EVENT_ERROR) {
       self->AbortExchange(kFlagClientReset);
     } else if (events & BEV_EVENT_EOF) {
@@ -183,6 +214,7 @@ void ClientConnection::EventCb(bufferevent*, short events, void* arg) {
           self->Destroy();
           break;
         case State::kQueued:
+        case State::kRetryWait:
         case State::kConnecting:
         case State::kProxying:
           if (self->request_complete_) {
@@ -267,9 +299,19 @@ void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short ev
     } else if (&connection != upstream_) {
       // An event of a connection this exchange no longer uses.
     } else if (state_ == State::kConnecting) {
-      bool refused = (events & BEV_EVENT_ERROR) && EVUTIL_SOCKET_ERROR() == ECONNREFUSED;
-      FailAttempt(refused ? Failure::kRefused : Failure::kConnect, 502,
-                  refused ? "connection to backend refused" : "connection to backend failed");
+      SSL* ssl = bufferevent_openssl_get_ssl(connection.bev());
+      unsigned long tls_error = ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
+      if (ssl != nullptr && (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
+        // A handshake failure says why: a wrong name, an unknown CA...
+        detail_ = "TLS handshake with backend failed: " + health::TlsFailureText(ssl, tls_error);
+        while (bufferevent_get_openssl_error(connection.bev()) != 0) {
+        }
+        FailAttempt(Failure::kConnect, 502, detail_.c_str());
+      } else {
+        bool refused = connection.connect_error() == ECONNREFUSED;
+        FailAttempt(refused ? Failure::kRefused : Failure::kConnect, 502,
+                    refused ? "connection to backend refused" : "connection to backend failed");
+      }
     } else if (state_ == State::kTunnel) {
       // The backend ended the tunnel: deliver what it sent, then close.
       evbuffer_add_buffer(bufferevent_get_output(bev_.get()), upstream_->input());
@@ -312,6 +354,7 @@ void ClientConnection::OnClientRead() {
       ParseRequest();
       break;
     case State::kQueued:
+    case State::kRetryWait:
     case State::kConnecting:
       break;  // the body waits until a backend connection is ready
     case State::kProxying:
@@ -486,6 +529,13 @@ void ClientConnection::OnMessageComplete(HttpParser& parser) {
 }
 
 void ClientConnection::OnRequestHead() {
+  // A reload since the last request: this one follows the new config.
+  ListenerStats* old_stats = listener_->stats;
+  loop_.Rebind(this, &generation_, &listener_);
+  if (listener_->stats != old_stats) {
+    old_stats->connections_open.Add(-1);
+    listener_->stats->connections_open.Add(1);
+  }
   request_start_ = Clock::now();
   client_keep_alive_ = request_.keep_alive();
   head_request_ = request_.method() == HTTP_HEAD;
@@ -885,7 +935,22 @@ bool ClientConnection::TryAcquire(BackendRuntime& backend) {
   return true;
 }
 
+void ClientConnection::ResumeRetry() {
+  {
+    DepthGuard guard(&callback_depth_);
+    event_del(&timer_);
+    state_ = State::kConnecting;
+    StartAttempt(true, pending_status_, detail_.c_str(), true);
+  }
+  if (destroy_pending_ && callback_depth_ == 0) delete this;
+}
+
 void ClientConnection::Dequeue() {
+  if (state_ == State::kRetryWait) {
+    auto& waiters = cluster().retry_waiters;
+    auto it = std::find(waiters.begin(), waiters.end(), this);
+    if (it != waiters.end()) waiters.erase(it);
+  }
   if (!queued_) return;
   queued_ = false;
   cluster().stats->queued.Add(-1);
@@ -977,13 +1042,9 @@ std::string_view ClientConnection::RetryRefusal(Failure failure) const {
     size_t tried = tried_.size() + (has_backend_ && !tried_.Contains(backend_) ? 1 : 0);
     if (runtime.eligible <= tried) return "no other backend";
   }
-  // Envoy's retry budget: retries may be retry_budget of the requests in
-  // flight, but never fewer than 3 at once. A request that never reached a
-  // worker costs no worker anything and is always retried.
-  if (reached && !counted_retry_) {
-    double budget = std::max(3.0, config.retry_budget * runtime.active_requests);
-    if (runtime.active_retries + 1 > budget) return "retry budget spent";
-  }
+  // The retry budget limits how many retries run at once; a request over it
+  // waits for room (FailAttempt) rather than failing. A request that never
+  // reached a worker costs no worker anything and does not count.
   return {};
 }
 
@@ -1007,6 +1068,25 @@ void ClientConnection::FailAttempt(Failure failure, int status, const char* deta
   }
   last_failure_ = failure;
   std::string_view refusal = RetryRefusal(failure);
+  ClusterRuntime& runtime = cluster();
+  if (refusal.empty() && !NeverReached(failure) && !counted_retry_ &&
+      !runtime.RetryBudgetLeft()) {
+    // Too many retries in flight: wait for one to finish, within
+    // request_timeout, so a burst of timeouts on one frozen worker is not
+    // turned into errors while the cluster is not hammered either.
+    EndAttempt(false);
+    auto deadline = std::max(request_done_, request_start_) + runtime.config->request_timeout;
+    if (Clock::now() < deadline) {
+      pending_status_ = status;
+      if (detail != detail_.c_str()) detail_ = detail;
+      state_ = State::kRetryWait;
+      runtime.retry_waiters.push_back(this);
+      loop_.WatchQueue();
+      ArmTimer(deadline - Clock::now());
+      return;
+    }
+    refusal = "retry budget spent";
+  }
   bool same_backend_ok = failure == Failure::kPoolRace;
   if (failure == Failure::kPoolRace && upstream_ != nullptr) {
     // The backend closed an idle connection under us; its other idle ones
@@ -1143,6 +1223,11 @@ void ClientConnection::FinishClose() {
   // Lingering close: shut our side, keep reading (and discarding) for a
   // moment so unread request bytes do not turn into an RST that destroys
   // the response before the client has read it.
+  if (SSL* ssl = bufferevent_openssl_get_ssl(bev_.get())) {
+    // close_notify first, so a TLS client knows the end is genuine.
+    (void)SSL_shutdown(ssl);
+    ERR_clear_error();
+  }
   evutil_socket_t fd = bufferevent_getfd(bev_.get());
   if (fd < 0 || shutdown(fd, SHUT_WR) != 0) {
     Destroy();
@@ -1191,6 +1276,11 @@ void ClientConnection::OnTimer() {
       } else {
         Destroy();  // keep-alive connection idle too long
       }
+      return;
+    case State::kRetryWait:
+      Dequeue();
+      retry_note_ = "retry budget spent until request_timeout";
+      Respond(pending_status_, detail_.c_str(), !request_complete_);
       return;
     case State::kQueued:
       Dequeue();

@@ -33,6 +33,8 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   // A queued request tries again to find a backend below its limit; false
   // when it is still queued (every backend still full).
   bool RetryFromQueue();
+  // The retry budget has room again: the waiting retry goes now.
+  void ResumeRetry();
 
   // Intrusive list of a loop's connections.
   ClientConnection* next = nullptr;
@@ -42,6 +44,7 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   enum class State {
     kIdle,        // waiting for a request head (or its rest)
     kQueued,      // every eligible backend is at its max_inflight: waiting
+    kRetryWait,   // a retry waits for the retry budget
     kConnecting,  // head parsed, connecting to a backend
     kProxying,    // request sent or streaming; response awaited or streaming
     kTunnel,      // after 101: bytes copied both ways
@@ -192,6 +195,9 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   bool upstream_eof_ = false;     // the backend closed its side
   bool closing_shutdown_ = false;  // write side shut, waiting for the client
   bool reset_on_close_ = false;    // end with an RST, not a FIN
+  bool tls_established_ = false;   // the client's TLS handshake completed
+  std::string detail_;             // a composed 502 detail, kept alive
+  int pending_status_ = 0;         // answer if a waiting retry never goes
   const conf::Backend* last_backend_ = nullptr;  // for the access log
   bool response_close_ = false;   // close the client after this response
   bool client_keep_alive_ = true;

@@ -26,7 +26,8 @@ uint64_t SeedFor(size_t index) {
 
 }  // namespace
 
-Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config)
+Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
+                       const TlsContexts& tls)
     : config_(std::move(config)) {
   clusters_.resize(config_->clusters.size());
   for (size_t c = 0; c < config_->clusters.size(); ++c) {
@@ -39,11 +40,15 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config)
     runtime.fallback = algorithms::MakePicker(algorithms::PickerOptions{}, loop.rng());
     runtime.inflight.assign(cluster.backends.size(), 0);
     runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
+    std::shared_ptr<health::TlsClientContext> cluster_tls;
+    if (auto it = tls.clusters.find(cluster.name); it != tls.clusters.end()) {
+      cluster_tls = it->second;
+    }
     for (const conf::Backend& backend : cluster.backends) {
       BackendRuntime backend_runtime;
       backend_runtime.config = &backend;
       backend_runtime.stats = loop.stats().Backend(cluster.name, backend.address.text);
-      backend_runtime.pool = &loop.PoolFor(backend, backend_runtime.stats);
+      backend_runtime.pool = &loop.PoolFor(cluster, backend, backend_runtime.stats, cluster_tls);
       if (backend.max_inflight > 0 || backend.max_connections > 0) {
         backend_runtime.limits = loop.LimitsFor(cluster.name, backend.address.text);
         runtime.has_limits = true;
@@ -59,6 +64,9 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config)
   for (size_t l = 0; l < config_->listeners.size(); ++l) {
     const conf::Listener& listener = config_->listeners[l];
     listeners_[l].config = &listener;
+    if (auto it = tls.listeners.find(listener.name); it != tls.listeners.end()) {
+      listeners_[l].tls = it->second;
+    }
     listeners_[l].cluster = &clusters_[listener.cluster_index];
     listeners_[l].stats = loop.stats().Listener(listener.name);
   }
@@ -203,8 +211,10 @@ void Loop::MessageCb(evutil_socket_t fd, short, void* arg) {
 }
 
 void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,
-                       std::vector<ListenSocket> sockets) {
-  auto generation = std::make_unique<Generation>(*this, std::move(config));
+                       std::vector<ListenSocket> sockets,
+                       std::shared_ptr<const TlsContexts> tls) {
+  static const TlsContexts kNone;
+  auto generation = std::make_unique<Generation>(*this, std::move(config), tls ? *tls : kNone);
   std::vector<BoundListener> listeners;
   for (ListenSocket& socket : sockets) {
     // A socket already bound by an earlier generation comes back with the
@@ -297,6 +307,11 @@ void Loop::DrainQueue(ClusterRuntime& cluster) {
     ClientConnection* next = cluster.queue.front();
     if (!next->RetryFromQueue()) break;
   }
+  while (!cluster.retry_waiters.empty() && cluster.RetryBudgetLeft()) {
+    ClientConnection* next = cluster.retry_waiters.front();
+    cluster.retry_waiters.pop_front();
+    next->ResumeRetry();
+  }
 }
 
 void Loop::QueuePollCb(evutil_socket_t, short, void* arg) {
@@ -305,7 +320,7 @@ void Loop::QueuePollCb(evutil_socket_t, short, void* arg) {
   auto drain = [&](Generation& generation) {
     for (ClusterRuntime& cluster : generation.clusters_) {
       self->DrainQueue(cluster);
-      waiting = waiting || !cluster.queue.empty();
+      waiting = waiting || !cluster.queue.empty() || !cluster.retry_waiters.empty();
     }
   };
   if (self->current_) drain(*self->current_);
@@ -386,9 +401,16 @@ void Loop::AcceptErrorCb(evconnlistener*, void* arg) {
             {{"error", evutil_socket_error_to_string(err)}, {"loop", self->index_}});
 }
 
-BackendPool& Loop::PoolFor(const conf::Backend& backend, BackendStats* stats) {
-  auto& slot = pools_[backend.address.text];
+BackendPool& Loop::PoolFor(const conf::Cluster& cluster, const conf::Backend& backend,
+                           BackendStats* stats,
+                           const std::shared_ptr<health::TlsClientContext>& tls) {
+  // Connections made with one cluster's TLS settings (SNI, verification)
+  // are not handed to another's requests.
+  std::string key = backend.address.text;
+  if (tls) key += "|tls|" + cluster.name;
+  auto& slot = pools_[key];
   if (!slot) slot = std::make_unique<BackendPool>(base_.get(), backend.address, stats);
+  slot->set_tls(tls);
   return *slot;
 }
 
@@ -410,6 +432,21 @@ void Loop::Detach(ClientConnection* connection, Generation* generation) {
     ReleaseGeneration(generation);
   }
   if (shutting_down_) MaybeFinishShutdown();
+}
+
+void Loop::Rebind(ClientConnection*, Generation** generation, ListenerRuntime** listener) {
+  Generation* old = *generation;
+  if (!current_ || old == current_.get()) return;
+  const std::string& name = (*listener)->config->name;
+  const auto& configs = current_->config().listeners;
+  for (size_t i = 0; i < configs.size(); ++i) {
+    if (configs[i].name != name) continue;
+    ++current_->connections_;
+    *generation = current_.get();
+    *listener = &current_->listener(i);
+    if (--old->connections_ == 0) ReleaseGeneration(old);
+    return;
+  }
 }
 
 void Loop::ReleaseGeneration(Generation* generation) {

@@ -4,6 +4,7 @@
 // request path takes no lock.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <map>
@@ -20,8 +21,10 @@
 #include "dispatcher/access_log.h"
 #include "dispatcher/event_ptr.h"
 #include "dispatcher/stats.h"
+#include "dispatcher/tls_server.h"
 #include "dispatcher/upstream.h"
 #include "health/snapshot.h"
+#include "health/tls_client.h"
 
 namespace tandem::health {
 class HealthMonitor;
@@ -54,6 +57,13 @@ struct BackendRuntime {
   std::shared_ptr<SharedLimits> limits;  // null when the backend has no limit
 };
 
+// TLS contexts of one config, built once by the server and shared by every
+// loop (SSL_CTX is thread-safe for making SSL objects).
+struct TlsContexts {
+  std::map<std::string, std::shared_ptr<TlsServerContext>> listeners;  // by name
+  std::map<std::string, std::shared_ptr<health::TlsClientContext>> clusters;
+};
+
 struct ClusterRuntime {
   size_t index = 0;  // in the config
   const conf::Cluster* config = nullptr;
@@ -70,14 +80,23 @@ struct ClusterRuntime {
   uint32_t eligible = 0;         // backends the last health snapshot allows
   uint32_t active_requests = 0;  // this thread's exchanges in progress
   uint32_t active_retries = 0;   // of which retries
+  // Envoy's retry budget: retries may be retry_budget of the requests in
+  // flight, but never fewer than 3 at once.
+  bool RetryBudgetLeft() const {
+    double budget = std::max(3.0, config->retry_budget * active_requests);
+    return active_retries + 1 <= budget;
+  }
   bool has_limits = false;       // some backend has max_inflight/max_connections
   // Requests waiting for a backend below its limit, oldest first.
   std::deque<ClientConnection*> queue;
+  // Requests whose retry waits for the retry budget, oldest first.
+  std::deque<ClientConnection*> retry_waiters;
   ClusterStats* stats = nullptr;
 };
 
 struct ListenerRuntime {
   const conf::Listener* config = nullptr;
+  std::shared_ptr<TlsServerContext> tls;  // null: plain HTTP
   ClusterRuntime* cluster = nullptr;
   ListenerStats* stats = nullptr;
 };
@@ -87,7 +106,7 @@ struct ListenerRuntime {
 // close, so a reload never changes the rules under a request in flight.
 class Generation {
  public:
-  Generation(Loop& loop, std::shared_ptr<const conf::Config> config);
+  Generation(Loop& loop, std::shared_ptr<const conf::Config> config, const TlsContexts& tls);
   const conf::Config& config() const { return *config_; }
   const std::shared_ptr<const conf::Config>& config_ptr() const { return config_; }
   // Feeds a health snapshot to the pickers (backends matched by cluster name
@@ -134,7 +153,8 @@ class Loop {
   // Loop thread: serve `config` from now on, accepting on `sockets` (owned
   // from now on; listeners of the previous generation not among them close).
   void ApplyConfig(std::shared_ptr<const conf::Config> config,
-                   std::vector<ListenSocket> sockets);
+                   std::vector<ListenSocket> sockets,
+                   std::shared_ptr<const TlsContexts> tls);
 
   // Loop thread: stop accepting, close idle connections, and leave Run()
   // once the last connection is gone or `grace` has passed.
@@ -155,7 +175,10 @@ class Loop {
     return scratch_;
   }
   bool shutting_down() const { return shutting_down_; }
-  BackendPool& PoolFor(const conf::Backend& backend, BackendStats* stats);
+  // The pool of `backend` as `cluster` reaches it (TLS pools are separate).
+  BackendPool& PoolFor(const conf::Cluster& cluster, const conf::Backend& backend,
+                       BackendStats* stats,
+                       const std::shared_ptr<health::TlsClientContext>& tls);
   // Limits shared across threads for (cluster, address); set by the server
   // before a config is applied.
   std::shared_ptr<SharedLimits> LimitsFor(const std::string& cluster,
@@ -180,6 +203,11 @@ class Loop {
   void DrainQueue(ClusterRuntime& cluster);
   void Attach(ClientConnection* connection, Generation* generation);
   void Detach(ClientConnection* connection, Generation* generation);
+  // Between requests: the generation and listener a kept-alive connection
+  // should serve its next request under (the newest config, when it still
+  // has the listener), moving the connection's count over.
+  void Rebind(ClientConnection* connection, Generation** generation,
+              ListenerRuntime** listener);
 
  private:
   struct BoundListener {

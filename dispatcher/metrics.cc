@@ -81,6 +81,14 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops, MetricsBuil
                    {{"listener", listener}, {"code_class", kClassNames[c]}},
                    static_cast<double>(s.requests[c].Get()));
       }
+      b->Counter("tandem_tls_handshakes_total", "TLS handshakes completed with clients",
+                 {{"listener", listener}}, static_cast<double>(s.tls_handshakes.Get()));
+      for (size_t r = 0; r < s.tls_handshake_failures.size(); ++r) {
+        b->Counter("tandem_tls_handshake_failures_total",
+                   "TLS handshakes with clients that failed, by reason",
+                   {{"listener", listener}, {"reason", kHandshakeFailures[r]}},
+                   static_cast<double>(s.tls_handshake_failures[r].Get()));
+      }
       b->Counter("tandem_downstream_connections_total", "Client connections accepted",
                  {{"listener", listener}}, static_cast<double>(s.connections_accepted.Get()));
       b->Gauge("tandem_downstream_connections_open", "Client connections open",

@@ -114,6 +114,13 @@ struct ReloadNotice {
   }
 };
 
+// Listening sockets are kept across reloads by address; a listener on port 0
+// has a port of its own, so it is kept by name.
+std::string SocketKey(const conf::Listener& listener) {
+  if (listener.listen.port() == 0) return listener.name + "|" + listener.listen.text;
+  return listener.listen.text;
+}
+
 std::string HostOf(const conf::SocketAddress& address) {
   const std::string& text = address.text;
   size_t colon = text.rfind(':');
@@ -153,7 +160,7 @@ bool Server::BindListeners(const conf::Config& config,
                            std::string* error) {
   std::vector<evutil_socket_t> opened;
   for (const conf::Listener& listener : config.listeners) {
-    const std::string& key = listener.listen.text;
+    const std::string key = SocketKey(listener);
     if (sockets->count(key)) continue;
     if (auto it = sockets_.find(key); it != sockets_.end()) {
       (*sockets)[key] = it->second;
@@ -202,17 +209,40 @@ void Server::PrepareLimits(const conf::Config& config) {
   limits_ = std::move(limits);
 }
 
+bool Server::BuildTls(const conf::Config& config, std::shared_ptr<const TlsContexts>* tls,
+                      std::string* error) {
+  auto contexts = std::make_shared<TlsContexts>();
+  for (const conf::Listener& listener : config.listeners) {
+    if (!listener.tls()) continue;
+    auto context = TlsServerContext::Create(listener, error);
+    if (!context) return false;
+    contexts->listeners[listener.name] = std::move(context);
+  }
+  for (const conf::Cluster& cluster : config.clusters) {
+    if (!cluster.tls.enabled) continue;
+    auto context = health::TlsClientContext::Create(cluster.tls, error);
+    if (!context) {
+      *error = "cluster " + cluster.name + ": " + *error;
+      return false;
+    }
+    contexts->clusters[cluster.name] = std::move(context);
+  }
+  *tls = std::move(contexts);
+  return true;
+}
+
 void Server::Apply(std::shared_ptr<const conf::Config> config,
-                   std::map<std::string, std::vector<evutil_socket_t>> sockets) {
+                   std::map<std::string, std::vector<evutil_socket_t>> sockets,
+                   std::shared_ptr<const TlsContexts> tls) {
   PrepareLimits(*config);
   for (size_t i = 0; i < loops_.size(); ++i) {
     std::vector<ListenSocket> mine;
     for (const conf::Listener& listener : config->listeners) {
-      mine.push_back({listener.name, sockets.at(listener.listen.text)[i]});
+      mine.push_back({listener.name, sockets.at(SocketKey(listener))[i]});
     }
-    loops_[i]->Post([config, mine = std::move(mine), limits = limits_](Loop& loop) mutable {
+    loops_[i]->Post([config, mine = std::move(mine), limits = limits_, tls](Loop& loop) mutable {
       loop.set_limits(std::move(limits));
-      loop.ApplyConfig(config, std::move(mine));
+      loop.ApplyConfig(config, std::move(mine), tls);
     });
   }
   sockets_ = std::move(sockets);
@@ -255,6 +285,11 @@ int Server::Run() {
       return 1;
     }
   }
+  std::shared_ptr<const TlsContexts> tls;
+  if (!BuildTls(config, &tls, &error)) {
+    Log(LogLevel::kError, "dispatcher", error);
+    return 1;
+  }
   std::map<std::string, std::vector<evutil_socket_t>> sockets;
   if (!BindListeners(config, &sockets, &error)) {
     Log(LogLevel::kError, "dispatcher", error);
@@ -282,7 +317,7 @@ int Server::Run() {
     Log(LogLevel::kInfo, "admin", "admin listener ready",
         {{"address", host + ":" + std::to_string(admin_->port())}});
   }
-  Apply(result.config, std::move(sockets));
+  Apply(result.config, std::move(sockets), std::move(tls));
 
   // Loop threads leave signals to the main thread's control loop.
   sigset_t all;
@@ -380,8 +415,11 @@ bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* err
   last_reload_.at_unix = static_cast<long long>(time(nullptr));
   for (const conf::Diagnostic& error : result.errors) errors->push_back(error.ToString());
   std::map<std::string, std::vector<evutil_socket_t>> sockets;
+  std::shared_ptr<const TlsContexts> tls;
   std::string error;
-  if (result.ok() && !BindListeners(*result.config, &sockets, &error)) {
+  if (result.ok() && !BuildTls(*result.config, &tls, &error)) {
+    errors->push_back(error);
+  } else if (result.ok() && !BindListeners(*result.config, &sockets, &error)) {
     errors->push_back(error);
   }
   if (!errors->empty()) {
@@ -402,7 +440,7 @@ bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* err
   }
   if (admin_ && next.admin) admin_->set_token(next.admin->token);
   health_->ApplyConfig(result.config);
-  Apply(result.config, std::move(sockets));
+  Apply(result.config, std::move(sockets), std::move(tls));
   ++reloads_ok_;
   last_reload_.ok = true;
   last_reload_.errors.clear();
@@ -471,7 +509,7 @@ std::string Server::StatusJson() {
     out.append("{\"name\":");
     AppendJsonString(listener.name, &out);
     out.append(",\"address\":");
-    auto it = sockets_.find(listener.listen.text);
+    auto it = sockets_.find(SocketKey(listener));
     std::string address = listener.listen.text;
     if (it != sockets_.end() && !it->second.empty()) {
       address = HostOf(listener.listen) + ":" + std::to_string(BoundPort(it->second[0]));

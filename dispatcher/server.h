@@ -57,8 +57,12 @@ class Server : private AdminHandler {
   bool BindListeners(const conf::Config& config,
                      std::map<std::string, std::vector<evutil_socket_t>>* sockets,
                      std::string* error);
+  // Builds the TLS contexts `config` needs; false with `error` on failure.
+  bool BuildTls(const conf::Config& config, std::shared_ptr<const TlsContexts>* tls,
+                std::string* error);
   void Apply(std::shared_ptr<const conf::Config> config,
-             std::map<std::string, std::vector<evutil_socket_t>> sockets);
+             std::map<std::string, std::vector<evutil_socket_t>> sockets,
+             std::shared_ptr<const TlsContexts> tls);
   bool ReloadNow(const std::string& trigger, std::vector<std::string>* errors);
   void BeginShutdown();
   int OpenAccessLog(const conf::Global& global, std::string* error);

@@ -90,8 +90,15 @@ struct ClusterStats {
   LocalHistogram queue_wait;
 };
 
+// Why TLS handshakes with clients failed (index of HandshakeFailureIndex()).
+inline constexpr const char* kHandshakeFailures[] = {
+    "protocol_version", "plain_http", "no_shared_cipher", "bad_client_certificate",
+    "unexpected_eof",   "other"};
+
 struct ListenerStats {
   std::array<LocalCounter, 6> requests;  // by StatusClass of the final answer
+  LocalCounter tls_handshakes;
+  std::array<LocalCounter, 6> tls_handshake_failures;  // by kHandshakeFailures
   LocalCounter connections_accepted;
   LocalGauge connections_open;
   LocalCounter bytes_received;

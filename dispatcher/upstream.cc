@@ -5,6 +5,8 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <event2/bufferevent_ssl.h>
+
 #include <algorithm>
 
 namespace tandem::dispatcher {
@@ -41,6 +43,10 @@ void UpstreamConnection::WriteCb(bufferevent*, void* arg) {
 
 void UpstreamConnection::EventCb(bufferevent*, short events, void* arg) {
   auto* self = static_cast<UpstreamConnection*>(arg);
+  if (!self->connected_ && (events & BEV_EVENT_ERROR) && self->connect_error_ == 0) {
+    // libevent sets the socket error before reporting a failed connect.
+    self->connect_error_ = EVUTIL_SOCKET_ERROR();
+  }
   if (self->user_ == nullptr) {
     self->pool_.OnIdleEvent(self);
     return;
@@ -68,6 +74,12 @@ BackendPool::BackendPool(event_base* base, const conf::SocketAddress& address,
 
 BackendPool::~BackendPool() {
   while (head_ != nullptr) Close(head_);
+  if (session_ != nullptr) SSL_SESSION_free(session_);
+}
+
+void BackendPool::StoreSession(SSL_SESSION* session) {
+  if (session_ != nullptr) SSL_SESSION_free(session_);
+  session_ = session;
 }
 
 UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user) {
@@ -82,7 +94,22 @@ UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user) {
 }
 
 UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
-  BufferEventPtr bev(bufferevent_socket_new(base_, -1, BEV_OPT_CLOSE_ON_FREE));
+  BufferEventPtr bev;
+  if (tls_) {
+    SSL* ssl = tls_->NewSsl(address_, session_, this);
+    if (ssl == nullptr) return nullptr;
+    bev.reset(bufferevent_openssl_socket_new(base_, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                             BEV_OPT_CLOSE_ON_FREE));
+    if (!bev) {
+      SSL_free(ssl);
+      return nullptr;
+    }
+    // A backend closing without close_notify ends a response like EOF does;
+    // the HTTP framing says whether it was complete.
+    bufferevent_openssl_set_allow_dirty_shutdown(bev.get(), 1);
+  } else {
+    bev.reset(bufferevent_socket_new(base_, -1, BEV_OPT_CLOSE_ON_FREE));
+  }
   if (!bev) return nullptr;
   bufferevent_set_max_single_read(bev.get(), kMaxSingleRead);
   auto* connection = new UpstreamConnection(*this, std::move(bev));
@@ -104,6 +131,9 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
     Close(connection);
     return nullptr;
   }
+  // A connect refused at once (loopback) is reported later without an errno;
+  // libevent has then disabled the bufferevent, which tells it apart.
+  if (bufferevent_get_enabled(raw) == 0) connection->connect_error_ = ECONNREFUSED;
   return connection;
 }
 

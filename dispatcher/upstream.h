@@ -12,6 +12,7 @@
 #include "conf/config.h"
 #include "dispatcher/event_ptr.h"
 #include "dispatcher/stats.h"
+#include "health/tls_client.h"
 
 namespace tandem::dispatcher {
 
@@ -44,6 +45,8 @@ class UpstreamConnection {
   // closed by the backend while idle, so a failure is worth one more try).
   bool reused() const { return reused_; }
   bool connected() const { return connected_; }
+  // Why the connect failed (ECONNREFUSED, ETIMEDOUT...), 0 when unknown.
+  int connect_error() const { return connect_error_; }
   // Replaces the user; used when an exchange hands the connection over.
   void set_user(UpstreamUser* user) { user_ = user; }
 
@@ -61,20 +64,26 @@ class UpstreamConnection {
   bool connected_ = false;
   bool reused_ = false;
   bool idle_ = false;  // in the pool's idle list
+  int connect_error_ = 0;
   std::chrono::steady_clock::time_point since_;  // connect start, or idle since
   // Intrusive list of every connection of the pool.
   UpstreamConnection* prev_ = nullptr;
   UpstreamConnection* next_ = nullptr;
 };
 
-class BackendPool {
+class BackendPool : public health::TlsSessionSink {
  public:
   BackendPool(event_base* base, const conf::SocketAddress& address, BackendStats* stats);
-  ~BackendPool();
+  ~BackendPool() override;
   BackendPool(const BackendPool&) = delete;
   BackendPool& operator=(const BackendPool&) = delete;
 
   const conf::SocketAddress& address() const { return address_; }
+  // TLS to this backend (null: plain TCP); new connections use it and resume
+  // the last session the backend issued.
+  void set_tls(std::shared_ptr<health::TlsClientContext> tls) { tls_ = std::move(tls); }
+  bool tls() const { return tls_ != nullptr; }
+  void StoreSession(SSL_SESSION* session) override;
 
   // An idle connection handed to `user`, most recently used first; nullptr
   // when none is idle.
@@ -114,6 +123,8 @@ class BackendPool {
   conf::SocketAddress address_;
   BackendStats* stats_;
   std::shared_ptr<std::atomic<uint32_t>> shared_connections_;
+  std::shared_ptr<health::TlsClientContext> tls_;
+  SSL_SESSION* session_ = nullptr;
   std::vector<UpstreamConnection*> idle_;  // oldest first
   UpstreamConnection* head_ = nullptr;
   size_t count_ = 0;

@@ -181,6 +181,15 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config) {
     auto cluster = std::make_unique<Cluster>();
     cluster->monitor = this;
     cluster->config = &cluster_config;
+    if (cluster_config.tls.enabled) {
+      // Checks speak TLS as the data path does (a context of their own).
+      std::string error;
+      cluster->tls = TlsClientContext::Create(cluster_config.tls, &error);
+      if (!cluster->tls) {
+        Log(LogLevel::kError, "health", "checks cannot use TLS",
+            {{"cluster", cluster_config.name}, {"error", error}});
+      }
+    }
     HealthSettings settings = SettingsFor(cluster_config);
     bool checks = settings.checks;
     for (const conf::Backend& backend_config : cluster_config.backends) {
@@ -203,7 +212,7 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config) {
       backend->timer = event_new(base_, -1, 0, CheckCb, backend.get());
       if (checks) {
         backend->prober = std::make_unique<Prober>(base_, cluster_config.health,
-                                                   backend_config.address);
+                                                   backend_config.address, cluster->tls);
       }
       if (!backend->command)
         backend->command = std::make_unique<CommandRunner>(base_);
@@ -482,7 +491,7 @@ void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
     StopChecks(backend);
     backend.timer = event_new(base_, -1, 0, CheckCb, &backend);
     backend.prober = std::make_unique<Prober>(base_, cluster.config->health,
-                                              backend.config->address);
+                                              backend.config->address, cluster.tls);
     uint64_t before = backend.health->transition_count();
     backend.health->MarkStopped(Clock::now(), WallMs(), "cold backup deactivated");
     LogTransitions(cluster, backend, before);

@@ -89,6 +89,7 @@ class HealthMonitor {
     std::vector<std::unique_ptr<Backend>> backends;
     bool panic = false;
     std::vector<PolicyEvent> events;
+    std::shared_ptr<TlsClientContext> tls;  // checks of a TLS cluster
   };
 
   static void TickCb(evutil_socket_t, short, void* arg);

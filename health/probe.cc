@@ -2,6 +2,8 @@
 // llhttp and judged as soon as enough of it has arrived.
 #include "health/probe.h"
 
+#include <event2/bufferevent_ssl.h>
+
 #include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <netinet/in.h>
@@ -137,8 +139,9 @@ std::string QuoteExpected(const std::string& expected) {
 }  // namespace
 
 Prober::Prober(event_base* base, const conf::HealthCheck& check,
-               const conf::SocketAddress& backend)
-    : base_(base), check_(check), target_(backend) {
+               const conf::SocketAddress& backend,
+               std::shared_ptr<TlsClientContext> tls)
+    : base_(base), tls_(std::move(tls)), check_(check), target_(backend) {
   if (check_.port != 0) SetPort(target_, check_.port);
   if (check_.kind == conf::HealthCheck::Kind::kHttp) {
     request_ = check_.method + " " + check_.path +
@@ -205,6 +208,23 @@ int Prober::Connect() {
     close(fd);
     return error;
   }
+  if (tls_) {
+    // The handshake starts at once; its first write waits for the connect.
+    SSL* ssl = tls_->NewSsl(target_, nullptr, nullptr);
+    BufferEventPtr tls_bev(
+        ssl == nullptr ? nullptr
+                       : bufferevent_openssl_socket_new(base_, fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                        BEV_OPT_CLOSE_ON_FREE));
+    if (!tls_bev) {
+      if (ssl != nullptr) SSL_free(ssl);
+      close(fd);
+      return ENOMEM;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(tls_bev.get(), 1);
+    bufferevent_setcb(tls_bev.get(), ReadCb, nullptr, EventCb, this);
+    bev_ = std::move(tls_bev);
+    return 0;
+  }
   BufferEventPtr bev(bufferevent_socket_new(base_, fd, BEV_OPT_CLOSE_ON_FREE));
   if (!bev) {
     close(fd);
@@ -257,7 +277,12 @@ void Prober::OnEvent(short events) {
     return;
   }
   if (events & BEV_EVENT_ERROR) {
-    if (!connected_) {
+    SSL* ssl = tls_ ? bufferevent_openssl_get_ssl(bev_.get()) : nullptr;
+    unsigned long tls_error = ssl != nullptr ? bufferevent_get_openssl_error(bev_.get()) : 0;
+    if (!connected_ && ssl != nullptr &&
+        (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
+      Decide(ProbeResult::Failure::kConnect, "TLS: " + TlsFailureText(ssl, tls_error));
+    } else if (!connected_) {
       Decide(ProbeResult::Failure::kConnect, ConnectFailureText(error));
     } else if (error == ECONNRESET || error == EPIPE) {
       Decide(ProbeResult::Failure::kReset, "connection reset");

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "conf/config.h"
+#include "health/tls_client.h"
 
 namespace tandem::health {
 
@@ -55,8 +56,11 @@ class Prober {
   // `check.host`, else the backend address's host part (bracketed for IPv6),
   // with ":port" when the probed port is not 80. `base` must outlive the
   // Prober. Throws std::bad_alloc when libevent cannot allocate its events.
+  // With `tls`, the check speaks TLS with the cluster's settings (the
+  // backend's certificate verified as on the data path).
   Prober(event_base* base, const conf::HealthCheck& check,
-         const conf::SocketAddress& backend);
+         const conf::SocketAddress& backend,
+         std::shared_ptr<TlsClientContext> tls = nullptr);
   // Cancels a probe in flight; its callback is not called.
   ~Prober();
 
@@ -116,6 +120,8 @@ class Prober {
   static const llhttp_settings_t* Settings();
 
   event_base* base_;
+
+  std::shared_ptr<TlsClientContext> tls_;
   conf::HealthCheck check_;
   conf::SocketAddress target_;  // the backend's address, check port applied
   std::string request_;

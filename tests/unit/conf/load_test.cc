@@ -1,6 +1,7 @@
 // Tests of TOML loading: defaults, every error class with its exact position,
 // warnings, suggestions, and the full example of DESIGN.md.
 #include "conf/load.h"
+#include "tests/unit/conf/test_pem.h"
 
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -220,10 +221,12 @@ address = "127.0.0.1:9001"
 
 TEST_CASE("the full example of DESIGN.md parses, with SNI certificates") {
   TempDir dir;
-  const std::string cert = dir.Write("api.pem", "cert");
-  const std::string key = dir.Write("api.key", "key");
-  const std::string cert2 = dir.Write("www.pem", "cert");
-  const std::string key2 = dir.Write("www.key", "key");
+  const TestPem api = SelfSignedPem("api.example");
+  const TestPem www = SelfSignedPem("www.example");
+  const std::string cert = dir.Write("api.pem", api.cert);
+  const std::string key = dir.Write("api.key", api.key);
+  const std::string cert2 = dir.Write("www.pem", www.cert);
+  const std::string key2 = dir.Write("www.key", www.key);
   const std::string activate = dir.Write("activate.sh", "#!/bin/sh\nexit 0\n");
   const std::string text = R"(
 [global]
@@ -1211,8 +1214,9 @@ address = "127.0.0.1:9001"
 
 TEST_CASE("listener TLS takes tls_cert and tls_key as one certificate") {
   TempDir dir;
-  const std::string cert = dir.Write("cert.pem", "x");
-  const std::string key = dir.Write("key.pem", "x");
+  const TestPem pem = SelfSignedPem("localhost");
+  const std::string cert = dir.Write("cert.pem", pem.cert);
+  const std::string key = dir.Write("key.pem", pem.key);
   auto config = Valid(R"([listeners.web]
 listen = "127.0.0.1:8443"
 cluster = "compute"
@@ -1227,6 +1231,38 @@ address = "127.0.0.1:9001"
   CHECK(config->listeners[0].tls());
   CHECK(config->listeners[0].certificates[0].cert_file == cert);
   CHECK(config->listeners[0].certificates[0].key_file == key);
+}
+
+TEST_CASE("a certificate that is not PEM or does not match its key is an error") {
+  TempDir dir;
+  const TestPem one = SelfSignedPem("one.example");
+  const TestPem two = SelfSignedPem("two.example");
+  dir.Write("one.pem", one.cert);
+  dir.Write("two.key", two.key);
+  dir.Write("junk.pem", "not a certificate");
+  dir.Write("one.key", one.key);
+  LoadResult result = ParseConfig(R"([listeners.a]
+listen = "127.0.0.1:8443"
+cluster = "compute"
+tls_cert = "one.pem"
+tls_key = "two.key"
+[listeners.b]
+listen = "127.0.0.1:8444"
+cluster = "compute"
+tls_cert = "junk.pem"
+tls_key = "one.key"
+tls_min_version = "1.1"
+[clusters.compute]
+[[clusters.compute.backends]]
+address = "127.0.0.1:9001"
+)",
+                                  dir.path() + "/t.toml");
+  REQUIRE(result.errors.size() == 3);
+  CHECK(result.errors[0].line == 4);
+  CHECK(result.errors[0].message.find("does not match") != std::string::npos);
+  CHECK(result.errors[1].line == 9);
+  CHECK(result.errors[1].message.find("cannot read the certificate") != std::string::npos);
+  CHECK(result.errors[2].key == "listeners.b.tls_min_version");
 }
 
 TEST_CASE("listener TLS errors: half a pair, both forms, missing files") {
@@ -1298,8 +1334,9 @@ address = "127.0.0.1:9001"
 TEST_CASE("an unreadable certificate file is an error") {
   if (geteuid() == 0) return;  // root reads everything
   TempDir dir;
-  const std::string cert = dir.Write("cert.pem", "x");
-  const std::string key = dir.Write("key.pem", "x");
+  const TestPem pem = SelfSignedPem("localhost");
+  const std::string cert = dir.Write("cert.pem", pem.cert);
+  const std::string key = dir.Write("key.pem", pem.key);
   std::filesystem::permissions(key, std::filesystem::perms::none);
   CHECK(Errors(R"([listeners.web]
 listen = "127.0.0.1:8443"
@@ -1318,9 +1355,10 @@ address = "127.0.0.1:9001"
 TEST_CASE(
     "relative file paths resolve against the configuration file's directory") {
   TempDir dir;
-  dir.Write("api.pem", "x");
-  dir.Write("api.key", "x");
-  dir.Write("ca.pem", "x");
+  const TestPem pem = SelfSignedPem("api.example");
+  dir.Write("api.pem", pem.cert);
+  dir.Write("api.key", pem.key);
+  dir.Write("ca.pem", pem.cert);
   const std::string path = dir.Write("tandem.toml", R"([global]
 access_log = "access.log"
 [listeners.web]
