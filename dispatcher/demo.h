@@ -30,8 +30,30 @@ class DemoWorkers {
   std::thread thread_;
 };
 
-// The demo's TOML config for workers on `ports` (the last one a hot backup).
-std::string DemoConfig(const std::vector<uint16_t>& ports);
+// A self-signed certificate for 127.0.0.1 and localhost, written as PEM into
+// a fresh temporary directory (removed by the destructor), for the demo's
+// HTTPS listener.
+class DemoCertificate {
+ public:
+  DemoCertificate() = default;
+  ~DemoCertificate();
+  DemoCertificate(const DemoCertificate&) = delete;
+  DemoCertificate& operator=(const DemoCertificate&) = delete;
+
+  bool Create(std::string* error);
+  const std::string& cert_file() const { return cert_file_; }
+  const std::string& key_file() const { return key_file_; }
+
+ private:
+  std::string directory_;
+  std::string cert_file_;
+  std::string key_file_;
+};
+
+// The demo's TOML config for workers on `ports` (the last one a hot backup);
+// with a certificate, an HTTPS listener on 127.0.0.1:8443 too.
+std::string DemoConfig(const std::vector<uint16_t>& ports,
+                       const DemoCertificate* certificate = nullptr);
 
 // What to try, printed at start.
 std::string DemoBanner();

@@ -81,9 +81,13 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "tandem: %s\n", error.c_str());
       return 1;
     }
+    tandem::dispatcher::DemoCertificate certificate;
+    bool https = certificate.Create(&error);
+    if (!https) std::fprintf(stderr, "tandem: %s; the demo runs without HTTPS\n", error.c_str());
     tandem::dispatcher::ServerOptions options;
     options.config_path = "(demo)";
-    options.config_text = tandem::dispatcher::DemoConfig(workers.ports());
+    options.config_text =
+        tandem::dispatcher::DemoConfig(workers.ports(), https ? &certificate : nullptr);
     std::fputs(tandem::dispatcher::DemoBanner().c_str(), stderr);
     return tandem::dispatcher::Server(options).Run();
   }
