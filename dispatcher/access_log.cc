@@ -132,6 +132,11 @@ void AccessLog::Write(const AccessLogEntry& e) {
       buffer_.append(e.note);
       buffer_.append("\"");
     }
+    if (!e.trail.empty()) {
+      buffer_.append(",\"failed_tries\":\"");
+      buffer_.append(e.trail);
+      buffer_.append("\"");
+    }
     buffer_.append("}\n");
   } else {
     AppendTime();
@@ -163,6 +168,10 @@ void AccessLog::Write(const AccessLogEntry& e) {
       buffer_.append(" not_retried=\"");
       buffer_.append(e.note);
       buffer_.push_back('"');
+    }
+    if (!e.trail.empty()) {
+      buffer_.append(" failed_tries=");
+      buffer_.append(e.trail);
     }
     buffer_.push_back('\n');
   }

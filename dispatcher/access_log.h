@@ -27,6 +27,7 @@ struct AccessLogEntry {
   uint32_t tries = 0;
   std::string_view flags;  // short failure codes, empty when none
   std::string_view note;   // why a failure was not retried, empty when none
+  std::string_view trail;  // the failed tries, "backend:CODE,...", empty when none
 };
 
 class AccessLog {

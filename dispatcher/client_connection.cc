@@ -107,8 +107,7 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
       generation_(&generation),
       listener_(&listener),
       bev_(std::move(bev)),
-      request_(HttpParser::Type::kRequest, this),
-      response_(HttpParser::Type::kResponse, this) {
+      request_(HttpParser::Type::kRequest, this) {
   loop_.Attach(this, generation_);
   listener_->stats->connections_accepted.Add();
   listener_->stats->connections_open.Add(1);
@@ -131,6 +130,7 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
 
 ClientConnection::~ClientConnection() {
   event_del(&timer_);
+  if (response_) loop_.ReturnResponseParser(std::move(response_));
   Dequeue();
   EndAttempt(false);
   ReleaseClusterCounts();
@@ -324,7 +324,7 @@ void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short ev
       if (destroy_pending_ || &connection != upstream_) {
         // ParseResponse finished or failed the exchange.
       } else if (response_started_) {
-        if ((events & BEV_EVENT_EOF) && !response_blocked_ && response_.FinishAtEof()) {
+        if ((events & BEV_EVENT_EOF) && !response_blocked_ && response_->FinishAtEof()) {
           // A close-delimited body ended: complete, but not reusable.
           OnResponseComplete();
         } else if (!response_blocked_) {
@@ -518,11 +518,11 @@ void ClientConnection::OnMessageComplete(HttpParser& parser) {
     }
     return;
   }
-  int status = response_.status_code();
+  int status = response_->status_code();
   if (status >= 100 && status < 200 && status != 101) return;  // interim
   if (response_framing_ == Framing::kChunked) {
     std::string& tail = loop_.scratch();
-    AppendLastChunk(response_.trailers(), &tail);
+    AppendLastChunk(response_->trailers(), &tail);
     evbuffer_add(bufferevent_get_output(bev_.get()), tail.data(), tail.size());
   }
   response_complete_ = true;
@@ -688,7 +688,8 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail, 
   ++runtime.inflight[backend_];
   backend.stats->inflight.Add(1);
   attempt_start_ = Clock::now();
-  response_.Reset();
+  if (!response_) response_ = loop_.TakeResponseParser(this);
+  response_->Reset();
   response_bytes_seen_ = false;
   upstream_eof_ = false;
 
@@ -774,7 +775,7 @@ void ClientConnection::ParseResponse() {
     size_t used_total = 0;
     for (int i = 0; i < std::min(n, 8); ++i) {
       size_t used = 0;
-      result = response_.Execute(static_cast<const char*>(vec[i].iov_base), vec[i].iov_len,
+      result = response_->Execute(static_cast<const char*>(vec[i].iov_base), vec[i].iov_len,
                                  &used);
       used_total += used;
       if (result != HttpParser::Result::kNeedMore) break;
@@ -795,7 +796,7 @@ void ClientConnection::ParseResponse() {
       OnResponseComplete();
       return;
     case HttpParser::Result::kUpgrade:
-      if (response_.status_code() == 101 && upgrade_) {
+      if (response_->status_code() == 101 && upgrade_) {
         EnterTunnel();
       } else {
         OnResponseComplete();
@@ -1054,6 +1055,11 @@ void ClientConnection::FailAttempt(Failure failure, int status, const char* deta
       kFlagUpstreamTimeout, 0, kFlagInvalidResponse};
   flags_ |= kFlagFor[static_cast<size_t>(failure)];
   if (has_backend_) {
+    static constexpr const char* kCodes[] = {"UF", "UF", "PR", "UC", "UT", "R5", "UP"};
+    if (!trail_.empty()) trail_.push_back(',');
+    trail_.append(cluster().backends[backend_].config->address.text);
+    trail_.push_back(':');
+    trail_.append(kCodes[static_cast<size_t>(failure)]);
     BackendStats* stats = cluster().backends[backend_].stats;
     if (failure == Failure::kConnect || failure == Failure::kRefused) {
       stats->connect_failures.Add();
@@ -1129,7 +1135,7 @@ void ClientConnection::Respond(int status, const char* detail, bool close) {
 void ClientConnection::FinishExchange() {
   bool reusable = upstream_ != nullptr && !upstream_eof_ && response_complete_ &&
                   request_complete_ &&
-                  response_.keep_alive() && response_.framing() != Framing::kUntilClose &&
+                  response_->keep_alive() && response_->framing() != Framing::kUntilClose &&
                   !request_upgrade_paused_;
   EndAttempt(reusable);
   LogExchange();
@@ -1152,6 +1158,9 @@ void ClientConnection::FinishExchange() {
 }
 
 void ClientConnection::ResetExchange() {
+  // The response parser is needed only during an exchange: an idle
+  // keep-alive connection gives it back to the loop.
+  if (response_) loop_.ReturnResponseParser(std::move(response_));
   backend_ = 0;
   has_backend_ = false;
   tried_.Clear();
@@ -1180,6 +1189,7 @@ void ClientConnection::ResetExchange() {
   header_timer_armed_ = false;
   last_backend_ = nullptr;
   retry_note_ = {};
+  trail_.clear();
   retry_status_ = 0;
   if (!retry_body_.empty()) retry_body_.clear();
   body_kept_ = true;
@@ -1396,6 +1406,7 @@ void ClientConnection::LogExchange() {
   entry.tries = tries_;
   entry.flags = FlagsText();
   entry.note = retry_note_;
+  entry.trail = trail_;
   log.Write(entry);
 }
 

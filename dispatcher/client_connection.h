@@ -164,7 +164,7 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   BufferEventPtr bev_;
   struct event timer_;
   HttpParser request_;
-  HttpParser response_;
+  std::unique_ptr<HttpParser> response_;  // while an exchange needs one
   State state_ = State::kIdle;
   std::string client_address_;  // "ip:port"
   size_t client_ip_length_ = 0;  // the "ip" prefix of client_address_
@@ -214,6 +214,7 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   std::chrono::steady_clock::time_point last_activity_;
   std::string flags_text_;
   std::string_view retry_note_;   // why the last failure was not retried
+  std::string trail_;             // failed tries: "backend:CODE ..." for the log
   std::string retry_body_;        // request body kept for a retry
   bool body_kept_ = true;         // retry_body_ holds the whole body so far
   bool counted_request_ = false;  // in cluster().active_requests

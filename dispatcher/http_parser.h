@@ -104,6 +104,9 @@ class HttpParser {
   HttpParser(const HttpParser&) = delete;
   HttpParser& operator=(const HttpParser&) = delete;
 
+  // A parser reused for another connection reports to its new handler.
+  void set_handler(Handler* handler) { handler_ = handler; }
+
   // Limits applied to requests: the target (414) and the whole head (431).
   void set_max_head_bytes(uint64_t bytes) { max_head_bytes_ = bytes; }
   // Body limit (413); 0 = none.

@@ -294,6 +294,24 @@ void Loop::ReportOutcome(ClusterRuntime& cluster, size_t backend, bool success,
   event_active(flush_event_.get(), EV_TIMEOUT, 0);
 }
 
+std::unique_ptr<HttpParser> Loop::TakeResponseParser(HttpParser::Handler* handler) {
+  if (spare_parsers_.empty()) {
+    return std::make_unique<HttpParser>(HttpParser::Type::kResponse, handler);
+  }
+  std::unique_ptr<HttpParser> parser = std::move(spare_parsers_.back());
+  spare_parsers_.pop_back();
+  parser->set_handler(handler);
+  return parser;
+}
+
+void Loop::ReturnResponseParser(std::unique_ptr<HttpParser> parser) {
+  // Enough for the exchanges in flight at once; beyond that, free.
+  constexpr size_t kMaxSpare = 1024;
+  if (spare_parsers_.size() >= kMaxSpare) return;
+  parser->set_handler(nullptr);
+  spare_parsers_.push_back(std::move(parser));
+}
+
 void Loop::WatchQueue() {
   if (queue_poll_armed_) return;
   // Slots free up on other threads without telling this one: look again

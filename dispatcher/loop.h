@@ -20,6 +20,7 @@
 #include "conf/config.h"
 #include "dispatcher/access_log.h"
 #include "dispatcher/event_ptr.h"
+#include "dispatcher/http_parser.h"
 #include "dispatcher/stats.h"
 #include "dispatcher/tls_server.h"
 #include "dispatcher/upstream.h"
@@ -196,6 +197,10 @@ class Loop {
   // once when something failed, else a few times a second).
   void ReportOutcome(ClusterRuntime& cluster, size_t backend, bool success,
                      health::TrafficFailure kind, bool refused);
+  // Response parsers are only needed while an exchange runs: a small free
+  // list keeps idle connections light without allocating per request.
+  std::unique_ptr<HttpParser> TakeResponseParser(HttpParser::Handler* handler);
+  void ReturnResponseParser(std::unique_ptr<HttpParser> parser);
   // Loop thread: a request joined `cluster`'s queue; the loop polls queues
   // while any is non-empty (slots free up on other threads too).
   void WatchQueue();
@@ -252,6 +257,7 @@ class Loop {
   LoopStats stats_;
   algorithms::Rng rng_;
   std::string scratch_;
+  std::vector<std::unique_ptr<HttpParser>> spare_parsers_;
 
   std::unique_ptr<Generation> current_;
   std::vector<std::unique_ptr<Generation>> retired_;
