@@ -56,10 +56,10 @@ constexpr std::string_view kGlobalKeys[] = {"threads", "grace_period",
                                             "access_log_format"};
 constexpr std::string_view kAdminKeys[] = {"listen", "token"};
 constexpr std::string_view kListenerKeys[] = {
-    "listen",       "cluster",         "client_header_timeout",
-    "idle_timeout", "max_header_size", "max_body_size",
-    "tls_cert",     "tls_key",         "certificates",
-    "tls_min_version", "tls_ciphers",  "client_ca"};
+    "listen",          "cluster",         "client_header_timeout",
+    "idle_timeout",    "max_header_size", "max_body_size",
+    "tls_cert",        "tls_key",         "certificates",
+    "tls_min_version", "tls_ciphers",     "client_ca"};
 constexpr std::string_view kCertificateKeys[] = {"cert", "key"};
 constexpr std::string_view kClusterKeys[] = {"policy",
                                              "algorithm",
@@ -88,10 +88,9 @@ constexpr std::string_view kClusterKeys[] = {"policy",
                                              "outlier",
                                              "backends"};
 constexpr std::string_view kHealthKeys[] = {
-    "kind",          "method",        "path",          "host",
-    "expect_body",   "port",          "interval",      "timeout",
-    "fast_interval", "down_interval", "warm_interval", "jitter",
-    "rise",          "fall",          "expect_status"};
+    "kind",          "method",   "path",    "host",          "expect_body",
+    "port",          "interval", "timeout", "fast_interval", "down_interval",
+    "warm_interval", "jitter",   "rise",    "fall",          "expect_status"};
 constexpr std::string_view kOutlierKeys[] = {
     "consecutive_failures", "ejection_time", "max_ejection_time",
     "max_ejection_percent"};
@@ -1052,8 +1051,7 @@ void Loader::LoadHealth(const toml::table& table, const std::string& path,
   if (reader.ReadString("host", &health->host)) {
     const bool clean =
         std::none_of(health->host.begin(), health->host.end(), [](char c) {
-          return static_cast<unsigned char>(c) <= ' ' || c == 0x7f ||
-                 c == '/';
+          return static_cast<unsigned char>(c) <= ' ' || c == 0x7f || c == '/';
         });
     if (!clean) {
       reader.Error(*reader.Find("host"), "host",
@@ -1230,8 +1228,7 @@ void Loader::LoadBackends(TableReader& cluster_reader, bool policy_ok,
     reader.ReadString("activate", &backend.activate);
     reader.ReadString("deactivate", &backend.deactivate);
     reader.ReadInteger("max_inflight", 0, 1000000, &backend.max_inflight);
-    reader.ReadInteger("max_connections", 0, 1000000,
-                       &backend.max_connections);
+    reader.ReadInteger("max_connections", 0, 1000000, &backend.max_connections);
     if (role_ok && backend.role == Role::kPrimary) ++primaries;
     if (role_ok && standby_ok) {
       const bool is_backup = backend.role == Role::kBackup;
@@ -1433,7 +1430,8 @@ void Loader::LoadCertificates(TableReader& reader, Listener* listener) {
 bool Loader::CheckPair(const toml::node& node, const std::string& path,
                        const Certificate& certificate) {
   std::string error;
-  if (CheckCertificatePair(certificate.cert_file, certificate.key_file, &error)) {
+  if (CheckCertificatePair(certificate.cert_file, certificate.key_file,
+                           &error)) {
     return true;
   }
   Error(Where(node.source()), path, error);
@@ -1458,9 +1456,11 @@ void Loader::LoadListenerTls(TableReader& reader, Listener* listener) {
     }
   }
   if (!listener->tls()) {
-    for (std::string_view key : {"tls_min_version", "tls_ciphers", "client_ca"}) {
+    for (std::string_view key :
+         {"tls_min_version", "tls_ciphers", "client_ca"}) {
       if (const toml::node* node = reader.Find(key)) {
-        reader.Warning(*node, key, "has no effect without a certificate (tls_cert)");
+        reader.Warning(*node, key,
+                       "has no effect without a certificate (tls_cert)");
       }
     }
   }

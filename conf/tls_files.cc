@@ -26,28 +26,33 @@ struct SslCtxDeleter {
 
 }  // namespace
 
-bool CheckCertificatePair(const std::string& cert_file, const std::string& key_file,
-                          std::string* error) {
+bool CheckCertificatePair(const std::string& cert_file,
+                          const std::string& key_file, std::string* error) {
   std::unique_ptr<SSL_CTX, SslCtxDeleter> ctx(SSL_CTX_new(TLS_server_method()));
   if (!ctx) {
     *error = "cannot create a TLS context: " + LastOpenSslError();
     return false;
   }
   if (SSL_CTX_use_certificate_chain_file(ctx.get(), cert_file.c_str()) != 1) {
-    *error = "cannot read the certificate " + cert_file + ": " + LastOpenSslError();
+    *error =
+        "cannot read the certificate " + cert_file + ": " + LastOpenSslError();
     return false;
   }
-  if (SSL_CTX_use_PrivateKey_file(ctx.get(), key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+  if (SSL_CTX_use_PrivateKey_file(ctx.get(), key_file.c_str(),
+                                  SSL_FILETYPE_PEM) != 1) {
     if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
       ERR_clear_error();
-      *error = "the private key " + key_file + " does not match the certificate " + cert_file;
+      *error = "the private key " + key_file +
+               " does not match the certificate " + cert_file;
     } else {
-      *error = "cannot read the private key " + key_file + ": " + LastOpenSslError();
+      *error =
+          "cannot read the private key " + key_file + ": " + LastOpenSslError();
     }
     return false;
   }
   if (SSL_CTX_check_private_key(ctx.get()) != 1) {
-    *error = "the private key " + key_file + " does not match the certificate " + cert_file;
+    *error = "the private key " + key_file +
+             " does not match the certificate " + cert_file;
     ERR_clear_error();
     return false;
   }
@@ -56,8 +61,10 @@ bool CheckCertificatePair(const std::string& cert_file, const std::string& key_f
 
 bool CheckCaFile(const std::string& ca_file, std::string* error) {
   std::unique_ptr<SSL_CTX, SslCtxDeleter> ctx(SSL_CTX_new(TLS_client_method()));
-  if (!ctx || SSL_CTX_load_verify_locations(ctx.get(), ca_file.c_str(), nullptr) != 1) {
-    *error = "cannot read CA certificates from " + ca_file + ": " + LastOpenSslError();
+  if (!ctx ||
+      SSL_CTX_load_verify_locations(ctx.get(), ca_file.c_str(), nullptr) != 1) {
+    *error = "cannot read CA certificates from " + ca_file + ": " +
+             LastOpenSslError();
     return false;
   }
   return true;

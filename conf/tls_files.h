@@ -9,8 +9,8 @@ namespace tandem::conf {
 
 // Whether `cert_file` holds a PEM certificate chain and `key_file` its private
 // key. On failure returns false and sets `error` to a short reason.
-bool CheckCertificatePair(const std::string& cert_file, const std::string& key_file,
-                          std::string* error);
+bool CheckCertificatePair(const std::string& cert_file,
+                          const std::string& key_file, std::string* error);
 
 // Whether `ca_file` holds at least one PEM certificate.
 bool CheckCaFile(const std::string& ca_file, std::string* error);

@@ -76,12 +76,14 @@ void AccessLog::AppendTime() {
     cached_second_ = tv.tv_sec;
     tm parts;
     gmtime_r(&tv.tv_sec, &parts);
-    std::snprintf(cached_time_, sizeof(cached_time_), "%04d-%02d-%02dT%02d:%02d:%02d",
-                  parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour,
-                  parts.tm_min, parts.tm_sec);
+    std::snprintf(cached_time_, sizeof(cached_time_),
+                  "%04d-%02d-%02dT%02d:%02d:%02d", parts.tm_year + 1900,
+                  parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min,
+                  parts.tm_sec);
   }
   char millis[8];
-  std::snprintf(millis, sizeof(millis), ".%03dZ", static_cast<int>(tv.tv_usec / 1000));
+  std::snprintf(millis, sizeof(millis), ".%03dZ",
+                static_cast<int>(tv.tv_usec / 1000));
   buffer_.append(cached_time_);
   buffer_.append(millis);
 }

@@ -17,8 +17,8 @@ struct AccessLogEntry {
   std::string_view method;
   std::string_view target;
   int http_minor = 1;
-  int status = 0;           // 0: no response was sent
-  uint64_t bytes_sent = 0;  // response body bytes to the client
+  int status = 0;               // 0: no response was sent
+  uint64_t bytes_sent = 0;      // response body bytes to the client
   uint64_t bytes_received = 0;  // request body bytes from the client
   uint64_t duration_micros = 0;
   std::string_view listener;
@@ -27,7 +27,8 @@ struct AccessLogEntry {
   uint32_t tries = 0;
   std::string_view flags;  // short failure codes, empty when none
   std::string_view note;   // why a failure was not retried, empty when none
-  std::string_view trail;  // the failed tries, "backend:CODE,...", empty when none
+  std::string_view
+      trail;  // the failed tries, "backend:CODE,...", empty when none
 };
 
 class AccessLog {

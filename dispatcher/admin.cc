@@ -61,20 +61,22 @@ bool AdminServer::Start(const conf::Admin& config, std::string* error) {
     return false;
   }
   evhttp_set_gencb(http_.get(), RequestCb, this);
-  evhttp_set_allowed_methods(http_.get(), EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+  evhttp_set_allowed_methods(
+      http_.get(), EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
   evhttp_set_timeout(http_.get(), 30);
   evhttp_set_max_body_size(http_.get(), 64 * 1024);
   token_ = config.token;
 
-  evutil_socket_t fd = socket(config.listen.sa()->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  evutil_socket_t fd =
+      socket(config.listen.sa()->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *error = std::string("admin socket: ") + strerror(errno);
     return false;
   }
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (bind(fd, config.listen.sa(), config.listen.length) != 0 || listen(fd, 128) != 0 ||
-      evutil_make_socket_nonblocking(fd) != 0) {
+  if (bind(fd, config.listen.sa(), config.listen.length) != 0 ||
+      listen(fd, 128) != 0 || evutil_make_socket_nonblocking(fd) != 0) {
     *error = "admin listen " + config.listen.text + ": " + strerror(errno);
     evutil_closesocket(fd);
     return false;
@@ -99,8 +101,8 @@ void AdminServer::RequestCb(evhttp_request* request, void* arg) {
 
 bool AdminServer::Authorized(evhttp_request* request) const {
   if (token_.empty()) return false;
-  const char* header =
-      evhttp_find_header(evhttp_request_get_input_headers(request), "Authorization");
+  const char* header = evhttp_find_header(
+      evhttp_request_get_input_headers(request), "Authorization");
   if (header == nullptr) return false;
   std::string_view value(header);
   constexpr std::string_view kBearer = "Bearer ";
@@ -109,13 +111,15 @@ bool AdminServer::Authorized(evhttp_request* request) const {
     return false;
   }
   // Constant time, so response timing says nothing about the token.
-  return CRYPTO_memcmp(value.data() + kBearer.size(), token_.data(), token_.size()) == 0;
+  return CRYPTO_memcmp(value.data() + kBearer.size(), token_.data(),
+                       token_.size()) == 0;
 }
 
 void AdminServer::Handle(evhttp_request* request) {
   const evhttp_uri* uri = evhttp_request_get_evhttp_uri(request);
   const char* raw_path = uri != nullptr ? evhttp_uri_get_path(uri) : nullptr;
-  std::string path = raw_path != nullptr && raw_path[0] != '\0' ? raw_path : "/";
+  std::string path =
+      raw_path != nullptr && raw_path[0] != '\0' ? raw_path : "/";
   evhttp_cmd_type method = evhttp_request_get_command(request);
   bool read_only = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
 
@@ -142,14 +146,16 @@ void AdminServer::Handle(evhttp_request* request) {
     } else if (!Authorized(request)) {
       reply.status = 401;
       reply.body = "missing or wrong bearer token\n";
-      evhttp_add_header(evhttp_request_get_output_headers(request), "WWW-Authenticate",
-                        "Bearer");
+      evhttp_add_header(evhttp_request_get_output_headers(request),
+                        "WWW-Authenticate", "Bearer");
     } else {
       std::vector<std::string> parts = SplitPath(path);
       if (parts.size() == 2 && parts[1] == "reload") {
         reply = handler_->Reload();
-      } else if (parts.size() == 6 && parts[1] == "clusters" && parts[3] == "backends" &&
-                 (parts[5] == "drain" || parts[5] == "enable" || parts[5] == "disable")) {
+      } else if (parts.size() == 6 && parts[1] == "clusters" &&
+                 parts[3] == "backends" &&
+                 (parts[5] == "drain" || parts[5] == "enable" ||
+                  parts[5] == "disable")) {
         reply = handler_->BackendAction(parts[2], parts[4], parts[5]);
       } else {
         reply.status = 404;

@@ -29,7 +29,8 @@ class AdminHandler {
   virtual std::string MetricsText() = 0;
   virtual AdminReply Reload() = 0;
   // `action` is "drain", "enable" or "disable".
-  virtual AdminReply BackendAction(const std::string& cluster, const std::string& address,
+  virtual AdminReply BackendAction(const std::string& cluster,
+                                   const std::string& address,
                                    const std::string& action) = 0;
 };
 

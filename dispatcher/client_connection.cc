@@ -3,15 +3,14 @@
 #include "dispatcher/client_connection.h"
 
 #include <arpa/inet.h>
+#include <event2/bufferevent_ssl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
-
-#include <event2/bufferevent_ssl.h>
-#include <openssl/err.h>
 
 #include "algorithms/hash.h"
 #include "dispatcher/http_message.h"
@@ -37,7 +36,8 @@ constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
 timeval ToTimeval(Clock::duration d) {
   if (d < Clock::duration::zero()) d = Clock::duration::zero();
-  auto micros = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+  auto micros =
+      std::chrono::duration_cast<std::chrono::microseconds>(d).count();
   timeval tv;
   tv.tv_sec = static_cast<time_t>(micros / 1000000);
   tv.tv_usec = static_cast<suseconds_t>(micros % 1000000);
@@ -76,13 +76,15 @@ std::string FormatAddress(const sockaddr* address, size_t* ip_length) {
 
 }  // namespace
 
-void ClientConnection::Accept(Loop& loop, Generation& generation, ListenerRuntime& listener,
-                              evutil_socket_t fd, const sockaddr* address, int length) {
+void ClientConnection::Accept(Loop& loop, Generation& generation,
+                              ListenerRuntime& listener, evutil_socket_t fd,
+                              const sockaddr* address, int length) {
   BufferEventPtr bev;
   if (listener.tls) {
     SSL* ssl = listener.tls->NewSsl();
     if (ssl != nullptr) {
-      bev.reset(bufferevent_openssl_socket_new(loop.base(), fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+      bev.reset(bufferevent_openssl_socket_new(loop.base(), fd, ssl,
+                                               BUFFEREVENT_SSL_ACCEPTING,
                                                BEV_OPT_CLOSE_ON_FREE));
       if (!bev) SSL_free(ssl);
     }
@@ -97,12 +99,14 @@ void ClientConnection::Accept(Loop& loop, Generation& generation, ListenerRuntim
   }
   int one = 1;
   (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  new ClientConnection(loop, generation, listener, std::move(bev), address, length);
+  new ClientConnection(loop, generation, listener, std::move(bev), address,
+                       length);
 }
 
 ClientConnection::ClientConnection(Loop& loop, Generation& generation,
-                                   ListenerRuntime& listener, BufferEventPtr bev,
-                                   const sockaddr* address, int /*length*/)
+                                   ListenerRuntime& listener,
+                                   BufferEventPtr bev, const sockaddr* address,
+                                   int /*length*/)
     : loop_(loop),
       generation_(&generation),
       listener_(&listener),
@@ -172,7 +176,8 @@ void ClientConnection::WriteCb(bufferevent*, void* arg) {
       }
     } else if (self->state_ == State::kTunnel) {
       self->Touch();
-      if (self->upstream_ != nullptr) bufferevent_enable(self->upstream_->bev(), EV_READ);
+      if (self->upstream_ != nullptr)
+        bufferevent_enable(self->upstream_->bev(), EV_READ);
     } else if (self->response_blocked_ && self->upstream_ != nullptr) {
       self->Touch();
       self->response_blocked_ = false;
@@ -200,7 +205,8 @@ void ClientConnection::EventCb(bufferevent*, short events, void* arg) {
       unsigned long error = bufferevent_get_openssl_error(self->bev_.get());
       std::string_view reason = HandshakeFailureReason(error);
       for (size_t i = 0; i < std::size(kHandshakeFailures); ++i) {
-        if (reason == kHandshakeFailures[i]) self->listener_->stats->tls_handshake_failures[i].Add();
+        if (reason == kHandshakeFailures[i])
+          self->listener_->stats->tls_handshake_failures[i].Add();
       }
       while (bufferevent_get_openssl_error(self->bev_.get()) != 0) {
       }
@@ -210,7 +216,8 @@ void ClientConnection::EventCb(bufferevent*, short events, void* arg) {
     } else if (events & BEV_EVENT_EOF) {
       switch (self->state_) {
         case State::kIdle:
-          if (self->request_.message_started()) self->flags_ |= kFlagClientReset;
+          if (self->request_.message_started())
+            self->flags_ |= kFlagClientReset;
           self->Destroy();
           break;
         case State::kQueued:
@@ -263,8 +270,8 @@ void ClientConnection::OnUpstreamRead(UpstreamConnection&) {
       // nothing
     } else if (state_ == State::kTunnel) {
       Touch();
-      PumpTunnel(upstream_->input(), bufferevent_get_output(bev_.get()), upstream_->bev(),
-                 bev_.get());
+      PumpTunnel(upstream_->input(), bufferevent_get_output(bev_.get()),
+                 upstream_->bev(), bev_.get());
     } else {
       Touch();
       ParseResponse();
@@ -291,7 +298,8 @@ void ClientConnection::OnUpstreamDrained(UpstreamConnection&) {
   if (destroy_pending_ && callback_depth_ == 0) delete this;
 }
 
-void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short events) {
+void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection,
+                                        short events) {
   {
     DepthGuard guard(&callback_depth_);
     if (destroy_pending_) {
@@ -300,31 +308,38 @@ void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short ev
       // An event of a connection this exchange no longer uses.
     } else if (state_ == State::kConnecting) {
       SSL* ssl = bufferevent_openssl_get_ssl(connection.bev());
-      unsigned long tls_error = ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
-      if (ssl != nullptr && (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
+      unsigned long tls_error =
+          ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
+      if (ssl != nullptr &&
+          (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
         // A handshake failure says why: a wrong name, an unknown CA...
-        detail_ = "TLS handshake with backend failed: " + health::TlsFailureText(ssl, tls_error);
+        detail_ = "TLS handshake with backend failed: " +
+                  health::TlsFailureText(ssl, tls_error);
         while (bufferevent_get_openssl_error(connection.bev()) != 0) {
         }
         FailAttempt(Failure::kConnect, 502, detail_.c_str());
       } else {
         bool refused = connection.connect_error() == ECONNREFUSED;
         FailAttempt(refused ? Failure::kRefused : Failure::kConnect, 502,
-                    refused ? "connection to backend refused" : "connection to backend failed");
+                    refused ? "connection to backend refused"
+                            : "connection to backend failed");
       }
     } else if (state_ == State::kTunnel) {
       // The backend ended the tunnel: deliver what it sent, then close.
-      evbuffer_add_buffer(bufferevent_get_output(bev_.get()), upstream_->input());
+      evbuffer_add_buffer(bufferevent_get_output(bev_.get()),
+                          upstream_->input());
       EndAttempt(false);
       LogExchange();
       CloseAfterFlush();
     } else if (state_ == State::kProxying && &connection == upstream_) {
       upstream_eof_ = true;
-      if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_) ParseResponse();
+      if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_)
+        ParseResponse();
       if (destroy_pending_ || &connection != upstream_) {
         // ParseResponse finished or failed the exchange.
       } else if (response_started_) {
-        if ((events & BEV_EVENT_EOF) && !response_blocked_ && response_->FinishAtEof()) {
+        if ((events & BEV_EVENT_EOF) && !response_blocked_ &&
+            response_->FinishAtEof()) {
           // A close-delimited body ended: complete, but not reusable.
           OnResponseComplete();
         } else if (!response_blocked_) {
@@ -332,14 +347,16 @@ void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short ev
           AbortExchange(kFlagUpstreamReset);
         }
       } else if (!response_bytes_seen_ && upstream_->reused() &&
-                 tries_ <= cluster().backends.size() + cluster().config->retries) {
+                 tries_ <=
+                     cluster().backends.size() + cluster().config->retries) {
         // A pooled connection the backend had closed while idle: the request
         // never reached it.
         FailAttempt(Failure::kPoolRace, 502, "backend closed the connection");
       } else {
         FailAttempt(Failure::kReset, 502,
-                    (events & BEV_EVENT_ERROR) ? "connection to backend reset"
-                                               : "backend closed the connection");
+                    (events & BEV_EVENT_ERROR)
+                        ? "connection to backend reset"
+                        : "backend closed the connection");
       }
     }
   }
@@ -359,13 +376,14 @@ void ClientConnection::OnClientRead() {
       break;  // the body waits until a backend connection is ready
     case State::kProxying:
       Touch();
-      if (!request_complete_ && !paused_at_head_ && !request_blocked_) ParseRequest();
+      if (!request_complete_ && !paused_at_head_ && !request_blocked_)
+        ParseRequest();
       break;
     case State::kTunnel:
       Touch();
       if (upstream_ != nullptr) {
-        PumpTunnel(bufferevent_get_input(bev_.get()), upstream_->output(), bev_.get(),
-                   upstream_->bev());
+        PumpTunnel(bufferevent_get_input(bev_.get()), upstream_->output(),
+                   bev_.get(), upstream_->bev());
       }
       break;
     case State::kClosing: {
@@ -385,8 +403,8 @@ void ClientConnection::ParseRequest() {
     size_t used_total = 0;
     for (int i = 0; i < std::min(n, 8); ++i) {
       size_t used = 0;
-      result = request_.Execute(static_cast<const char*>(vec[i].iov_base), vec[i].iov_len,
-                                &used);
+      result = request_.Execute(static_cast<const char*>(vec[i].iov_base),
+                                vec[i].iov_len, &used);
       used_total += used;
       if (result != HttpParser::Result::kNeedMore) break;
     }
@@ -397,7 +415,8 @@ void ClientConnection::ParseRequest() {
 
   switch (result) {
     case HttpParser::Result::kNeedMore:
-      if (state_ == State::kIdle && request_.message_started() && !header_timer_armed_) {
+      if (state_ == State::kIdle && request_.message_started() &&
+          !header_timer_armed_) {
         // The head has begun: from now on it must be complete in time.
         header_timer_armed_ = true;
         if (!first_request_) ArmTimer(listener_->config->client_header_timeout);
@@ -425,28 +444,31 @@ void ClientConnection::ParseRequest() {
       }
       if (!response_started_ && state_ == State::kProxying) {
         // The whole request is out: the backend's time to answer starts.
-        auto deadline = std::min(
-            request_done_ + cluster().config->request_timeout,
-            std::max(attempt_start_, request_done_) + cluster().config->try_timeout);
+        auto deadline =
+            std::min(request_done_ + cluster().config->request_timeout,
+                     std::max(attempt_start_, request_done_) +
+                         cluster().config->try_timeout);
         ArmTimer(deadline - Clock::now());
       }
       return;
     case HttpParser::Result::kError:
       if (state_ == State::kIdle) {
-        Respond(request_.error_status(), std::string(request_.error_reason()).c_str(), true);
+        Respond(request_.error_status(),
+                std::string(request_.error_reason()).c_str(), true);
       } else {
         // The body broke the rules after part of it went to the backend.
         EndAttempt(false);
         if (response_started_) {
           Destroy();
         } else {
-          Respond(request_.error_status(), std::string(request_.error_reason()).c_str(),
-                  true);
+          Respond(request_.error_status(),
+                  std::string(request_.error_reason()).c_str(), true);
         }
       }
       return;
   }
-  if (upstream_ != nullptr && state_ == State::kProxying && OutputFull(upstream_->output())) {
+  if (upstream_ != nullptr && state_ == State::kProxying &&
+      OutputFull(upstream_->output())) {
     request_blocked_ = true;
     bufferevent_disable(bev_.get(), EV_READ);
   }
@@ -457,15 +479,17 @@ HttpParser::HeadAction ClientConnection::OnHeadComplete(HttpParser& parser) {
     head_pending_ = true;
     // A request without a body completes at once (an upgrade stops itself);
     // one with a body waits until a backend can take it.
-    return request_.framing() == Framing::kNone ? HttpParser::HeadAction::kContinue
-                                                : HttpParser::HeadAction::kPause;
+    return request_.framing() == Framing::kNone
+               ? HttpParser::HeadAction::kContinue
+               : HttpParser::HeadAction::kPause;
   }
   OnResponseHead(parser);
   return head_request_ ? HttpParser::HeadAction::kSkipBody
                        : HttpParser::HeadAction::kContinue;
 }
 
-void ClientConnection::OnBody(HttpParser& parser, const char* data, size_t length) {
+void ClientConnection::OnBody(HttpParser& parser, const char* data,
+                              size_t length) {
   if (&parser == &request_) {
     if (body_kept_) {
       // Keep a small body so the request can go to another backend.
@@ -606,22 +630,26 @@ std::optional<uint64_t> ClientConnection::RequestHash() const {
   return algorithms::Hash64(value);
 }
 
-void ClientConnection::StartAttempt(bool retry, int status, const char* detail, bool other) {
+void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
+                                    bool other) {
   ClusterRuntime& runtime = cluster();
   algorithms::PickInput input;
   input.inflight = runtime.inflight;
   input.tried = &tried_;
-  if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone) input.hash = RequestHash();
+  if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone)
+    input.hash = RequestHash();
   constexpr size_t kNone = SIZE_MAX;
   size_t pick = runtime.picker->Pick(input).value_or(kNone);
   if (pick != kNone && retry && other && tried_.Contains(pick)) pick = kNone;
-  if (pick == kNone && retry && runtime.has_fallback && NeverReached(last_failure_)) {
+  if (pick == kNone && retry && runtime.has_fallback &&
+      NeverReached(last_failure_)) {
     // Every eligible backend refused: a healthy backup in reserve is better
     // than an error while health/ counts the failures.
     pick = runtime.fallback->Pick(input).value_or(kNone);
     if (pick != kNone && tried_.Contains(pick)) pick = kNone;
   }
-  if (pick != kNone && runtime.has_limits && !TryAcquire(runtime.backends[pick])) {
+  if (pick != kNone && runtime.has_limits &&
+      !TryAcquire(runtime.backends[pick])) {
     // Full: look for another backend below its limit, treating the full ones
     // as tried for this pick only.
     algorithms::TriedSet skip = tried_;
@@ -701,7 +729,8 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail, 
   }
   upstream_ = backend.pool->Connect(this);
   if (upstream_ == nullptr) {
-    FailAttempt(Failure::kConnect, 502, "cannot open a connection to the backend");
+    FailAttempt(Failure::kConnect, 502,
+                "cannot open a connection to the backend");
     return;
   }
   state_ = State::kConnecting;
@@ -711,7 +740,8 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail, 
 
 void ClientConnection::SendRequestHead() {
   RequestForwarding forwarding;
-  forwarding.client_ip = std::string_view(client_address_).substr(0, client_ip_length_);
+  forwarding.client_ip =
+      std::string_view(client_address_).substr(0, client_ip_length_);
   forwarding.client_tls = listener_->config->tls();
   forwarding.upgrade = upgrade_;
   forwarding.default_host = cluster().backends[backend_].config->address.text;
@@ -727,13 +757,14 @@ void ClientConnection::SendRequestHead() {
   }
   if (expect_continue_ && !continue_sent_) {
     continue_sent_ = true;
-    evbuffer_add(bufferevent_get_output(bev_.get()), kContinue, sizeof(kContinue) - 1);
+    evbuffer_add(bufferevent_get_output(bev_.get()), kContinue,
+                 sizeof(kContinue) - 1);
   }
   if (tries_ > 1 && request_.body_bytes() > 0) ReplayBody();
   if (request_complete_) {
-    auto deadline = std::min(
-        request_done_ + cluster().config->request_timeout,
-        std::max(attempt_start_, request_done_) + cluster().config->try_timeout);
+    auto deadline = std::min(request_done_ + cluster().config->request_timeout,
+                             std::max(attempt_start_, request_done_) +
+                                 cluster().config->try_timeout);
     ArmTimer(deadline - Clock::now());
     return;
   }
@@ -775,8 +806,8 @@ void ClientConnection::ParseResponse() {
     size_t used_total = 0;
     for (int i = 0; i < std::min(n, 8); ++i) {
       size_t used = 0;
-      result = response_->Execute(static_cast<const char*>(vec[i].iov_base), vec[i].iov_len,
-                                 &used);
+      result = response_->Execute(static_cast<const char*>(vec[i].iov_base),
+                                  vec[i].iov_len, &used);
       used_total += used;
       if (result != HttpParser::Result::kNeedMore) break;
     }
@@ -828,7 +859,8 @@ void ClientConnection::OnResponseHead(HttpParser& parser) {
     if (status != 100 && client_minor >= 1) {
       ResponsePlan plan;
       AppendResponseHead(parser, plan, client_minor, false, &head);
-      evbuffer_add(bufferevent_get_output(bev_.get()), head.data(), head.size());
+      evbuffer_add(bufferevent_get_output(bev_.get()), head.data(),
+                   head.size());
     }
     return;
   }
@@ -850,7 +882,8 @@ void ClientConnection::OnResponseHead(HttpParser& parser) {
       PlanResponse(parser, head_request_, client_minor,
                    client_keep_alive_ && !client_eof_ && !close_when_idle_ &&
                        !loop_.shutting_down());
-  if (!request_complete_) plan.close = true;  // the rest of the request can't follow
+  if (!request_complete_)
+    plan.close = true;  // the rest of the request can't follow
   if (plan.framing == Framing::kUntilClose) plan.close = true;
   response_framing_ = plan.framing;
   response_close_ = plan.close;
@@ -887,13 +920,15 @@ void ClientConnection::EnterTunnel() {
   ArmTimer(cluster().config->idle_timeout);
 }
 
-void ClientConnection::PumpTunnel(evbuffer* from, evbuffer* to, bufferevent* from_bev,
+void ClientConnection::PumpTunnel(evbuffer* from, evbuffer* to,
+                                  bufferevent* from_bev,
                                   bufferevent* /*to_bev*/) {
   evbuffer_add_buffer(to, from);
   if (OutputFull(to)) bufferevent_disable(from_bev, EV_READ);
 }
 
-// ---- ending an exchange ------------------------------------------------------
+// ---- ending an exchange
+// ------------------------------------------------------
 
 void ClientConnection::EndAttempt(bool reusable) {
   if (upstream_ != nullptr) {
@@ -912,7 +947,8 @@ void ClientConnection::EndAttempt(bool reusable) {
     runtime.backends[backend_].stats->inflight.Add(-1);
     if (holds_slot_) {
       holds_slot_ = false;
-      runtime.backends[backend_].limits->inflight.fetch_sub(1, std::memory_order_relaxed);
+      runtime.backends[backend_].limits->inflight.fetch_sub(
+          1, std::memory_order_relaxed);
       // A slot is free: the oldest queued request on this thread may go.
       if (!runtime.queue.empty()) loop_.DrainQueue(runtime);
     }
@@ -931,7 +967,8 @@ bool ClientConnection::TryAcquire(BackendRuntime& backend) {
   uint32_t current = inflight.load(std::memory_order_relaxed);
   do {
     if (current >= config.max_inflight) return false;
-  } while (!inflight.compare_exchange_weak(current, current + 1, std::memory_order_relaxed));
+  } while (!inflight.compare_exchange_weak(current, current + 1,
+                                           std::memory_order_relaxed));
   holds_slot_ = true;
   return true;
 }
@@ -956,7 +993,8 @@ void ClientConnection::Dequeue() {
   queued_ = false;
   cluster().stats->queued.Add(-1);
   cluster().stats->queue_wait.Observe(static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - queued_since_)
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
+                                                            queued_since_)
           .count()));
   auto& queue = cluster().queue;
   auto it = std::find(queue.begin(), queue.end(), this);
@@ -989,8 +1027,8 @@ void ClientConnection::RespondBusy(const char* detail) {
   cluster().stats->no_backend.Add();
   std::string& out = loop_.scratch();
   bool close = !request_complete_ || !client_keep_alive_ || client_eof_;
-  AppendSimpleResponse(503, detail, close,
-                       request_.http_minor(), "Retry-After: 1\r\n", &out);
+  AppendSimpleResponse(503, detail, close, request_.http_minor(),
+                       "Retry-After: 1\r\n", &out);
   status_ = 503;
   evbuffer_add(bufferevent_get_output(bev_.get()), out.data(), out.size());
   response_started_ = response_complete_ = true;
@@ -1023,7 +1061,8 @@ void ClientConnection::ReportOutcome(bool success, Failure failure) {
       kind = health::TrafficFailure::kReset;
       break;
   }
-  loop_.ReportOutcome(cluster(), backend_, success, kind, failure == Failure::kRefused);
+  loop_.ReportOutcome(cluster(), backend_, success, kind,
+                      failure == Failure::kRefused);
 }
 
 std::string_view ClientConnection::RetryRefusal(Failure failure) const {
@@ -1037,10 +1076,12 @@ std::string_view ClientConnection::RetryRefusal(Failure failure) const {
     if (!IsIdempotent(request_)) return "not idempotent";
     if (tries_ > config.retries) return "retries exhausted";
   }
-  if (request_.body_bytes() > 0 && !body_kept_) return "body too large to replay";
+  if (request_.body_bytes() > 0 && !body_kept_)
+    return "body too large to replay";
   if (failure != Failure::kPoolRace && !(runtime.has_fallback && !reached)) {
     // tried_ will hold the current backend too.
-    size_t tried = tried_.size() + (has_backend_ && !tried_.Contains(backend_) ? 1 : 0);
+    size_t tried =
+        tried_.size() + (has_backend_ && !tried_.Contains(backend_) ? 1 : 0);
     if (runtime.eligible <= tried) return "no other backend";
   }
   // The retry budget limits how many retries run at once; a request over it
@@ -1049,13 +1090,16 @@ std::string_view ClientConnection::RetryRefusal(Failure failure) const {
   return {};
 }
 
-void ClientConnection::FailAttempt(Failure failure, int status, const char* detail) {
+void ClientConnection::FailAttempt(Failure failure, int status,
+                                   const char* detail) {
   static constexpr uint32_t kFlagFor[] = {
-      kFlagConnectFailure, kFlagConnectFailure, kFlagUpstreamReset, kFlagUpstreamReset,
-      kFlagUpstreamTimeout, 0, kFlagInvalidResponse};
+      kFlagConnectFailure, kFlagConnectFailure,  kFlagUpstreamReset,
+      kFlagUpstreamReset,  kFlagUpstreamTimeout, 0,
+      kFlagInvalidResponse};
   flags_ |= kFlagFor[static_cast<size_t>(failure)];
   if (has_backend_) {
-    static constexpr const char* kCodes[] = {"UF", "UF", "PR", "UC", "UT", "R5", "UP"};
+    static constexpr const char* kCodes[] = {"UF", "UF", "PR", "UC",
+                                             "UT", "R5", "UP"};
     if (!trail_.empty()) trail_.push_back(',');
     trail_.append(cluster().backends[backend_].config->address.text);
     trail_.push_back(':');
@@ -1081,7 +1125,8 @@ void ClientConnection::FailAttempt(Failure failure, int status, const char* deta
     // request_timeout, so a burst of timeouts on one frozen worker is not
     // turned into errors while the cluster is not hammered either.
     EndAttempt(false);
-    auto deadline = std::max(request_done_, request_start_) + runtime.config->request_timeout;
+    auto deadline = std::max(request_done_, request_start_) +
+                    runtime.config->request_timeout;
     if (Clock::now() < deadline) {
       pending_status_ = status;
       if (detail != detail_.c_str()) detail_ = detail;
@@ -1133,14 +1178,14 @@ void ClientConnection::Respond(int status, const char* detail, bool close) {
 }
 
 void ClientConnection::FinishExchange() {
-  bool reusable = upstream_ != nullptr && !upstream_eof_ && response_complete_ &&
-                  request_complete_ &&
-                  response_->keep_alive() && response_->framing() != Framing::kUntilClose &&
-                  !request_upgrade_paused_;
+  bool reusable =
+      upstream_ != nullptr && !upstream_eof_ && response_complete_ &&
+      request_complete_ && response_->keep_alive() &&
+      response_->framing() != Framing::kUntilClose && !request_upgrade_paused_;
   EndAttempt(reusable);
   LogExchange();
-  if (response_close_ || !client_keep_alive_ || client_eof_ || close_when_idle_ ||
-      loop_.shutting_down()) {
+  if (response_close_ || !client_keep_alive_ || client_eof_ ||
+      close_when_idle_ || loop_.shutting_down()) {
     CloseAfterFlush();
     return;
   }
@@ -1226,7 +1271,8 @@ void ClientConnection::FinishClose() {
   if (reset_on_close_) {
     evutil_socket_t fd = bufferevent_getfd(bev_.get());
     linger hard = {1, 0};
-    if (fd >= 0) (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof(hard));
+    if (fd >= 0)
+      (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof(hard));
     Destroy();
     return;
   }
@@ -1320,12 +1366,15 @@ void ClientConnection::OnTimer() {
       if (now >= request_deadline) {
         // The whole budget is spent: no retry, whatever the method.
         tries_ = std::max(tries_, cluster().config->retries + 1);
-        FailAttempt(Failure::kTimeout, 504, "backend did not answer within request_timeout");
+        FailAttempt(Failure::kTimeout, 504,
+                    "backend did not answer within request_timeout");
         return;
       }
-      auto try_deadline = std::max(attempt_start_, request_done_) + config.try_timeout;
+      auto try_deadline =
+          std::max(attempt_start_, request_done_) + config.try_timeout;
       if (now >= try_deadline) {
-        FailAttempt(Failure::kTimeout, 504, "backend did not answer within try_timeout");
+        FailAttempt(Failure::kTimeout, 504,
+                    "backend did not answer within try_timeout");
         return;
       }
       ArmTimer(std::min(request_deadline, try_deadline) - now);
@@ -1354,17 +1403,19 @@ bool ClientConnection::OutputFull(evbuffer* buffer) const {
 }
 
 std::string_view ClientConnection::backend_address() const {
-  return last_backend_ != nullptr ? std::string_view(last_backend_->address.text)
-                                  : std::string_view();
+  return last_backend_ != nullptr
+             ? std::string_view(last_backend_->address.text)
+             : std::string_view();
 }
 
 std::string_view ClientConnection::FlagsText() {
   flags_text_.clear();
   static constexpr std::pair<uint32_t, const char*> kNames[] = {
-      {kFlagNoBackend, "UH"},      {kFlagConnectFailure, "UF"}, {kFlagUpstreamTimeout, "UT"},
-      {kFlagUpstreamReset, "UC"},  {kFlagClientReset, "DC"},    {kFlagInvalidResponse, "UP"},
-      {kFlagRetried, "RT"},        {kFlagClientTimeout, "DT"},  {kFlagRetried5xx, "R5"},
-      {kFlagOverflow, "UO"},
+      {kFlagNoBackend, "UH"},       {kFlagConnectFailure, "UF"},
+      {kFlagUpstreamTimeout, "UT"}, {kFlagUpstreamReset, "UC"},
+      {kFlagClientReset, "DC"},     {kFlagInvalidResponse, "UP"},
+      {kFlagRetried, "RT"},         {kFlagClientTimeout, "DT"},
+      {kFlagRetried5xx, "R5"},      {kFlagOverflow, "UO"},
   };
   for (const auto& [bit, name] : kNames) {
     if ((flags_ & bit) == 0) continue;
@@ -1381,7 +1432,9 @@ void ClientConnection::LogExchange() {
   auto now = Clock::now();
   if (request_start_.time_since_epoch().count() == 0) request_start_ = now;
   uint64_t micros = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(now - request_start_).count());
+      std::chrono::duration_cast<std::chrono::microseconds>(now -
+                                                            request_start_)
+          .count());
   ClusterRuntime& runtime = cluster();
   listener_->stats->requests[StatusClass(status_)].Add();
   listener_->stats->bytes_sent.Add(response_body_bytes_);
@@ -1393,7 +1446,8 @@ void ClientConnection::LogExchange() {
   if (!log.enabled()) return;
   AccessLogEntry entry;
   entry.client = client_address_;
-  entry.method = request_.in_head() ? std::string_view("-") : request_.method_name();
+  entry.method =
+      request_.in_head() ? std::string_view("-") : request_.method_name();
   entry.target = request_.in_head() ? std::string_view("-") : request_.target();
   entry.http_minor = request_.http_minor();
   entry.status = status_;

@@ -3,6 +3,7 @@
 // drive_machine(), with back-pressure by watermarks as libevent's le-proxy.
 #pragma once
 
+#include <event2/event_struct.h>
 #include <sys/socket.h>
 
 #include <chrono>
@@ -15,15 +16,14 @@
 #include "dispatcher/loop.h"
 #include "dispatcher/upstream.h"
 
-#include <event2/event_struct.h>
-
 namespace tandem::dispatcher {
 
 class ClientConnection : private HttpParser::Handler, private UpstreamUser {
  public:
   // Takes ownership of `fd`, accepted on `listener` of `generation`.
-  static void Accept(Loop& loop, Generation& generation, ListenerRuntime& listener,
-                     evutil_socket_t fd, const sockaddr* address, int length);
+  static void Accept(Loop& loop, Generation& generation,
+                     ListenerRuntime& listener, evutil_socket_t fd,
+                     const sockaddr* address, int length);
 
   // Shutdown: close now if no request is in progress, else close once the
   // current exchange ends.
@@ -82,8 +82,9 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
     kFlagOverflow = 1 << 9,         // UO: every backend at its limit
   };
 
-  ClientConnection(Loop& loop, Generation& generation, ListenerRuntime& listener,
-                   BufferEventPtr bev, const sockaddr* address, int length);
+  ClientConnection(Loop& loop, Generation& generation,
+                   ListenerRuntime& listener, BufferEventPtr bev,
+                   const sockaddr* address, int length);
   ~ClientConnection() override;
 
   // libevent entry points.
@@ -109,8 +110,8 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   void OnRequestHead();
   // `retry`: an earlier attempt failed with `status`/`detail`, which the
   // client gets if no backend is left; `other`: a different backend is needed.
-  void StartAttempt(bool retry = false, int status = 0, const char* detail = nullptr,
-                    bool other = true);
+  void StartAttempt(bool retry = false, int status = 0,
+                    const char* detail = nullptr, bool other = true);
   void SendRequestHead();
   void ParseResponse();
   void OnResponseHead(HttpParser& parser);
@@ -166,7 +167,7 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   HttpParser request_;
   std::unique_ptr<HttpParser> response_;  // while an exchange needs one
   State state_ = State::kIdle;
-  std::string client_address_;  // "ip:port"
+  std::string client_address_;   // "ip:port"
   size_t client_ip_length_ = 0;  // the "ip" prefix of client_address_
   int callback_depth_ = 0;
   bool destroy_pending_ = false;
@@ -181,31 +182,31 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   algorithms::TriedSet tried_;
   uint32_t tries_ = 0;
   uint32_t flags_ = 0;
-  bool head_pending_ = false;     // a request head awaits OnRequestHead()
-  bool paused_at_head_ = false;   // the request parser waits before the body
+  bool head_pending_ = false;    // a request head awaits OnRequestHead()
+  bool paused_at_head_ = false;  // the request parser waits before the body
   bool request_upgrade_paused_ = false;  // stopped at an upgrade boundary
   bool continue_sent_ = false;
   bool logged_ = false;
   bool request_complete_ = false;
-  bool request_blocked_ = false;  // client reads off: upstream output full
-  bool response_started_ = false; // response head written to the client
+  bool request_blocked_ = false;   // client reads off: upstream output full
+  bool response_started_ = false;  // response head written to the client
   bool response_complete_ = false;
-  bool response_blocked_ = false; // upstream reads off: client output full
+  bool response_blocked_ = false;  // upstream reads off: client output full
   bool response_bytes_seen_ = false;
-  bool upstream_eof_ = false;     // the backend closed its side
+  bool upstream_eof_ = false;      // the backend closed its side
   bool closing_shutdown_ = false;  // write side shut, waiting for the client
   bool reset_on_close_ = false;    // end with an RST, not a FIN
   bool tls_established_ = false;   // the client's TLS handshake completed
   std::string detail_;             // a composed 502 detail, kept alive
   int pending_status_ = 0;         // answer if a waiting retry never goes
   const conf::Backend* last_backend_ = nullptr;  // for the access log
-  bool response_close_ = false;   // close the client after this response
+  bool response_close_ = false;  // close the client after this response
   bool client_keep_alive_ = true;
   bool head_request_ = false;
   bool expect_continue_ = false;
   bool upgrade_ = false;
   bool client_eof_ = false;
-  int status_ = 0;                // status sent to the client
+  int status_ = 0;  // status sent to the client
   Framing response_framing_ = Framing::kNone;
   uint64_t response_body_bytes_ = 0;
   std::chrono::steady_clock::time_point request_start_;
@@ -213,10 +214,10 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   std::chrono::steady_clock::time_point attempt_start_;
   std::chrono::steady_clock::time_point last_activity_;
   std::string flags_text_;
-  std::string_view retry_note_;   // why the last failure was not retried
-  std::string trail_;             // failed tries: "backend:CODE ..." for the log
-  std::string retry_body_;        // request body kept for a retry
-  bool body_kept_ = true;         // retry_body_ holds the whole body so far
+  std::string_view retry_note_;  // why the last failure was not retried
+  std::string trail_;            // failed tries: "backend:CODE ..." for the log
+  std::string retry_body_;       // request body kept for a retry
+  bool body_kept_ = true;        // retry_body_ holds the whole body so far
   bool counted_request_ = false;  // in cluster().active_requests
   bool counted_retry_ = false;    // in cluster().active_retries
   int retry_status_ = 0;          // a 5xx answer being dropped for a retry

@@ -15,7 +15,8 @@ namespace {
 // Editors write in several steps; a ConfigMap swap is a few renames. Wait
 // for quiet before reading.
 constexpr timeval kSettle = {0, 200 * 1000};
-constexpr uint32_t kMask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ATTRIB;
+constexpr uint32_t kMask =
+    IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ATTRIB;
 
 }  // namespace
 
@@ -31,10 +32,13 @@ bool ReadWholeFile(const std::string& path, std::string* content) {
   return true;
 }
 
-ConfigWatch::ConfigWatch(event_base* base, std::string path, std::function<void()> changed)
+ConfigWatch::ConfigWatch(event_base* base, std::string path,
+                         std::function<void()> changed)
     : base_(base), path_(std::move(path)), changed_(std::move(changed)) {
   size_t slash = path_.rfind('/');
-  directory_ = slash == std::string::npos ? "." : path_.substr(0, slash == 0 ? 1 : slash);
+  directory_ = slash == std::string::npos
+                   ? "."
+                   : path_.substr(0, slash == 0 ? 1 : slash);
   name_ = slash == std::string::npos ? path_ : path_.substr(slash + 1);
 }
 
@@ -59,7 +63,8 @@ bool ConfigWatch::Start(std::string* error) {
   WatchTarget();
   read_event_.reset(event_new(base_, fd_, EV_READ | EV_PERSIST, ReadCb, this));
   settle_event_.reset(evtimer_new(base_, SettleCb, this));
-  if (!read_event_ || !settle_event_ || event_add(read_event_.get(), nullptr) != 0) {
+  if (!read_event_ || !settle_event_ ||
+      event_add(read_event_.get(), nullptr) != 0) {
     *error = "cannot watch the config file";
     return false;
   }
@@ -77,8 +82,8 @@ void ConfigWatch::ReadCb(evutil_socket_t fd, short, void* arg) {
       auto* event = reinterpret_cast<inotify_event*>(p);
       std::string name = event->len > 0 ? event->name : "";
       // The file itself, or a ConfigMap's data directory swap.
-      if (name == self->name_ || name == self->target_name_ || name == "..data" ||
-          event->mask & IN_Q_OVERFLOW) {
+      if (name == self->name_ || name == self->target_name_ ||
+          name == "..data" || event->mask & IN_Q_OVERFLOW) {
         relevant = true;
       }
       p += sizeof(inotify_event) + event->len;

@@ -14,7 +14,8 @@ namespace tandem::dispatcher {
 class ConfigWatch {
  public:
   // `changed` runs on `base`'s thread after the file's content changed.
-  ConfigWatch(event_base* base, std::string path, std::function<void()> changed);
+  ConfigWatch(event_base* base, std::string path,
+              std::function<void()> changed);
   ~ConfigWatch();
   ConfigWatch(const ConfigWatch&) = delete;
   ConfigWatch& operator=(const ConfigWatch&) = delete;
@@ -23,7 +24,9 @@ class ConfigWatch {
   // on SIGHUP and POST /admin/reload only.
   bool Start(std::string* error);
   // The content just loaded, so an event that changes nothing is ignored.
-  void set_loaded_content(std::string content) { content_ = std::move(content); }
+  void set_loaded_content(std::string content) {
+    content_ = std::move(content);
+  }
 
  private:
   static void ReadCb(evutil_socket_t fd, short, void* arg);

@@ -24,7 +24,8 @@ bool DemoWorkers::Start(size_t count, std::string* error) {
     return false;
   }
   for (size_t i = 0; i < count; ++i) {
-    auto worker = std::make_unique<DemoWorker>(base_.get(), "worker-" + std::to_string(i + 1));
+    auto worker = std::make_unique<DemoWorker>(
+        base_.get(), "worker-" + std::to_string(i + 1));
     DemoWorkerStart started = worker->Start("127.0.0.1:0");
     if (!started.ok()) {
       *error = "demo worker: " + started.error;
@@ -64,14 +65,15 @@ bool DemoCertificate::Create(std::string* error) {
     X509_gmtime_adj(X509_getm_notAfter(cert), 30L * 24 * 3600);
     X509_set_pubkey(cert, key);
     X509_NAME* name = X509_get_subject_name(cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>("tandem demo"), -1, -1, 0);
+    X509_NAME_add_entry_by_txt(
+        name, "CN", MBSTRING_ASC,
+        reinterpret_cast<const unsigned char*>("tandem demo"), -1, -1, 0);
     X509_set_issuer_name(cert, name);
     X509V3_CTX context;
     X509V3_set_ctx_nodb(&context);
     X509V3_set_ctx(&context, cert, cert, nullptr, nullptr, 0);
-    X509_EXTENSION* san = X509V3_EXT_conf_nid(nullptr, &context, NID_subject_alt_name,
-                                              "DNS:localhost,IP:127.0.0.1");
+    X509_EXTENSION* san = X509V3_EXT_conf_nid(
+        nullptr, &context, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
     ok = san != nullptr && X509_add_ext(cert, san, -1) == 1 &&
          X509_sign(cert, key, EVP_sha256()) > 0;
     X509_EXTENSION_free(san);
@@ -85,7 +87,8 @@ bool DemoCertificate::Create(std::string* error) {
   }
   if (ok) {
     FILE* out = std::fopen(key_file_.c_str(), "w");
-    ok = out != nullptr && PEM_write_PrivateKey(out, key, nullptr, nullptr, 0, nullptr, nullptr) == 1;
+    ok = out != nullptr && PEM_write_PrivateKey(out, key, nullptr, nullptr, 0,
+                                                nullptr, nullptr) == 1;
     if (out != nullptr) std::fclose(out);
   }
   X509_free(cert);
@@ -94,8 +97,10 @@ bool DemoCertificate::Create(std::string* error) {
   return ok;
 }
 
-std::string DemoConfig(const std::vector<uint16_t>& ports, const DemoCertificate* certificate) {
-  std::string config = R"(# The embedded demo: two compute workers and a hot backup, in process.
+std::string DemoConfig(const std::vector<uint16_t>& ports,
+                       const DemoCertificate* certificate) {
+  std::string config =
+      R"(# The embedded demo: two compute workers and a hot backup, in process.
 [global]
 threads = 0
 grace_period = "5s"
@@ -128,16 +133,20 @@ fall = 2
 )";
   std::string tls;
   if (certificate != nullptr) {
-    tls = "[listeners.web-tls]\nlisten = \"127.0.0.1:8443\"\ncluster = \"compute\"\n"
-          "tls_cert = \"" + certificate->cert_file() + "\"\ntls_key = \"" +
-          certificate->key_file() + "\"\n";
+    tls =
+        "[listeners.web-tls]\nlisten = \"127.0.0.1:8443\"\ncluster = "
+        "\"compute\"\n"
+        "tls_cert = \"" +
+        certificate->cert_file() + "\"\ntls_key = \"" +
+        certificate->key_file() + "\"\n";
   }
   config.replace(config.find("%TLS%"), 5, tls);
   for (size_t i = 0; i < ports.size(); ++i) {
     bool backup = i + 1 == ports.size() && ports.size() > 1;
     config += "\n[[clusters.compute.backends]]\naddress = \"127.0.0.1:" +
               std::to_string(ports[i]) + "\"\n";
-    config += backup ? "role = \"backup\"\nstandby = \"hot\"\n" : "role = \"primary\"\n";
+    config += backup ? "role = \"backup\"\nstandby = \"hot\"\n"
+                     : "role = \"primary\"\n";
   }
   return config;
 }

@@ -21,7 +21,9 @@ struct BufferEventDeleter {
   void operator()(bufferevent* bev) const { bufferevent_free(bev); }
 };
 struct ListenerDeleter {
-  void operator()(evconnlistener* listener) const { evconnlistener_free(listener); }
+  void operator()(evconnlistener* listener) const {
+    evconnlistener_free(listener);
+  }
 };
 struct EvbufferDeleter {
   void operator()(evbuffer* buffer) const { evbuffer_free(buffer); }

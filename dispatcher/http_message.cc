@@ -12,7 +12,8 @@ void AppendNumber(uint64_t value, std::string* out) {
   out->append(buffer, end);
 }
 
-void AppendField(std::string_view name, std::string_view value, std::string* out) {
+void AppendField(std::string_view name, std::string_view value,
+                 std::string* out) {
   out->append(name);
   out->append(": ");
   out->append(value);
@@ -28,7 +29,8 @@ bool IsHopByHop(std::string_view name) {
     case 7:
       return EqualsIgnoreCase(name, "upgrade");
     case 10:
-      return EqualsIgnoreCase(name, "connection") || EqualsIgnoreCase(name, "keep-alive");
+      return EqualsIgnoreCase(name, "connection") ||
+             EqualsIgnoreCase(name, "keep-alive");
     case 14:
       return EqualsIgnoreCase(name, "content-length");
     case 16:
@@ -113,8 +115,8 @@ bool IsIdempotent(const HttpParser& request) {
   }
 }
 
-void AppendRequestHead(const HttpParser& request, const RequestForwarding& forwarding,
-                       std::string* out) {
+void AppendRequestHead(const HttpParser& request,
+                       const RequestForwarding& forwarding, std::string* out) {
   const HeaderList& headers = request.headers();
   std::string_view target = request.target();
   std::string_view authority;
@@ -192,7 +194,8 @@ void AppendRequestHead(const HttpParser& request, const RequestForwarding& forwa
         if (v6) out->append("\"[");
         out->append(forwarding.client_ip);
         if (v6) out->append("]\"");
-        out->append(forwarding.client_tls ? ";proto=https\r\n" : ";proto=http\r\n");
+        out->append(forwarding.client_tls ? ";proto=https\r\n"
+                                          : ";proto=http\r\n");
       }
       continue;
     }
@@ -207,9 +210,10 @@ void AppendRequestHead(const HttpParser& request, const RequestForwarding& forwa
     if (v6) out->append("]\"");
     out->append(forwarding.client_tls ? ";proto=https\r\n" : ";proto=http\r\n");
   }
-  AppendField("X-Forwarded-Proto", forwarding.client_tls ? "https" : "http", out);
-  AppendFraming(request.framing(), request.content_length(), request.transfer_codings(),
-                out);
+  AppendField("X-Forwarded-Proto", forwarding.client_tls ? "https" : "http",
+              out);
+  AppendFraming(request.framing(), request.content_length(),
+                request.transfer_codings(), out);
   if (forwarding.upgrade) {
     AppendField("Connection", "upgrade", out);
     AppendField("Upgrade", *headers.Find("upgrade"), out);
@@ -217,12 +221,13 @@ void AppendRequestHead(const HttpParser& request, const RequestForwarding& forwa
   out->append("\r\n");
 }
 
-ResponsePlan PlanResponse(const HttpParser& response, bool head_request, int client_minor,
-                          bool client_keep_alive) {
+ResponsePlan PlanResponse(const HttpParser& response, bool head_request,
+                          int client_minor, bool client_keep_alive) {
   ResponsePlan plan;
   plan.close = !client_keep_alive;
   int status = response.status_code();
-  if (head_request || status == 204 || status == 304 || (status >= 100 && status < 200)) {
+  if (head_request || status == 204 || status == 304 ||
+      (status >= 100 && status < 200)) {
     plan.framing = Framing::kNone;
     return plan;
   }
@@ -261,12 +266,14 @@ void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
   const bool has_connection = headers.Find("connection").has_value();
   for (size_t i = 0; i < headers.size(); ++i) {
     std::string_view name = headers.name(i);
-    if (IsHopByHop(name) || NamedByConnection(headers, name, has_connection)) continue;
+    if (IsHopByHop(name) || NamedByConnection(headers, name, has_connection))
+      continue;
     AppendField(name, headers.value(i), out);
   }
   if (switching) {
     AppendField("Connection", "upgrade", out);
-    if (auto upgrade = headers.Find("upgrade")) AppendField("Upgrade", *upgrade, out);
+    if (auto upgrade = headers.Find("upgrade"))
+      AppendField("Upgrade", *upgrade, out);
     out->append("\r\n");
     return;
   }
@@ -280,8 +287,9 @@ void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
     }
   } else if (plan.framing == Framing::kContentLength) {
     AppendFraming(Framing::kContentLength,
-                  response.framing() == Framing::kContentLength ? response.content_length()
-                                                                : 0,
+                  response.framing() == Framing::kContentLength
+                      ? response.content_length()
+                      : 0,
                   {}, out);
   } else if (plan.framing == Framing::kChunked) {
     AppendFraming(Framing::kChunked, 0, response.transfer_codings(), out);
@@ -300,46 +308,71 @@ void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
 
 std::string_view ReasonPhrase(int status) {
   switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "";
+    case 100:
+      return "Continue";
+    case 101:
+      return "Switching Protocols";
+    case 200:
+      return "OK";
+    case 204:
+      return "No Content";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 413:
+      return "Content Too Large";
+    case 414:
+      return "URI Too Long";
+    case 417:
+      return "Expectation Failed";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "";
   }
 }
 
-void AppendSimpleResponse(int status, std::string_view detail, bool close, int client_minor,
-                          std::string* out) {
+void AppendSimpleResponse(int status, std::string_view detail, bool close,
+                          int client_minor, std::string* out) {
   AppendSimpleResponse(status, detail, close, client_minor, {}, out);
 }
 
-void AppendSimpleResponse(int status, std::string_view detail, bool close, int client_minor,
-                          std::string_view extra_fields, std::string* out) {
+void AppendSimpleResponse(int status, std::string_view detail, bool close,
+                          int client_minor, std::string_view extra_fields,
+                          std::string* out) {
   std::string_view phrase = ReasonPhrase(status);
   out->append("HTTP/1.1 ");
   AppendNumber(static_cast<uint64_t>(status), out);
   out->push_back(' ');
   out->append(phrase);
-  out->append("\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+  out->append(
+      "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
   // Body: "<status> <phrase>: <detail>\n"
-  uint64_t body_length = 3 + 1 + phrase.size() + (detail.empty() ? 0 : 2 + detail.size()) + 1;
+  uint64_t body_length =
+      3 + 1 + phrase.size() + (detail.empty() ? 0 : 2 + detail.size()) + 1;
   AppendNumber(body_length, out);
   out->append("\r\n");
   out->append(extra_fields);

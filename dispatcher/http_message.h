@@ -33,8 +33,8 @@ bool IsIdempotent(const HttpParser& request);
 // origin-form target, Host kept (or taken from an absolute-form target),
 // hop-by-hop fields removed, X-Forwarded-For / X-Forwarded-Proto / Forwarded
 // set, and framing for `request.framing()`.
-void AppendRequestHead(const HttpParser& request, const RequestForwarding& forwarding,
-                       std::string* out);
+void AppendRequestHead(const HttpParser& request,
+                       const RequestForwarding& forwarding, std::string* out);
 
 // How a response is framed towards a client.
 struct ResponsePlan {
@@ -45,8 +45,8 @@ struct ResponsePlan {
 // Decides the framing of `response` (a reply to `request_method`) towards a
 // client speaking HTTP/1.`client_minor`; `client_keep_alive` is whether the
 // client wants to keep its connection.
-ResponsePlan PlanResponse(const HttpParser& response, bool head_request, int client_minor,
-                          bool client_keep_alive);
+ResponsePlan PlanResponse(const HttpParser& response, bool head_request,
+                          int client_minor, bool client_keep_alive);
 
 // Appends to `out` the response head for the response `response` holds.
 void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
@@ -54,11 +54,12 @@ void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
 
 // Appends a complete short response of tandem's own: `status`, a plain-text
 // body "<status> <phrase>: <detail>\n"; closes when `close`.
-void AppendSimpleResponse(int status, std::string_view detail, bool close, int client_minor,
-                          std::string* out);
+void AppendSimpleResponse(int status, std::string_view detail, bool close,
+                          int client_minor, std::string* out);
 // Extra field lines (each ending in CRLF) for AppendSimpleResponse.
-void AppendSimpleResponse(int status, std::string_view detail, bool close, int client_minor,
-                          std::string_view extra_fields, std::string* out);
+void AppendSimpleResponse(int status, std::string_view detail, bool close,
+                          int client_minor, std::string_view extra_fields,
+                          std::string* out);
 
 // The reason phrase for `status` ("Bad Gateway"), or "" when unknown.
 std::string_view ReasonPhrase(int status);

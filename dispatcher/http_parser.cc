@@ -47,8 +47,19 @@ bool IsValidHost(std::string_view host) {
     unsigned char u = static_cast<unsigned char>(c);
     if (u <= 0x20 || u >= 0x7f) return false;
     switch (c) {
-      case '/': case '\\': case '@': case '?': case '#': case '"': case '<':
-      case '>': case '{': case '}': case '|': case '^': case '`':
+      case '/':
+      case '\\':
+      case '@':
+      case '?':
+      case '#':
+      case '"':
+      case '<':
+      case '>':
+      case '{':
+      case '}':
+      case '|':
+      case '^':
+      case '`':
         return false;
       default:
         break;
@@ -131,7 +142,8 @@ void HeaderList::Add(std::string_view field, std::string_view value) {
   FinishValue();
 }
 
-HttpParser::HttpParser(Type type, Handler* handler) : type_(type), handler_(handler) {
+HttpParser::HttpParser(Type type, Handler* handler)
+    : type_(type), handler_(handler) {
   llhttp_init(&parser_, type == Type::kRequest ? HTTP_REQUEST : HTTP_RESPONSE,
               Settings());
   parser_.data = this;
@@ -210,12 +222,14 @@ HttpParser::Result HttpParser::Execute(const char* data, size_t length,
   if (was_in_head) {
     // Never hand llhttp more than one byte past the head limit, so a head
     // that never ends cannot grow without bound.
-    uint64_t budget = max_head_bytes_ + 1 - std::min(head_bytes_, max_head_bytes_);
+    uint64_t budget =
+        max_head_bytes_ + 1 - std::min(head_bytes_, max_head_bytes_);
     feed = static_cast<size_t>(std::min<uint64_t>(length, budget));
   }
   chunk_start_ = data;
   llhttp_errno_t err = llhttp_execute(&parser_, data, feed);
-  const char* stop = err == HPE_OK ? data + feed : llhttp_get_error_pos(&parser_);
+  const char* stop =
+      err == HPE_OK ? data + feed : llhttp_get_error_pos(&parser_);
   if (stop == nullptr || stop < data || stop > data + feed) stop = data + feed;
   *consumed = static_cast<size_t>(stop - data);
   if (*consumed > 0) last_fed_byte_ = stop[-1];
@@ -228,8 +242,9 @@ HttpParser::Result HttpParser::Execute(const char* data, size_t length,
       } else if (target_.size() >= max_head_bytes_ || parser_.method == 0 ||
                  headers_.empty()) {
         Fail(target_.size() * 2 >= max_head_bytes_ ? 414 : 431,
-             target_.size() * 2 >= max_head_bytes_ ? "request target too long"
-                                                   : "request header too large");
+             target_.size() * 2 >= max_head_bytes_
+                 ? "request target too long"
+                 : "request header too large");
       } else {
         Fail(431, "request header too large");
       }
@@ -321,9 +336,11 @@ int HttpParser::OnHeaderFieldCb(llhttp_t* p, const char* at, size_t length) {
 int HttpParser::OnHeaderFieldCompleteCb(llhttp_t* p) {
   auto* self = static_cast<HttpParser*>(p->data);
   self->field_is_content_length_ = false;
-  const HeaderList& current = self->head_done_ ? self->trailers_ : self->headers_;
+  const HeaderList& current =
+      self->head_done_ ? self->trailers_ : self->headers_;
   if (current.empty() || current.name(current.size() - 1).empty()) {
-    return self->Fail(self->type_ == Type::kResponse ? 502 : 400, "empty header field name");
+    return self->Fail(self->type_ == Type::kResponse ? 502 : 400,
+                      "empty header field name");
   }
   if (self->head_done_) return 0;
   const HeaderList& list = self->headers_;
@@ -347,7 +364,8 @@ int HttpParser::OnHeaderValueCb(llhttp_t* p, const char* at, size_t length) {
     // continuation (a piece split by our own buffer boundary does not
     // follow a line break).
     char before = at > self->chunk_start_ ? at[-1] : self->last_fed_byte_;
-    if (before == '\n') return self->Fail(400, "obsolete line folding in header");
+    if (before == '\n')
+      return self->Fail(400, "obsolete line folding in header");
   }
   self->value_started_ = true;
   for (size_t i = 0; i < length; ++i) {
@@ -356,7 +374,8 @@ int HttpParser::OnHeaderValueCb(llhttp_t* p, const char* at, size_t length) {
       return self->Fail(400, "control character in header field");
     }
   }
-  if (self->field_is_content_length_) self->current_content_length_.append(at, length);
+  if (self->field_is_content_length_)
+    self->current_content_length_.append(at, length);
   HeaderList& list = self->head_done_ ? self->trailers_ : self->headers_;
   list.AppendValue(at, length);
   return 0;
@@ -387,11 +406,14 @@ int HttpParser::ValidateHead() {
   if (parser_.http_major != 1 || parser_.http_minor > 1) {
     return Fail(505, "HTTP version not supported");
   }
-  if (parser_.method == HTTP_CONNECT) return Fail(501, "CONNECT is not supported");
-  if (parser_.method == HTTP_PRI) return Fail(400, "HTTP/2 preface on an HTTP/1.1 port");
+  if (parser_.method == HTTP_CONNECT)
+    return Fail(501, "CONNECT is not supported");
+  if (parser_.method == HTTP_PRI)
+    return Fail(400, "HTTP/2 preface on an HTTP/1.1 port");
   if (target_.empty()) return Fail(400, "empty request target");
   if (target_[0] != '/' && target_ != "*" &&
-      target_.compare(0, 7, "http://") != 0 && target_.compare(0, 8, "https://") != 0) {
+      target_.compare(0, 7, "http://") != 0 &&
+      target_.compare(0, 8, "https://") != 0) {
     return Fail(400, "invalid request target");
   }
   if (target_ == "*" && parser_.method != HTTP_OPTIONS) {
@@ -399,14 +421,16 @@ int HttpParser::ValidateHead() {
   }
   if (target_[0] == 'h') {
     // Absolute form: the authority replaces Host (RFC 9112 §3.2.2).
-    std::string_view rest = std::string_view(target_).substr(target_.find("://") + 3);
+    std::string_view rest =
+        std::string_view(target_).substr(target_.find("://") + 3);
     std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
     if (authority.empty() || !IsValidHost(authority)) {
       return Fail(400, "invalid authority in request target");
     }
   }
   size_t hosts = headers_.Count("host");
-  if (parser_.http_minor == 1 && hosts == 0) return Fail(400, "missing Host header");
+  if (parser_.http_minor == 1 && hosts == 0)
+    return Fail(400, "missing Host header");
   if (hosts > 1) return Fail(400, "repeated Host header");
   if (hosts == 1 && !IsValidHost(*headers_.Find("host"))) {
     return Fail(400, "invalid Host header");
@@ -420,7 +444,8 @@ int HttpParser::ValidateHead() {
       if (!IsKnownTransferCoding(coding)) unknown_coding = true;
     });
   }
-  if (has_te && seen_content_length_) return Fail(400, "ambiguous message framing");
+  if (has_te && seen_content_length_)
+    return Fail(400, "ambiguous message framing");
   if (unknown_coding) return Fail(501, "unknown transfer coding");
   if (has_te && parser_.http_minor == 0) {
     // RFC 9112 §6.1: chunked from an HTTP/1.0 client cannot be trusted.
@@ -441,7 +466,8 @@ int HttpParser::OnHeadersCompleteCb(llhttp_t* p) {
     self->content_length_ = p->content_length;
   } else if (self->type_ == Type::kResponse && llhttp_message_needs_eof(p)) {
     self->framing_ = Framing::kUntilClose;
-  } else if (self->type_ == Type::kResponse && (p->flags & F_TRANSFER_ENCODING)) {
+  } else if (self->type_ == Type::kResponse &&
+             (p->flags & F_TRANSFER_ENCODING)) {
     self->framing_ = Framing::kUntilClose;
   } else {
     self->framing_ = Framing::kNone;
@@ -449,10 +475,12 @@ int HttpParser::OnHeadersCompleteCb(llhttp_t* p) {
   if (p->flags & F_TRANSFER_ENCODING) {
     // Keep the codings applied before the final "chunked", to forward them.
     for (size_t i = 0; i < self->headers_.size(); ++i) {
-      if (!EqualsIgnoreCase(self->headers_.name(i), "transfer-encoding")) continue;
+      if (!EqualsIgnoreCase(self->headers_.name(i), "transfer-encoding"))
+        continue;
       ForEachListElement(self->headers_.value(i), [&](std::string_view coding) {
         if (EqualsIgnoreCase(coding, "chunked")) return;
-        if (!self->transfer_codings_.empty()) self->transfer_codings_.append(", ");
+        if (!self->transfer_codings_.empty())
+          self->transfer_codings_.append(", ");
         self->transfer_codings_.append(coding);
       });
     }

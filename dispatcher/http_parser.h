@@ -85,7 +85,8 @@ class HttpParser {
     // 304 must answer kSkipBody.
     virtual HeadAction OnHeadComplete(HttpParser& parser) = 0;
     // A piece of decoded body (chunk framing removed).
-    virtual void OnBody(HttpParser& parser, const char* data, size_t length) = 0;
+    virtual void OnBody(HttpParser& parser, const char* data,
+                        size_t length) = 0;
     // The message is complete; trailers() holds any trailer fields. The
     // parser pauses after it unless the message was 1xx.
     virtual void OnMessageComplete(HttpParser& parser) = 0;
@@ -93,11 +94,11 @@ class HttpParser {
 
   // The outcome of one Execute() call.
   enum class Result {
-    kNeedMore,   // every byte was used; feed more
-    kPausedHead, // stopped right after the head (handler said kPause)
-    kComplete,   // stopped right after a complete message
-    kUpgrade,    // message complete; what follows belongs to another protocol
-    kError,      // invalid message; see error_status() and error_reason()
+    kNeedMore,    // every byte was used; feed more
+    kPausedHead,  // stopped right after the head (handler said kPause)
+    kComplete,    // stopped right after a complete message
+    kUpgrade,     // message complete; what follows belongs to another protocol
+    kError,       // invalid message; see error_status() and error_reason()
   };
 
   HttpParser(Type type, Handler* handler);
@@ -203,7 +204,7 @@ class HttpParser {
   std::string first_content_length_;
   std::string current_content_length_;
   bool value_started_ = false;
-  char last_fed_byte_ = 0;     // last byte of the previous Execute() input
+  char last_fed_byte_ = 0;  // last byte of the previous Execute() input
   const char* chunk_start_ = nullptr;
 
   int error_status_ = 0;

@@ -21,7 +21,8 @@ constexpr timeval kTickInterval = {1, 0};
 
 uint64_t SeedFor(size_t index) {
   std::random_device device;
-  return (static_cast<uint64_t>(device()) << 32) ^ device() ^ (index * 0x9e3779b97f4a7c15ULL);
+  return (static_cast<uint64_t>(device()) << 32) ^ device() ^
+         (index * 0x9e3779b97f4a7c15ULL);
 }
 
 }  // namespace
@@ -37,7 +38,8 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
     runtime.config = &cluster;
     runtime.stats = loop.stats().Cluster(cluster.name);
     runtime.picker = algorithms::MakePicker(cluster.picker, loop.rng());
-    runtime.fallback = algorithms::MakePicker(algorithms::PickerOptions{}, loop.rng());
+    runtime.fallback =
+        algorithms::MakePicker(algorithms::PickerOptions{}, loop.rng());
     runtime.inflight.assign(cluster.backends.size(), 0);
     runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
     std::shared_ptr<health::TlsClientContext> cluster_tls;
@@ -47,14 +49,19 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
     for (const conf::Backend& backend : cluster.backends) {
       BackendRuntime backend_runtime;
       backend_runtime.config = &backend;
-      backend_runtime.stats = loop.stats().Backend(cluster.name, backend.address.text);
-      backend_runtime.pool = &loop.PoolFor(cluster, backend, backend_runtime.stats, cluster_tls);
+      backend_runtime.stats =
+          loop.stats().Backend(cluster.name, backend.address.text);
+      backend_runtime.pool =
+          &loop.PoolFor(cluster, backend, backend_runtime.stats, cluster_tls);
       if (backend.max_inflight > 0 || backend.max_connections > 0) {
-        backend_runtime.limits = loop.LimitsFor(cluster.name, backend.address.text);
+        backend_runtime.limits =
+            loop.LimitsFor(cluster.name, backend.address.text);
         runtime.has_limits = true;
         if (backend.max_connections > 0) {
-          backend_runtime.pool->set_shared_connections(std::shared_ptr<std::atomic<uint32_t>>(
-              backend_runtime.limits, &backend_runtime.limits->connections));
+          backend_runtime.pool->set_shared_connections(
+              std::shared_ptr<std::atomic<uint32_t>>(
+                  backend_runtime.limits,
+                  &backend_runtime.limits->connections));
         }
       }
       runtime.backends.push_back(backend_runtime);
@@ -64,7 +71,8 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
   for (size_t l = 0; l < config_->listeners.size(); ++l) {
     const conf::Listener& listener = config_->listeners[l];
     listeners_[l].config = &listener;
-    if (auto it = tls.listeners.find(listener.name); it != tls.listeners.end()) {
+    if (auto it = tls.listeners.find(listener.name);
+        it != tls.listeners.end()) {
       listeners_[l].tls = it->second;
     }
     listeners_[l].cluster = &clusters_[listener.cluster_index];
@@ -104,13 +112,15 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
           }
         }
       }
-      if (backend_status != nullptr && backend.role == conf::Role::kBackup && !view.eligible) {
+      if (backend_status != nullptr && backend.role == conf::Role::kBackup &&
+          !view.eligible) {
         auto state = backend_status->state;
         bool healthy = state == algorithms::BackendState::kUp ||
                        state == algorithms::BackendState::kSlowStart ||
                        (state == algorithms::BackendState::kUnknown && !checks);
-        bool running = backend.standby != conf::Standby::kCold ||
-                       backend_status->activation == std::optional<std::string>("active");
+        bool running =
+            backend.standby != conf::Standby::kCold ||
+            backend_status->activation == std::optional<std::string>("active");
         reserve[b].eligible = healthy && running;
         runtime.has_fallback = runtime.has_fallback || reserve[b].eligible;
       }
@@ -124,7 +134,8 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
   }
 }
 
-Loop::Loop(size_t index, int access_log_fd, conf::AccessLogFormat access_log_format)
+Loop::Loop(size_t index, int access_log_fd,
+           conf::AccessLogFormat access_log_format)
     : index_(index),
       access_log_fd_(access_log_fd),
       access_log_format_(access_log_format),
@@ -166,19 +177,21 @@ bool Loop::Init(std::string* error) {
     *error = "cannot create an event base";
     return false;
   }
-  message_event_.reset(event_new(base_.get(), wake_fd_, EV_READ | EV_PERSIST, MessageCb, this));
+  message_event_.reset(
+      event_new(base_.get(), wake_fd_, EV_READ | EV_PERSIST, MessageCb, this));
   tick_event_.reset(event_new(base_.get(), -1, EV_PERSIST, TickCb, this));
   grace_event_.reset(evtimer_new(base_.get(), GraceCb, this));
   flush_event_.reset(evtimer_new(base_.get(), FlushOutcomesCb, this));
-  queue_poll_event_.reset(event_new(base_.get(), -1, EV_PERSIST, QueuePollCb, this));
+  queue_poll_event_.reset(
+      event_new(base_.get(), -1, EV_PERSIST, QueuePollCb, this));
   if (!message_event_ || !tick_event_ || !grace_event_ || !flush_event_ ||
-      !queue_poll_event_ ||
-      event_add(message_event_.get(), nullptr) != 0 ||
+      !queue_poll_event_ || event_add(message_event_.get(), nullptr) != 0 ||
       event_add(tick_event_.get(), &kTickInterval) != 0) {
     *error = "cannot create loop events";
     return false;
   }
-  access_log_ = std::make_unique<AccessLog>(base_.get(), access_log_fd_, access_log_format_);
+  access_log_ = std::make_unique<AccessLog>(base_.get(), access_log_fd_,
+                                            access_log_format_);
   return true;
 }
 
@@ -214,7 +227,8 @@ void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,
                        std::vector<ListenSocket> sockets,
                        std::shared_ptr<const TlsContexts> tls) {
   static const TlsContexts kNone;
-  auto generation = std::make_unique<Generation>(*this, std::move(config), tls ? *tls : kNone);
+  auto generation = std::make_unique<Generation>(*this, std::move(config),
+                                                 tls ? *tls : kNone);
   std::vector<BoundListener> listeners;
   for (ListenSocket& socket : sockets) {
     // A socket already bound by an earlier generation comes back with the
@@ -222,7 +236,8 @@ void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,
     // lost.
     bool kept = false;
     for (BoundListener& bound : listeners_) {
-      if (bound.listener && evconnlistener_get_fd(bound.listener.get()) == socket.fd) {
+      if (bound.listener &&
+          evconnlistener_get_fd(bound.listener.get()) == socket.fd) {
         bound.listener_name = socket.listener_name;
         listeners.push_back(std::move(bound));
         kept = true;
@@ -230,8 +245,8 @@ void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,
       }
     }
     if (kept) continue;
-    ListenerPtr listener(evconnlistener_new(base_.get(), AcceptCb, this,
-                                            LEV_OPT_CLOSE_ON_FREE, 0, socket.fd));
+    ListenerPtr listener(evconnlistener_new(
+        base_.get(), AcceptCb, this, LEV_OPT_CLOSE_ON_FREE, 0, socket.fd));
     if (!listener) {
       conf::Log(conf::LogLevel::kError, "dispatcher", "cannot listen",
                 {{"listener", socket.listener_name}, {"loop", index_}});
@@ -261,8 +276,8 @@ void Loop::ApplyHealth(std::shared_ptr<const health::HealthSnapshot> snapshot) {
   for (auto& generation : retired_) generation->ApplyHealth(health_.get());
 }
 
-std::shared_ptr<SharedLimits> Loop::LimitsFor(const std::string& cluster,
-                                              const std::string& address) const {
+std::shared_ptr<SharedLimits> Loop::LimitsFor(
+    const std::string& cluster, const std::string& address) const {
   if (limits_) {
     auto it = limits_->find({cluster, address});
     if (it != limits_->end()) return it->second;
@@ -294,7 +309,8 @@ void Loop::ReportOutcome(ClusterRuntime& cluster, size_t backend, bool success,
   event_active(flush_event_.get(), EV_TIMEOUT, 0);
 }
 
-std::unique_ptr<HttpParser> Loop::TakeResponseParser(HttpParser::Handler* handler) {
+std::unique_ptr<HttpParser> Loop::TakeResponseParser(
+    HttpParser::Handler* handler) {
   if (spare_parsers_.empty()) {
     return std::make_unique<HttpParser>(HttpParser::Type::kResponse, handler);
   }
@@ -338,7 +354,8 @@ void Loop::QueuePollCb(evutil_socket_t, short, void* arg) {
   auto drain = [&](Generation& generation) {
     for (ClusterRuntime& cluster : generation.clusters_) {
       self->DrainQueue(cluster);
-      waiting = waiting || !cluster.queue.empty() || !cluster.retry_waiters.empty();
+      waiting =
+          waiting || !cluster.queue.empty() || !cluster.retry_waiters.empty();
     }
   };
   if (self->current_) drain(*self->current_);
@@ -385,13 +402,13 @@ void Loop::FlushOutcomes(Generation& generation) {
   health_monitor_->Report(std::move(batch));
 }
 
-void Loop::AcceptCb(evconnlistener* listener, evutil_socket_t fd, sockaddr* address,
-                    int length, void* arg) {
+void Loop::AcceptCb(evconnlistener* listener, evutil_socket_t fd,
+                    sockaddr* address, int length, void* arg) {
   static_cast<Loop*>(arg)->OnAccept(listener, fd, address, length);
 }
 
-void Loop::OnAccept(evconnlistener* listener, evutil_socket_t fd, sockaddr* address,
-                    int length) {
+void Loop::OnAccept(evconnlistener* listener, evutil_socket_t fd,
+                    sockaddr* address, int length) {
   if (!current_) {
     evutil_closesocket(fd);
     return;
@@ -401,8 +418,8 @@ void Loop::OnAccept(evconnlistener* listener, evutil_socket_t fd, sockaddr* addr
     const auto& configs = current_->config().listeners;
     for (size_t i = 0; i < configs.size(); ++i) {
       if (configs[i].name == bound.listener_name) {
-        ClientConnection::Accept(*this, *current_, current_->listener(i), fd, address,
-                                 length);
+        ClientConnection::Accept(*this, *current_, current_->listener(i), fd,
+                                 address, length);
         return;
       }
     }
@@ -415,19 +432,21 @@ void Loop::AcceptErrorCb(evconnlistener*, void* arg) {
   int err = EVUTIL_SOCKET_ERROR();
   // Out of descriptors or memory: log and keep listening; libevent retries on
   // the next readiness.
-  conf::Log(conf::LogLevel::kWarn, "dispatcher", "accept failed",
-            {{"error", evutil_socket_error_to_string(err)}, {"loop", self->index_}});
+  conf::Log(
+      conf::LogLevel::kWarn, "dispatcher", "accept failed",
+      {{"error", evutil_socket_error_to_string(err)}, {"loop", self->index_}});
 }
 
-BackendPool& Loop::PoolFor(const conf::Cluster& cluster, const conf::Backend& backend,
-                           BackendStats* stats,
-                           const std::shared_ptr<health::TlsClientContext>& tls) {
+BackendPool& Loop::PoolFor(
+    const conf::Cluster& cluster, const conf::Backend& backend,
+    BackendStats* stats, const std::shared_ptr<health::TlsClientContext>& tls) {
   // Connections made with one cluster's TLS settings (SNI, verification)
   // are not handed to another's requests.
   std::string key = backend.address.text;
   if (tls) key += "|tls|" + cluster.name;
   auto& slot = pools_[key];
-  if (!slot) slot = std::make_unique<BackendPool>(base_.get(), backend.address, stats);
+  if (!slot)
+    slot = std::make_unique<BackendPool>(base_.get(), backend.address, stats);
   slot->set_tls(tls);
   return *slot;
 }
@@ -452,7 +471,8 @@ void Loop::Detach(ClientConnection* connection, Generation* generation) {
   if (shutting_down_) MaybeFinishShutdown();
 }
 
-void Loop::Rebind(ClientConnection*, Generation** generation, ListenerRuntime** listener) {
+void Loop::Rebind(ClientConnection*, Generation** generation,
+                  ListenerRuntime** listener) {
   Generation* old = *generation;
   if (!current_ || old == current_.get()) return;
   const std::string& name = (*listener)->config->name;
@@ -484,7 +504,8 @@ void Loop::TickCb(evutil_socket_t, short, void* arg) {
     for (const conf::Backend& backend : cluster.backends) {
       auto it = self->pools_.find(backend.address.text);
       if (it != self->pools_.end()) {
-        it->second->CloseIdle(cluster.idle_timeout, cluster.max_idle_connections);
+        it->second->CloseIdle(cluster.idle_timeout,
+                              cluster.max_idle_connections);
       }
     }
   }
@@ -501,11 +522,12 @@ void Loop::BeginShutdown(std::chrono::milliseconds grace) {
     for (int i = 0; i < 4096; ++i) {
       sockaddr_storage address;
       socklen_t length = sizeof(address);
-      evutil_socket_t client = accept4(fd, reinterpret_cast<sockaddr*>(&address), &length,
-                                       SOCK_NONBLOCK | SOCK_CLOEXEC);
+      evutil_socket_t client =
+          accept4(fd, reinterpret_cast<sockaddr*>(&address), &length,
+                  SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (client < 0) break;
-      OnAccept(bound.listener.get(), client, reinterpret_cast<sockaddr*>(&address),
-               static_cast<int>(length));
+      OnAccept(bound.listener.get(), client,
+               reinterpret_cast<sockaddr*>(&address), static_cast<int>(length));
     }
   }
   listeners_.clear();
@@ -514,7 +536,8 @@ void Loop::BeginShutdown(std::chrono::milliseconds grace) {
     c->CloseWhenIdle();
     c = next;
   }
-  for (auto& [address, pool] : pools_) pool->CloseIdle(std::chrono::steady_clock::duration::zero());
+  for (auto& [address, pool] : pools_)
+    pool->CloseIdle(std::chrono::steady_clock::duration::zero());
   timeval tv = {static_cast<time_t>(grace.count() / 1000),
                 static_cast<suseconds_t>((grace.count() % 1000) * 1000)};
   evtimer_add(grace_event_.get(), &tv);
@@ -529,7 +552,8 @@ void Loop::GraceCb(evutil_socket_t, short, void* arg) {
     ++aborted;
   }
   if (aborted > 0) {
-    conf::Log(conf::LogLevel::kWarn, "dispatcher", "grace period over, connections closed",
+    conf::Log(conf::LogLevel::kWarn, "dispatcher",
+              "grace period over, connections closed",
               {{"connections", aborted}, {"loop", self->index_}});
   }
   self->MaybeFinishShutdown();
@@ -537,7 +561,8 @@ void Loop::GraceCb(evutil_socket_t, short, void* arg) {
 
 void Loop::MaybeFinishShutdown() {
   if (connections_ != nullptr) return;
-  for (auto& [address, pool] : pools_) pool->CloseIdle(std::chrono::steady_clock::duration::zero());
+  for (auto& [address, pool] : pools_)
+    pool->CloseIdle(std::chrono::steady_clock::duration::zero());
   event_base_loopexit(base_.get(), nullptr);
 }
 

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
-#include <map>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -61,7 +61,8 @@ struct BackendRuntime {
 // TLS contexts of one config, built once by the server and shared by every
 // loop (SSL_CTX is thread-safe for making SSL objects).
 struct TlsContexts {
-  std::map<std::string, std::shared_ptr<TlsServerContext>> listeners;  // by name
+  std::map<std::string, std::shared_ptr<TlsServerContext>>
+      listeners;  // by name
   std::map<std::string, std::shared_ptr<health::TlsClientContext>> clusters;
 };
 
@@ -87,7 +88,7 @@ struct ClusterRuntime {
     double budget = std::max(3.0, config->retry_budget * active_requests);
     return active_retries + 1 <= budget;
   }
-  bool has_limits = false;       // some backend has max_inflight/max_connections
+  bool has_limits = false;  // some backend has max_inflight/max_connections
   // Requests waiting for a backend below its limit, oldest first.
   std::deque<ClientConnection*> queue;
   // Requests whose retry waits for the retry budget, oldest first.
@@ -107,9 +108,12 @@ struct ListenerRuntime {
 // close, so a reload never changes the rules under a request in flight.
 class Generation {
  public:
-  Generation(Loop& loop, std::shared_ptr<const conf::Config> config, const TlsContexts& tls);
+  Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
+             const TlsContexts& tls);
   const conf::Config& config() const { return *config_; }
-  const std::shared_ptr<const conf::Config>& config_ptr() const { return config_; }
+  const std::shared_ptr<const conf::Config>& config_ptr() const {
+    return config_;
+  }
   // Feeds a health snapshot to the pickers (backends matched by cluster name
   // and address, so a snapshot of another config applies too). Backends the
   // snapshot does not know take traffic only when their cluster has no
@@ -136,7 +140,8 @@ struct ListenSocket {
 class Loop {
  public:
   // `access_log_fd` < 0: no access log. Nothing starts until Run().
-  Loop(size_t index, int access_log_fd, conf::AccessLogFormat access_log_format);
+  Loop(size_t index, int access_log_fd,
+       conf::AccessLogFormat access_log_format);
   ~Loop();
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;
@@ -177,8 +182,8 @@ class Loop {
   }
   bool shutting_down() const { return shutting_down_; }
   // The pool of `backend` as `cluster` reaches it (TLS pools are separate).
-  BackendPool& PoolFor(const conf::Cluster& cluster, const conf::Backend& backend,
-                       BackendStats* stats,
+  BackendPool& PoolFor(const conf::Cluster& cluster,
+                       const conf::Backend& backend, BackendStats* stats,
                        const std::shared_ptr<health::TlsClientContext>& tls);
   // Limits shared across threads for (cluster, address); set by the server
   // before a config is applied.
@@ -187,8 +192,10 @@ class Loop {
 
   // Wiring, before Run(): where outcomes go, and the shared limit counters.
   void set_health(health::HealthMonitor* monitor) { health_monitor_ = monitor; }
-  void set_limits(std::shared_ptr<const std::map<std::pair<std::string, std::string>,
-                                                 std::shared_ptr<SharedLimits>>> limits) {
+  void set_limits(
+      std::shared_ptr<const std::map<std::pair<std::string, std::string>,
+                                     std::shared_ptr<SharedLimits>>>
+          limits) {
     limits_ = std::move(limits);
   }
   // Loop thread: a new health snapshot for every generation.
@@ -221,8 +228,8 @@ class Loop {
   };
 
   static void MessageCb(evutil_socket_t, short, void* arg);
-  static void AcceptCb(evconnlistener* listener, evutil_socket_t fd, sockaddr* address,
-                       int length, void* arg);
+  static void AcceptCb(evconnlistener* listener, evutil_socket_t fd,
+                       sockaddr* address, int length, void* arg);
   static void AcceptErrorCb(evconnlistener* listener, void* arg);
   static void TickCb(evutil_socket_t, short, void* arg);
   static void GraceCb(evutil_socket_t, short, void* arg);
@@ -230,7 +237,8 @@ class Loop {
   static void QueuePollCb(evutil_socket_t, short, void* arg);
   void FlushOutcomes();
   void FlushOutcomes(Generation& generation);
-  void OnAccept(evconnlistener* listener, evutil_socket_t fd, sockaddr* address, int length);
+  void OnAccept(evconnlistener* listener, evutil_socket_t fd, sockaddr* address,
+                int length);
   void ReleaseGeneration(Generation* generation);
   void MaybeFinishShutdown();
 
@@ -262,7 +270,8 @@ class Loop {
   std::unique_ptr<Generation> current_;
   std::vector<std::unique_ptr<Generation>> retired_;
   std::vector<BoundListener> listeners_;
-  std::unordered_map<std::string, std::unique_ptr<BackendPool>> pools_;  // by address
+  std::unordered_map<std::string, std::unique_ptr<BackendPool>>
+      pools_;                                // by address
   ClientConnection* connections_ = nullptr;  // intrusive list head
   LocalGauge open_connections_;
   bool shutting_down_ = false;

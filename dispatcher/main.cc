@@ -32,9 +32,10 @@ int Check(const std::string& path) {
     std::fprintf(stderr, "%s (warning)\n", warning.ToString().c_str());
   }
   if (!result.ok()) {
-    for (const auto& error : result.errors) std::fprintf(stderr, "%s\n", error.ToString().c_str());
-    std::fprintf(stderr, "%s: %zu error%s\n", path.c_str(), result.errors.size(),
-                 result.errors.size() == 1 ? "" : "s");
+    for (const auto& error : result.errors)
+      std::fprintf(stderr, "%s\n", error.ToString().c_str());
+    std::fprintf(stderr, "%s: %zu error%s\n", path.c_str(),
+                 result.errors.size(), result.errors.size() == 1 ? "" : "s");
     return 1;
   }
   std::printf("%s: ok\n", path.c_str());
@@ -70,7 +71,8 @@ int main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return 0;
     } else {
-      std::fprintf(stderr, "tandem: unknown argument '%s'\n\n%s", arg.c_str(), kUsage);
+      std::fprintf(stderr, "tandem: unknown argument '%s'\n\n%s", arg.c_str(),
+                   kUsage);
       return 2;
     }
   }
@@ -83,16 +85,20 @@ int main(int argc, char** argv) {
     }
     tandem::dispatcher::DemoCertificate certificate;
     bool https = certificate.Create(&error);
-    if (!https) std::fprintf(stderr, "tandem: %s; the demo runs without HTTPS\n", error.c_str());
+    if (!https)
+      std::fprintf(stderr, "tandem: %s; the demo runs without HTTPS\n",
+                   error.c_str());
     tandem::dispatcher::ServerOptions options;
     options.config_path = "(demo)";
-    options.config_text =
-        tandem::dispatcher::DemoConfig(workers.ports(), https ? &certificate : nullptr);
+    options.config_text = tandem::dispatcher::DemoConfig(
+        workers.ports(), https ? &certificate : nullptr);
     std::fputs(tandem::dispatcher::DemoBanner().c_str(), stderr);
     return tandem::dispatcher::Server(options).Run();
   }
   if (config_path.empty()) {
-    std::fprintf(stderr, "tandem: no config given (-c FILE), or try --demo\n\n%s", kUsage);
+    std::fprintf(stderr,
+                 "tandem: no config given (-c FILE), or try --demo\n\n%s",
+                 kUsage);
     return 2;
   }
   if (check) return Check(config_path);

@@ -2,12 +2,12 @@
 // written with prometheus-cpp's text serializer.
 #pragma once
 
+#include <prometheus/metric_family.h>
+
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <prometheus/metric_family.h>
 
 #include "dispatcher/loop.h"
 
@@ -18,7 +18,8 @@ namespace tandem::dispatcher {
 class MetricsBuilder {
  public:
   void Counter(const std::string& name, const std::string& help,
-               std::vector<prometheus::ClientMetric::Label> labels, double value);
+               std::vector<prometheus::ClientMetric::Label> labels,
+               double value);
   void Gauge(const std::string& name, const std::string& help,
              std::vector<prometheus::ClientMetric::Label> labels, double value);
   // Adds one loop's histogram (non-cumulative buckets) to the series.
@@ -28,9 +29,10 @@ class MetricsBuilder {
   std::string Serialize() const;
 
  private:
-  prometheus::ClientMetric& Sample(const std::string& name, const std::string& help,
-                                   prometheus::MetricType type,
-                                   std::vector<prometheus::ClientMetric::Label> labels);
+  prometheus::ClientMetric& Sample(
+      const std::string& name, const std::string& help,
+      prometheus::MetricType type,
+      std::vector<prometheus::ClientMetric::Label> labels);
 
   struct Family {
     prometheus::MetricFamily family;
@@ -40,6 +42,7 @@ class MetricsBuilder {
 };
 
 // Adds the data path's counters of every loop.
-void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops, MetricsBuilder* builder);
+void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
+                    MetricsBuilder* builder);
 
 }  // namespace tandem::dispatcher

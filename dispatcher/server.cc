@@ -25,26 +25,36 @@ using conf::Log;
 using conf::LogLevel;
 
 const char* PolicyName(conf::Policy policy) {
-  return policy == conf::Policy::kPrimaryBackup ? "primary-backup" : "all-active";
+  return policy == conf::Policy::kPrimaryBackup ? "primary-backup"
+                                                : "all-active";
 }
 
 const char* AlgorithmName(algorithms::Algorithm algorithm) {
   switch (algorithm) {
-    case algorithms::Algorithm::kRoundRobin: return "round-robin";
-    case algorithms::Algorithm::kLeastConn: return "least-conn";
-    case algorithms::Algorithm::kP2c: return "p2c";
-    case algorithms::Algorithm::kRingHash: return "ring-hash";
-    case algorithms::Algorithm::kMaglev: return "maglev";
-    case algorithms::Algorithm::kRandom: return "random";
+    case algorithms::Algorithm::kRoundRobin:
+      return "round-robin";
+    case algorithms::Algorithm::kLeastConn:
+      return "least-conn";
+    case algorithms::Algorithm::kP2c:
+      return "p2c";
+    case algorithms::Algorithm::kRingHash:
+      return "ring-hash";
+    case algorithms::Algorithm::kMaglev:
+      return "maglev";
+    case algorithms::Algorithm::kRandom:
+      return "random";
   }
   return "round-robin";
 }
 
 const char* StandbyName(conf::Standby standby) {
   switch (standby) {
-    case conf::Standby::kHot: return "hot";
-    case conf::Standby::kWarm: return "warm";
-    case conf::Standby::kCold: return "cold";
+    case conf::Standby::kHot:
+      return "hot";
+    case conf::Standby::kWarm:
+      return "warm";
+    case conf::Standby::kCold:
+      return "cold";
   }
   return "hot";
 }
@@ -52,7 +62,8 @@ const char* StandbyName(conf::Standby standby) {
 uint16_t BoundPort(evutil_socket_t fd) {
   sockaddr_storage bound;
   socklen_t length = sizeof(bound);
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length) != 0) return 0;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length) != 0)
+    return 0;
   return ntohs(bound.ss_family == AF_INET6
                    ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
                    : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
@@ -60,8 +71,8 @@ uint16_t BoundPort(evutil_socket_t fd) {
 
 // A listening socket on `address`, with SO_REUSEPORT so every loop thread
 // can have its own (the kernel spreads connections over them).
-evutil_socket_t OpenListenSocket(const conf::SocketAddress& address, uint16_t port,
-                                 std::string* error) {
+evutil_socket_t OpenListenSocket(const conf::SocketAddress& address,
+                                 uint16_t port, std::string* error) {
   sockaddr_storage storage = address.storage;
   if (storage.ss_family == AF_INET6) {
     reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port = htons(port);
@@ -101,7 +112,8 @@ evutil_socket_t OpenListenSocket(const conf::SocketAddress& address, uint16_t po
 std::string FormatUnixMs(int64_t unix_ms) {
   std::string seconds = conf::FormatUtcSeconds(unix_ms / 1000);
   char millis[8];
-  std::snprintf(millis, sizeof(millis), ".%03dZ", static_cast<int>(unix_ms % 1000));
+  std::snprintf(millis, sizeof(millis), ".%03dZ",
+                static_cast<int>(unix_ms % 1000));
   seconds.pop_back();  // the 'Z'
   return seconds + millis;
 }
@@ -117,7 +129,8 @@ struct ReloadNotice {
 // Listening sockets are kept across reloads by address; a listener on port 0
 // has a port of its own, so it is kept by name.
 std::string SocketKey(const conf::Listener& listener) {
-  if (listener.listen.port() == 0) return listener.name + "|" + listener.listen.text;
+  if (listener.listen.port() == 0)
+    return listener.name + "|" + listener.listen.text;
   return listener.listen.text;
 }
 
@@ -150,14 +163,17 @@ conf::LoadResult Server::Load() {
 int Server::OpenAccessLog(const conf::Global& global, std::string* error) {
   if (global.access_log == "off") return -1;
   if (global.access_log == "stdout") return STDOUT_FILENO;
-  int fd = open(global.access_log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) *error = "access_log " + global.access_log + ": " + strerror(errno);
+  int fd = open(global.access_log.c_str(),
+                O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    *error = "access_log " + global.access_log + ": " + strerror(errno);
   return fd;
 }
 
-bool Server::BindListeners(const conf::Config& config,
-                           std::map<std::string, std::vector<evutil_socket_t>>* sockets,
-                           std::string* error) {
+bool Server::BindListeners(
+    const conf::Config& config,
+    std::map<std::string, std::vector<evutil_socket_t>>* sockets,
+    std::string* error) {
   std::vector<evutil_socket_t> opened;
   for (const conf::Listener& listener : config.listeners) {
     const std::string key = SocketKey(listener);
@@ -176,27 +192,32 @@ bool Server::BindListeners(const conf::Config& config,
         for (evutil_socket_t f : fds) close(f);
         return false;
       }
-      if (i == 0) port = BoundPort(fd);  // port 0: the others share the chosen one
+      if (i == 0)
+        port = BoundPort(fd);  // port 0: the others share the chosen one
       fds.push_back(fd);
     }
     opened.insert(opened.end(), fds.begin(), fds.end());
     std::string where = HostOf(listener.listen);
-    if (where.find(':') != std::string::npos && where.front() != '[') where = "[" + where + "]";
+    if (where.find(':') != std::string::npos && where.front() != '[')
+      where = "[" + where + "]";
     Log(LogLevel::kInfo, "dispatcher", "listener ready",
-        {{"listener", listener.name}, {"address", where + ":" + std::to_string(port)},
-         {"cluster", listener.cluster}, {"tls", listener.tls() ? "on" : "off"}});
+        {{"listener", listener.name},
+         {"address", where + ":" + std::to_string(port)},
+         {"cluster", listener.cluster},
+         {"tls", listener.tls() ? "on" : "off"}});
     (*sockets)[key] = std::move(fds);
   }
   return true;
 }
 
 void Server::PrepareLimits(const conf::Config& config) {
-  auto limits = std::make_shared<
-      std::map<std::pair<std::string, std::string>, std::shared_ptr<SharedLimits>>>();
+  auto limits = std::make_shared<std::map<std::pair<std::string, std::string>,
+                                          std::shared_ptr<SharedLimits>>>();
   for (const conf::Cluster& cluster : config.clusters) {
     for (const conf::Backend& backend : cluster.backends) {
       if (backend.max_inflight == 0 && backend.max_connections == 0) continue;
-      std::pair<std::string, std::string> key{cluster.name, backend.address.text};
+      std::pair<std::string, std::string> key{cluster.name,
+                                              backend.address.text};
       std::shared_ptr<SharedLimits> shared;
       if (limits_) {
         auto it = limits_->find(key);
@@ -209,7 +230,8 @@ void Server::PrepareLimits(const conf::Config& config) {
   limits_ = std::move(limits);
 }
 
-bool Server::BuildTls(const conf::Config& config, std::shared_ptr<const TlsContexts>* tls,
+bool Server::BuildTls(const conf::Config& config,
+                      std::shared_ptr<const TlsContexts>* tls,
                       std::string* error) {
   auto contexts = std::make_shared<TlsContexts>();
   for (const conf::Listener& listener : config.listeners) {
@@ -240,7 +262,8 @@ void Server::Apply(std::shared_ptr<const conf::Config> config,
     for (const conf::Listener& listener : config->listeners) {
       mine.push_back({listener.name, sockets.at(SocketKey(listener))[i]});
     }
-    loops_[i]->Post([config, mine = std::move(mine), limits = limits_, tls](Loop& loop) mutable {
+    loops_[i]->Post([config, mine = std::move(mine), limits = limits_,
+                     tls](Loop& loop) mutable {
       loop.set_limits(std::move(limits));
       loop.ApplyConfig(config, std::move(mine), tls);
     });
@@ -278,8 +301,8 @@ int Server::Run() {
   size_t threads = config.global.threads;
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   for (size_t i = 0; i < threads; ++i) {
-    loops_.push_back(
-        std::make_unique<Loop>(i, access_log_fd_, config.global.access_log_format));
+    loops_.push_back(std::make_unique<Loop>(i, access_log_fd_,
+                                            config.global.access_log_format));
     if (!loops_.back()->Init(&error)) {
       Log(LogLevel::kError, "dispatcher", error);
       return 1;
@@ -308,7 +331,8 @@ int Server::Run() {
     return 1;
   }
   if (config.admin) {
-    admin_ = std::make_unique<AdminServer>(control_base_.get(), static_cast<AdminHandler*>(this));
+    admin_ = std::make_unique<AdminServer>(control_base_.get(),
+                                           static_cast<AdminHandler*>(this));
     if (!admin_->Start(*config.admin, &error)) {
       Log(LogLevel::kError, "admin", error);
       return 1;
@@ -324,7 +348,8 @@ int Server::Run() {
   sigset_t previous;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &previous);
-  for (auto& loop : loops_) threads_.emplace_back([raw = loop.get()] { raw->Run(); });
+  for (auto& loop : loops_)
+    threads_.emplace_back([raw = loop.get()] { raw->Run(); });
   pthread_sigmask(SIG_SETMASK, &previous, nullptr);
 
   for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
@@ -335,18 +360,20 @@ int Server::Run() {
     }
     signal_events_.push_back(std::move(ev));
   }
-  drain_delay_event_.reset(evtimer_new(control_base_.get(), DrainDelayCb, this));
+  drain_delay_event_.reset(
+      evtimer_new(control_base_.get(), DrainDelayCb, this));
   if (options_.config_text.empty()) {
-    watch_ = std::make_unique<ConfigWatch>(control_base_.get(), options_.config_path, [this] {
-      std::vector<std::string> errors;
-      ReloadNow("file change", &errors);
-    });
+    watch_ = std::make_unique<ConfigWatch>(control_base_.get(),
+                                           options_.config_path, [this] {
+                                             std::vector<std::string> errors;
+                                             ReloadNow("file change", &errors);
+                                           });
     std::string content;
     ReadWholeFile(options_.config_path, &content);
     watch_->set_loaded_content(std::move(content));
     if (!watch_->Start(&error)) {
-      Log(LogLevel::kWarn, "conf", "config file not watched; reload with SIGHUP",
-          {{"error", error}});
+      Log(LogLevel::kWarn, "conf",
+          "config file not watched; reload with SIGHUP", {{"error", error}});
       watch_.reset();
     }
   }
@@ -386,8 +413,9 @@ void Server::BeginShutdown() {
        {"grace_period_ms", global.grace_period.count()}});
   // Fail /readyz first and keep serving for drain_delay, so whoever routes to
   // tandem (a Service, keepalived) stops before the listeners close.
-  timeval tv = {static_cast<time_t>(global.drain_delay.count() / 1000),
-                static_cast<suseconds_t>((global.drain_delay.count() % 1000) * 1000)};
+  timeval tv = {
+      static_cast<time_t>(global.drain_delay.count() / 1000),
+      static_cast<suseconds_t>((global.drain_delay.count() % 1000) * 1000)};
   evtimer_add(drain_delay_event_.get(), &tv);
 }
 
@@ -400,7 +428,8 @@ void Server::DrainDelayCb(evutil_socket_t, short, void* arg) {
   event_base_loopexit(self->control_base_.get(), nullptr);
 }
 
-bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* errors) {
+bool Server::ReloadNow(const std::string& trigger,
+                       std::vector<std::string>* errors) {
   if (draining_) {
     errors->push_back("shutting down");
     return false;
@@ -413,7 +442,8 @@ bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* err
   }
   conf::LoadResult result = Load();
   last_reload_.at_unix = static_cast<long long>(time(nullptr));
-  for (const conf::Diagnostic& error : result.errors) errors->push_back(error.ToString());
+  for (const conf::Diagnostic& error : result.errors)
+    errors->push_back(error.ToString());
   std::map<std::string, std::vector<evutil_socket_t>> sockets;
   std::shared_ptr<const TlsContexts> tls;
   std::string error;
@@ -426,7 +456,8 @@ bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* err
     ++reloads_failed_;
     last_reload_.ok = false;
     last_reload_.errors = *errors;
-    Log(LogLevel::kError, "conf", "reload rejected, the running config keeps serving",
+    Log(LogLevel::kError, "conf",
+        "reload rejected, the running config keeps serving",
         {{"trigger", trigger}, {"errors", errors->size()}});
     for (const std::string& e : *errors) Log(LogLevel::kError, "conf", e);
     return false;
@@ -436,7 +467,8 @@ bool Server::ReloadNow(const std::string& trigger, std::vector<std::string>* err
   }
   const conf::Config& next = *result.config;
   if (next.global.threads != config_->global.threads) {
-    Log(LogLevel::kWarn, "conf", "threads changes take effect at the next restart");
+    Log(LogLevel::kWarn, "conf",
+        "threads changes take effect at the next restart");
   }
   if (admin_ && next.admin) admin_->set_token(next.admin->token);
   health_->ApplyConfig(result.config);
@@ -463,14 +495,19 @@ AdminReply Server::Reload() {
   return reply;
 }
 
-AdminReply Server::BackendAction(const std::string& cluster, const std::string& address,
+AdminReply Server::BackendAction(const std::string& cluster,
+                                 const std::string& address,
                                  const std::string& action) {
-  health::HealthMonitor::ActionResult result = health_->AdminAction(cluster, address, action);
+  health::HealthMonitor::ActionResult result =
+      health_->AdminAction(cluster, address, action);
   AdminReply reply;
   reply.status = result.status;
   reply.body = result.message + "\n";
-  Log(result.status == 200 ? LogLevel::kInfo : LogLevel::kWarn, "admin", "backend action",
-      {{"cluster", cluster}, {"backend", address}, {"action", action},
+  Log(result.status == 200 ? LogLevel::kInfo : LogLevel::kWarn, "admin",
+      "backend action",
+      {{"cluster", cluster},
+       {"backend", address},
+       {"action", action},
        {"status", result.status}});
   return reply;
 }
@@ -480,10 +517,11 @@ std::string Server::StatusJson() {
   // In-flight requests per backend, summed over the loops.
   std::map<std::pair<std::string, std::string>, int64_t> inflight;
   for (const auto& loop : loops_) {
-    loop->stats().VisitBackends(
-        [&](const std::string& cluster, const std::string& backend, const BackendStats& s) {
-          inflight[{cluster, backend}] += s.inflight.Get();
-        });
+    loop->stats().VisitBackends([&](const std::string& cluster,
+                                    const std::string& backend,
+                                    const BackendStats& s) {
+      inflight[{cluster, backend}] += s.inflight.Get();
+    });
   }
   std::string out;
   out.reserve(4096);
@@ -512,7 +550,8 @@ std::string Server::StatusJson() {
     auto it = sockets_.find(SocketKey(listener));
     std::string address = listener.listen.text;
     if (it != sockets_.end() && !it->second.empty()) {
-      address = HostOf(listener.listen) + ":" + std::to_string(BoundPort(it->second[0]));
+      address = HostOf(listener.listen) + ":" +
+                std::to_string(BoundPort(it->second[0]));
     }
     AppendJsonString(address, &out);
     out.append(",\"cluster\":");
@@ -531,7 +570,8 @@ std::string Server::StatusJson() {
     AppendJsonString(PolicyName(cluster.policy), &out);
     out.append(",\"algorithm\":");
     AppendJsonString(AlgorithmName(cluster.picker.algorithm), &out);
-    const health::ClusterStatus* status = snapshot ? snapshot->Find(cluster.name) : nullptr;
+    const health::ClusterStatus* status =
+        snapshot ? snapshot->Find(cluster.name) : nullptr;
     out.append(",\"panic\":");
     out.append(status != nullptr && status->panic ? "true" : "false");
     if (status != nullptr) {
@@ -551,7 +591,8 @@ std::string Server::StatusJson() {
       out.append("{\"address\":");
       AppendJsonString(backend.address.text, &out);
       out.append(",\"role\":");
-      AppendJsonString(backend.role == conf::Role::kBackup ? "backup" : "primary", &out);
+      AppendJsonString(
+          backend.role == conf::Role::kBackup ? "backup" : "primary", &out);
       out.append(",\"standby\":");
       if (backend.role == conf::Role::kBackup) {
         AppendJsonString(StandbyName(backend.standby), &out);
@@ -559,19 +600,23 @@ std::string Server::StatusJson() {
         out.append("null");
       }
       out.append(",\"state\":");
-      AppendJsonString(health != nullptr ? health::StateName(health->state) : "unknown", &out);
+      AppendJsonString(
+          health != nullptr ? health::StateName(health->state) : "unknown",
+          &out);
       out.append(",\"active\":");
       out.append(health != nullptr && health->active ? "true" : "false");
       out.append(",\"weight\":" + std::to_string(backend.weight));
       out.append(",\"effective_weight\":");
       char weight[32];
-      double effective = health != nullptr ? static_cast<double>(health->view_weight) /
-                                                 algorithms::kWeightScale
-                                           : backend.weight;
+      double effective = health != nullptr
+                             ? static_cast<double>(health->view_weight) /
+                                   algorithms::kWeightScale
+                             : backend.weight;
       std::snprintf(weight, sizeof(weight), "%g", effective);
       out.append(weight);
       out.append(",\"inflight\":");
-      out.append(std::to_string(inflight[{cluster.name, backend.address.text}]));
+      out.append(
+          std::to_string(inflight[{cluster.name, backend.address.text}]));
       if (health != nullptr && health->activation) {
         out.append(",\"activation\":");
         AppendJsonString(*health->activation, &out);
@@ -615,11 +660,13 @@ std::string Server::StatusJson() {
 
 std::string Server::MetricsText() {
   MetricsBuilder builder;
-  builder.Gauge("tandem_build_info", "tandem's version", {{"version", kVersion}}, 1);
+  builder.Gauge("tandem_build_info", "tandem's version",
+                {{"version", kVersion}}, 1);
   builder.Counter("tandem_config_reloads_total", "Config reloads, by result",
                   {{"result", "success"}}, static_cast<double>(reloads_ok_));
   builder.Counter("tandem_config_reloads_total", "Config reloads, by result",
-                  {{"result", "failure"}}, static_cast<double>(reloads_failed_));
+                  {{"result", "failure"}},
+                  static_cast<double>(reloads_failed_));
   builder.Gauge("tandem_config_last_reload_success",
                 "1 if the last config load or reload succeeded", {},
                 last_reload_.ok ? 1 : 0);
@@ -642,45 +689,52 @@ void Server::AddHealthMetrics(MetricsBuilder* builder) {
       algorithms::BackendState::kDraining, algorithms::BackendState::kDisabled,
       algorithms::BackendState::kSlowStart};
   for (const health::ClusterStatus& cluster : snapshot->clusters) {
-    builder->Gauge("tandem_cluster_panic", "1 while the cluster routes in panic mode",
+    builder->Gauge("tandem_cluster_panic",
+                   "1 while the cluster routes in panic mode",
                    {{"cluster", cluster.name}}, cluster.panic ? 1 : 0);
     builder->Gauge("tandem_cluster_serving_backends",
-                   "Healthy backends the policy lets take traffic", {{"cluster", cluster.name}},
-                   cluster.serving);
+                   "Healthy backends the policy lets take traffic",
+                   {{"cluster", cluster.name}}, cluster.serving);
     for (const health::BackendStatus& backend : cluster.backends) {
-      std::vector<prometheus::ClientMetric::Label> labels = {{"cluster", cluster.name},
-                                                             {"backend", backend.address}};
+      std::vector<prometheus::ClientMetric::Label> labels = {
+          {"cluster", cluster.name}, {"backend", backend.address}};
       bool up = backend.state == algorithms::BackendState::kUp ||
                 backend.state == algorithms::BackendState::kSlowStart;
-      builder->Gauge("tandem_backend_up", "1 when health checks say the backend is up",
-                     labels, up ? 1 : 0);
+      builder->Gauge("tandem_backend_up",
+                     "1 when health checks say the backend is up", labels,
+                     up ? 1 : 0);
       builder->Gauge("tandem_backend_active",
-                     "1 when the policy lets the backend take traffic now", labels,
-                     backend.active ? 1 : 0);
-      builder->Gauge("tandem_backend_effective_weight",
-                     "Weight pickers use: slow start and worker feedback applied", labels,
-                     static_cast<double>(backend.view_weight) / algorithms::kWeightScale);
+                     "1 when the policy lets the backend take traffic now",
+                     labels, backend.active ? 1 : 0);
+      builder->Gauge(
+          "tandem_backend_effective_weight",
+          "Weight pickers use: slow start and worker feedback applied", labels,
+          static_cast<double>(backend.view_weight) / algorithms::kWeightScale);
       for (algorithms::BackendState state : kStates) {
         auto with_state = labels;
         with_state.push_back({"state", std::string(health::StateName(state))});
-        builder->Gauge("tandem_backend_state", "1 for the backend's current state",
-                       with_state, backend.state == state ? 1 : 0);
-        builder->Counter("tandem_backend_transitions_total",
-                         "State changes, by the state entered", with_state,
-                         static_cast<double>(backend.transitions_to[static_cast<size_t>(state)]));
+        builder->Gauge("tandem_backend_state",
+                       "1 for the backend's current state", with_state,
+                       backend.state == state ? 1 : 0);
+        builder->Counter(
+            "tandem_backend_transitions_total",
+            "State changes, by the state entered", with_state,
+            static_cast<double>(
+                backend.transitions_to[static_cast<size_t>(state)]));
       }
-      builder->Counter("tandem_backend_ejections_total", "Outlier ejections", labels,
-                       static_cast<double>(backend.ejections));
+      builder->Counter("tandem_backend_ejections_total", "Outlier ejections",
+                       labels, static_cast<double>(backend.ejections));
       auto passed = labels;
       passed.push_back({"result", "passed"});
       auto failed = labels;
       failed.push_back({"result", "failed"});
-      builder->Counter("tandem_health_checks_total", "Active checks, by result", passed,
-                       static_cast<double>(backend.checks_passed));
-      builder->Counter("tandem_health_checks_total", "Active checks, by result", failed,
-                       static_cast<double>(backend.checks_failed));
+      builder->Counter("tandem_health_checks_total", "Active checks, by result",
+                       passed, static_cast<double>(backend.checks_passed));
+      builder->Counter("tandem_health_checks_total", "Active checks, by result",
+                       failed, static_cast<double>(backend.checks_failed));
       builder->Counter("tandem_health_check_duration_seconds_total",
-                       "Time spent in active checks", labels, backend.check_seconds);
+                       "Time spent in active checks", labels,
+                       backend.check_seconds);
     }
   }
 }

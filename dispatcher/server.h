@@ -15,8 +15,8 @@
 #include "dispatcher/config_watch.h"
 #include "dispatcher/event_ptr.h"
 #include "dispatcher/loop.h"
-#include "dispatcher/systemd.h"
 #include "dispatcher/metrics.h"
+#include "dispatcher/systemd.h"
 #include "health/monitor.h"
 
 namespace tandem::dispatcher {
@@ -54,12 +54,13 @@ class Server : private AdminHandler {
 
   conf::LoadResult Load();
   // Binds what `config` listens on that is not bound yet; reuses the rest.
-  bool BindListeners(const conf::Config& config,
-                     std::map<std::string, std::vector<evutil_socket_t>>* sockets,
-                     std::string* error);
+  bool BindListeners(
+      const conf::Config& config,
+      std::map<std::string, std::vector<evutil_socket_t>>* sockets,
+      std::string* error);
   // Builds the TLS contexts `config` needs; false with `error` on failure.
-  bool BuildTls(const conf::Config& config, std::shared_ptr<const TlsContexts>* tls,
-                std::string* error);
+  bool BuildTls(const conf::Config& config,
+                std::shared_ptr<const TlsContexts>* tls, std::string* error);
   void Apply(std::shared_ptr<const conf::Config> config,
              std::map<std::string, std::vector<evutil_socket_t>> sockets,
              std::shared_ptr<const TlsContexts> tls);
@@ -76,7 +77,8 @@ class Server : private AdminHandler {
   std::string StatusJson() override;
   std::string MetricsText() override;
   AdminReply Reload() override;
-  AdminReply BackendAction(const std::string& cluster, const std::string& address,
+  AdminReply BackendAction(const std::string& cluster,
+                           const std::string& address,
                            const std::string& action) override;
 
   ServerOptions options_;

@@ -3,7 +3,8 @@
 
 namespace tandem::dispatcher {
 
-BackendStats* LoopStats::Backend(const std::string& cluster, const std::string& address) {
+BackendStats* LoopStats::Backend(const std::string& cluster,
+                                 const std::string& address) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto& slot = backends_[{cluster, address}];
   if (!slot) slot = std::make_unique<BackendStats>();
@@ -25,20 +26,22 @@ ListenerStats* LoopStats::Listener(const std::string& listener) {
 }
 
 void LoopStats::VisitBackends(
-    const std::function<void(const std::string&, const std::string&, const BackendStats&)>&
-        fn) const {
+    const std::function<void(const std::string&, const std::string&,
+                             const BackendStats&)>& fn) const {
   std::lock_guard<std::mutex> lock(mutex_);
   for (const auto& [key, stats] : backends_) fn(key.first, key.second, *stats);
 }
 
 void LoopStats::VisitClusters(
-    const std::function<void(const std::string&, const ClusterStats&)>& fn) const {
+    const std::function<void(const std::string&, const ClusterStats&)>& fn)
+    const {
   std::lock_guard<std::mutex> lock(mutex_);
   for (const auto& [name, stats] : clusters_) fn(name, *stats);
 }
 
 void LoopStats::VisitListeners(
-    const std::function<void(const std::string&, const ListenerStats&)>& fn) const {
+    const std::function<void(const std::string&, const ListenerStats&)>& fn)
+    const {
   std::lock_guard<std::mutex> lock(mutex_);
   for (const auto& [name, stats] : listeners_) fn(name, *stats);
 }

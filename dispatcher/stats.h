@@ -18,7 +18,8 @@ namespace tandem::dispatcher {
 class LocalCounter {
  public:
   void Add(uint64_t n = 1) {
-    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    value_.store(value_.load(std::memory_order_relaxed) + n,
+                 std::memory_order_relaxed);
   }
   uint64_t Get() const { return value_.load(std::memory_order_relaxed); }
 
@@ -29,7 +30,8 @@ class LocalCounter {
 class LocalGauge {
  public:
   void Add(int64_t n) {
-    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    value_.store(value_.load(std::memory_order_relaxed) + n,
+                 std::memory_order_relaxed);
   }
   void Set(int64_t n) { value_.store(n, std::memory_order_relaxed); }
   int64_t Get() const { return value_.load(std::memory_order_relaxed); }
@@ -42,7 +44,8 @@ class LocalGauge {
 class LocalHistogram {
  public:
   static constexpr std::array<double, 14> kBounds = {
-      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+      0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 
   void Observe(uint64_t micros) {
     double seconds = static_cast<double>(micros) / 1e6;
@@ -92,8 +95,8 @@ struct ClusterStats {
 
 // Why TLS handshakes with clients failed (index of HandshakeFailureIndex()).
 inline constexpr const char* kHandshakeFailures[] = {
-    "protocol_version", "plain_http", "no_shared_cipher", "bad_client_certificate",
-    "unexpected_eof",   "other"};
+    "protocol_version",       "plain_http",     "no_shared_cipher",
+    "bad_client_certificate", "unexpected_eof", "other"};
 
 struct ListenerStats {
   std::array<LocalCounter, 6> requests;  // by StatusClass of the final answer
@@ -114,17 +117,19 @@ class LoopStats {
   ListenerStats* Listener(const std::string& listener);
 
   // For the scrape: calls `fn` for every entry, under the mutex.
-  void VisitBackends(
-      const std::function<void(const std::string& cluster, const std::string& address,
-                               const BackendStats&)>& fn) const;
-  void VisitClusters(
-      const std::function<void(const std::string& cluster, const ClusterStats&)>& fn) const;
+  void VisitBackends(const std::function<void(const std::string& cluster,
+                                              const std::string& address,
+                                              const BackendStats&)>& fn) const;
+  void VisitClusters(const std::function<void(const std::string& cluster,
+                                              const ClusterStats&)>& fn) const;
   void VisitListeners(
-      const std::function<void(const std::string& listener, const ListenerStats&)>& fn) const;
+      const std::function<void(const std::string& listener,
+                               const ListenerStats&)>& fn) const;
 
  private:
   mutable std::mutex mutex_;
-  std::map<std::pair<std::string, std::string>, std::unique_ptr<BackendStats>> backends_;
+  std::map<std::pair<std::string, std::string>, std::unique_ptr<BackendStats>>
+      backends_;
   std::map<std::string, std::unique_ptr<ClusterStats>> clusters_;
   std::map<std::string, std::unique_ptr<ListenerStats>> listeners_;
 };

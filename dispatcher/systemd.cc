@@ -20,7 +20,8 @@ void SystemdNotifier::Reloading() {
   timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
   unsigned long long micros =
-      static_cast<unsigned long long>(now.tv_sec) * 1000000ULL + now.tv_nsec / 1000;
+      static_cast<unsigned long long>(now.tv_sec) * 1000000ULL +
+      now.tv_nsec / 1000;
   std::string message = "RELOADING=1\nMONOTONIC_USEC=" + std::to_string(micros);
   sd_notify(0, message.c_str());
 }

@@ -84,24 +84,30 @@ class TicketKeys {
   std::chrono::steady_clock::time_point created_{};
 };
 
-int TicketKeyCb(SSL*, unsigned char key_name[16], unsigned char* iv, EVP_CIPHER_CTX* cipher,
-                EVP_MAC_CTX* mac, int encrypt) {
+int TicketKeyCb(SSL*, unsigned char key_name[16], unsigned char* iv,
+                EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int encrypt) {
   TicketKeys::Key key;
   int found = 1;
   if (encrypt) {
-    if (!TicketKeys::Instance().Current(&key) || RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1) {
+    if (!TicketKeys::Instance().Current(&key) ||
+        RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1) {
       return -1;
     }
     std::memcpy(key_name, key.name, 16);
-    if (EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes, iv) != 1) return -1;
+    if (EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes, iv) !=
+        1)
+      return -1;
   } else {
     found = TicketKeys::Instance().Find(key_name, &key);
     if (found == 0) return 0;  // unknown key: a full handshake
-    if (EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes, iv) != 1) return -1;
+    if (EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes, iv) !=
+        1)
+      return -1;
   }
   char digest[] = "sha256";
   OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof(key.hmac)),
+      OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac,
+                                        sizeof(key.hmac)),
       OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
       OSSL_PARAM_construct_end()};
   if (EVP_MAC_CTX_set_params(mac, params) != 1) return -1;
@@ -112,10 +118,11 @@ int AlpnSelectCb(SSL*, const unsigned char** out, unsigned char* out_length,
                  const unsigned char* in, unsigned int in_length, void*) {
   // tandem speaks HTTP/1.1 to clients; with no overlap the handshake goes on
   // without ALPN, as nginx does.
-  static const unsigned char kHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+  static const unsigned char kHttp11[] = {8,   'h', 't', 't', 'p',
+                                          '/', '1', '.', '1'};
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, out_length, kHttp11, sizeof(kHttp11), in, in_length) !=
-      OPENSSL_NPN_NEGOTIATED) {
+  if (SSL_select_next_proto(&selected, out_length, kHttp11, sizeof(kHttp11), in,
+                            in_length) != OPENSSL_NPN_NEGOTIATED) {
     return SSL_TLSEXT_ERR_NOACK;
   }
   *out = selected;
@@ -140,20 +147,22 @@ std::vector<std::string> CertificateNames(SSL_CTX* ctx) {
       const GENERAL_NAME* name = sk_GENERAL_NAME_value(alt, i);
       if (name->type != GEN_DNS) continue;
       const unsigned char* data = ASN1_STRING_get0_data(name->d.dNSName);
-      names.emplace_back(reinterpret_cast<const char*>(data),
-                         static_cast<size_t>(ASN1_STRING_length(name->d.dNSName)));
+      names.emplace_back(
+          reinterpret_cast<const char*>(data),
+          static_cast<size_t>(ASN1_STRING_length(name->d.dNSName)));
     }
     GENERAL_NAMES_free(alt);
   }
   if (names.empty()) {
     char cn[256];
-    if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn,
-                                  sizeof(cn)) > 0) {
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName,
+                                  cn, sizeof(cn)) > 0) {
       names.emplace_back(cn);
     }
   }
   for (std::string& name : names) {
-    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (char& c : name)
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }
   return names;
 }
@@ -163,15 +172,16 @@ bool NameMatches(std::string_view pattern, std::string_view host) {
   // "*.example.com" matches one label: "a.example.com", not "a.b.example.com".
   if (pattern.size() > 2 && pattern.substr(0, 2) == "*.") {
     size_t dot = host.find('.');
-    return dot != std::string_view::npos && host.substr(dot) == pattern.substr(1);
+    return dot != std::string_view::npos &&
+           host.substr(dot) == pattern.substr(1);
   }
   return false;
 }
 
 }  // namespace
 
-std::shared_ptr<TlsServerContext> TlsServerContext::Create(const conf::Listener& listener,
-                                                           std::string* error) {
+std::shared_ptr<TlsServerContext> TlsServerContext::Create(
+    const conf::Listener& listener, std::string* error) {
   std::shared_ptr<TlsServerContext> context(new TlsServerContext());
   for (const conf::Certificate& certificate : listener.certificates) {
     SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
@@ -180,38 +190,49 @@ std::shared_ptr<TlsServerContext> TlsServerContext::Create(const conf::Listener&
       return nullptr;
     }
     context->certs_.push_back({ctx, {}});
-    SSL_CTX_set_min_proto_version(
-        ctx, listener.tls_min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
-    const std::string ciphers =
-        listener.tls_ciphers.empty() ? kIntermediateCiphers : listener.tls_ciphers;
+    SSL_CTX_set_min_proto_version(ctx, listener.tls_min_version == "1.3"
+                                           ? TLS1_3_VERSION
+                                           : TLS1_2_VERSION);
+    const std::string ciphers = listener.tls_ciphers.empty()
+                                    ? kIntermediateCiphers
+                                    : listener.tls_ciphers;
     if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
-      *error = "listener " + listener.name + ": no usable cipher in tls_ciphers";
+      *error =
+          "listener " + listener.name + ": no usable cipher in tls_ciphers";
       ERR_clear_error();
       return nullptr;
     }
     // Renegotiation is a denial-of-service lever and HTTP/1.1 needs none;
     // the server's cipher order wins.
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE |
                                  SSL_OP_NO_COMPRESSION);
-    if (SSL_CTX_use_certificate_chain_file(ctx, certificate.cert_file.c_str()) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, certificate.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+    if (SSL_CTX_use_certificate_chain_file(
+            ctx, certificate.cert_file.c_str()) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, certificate.key_file.c_str(),
+                                    SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
-      *error = "listener " + listener.name + ": " + certificate.cert_file + ": " + LastError();
+      *error = "listener " + listener.name + ": " + certificate.cert_file +
+               ": " + LastError();
       return nullptr;
     }
     SSL_CTX_set_alpn_select_cb(ctx, AlpnSelectCb, nullptr);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketKeyCb);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     static const unsigned char kSessionContext[] = "tandem";
-    SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof(kSessionContext) - 1);
+    SSL_CTX_set_session_id_context(ctx, kSessionContext,
+                                   sizeof(kSessionContext) - 1);
     if (!listener.client_ca.empty()) {
-      if (SSL_CTX_load_verify_locations(ctx, listener.client_ca.c_str(), nullptr) != 1) {
+      if (SSL_CTX_load_verify_locations(ctx, listener.client_ca.c_str(),
+                                        nullptr) != 1) {
         *error = "listener " + listener.name + ": client_ca: " + LastError();
         return nullptr;
       }
-      STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(listener.client_ca.c_str());
+      STACK_OF(X509_NAME)* names =
+          SSL_load_client_CA_file(listener.client_ca.c_str());
       if (names != nullptr) SSL_CTX_set_client_CA_list(ctx, names);
-      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                         nullptr);
     }
     context->certs_.back().names = CertificateNames(ctx);
   }
@@ -233,7 +254,8 @@ SSL* TlsServerContext::NewSsl() const { return SSL_new(certs_[0].ctx); }
 const TlsServerContext::Certificate* TlsServerContext::Match(
     std::string_view server_name) const {
   std::string host(server_name);
-  for (char& c : host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : host)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   for (const Certificate& certificate : certs_) {
     for (const std::string& name : certificate.names) {
       if (NameMatches(name, host)) return &certificate;

@@ -20,8 +20,8 @@ class TlsServerContext {
   // Builds the contexts for `listener`'s certificates; nullptr with `error`
   // when a file cannot be used. Any thread; the result is shared by every
   // loop (SSL_CTX is thread-safe for making SSL objects).
-  static std::shared_ptr<TlsServerContext> Create(const conf::Listener& listener,
-                                                  std::string* error);
+  static std::shared_ptr<TlsServerContext> Create(
+      const conf::Listener& listener, std::string* error);
   ~TlsServerContext();
   TlsServerContext(const TlsServerContext&) = delete;
   TlsServerContext& operator=(const TlsServerContext&) = delete;
@@ -31,7 +31,9 @@ class TlsServerContext {
 
   // The names certificate `index` answers for (subjectAltName DNS entries,
   // else the CN), for tests and logs.
-  const std::vector<std::string>& names(size_t index) const { return certs_[index].names; }
+  const std::vector<std::string>& names(size_t index) const {
+    return certs_[index].names;
+  }
 
  private:
   struct Certificate {
@@ -46,8 +48,8 @@ class TlsServerContext {
 };
 
 // A short, stable reason for a failed handshake, for metrics labels:
-// "protocol_version", "plain_http", "no_shared_cipher", "bad_client_certificate",
-// "unexpected_eof", "other".
+// "protocol_version", "plain_http", "no_shared_cipher",
+// "bad_client_certificate", "unexpected_eof", "other".
 std::string_view HandshakeFailureReason(unsigned long error);
 
 }  // namespace tandem::dispatcher

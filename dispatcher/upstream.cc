@@ -1,11 +1,10 @@
 // Connections to one backend from one loop thread; see upstream.h.
 #include "dispatcher/upstream.h"
 
+#include <event2/bufferevent_ssl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-
-#include <event2/bufferevent_ssl.h>
 
 #include <algorithm>
 
@@ -43,7 +42,8 @@ void UpstreamConnection::WriteCb(bufferevent*, void* arg) {
 
 void UpstreamConnection::EventCb(bufferevent*, short events, void* arg) {
   auto* self = static_cast<UpstreamConnection*>(arg);
-  if (!self->connected_ && (events & BEV_EVENT_ERROR) && self->connect_error_ == 0) {
+  if (!self->connected_ && (events & BEV_EVENT_ERROR) &&
+      self->connect_error_ == 0) {
     // libevent sets the socket error before reporting a failed connect.
     self->connect_error_ = EVUTIL_SOCKET_ERROR();
   }
@@ -98,8 +98,8 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
   if (tls_) {
     SSL* ssl = tls_->NewSsl(address_, session_, this);
     if (ssl == nullptr) return nullptr;
-    bev.reset(bufferevent_openssl_socket_new(base_, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                             BEV_OPT_CLOSE_ON_FREE));
+    bev.reset(bufferevent_openssl_socket_new(
+        base_, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE));
     if (!bev) {
       SSL_free(ssl);
       return nullptr;
@@ -119,11 +119,13 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
   if (head_ != nullptr) head_->prev_ = connection;
   head_ = connection;
   ++count_;
-  if (shared_connections_) shared_connections_->fetch_add(1, std::memory_order_relaxed);
+  if (shared_connections_)
+    shared_connections_->fetch_add(1, std::memory_order_relaxed);
   stats_->connections_opened.Add();
   bufferevent* raw = connection->bev_.get();
-  bufferevent_setcb(raw, UpstreamConnection::ReadCb, UpstreamConnection::WriteCb,
-                    UpstreamConnection::EventCb, connection);
+  bufferevent_setcb(raw, UpstreamConnection::ReadCb,
+                    UpstreamConnection::WriteCb, UpstreamConnection::EventCb,
+                    connection);
   // Refusals and unreachable networks are reported through EventCb (libevent
   // defers an immediate ECONNREFUSED), so the caller sees one path.
   if (bufferevent_socket_connect(raw, const_cast<sockaddr*>(address_.sa()),
@@ -133,7 +135,8 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
   }
   // A connect refused at once (loopback) is reported later without an errno;
   // libevent has then disabled the bufferevent, which tells it apart.
-  if (bufferevent_get_enabled(raw) == 0) connection->connect_error_ = ECONNREFUSED;
+  if (bufferevent_get_enabled(raw) == 0)
+    connection->connect_error_ = ECONNREFUSED;
   return connection;
 }
 
@@ -160,22 +163,27 @@ void BackendPool::Close(UpstreamConnection* connection) {
     idle_.erase(std::find(idle_.begin(), idle_.end(), connection));
     stats_->idle_connections.Add(-1);
   }
-  if (connection->prev_ != nullptr) connection->prev_->next_ = connection->next_;
-  if (connection->next_ != nullptr) connection->next_->prev_ = connection->prev_;
+  if (connection->prev_ != nullptr)
+    connection->prev_->next_ = connection->next_;
+  if (connection->next_ != nullptr)
+    connection->next_->prev_ = connection->prev_;
   if (head_ == connection) head_ = connection->next_;
   --count_;
-  if (shared_connections_) shared_connections_->fetch_sub(1, std::memory_order_relaxed);
+  if (shared_connections_)
+    shared_connections_->fetch_sub(1, std::memory_order_relaxed);
   delete connection;
 }
 
-void BackendPool::CloseIdle(std::chrono::steady_clock::duration max_age, size_t keep) {
+void BackendPool::CloseIdle(std::chrono::steady_clock::duration max_age,
+                            size_t keep) {
   auto now = std::chrono::steady_clock::now();
   // idle_ is oldest first: stop at the first one young enough.
   while (!idle_.empty()) {
     UpstreamConnection* oldest = idle_.front();
     bool too_old = max_age.count() == 0 || now - oldest->since_ >= max_age;
     // Idle for a whole tick beyond the limit: the burst is over.
-    bool surplus = idle_.size() > keep && now - oldest->since_ >= std::chrono::seconds(1);
+    bool surplus =
+        idle_.size() > keep && now - oldest->since_ >= std::chrono::seconds(1);
     if (!too_old && !surplus) break;
     Close(oldest);
   }

@@ -5,8 +5,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <memory>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "conf/config.h"
@@ -29,7 +29,8 @@ class UpstreamUser {
   virtual void OnUpstreamDrained(UpstreamConnection& connection) = 0;
   // EOF, error or refused connect (BEV_EVENT_* flags in `events`). The
   // connection is still valid; the user closes or releases it.
-  virtual void OnUpstreamClosed(UpstreamConnection& connection, short events) = 0;
+  virtual void OnUpstreamClosed(UpstreamConnection& connection,
+                                short events) = 0;
 };
 
 class UpstreamConnection {
@@ -73,7 +74,8 @@ class UpstreamConnection {
 
 class BackendPool : public health::TlsSessionSink {
  public:
-  BackendPool(event_base* base, const conf::SocketAddress& address, BackendStats* stats);
+  BackendPool(event_base* base, const conf::SocketAddress& address,
+              BackendStats* stats);
   ~BackendPool() override;
   BackendPool(const BackendPool&) = delete;
   BackendPool& operator=(const BackendPool&) = delete;
@@ -81,7 +83,9 @@ class BackendPool : public health::TlsSessionSink {
   const conf::SocketAddress& address() const { return address_; }
   // TLS to this backend (null: plain TCP); new connections use it and resume
   // the last session the backend issued.
-  void set_tls(std::shared_ptr<health::TlsClientContext> tls) { tls_ = std::move(tls); }
+  void set_tls(std::shared_ptr<health::TlsClientContext> tls) {
+    tls_ = std::move(tls);
+  }
   bool tls() const { return tls_ != nullptr; }
   void StoreSession(SSL_SESSION* session) override;
 
@@ -111,7 +115,9 @@ class BackendPool : public health::TlsSessionSink {
     shared_connections_ = std::move(counter);
   }
   uint32_t shared_connections() const {
-    return shared_connections_ ? shared_connections_->load(std::memory_order_relaxed) : 0;
+    return shared_connections_
+               ? shared_connections_->load(std::memory_order_relaxed)
+               : 0;
   }
   size_t connection_count() const { return count_; }
 

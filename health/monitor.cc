@@ -211,8 +211,8 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config) {
         backend->activation = algorithms::Activation::kInactive;
       backend->timer = event_new(base_, -1, 0, CheckCb, backend.get());
       if (checks) {
-        backend->prober = std::make_unique<Prober>(base_, cluster_config.health,
-                                                   backend_config.address, cluster->tls);
+        backend->prober = std::make_unique<Prober>(
+            base_, cluster_config.health, backend_config.address, cluster->tls);
       }
       if (!backend->command)
         backend->command = std::make_unique<CommandRunner>(base_);
@@ -387,8 +387,10 @@ void HealthMonitor::OnReport(const OutcomeBatch& batch) {
     // rather than at the next interval (HAProxy's observe layer4 with
     // fastinter): detection then takes about fall × fast_interval.
     if (report.failures > 0 && report.kind != TrafficFailure::kStatus5xx &&
-        backend->health->serving() && backend->prober && !backend->prober->running() &&
-        now - backend->last_traffic_check >= cluster->config->health.fast_interval) {
+        backend->health->serving() && backend->prober &&
+        !backend->prober->running() &&
+        now - backend->last_traffic_check >=
+            cluster->config->health.fast_interval) {
       backend->last_traffic_check = now;
       if (backend->timer != nullptr) evtimer_del(backend->timer);
       backend->check_scheduled = false;
@@ -490,10 +492,11 @@ void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
     backend.activation = algorithms::Activation::kInactive;
     StopChecks(backend);
     backend.timer = event_new(base_, -1, 0, CheckCb, &backend);
-    backend.prober = std::make_unique<Prober>(base_, cluster.config->health,
-                                              backend.config->address, cluster.tls);
+    backend.prober = std::make_unique<Prober>(
+        base_, cluster.config->health, backend.config->address, cluster.tls);
     uint64_t before = backend.health->transition_count();
-    backend.health->MarkStopped(Clock::now(), WallMs(), "cold backup deactivated");
+    backend.health->MarkStopped(Clock::now(), WallMs(),
+                                "cold backup deactivated");
     LogTransitions(cluster, backend, before);
     AddEvent(cluster, "deactivating cold backup " + backend.address +
                           (command.empty() ? std::string() : ": " + command));

@@ -76,7 +76,7 @@ class HealthMonitor {
     TimePoint activation_failed_at{};
     TimePoint refused_until{};
     TimePoint last_traffic_check{};  // a check run because traffic failed
-    bool active = false;  // as the policy last said
+    bool active = false;             // as the policy last said
     uint64_t checks_passed = 0;
     uint64_t checks_failed = 0;
     double check_seconds = 0;

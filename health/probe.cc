@@ -2,10 +2,9 @@
 // llhttp and judged as soon as enough of it has arrived.
 #include "health/probe.h"
 
-#include <event2/bufferevent_ssl.h>
-
 #include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -211,10 +210,11 @@ int Prober::Connect() {
   if (tls_) {
     // The handshake starts at once; its first write waits for the connect.
     SSL* ssl = tls_->NewSsl(target_, nullptr, nullptr);
-    BufferEventPtr tls_bev(
-        ssl == nullptr ? nullptr
-                       : bufferevent_openssl_socket_new(base_, fd, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                                        BEV_OPT_CLOSE_ON_FREE));
+    BufferEventPtr tls_bev(ssl == nullptr
+                               ? nullptr
+                               : bufferevent_openssl_socket_new(
+                                     base_, fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                     BEV_OPT_CLOSE_ON_FREE));
     if (!tls_bev) {
       if (ssl != nullptr) SSL_free(ssl);
       close(fd);
@@ -278,10 +278,12 @@ void Prober::OnEvent(short events) {
   }
   if (events & BEV_EVENT_ERROR) {
     SSL* ssl = tls_ ? bufferevent_openssl_get_ssl(bev_.get()) : nullptr;
-    unsigned long tls_error = ssl != nullptr ? bufferevent_get_openssl_error(bev_.get()) : 0;
+    unsigned long tls_error =
+        ssl != nullptr ? bufferevent_get_openssl_error(bev_.get()) : 0;
     if (!connected_ && ssl != nullptr &&
         (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
-      Decide(ProbeResult::Failure::kConnect, "TLS: " + TlsFailureText(ssl, tls_error));
+      Decide(ProbeResult::Failure::kConnect,
+             "TLS: " + TlsFailureText(ssl, tls_error));
     } else if (!connected_) {
       Decide(ProbeResult::Failure::kConnect, ConnectFailureText(error));
     } else if (error == ECONNRESET || error == EPIPE) {

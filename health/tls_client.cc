@@ -9,14 +9,16 @@ namespace tandem::health {
 namespace {
 
 int SinkIndex() {
-  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  static const int index =
+      SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
   return index;
 }
 
 bool IsIpLiteral(const std::string& host) {
   unsigned char buffer[sizeof(in6_addr)];
   std::string bare = host;
-  if (!bare.empty() && bare.front() == '[') bare = bare.substr(1, bare.size() - 2);
+  if (!bare.empty() && bare.front() == '[')
+    bare = bare.substr(1, bare.size() - 2);
   return inet_pton(AF_INET, bare.c_str(), buffer) == 1 ||
          inet_pton(AF_INET6, bare.c_str(), buffer) == 1;
 }
@@ -26,14 +28,15 @@ std::string BareHost(const conf::SocketAddress& address) {
   if (host.empty()) {
     host = address.text.substr(0, address.text.rfind(':'));
   }
-  if (!host.empty() && host.front() == '[') host = host.substr(1, host.size() - 2);
+  if (!host.empty() && host.front() == '[')
+    host = host.substr(1, host.size() - 2);
   return host;
 }
 
 }  // namespace
 
-std::shared_ptr<TlsClientContext> TlsClientContext::Create(const conf::UpstreamTls& settings,
-                                                           std::string* error) {
+std::shared_ptr<TlsClientContext> TlsClientContext::Create(
+    const conf::UpstreamTls& settings, std::string* error) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   if (ctx == nullptr) {
     *error = "cannot create a TLS client context";
@@ -42,20 +45,25 @@ std::shared_ptr<TlsClientContext> TlsClientContext::Create(const conf::UpstreamT
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   bool loaded = settings.ca_file.empty()
                     ? SSL_CTX_set_default_verify_paths(ctx) == 1
-                    : SSL_CTX_load_verify_locations(ctx, settings.ca_file.c_str(), nullptr) == 1;
+                    : SSL_CTX_load_verify_locations(
+                          ctx, settings.ca_file.c_str(), nullptr) == 1;
   if (!loaded) {
     *error = "cannot load CA certificates" +
-             (settings.ca_file.empty() ? std::string() : " from " + settings.ca_file);
+             (settings.ca_file.empty() ? std::string()
+                                       : " from " + settings.ca_file);
     ERR_clear_error();
     SSL_CTX_free(ctx);
     return nullptr;
   }
-  SSL_CTX_set_verify(ctx, settings.verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
-  static const unsigned char kAlpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+  SSL_CTX_set_verify(ctx, settings.verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
+                     nullptr);
+  static const unsigned char kAlpn[] = {8,   'h', 't', 't', 'p',
+                                        '/', '1', '.', '1'};
   SSL_CTX_set_alpn_protos(ctx, kAlpn, sizeof(kAlpn));
   // Sessions are resumed per backend: the pools keep them (client side
   // caching is off in OpenSSL unless asked for).
-  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_set_session_cache_mode(
+      ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
   SSL_CTX_sess_set_new_cb(ctx, NewSessionCb);
   return std::shared_ptr<TlsClientContext>(new TlsClientContext(ctx, settings));
 }
@@ -72,21 +80,25 @@ int TlsClientContext::NewSessionCb(SSL* ssl, SSL_SESSION* session) {
   return 1;  // the sink holds the reference
 }
 
-SSL* TlsClientContext::NewSsl(const conf::SocketAddress& backend, SSL_SESSION* session,
+SSL* TlsClientContext::NewSsl(const conf::SocketAddress& backend,
+                              SSL_SESSION* session,
                               TlsSessionSink* sink) const {
   SSL* ssl = SSL_new(ctx_);
   if (ssl == nullptr) return nullptr;
   std::string host = BareHost(backend);
   std::string sni = settings_.sni.empty() ? host : settings_.sni;
   // RFC 6066 §3: an IP literal is never sent as a server name.
-  if (!sni.empty() && !IsIpLiteral(sni)) SSL_set_tlsext_host_name(ssl, sni.c_str());
+  if (!sni.empty() && !IsIpLiteral(sni))
+    SSL_set_tlsext_host_name(ssl, sni.c_str());
   if (settings_.verify) {
-    std::string name = !settings_.verify_name.empty() ? settings_.verify_name : sni;
+    std::string name =
+        !settings_.verify_name.empty() ? settings_.verify_name : sni;
     X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
     if (IsIpLiteral(name)) {
       X509_VERIFY_PARAM_set1_ip_asc(param, name.c_str());
     } else {
-      X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+      X509_VERIFY_PARAM_set_hostflags(param,
+                                      X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
       X509_VERIFY_PARAM_set1_host(param, name.c_str(), 0);
     }
   }

@@ -25,8 +25,8 @@ class TlsClientContext {
  public:
   // nullptr, with `error` set, when the context cannot be built (an
   // unreadable ca_file, say). Any thread.
-  static std::shared_ptr<TlsClientContext> Create(const conf::UpstreamTls& settings,
-                                                  std::string* error);
+  static std::shared_ptr<TlsClientContext> Create(
+      const conf::UpstreamTls& settings, std::string* error);
   ~TlsClientContext();
   TlsClientContext(const TlsClientContext&) = delete;
   TlsClientContext& operator=(const TlsClientContext&) = delete;

@@ -1,7 +1,6 @@
 // Tests of TOML loading: defaults, every error class with its exact position,
 // warnings, suggestions, and the full example of DESIGN.md.
 #include "conf/load.h"
-#include "tests/unit/conf/test_pem.h"
 
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -12,6 +11,8 @@
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include "tests/unit/conf/test_pem.h"
 
 namespace tandem::conf {
 namespace {
@@ -343,7 +344,8 @@ adress = "127.0.0.1:9001"
            "did you "
            "mean 'idle_timeout'?",
            "t.toml:9:1: clusters.compute.max_ejection_percnt: unknown key "
-           "'max_ejection_percnt'; did you mean 'max_ejection_percent' (a key of "
+           "'max_ejection_percnt'; did you mean 'max_ejection_percent' (a key "
+           "of "
            "[clusters.NAME.outlier])?",
            "t.toml:10:1: clusters.compute.backends[0].address: every backend "
            "needs an "
@@ -1233,7 +1235,8 @@ address = "127.0.0.1:9001"
   CHECK(config->listeners[0].certificates[0].key_file == key);
 }
 
-TEST_CASE("a certificate that is not PEM or does not match its key is an error") {
+TEST_CASE(
+    "a certificate that is not PEM or does not match its key is an error") {
   TempDir dir;
   const TestPem one = SelfSignedPem("one.example");
   const TestPem two = SelfSignedPem("two.example");
@@ -1261,7 +1264,8 @@ address = "127.0.0.1:9001"
   CHECK(result.errors[0].line == 4);
   CHECK(result.errors[0].message.find("does not match") != std::string::npos);
   CHECK(result.errors[1].line == 9);
-  CHECK(result.errors[1].message.find("cannot read the certificate") != std::string::npos);
+  CHECK(result.errors[1].message.find("cannot read the certificate") !=
+        std::string::npos);
   CHECK(result.errors[2].key == "listeners.b.tls_min_version");
 }
 

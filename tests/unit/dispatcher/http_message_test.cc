@@ -12,7 +12,8 @@ namespace {
 class NullHandler : public HttpParser::Handler {
  public:
   HttpParser::HeadAction OnHeadComplete(HttpParser&) override {
-    return head ? HttpParser::HeadAction::kSkipBody : HttpParser::HeadAction::kPause;
+    return head ? HttpParser::HeadAction::kSkipBody
+                : HttpParser::HeadAction::kPause;
   }
   void OnBody(HttpParser&, const char*, size_t) override {}
   void OnMessageComplete(HttpParser&) override {}
@@ -24,7 +25,8 @@ std::string Forward(const std::string& request, bool tls = false) {
   NullHandler handler;
   HttpParser parser(HttpParser::Type::kRequest, &handler);
   size_t used = 0;
-  HttpParser::Result result = parser.Execute(request.data(), request.size(), &used);
+  HttpParser::Result result =
+      parser.Execute(request.data(), request.size(), &used);
   REQUIRE((result == HttpParser::Result::kComplete ||
            result == HttpParser::Result::kPausedHead ||
            result == HttpParser::Result::kUpgrade));
@@ -42,7 +44,8 @@ struct ParsedResponse {
   HttpParser parser{HttpParser::Type::kResponse, &handler};
 };
 
-void ParseResponse(const std::string& response, ParsedResponse* parsed, bool head = false) {
+void ParseResponse(const std::string& response, ParsedResponse* parsed,
+                   bool head = false) {
   parsed->handler.head = head;
   size_t used = 0;
   parsed->parser.Execute(response.data(), response.size(), &used);
@@ -51,7 +54,8 @@ void ParseResponse(const std::string& response, ParsedResponse* parsed, bool hea
 }  // namespace
 
 TEST_CASE("a forwarded request is HTTP/1.1 with forwarding fields") {
-  std::string out = Forward("GET /p?q HTTP/1.0\r\nHost: svc\r\nAccept: */*\r\n\r\n");
+  std::string out =
+      Forward("GET /p?q HTTP/1.0\r\nHost: svc\r\nAccept: */*\r\n\r\n");
   CHECK(out ==
         "GET /p?q HTTP/1.1\r\n"
         "Host: svc\r\n"
@@ -62,7 +66,8 @@ TEST_CASE("a forwarded request is HTTP/1.1 with forwarding fields") {
         "\r\n");
 }
 
-TEST_CASE("an HTTP/1.0 request without Host gets the backend's address as Host") {
+TEST_CASE(
+    "an HTTP/1.0 request without Host gets the backend's address as Host") {
   NullHandler handler;
   HttpParser parser(HttpParser::Type::kRequest, &handler);
   std::string request = "GET / HTTP/1.0\r\n\r\n";
@@ -78,8 +83,10 @@ TEST_CASE("an HTTP/1.0 request without Host gets the backend's address as Host")
 
 TEST_CASE("hop-by-hop fields and those named in Connection are removed") {
   std::string out = Forward(
-      "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\n"
-      "Proxy-Connection: keep-alive\r\nTE: gzip\r\nX-Secret: 1\r\nUpgrade: foo\r\n"
+      "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, "
+      "X-Secret\r\nKeep-Alive: 5\r\n"
+      "Proxy-Connection: keep-alive\r\nTE: gzip\r\nX-Secret: 1\r\nUpgrade: "
+      "foo\r\n"
       "X-Kept: yes\r\n\r\n");
   CHECK(out.find("Connection") == std::string::npos);
   CHECK(out.find("Keep-Alive") == std::string::npos);
@@ -90,20 +97,26 @@ TEST_CASE("hop-by-hop fields and those named in Connection are removed") {
 }
 
 TEST_CASE("TE: trailers is the one TE value forwarded") {
-  std::string out = Forward("GET / HTTP/1.1\r\nHost: h\r\nTE: trailers, deflate\r\n\r\n");
+  std::string out =
+      Forward("GET / HTTP/1.1\r\nHost: h\r\nTE: trailers, deflate\r\n\r\n");
   CHECK(out.find("TE: trailers\r\n") != std::string::npos);
   CHECK(out.find("deflate") == std::string::npos);
 }
 
-TEST_CASE("X-Forwarded-For is appended to, X-Forwarded-Proto replaced, Forwarded extended") {
+TEST_CASE(
+    "X-Forwarded-For is appended to, X-Forwarded-Proto replaced, Forwarded "
+    "extended") {
   std::string out = Forward(
-      "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n"
+      "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: "
+      "10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n"
       "X-Forwarded-Proto: https\r\nForwarded: for=10.0.0.1\r\n\r\n",
       false);
-  CHECK(out.find("X-Forwarded-For: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\n") != std::string::npos);
+  CHECK(out.find("X-Forwarded-For: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\n") !=
+        std::string::npos);
   CHECK(out.find("X-Forwarded-Proto: http\r\n") != std::string::npos);
   CHECK(out.find("https") == std::string::npos);
-  CHECK(out.find("Forwarded: for=10.0.0.1, for=192.0.2.7;proto=http\r\n") != std::string::npos);
+  CHECK(out.find("Forwarded: for=10.0.0.1, for=192.0.2.7;proto=http\r\n") !=
+        std::string::npos);
   std::string tls = Forward("GET / HTTP/1.1\r\nHost: h\r\n\r\n", true);
   CHECK(tls.find("X-Forwarded-Proto: https\r\n") != std::string::npos);
 }
@@ -118,39 +131,52 @@ TEST_CASE("an IPv6 client is quoted in Forwarded") {
   forwarding.client_ip = "2001:db8::1";
   std::string out;
   AppendRequestHead(parser, forwarding, &out);
-  CHECK(out.find("Forwarded: for=\"[2001:db8::1]\";proto=http\r\n") != std::string::npos);
+  CHECK(out.find("Forwarded: for=\"[2001:db8::1]\";proto=http\r\n") !=
+        std::string::npos);
 }
 
-TEST_CASE("an absolute-form target is sent in origin-form with Host from its authority") {
-  std::string out = Forward("GET http://api.example:8080/v1?x=1 HTTP/1.1\r\nHost: other\r\n\r\n");
-  CHECK(out.rfind("GET /v1?x=1 HTTP/1.1\r\nHost: api.example:8080\r\n", 0) == 0);
+TEST_CASE(
+    "an absolute-form target is sent in origin-form with Host from its "
+    "authority") {
+  std::string out = Forward(
+      "GET http://api.example:8080/v1?x=1 HTTP/1.1\r\nHost: other\r\n\r\n");
+  CHECK(out.rfind("GET /v1?x=1 HTTP/1.1\r\nHost: api.example:8080\r\n", 0) ==
+        0);
   CHECK(out.find("other") == std::string::npos);
-  std::string bare = Forward("GET http://api.example HTTP/1.1\r\nHost: api.example\r\n\r\n");
+  std::string bare =
+      Forward("GET http://api.example HTTP/1.1\r\nHost: api.example\r\n\r\n");
   CHECK(bare.rfind("GET / HTTP/1.1\r\n", 0) == 0);
 }
 
 TEST_CASE("request framing is rewritten by tandem") {
   std::string length = Forward(
-      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello");
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: "
+      "5\r\n\r\nhello");
   CHECK(length.find("Content-Length: 5\r\n") != std::string::npos);
-  CHECK(length.find("Content-Length: 5\r\nContent-Length") == std::string::npos);
-  std::string chunked =
-      Forward("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-  CHECK(chunked.find("Transfer-Encoding: gzip, chunked\r\n") != std::string::npos);
+  CHECK(length.find("Content-Length: 5\r\nContent-Length") ==
+        std::string::npos);
+  std::string chunked = Forward(
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+  CHECK(chunked.find("Transfer-Encoding: gzip, chunked\r\n") !=
+        std::string::npos);
 }
 
 TEST_CASE("Expect is answered by tandem, never forwarded") {
-  std::string out =
-      Forward("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+  std::string out = Forward(
+      "PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: "
+      "1\r\n\r\n");
   CHECK(out.find("Expect") == std::string::npos);
 }
 
 TEST_CASE("an upgrade is forwarded, h2c never") {
   std::string ws = Forward(
-      "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
-  CHECK(ws.find("Connection: upgrade\r\nUpgrade: websocket\r\n") != std::string::npos);
+      "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: "
+      "websocket\r\n\r\n");
+  CHECK(ws.find("Connection: upgrade\r\nUpgrade: websocket\r\n") !=
+        std::string::npos);
   std::string h2c = Forward(
-      "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+      "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, "
+      "HTTP2-Settings\r\nUpgrade: h2c\r\n"
       "HTTP2-Settings: AAA\r\n\r\n");
   CHECK(h2c.find("Upgrade") == std::string::npos);
   CHECK(h2c.find("HTTP2-Settings") == std::string::npos);
@@ -158,10 +184,11 @@ TEST_CASE("an upgrade is forwarded, h2c never") {
 
 TEST_CASE("idempotent methods are the RFC 9110 ones") {
   NullHandler handler;
-  for (auto [request, idempotent] : {std::pair{"GET / HTTP/1.1\r\nHost: h\r\n\r\n", true},
-                                     std::pair{"DELETE / HTTP/1.1\r\nHost: h\r\n\r\n", true},
-                                     std::pair{"POST / HTTP/1.1\r\nHost: h\r\n\r\n", false},
-                                     std::pair{"PATCH / HTTP/1.1\r\nHost: h\r\n\r\n", false}}) {
+  for (auto [request, idempotent] :
+       {std::pair{"GET / HTTP/1.1\r\nHost: h\r\n\r\n", true},
+        std::pair{"DELETE / HTTP/1.1\r\nHost: h\r\n\r\n", true},
+        std::pair{"POST / HTTP/1.1\r\nHost: h\r\n\r\n", false},
+        std::pair{"PATCH / HTTP/1.1\r\nHost: h\r\n\r\n", false}}) {
     HttpParser parser(HttpParser::Type::kRequest, &handler);
     std::string input = request;
     size_t used = 0;
@@ -170,15 +197,20 @@ TEST_CASE("idempotent methods are the RFC 9110 ones") {
   }
 }
 
-TEST_CASE("a chunked response goes chunked to HTTP/1.1 and close-delimited to HTTP/1.0") {
+TEST_CASE(
+    "a chunked response goes chunked to HTTP/1.1 and close-delimited to "
+    "HTTP/1.0") {
   ParsedResponse parsed;
-  ParseResponse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n", &parsed);
+  ParseResponse(
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
+      &parsed);
   ResponsePlan plan11 = PlanResponse(parsed.parser, false, 1, true);
   CHECK(plan11.framing == Framing::kChunked);
   CHECK_FALSE(plan11.close);
   std::string head;
   AppendResponseHead(parsed.parser, plan11, 1, false, &head);
-  CHECK(head == "HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+  CHECK(head ==
+        "HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
 
   ResponsePlan plan10 = PlanResponse(parsed.parser, false, 0, true);
   CHECK(plan10.framing == Framing::kUntilClose);
@@ -190,27 +222,34 @@ TEST_CASE("a chunked response goes chunked to HTTP/1.1 and close-delimited to HT
 
 TEST_CASE("a kept HTTP/1.0 client is told keep-alive") {
   ParsedResponse parsed;
-  ParseResponse("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n", &parsed);
+  ParseResponse(
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+      &parsed);
   ResponsePlan plan = PlanResponse(parsed.parser, false, 0, true);
   std::string head;
   AppendResponseHead(parsed.parser, plan, 0, false, &head);
-  CHECK(head == "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n");
+  CHECK(
+      head ==
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n");
 }
 
 TEST_CASE("hop-by-hop response fields are removed") {
   ParsedResponse parsed;
   ParseResponse(
-      "HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+      "HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: "
+      "timeout=5\r\n"
       "Content-Length: 0\r\nServer: w\r\n\r\n",
       &parsed);
   std::string head;
-  AppendResponseHead(parsed.parser, PlanResponse(parsed.parser, false, 1, true), 1, false, &head);
+  AppendResponseHead(parsed.parser, PlanResponse(parsed.parser, false, 1, true),
+                     1, false, &head);
   CHECK(head == "HTTP/1.1 200 OK\r\nServer: w\r\nContent-Length: 0\r\n\r\n");
 }
 
 TEST_CASE("HEAD and 304 responses keep their Content-Length and send no body") {
   ParsedResponse parsed;
-  ParseResponse("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", &parsed, true);
+  ParseResponse("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", &parsed,
+                true);
   ResponsePlan plan = PlanResponse(parsed.parser, true, 1, true);
   CHECK(plan.framing == Framing::kNone);
   std::string head;
@@ -218,9 +257,11 @@ TEST_CASE("HEAD and 304 responses keep their Content-Length and send no body") {
   CHECK(head == "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
 
   ParsedResponse not_modified;
-  ParseResponse("HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", &not_modified);
+  ParseResponse("HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+                &not_modified);
   head.clear();
-  AppendResponseHead(not_modified.parser, PlanResponse(not_modified.parser, false, 1, true), 1,
+  AppendResponseHead(not_modified.parser,
+                     PlanResponse(not_modified.parser, false, 1, true), 1,
                      false, &head);
   CHECK(head == "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n");
 }
@@ -228,7 +269,8 @@ TEST_CASE("HEAD and 304 responses keep their Content-Length and send no body") {
 TEST_CASE("a 101 keeps Upgrade and says Connection: upgrade") {
   ParsedResponse parsed;
   ParseResponse(
-      "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+      "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "
+      "websocket\r\n"
       "Sec-WebSocket-Accept: abc\r\n\r\n",
       &parsed);
   std::string head;

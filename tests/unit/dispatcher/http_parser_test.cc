@@ -15,7 +15,8 @@ class Recorder : public HttpParser::Handler {
  public:
   HttpParser::HeadAction OnHeadComplete(HttpParser& parser) override {
     ++heads;
-    if (parser.status_code() != 0 && skip_body) return HttpParser::HeadAction::kSkipBody;
+    if (parser.status_code() != 0 && skip_body)
+      return HttpParser::HeadAction::kSkipBody;
     return pause_at_head && parser.framing() != Framing::kNone
                ? HttpParser::HeadAction::kPause
                : HttpParser::HeadAction::kContinue;
@@ -45,7 +46,8 @@ Outcome Feed(HttpParser& parser, const std::string& input, size_t step = 0) {
   Outcome outcome{HttpParser::Result::kNeedMore, 0, {}, 0};
   size_t pos = 0;
   while (pos < input.size()) {
-    size_t n = step == 0 ? input.size() - pos : std::min(step, input.size() - pos);
+    size_t n =
+        step == 0 ? input.size() - pos : std::min(step, input.size() - pos);
     size_t used = 0;
     outcome.result = parser.Execute(input.data() + pos, n, &used);
     pos += used;
@@ -79,9 +81,11 @@ int RequestStatus(const std::string& input, size_t step = 0) {
 TEST_CASE("a simple GET is one message with its head fields") {
   Recorder recorder;
   HttpParser parser(HttpParser::Type::kRequest, &recorder);
-  std::string input = "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Thing:  v  \r\n\r\n";
+  std::string input =
+      "GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Thing:  v  \r\n\r\n";
   size_t used = 0;
-  CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kComplete);
+  CHECK(parser.Execute(input.data(), input.size(), &used) ==
+        HttpParser::Result::kComplete);
   CHECK(used == input.size());
   CHECK(parser.method_name() == "GET");
   CHECK(parser.target() == "/a?b=1");
@@ -94,8 +98,10 @@ TEST_CASE("a simple GET is one message with its head fields") {
 
 TEST_CASE("every byte boundary gives the same head and body") {
   const std::string input =
-      "POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nX-Long: "
-      "abcdefghij\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nChecksum: 42\r\n\r\n";
+      "POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+      "chunked\r\nX-Long: "
+      "abcdefghij\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nChecksum: "
+      "42\r\n\r\n";
   for (size_t step : {size_t{1}, size_t{2}, size_t{3}, size_t{7}, size_t{0}}) {
     CAPTURE(step);
     Recorder recorder;
@@ -113,9 +119,11 @@ TEST_CASE("a request with a body pauses after the head") {
   Recorder recorder;
   recorder.pause_at_head = true;
   HttpParser parser(HttpParser::Type::kRequest, &recorder);
-  std::string input = "PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+  std::string input =
+      "PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
   size_t used = 0;
-  CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kPausedHead);
+  CHECK(parser.Execute(input.data(), input.size(), &used) ==
+        HttpParser::Result::kPausedHead);
   CHECK(input.substr(used) == "abc");  // the body is left for later
   CHECK(parser.framing() == Framing::kContentLength);
   CHECK(parser.content_length() == 3);
@@ -129,9 +137,11 @@ TEST_CASE("a request with a body pauses after the head") {
 TEST_CASE("pipelined requests stop one message at a time") {
   Recorder recorder;
   HttpParser parser(HttpParser::Type::kRequest, &recorder);
-  std::string input = "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
+  std::string input =
+      "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
   size_t used = 0;
-  CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kComplete);
+  CHECK(parser.Execute(input.data(), input.size(), &used) ==
+        HttpParser::Result::kComplete);
   CHECK(parser.target() == "/1");
   CHECK(input.substr(used).rfind("GET /2", 0) == 0);
   parser.Resume();
@@ -155,30 +165,38 @@ TEST_CASE("HTTP/1.0 keeps the connection only when asked") {
   CHECK_FALSE(keep_alive("GET / HTTP/1.0\r\n\r\n"));
   CHECK(keep_alive("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
   CHECK(keep_alive("GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
-  CHECK_FALSE(keep_alive("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"));
+  CHECK_FALSE(
+      keep_alive("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"));
 }
 
 TEST_CASE("ambiguous framing is refused with 400") {
   const char* cases[] = {
       // Content-Length with Transfer-Encoding, either order.
-      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+      "chunked\r\nContent-Length: 3\r\n\r\n",
       // Differing duplicate Content-Length.
-      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: "
+      "4\r\n\r\nabcd",
       // A list in Content-Length.
       "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\nabc",
       // Last coding not chunked.
       "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
       "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\nabc",
       // Invalid chunk sizes.
-      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
-      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+      "chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n",
       "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
       "FFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n",
       // Chunk data not followed by CRLF.
-      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
       // Transfer-Encoding from an HTTP/1.0 client.
-      "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+      "POST / HTTP/1.0\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
   };
   for (std::string input : cases) {
     CAPTURE(input);
@@ -191,7 +209,8 @@ TEST_CASE("identical duplicate Content-Length fields collapse to one") {
   Recorder recorder;
   HttpParser parser(HttpParser::Type::kRequest, &recorder);
   std::string input =
-      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: "
+      "3\r\n\r\nabc";
   Outcome outcome = Feed(parser, input, 1);
   CHECK(outcome.result == HttpParser::Result::kComplete);
   CHECK(parser.framing() == Framing::kContentLength);
@@ -201,24 +220,26 @@ TEST_CASE("identical duplicate Content-Length fields collapse to one") {
 
 TEST_CASE("field syntax errors are refused with 400") {
   const char* cases[] = {
-      "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",      // obs-fold
-      "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n\tb\r\n\r\n",     // obs-fold with a tab
-      "GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",         // bare CR in a value
-      "GET / HTTP/1.1\r\nHost: h\r\n\rX\r\n\r\n",             // bare CR at a line start
-      "GET / HTTP/1.1\r\nHost: h\r\nX : a\r\n\r\n",           // space before the colon
-      "GET / HTTP/1.1\r\nHost: h\r\nX: a\x01z\r\n\r\n",       // control character
-      "GET / HTTP/1.1\r\nHost: h\r\nX: a\x7fz\r\n\r\n",       // DEL
-      "GET / HTTP/1.1\r\nHo st: h\r\n\r\n",                   // space in a name
-      "GET / HTTP/1.1 \r\nHost: h\r\n\r\n",                   // space after the version
-      "GET / FOO/1.1\r\nHost: h\r\n\r\n",                     // not HTTP
-      "GET / HTTP/1.1\r\n\r\n",                               // no Host in 1.1
-      "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",         // repeated Host
-      "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",                  // invalid Host
-      "GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",               // userinfo in Host
-      "GET http://user@a/ HTTP/1.1\r\nHost: a\r\n\r\n",       // userinfo in the target
-      "GET nothing HTTP/1.1\r\nHost: a\r\n\r\n",              // not a target form
-      "GET * HTTP/1.1\r\nHost: a\r\n\r\n",                    // * only for OPTIONS
-      "GET / HTTP/1.1\r\nHost: a\r\n: v\r\n\r\n",               // empty field name
+      "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",   // obs-fold
+      "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n\tb\r\n\r\n",  // obs-fold with a
+                                                           // tab
+      "GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",      // bare CR in a value
+      "GET / HTTP/1.1\r\nHost: h\r\n\rX\r\n\r\n",    // bare CR at a line start
+      "GET / HTTP/1.1\r\nHost: h\r\nX : a\r\n\r\n",  // space before the colon
+      "GET / HTTP/1.1\r\nHost: h\r\nX: a\x01z\r\n\r\n",  // control character
+      "GET / HTTP/1.1\r\nHost: h\r\nX: a\x7fz\r\n\r\n",  // DEL
+      "GET / HTTP/1.1\r\nHo st: h\r\n\r\n",              // space in a name
+      "GET / HTTP/1.1 \r\nHost: h\r\n\r\n",  // space after the version
+      "GET / FOO/1.1\r\nHost: h\r\n\r\n",    // not HTTP
+      "GET / HTTP/1.1\r\n\r\n",              // no Host in 1.1
+      "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",    // repeated Host
+      "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",             // invalid Host
+      "GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",          // userinfo in Host
+      "GET http://user@a/ HTTP/1.1\r\nHost: a\r\n\r\n",  // userinfo in the
+                                                         // target
+      "GET nothing HTTP/1.1\r\nHost: a\r\n\r\n",         // not a target form
+      "GET * HTTP/1.1\r\nHost: a\r\n\r\n",               // * only for OPTIONS
+      "GET / HTTP/1.1\r\nHost: a\r\n: v\r\n\r\n",        // empty field name
   };
   for (std::string input : cases) {
     CAPTURE(input);
@@ -234,7 +255,8 @@ TEST_CASE("field syntax errors are refused with 400") {
 }
 
 TEST_CASE("a value split across reads is not mistaken for obs-fold") {
-  std::string input = "GET / HTTP/1.1\r\nHost: h\r\nX-Long: aaaa bbbb cccc\r\n\r\n";
+  std::string input =
+      "GET / HTTP/1.1\r\nHost: h\r\nX-Long: aaaa bbbb cccc\r\n\r\n";
   for (size_t step = 1; step < input.size(); ++step) {
     CAPTURE(step);
     CHECK(RequestStatus(input, step) == 0);
@@ -242,26 +264,35 @@ TEST_CASE("a value split across reads is not mistaken for obs-fold") {
 }
 
 TEST_CASE("limits answer 413, 414 and 431") {
-  std::string long_target = "GET /" + std::string(2000, 'a') + " HTTP/1.1\r\nHost: h\r\n\r\n";
+  std::string long_target =
+      "GET /" + std::string(2000, 'a') + " HTTP/1.1\r\nHost: h\r\n\r\n";
   CHECK(RequestStatus(long_target) == 414);
   CHECK(RequestStatus(long_target, 100) == 414);
   std::string big_head = "GET / HTTP/1.1\r\nHost: h\r\n";
-  for (int i = 0; i < 50; ++i) big_head += "X-Field-" + std::to_string(i) + ": 0123456789012345678901234567890\r\n";
+  for (int i = 0; i < 50; ++i)
+    big_head += "X-Field-" + std::to_string(i) +
+                ": 0123456789012345678901234567890\r\n";
   big_head += "\r\n";
   CHECK(RequestStatus(big_head) == 431);
   CHECK(RequestStatus(big_head, 13) == 431);
   // Whitespace llhttp skips without a callback still counts.
-  std::string padded = "GET / HTTP/1.1\r\nHost: h\r\nX:" + std::string(3000, ' ') + "a\r\n\r\n";
+  std::string padded =
+      "GET / HTTP/1.1\r\nHost: h\r\nX:" + std::string(3000, ' ') + "a\r\n\r\n";
   CHECK(RequestStatus(padded) == 431);
-  CHECK(RequestStatus("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 101\r\n\r\n") == 413);
-  std::string chunked = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
-  chunked += "40\r\n" + std::string(64, 'x') + "\r\n40\r\n" + std::string(64, 'x') + "\r\n0\r\n\r\n";
+  CHECK(RequestStatus(
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 101\r\n\r\n") ==
+        413);
+  std::string chunked =
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+  chunked += "40\r\n" + std::string(64, 'x') + "\r\n40\r\n" +
+             std::string(64, 'x') + "\r\n0\r\n\r\n";
   CHECK(RequestStatus(chunked) == 413);
 }
 
-TEST_CASE("unknown transfer codings answer 501 and versions other than 1.x 505") {
-  CHECK(RequestStatus("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: foo, chunked\r\n\r\n") ==
-        501);
+TEST_CASE(
+    "unknown transfer codings answer 501 and versions other than 1.x 505") {
+  CHECK(RequestStatus("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: foo, "
+                      "chunked\r\n\r\n") == 501);
   CHECK(RequestStatus("GET / HTTP/2.0\r\nHost: h\r\n\r\n") == 505);
   CHECK(RequestStatus("CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n") == 501);
 }
@@ -269,9 +300,9 @@ TEST_CASE("unknown transfer codings answer 501 and versions other than 1.x 505")
 TEST_CASE("known codings before chunked are kept to forward") {
   Recorder recorder;
   HttpParser parser(HttpParser::Type::kRequest, &recorder);
-  Outcome outcome = Feed(
-      parser,
-      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+  Outcome outcome = Feed(parser,
+                         "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+                         "gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
   CHECK(outcome.result == HttpParser::Result::kComplete);
   CHECK(parser.framing() == Framing::kChunked);
   CHECK(parser.transfer_codings() == "gzip");
@@ -281,9 +312,11 @@ TEST_CASE("an upgrade request stops where the new protocol begins") {
   Recorder recorder;
   HttpParser parser(HttpParser::Type::kRequest, &recorder);
   std::string input =
-      "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nRAW";
+      "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: "
+      "websocket\r\n\r\nRAW";
   size_t used = 0;
-  CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kUpgrade);
+  CHECK(parser.Execute(input.data(), input.size(), &used) ==
+        HttpParser::Result::kUpgrade);
   CHECK(parser.upgrade());
   CHECK(input.substr(used) == "RAW");
 }
@@ -293,9 +326,12 @@ TEST_CASE("responses without a body: 204, 304, 1xx and replies to HEAD") {
     Recorder recorder;
     HttpParser parser(HttpParser::Type::kResponse, &recorder);
     // A 204 that claims a length has no body anyway; the next response follows.
-    std::string input = "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\n";
+    std::string input =
+        "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 "
+        "OK\r\n";
     size_t used = 0;
-    CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kComplete);
+    CHECK(parser.Execute(input.data(), input.size(), &used) ==
+          HttpParser::Result::kComplete);
     CHECK(input.substr(used) == "HTTP/1.1 200 OK\r\n");
     CHECK(recorder.body.empty());
   }
@@ -305,16 +341,19 @@ TEST_CASE("responses without a body: 204, 304, 1xx and replies to HEAD") {
     HttpParser parser(HttpParser::Type::kResponse, &recorder);
     std::string input = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
     size_t used = 0;
-    CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kComplete);
+    CHECK(parser.Execute(input.data(), input.size(), &used) ==
+          HttpParser::Result::kComplete);
     CHECK(parser.content_length() == 5);
   }
   {
     Recorder recorder;
     HttpParser parser(HttpParser::Type::kResponse, &recorder);
     std::string input =
-        "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 "
+        "OK\r\nContent-Length: 2\r\n\r\nok";
     size_t used = 0;
-    CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kComplete);
+    CHECK(parser.Execute(input.data(), input.size(), &used) ==
+          HttpParser::Result::kComplete);
     CHECK(recorder.heads == 2);
     CHECK(parser.status_code() == 200);
     CHECK(recorder.body == "ok");
@@ -326,7 +365,8 @@ TEST_CASE("a close-delimited response ends cleanly at EOF") {
   HttpParser parser(HttpParser::Type::kResponse, &recorder);
   std::string input = "HTTP/1.1 200 OK\r\n\r\npartial";
   size_t used = 0;
-  CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kNeedMore);
+  CHECK(parser.Execute(input.data(), input.size(), &used) ==
+        HttpParser::Result::kNeedMore);
   CHECK(parser.framing() == Framing::kUntilClose);
   CHECK(parser.FinishAtEof());
   CHECK(recorder.messages == 1);
@@ -338,7 +378,8 @@ TEST_CASE("a content-length response cut short does not finish at EOF") {
   HttpParser parser(HttpParser::Type::kResponse, &recorder);
   std::string input = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
   size_t used = 0;
-  CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kNeedMore);
+  CHECK(parser.Execute(input.data(), input.size(), &used) ==
+        HttpParser::Result::kNeedMore);
   CHECK_FALSE(parser.FinishAtEof());
   CHECK(recorder.messages == 0);
 }
@@ -348,7 +389,8 @@ TEST_CASE("an invalid response is a 502") {
   HttpParser parser(HttpParser::Type::kResponse, &recorder);
   std::string input = "HTTP/1.1 abc OK\r\n\r\n";
   size_t used = 0;
-  CHECK(parser.Execute(input.data(), input.size(), &used) == HttpParser::Result::kError);
+  CHECK(parser.Execute(input.data(), input.size(), &used) ==
+        HttpParser::Result::kError);
   CHECK(parser.error_status() == 502);
 }
 

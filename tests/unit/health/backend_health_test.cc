@@ -31,7 +31,9 @@ const TimePoint kStart{};
 
 }  // namespace
 
-TEST_CASE("a checked backend starts unknown and takes traffic after its first passing check") {
+TEST_CASE(
+    "a checked backend starts unknown and takes traffic after its first "
+    "passing check") {
   BackendHealth health(Checked());
   CHECK(health.state() == BackendState::kUnknown);
   health.OnCheckPassed(kStart, 1000, "HTTP 200");
@@ -41,30 +43,35 @@ TEST_CASE("a checked backend starts unknown and takes traffic after its first pa
   CHECK(health.transitions()[0].at_unix_ms == 1000);
 }
 
-TEST_CASE("fall consecutive failures mark a backend down, rise passes bring it back") {
+TEST_CASE(
+    "fall consecutive failures mark a backend down, rise passes bring it "
+    "back") {
   BackendHealth health(Checked(2, 3));
   health.OnCheckPassed(kStart, 0, "HTTP 200");
   health.OnCheckFailed(kStart, 0, "HTTP 503");
   health.OnCheckFailed(kStart, 0, "HTTP 503");
-  CHECK(health.state() == BackendState::kUp);  // hysteresis: 2 < fall
+  CHECK(health.state() == BackendState::kUp);   // hysteresis: 2 < fall
   health.OnCheckPassed(kStart, 0, "HTTP 200");  // resets the failure count
   health.OnCheckFailed(kStart, 0, "HTTP 503");
   health.OnCheckFailed(kStart, 0, "HTTP 503");
   health.OnCheckFailed(kStart, 0, "timed out after 1s");
   CHECK(health.state() == BackendState::kDown);
-  CHECK(health.transitions().back().reason == "3 consecutive HTTP checks failed: timed out after 1s");
+  CHECK(health.transitions().back().reason ==
+        "3 consecutive HTTP checks failed: timed out after 1s");
   health.OnCheckPassed(kStart, 0, "HTTP 200");
   CHECK(health.state() == BackendState::kDown);
   health.OnCheckPassed(kStart, 0, "HTTP 200");
   CHECK(health.state() == BackendState::kUp);
-  CHECK(health.transitions().back().reason == "2 consecutive HTTP checks passed");
+  CHECK(health.transitions().back().reason ==
+        "2 consecutive HTTP checks passed");
 }
 
 TEST_CASE("a first failed check marks an unknown backend down at once") {
   BackendHealth health(Checked());
   health.OnCheckFailed(kStart, 0, "connection refused");
   CHECK(health.state() == BackendState::kDown);
-  CHECK(health.transitions().back().reason == "first HTTP check failed: connection refused");
+  CHECK(health.transitions().back().reason ==
+        "first HTTP check failed: connection refused");
 }
 
 TEST_CASE("without checks a backend stays unknown and serving") {
@@ -73,12 +80,15 @@ TEST_CASE("without checks a backend stays unknown and serving") {
   CHECK(health.serving());
 }
 
-TEST_CASE("consecutive traffic failures eject for ejection_time, growing with each ejection") {
+TEST_CASE(
+    "consecutive traffic failures eject for ejection_time, growing with each "
+    "ejection") {
   BackendHealth health(WithOutlier(Checked(), 5));
   health.OnCheckPassed(kStart, 0, "HTTP 200");
   health.OnTraffic(0, 4, TrafficFailure::kStatus5xx);
   CHECK_FALSE(health.WantsEjection());
-  health.OnTraffic(3, 0, TrafficFailure::kStatus5xx);  // a success resets the count
+  health.OnTraffic(3, 0,
+                   TrafficFailure::kStatus5xx);  // a success resets the count
   health.OnTraffic(0, 4, TrafficFailure::kStatus5xx);
   CHECK_FALSE(health.WantsEjection());
   health.OnTraffic(0, 1, TrafficFailure::kStatus5xx);
@@ -114,7 +124,8 @@ TEST_CASE("ejection time is capped by max_ejection_time") {
   CHECK(*health.NextDeadline() - now == seconds(45));
 }
 
-TEST_CASE("an ejection for connect failures ends early after rise passing checks") {
+TEST_CASE(
+    "an ejection for connect failures ends early after rise passing checks") {
   BackendHealth health(WithOutlier(Checked(2, 3), 2));
   health.OnCheckPassed(kStart, 0, "HTTP 200");
   health.OnTraffic(0, 2, TrafficFailure::kConnect);
@@ -127,12 +138,15 @@ TEST_CASE("an ejection for connect failures ends early after rise passing checks
         "2 HTTP checks passed since the ejection for connect failures");
 }
 
-TEST_CASE("an ejection for 5xx answers lasts its whole time whatever the checks say") {
+TEST_CASE(
+    "an ejection for 5xx answers lasts its whole time whatever the checks "
+    "say") {
   BackendHealth health(WithOutlier(Checked(2, 3), 2));
   health.OnCheckPassed(kStart, 0, "HTTP 200");
   health.OnTraffic(0, 2, TrafficFailure::kStatus5xx);
   health.Eject(kStart, 0);
-  for (int i = 1; i <= 10; ++i) health.OnCheckPassed(kStart + seconds(i), 0, "HTTP 200");
+  for (int i = 1; i <= 10; ++i)
+    health.OnCheckPassed(kStart + seconds(i), 0, "HTTP 200");
   CHECK(health.state() == BackendState::kEjected);
   health.Tick(kStart + seconds(30), 0);
   CHECK(health.state() == BackendState::kUp);
@@ -189,7 +203,8 @@ TEST_CASE("worker feedback drains and scales the weight") {
   health.OnCheckPassed(kStart, 0, "HTTP 200");
   health.SetFeedbackDrain(kStart, 0, true);
   CHECK(health.state() == BackendState::kDraining);
-  CHECK(health.transitions().back().reason == "the worker asked to drain (Tandem-State: drain)");
+  CHECK(health.transitions().back().reason ==
+        "the worker asked to drain (Tandem-State: drain)");
   health.SetFeedbackDrain(kStart, 0, false);
   CHECK(health.state() == BackendState::kUp);
   health.SetFeedbackWeight(50);
