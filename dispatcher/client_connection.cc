@@ -155,137 +155,62 @@ void ClientConnection::Destroy() {
 
 // ---- libevent entry points --------------------------------------------------
 
-void ClientConnection::ReadCb(bufferevent*, void* arg) {
-  auto* self = static_cast<ClientConnection*>(arg);
+// Every entry point runs its handler under the depth guard: Destroy() inside
+// only marks the connection, which is deleted when the outermost entry point
+// returns (so no member function runs on a freed object).
+template <typename Fn>
+void ClientConnection::Enter(ClientConnection* self, Fn&& handler) {
   {
     DepthGuard guard(&self->callback_depth_);
-    if (!self->destroy_pending_) self->OnClientRead();
+    if (!self->destroy_pending_) handler();
   }
   if (self->destroy_pending_ && self->callback_depth_ == 0) delete self;
+}
+
+void ClientConnection::ReadCb(bufferevent*, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  Enter(self, [self] { self->OnClientRead(); });
 }
 
 void ClientConnection::WriteCb(bufferevent*, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
-  {
-    DepthGuard guard(&self->callback_depth_);
-    if (self->destroy_pending_) {
-      // nothing
-    } else if (self->state_ == State::kClosing) {
-      if (evbuffer_get_length(bufferevent_get_output(self->bev_.get())) == 0) {
-        self->FinishClose();
-      }
-    } else if (self->state_ == State::kTunnel) {
-      self->Touch();
-      if (self->upstream_ != nullptr)
-        bufferevent_enable(self->upstream_->bev(), EV_READ);
-    } else if (self->response_blocked_ && self->upstream_ != nullptr) {
-      self->Touch();
-      self->response_blocked_ = false;
-      bufferevent_enable(self->upstream_->bev(), EV_READ);
-      self->ParseResponse();
-    }
-  }
-  if (self->destroy_pending_ && self->callback_depth_ == 0) delete self;
+  Enter(self, [self] { self->OnClientDrained(); });
 }
 
 void ClientConnection::EventCb(bufferevent*, short events, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
-  {
-    DepthGuard guard(&self->callback_depth_);
-    if (self->destroy_pending_) {
-      // nothing
-    } else if (events & BEV_EVENT_CONNECTED) {
-      // The TLS handshake with the client is done.
-      self->tls_established_ = true;
-      self->listener_->stats->tls_handshakes.Add();
-    } else if (self->listener_->tls && !self->tls_established_ &&
-               (events & (BEV_EVENT_ERROR | BEV_EVENT_EOF))) {
-      // A failed handshake (old protocol, plain HTTP, no shared cipher...):
-      // counted, and the connection just closes.
-      unsigned long error = bufferevent_get_openssl_error(self->bev_.get());
-      std::string_view reason = HandshakeFailureReason(error);
-      for (size_t i = 0; i < std::size(kHandshakeFailures); ++i) {
-        if (reason == kHandshakeFailures[i])
-          self->listener_->stats->tls_handshake_failures[i].Add();
-      }
-      while (bufferevent_get_openssl_error(self->bev_.get()) != 0) {
-      }
-      self->Destroy();
-    } else if (events & BEV_EVENT_ERROR) {
-      self->AbortExchange(kFlagClientReset);
-    } else if (events & BEV_EVENT_EOF) {
-      switch (self->state_) {
-        case State::kIdle:
-          if (self->request_.message_started())
-            self->flags_ |= kFlagClientReset;
-          self->Destroy();
-          break;
-        case State::kQueued:
-        case State::kRetryWait:
-        case State::kConnecting:
-        case State::kProxying:
-          if (self->request_complete_) {
-            // A half-closed client still gets its response.
-            self->client_eof_ = true;
-          } else {
-            self->AbortExchange(kFlagClientReset);
-          }
-          break;
-        case State::kTunnel:
-        case State::kClosing:
-          self->Destroy();
-          break;
-      }
-    }
-  }
-  if (self->destroy_pending_ && self->callback_depth_ == 0) delete self;
+  Enter(self, [self, events] { self->OnClientEvent(events); });
 }
 
 void ClientConnection::TimerCb(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
-  {
-    DepthGuard guard(&self->callback_depth_);
-    if (!self->destroy_pending_) self->OnTimer();
-  }
-  if (self->destroy_pending_ && self->callback_depth_ == 0) delete self;
+  Enter(self, [self] { self->OnTimer(); });
 }
 
-// The upstream callbacks arrive through UpstreamConnection's trampolines; the
-// guard keeps `this` alive until they return.
+// The upstream callbacks arrive through UpstreamConnection's trampolines.
 void ClientConnection::OnUpstreamConnected(UpstreamConnection&) {
-  {
-    DepthGuard guard(&callback_depth_);
-    if (!destroy_pending_ && state_ == State::kConnecting) {
-      state_ = State::kProxying;
-      SendRequestHead();
-    }
-  }
-  if (destroy_pending_ && callback_depth_ == 0) delete this;
+  Enter(this, [this] {
+    if (state_ != State::kConnecting) return;
+    state_ = State::kProxying;
+    SendRequestHead();
+  });
 }
 
 void ClientConnection::OnUpstreamRead(UpstreamConnection&) {
-  {
-    DepthGuard guard(&callback_depth_);
-    if (destroy_pending_) {
-      // nothing
-    } else if (state_ == State::kTunnel) {
-      Touch();
-      PumpTunnel(upstream_->input(), bufferevent_get_output(bev_.get()),
-                 upstream_->bev(), bev_.get());
+  Enter(this, [this] {
+    Touch();
+    if (state_ == State::kTunnel) {
+      PumpTunnel(upstream_->input(), bufferevent_get_output(bev_.get()), upstream_->bev(),
+                 bev_.get());
     } else {
-      Touch();
       ParseResponse();
     }
-  }
-  if (destroy_pending_ && callback_depth_ == 0) delete this;
+  });
 }
 
 void ClientConnection::OnUpstreamDrained(UpstreamConnection&) {
-  {
-    DepthGuard guard(&callback_depth_);
-    if (destroy_pending_) {
-      // nothing
-    } else if (state_ == State::kTunnel) {
+  Enter(this, [this] {
+    if (state_ == State::kTunnel) {
       Touch();
       bufferevent_enable(bev_.get(), EV_READ);
     } else if (request_blocked_) {
@@ -294,73 +219,118 @@ void ClientConnection::OnUpstreamDrained(UpstreamConnection&) {
       bufferevent_enable(bev_.get(), EV_READ);
       ParseRequest();
     }
-  }
-  if (destroy_pending_ && callback_depth_ == 0) delete this;
+  });
 }
 
-void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection,
-                                        short events) {
-  {
-    DepthGuard guard(&callback_depth_);
-    if (destroy_pending_) {
-      // nothing
-    } else if (&connection != upstream_) {
-      // An event of a connection this exchange no longer uses.
-    } else if (state_ == State::kConnecting) {
-      SSL* ssl = bufferevent_openssl_get_ssl(connection.bev());
-      unsigned long tls_error =
-          ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
-      if (ssl != nullptr &&
-          (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
-        // A handshake failure says why: a wrong name, an unknown CA...
-        detail_ = "TLS handshake with backend failed: " +
-                  health::TlsFailureText(ssl, tls_error);
-        while (bufferevent_get_openssl_error(connection.bev()) != 0) {
+void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short events) {
+  Enter(this, [this, &connection, events] { OnUpstreamEnded(connection, events); });
+}
+
+void ClientConnection::OnClientDrained() {
+  if (state_ == State::kClosing) {
+    if (evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0) FinishClose();
+  } else if (state_ == State::kTunnel) {
+    Touch();
+    if (upstream_ != nullptr) bufferevent_enable(upstream_->bev(), EV_READ);
+  } else if (response_blocked_ && upstream_ != nullptr) {
+    Touch();
+    response_blocked_ = false;
+    bufferevent_enable(upstream_->bev(), EV_READ);
+    ParseResponse();
+  }
+}
+
+void ClientConnection::OnClientEvent(short events) {
+  if (events & BEV_EVENT_CONNECTED) {
+    // The TLS handshake with the client is done.
+    tls_established_ = true;
+    listener_->stats->tls_handshakes.Add();
+  } else if (listener_->tls && !tls_established_ &&
+             (events & (BEV_EVENT_ERROR | BEV_EVENT_EOF))) {
+    // A failed handshake (old protocol, plain HTTP, no shared cipher...):
+    // counted, and the connection just closes.
+    unsigned long error = bufferevent_get_openssl_error(bev_.get());
+    std::string_view reason = HandshakeFailureReason(error);
+    for (size_t i = 0; i < std::size(kHandshakeFailures); ++i) {
+      if (reason == kHandshakeFailures[i]) listener_->stats->tls_handshake_failures[i].Add();
+    }
+    while (bufferevent_get_openssl_error(bev_.get()) != 0) {
+    }
+    Destroy();
+  } else if (events & BEV_EVENT_ERROR) {
+    AbortExchange(kFlagClientReset);
+  } else if (events & BEV_EVENT_EOF) {
+    switch (state_) {
+      case State::kIdle:
+        if (request_.message_started()) flags_ |= kFlagClientReset;
+        Destroy();
+        break;
+      case State::kQueued:
+      case State::kRetryWait:
+      case State::kConnecting:
+      case State::kProxying:
+        if (request_complete_) {
+          // A half-closed client still gets its response.
+          client_eof_ = true;
+        } else {
+          AbortExchange(kFlagClientReset);
         }
-        FailAttempt(Failure::kConnect, 502, detail_.c_str());
-      } else {
-        bool refused = connection.connect_error() == ECONNREFUSED;
-        FailAttempt(refused ? Failure::kRefused : Failure::kConnect, 502,
-                    refused ? "connection to backend refused"
-                            : "connection to backend failed");
-      }
-    } else if (state_ == State::kTunnel) {
-      // The backend ended the tunnel: deliver what it sent, then close.
-      evbuffer_add_buffer(bufferevent_get_output(bev_.get()),
-                          upstream_->input());
-      EndAttempt(false);
-      LogExchange();
-      CloseAfterFlush();
-    } else if (state_ == State::kProxying && &connection == upstream_) {
-      upstream_eof_ = true;
-      if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_)
-        ParseResponse();
-      if (destroy_pending_ || &connection != upstream_) {
-        // ParseResponse finished or failed the exchange.
-      } else if (response_started_) {
-        if ((events & BEV_EVENT_EOF) && !response_blocked_ &&
-            response_->FinishAtEof()) {
-          // A close-delimited body ended: complete, but not reusable.
-          OnResponseComplete();
-        } else if (!response_blocked_) {
-          ReportOutcome(false, Failure::kReset);
-          AbortExchange(kFlagUpstreamReset);
-        }
-      } else if (!response_bytes_seen_ && upstream_->reused() &&
-                 tries_ <=
-                     cluster().backends.size() + cluster().config->retries) {
-        // A pooled connection the backend had closed while idle: the request
-        // never reached it.
-        FailAttempt(Failure::kPoolRace, 502, "backend closed the connection");
-      } else {
-        FailAttempt(Failure::kReset, 502,
-                    (events & BEV_EVENT_ERROR)
-                        ? "connection to backend reset"
-                        : "backend closed the connection");
-      }
+        break;
+      case State::kTunnel:
+      case State::kClosing:
+        Destroy();
+        break;
     }
   }
-  if (destroy_pending_ && callback_depth_ == 0) delete this;
+}
+
+void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection, short events) {
+  if (&connection != upstream_) {
+    // An event of a connection this exchange no longer uses.
+  } else if (state_ == State::kConnecting) {
+    SSL* ssl = bufferevent_openssl_get_ssl(connection.bev());
+    unsigned long tls_error = ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
+    if (ssl != nullptr && (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
+      // A handshake failure says why: a wrong name, an unknown CA...
+      detail_ = "TLS handshake with backend failed: " + health::TlsFailureText(ssl, tls_error);
+      while (bufferevent_get_openssl_error(connection.bev()) != 0) {
+      }
+      FailAttempt(Failure::kConnect, 502, detail_.c_str());
+    } else {
+      bool refused = connection.connect_error() == ECONNREFUSED;
+      FailAttempt(refused ? Failure::kRefused : Failure::kConnect, 502,
+                  refused ? "connection to backend refused" : "connection to backend failed");
+    }
+  } else if (state_ == State::kTunnel) {
+    // The backend ended the tunnel: deliver what it sent, then close.
+    evbuffer_add_buffer(bufferevent_get_output(bev_.get()), upstream_->input());
+    EndAttempt(false);
+    LogExchange();
+    CloseAfterFlush();
+  } else if (state_ == State::kProxying) {
+    upstream_eof_ = true;
+    if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_) ParseResponse();
+    if (destroy_pending_ || &connection != upstream_) {
+      // ParseResponse finished or failed the exchange.
+    } else if (response_started_) {
+      if ((events & BEV_EVENT_EOF) && !response_blocked_ && response_->FinishAtEof()) {
+        // A close-delimited body ended: complete, but not reusable.
+        OnResponseComplete();
+      } else if (!response_blocked_) {
+        ReportOutcome(false, Failure::kReset);
+        AbortExchange(kFlagUpstreamReset);
+      }
+    } else if (!response_bytes_seen_ && upstream_->reused() &&
+               tries_ <= cluster().backends.size() + cluster().config->retries) {
+      // A pooled connection the backend had closed while idle: the request
+      // never reached it.
+      FailAttempt(Failure::kPoolRace, 502, "backend closed the connection");
+    } else {
+      FailAttempt(Failure::kReset, 502,
+                  (events & BEV_EVENT_ERROR) ? "connection to backend reset"
+                                             : "backend closed the connection");
+    }
+  }
 }
 
 // ---- the request side -------------------------------------------------------
@@ -641,10 +611,10 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   constexpr size_t kNone = SIZE_MAX;
   size_t pick = runtime.picker->Pick(input).value_or(kNone);
   if (pick != kNone && retry && other && tried_.Contains(pick)) pick = kNone;
-  if (pick == kNone && retry && runtime.has_fallback &&
-      NeverReached(last_failure_)) {
-    // Every eligible backend refused: a healthy backup in reserve is better
-    // than an error while health/ counts the failures.
+  if (pick == kNone && retry && runtime.has_fallback) {
+    // Every eligible backend failed this request (typically: refused, before
+    // health/ has counted to `fall`): a healthy backup in reserve is better
+    // than an error.
     pick = runtime.fallback->Pick(input).value_or(kNone);
     if (pick != kNone && tried_.Contains(pick)) pick = kNone;
   }
@@ -974,13 +944,11 @@ bool ClientConnection::TryAcquire(BackendRuntime& backend) {
 }
 
 void ClientConnection::ResumeRetry() {
-  {
-    DepthGuard guard(&callback_depth_);
+  Enter(this, [this] {
     event_del(&timer_);
     state_ = State::kConnecting;
     StartAttempt(true, pending_status_, detail_.c_str(), true);
-  }
-  if (destroy_pending_ && callback_depth_ == 0) delete this;
+  });
 }
 
 void ClientConnection::Dequeue() {
@@ -1002,8 +970,8 @@ void ClientConnection::Dequeue() {
 }
 
 bool ClientConnection::RetryFromQueue() {
-  {
-    DepthGuard guard(&callback_depth_);
+  bool left = false;
+  Enter(this, [this, &left] {
     // Leaves the queue for this try; StartAttempt() puts it back at the head
     // when every backend is still full.
     auto& queue = cluster().queue;
@@ -1013,13 +981,12 @@ bool ClientConnection::RetryFromQueue() {
     state_ = State::kConnecting;
     StartAttempt();
     from_queue_ = false;
-    if (!queued_) {
+    left = !queued_;
+    if (left) {
       queued_ = true;  // account for the wait as Dequeue() does
       Dequeue();
     }
-  }
-  const bool left = !queued_;
-  if (destroy_pending_ && callback_depth_ == 0) delete this;
+  });
   return left;
 }
 
@@ -1078,7 +1045,7 @@ std::string_view ClientConnection::RetryRefusal(Failure failure) const {
   }
   if (request_.body_bytes() > 0 && !body_kept_)
     return "body too large to replay";
-  if (failure != Failure::kPoolRace && !(runtime.has_fallback && !reached)) {
+  if (failure != Failure::kPoolRace && !runtime.has_fallback) {
     // tried_ will hold the current backend too.
     size_t tried =
         tried_.size() + (has_backend_ && !tried_.Contains(backend_) ? 1 : 0);
@@ -1297,11 +1264,9 @@ void ClientConnection::FinishClose() {
 
 void ClientConnection::CloseWhenIdle() {
   close_when_idle_ = true;
-  if (state_ == State::kIdle && !request_.message_started()) {
-    DepthGuard guard(&callback_depth_);
-    Destroy();
-  }
-  if (destroy_pending_ && callback_depth_ == 0) delete this;
+  Enter(this, [this] {
+    if (state_ == State::kIdle && !request_.message_started()) Destroy();
+  });
 }
 
 void ClientConnection::Abort() {

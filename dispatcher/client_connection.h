@@ -92,6 +92,11 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   static void WriteCb(bufferevent* bev, void* arg);
   static void EventCb(bufferevent* bev, short events, void* arg);
   static void TimerCb(evutil_socket_t, short, void* arg);
+  template <typename Fn>
+  static void Enter(ClientConnection* self, Fn&& handler);
+  void OnClientDrained();
+  void OnClientEvent(short events);
+  void OnUpstreamEnded(UpstreamConnection& connection, short events);
 
   // HttpParser::Handler, for both the request and the response parser.
   HttpParser::HeadAction OnHeadComplete(HttpParser& parser) override;

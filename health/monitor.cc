@@ -330,6 +330,7 @@ void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
     backend.health->SetFeedbackWeight(result.weight_percent);
   bool dirty = backend.health->transition_count() != before ||
                backend.health->feedback_weight() != weight_before;
+  counters_changed_ = true;  // check counters for /metrics, refreshed by Tick
   if (weight_before != backend.health->feedback_weight()) {
     Log(LogLevel::kInfo, "health", "worker feedback changed the weight",
         {{"cluster", cluster.config->name},
@@ -471,7 +472,11 @@ void HealthMonitor::Tick() {
     }
   }
   if (ramp) last_ramp_publish_ = now;
-  if (dirty || transitions || ramp) MarkDirty();
+  // Check counters move without any state change: refresh what /metrics and
+  // /status read now and then (loops only hear of real changes, see Publish).
+  bool counters = counters_changed_ && now - last_counters_publish_ >= kRampPublishInterval;
+  if (counters) last_counters_publish_ = now;
+  if (dirty || transitions || ramp || counters) MarkDirty();
 }
 
 void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
@@ -630,6 +635,25 @@ void HealthMonitor::PublishCb(evutil_socket_t, short, void* arg) {
   self->Publish();
 }
 
+bool HealthMonitor::RoutingDiffers(const HealthSnapshot& a, const HealthSnapshot& b) {
+  if (a.clusters.size() != b.clusters.size()) return true;
+  for (size_t c = 0; c < a.clusters.size(); ++c) {
+    const ClusterStatus& x = a.clusters[c];
+    const ClusterStatus& y = b.clusters[c];
+    if (x.name != y.name || x.panic != y.panic || x.backends.size() != y.backends.size()) {
+      return true;
+    }
+    for (size_t i = 0; i < x.backends.size(); ++i) {
+      if (x.views[i].eligible != y.views[i].eligible || x.views[i].weight != y.views[i].weight ||
+          x.backends[i].state != y.backends[i].state ||
+          x.backends[i].activation != y.backends[i].activation) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
 void HealthMonitor::Publish() {
   auto now = Clock::now();
   auto snapshot = std::make_shared<HealthSnapshot>();
@@ -742,11 +766,16 @@ void HealthMonitor::Publish() {
     status.events = cluster.events;
     snapshot->clusters.push_back(std::move(status));
   }
+  counters_changed_ = false;
+  // Loops rebuild their pickers from a snapshot: only send one when what
+  // they use (eligibility, weights, the reserve's states) changed.
+  bool routing_changed = !snapshot_ || snapshot_->config != snapshot->config ||
+                         RoutingDiffers(*snapshot_, *snapshot);
   {
     std::lock_guard<std::mutex> lock(snapshot_mutex_);
     snapshot_ = snapshot;
   }
-  if (publish_fn_) publish_fn_(snapshot);
+  if (publish_fn_ && routing_changed) publish_fn_(snapshot);
 }
 
 }  // namespace tandem::health

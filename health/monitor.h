@@ -111,6 +111,7 @@ class HealthMonitor {
   // iteration).
   void MarkDirty();
   void Publish();
+  static bool RoutingDiffers(const HealthSnapshot& a, const HealthSnapshot& b);
   void AddEvent(Cluster& cluster, std::string message);
   // Logs and counts the transitions made since `before` (a transition_count()).
   void LogTransitions(const Cluster& cluster, Backend& backend, size_t before);
@@ -128,6 +129,8 @@ class HealthMonitor {
   std::vector<std::unique_ptr<Cluster>> clusters_;
   uint64_t version_ = 0;
   TimePoint last_ramp_publish_{};
+  TimePoint last_counters_publish_{};
+  bool counters_changed_ = false;
   bool publish_pending_ = false;
 
   mutable std::mutex snapshot_mutex_;

@@ -310,7 +310,8 @@ ACCESS_LINE = re.compile(
     r'^(?P<time>\S+) (?P<client>\S+) "(?P<method>\S+) (?P<target>\S+) HTTP/1\.\d" '
     r'(?P<status>\d+) (?P<bytes>\d+) (?P<duration>\S+) (?P<listener>\S+) (?P<cluster>\S+) '
     r'(?P<backend>\S+) tries=(?P<tries>\d+) flags=(?P<flags>\S+)'
-    r'(?: not_retried="(?P<not_retried>[^"]*)")?')
+    r'(?: not_retried="(?P<not_retried>[^"]*)")?'
+    r'(?: failed_tries=(?P<failed_tries>\S+))?')
 
 
 class AccessEntry:
@@ -324,6 +325,8 @@ class AccessEntry:
         flags = match.group("flags")
         self.flags = set() if flags == "-" else set(flags.split(","))
         self.not_retried = match.group("not_retried")
+        # "backend:CODE,...": every try that failed, in order.
+        self.failed_tries = match.group("failed_tries")
 
     @property
     def retried(self):

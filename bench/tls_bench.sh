@@ -1,0 +1,495 @@
+#!/usr/bin/env bash
+# tandem and HAProxy terminating TLS with the same certificate and cipher
+# settings in front of the same tandem-worker backends: full handshakes per
+# second and keep-alive requests per second, in one run; see bench/README.md.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: bench/tls_bench.sh [--check-config] [--help]
+
+Makes a test CA and a server certificate with openssl, runs tandem and HAProxy
+(one thread each) as TLS-terminating reverse proxies in front of the same
+tandem-worker backends, and prints the medians of
+  - full TLS handshakes per second: parallel `openssl s_time -new` clients,
+    a new connection, a full handshake and one GET per connection, for each
+    TLS version in HS_VERSIONS, with the proxy's CPU time per handshake;
+  - keep-alive requests per second over TLS: wrk against https://, for each
+    count in CONNS, with p50/p99 latency and proxy CPU time per request;
+and the ratios of tandem to HAProxy, measured in the same run.
+
+  --check-config  only write both configs and validate them (haproxy -c,
+                  tandem --check), then exit
+  --help          print this
+
+Environment (defaults in brackets):
+  PROXIES       proxies to run, in this order ["tandem haproxy"]
+  TANDEM        the tandem binary [<repo>/build/tandem]
+  WORKER        the tandem-worker binary [<repo>/build/tandem-worker, else
+                <repo>/build-worker/tandem-worker]
+  KEY           server key: rsa2048, rsa3072 or ec256 [rsa2048]
+  HS_VERSIONS   TLS versions of the handshake runs ["1.3 1.2"]
+  HS_CLIENTS    parallel s_time processes (each one connection at a time) [4]
+  HS_SECONDS    seconds per handshake run [10]
+  CONNS         wrk connection counts ["100"]
+  DURATION      seconds per wrk run [10]
+  THREADS       wrk threads [2]
+  REPS          repetitions of every (proxy, test) pair [3]
+  WARMUP        seconds of wrk per proxy before measuring [2]
+  BACKENDS      tandem-worker processes, one thread each [3]
+  PROXY_CPUS    pin the proxies to these CPUs with taskset, e.g. "0" [no pinning]
+  LOAD_CPUS     pin the clients and the backends to these CPUs, e.g. "1" [no pinning]
+  RESULTS_DIR   also copy runs.csv and report.md there
+  KEEP          1 keeps the temporary directory (certificates, configs, logs)
+EOF
+}
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO
+readonly TOOL="$REPO/bench/tls_bench.py"
+PROXIES="${PROXIES:-tandem haproxy}"
+KEY="${KEY:-rsa2048}"
+HS_VERSIONS="${HS_VERSIONS:-1.3 1.2}"
+HS_CLIENTS="${HS_CLIENTS:-4}"
+HS_SECONDS="${HS_SECONDS:-10}"
+CONNS="${CONNS:-100}"
+DURATION="${DURATION:-10}"
+THREADS="${THREADS:-2}"
+REPS="${REPS:-3}"
+WARMUP="${WARMUP:-2}"
+BACKENDS="${BACKENDS:-3}"
+PROXY_CPUS="${PROXY_CPUS:-}"
+LOAD_CPUS="${LOAD_CPUS:-}"
+RESULTS_DIR="${RESULTS_DIR:-}"
+KEEP="${KEEP:-0}"
+TANDEM="${TANDEM:-$REPO/build/tandem}"
+if [[ -z "${WORKER:-}" ]]; then
+  WORKER="$REPO/build/tandem-worker"
+  [[ -x "$WORKER" ]] || WORKER="$REPO/build-worker/tandem-worker"
+fi
+
+CHECK_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --check-config) CHECK_ONLY=1 ;;
+    --help | -h) usage; exit 0 ;;
+    *) echo "tls_bench: unknown argument $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+die() { echo "tls_bench: $*" >&2; exit 1; }
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+# A zombie still answers kill -0; ps tells it apart.
+alive() {
+  local state
+  state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  [[ -n "$state" && "$state" != Z* ]]
+}
+
+for proxy in $PROXIES; do
+  case "$proxy" in tandem | haproxy) ;; *) die "unknown proxy $proxy (tandem or haproxy)" ;; esac
+done
+for value in "$HS_CLIENTS" "$HS_SECONDS" "$DURATION" "$THREADS" "$REPS" "$WARMUP" "$BACKENDS" $CONNS; do
+  is_uint "$value" || die "not a count: $value"
+done
+for version in $HS_VERSIONS; do
+  case "$version" in 1.2 | 1.3) ;; *) die "HS_VERSIONS: $version is not 1.2 or 1.3" ;; esac
+done
+case "$KEY" in rsa2048 | rsa3072 | ec256) ;; *) die "KEY must be rsa2048, rsa3072 or ec256" ;; esac
+((BACKENDS >= 1 && BACKENDS <= 16)) || die "BACKENDS must be 1..16"
+((REPS >= 1 && REPS <= 100)) || die "REPS must be 1..100"
+((HS_CLIENTS >= 1 && HS_CLIENTS <= 64)) || die "HS_CLIENTS must be 1..64"
+for c in $CONNS; do ((c >= THREADS)) || die "$c connections are fewer than $THREADS wrk threads"; done
+
+need() { command -v "$1" >/dev/null || die "$1 is not installed"; }
+need python3
+need openssl
+[[ " $PROXIES " == *" haproxy "* ]] && need haproxy
+((CHECK_ONLY)) || need wrk
+[[ -x "$WORKER" ]] || die "no tandem-worker at $WORKER (build it, or set WORKER)"
+if [[ " $PROXIES " == *" tandem "* && ! -x "$TANDEM" ]]; then
+  die "no tandem at $TANDEM (build it, or set TANDEM)"
+fi
+
+# Processes we started, stopped in reverse order by PID on any exit;
+# FOREGROUND holds the client processes being waited for.
+declare -a STARTED_PIDS=()
+declare -a FOREGROUND=()
+WORK=""
+cleanup() {
+  local status=$?
+  local i pid
+  STARTED_PIDS+=("${FOREGROUND[@]}")
+  for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${STARTED_PIDS[i]}" 2>/dev/null || continue
+  done
+  for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+    pid="${STARTED_PIDS[i]}"
+    # Up to 5 s for each to go, then SIGKILL.
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ -n "$WORK" ]]; then
+    # A failed run keeps its logs; an interrupted one (130, 143) does not.
+    if [[ "$KEEP" == 1 || ($status -ne 0 && $status -ne 130 && $status -ne 143) ]]; then
+      echo "tls_bench: kept $WORK" >&2
+    else
+      rm -rf "$WORK"
+    fi
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+WORK="$(mktemp -d /tmp/tls-bench.XXXXXX)"
+mkdir -p "$WORK/runs" "$WORK/logs" "$WORK/pki"
+
+hard_limit="$(ulimit -Hn)"
+if [[ "$hard_limit" == unlimited ]]; then ulimit -Sn 65536; else ulimit -Sn "$hard_limit"; fi
+FD_LIMIT="$(ulimit -Sn)"
+# As in proxy_bench.sh: HAProxy refuses to start when 2 x maxconn exceeds the
+# open-file limit unless told "no strict-limits", and stops pooling server
+# connections when a fifth of its descriptors are in use.
+HAPROXY_MAXCONN=12000
+
+declare -a PROXY_PIN=() LOAD_PIN=()
+if [[ -n "$PROXY_CPUS" ]]; then need taskset; PROXY_PIN=(taskset -c "$PROXY_CPUS"); fi
+if [[ -n "$LOAD_CPUS" ]]; then need taskset; LOAD_PIN=(taskset -c "$LOAD_CPUS"); fi
+
+# Runs one command in the background and waits for it, so that a signal is
+# handled at once and the cleanup can stop it.
+run_waited() {
+  local status=0
+  "$@" &
+  FOREGROUND=($!)
+  wait "${FOREGROUND[0]}" || status=$?
+  FOREGROUND=()
+  return "$status"
+}
+
+wait_file() {
+  for _ in $(seq 100); do [[ -s "$1" ]] && return 0; sleep 0.05; done
+  return 1
+}
+
+# --- certificate --------------------------------------------------------------
+# A CA and a server certificate for localhost and 127.0.0.1, as a real
+# deployment has (a chain of two); both proxies serve the same files.
+make_certificate() {
+  local pki="$WORK/pki" keyopts
+  case "$KEY" in
+    rsa2048) keyopts=(-algorithm RSA -pkeyopt rsa_keygen_bits:2048) ;;
+    rsa3072) keyopts=(-algorithm RSA -pkeyopt rsa_keygen_bits:3072) ;;
+    ec256) keyopts=(-algorithm EC -pkeyopt ec_paramgen_curve:P-256) ;;
+  esac
+  {
+    openssl genpkey "${keyopts[@]}" -out "$pki/ca.key" &&
+      openssl req -x509 -new -key "$pki/ca.key" -sha256 -days 2 -subj "/CN=tls_bench CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" \
+        -out "$pki/ca.pem" &&
+      openssl genpkey "${keyopts[@]}" -out "$pki/server.key" &&
+      openssl req -new -key "$pki/server.key" -subj "/CN=localhost" -out "$pki/server.csr" &&
+      printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" \
+        "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$pki/server.ext" &&
+      openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
+        -set_serial 1 -sha256 -days 2 -extfile "$pki/server.ext" -out "$pki/leaf.pem" &&
+      cat "$pki/leaf.pem" "$pki/ca.pem" >"$pki/server.pem" &&
+      cat "$pki/server.pem" "$pki/server.key" >"$pki/haproxy.pem"
+  } >"$WORK/logs/pki.log" 2>&1 || die "openssl could not make the certificate: $(tail -3 "$WORK/logs/pki.log")"
+  log "certificate: $KEY, chain of two, for localhost and 127.0.0.1"
+}
+
+# --- backends ---------------------------------------------------------------
+declare -a BACKEND_PORTS=()
+start_backends() {
+  local i pid
+  for ((i = 1; i <= BACKENDS; i++)); do
+    "${LOAD_PIN[@]}" "$WORKER" --listen 127.0.0.1:0 --name "b$i" --threads 1 \
+      --port-file "$WORK/b$i.port" >"$WORK/logs/b$i.log" 2>&1 &
+    pid=$!
+    STARTED_PIDS+=("$pid")
+    wait_file "$WORK/b$i.port" || die "backend b$i did not start: $(tail -3 "$WORK/logs/b$i.log")"
+    BACKEND_PORTS+=("$(cat "$WORK/b$i.port")")
+  done
+  log "backends on ports ${BACKEND_PORTS[*]}"
+}
+
+# --- configs ----------------------------------------------------------------
+# The same TLS settings for both: TLS 1.2 and 1.3 only; TLS 1.2 suites =
+# tandem's default (Mozilla intermediate: ECDHE/DHE with AES-GCM or
+# ChaCha20-Poly1305), written out for both; TLS 1.3 suites and key-exchange
+# groups = OpenSSL's defaults, in OpenSSL's order (HAProxy would otherwise
+# offer only P-256 for ECDHE); the server's preference wins; ALPN http/1.1;
+# session tickets and a session cache on (the defaults of both).
+readonly CIPHERS="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
+readonly CIPHERSUITES="TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+readonly CURVES="X25519:P-256:X448:P-521:P-384"
+
+write_haproxy_config() {  # PORT
+  local i
+  {
+    cat <<EOF
+global
+    nbthread 1
+    maxconn $HAPROXY_MAXCONN
+    ulimit-n $FD_LIMIT
+    no strict-limits
+    ssl-default-bind-ciphers $CIPHERS
+    ssl-default-bind-ciphersuites $CIPHERSUITES
+    ssl-default-bind-curves $CURVES
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse safe
+    maxconn $HAPROXY_MAXCONN
+    timeout connect 1s
+    timeout client 120s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 120s
+
+frontend bench
+    bind 127.0.0.1:$1 ssl crt $WORK/pki/haproxy.pem alpn http/1.1
+    default_backend workers
+
+backend workers
+    balance roundrobin
+EOF
+    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
+      echo "    server b$((i + 1)) 127.0.0.1:${BACKEND_PORTS[i]}"
+    done
+  } >"$WORK/haproxy.cfg"
+}
+
+write_tandem_config() {  # PORT
+  local i
+  {
+    cat <<EOF
+# tls_bench.sh: tandem with one event-loop thread terminating TLS.
+[global]
+threads = 1
+access_log = "off"
+grace_period = "1s"
+
+[listeners.bench]
+listen = "127.0.0.1:$1"
+cluster = "workers"
+idle_timeout = "120s"
+tls_cert = "$WORK/pki/server.pem"
+tls_key = "$WORK/pki/server.key"
+tls_min_version = "1.2"
+tls_ciphers = "$CIPHERS"
+
+[clusters.workers]
+policy = "all-active"
+algorithm = "round-robin"
+max_idle_connections = 64
+
+# As in the HAProxy config: no active health checks.
+[clusters.workers.health]
+kind = "none"
+EOF
+    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
+      printf '\n[[clusters.workers.backends]]\naddress = "127.0.0.1:%s"\n' "${BACKEND_PORTS[i]}"
+    done
+  } >"$WORK/tandem.toml"
+}
+
+write_config() {  # PROXY PORT
+  case "$1" in
+    haproxy) write_haproxy_config "$2" ;;
+    tandem) write_tandem_config "$2" ;;
+  esac
+}
+
+check_config() {  # PROXY
+  local out="$WORK/logs/$1-check.log"
+  case "$1" in
+    haproxy) haproxy -c -f "$WORK/haproxy.cfg" >"$out" 2>&1 ;;
+    tandem) "$TANDEM" -c "$WORK/tandem.toml" --check >"$out" 2>&1 ;;
+  esac
+}
+
+# --- proxies ----------------------------------------------------------------
+declare -A PROXY_PORT=() PROXY_PID=()
+start_proxy() {  # PROXY
+  local proxy="$1" port pid
+  port="$(python3 "$TOOL" free-port)"
+  write_config "$proxy" "$port"
+  check_config "$proxy" || die "$proxy config rejected: $(tail -5 "$WORK/logs/$proxy-check.log")"
+  case "$proxy" in
+    haproxy) "${PROXY_PIN[@]}" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/logs/haproxy.log" 2>&1 & ;;
+    tandem) "${PROXY_PIN[@]}" "$TANDEM" -c "$WORK/tandem.toml" >"$WORK/logs/tandem.log" 2>&1 & ;;
+  esac
+  pid=$!
+  STARTED_PIDS+=("$pid")
+  if ! python3 "$TOOL" wait-https "$port" 10; then
+    die "$proxy did not answer over TLS on 127.0.0.1:$port within 10 s: $(tail -5 "$WORK/logs/$proxy.log")"
+  fi
+  alive "$pid" || die "$proxy exited: $(tail -5 "$WORK/logs/$proxy.log")"
+  python3 "$TOOL" check --proxy "$proxy" --port "$port" --ca "$WORK/pki/ca.pem" \
+    >"$WORK/logs/$proxy-negotiated.log" 2>&1 ||
+    die "$proxy answered a check wrongly: $(cat "$WORK/logs/$proxy-negotiated.log")"
+  PROXY_PORT[$proxy]="$port"
+  PROXY_PID[$proxy]="$pid"
+  log "$proxy (pid $pid) on 127.0.0.1:$port"
+  sed 's/^/    /' "$WORK/logs/$proxy-negotiated.log" >&2
+}
+
+# --- measuring ----------------------------------------------------------------
+cat >"$WORK/report.lua" <<'EOF'
+-- Prints one machine-readable line after wrk's own report; latencies in µs.
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH,%d,%d,%d,%d,%d,connect %d read %d write %d timeout %d status %d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout + e.status,
+    e.connect, e.read, e.write, e.timeout, e.status))
+end
+EOF
+
+run_wrk() {  # PORT CONNS SECONDS OUTFILE
+  run_waited "${LOAD_PIN[@]}" timeout "$(($3 + 30))" wrk -t"$THREADS" -c"$2" -d"$3s" --latency \
+    -s "$WORK/report.lua" "https://127.0.0.1:$1/" >"$4" 2>&1
+}
+
+RUNS_CSV="$WORK/runs.csv"
+echo "proxy,test,rep,count,seconds,rate,cpu_ticks,cpu_us_per_op,p50_us,p99_us,errors,bytes_per_conn,detail" >"$RUNS_CSV"
+
+# Appends a row; the rate and CPU per operation are computed here.
+add_row() {  # PROXY TEST REP COUNT SECONDS TICKS P50 P99 ERRORS BYTES DETAIL
+  python3 - "$@" >>"$RUNS_CSV" <<'EOF'
+import os, sys
+proxy, test, rep, count, seconds, ticks, p50, p99, errors, size, detail = sys.argv[1:]
+cpu_us = int(ticks) * 1e6 / os.sysconf("SC_CLK_TCK")
+count, seconds = int(count), float(seconds)
+print(f"{proxy},{test},{rep},{count},{seconds:.3f},{count / seconds:.1f},{ticks},"
+      f"{cpu_us / max(count, 1):.1f},{p50},{p99},{errors},{size},{detail}")
+EOF
+  log "$(tail -1 "$RUNS_CSV")"
+}
+
+# Full handshakes: HS_CLIENTS `openssl s_time -new` processes at once, each a
+# loop of connect, full handshake (never a resumed session), GET / over
+# HTTP/1.0, read until the proxy closes. The run is timed here, as s_time
+# rounds its own wall time to whole seconds.
+measure_handshakes() {  # PROXY VERSION REP
+  local proxy="$1" version="$2" rep="$3"
+  local port="${PROXY_PORT[$proxy]}" pid="${PROXY_PID[$proxy]}"
+  local cpu_before cpu_after start end i status=0 outputs=() sum
+  cpu_before="$(python3 "$TOOL" cpu "$pid")"
+  start="$(date +%s.%N)"
+  FOREGROUND=()
+  for ((i = 1; i <= HS_CLIENTS; i++)); do
+    outputs+=("$WORK/runs/$proxy-hs$version-r$rep-$i.txt")
+    "${LOAD_PIN[@]}" timeout "$((HS_SECONDS + 30))" openssl s_time -new -connect "127.0.0.1:$port" \
+      -www / -time "$HS_SECONDS" "-tls${version/./_}" >"${outputs[-1]}" 2>&1 &
+    FOREGROUND+=($!)
+  done
+  for i in "${FOREGROUND[@]}"; do wait "$i" || status=$?; done
+  FOREGROUND=()
+  end="$(date +%s.%N)"
+  cpu_after="$(python3 "$TOOL" cpu "$pid")"
+  alive "$pid" || die "$proxy died during the run: $(tail -5 "$WORK/logs/$proxy.log")"
+  sum="$(python3 "$TOOL" s-time-sum "${outputs[@]}")" ||
+    die "s_time failed against $proxy (status $status): $(tail -3 "${outputs[0]}")"
+  local count bytes errors=0 detail="-"
+  read -r count bytes <<<"$sum"
+  # s_time stops at the first connection that fails.
+  if ((status != 0)) || grep -qi "error" "${outputs[@]}"; then
+    errors=1
+    detail="s_time exit $status"
+  fi
+  ((bytes > 0)) || die "$proxy sent s_time no response: $(tail -3 "${outputs[0]}")"
+  add_row "$proxy" "hs-$version" "$rep" "$count" "$(python3 -c "print($end - $start)")" \
+    "$((cpu_after - cpu_before))" - - "$errors" "$bytes" "$detail"
+}
+
+measure_keepalive() {  # PROXY CONNS REP
+  local proxy="$1" conns="$2" rep="$3"
+  local port="${PROXY_PORT[$proxy]}" pid="${PROXY_PID[$proxy]}"
+  local out="$WORK/runs/$proxy-c$conns-r$rep.txt" cpu_before cpu_after line
+  cpu_before="$(python3 "$TOOL" cpu "$pid")"
+  run_wrk "$port" "$conns" "$DURATION" "$out" || die "wrk failed against $proxy: $(tail -3 "$out")"
+  cpu_after="$(python3 "$TOOL" cpu "$pid")"
+  alive "$pid" || die "$proxy died during the run: $(tail -5 "$WORK/logs/$proxy.log")"
+  line="$(grep '^BENCH,' "$out")" || die "no result from wrk: $(tail -3 "$out")"
+  local requests duration_us p50 p99 errors kinds
+  IFS=, read -r _ requests duration_us p50 p99 errors kinds <<<"$line"
+  ((requests > 0)) || die "$proxy served no request: $(tail -5 "$out")"
+  add_row "$proxy" "ka-c$conns" "$rep" "$requests" "$(python3 -c "print($duration_us / 1e6)")" \
+    "$((cpu_after - cpu_before))" "$p50" "$p99" "$errors" - "$kinds"
+}
+
+# --- main -------------------------------------------------------------------
+# Anything else running on the machine shows in the numbers: the report says
+# how busy it was.
+LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+make_certificate
+start_backends
+
+if ((CHECK_ONLY)); then
+  status=0
+  for proxy in $PROXIES; do
+    write_config "$proxy" "$(python3 "$TOOL" free-port)"
+    if check_config "$proxy"; then
+      echo "$proxy: config OK ($(tail -1 "$WORK/logs/$proxy-check.log"))"
+    else
+      echo "$proxy: config REJECTED"; sed 's/^/    /' "$WORK/logs/$proxy-check.log"; status=1
+    fi
+  done
+  echo "configs in $WORK (kept)"
+  KEEP=1
+  exit "$status"
+fi
+
+for proxy in $PROXIES; do start_proxy "$proxy"; done
+
+for proxy in $PROXIES; do
+  log "warm-up $proxy (${WARMUP}s)"
+  run_wrk "${PROXY_PORT[$proxy]}" 10 "$WARMUP" "$WORK/runs/$proxy-warmup.txt" ||
+    die "warm-up of $proxy failed: $(tail -3 "$WORK/runs/$proxy-warmup.txt")"
+done
+
+# Each repetition runs every test once per proxy, the proxies' order rotated
+# by one per repetition, so that no proxy always runs first.
+read -r -a proxy_list <<<"$PROXIES"
+for ((rep = 1; rep <= REPS; rep++)); do
+  for version in $HS_VERSIONS; do
+    for ((k = 0; k < ${#proxy_list[@]}; k++)); do
+      measure_handshakes "${proxy_list[(k + rep - 1) % ${#proxy_list[@]}]}" "$version" "$rep"
+      sleep 1
+    done
+  done
+  for conns in $CONNS; do
+    for ((k = 0; k < ${#proxy_list[@]}; k++)); do
+      measure_keepalive "${proxy_list[(k + rep - 1) % ${#proxy_list[@]}]}" "$conns" "$rep"
+      sleep 1
+    done
+  done
+done
+
+python3 "$TOOL" report --runs "$RUNS_CSV" --proxies "$PROXIES" --reps "$REPS" \
+  --clients "$HS_CLIENTS" | tee "$WORK/report.md"
+{
+  echo
+  echo "Host: $(nproc) CPUs, $(uname -r); $(openssl version | cut -d' ' -f1-2); key $KEY;" \
+    "s_time -new x$HS_CLIENTS for ${HS_SECONDS}s; wrk -t$THREADS -d${DURATION}s;" \
+    "$BACKENDS backends (tandem-worker --threads 1); $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3);" \
+    "pinning: proxies ${PROXY_CPUS:-none}, load ${LOAD_CPUS:-none};" \
+    "load average at start $LOAD_AT_START, at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "Negotiated:"
+  for proxy in $PROXIES; do sed 's/^/    /' "$WORK/logs/$proxy-negotiated.log"; done
+} | tee -a "$WORK/report.md"
+if [[ -n "$RESULTS_DIR" ]]; then
+  mkdir -p "$RESULTS_DIR"
+  cp "$RUNS_CSV" "$WORK/report.md" "$RESULTS_DIR/"
+  log "results copied to $RESULTS_DIR"
+fi
