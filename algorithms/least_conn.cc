@@ -7,30 +7,14 @@
 namespace tandem::algorithms {
 
 void LeastConn::Update(std::span<const BackendView> backends) {
-  std::vector<int64_t> previous;
-  if (backends.size() == backend_count_) {
-    previous.assign(backends.size(), 0);
-    for (size_t p = 0; p < index_.size(); ++p) {
-      previous[index_[p]] = current_[p];
-    }
-  }
-  index_.clear();
-  weight_.clear();
-  current_.clear();
-  for (size_t i = 0; i < backends.size(); ++i) {
-    if (!Pickable(backends[i])) continue;
-    index_.push_back(i);
-    weight_.push_back(backends[i].weight);
-    current_.push_back(previous.empty() ? 0 : previous[i]);
-  }
-  backend_count_ = backends.size();
+  state_.Rebuild(backends);
 }
 
 std::optional<size_t> LeastConn::Pick(const PickInput& input) {
   const TriedSet* tried = TriedOf(input);
   auto pick = [&](const TriedSet* among) {
     // The bounds check leaves the loop when the caller counts every backend.
-    if (input.inflight.size() >= backend_count_) {
+    if (input.inflight.size() >= state_.backend_count) {
       const uint32_t* inflight = input.inflight.data();
       return PickAmong(among, [inflight](size_t i) { return inflight[i]; });
     }
@@ -47,44 +31,44 @@ template <typename InflightOf>
 std::optional<size_t> LeastConn::PickAmong(const TriedSet* tried,
                                            InflightOf inflight_of) {
   constexpr size_t kNone = SIZE_MAX;
-  const size_t n = index_.size();
+  const size_t n = state_.index.size();
   size_t least = kNone;
   uint32_t least_inflight = 0;
   bool tie = false;
   for (size_t p = 0; p < n; ++p) {
-    if (IsTried(tried, index_[p])) continue;
-    const uint32_t inflight = inflight_of(index_[p]);
+    if (IsTried(tried, state_.index[p])) continue;
+    const uint32_t inflight = inflight_of(state_.index[p]);
     if (least == kNone ||
-        LessLoaded(inflight, weight_[p], least_inflight, weight_[least])) {
+        LessLoaded(inflight, state_.weight[p], least_inflight, state_.weight[least])) {
       least = p;
       least_inflight = inflight;
       tie = false;
-    } else if (SameLoad(inflight, weight_[p], least_inflight, weight_[least])) {
+    } else if (SameLoad(inflight, state_.weight[p], least_inflight, state_.weight[least])) {
       tie = true;
     }
   }
   if (least == kNone) return std::nullopt;
-  if (!tie) return index_[least];
+  if (!tie) return state_.index[least];
 
-  const uint32_t least_weight = weight_[least];
+  const uint32_t least_weight = state_.weight[least];
   size_t chosen = kNone;
   int64_t chosen_current = 0;
   int64_t total = 0;
   for (size_t p = least; p < n; ++p) {
-    if (IsTried(tried, index_[p]) ||
-        !SameLoad(inflight_of(index_[p]), weight_[p], least_inflight,
+    if (IsTried(tried, state_.index[p]) ||
+        !SameLoad(inflight_of(state_.index[p]), state_.weight[p], least_inflight,
                   least_weight)) {
       continue;
     }
-    const int64_t current = current_[p] += weight_[p];
-    total += weight_[p];
+    const int64_t current = state_.current[p] += state_.weight[p];
+    total += state_.weight[p];
     if (chosen == kNone || current > chosen_current) {
       chosen = p;
       chosen_current = current;
     }
   }
-  current_[chosen] -= total;
-  return index_[chosen];
+  state_.current[chosen] -= total;
+  return state_.index[chosen];
 }
 
 }  // namespace tandem::algorithms

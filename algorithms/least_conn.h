@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "algorithms/pick_util.h"
 #include "algorithms/picker.h"
 
 namespace tandem::algorithms {
@@ -33,10 +34,7 @@ class LeastConn final : public Picker {
                                   InflightOf inflight_of);
 
   // The pickable backends, in backend order, as parallel arrays.
-  std::vector<size_t> index_;
-  std::vector<uint32_t> weight_;
-  std::vector<int64_t> current_;  // smooth WRR state for ties
-  size_t backend_count_ = 0;
+  SmoothState<uint32_t> state_;
 };
 
 }  // namespace tandem::algorithms

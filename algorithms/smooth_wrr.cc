@@ -8,29 +8,11 @@
 namespace tandem::algorithms {
 
 void SmoothWrr::Update(std::span<const BackendView> backends) {
-  std::vector<int64_t> previous;
-  if (backends.size() == backend_count_) {
-    previous.assign(backends.size(), 0);
-    for (size_t p = 0; p < index_.size(); ++p) {
-      previous[index_[p]] = current_[p];
-    }
-  }
-  index_.clear();
-  weight_.clear();
-  current_.clear();
-  total_weight_ = 0;
-  for (size_t i = 0; i < backends.size(); ++i) {
-    if (!Pickable(backends[i])) continue;
-    index_.push_back(i);
-    weight_.push_back(backends[i].weight);
-    current_.push_back(previous.empty() ? 0 : previous[i]);
-    total_weight_ += backends[i].weight;
-  }
-  backend_count_ = backends.size();
+  total_weight_ = state_.Rebuild(backends);
 }
 
 std::optional<size_t> SmoothWrr::Pick(const PickInput& input) {
-  if (index_.empty()) return std::nullopt;
+  if (state_.index.empty()) return std::nullopt;
   if (const TriedSet* tried = TriedOf(input)) {
     if (auto picked = PickUntried(*tried)) return picked;
     // Every pickable backend failed this request already; a retry on one of
@@ -41,9 +23,9 @@ std::optional<size_t> SmoothWrr::Pick(const PickInput& input) {
 
 size_t SmoothWrr::PickAll() {
   // Two branch-free passes beat one that mispredicts on every new maximum.
-  const size_t n = index_.size();
-  int64_t* const current = current_.data();
-  const int64_t* const weight = weight_.data();
+  const size_t n = state_.index.size();
+  int64_t* const current = state_.current.data();
+  const int64_t* const weight = state_.weight.data();
   int64_t highest = INT64_MIN;
   for (size_t p = 0; p < n; ++p) {
     current[p] += weight[p];
@@ -52,7 +34,7 @@ size_t SmoothWrr::PickAll() {
   size_t best = 0;
   while (current[best] != highest) ++best;  // the first on ties, as nginx
   current[best] -= total_weight_;
-  return index_[best];
+  return state_.index[best];
 }
 
 std::optional<size_t> SmoothWrr::PickUntried(const TriedSet& tried) {
@@ -60,18 +42,18 @@ std::optional<size_t> SmoothWrr::PickUntried(const TriedSet& tried) {
   size_t best = kNone;
   int64_t best_current = 0;
   int64_t total = 0;
-  for (size_t p = 0; p < index_.size(); ++p) {
-    if (tried.Contains(index_[p])) continue;
-    const int64_t current = current_[p] += weight_[p];
-    total += weight_[p];
+  for (size_t p = 0; p < state_.index.size(); ++p) {
+    if (tried.Contains(state_.index[p])) continue;
+    const int64_t current = state_.current[p] += state_.weight[p];
+    total += state_.weight[p];
     if (best == kNone || current > best_current) {
       best_current = current;
       best = p;
     }
   }
   if (best == kNone) return std::nullopt;
-  current_[best] -= total;
-  return index_[best];
+  state_.current[best] -= total;
+  return state_.index[best];
 }
 
 }  // namespace tandem::algorithms

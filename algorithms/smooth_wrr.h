@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "algorithms/pick_util.h"
 #include "algorithms/picker.h"
 
 namespace tandem::algorithms {
@@ -30,11 +31,8 @@ class SmoothWrr final : public Picker {
 
   // The pickable backends, in backend order, as parallel arrays so the
   // common pass streams through two of them.
-  std::vector<size_t> index_;
-  std::vector<int64_t> weight_;
-  std::vector<int64_t> current_;
+  SmoothState<int64_t> state_;
   int64_t total_weight_ = 0;
-  size_t backend_count_ = 0;
 };
 
 }  // namespace tandem::algorithms
