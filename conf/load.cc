@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <span>
@@ -54,7 +56,7 @@ constexpr std::string_view kRootKeys[] = {"global", "admin", "listeners",
 constexpr std::string_view kGlobalKeys[] = {"threads", "grace_period",
                                             "drain_delay", "access_log",
                                             "access_log_format"};
-constexpr std::string_view kAdminKeys[] = {"listen", "token"};
+constexpr std::string_view kAdminKeys[] = {"listen", "token", "token_file"};
 constexpr std::string_view kListenerKeys[] = {
     "listen",          "cluster",         "client_header_timeout",
     "idle_timeout",    "max_header_size", "max_body_size",
@@ -778,9 +780,30 @@ void Loader::LoadAdmin(const toml::table& table) {
       !reader.Has("listen") ||
       reader.ReadAddress("listen", PortZero::kAllowed, &admin.listen);
   reader.ReadString("token", &admin.token);
+  std::string token_file;
+  if (reader.Has("token") && reader.Has("token_file")) {
+    reader.Error(*reader.Find("token_file"), "token_file",
+                 "give either token or token_file, not both");
+  } else if (reader.ReadFile("token_file", &token_file)) {
+    // A secret mounted as a file (a Kubernetes Secret, a systemd
+    // credential) keeps the token out of the config itself.
+    std::ifstream in(token_file);
+    std::string token((std::istreambuf_iterator<char>(in)),
+                      std::istreambuf_iterator<char>());
+    while (!token.empty() &&
+           std::isspace(static_cast<unsigned char>(token.back()))) {
+      token.pop_back();
+    }
+    if (token.empty()) {
+      reader.Error(*reader.Find("token_file"), "token_file",
+                   "the token file " + token_file + " is empty");
+    }
+    admin.token = std::move(token);
+  }
+  const bool has_token = reader.Has("token") || reader.Has("token_file");
   if (listen_ok) {
     if (!admin.listen.IsLoopback()) {
-      if (!reader.Has("token")) {
+      if (!has_token) {
         Error(
             reader.PositionOf("listen"), "admin.listen",
             "admin listens on non-loopback address " + admin.listen.text +

@@ -200,8 +200,8 @@ void ClientConnection::OnUpstreamRead(UpstreamConnection&) {
   Enter(this, [this] {
     Touch();
     if (state_ == State::kTunnel) {
-      PumpTunnel(upstream_->input(), bufferevent_get_output(bev_.get()), upstream_->bev(),
-                 bev_.get());
+      PumpTunnel(upstream_->input(), bufferevent_get_output(bev_.get()),
+                 upstream_->bev(), bev_.get());
     } else {
       ParseResponse();
     }
@@ -222,13 +222,16 @@ void ClientConnection::OnUpstreamDrained(UpstreamConnection&) {
   });
 }
 
-void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection, short events) {
-  Enter(this, [this, &connection, events] { OnUpstreamEnded(connection, events); });
+void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection,
+                                        short events) {
+  Enter(this,
+        [this, &connection, events] { OnUpstreamEnded(connection, events); });
 }
 
 void ClientConnection::OnClientDrained() {
   if (state_ == State::kClosing) {
-    if (evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0) FinishClose();
+    if (evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0)
+      FinishClose();
   } else if (state_ == State::kTunnel) {
     Touch();
     if (upstream_ != nullptr) bufferevent_enable(upstream_->bev(), EV_READ);
@@ -252,7 +255,8 @@ void ClientConnection::OnClientEvent(short events) {
     unsigned long error = bufferevent_get_openssl_error(bev_.get());
     std::string_view reason = HandshakeFailureReason(error);
     for (size_t i = 0; i < std::size(kHandshakeFailures); ++i) {
-      if (reason == kHandshakeFailures[i]) listener_->stats->tls_handshake_failures[i].Add();
+      if (reason == kHandshakeFailures[i])
+        listener_->stats->tls_handshake_failures[i].Add();
     }
     while (bufferevent_get_openssl_error(bev_.get()) != 0) {
     }
@@ -284,22 +288,27 @@ void ClientConnection::OnClientEvent(short events) {
   }
 }
 
-void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection, short events) {
+void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection,
+                                       short events) {
   if (&connection != upstream_) {
     // An event of a connection this exchange no longer uses.
   } else if (state_ == State::kConnecting) {
     SSL* ssl = bufferevent_openssl_get_ssl(connection.bev());
-    unsigned long tls_error = ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
-    if (ssl != nullptr && (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
+    unsigned long tls_error =
+        ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
+    if (ssl != nullptr &&
+        (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
       // A handshake failure says why: a wrong name, an unknown CA...
-      detail_ = "TLS handshake with backend failed: " + health::TlsFailureText(ssl, tls_error);
+      detail_ = "TLS handshake with backend failed: " +
+                health::TlsFailureText(ssl, tls_error);
       while (bufferevent_get_openssl_error(connection.bev()) != 0) {
       }
       FailAttempt(Failure::kConnect, 502, detail_.c_str());
     } else {
       bool refused = connection.connect_error() == ECONNREFUSED;
       FailAttempt(refused ? Failure::kRefused : Failure::kConnect, 502,
-                  refused ? "connection to backend refused" : "connection to backend failed");
+                  refused ? "connection to backend refused"
+                          : "connection to backend failed");
     }
   } else if (state_ == State::kTunnel) {
     // The backend ended the tunnel: deliver what it sent, then close.
@@ -309,11 +318,13 @@ void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection, short eve
     CloseAfterFlush();
   } else if (state_ == State::kProxying) {
     upstream_eof_ = true;
-    if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_) ParseResponse();
+    if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_)
+      ParseResponse();
     if (destroy_pending_ || &connection != upstream_) {
       // ParseResponse finished or failed the exchange.
     } else if (response_started_) {
-      if ((events & BEV_EVENT_EOF) && !response_blocked_ && response_->FinishAtEof()) {
+      if ((events & BEV_EVENT_EOF) && !response_blocked_ &&
+          response_->FinishAtEof()) {
         // A close-delimited body ended: complete, but not reusable.
         OnResponseComplete();
       } else if (!response_blocked_) {
@@ -321,7 +332,8 @@ void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection, short eve
         AbortExchange(kFlagUpstreamReset);
       }
     } else if (!response_bytes_seen_ && upstream_->reused() &&
-               tries_ <= cluster().backends.size() + cluster().config->retries) {
+               tries_ <=
+                   cluster().backends.size() + cluster().config->retries) {
       // A pooled connection the backend had closed while idle: the request
       // never reached it.
       FailAttempt(Failure::kPoolRace, 502, "backend closed the connection");

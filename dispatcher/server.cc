@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -125,6 +126,28 @@ struct ReloadNotice {
     if (notifier != nullptr) notifier->Ready("serving");
   }
 };
+
+// The CPUs tandem may really use: its affinity mask (cpusets), capped by a
+// cgroup v2 CPU quota (a container's CPU limit), at least 1.
+size_t UsableCpus() {
+  size_t cpus = std::max(1u, std::thread::hardware_concurrency());
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    cpus = std::max(1, CPU_COUNT(&set));
+  }
+  if (FILE* file = std::fopen("/sys/fs/cgroup/cpu.max", "r")) {
+    char quota[32] = {};
+    unsigned long long period = 0;
+    if (std::fscanf(file, "%31s %llu", quota, &period) == 2 && period > 0 &&
+        std::strcmp(quota, "max") != 0) {
+      unsigned long long limit =
+          (std::strtoull(quota, nullptr, 10) + period - 1) / period;
+      cpus = std::max<size_t>(1, std::min<size_t>(cpus, limit));
+    }
+    std::fclose(file);
+  }
+  return cpus;
+}
 
 // Listening sockets are kept across reloads by address; a listener on port 0
 // has a port of its own, so it is kept by name.
@@ -299,7 +322,7 @@ int Server::Run() {
     return 1;
   }
   size_t threads = config.global.threads;
-  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  if (threads == 0) threads = UsableCpus();
   for (size_t i = 0; i < threads; ++i) {
     loops_.push_back(std::make_unique<Loop>(i, access_log_fd_,
                                             config.global.access_log_format));

@@ -474,7 +474,8 @@ void HealthMonitor::Tick() {
   if (ramp) last_ramp_publish_ = now;
   // Check counters move without any state change: refresh what /metrics and
   // /status read now and then (loops only hear of real changes, see Publish).
-  bool counters = counters_changed_ && now - last_counters_publish_ >= kRampPublishInterval;
+  bool counters =
+      counters_changed_ && now - last_counters_publish_ >= kRampPublishInterval;
   if (counters) last_counters_publish_ = now;
   if (dirty || transitions || ramp || counters) MarkDirty();
 }
@@ -635,16 +636,19 @@ void HealthMonitor::PublishCb(evutil_socket_t, short, void* arg) {
   self->Publish();
 }
 
-bool HealthMonitor::RoutingDiffers(const HealthSnapshot& a, const HealthSnapshot& b) {
+bool HealthMonitor::RoutingDiffers(const HealthSnapshot& a,
+                                   const HealthSnapshot& b) {
   if (a.clusters.size() != b.clusters.size()) return true;
   for (size_t c = 0; c < a.clusters.size(); ++c) {
     const ClusterStatus& x = a.clusters[c];
     const ClusterStatus& y = b.clusters[c];
-    if (x.name != y.name || x.panic != y.panic || x.backends.size() != y.backends.size()) {
+    if (x.name != y.name || x.panic != y.panic ||
+        x.backends.size() != y.backends.size()) {
       return true;
     }
     for (size_t i = 0; i < x.backends.size(); ++i) {
-      if (x.views[i].eligible != y.views[i].eligible || x.views[i].weight != y.views[i].weight ||
+      if (x.views[i].eligible != y.views[i].eligible ||
+          x.views[i].weight != y.views[i].weight ||
           x.backends[i].state != y.backends[i].state ||
           x.backends[i].activation != y.backends[i].activation) {
         return true;

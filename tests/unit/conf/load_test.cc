@@ -1592,3 +1592,51 @@ TEST_CASE("Diagnostic::ToString leaves out what is unknown") {
 
 }  // namespace
 }  // namespace tandem::conf
+
+namespace tandem::conf {
+
+TEST_CASE("the admin token can come from a file, not both ways") {
+  TempDir dir;
+  dir.Write("token", "s3cret\n");
+  dir.Write("empty", "\n");
+  LoadResult ok = ParseConfig(R"([admin]
+listen = "0.0.0.0:9901"
+token_file = "token"
+[listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "c"
+[clusters.c]
+[[clusters.c.backends]]
+address = "127.0.0.1:9001"
+)",
+                              dir.path() + "/t.toml");
+  REQUIRE(ok.ok());
+  CHECK(ok.config->admin->token == "s3cret");
+  LoadResult both = ParseConfig(R"([admin]
+token = "a"
+token_file = "token"
+[listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "c"
+[clusters.c]
+[[clusters.c.backends]]
+address = "127.0.0.1:9001"
+)",
+                                dir.path() + "/t.toml");
+  REQUIRE(both.errors.size() == 1);
+  CHECK(both.errors[0].key == "admin.token_file");
+  LoadResult empty = ParseConfig(R"([admin]
+token_file = "empty"
+[listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "c"
+[clusters.c]
+[[clusters.c.backends]]
+address = "127.0.0.1:9001"
+)",
+                                 dir.path() + "/t.toml");
+  REQUIRE(empty.errors.size() == 1);
+  CHECK(empty.errors[0].message.find("is empty") != std::string::npos);
+}
+
+}  // namespace tandem::conf
