@@ -709,7 +709,11 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
     SendRequestHead();
     return;
   }
-  upstream_ = backend.pool->Connect(this);
+  upstream_ = backend.pool->Connect(this, connection_reserved_);
+  if (upstream_ == nullptr && connection_reserved_) {
+    backend.limits->connections.fetch_sub(1, std::memory_order_relaxed);
+  }
+  connection_reserved_ = false;
   if (upstream_ == nullptr) {
     FailAttempt(Failure::kConnect, 502,
                 "cannot open a connection to the backend");
@@ -915,6 +919,12 @@ void ClientConnection::PumpTunnel(evbuffer* from, evbuffer* to,
 void ClientConnection::EndAttempt(bool reusable) {
   if (upstream_ != nullptr) {
     BackendPool& pool = upstream_->pool();
+    if (reusable && has_backend_) {
+      // At a backend's max_connections, an idle connection kept here would
+      // starve requests waiting on the other threads: close it instead.
+      uint32_t limit = cluster().backends[backend_].config->max_connections;
+      if (limit > 0 && pool.shared_connections() >= limit) reusable = false;
+    }
     if (reusable) {
       pool.Release(upstream_, cluster().config->max_idle_connections);
     } else {
@@ -931,8 +941,10 @@ void ClientConnection::EndAttempt(bool reusable) {
       holds_slot_ = false;
       runtime.backends[backend_].limits->inflight.fetch_sub(
           1, std::memory_order_relaxed);
-      // A slot is free: the oldest queued request on this thread may go.
-      if (!runtime.queue.empty()) loop_.DrainQueue(runtime);
+    }
+    // A slot or a connection is free: the oldest queued request may go.
+    if (runtime.backends[backend_].limits && !runtime.queue.empty()) {
+      loop_.DrainQueue(runtime);
     }
   }
 }
@@ -940,18 +952,31 @@ void ClientConnection::EndAttempt(bool reusable) {
 bool ClientConnection::TryAcquire(BackendRuntime& backend) {
   if (!backend.limits) return true;
   const conf::Backend& config = *backend.config;
-  if (config.max_connections > 0 && backend.pool->idle_count() == 0 &&
-      backend.pool->shared_connections() >= config.max_connections) {
+  // Takes one unit of `counter` below `limit`, atomically across threads.
+  auto take = [](std::atomic<uint32_t>& counter, uint32_t limit) {
+    uint32_t current = counter.load(std::memory_order_relaxed);
+    do {
+      if (current >= limit) return false;
+    } while (!counter.compare_exchange_weak(current, current + 1,
+                                            std::memory_order_relaxed));
+    return true;
+  };
+  if (config.max_inflight > 0 &&
+      !take(backend.limits->inflight, config.max_inflight)) {
     return false;
   }
-  if (config.max_inflight == 0) return true;
-  std::atomic<uint32_t>& inflight = backend.limits->inflight;
-  uint32_t current = inflight.load(std::memory_order_relaxed);
-  do {
-    if (current >= config.max_inflight) return false;
-  } while (!inflight.compare_exchange_weak(current, current + 1,
-                                           std::memory_order_relaxed));
-  holds_slot_ = true;
+  holds_slot_ = config.max_inflight > 0;
+  // Without an idle connection a new one is needed: reserve it now, so two
+  // threads cannot both open the last one.
+  if (config.max_connections > 0 && backend.pool->idle_count() == 0) {
+    if (!take(backend.limits->connections, config.max_connections)) {
+      if (holds_slot_)
+        backend.limits->inflight.fetch_sub(1, std::memory_order_relaxed);
+      holds_slot_ = false;
+      return false;
+    }
+    connection_reserved_ = true;
+  }
   return true;
 }
 

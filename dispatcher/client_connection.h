@@ -227,8 +227,9 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   bool counted_retry_ = false;    // in cluster().active_retries
   int retry_status_ = 0;          // a 5xx answer being dropped for a retry
   bool holds_slot_ = false;       // counted in the backend's shared inflight
-  bool queued_ = false;           // in cluster().queue
-  bool from_queue_ = false;       // StartAttempt() called for a queued request
+  bool connection_reserved_ = false;  // a new connection already counted
+  bool queued_ = false;               // in cluster().queue
+  bool from_queue_ = false;  // StartAttempt() called for a queued request
   std::chrono::steady_clock::time_point queued_since_;
   Failure last_failure_ = Failure::kConnect;  // what the last failed try saw
 };

@@ -3,8 +3,6 @@
 // drive_machine()), requests parsed by llhttp.
 #include "dispatcher/demo_worker.h"
 
-#include "dispatcher/http_message.h"
-
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -22,6 +20,8 @@
 #include <cstring>
 #include <optional>
 #include <utility>
+
+#include "dispatcher/http_message.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -171,12 +171,15 @@ class DemoWorker::Connection {
     kTunnel,     // after 101 on /echo: every byte read is written back
     kClosing,    // reads no more; closes once the output is flushed
   };
+  int feedback_weight_ = -2;  // /control/feedback: -2 unchanged, -1 none
+  int feedback_state_ = -1;   // -1 unchanged, 0 none, 1 drain, 2 up
   enum class Route {
     kNotFound,
     kHello,
     kHealthz,
     kControlHealth,
     kControlFail,
+    kControlFeedback,
     kCompute,
     kBytes,
     kSink,
@@ -432,6 +435,35 @@ class DemoWorker::Connection {
           status && (*status == 0 || *status >= 200) ? status : std::nullopt,
           "status must be 0 or a number from 200 to 599");
       if (!QueryValue(query, "status")) query_error_ = "status is missing";
+    } else if (path == "/control/feedback") {
+      // What /healthz tells tandem about this worker's load: weight=N (a
+      // percentage, -1 = none) and state=drain|up|none.
+      Allow(Route::kControlFeedback, post, "POST, PUT");
+      std::optional<std::string_view> weight = QueryValue(query, "weight");
+      std::optional<std::string_view> state = QueryValue(query, "state");
+      feedback_weight_ = -2;
+      feedback_state_ = -1;
+      if (weight) {
+        auto value = ParseNumber(*weight);
+        if (*weight == "-1") {
+          feedback_weight_ = -1;
+        } else if (value && *value <= 1000) {
+          feedback_weight_ = static_cast<int>(*value);
+        } else {
+          query_error_ = "weight must be -1 or a percentage from 0 to 1000";
+        }
+      }
+      if (state) {
+        if (*state == "none") {
+          feedback_state_ = 0;
+        } else if (*state == "drain") {
+          feedback_state_ = 1;
+        } else if (*state == "up") {
+          feedback_state_ = 2;
+        } else {
+          query_error_ = "state must be drain, up or none";
+        }
+      }
     } else if (path == "/compute") {
       Allow(Route::kCompute, get || post, "GET, HEAD, POST, PUT");
       SetNumber(QueryNumber(query, "rounds", kDefaultRounds, 1, kMaxRounds),
@@ -526,7 +558,8 @@ class DemoWorker::Connection {
   bool Failing() const {
     return worker_->shared_->fail_status.load(std::memory_order_relaxed) != 0 &&
            route_ != Route::kHealthz && route_ != Route::kStats &&
-           route_ != Route::kControlHealth && route_ != Route::kControlFail;
+           route_ != Route::kControlHealth && route_ != Route::kControlFail &&
+           route_ != Route::kControlFeedback;
   }
 
   // Answers a complete request; pauses the parser unless the next pipelined
@@ -563,9 +596,30 @@ class DemoWorker::Connection {
         case Route::kHealthz: {
           int status =
               worker_->shared_->health_status.load(std::memory_order_relaxed);
-          WriteAnswer(status, status == 200 ? "ok\n" : "unhealthy\n");
+          std::string feedback;
+          int weight =
+              worker_->shared_->feedback_weight.load(std::memory_order_relaxed);
+          int state =
+              worker_->shared_->feedback_state.load(std::memory_order_relaxed);
+          if (weight >= 0)
+            feedback += "Tandem-Weight: " + std::to_string(weight) + "%\r\n";
+          if (state == 1) feedback += "Tandem-State: drain\r\n";
+          if (state == 2) feedback += "Tandem-State: up\r\n";
+          WriteAnswer(status, status == 200 ? "ok\n" : "unhealthy\n",
+                      kTextPlain, feedback);
           break;
         }
+        case Route::kControlFeedback:
+          if (feedback_weight_ != -2) {
+            worker_->shared_->feedback_weight.store(feedback_weight_,
+                                                    std::memory_order_relaxed);
+          }
+          if (feedback_state_ != -1) {
+            worker_->shared_->feedback_state.store(feedback_state_,
+                                                   std::memory_order_relaxed);
+          }
+          WriteAnswer(200, "feedback set\n");
+          break;
         case Route::kControlHealth:
           worker_->SetHealthStatus(static_cast<int>(number_));
           body_.assign("healthz answers ");

@@ -30,6 +30,10 @@ struct DemoWorkerShared {
   std::atomic<int> health_status{200};
   // 0, or the status every request but /healthz, /stats and /control/* gets.
   std::atomic<int> fail_status{0};
+  // What /healthz reports as load feedback: Tandem-Weight (a percentage;
+  // -1 = no header) and Tandem-State (0 none, 1 drain, 2 up).
+  std::atomic<int> feedback_weight{-1};
+  std::atomic<int> feedback_state{0};
   // Requests between their head arriving and their answer being queued, and
   // the most there ever were at once.
   std::atomic<uint64_t> in_flight{0};
@@ -48,6 +52,9 @@ struct DemoWorkerStart {
 //   GET  /                        200 "hello from <name>\n"
 //   GET  /healthz                 200 "ok\n", or the status set below
 //   POST /control/health?status=N sets what /healthz answers (200..599)
+//   POST /control/feedback?weight=N&state=drain|up|none  load feedback that
+//                                 /healthz carries (Tandem-Weight,
+//                                 Tandem-State)
 //   POST /control/fail?status=N   answers N (200..599) to every request but
 //                                 /healthz, /stats and /control/*; 0 restores
 //   GET|POST /compute?rounds=N    N rounds of SHA-256 chained over the body

@@ -285,11 +285,18 @@ void Server::Apply(std::shared_ptr<const conf::Config> config,
     for (const conf::Listener& listener : config->listeners) {
       mine.push_back({listener.name, sockets.at(SocketKey(listener))[i]});
     }
-    loops_[i]->Post([config, mine = std::move(mine), limits = limits_,
-                     tls](Loop& loop) mutable {
+    auto apply = [config, mine = std::move(mine), limits = limits_,
+                  tls](Loop& loop) mutable {
       loop.set_limits(std::move(limits));
       loop.ApplyConfig(config, std::move(mine), tls);
-    });
+    };
+    if (threads_.empty()) {
+      // Start-up: the loops do not run yet, so the config is in place
+      // before tandem says it is ready.
+      apply(*loops_[i]);
+    } else {
+      loops_[i]->Post(std::move(apply));
+    }
   }
   sockets_ = std::move(sockets);
   config_ = std::move(config);

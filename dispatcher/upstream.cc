@@ -93,7 +93,7 @@ UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user) {
   return connection;
 }
 
-UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
+UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
   BufferEventPtr bev;
   if (tls_) {
     SSL* ssl = tls_->NewSsl(address_, session_, this);
@@ -119,7 +119,7 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user) {
   if (head_ != nullptr) head_->prev_ = connection;
   head_ = connection;
   ++count_;
-  if (shared_connections_)
+  if (shared_connections_ && !counted)
     shared_connections_->fetch_add(1, std::memory_order_relaxed);
   stats_->connections_opened.Add();
   bufferevent* raw = connection->bev_.get();

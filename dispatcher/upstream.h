@@ -95,7 +95,8 @@ class BackendPool : public health::TlsSessionSink {
 
   // Starts a new connection for `user`, who later gets OnUpstreamConnected
   // or OnUpstreamClosed. nullptr when no socket could be made.
-  UpstreamConnection* Connect(UpstreamUser* user);
+  // `counted`: the caller already counted it against max_connections.
+  UpstreamConnection* Connect(UpstreamUser* user, bool counted = false);
 
   // Takes back a connection whose exchange completed cleanly and keeps it
   // idle; CloseIdle() later trims the pool to `max_idle`.

@@ -326,7 +326,9 @@ void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
   }
   backend.check_seconds += static_cast<double>(result.duration.count()) / 1e6;
   if (result.drain) backend.health->SetFeedbackDrain(now, wall, *result.drain);
-  if (result.weight_percent)
+  // A response without Tandem-Weight means full weight again; a check that
+  // got no response says nothing about the load.
+  if (result.status != 0)
     backend.health->SetFeedbackWeight(result.weight_percent);
   bool dirty = backend.health->transition_count() != before ||
                backend.health->feedback_weight() != weight_before;
