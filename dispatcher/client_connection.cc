@@ -672,6 +672,33 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
       return;
     }
   }
+  // A cold backup is starting for want of backends, or every eligible backend
+  // refused and a cold backup stands by: wait (within request_timeout) for
+  // health/ to bring it in rather than failing requests it will serve.
+  const bool standby_may_come =
+      runtime.activating ||
+      (retry && runtime.cold_standby && NeverReached(last_failure_));
+  if (pick == kNone && standby_may_come &&
+      (!retry || NeverReached(last_failure_))) {
+    if (from_queue_) {
+      state_ = State::kQueued;
+      queued_ = true;
+      runtime.queue.push_front(this);
+      return;
+    }
+    if (runtime.queue.size() <
+        std::max<size_t>(runtime.config->queue_size, 1024)) {
+      waiting_activation_ = true;
+      state_ = State::kQueued;
+      queued_ = true;
+      runtime.queue.push_back(this);
+      runtime.stats->queued.Add(1);
+      queued_since_ = Clock::now();
+      loop_.WatchQueue();
+      ArmTimer(request_start_ + runtime.config->request_timeout - Clock::now());
+      return;
+    }
+  }
   if (pick == kNone) {
     if (retry) {
       retry_note_ = "no other backend";
@@ -1082,7 +1109,8 @@ std::string_view ClientConnection::RetryRefusal(Failure failure) const {
   }
   if (request_.body_bytes() > 0 && !body_kept_)
     return "body too large to replay";
-  if (failure != Failure::kPoolRace && !runtime.has_fallback) {
+  if (failure != Failure::kPoolRace && !runtime.has_fallback &&
+      !(runtime.cold_standby && !reached)) {
     // tried_ will hold the current backend too.
     size_t tried =
         tried_.size() + (has_backend_ && !tried_.Contains(backend_) ? 1 : 0);
@@ -1238,6 +1266,7 @@ void ClientConnection::ResetExchange() {
   header_timer_armed_ = false;
   last_backend_ = nullptr;
   retry_note_ = {};
+  waiting_activation_ = false;
   trail_.clear();
   retry_status_ = 0;
   if (!retry_body_.empty()) retry_body_.clear();
@@ -1343,7 +1372,14 @@ void ClientConnection::OnTimer() {
     case State::kQueued:
       Dequeue();
       cluster().stats->queue_timeouts.Add();
-      RespondBusy("no backend slot freed up within queue_timeout");
+      if (waiting_activation_) {
+        flags_ |= kFlagNoBackend;
+        Respond(503,
+                "no eligible backend (a cold backup did not come up in time)",
+                !request_complete_);
+      } else {
+        RespondBusy("no backend slot freed up within queue_timeout");
+      }
       return;
     case State::kConnecting:
       flags_ |= kFlagUpstreamTimeout;

@@ -230,6 +230,7 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   bool connection_reserved_ = false;  // a new connection already counted
   bool queued_ = false;               // in cluster().queue
   bool from_queue_ = false;  // StartAttempt() called for a queued request
+  bool waiting_activation_ = false;  // queued until a cold backup is up
   std::chrono::steady_clock::time_point queued_since_;
   Failure last_failure_ = Failure::kConnect;  // what the last failed try saw
 };

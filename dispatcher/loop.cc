@@ -89,6 +89,8 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
     std::vector<algorithms::BackendView> views(cluster.backends.size());
     std::vector<algorithms::BackendView> reserve(cluster.backends.size());
     runtime.has_fallback = false;
+    runtime.activating = false;
+    runtime.cold_standby = false;
     for (size_t b = 0; b < cluster.backends.size(); ++b) {
       const conf::Backend& backend = cluster.backends[b];
       algorithms::BackendView& view = views[b];
@@ -111,6 +113,18 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
             break;
           }
         }
+      }
+      if (backend_status != nullptr &&
+          backend.standby == conf::Standby::kCold &&
+          backend.role == conf::Role::kBackup && backend_status->activation &&
+          *backend_status->activation != "failed") {
+        runtime.cold_standby = true;
+      }
+      // Started and not yet serving: requests may wait for it.
+      if (backend_status != nullptr && backend_status->activation &&
+          (*backend_status->activation == "activating" ||
+           (*backend_status->activation == "active" && !view.eligible))) {
+        runtime.activating = true;
       }
       if (backend_status != nullptr && backend.role == conf::Role::kBackup &&
           !view.eligible) {

@@ -88,7 +88,9 @@ struct ClusterRuntime {
     double budget = std::max(3.0, config->retry_budget * active_requests);
     return active_retries + 1 <= budget;
   }
-  bool has_limits = false;  // some backend has max_inflight/max_connections
+  bool has_limits = false;    // some backend has max_inflight/max_connections
+  bool activating = false;    // a cold backup is being started
+  bool cold_standby = false;  // a cold backup could still be started
   // Requests waiting for a backend below its limit, oldest first.
   std::deque<ClientConnection*> queue;
   // Requests whose retry waits for the retry budget, oldest first.

@@ -269,7 +269,8 @@ void HealthMonitor::ScheduleCheck(Cluster& cluster, Backend& backend,
                          !backend.active;
   if (first) {
     delay = std::chrono::nanoseconds(0);
-  } else if (backend.health->changing()) {
+  } else if (backend.health->changing() ||
+             backend.activation == algorithms::Activation::kActivating) {
     delay = check.fast_interval;
   } else if (warm_idle) {
     delay = check.warm_interval;
@@ -317,12 +318,16 @@ void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
   int64_t wall = WallMs();
   uint64_t before = backend.health->transition_count();
   auto weight_before = backend.health->feedback_weight();
+  const bool starting =
+      backend.activation == algorithms::Activation::kActivating;
   if (result.passed) {
     ++backend.checks_passed;
     backend.health->OnCheckPassed(now, wall, result.detail);
   } else {
     ++backend.checks_failed;
-    backend.health->OnCheckFailed(now, wall, result.detail);
+    // A cold backup just started is expected to refuse for a moment: that
+    // is not "down" (which would then need `rise` passes), only not yet up.
+    if (!starting) backend.health->OnCheckFailed(now, wall, result.detail);
   }
   backend.check_seconds += static_cast<double>(result.duration.count()) / 1e6;
   if (result.drain) backend.health->SetFeedbackDrain(now, wall, *result.drain);
@@ -461,6 +466,23 @@ void HealthMonitor::Tick() {
           now - last_ramp_publish_ >= kRampPublishInterval) {
         ramp = true;
       }
+      if (backend->activation == algorithms::Activation::kActivating &&
+          !backend->command->running() &&
+          now - backend->activation_started_at >=
+              std::chrono::duration_cast<Clock::duration>(
+                  cluster->config->activate_timeout) +
+                  std::chrono::duration_cast<Clock::duration>(
+                      cluster->config->health.timeout) +
+                  std::chrono::duration_cast<Clock::duration>(
+                      cluster->config->health.interval)) {
+        // Started, but never passed a check: give up on it for now.
+        backend->activation = algorithms::Activation::kFailed;
+        backend->activation_failed_at = now;
+        AddEvent(*cluster, "cold backup " + backend->address +
+                               " never passed its check after activation; "
+                               "trying the next backup");
+        dirty = true;
+      }
       if (backend->activation == algorithms::Activation::kFailed &&
           now - backend->activation_failed_at >= kActivationRetry) {
         backend->activation = algorithms::Activation::kInactive;
@@ -490,6 +512,7 @@ void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
   Backend* target = &backend;
   if (activate) {
     backend.activation = algorithms::Activation::kActivating;
+    backend.activation_started_at = Clock::now();
     Log(LogLevel::kInfo, "health", "activating cold backup",
         {{"cluster", cluster_name},
          {"backend", backend.address},

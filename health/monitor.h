@@ -74,6 +74,7 @@ class HealthMonitor {
     bool check_scheduled = false;
     algorithms::Activation activation = algorithms::Activation::kInactive;
     TimePoint activation_failed_at{};
+    TimePoint activation_started_at{};
     TimePoint refused_until{};
     TimePoint last_traffic_check{};  // a check run because traffic failed
     bool active = false;             // as the policy last said
