@@ -673,13 +673,12 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
     }
   }
   // A cold backup is starting for want of backends, or every eligible backend
-  // refused and a cold backup stands by: wait (within request_timeout) for
-  // health/ to bring it in rather than failing requests it will serve.
+  // failed a retryable request and a cold backup stands by: wait (within
+  // request_timeout) for health/ to bring it in rather than failing requests
+  // it will serve. (A retry got here only if RetryRefusal allowed it.)
   const bool standby_may_come =
-      runtime.activating ||
-      (retry && runtime.cold_standby && NeverReached(last_failure_));
-  if (pick == kNone && standby_may_come &&
-      (!retry || NeverReached(last_failure_))) {
+      runtime.activating || (retry && runtime.cold_standby);
+  if (pick == kNone && standby_may_come) {
     if (from_queue_) {
       state_ = State::kQueued;
       queued_ = true;
@@ -1110,7 +1109,7 @@ std::string_view ClientConnection::RetryRefusal(Failure failure) const {
   if (request_.body_bytes() > 0 && !body_kept_)
     return "body too large to replay";
   if (failure != Failure::kPoolRace && !runtime.has_fallback &&
-      !(runtime.cold_standby && !reached)) {
+      !runtime.cold_standby) {
     // tried_ will hold the current backend too.
     size_t tried =
         tried_.size() + (has_backend_ && !tried_.Contains(backend_) ? 1 : 0);
