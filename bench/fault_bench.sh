@@ -33,6 +33,9 @@ EOF
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO
+BENCH=fault_bench
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 readonly TOOL="$REPO/bench/fault_bench.py"
 PROXIES="${PROXIES:-tandem haproxy nginx}"
 SCENARIOS="${SCENARIOS:-kill freeze}"
@@ -57,9 +60,6 @@ for arg in "$@"; do
   esac
 done
 
-die() { echo "fault_bench: $*" >&2; exit 1; }
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
 for proxy in $PROXIES; do
   case "$proxy" in tandem | haproxy | nginx) ;; *) die "unknown proxy $proxy" ;; esac
@@ -71,7 +71,6 @@ for value in "$DURATION" "$FAULT_AT" "$CONNS"; do is_uint "$value" || die "not a
 ((FAULT_AT < DURATION)) || die "FAULT_AT must come before the end of DURATION"
 ((CONNS >= 1 && CONNS <= 256)) || die "CONNS must be 1..256"
 
-need() { command -v "$1" >/dev/null || die "$1 is not installed"; }
 need python3
 [[ " $PROXIES " == *" haproxy "* ]] && need haproxy
 [[ " $PROXIES " == *" nginx "* ]] && need nginx
@@ -127,10 +126,6 @@ run_waited() {
   return "$status"
 }
 
-wait_file() {
-  for _ in $(seq 100); do [[ -s "$1" ]] && return 0; sleep 0.05; done
-  return 1
-}
 
 # --- backends ---------------------------------------------------------------
 declare -a BACKEND_PORTS=() BACKEND_PIDS=()

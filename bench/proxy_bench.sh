@@ -37,6 +37,9 @@ EOF
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO
+BENCH=proxy_bench
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 readonly TOOL="$REPO/bench/proxy_bench.py"
 PROXIES="${PROXIES:-tandem haproxy nginx}"
 CONNS="${CONNS:-10 100 1000}"
@@ -65,15 +68,6 @@ for arg in "$@"; do
   esac
 done
 
-die() { echo "proxy_bench: $*" >&2; exit 1; }
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-# A zombie still answers kill -0; ps tells it apart.
-alive() {
-  local state
-  state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
-  [[ -n "$state" && "$state" != Z* ]]
-}
 
 for proxy in $PROXIES; do
   case "$proxy" in tandem | haproxy | nginx) ;; *) die "unknown proxy $proxy" ;; esac
@@ -85,7 +79,6 @@ done
 ((REPS >= 1 && REPS <= 100)) || die "REPS must be 1..100"
 for c in $CONNS; do ((c >= THREADS)) || die "$c connections are fewer than $THREADS wrk threads"; done
 
-need() { command -v "$1" >/dev/null || die "$1 is not installed"; }
 need python3
 need curl
 [[ " $PROXIES " == *" haproxy "* ]] && need haproxy
@@ -163,10 +156,6 @@ run_waited() {
 }
 
 # Waits up to 5 s for a file to appear.
-wait_file() {
-  for _ in $(seq 100); do [[ -s "$1" ]] && return 0; sleep 0.05; done
-  return 1
-}
 
 # --- backends ---------------------------------------------------------------
 declare -a BACKEND_PORTS=()

@@ -46,6 +46,9 @@ EOF
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO
+BENCH=tls_bench
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 readonly TOOL="$REPO/bench/tls_bench.py"
 PROXIES="${PROXIES:-tandem haproxy}"
 KEY="${KEY:-rsa2048}"
@@ -77,15 +80,6 @@ for arg in "$@"; do
   esac
 done
 
-die() { echo "tls_bench: $*" >&2; exit 1; }
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-# A zombie still answers kill -0; ps tells it apart.
-alive() {
-  local state
-  state="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
-  [[ -n "$state" && "$state" != Z* ]]
-}
 
 for proxy in $PROXIES; do
   case "$proxy" in tandem | haproxy) ;; *) die "unknown proxy $proxy (tandem or haproxy)" ;; esac
@@ -102,7 +96,6 @@ case "$KEY" in rsa2048 | rsa3072 | ec256) ;; *) die "KEY must be rsa2048, rsa307
 ((HS_CLIENTS >= 1 && HS_CLIENTS <= 64)) || die "HS_CLIENTS must be 1..64"
 for c in $CONNS; do ((c >= THREADS)) || die "$c connections are fewer than $THREADS wrk threads"; done
 
-need() { command -v "$1" >/dev/null || die "$1 is not installed"; }
 need python3
 need openssl
 [[ " $PROXIES " == *" haproxy "* ]] && need haproxy
@@ -171,10 +164,6 @@ run_waited() {
   return "$status"
 }
 
-wait_file() {
-  for _ in $(seq 100); do [[ -s "$1" ]] && return 0; sleep 0.05; done
-  return 1
-}
 
 # --- certificate --------------------------------------------------------------
 # A CA and a server certificate for localhost and 127.0.0.1, as a real
