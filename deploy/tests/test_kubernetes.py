@@ -378,7 +378,9 @@ class PodShutdownTest(unittest.TestCase):
         self.assertGreater(served[0], 0)
         self.assertEqual(long_result.get("status"), 200, "the in-flight request finished")
         self.assertGreaterEqual(tandem_exit, self.m.drain_delay)
-        self.assertGreaterEqual(hook_end, tandem_exit, "the app outlived tandem")
+        # The hook sees the admin port close, which tandem does as the last thing
+        # before its process exits: allow the few milliseconds between the two.
+        self.assertGreaterEqual(hook_end, tandem_exit - 0.25, "the app outlived tandem")
         self.assertLess(hook_end - tandem_exit, 2.5, "the preStop hook ends soon after tandem")
         self.assertLess(hook_end, termination)
 
