@@ -1104,7 +1104,9 @@ std::string_view ClientConnection::RetryRefusal(Failure failure) const {
   bool reached = !NeverReached(failure);
   if (reached) {
     if (!IsIdempotent(request_)) return "not idempotent";
-    if (tries_ > config.retries) return "retries exhausted";
+    // `retries` bounds the tries that reached a worker; refused connects and
+    // pooled connections found closed do not use it up.
+    if (reached_failures_ > config.retries) return "retries exhausted";
   }
   if (request_.body_bytes() > 0 && !body_kept_)
     return "body too large to replay";
@@ -1148,6 +1150,7 @@ void ClientConnection::FailAttempt(Failure failure, int status,
     tried_.Insert(backend_);
   }
   last_failure_ = failure;
+  if (!NeverReached(failure)) ++reached_failures_;
   std::string_view refusal = RetryRefusal(failure);
   ClusterRuntime& runtime = cluster();
   if (refusal.empty() && !NeverReached(failure) && !counted_retry_ &&
@@ -1265,6 +1268,7 @@ void ClientConnection::ResetExchange() {
   header_timer_armed_ = false;
   last_backend_ = nullptr;
   retry_note_ = {};
+  reached_failures_ = 0;
   waiting_activation_ = false;
   trail_.clear();
   retry_status_ = 0;

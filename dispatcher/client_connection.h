@@ -186,6 +186,7 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   bool has_backend_ = false;
   algorithms::TriedSet tried_;
   uint32_t tries_ = 0;
+  uint32_t reached_failures_ = 0;  // failed tries that reached a worker
   uint32_t flags_ = 0;
   bool head_pending_ = false;    // a request head awaits OnRequestHead()
   bool paused_at_head_ = false;  // the request parser waits before the body

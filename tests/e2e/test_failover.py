@@ -198,7 +198,10 @@ class FreezeTest(FailoverCase):
                              TIMEOUT + DETECTION_SLACK)
         # The weight rose through values below the full weight.
         self.assertGreaterEqual(len(set(ramp)), 2, samples)
-        self.assertTrue(all(0 < w < backend["weight"] for w in ramp), samples)
+        # (The last step of the ramp may reach the full weight just before the
+        # state leaves slow-start.)
+        self.assertTrue(all(0 < w <= backend["weight"] for w in ramp), samples)
+        self.assertLess(min(ramp), backend["weight"], samples)
         self.assertEqual(ramp, sorted(ramp), samples)
         # And it serves again.
         self.assertIn("w1", by_worker(between(outcomes, parse_utc(returned["at"]))))
@@ -345,7 +348,7 @@ class ColdBackupTest(FailoverCase):
                activation=backend_status(tandem, cold_address, cluster).get("activation"))
         # Requests that find every primary refusing wait for the cold backup
         # (within request_timeout) instead of failing: none is lost.
-        self.assertEqual(failed, [])
+        self.assertNoFailures(outcomes, tandem)
         self.assertEqual(set(by_worker(between(outcomes, gone_at))), {"p1", "p2"})
         self.assertIn(backend_status(tandem, cold_address, cluster).get("activation"),
                       ("inactive", "deactivated"))
@@ -444,8 +447,10 @@ class OutlierTest(FailoverCase):
         # The ejected one gets nothing; the 500s after it come from the second.
         after = between(outcomes, ejected_at + 0.05)
         self.assertNotIn("w1", {o.worker for o in after})
+        # (Outcomes are stamped when sent: one sent just before the second
+        # worker was switched may still be answered 500 by it.)
         self.assertEqual({o.worker for o in failures(between(outcomes, ejected_at + 0.05,
-                                                             second_at))}, set())
+                                                             second_at - scaled(0.5)))}, set())
 
 
 class PanicTest(FailoverCase):
