@@ -327,26 +327,18 @@ start_proxy() {  # PROXY TAG
     die "$proxy did not serve with every backend up within 15 s: $(tail -5 "$WORK/logs/$2-$proxy.log")"
 }
 
+write_config() {  # PROXY PORT
+  case "$1" in
+    haproxy) write_haproxy_config "$2" ;;
+    nginx) write_nginx_config "$2" ;;
+    tandem) write_tandem_config "$2" "$(python3 "$TOOL" free-port)" "off" ;;
+  esac
+}
+
 # --- main -------------------------------------------------------------------
 if ((CHECK_ONLY)); then
   start_backends check
-  status=0
-  for proxy in $PROXIES; do
-    port="$(python3 "$TOOL" free-port)"
-    case "$proxy" in
-      haproxy) write_haproxy_config "$port" ;;
-      nginx) write_nginx_config "$port" ;;
-      tandem) write_tandem_config "$port" "$(python3 "$TOOL" free-port)" "off" ;;
-    esac
-    if check_config "$proxy"; then
-      echo "$proxy: config OK"
-    else
-      echo "$proxy: config REJECTED"; sed 's/^/    /' "$WORK/logs/$proxy-check.log"; status=1
-    fi
-  done
-  echo "configs in $WORK (kept)"
-  KEEP=1
-  exit "$status"
+  check_configs_and_exit
 fi
 
 RESULTS="$WORK/results.jsonl"

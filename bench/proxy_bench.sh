@@ -392,28 +392,11 @@ EOF
 # --- main -------------------------------------------------------------------
 start_backends
 
-if ((CHECK_ONLY)); then
-  status=0
-  for proxy in $PROXIES; do
-    write_config "$proxy" "$(python3 "$TOOL" free-port)"
-    if check_config "$proxy"; then
-      echo "$proxy: config OK ($(tail -1 "$WORK/logs/$proxy-check.log"))"
-    else
-      echo "$proxy: config REJECTED"; sed 's/^/    /' "$WORK/logs/$proxy-check.log"; status=1
-    fi
-  done
-  echo "configs in $WORK (kept)"
-  KEEP=1
-  exit "$status"
-fi
+((CHECK_ONLY)) && check_configs_and_exit
 
 for proxy in $PROXIES; do start_proxy "$proxy"; done
 
-for proxy in $PROXIES; do
-  log "warm-up $proxy (${WARMUP}s)"
-  run_wrk "${PROXY_PORT[$proxy]}" 10 "$WARMUP" "$WORK/runs/$proxy-warmup.txt" ||
-    die "warm-up of $proxy failed: $(tail -3 "$WORK/runs/$proxy-warmup.txt")"
-done
+warm_up_proxies
 
 # Memory first, while the proxies have seen only the warm-up: what 10,000 idle
 # connections add is then not hidden in memory a 1000-connection run left.

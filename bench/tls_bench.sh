@@ -424,28 +424,11 @@ LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 make_certificate
 start_backends
 
-if ((CHECK_ONLY)); then
-  status=0
-  for proxy in $PROXIES; do
-    write_config "$proxy" "$(python3 "$TOOL" free-port)"
-    if check_config "$proxy"; then
-      echo "$proxy: config OK ($(tail -1 "$WORK/logs/$proxy-check.log"))"
-    else
-      echo "$proxy: config REJECTED"; sed 's/^/    /' "$WORK/logs/$proxy-check.log"; status=1
-    fi
-  done
-  echo "configs in $WORK (kept)"
-  KEEP=1
-  exit "$status"
-fi
+((CHECK_ONLY)) && check_configs_and_exit
 
 for proxy in $PROXIES; do start_proxy "$proxy"; done
 
-for proxy in $PROXIES; do
-  log "warm-up $proxy (${WARMUP}s)"
-  run_wrk "${PROXY_PORT[$proxy]}" 10 "$WARMUP" "$WORK/runs/$proxy-warmup.txt" ||
-    die "warm-up of $proxy failed: $(tail -3 "$WORK/runs/$proxy-warmup.txt")"
-done
+warm_up_proxies
 
 # Each repetition runs every test once per proxy, the proxies' order rotated
 # by one per repetition, so that no proxy always runs first.

@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cstdio>
 
+#include "conf/escape.h"
+
 namespace tandem::conf {
 namespace {
 
@@ -32,7 +34,7 @@ void AppendValue(std::string_view value, std::string* out) {
   bool quote = value.empty();
   for (char c : value) {
     if (c == ' ' || c == '"' || c == '=' || c == '\\' ||
-        static_cast<unsigned char>(c) < 0x20) {
+        static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
       quote = true;
       break;
     }
@@ -42,34 +44,7 @@ void AppendValue(std::string_view value, std::string* out) {
     return;
   }
   out->push_back('"');
-  for (char c : value) {
-    switch (c) {
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      case '\r':
-        out->append("\\r");
-        break;
-      case '\t':
-        out->append("\\t");
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char hex[8];
-          std::snprintf(hex, sizeof(hex), "\\x%02x",
-                        static_cast<unsigned char>(c));
-          out->append(hex);
-        } else {
-          out->push_back(c);
-        }
-    }
-  }
+  AppendEscaped(value, Escape::kLogfmt, out);
   out->push_back('"');
 }
 

@@ -8,6 +8,8 @@
 #include <charconv>
 #include <cstdio>
 
+#include "conf/escape.h"
+
 namespace tandem::dispatcher {
 namespace {
 
@@ -18,24 +20,6 @@ void AppendNumber(uint64_t value, std::string* out) {
   char buffer[24];
   auto [end, ec] = std::to_chars(buffer, buffer + sizeof(buffer), value);
   out->append(buffer, end);
-}
-
-// Escapes what a client controls (target, method) so a line stays one line
-// and JSON stays valid.
-void AppendEscaped(std::string_view value, bool json, std::string* out) {
-  for (char c : value) {
-    unsigned char u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out->push_back('\\');
-      out->push_back(c);
-    } else if (u < 0x20 || u == 0x7f || (json && u >= 0x80)) {
-      char hex[8];
-      std::snprintf(hex, sizeof(hex), json ? "\\u%04x" : "\\x%02x", u);
-      out->append(hex);
-    } else {
-      out->push_back(c);
-    }
-  }
 }
 
 }  // namespace
@@ -99,9 +83,9 @@ void AccessLog::Write(const AccessLogEntry& e) {
     buffer_.append("\",\"client\":\"");
     buffer_.append(e.client);
     buffer_.append("\",\"method\":\"");
-    AppendEscaped(e.method, true, &buffer_);
+    conf::AppendEscaped(e.method, conf::Escape::kJsonAscii, &buffer_);
     buffer_.append("\",\"target\":\"");
-    AppendEscaped(e.target, true, &buffer_);
+    conf::AppendEscaped(e.target, conf::Escape::kJsonAscii, &buffer_);
     buffer_.append("\",\"protocol\":\"HTTP/1.");
     AppendNumber(static_cast<uint64_t>(e.http_minor), &buffer_);
     buffer_.append("\",\"status\":");
@@ -145,9 +129,9 @@ void AccessLog::Write(const AccessLogEntry& e) {
     buffer_.push_back(' ');
     buffer_.append(e.client);
     buffer_.append(" \"");
-    AppendEscaped(e.method, false, &buffer_);
+    conf::AppendEscaped(e.method, conf::Escape::kLogfmt, &buffer_);
     buffer_.push_back(' ');
-    AppendEscaped(e.target, false, &buffer_);
+    conf::AppendEscaped(e.target, conf::Escape::kLogfmt, &buffer_);
     buffer_.append(" HTTP/1.");
     AppendNumber(static_cast<uint64_t>(e.http_minor), &buffer_);
     buffer_.append("\" ");

@@ -13,8 +13,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "conf/escape.h"
 #include "conf/log.h"
-#include "dispatcher/json.h"
 
 namespace tandem::dispatcher {
 
@@ -22,6 +22,7 @@ const char* const kVersion = "0.1.0";
 
 namespace {
 
+using conf::AppendJsonString;
 using conf::Log;
 using conf::LogLevel;
 
