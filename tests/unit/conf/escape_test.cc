@@ -22,7 +22,11 @@ TEST_CASE("quotes, backslashes and line breaks are escaped in every style") {
 }
 
 TEST_CASE("other control bytes and DEL use the style's hex form") {
-  std::string_view value("a\x01" "b\x7f" "c\x1b", 6);
+  std::string_view value(
+      "a\x01"
+      "b\x7f"
+      "c\x1b",
+      6);
   CHECK(Escaped(value, Escape::kLogfmt) == "a\\x01b\\x7fc\\x1b");
   CHECK(Escaped(value, Escape::kJson) == "a\\u0001b\\u007fc\\u001b");
   CHECK(Escaped(std::string_view("\0", 1), Escape::kJson) == "\\u0000");
