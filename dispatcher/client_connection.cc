@@ -150,8 +150,13 @@ void ClientConnection::Destroy() {
     event_del(&timer_);
     return;
   }
-  delete this;
+  DeleteNow();
 }
+
+// Out of line on purpose: inlined into Enter(), the `delete` would be on a
+// path the compiler cannot rule out (callback_depth_ > 0 there) and it would
+// warn of a use after free that never happens.
+[[gnu::noinline]] void ClientConnection::DeleteNow() { delete this; }
 
 // ---- libevent entry points --------------------------------------------------
 
@@ -164,7 +169,7 @@ void ClientConnection::Enter(ClientConnection* self, Fn&& handler) {
     DepthGuard guard(&self->callback_depth_);
     if (!self->destroy_pending_) handler();
   }
-  if (self->destroy_pending_ && self->callback_depth_ == 0) delete self;
+  if (self->destroy_pending_ && self->callback_depth_ == 0) self->DeleteNow();
 }
 
 void ClientConnection::ReadCb(bufferevent*, void* arg) {
@@ -1112,10 +1117,14 @@ std::string_view ClientConnection::RetryRefusal(Failure failure) const {
     return "body too large to replay";
   if (failure != Failure::kPoolRace && !runtime.has_fallback &&
       !runtime.cold_standby) {
-    // tried_ will hold the current backend too.
-    size_t tried =
-        tried_.size() + (has_backend_ && !tried_.Contains(backend_) ? 1 : 0);
-    if (runtime.eligible <= tried) return "no other backend";
+    // Another eligible backend this request has not tried yet? (The set may
+    // have changed since the last try: compare backend by backend.)
+    bool other = false;
+    for (size_t b = 0; b < runtime.backends.size() && !other; ++b) {
+      other = runtime.backends[b].eligible && !tried_.Contains(b) &&
+              !(has_backend_ && b == backend_);
+    }
+    if (!other) return "no other backend";
   }
   // The retry budget limits how many retries run at once; a request over it
   // waits for room (FailAttempt) rather than failing. A request that never

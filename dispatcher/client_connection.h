@@ -152,6 +152,7 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   void CloseAfterFlush();
   void FinishClose();
   void Destroy();
+  void DeleteNow();
   // Closes the exchange's upstream side and the client at once (a response
   // cut off mid-body must not look complete).
   void AbortExchange(uint32_t flag);

@@ -139,9 +139,8 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
         runtime.has_fallback = runtime.has_fallback || reserve[b].eligible;
       }
     }
-    runtime.eligible = 0;
-    for (const auto& view : views) {
-      if (view.eligible && view.weight > 0) ++runtime.eligible;
+    for (size_t b = 0; b < views.size(); ++b) {
+      runtime.backends[b].eligible = views[b].eligible && views[b].weight > 0;
     }
     runtime.picker->Update(views);
     runtime.fallback->Update(reserve);

@@ -56,6 +56,7 @@ struct BackendRuntime {
   BackendPool* pool = nullptr;
   BackendStats* stats = nullptr;
   std::shared_ptr<SharedLimits> limits;  // null when the backend has no limit
+  bool eligible = false;  // the last health snapshot lets it take requests
 };
 
 // TLS contexts of one config, built once by the server and shared by every
@@ -79,7 +80,6 @@ struct ClusterRuntime {
   std::vector<uint32_t> inflight;  // this thread's requests per backend
   std::vector<OutcomeCounts> outcomes;
   bool outcomes_pending = false;
-  uint32_t eligible = 0;         // backends the last health snapshot allows
   uint32_t active_requests = 0;  // this thread's exchanges in progress
   uint32_t active_retries = 0;   // of which retries
   // Envoy's retry budget: retries may be retry_budget of the requests in
