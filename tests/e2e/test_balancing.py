@@ -75,7 +75,12 @@ class WeightTest(FaultTestCase):
         tandem = self.start("ring-hash", hash_key="header:X-User")
         shares = self.measure(tandem, 3000, lambda i: {"X-User": "user-%d" % i})
         report("weights ring-hash", shares=shares)
-        self.assertShares(shares, 0.05)
+        # 160 points per weight (nginx's ketama) leave each backend's share of
+        # the ring uneven by chance, and the ports (so the points) differ each
+        # run: over 2,000 simulated placements of these three backends the
+        # largest share error was 0.072 (p99 0.051). A picker that ignored the
+        # weights would be 0.27 off.
+        self.assertShares(shares, 0.08)
 
     def test_maglev_shares_of_distinct_keys_follow_the_weights_3_1_1(self):
         tandem = self.start("maglev", hash_key="header:X-User")
