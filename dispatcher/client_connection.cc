@@ -55,6 +55,30 @@ class DepthGuard {
   int* depth_;
 };
 
+// Runs `parser` over what `input` holds, in place (no copy), draining what it
+// consumed, until it needs more or stops at a message boundary, a paused head
+// or an error. `*consumed` gets the bytes drained.
+HttpParser::Result Feed(HttpParser& parser, evbuffer* input, size_t* consumed) {
+  HttpParser::Result result = HttpParser::Result::kNeedMore;
+  *consumed = 0;
+  while (evbuffer_get_length(input) > 0) {
+    evbuffer_iovec vec[8];
+    int n = evbuffer_peek(input, -1, nullptr, vec, 8);
+    size_t used_total = 0;
+    for (int i = 0; i < std::min(n, 8); ++i) {
+      size_t used = 0;
+      result = parser.Execute(static_cast<const char*>(vec[i].iov_base),
+                              vec[i].iov_len, &used);
+      used_total += used;
+      if (result != HttpParser::Result::kNeedMore) break;
+    }
+    evbuffer_drain(input, used_total);
+    *consumed += used_total;
+    if (result != HttpParser::Result::kNeedMore) break;
+  }
+  return result;
+}
+
 std::string FormatAddress(const sockaddr* address, size_t* ip_length) {
   char host[INET6_ADDRSTRLEN] = "?";
   uint16_t port = 0;
@@ -382,23 +406,10 @@ void ClientConnection::OnClientRead() {
 }
 
 void ClientConnection::ParseRequest() {
-  evbuffer* input = bufferevent_get_input(bev_.get());
-  HttpParser::Result result = HttpParser::Result::kNeedMore;
-  while (evbuffer_get_length(input) > 0) {
-    evbuffer_iovec vec[8];
-    int n = evbuffer_peek(input, -1, nullptr, vec, 8);
-    size_t used_total = 0;
-    for (int i = 0; i < std::min(n, 8); ++i) {
-      size_t used = 0;
-      result = request_.Execute(static_cast<const char*>(vec[i].iov_base),
-                                vec[i].iov_len, &used);
-      used_total += used;
-      if (result != HttpParser::Result::kNeedMore) break;
-    }
-    evbuffer_drain(input, used_total);
-    listener_->stats->bytes_received.Add(used_total);
-    if (result != HttpParser::Result::kNeedMore) break;
-  }
+  size_t consumed = 0;
+  HttpParser::Result result =
+      Feed(request_, bufferevent_get_input(bev_.get()), &consumed);
+  listener_->stats->bytes_received.Add(consumed);
 
   switch (result) {
     case HttpParser::Result::kNeedMore:
@@ -815,23 +826,9 @@ void ClientConnection::ReplayBody() {
 
 void ClientConnection::ParseResponse() {
   if (upstream_ == nullptr) return;
-  evbuffer* input = upstream_->input();
-  HttpParser::Result result = HttpParser::Result::kNeedMore;
-  while (evbuffer_get_length(input) > 0) {
-    evbuffer_iovec vec[8];
-    int n = evbuffer_peek(input, -1, nullptr, vec, 8);
-    size_t used_total = 0;
-    for (int i = 0; i < std::min(n, 8); ++i) {
-      size_t used = 0;
-      result = response_->Execute(static_cast<const char*>(vec[i].iov_base),
-                                  vec[i].iov_len, &used);
-      used_total += used;
-      if (result != HttpParser::Result::kNeedMore) break;
-    }
-    evbuffer_drain(input, used_total);
-    if (used_total > 0) response_bytes_seen_ = true;
-    if (result != HttpParser::Result::kNeedMore) break;
-  }
+  size_t consumed = 0;
+  HttpParser::Result result = Feed(*response_, upstream_->input(), &consumed);
+  if (consumed > 0) response_bytes_seen_ = true;
   switch (result) {
     case HttpParser::Result::kNeedMore:
       if (OutputFull(bufferevent_get_output(bev_.get()))) {
