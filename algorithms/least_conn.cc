@@ -38,12 +38,13 @@ std::optional<size_t> LeastConn::PickAmong(const TriedSet* tried,
   for (size_t p = 0; p < n; ++p) {
     if (IsTried(tried, state_.index[p])) continue;
     const uint32_t inflight = inflight_of(state_.index[p]);
-    if (least == kNone ||
-        LessLoaded(inflight, state_.weight[p], least_inflight, state_.weight[least])) {
+    if (least == kNone || LessLoaded(inflight, state_.weight[p], least_inflight,
+                                     state_.weight[least])) {
       least = p;
       least_inflight = inflight;
       tie = false;
-    } else if (SameLoad(inflight, state_.weight[p], least_inflight, state_.weight[least])) {
+    } else if (SameLoad(inflight, state_.weight[p], least_inflight,
+                        state_.weight[least])) {
       tie = true;
     }
   }
@@ -56,8 +57,8 @@ std::optional<size_t> LeastConn::PickAmong(const TriedSet* tried,
   int64_t total = 0;
   for (size_t p = least; p < n; ++p) {
     if (IsTried(tried, state_.index[p]) ||
-        !SameLoad(inflight_of(state_.index[p]), state_.weight[p], least_inflight,
-                  least_weight)) {
+        !SameLoad(inflight_of(state_.index[p]), state_.weight[p],
+                  least_inflight, least_weight)) {
       continue;
     }
     const int64_t current = state_.current[p] += state_.weight[p];
