@@ -1516,7 +1516,7 @@ LoadResult ParseConfig(std::string_view text, std::string_view source_name) {
   return loader.Load(text);
 }
 
-LoadResult LoadConfigFile(const std::string& path) {
+LoadResult LoadConfigFile(const std::string& path, std::string* text_out) {
   const auto failure = [&](std::string message) {
     LoadResult result;
     result.errors.push_back({path, 0, 0, "", std::move(message)});
@@ -1540,6 +1540,7 @@ LoadResult LoadConfigFile(const std::string& path) {
     text.append(buffer, static_cast<size_t>(n));
   }
   ::close(fd);
+  if (text_out != nullptr) *text_out = text;
   return ParseConfig(text, path);
 }
 

@@ -31,8 +31,9 @@ struct LoadResult {
 };
 
 // Reads and validates `path`. Never throws; a missing or unreadable file is an
-// error in the result.
-LoadResult LoadConfigFile(const std::string& path);
+// error in the result. `text`, when given, gets the bytes read (it is left
+// alone when the file could not be read).
+LoadResult LoadConfigFile(const std::string& path, std::string* text = nullptr);
 
 // Validates TOML text; `source_name` stands for the file name in diagnostics.
 LoadResult ParseConfig(std::string_view text, std::string_view source_name);

@@ -703,6 +703,13 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
     }
     if (runtime.queue.size() <
         std::max<size_t>(runtime.config->queue_size, 1024)) {
+      if (retry) {
+        // Resumed as the retry it is (RetryFromQueue): the backends it
+        // already failed on stay excluded, and this answer stands if none
+        // comes.
+        pending_status_ = status;
+        if (detail != detail_.c_str()) detail_ = detail;
+      }
       waiting_activation_ = true;
       state_ = State::kQueued;
       queued_ = true;
@@ -751,10 +758,8 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
     SendRequestHead();
     return;
   }
+  // Connect() owns the reservation from here, on failure too.
   upstream_ = backend.pool->Connect(this, connection_reserved_);
-  if (upstream_ == nullptr && connection_reserved_) {
-    backend.limits->connections.fetch_sub(1, std::memory_order_relaxed);
-  }
   connection_reserved_ = false;
   if (upstream_ == nullptr) {
     FailAttempt(Failure::kConnect, 502,
@@ -1044,7 +1049,11 @@ bool ClientConnection::RetryFromQueue() {
     queued_ = false;
     from_queue_ = true;
     state_ = State::kConnecting;
-    StartAttempt();
+    if (tries_ > 0) {
+      StartAttempt(true, pending_status_, detail_.c_str());
+    } else {
+      StartAttempt();
+    }
     from_queue_ = false;
     left = !queued_;
     if (left) {
@@ -1097,10 +1106,16 @@ void ClientConnection::ReportOutcome(bool success, Failure failure) {
                       failure == Failure::kRefused);
 }
 
+Clock::time_point ClientConnection::RequestDeadline() const {
+  return std::max(request_done_, request_start_) +
+         cluster().config->request_timeout;
+}
+
 std::string_view ClientConnection::RetryRefusal(Failure failure) const {
   const ClusterRuntime& runtime = cluster();
   const conf::Cluster& config = *runtime.config;
   if (response_started_) return "response already started";
+  if (Clock::now() >= RequestDeadline()) return "request_timeout spent";
   // A request that never reached a worker may always go elsewhere; one that
   // did only when repeating it is safe.
   bool reached = !NeverReached(failure);
@@ -1165,8 +1180,7 @@ void ClientConnection::FailAttempt(Failure failure, int status,
     // request_timeout, so a burst of timeouts on one frozen worker is not
     // turned into errors while the cluster is not hammered either.
     EndAttempt(false);
-    auto deadline = std::max(request_done_, request_start_) +
-                    runtime.config->request_timeout;
+    auto deadline = RequestDeadline();
     if (Clock::now() < deadline) {
       pending_status_ = status;
       if (detail != detail_.c_str()) detail_ = detail;
@@ -1409,10 +1423,9 @@ void ClientConnection::OnTimer() {
         }
         return;
       }
-      auto request_deadline = request_done_ + config.request_timeout;
+      auto request_deadline = RequestDeadline();
       if (now >= request_deadline) {
-        // The whole budget is spent: no retry, whatever the method.
-        tries_ = std::max(tries_, cluster().config->retries + 1);
+        // The whole budget is spent: RetryRefusal allows no retry.
         FailAttempt(Failure::kTimeout, 504,
                     "backend did not answer within request_timeout");
         return;

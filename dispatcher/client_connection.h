@@ -133,6 +133,9 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   void FailAttempt(Failure failure, int status, const char* detail);
   // Empty when `failure` may be retried now; else why not (for the log).
   std::string_view RetryRefusal(Failure failure) const;
+  // When request_timeout ends: counted from the end of the request (its start
+  // while it is still arriving).
+  std::chrono::steady_clock::time_point RequestDeadline() const;
   // Tells health/ how the attempt went.
   void ReportOutcome(bool success, Failure failure);
   // The request's hash for ring-hash and maglev, from hash_key.

@@ -18,8 +18,7 @@ constexpr timeval kSettle = {0, 200 * 1000};
 constexpr uint32_t kMask =
     IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ATTRIB;
 
-}  // namespace
-
+// The file's whole content; empty (and false) when it cannot be read.
 bool ReadWholeFile(const std::string& path, std::string* content) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -31,6 +30,8 @@ bool ReadWholeFile(const std::string& path, std::string* content) {
   *content = text.str();
   return true;
 }
+
+}  // namespace
 
 ConfigWatch::ConfigWatch(event_base* base, std::string path,
                          std::function<void()> changed)

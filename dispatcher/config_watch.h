@@ -48,7 +48,4 @@ class ConfigWatch {
   int target_watch_ = -1;
 };
 
-// The file's whole content; empty (and false) when it cannot be read.
-bool ReadWholeFile(const std::string& path, std::string* content);
-
 }  // namespace tandem::dispatcher

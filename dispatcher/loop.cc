@@ -57,13 +57,13 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
         backend_runtime.limits =
             loop.LimitsFor(cluster.name, backend.address.text);
         runtime.has_limits = true;
-        if (backend.max_connections > 0) {
-          backend_runtime.pool->set_shared_connections(
-              std::shared_ptr<std::atomic<uint32_t>>(
-                  backend_runtime.limits,
-                  &backend_runtime.limits->connections));
-        }
       }
+      backend_runtime.pool->set_shared_connections(
+          backend.max_connections > 0
+              ? std::shared_ptr<std::atomic<uint32_t>>(
+                    backend_runtime.limits,
+                    &backend_runtime.limits->connections)
+              : nullptr);
       runtime.backends.push_back(backend_runtime);
     }
   }
@@ -513,13 +513,12 @@ void Loop::ReleaseGeneration(Generation* generation) {
 void Loop::TickCb(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Loop*>(arg);
   if (!self->current_) return;
-  for (const conf::Cluster& cluster : self->current_->config().clusters) {
-    for (const conf::Backend& backend : cluster.backends) {
-      auto it = self->pools_.find(backend.address.text);
-      if (it != self->pools_.end()) {
-        it->second->CloseIdle(cluster.idle_timeout,
-                              cluster.max_idle_connections);
-      }
+  // Through the runtime's own pool pointers: a TLS pool is keyed apart from
+  // the plain one of the same address.
+  for (const ClusterRuntime& runtime : self->current_->clusters_) {
+    for (const BackendRuntime& backend : runtime.backends) {
+      backend.pool->CloseIdle(runtime.config->idle_timeout,
+                              runtime.config->max_idle_connections);
     }
   }
 }

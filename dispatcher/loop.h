@@ -113,9 +113,6 @@ class Generation {
   Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
              const TlsContexts& tls);
   const conf::Config& config() const { return *config_; }
-  const std::shared_ptr<const conf::Config>& config_ptr() const {
-    return config_;
-  }
   // Feeds a health snapshot to the pickers (backends matched by cluster name
   // and address, so a snapshot of another config applies too). Backends the
   // snapshot does not know take traffic only when their cluster has no

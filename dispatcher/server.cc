@@ -181,7 +181,7 @@ conf::LoadResult Server::Load() {
   if (!options_.config_text.empty()) {
     return conf::ParseConfig(options_.config_text, options_.config_path);
   }
-  return conf::LoadConfigFile(options_.config_path);
+  return conf::LoadConfigFile(options_.config_path, &loaded_text_);
 }
 
 int Server::OpenAccessLog(const conf::Global& global, std::string* error) {
@@ -399,9 +399,7 @@ int Server::Run() {
                                              std::vector<std::string> errors;
                                              ReloadNow("file change", &errors);
                                            });
-    std::string content;
-    ReadWholeFile(options_.config_path, &content);
-    watch_->set_loaded_content(std::move(content));
+    watch_->set_loaded_content(loaded_text_);
     if (!watch_->Start(&error)) {
       Log(LogLevel::kWarn, "conf",
           "config file not watched; reload with SIGHUP", {{"error", error}});
@@ -467,11 +465,9 @@ bool Server::ReloadNow(const std::string& trigger,
   }
   if (systemd_) systemd_->Reloading();
   ReloadNotice notice{systemd_.get()};  // READY=1 again however it ends
-  std::string content;
-  if (watch_ && ReadWholeFile(options_.config_path, &content)) {
-    watch_->set_loaded_content(std::move(content));
-  }
   conf::LoadResult result = Load();
+  // What was parsed, good or bad, is what the file watch compares against.
+  if (watch_) watch_->set_loaded_content(loaded_text_);
   last_reload_.at_unix = static_cast<long long>(time(nullptr));
   for (const conf::Diagnostic& error : result.errors)
     errors->push_back(error.ToString());

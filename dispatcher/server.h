@@ -92,6 +92,7 @@ class Server : private AdminHandler {
   std::map<std::string, std::vector<evutil_socket_t>> sockets_;
   std::unique_ptr<AdminServer> admin_;
   std::unique_ptr<ConfigWatch> watch_;
+  std::string loaded_text_;  // the config file as Load() last read it
   std::unique_ptr<SystemdNotifier> systemd_;
   std::unique_ptr<health::HealthMonitor> health_;
   std::shared_ptr<const std::map<std::pair<std::string, std::string>,

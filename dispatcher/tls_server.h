@@ -29,12 +29,6 @@ class TlsServerContext {
   // A new server-side SSL; the caller owns it. nullptr on failure.
   SSL* NewSsl() const;
 
-  // The names certificate `index` answers for (subjectAltName DNS entries,
-  // else the CN), for tests and logs.
-  const std::vector<std::string>& names(size_t index) const {
-    return certs_[index].names;
-  }
-
  private:
   struct Certificate {
     SSL_CTX* ctx = nullptr;

@@ -94,15 +94,22 @@ UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user) {
 }
 
 UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
+  // A connection that never came to be gives back the caller's reservation
+  // (one that did gives it back in Close()).
+  auto fail = [&]() -> UpstreamConnection* {
+    if (counted && shared_connections_)
+      shared_connections_->fetch_sub(1, std::memory_order_relaxed);
+    return nullptr;
+  };
   BufferEventPtr bev;
   if (tls_) {
     SSL* ssl = tls_->NewSsl(address_, session_, this);
-    if (ssl == nullptr) return nullptr;
+    if (ssl == nullptr) return fail();
     bev.reset(bufferevent_openssl_socket_new(
         base_, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE));
     if (!bev) {
       SSL_free(ssl);
-      return nullptr;
+      return fail();
     }
     // A backend closing without close_notify ends a response like EOF does;
     // the HTTP framing says whether it was complete.
@@ -110,7 +117,7 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
   } else {
     bev.reset(bufferevent_socket_new(base_, -1, BEV_OPT_CLOSE_ON_FREE));
   }
-  if (!bev) return nullptr;
+  if (!bev) return fail();
   bufferevent_set_max_single_read(bev.get(), kMaxSingleRead);
   auto* connection = new UpstreamConnection(*this, std::move(bev));
   connection->user_ = user;

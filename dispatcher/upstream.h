@@ -86,7 +86,6 @@ class BackendPool : public health::TlsSessionSink {
   void set_tls(std::shared_ptr<health::TlsClientContext> tls) {
     tls_ = std::move(tls);
   }
-  bool tls() const { return tls_ != nullptr; }
   void StoreSession(SSL_SESSION* session) override;
 
   // An idle connection handed to `user`, most recently used first; nullptr
@@ -95,7 +94,8 @@ class BackendPool : public health::TlsSessionSink {
 
   // Starts a new connection for `user`, who later gets OnUpstreamConnected
   // or OnUpstreamClosed. nullptr when no socket could be made.
-  // `counted`: the caller already counted it against max_connections.
+  // `counted`: the caller already counted it against max_connections; the
+  // pool gives that count back when the connection closes or cannot be made.
   UpstreamConnection* Connect(UpstreamUser* user, bool counted = false);
 
   // Takes back a connection whose exchange completed cleanly and keeps it
@@ -112,7 +112,15 @@ class BackendPool : public health::TlsSessionSink {
 
   size_t idle_count() const { return idle_.size(); }
   // Connections across threads, for a max_connections limit (null: none).
+  // The max_connections counter this pool's connections count in (null: no
+  // limit). A reload that adds, removes or replaces it moves the connections
+  // already open to the new one, so their closing later balances it.
   void set_shared_connections(std::shared_ptr<std::atomic<uint32_t>> counter) {
+    if (counter == shared_connections_) return;
+    const auto open = static_cast<uint32_t>(count_);
+    if (shared_connections_)
+      shared_connections_->fetch_sub(open, std::memory_order_relaxed);
+    if (counter) counter->fetch_add(open, std::memory_order_relaxed);
     shared_connections_ = std::move(counter);
   }
   uint32_t shared_connections() const {
