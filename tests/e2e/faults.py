@@ -15,8 +15,8 @@ import threading
 import time
 
 from harness import (ChildProcess, Client, Deadline, IncompleteMessage, ProtocolError,
-                     TANDEM_WORKER, TandemTestCase, Worker, http_request, scaled, toml_table,
-                     wait_until)
+                     TANDEM_WORKER, TandemTestCase, Worker, free_port, http_request, scaled,
+                     toml_table, wait_until)
 
 # ---- time --------------------------------------------------------------------
 
@@ -188,13 +188,6 @@ def parallel_gets(port, targets, headers=None, timeout=None):
 
 
 # ---- workers and processes -----------------------------------------------------------
-
-
-def free_port():
-    """A loopback port free right now (for a process that needs a fixed one)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PortWorker(Worker):

@@ -43,6 +43,19 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 
+def require_tool(package, *names):
+    """The path of the first command in `names` that is installed. A missing
+    one fails the test rather than skipping it: the README's test command
+    (scripts/build --test) installs the Debian package `package`, so a skip
+    would only hide a broken install step."""
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise AssertionError("%s is not installed (Debian package %s; scripts/build --test "
+                         "installs it)" % (" or ".join(names), package))
+
+
 def scaled(seconds):
     """Returns a timeout in seconds, stretched for slow (sanitizer) builds."""
     return seconds * TIMEOUT_SCALE
@@ -462,6 +475,14 @@ def write_file(path, text):
     with open(temporary, "w") as f:
         f.write(text)
     os.replace(temporary, path)
+
+
+def free_port():
+    """A loopback port nothing listens on right now (bound, read back,
+    released), for a process that needs a fixed one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def refused_address():

@@ -11,14 +11,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 
 from harness import (TANDEM, ChildProcess, Client, IncompleteMessage, ProtocolError, Tandem,
-                     http_request, parse_logfmt, scaled, toml_table, wait_until)
+                     free_port, http_request, parse_logfmt, require_tool, scaled, toml_table,
+                     wait_until)
 
 TOKEN = "secret"  # the admin token make_config() writes
 AUTH = {"Authorization": "Bearer " + TOKEN}
@@ -40,13 +40,6 @@ def health_table(cluster="compute", interval="200ms", timeout="150ms", rise=1, f
               "down_interval": interval, "jitter": "0s", "rise": rise, "fall": fall}
     values.update(more)
     return toml_table("clusters.%s.health" % cluster, values)
-
-
-def free_port():
-    """A port nothing listens on right now (bound, read back, released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- how a config file changes ---------------------------------------------------
@@ -456,8 +449,8 @@ def wait_metric(tandem, predicate, name, timeout=None, what=None, **labels):
 
 
 def promtool():
-    """The promtool binary, or None."""
-    return shutil.which("promtool")
+    """The promtool binary."""
+    return require_tool("prometheus", "promtool")
 
 
 def promtool_check(text):
@@ -495,12 +488,8 @@ def parse_logfmt_strict(line):
 
 
 def chromium():
-    """The Chromium binary, or None."""
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+    """The Chromium binary."""
+    return require_tool("chromium", "chromium", "chromium-browser", "google-chrome")
 
 
 def run_chromium(url, args, timeout=None):

@@ -20,8 +20,8 @@ import unittest
 import warnings
 import xml.etree.ElementTree as ElementTree
 
-from harness import (Client, IncompleteMessage, TandemTestCase, curl, make_config, run_tandem,
-                     scaled, toml_table, wait_until, write_file)
+from harness import (Client, IncompleteMessage, TandemTestCase, curl, make_config, require_tool,
+                     run_tandem, scaled, toml_table, wait_until, write_file)
 from ops import backend_status, health_table, wait_state
 from tlsutil import (Pki, TlsBackend, TlsClient, client_context, served_cert, s_client)
 
@@ -368,9 +368,7 @@ class ListenerTlsTest(TandemTestCase):
             self.assertEqual(client.get("/").status, 200)
 
     def test_sslscan_finds_no_weak_protocol_or_cipher(self):
-        if shutil.which("sslscan") is None:
-            self.skipTest("sslscan is not installed (Debian package sslscan; "
-                          "scripts/build --test installs it)")
+        require_tool("sslscan", "sslscan")
         port = self.tandem.ports["scan"]
         for listener, port, name, key_type in (("scan", port, "scan.example.test", "RSA"),
                                                ("web", self.port, "default.example.test", "EC")):
