@@ -3,7 +3,6 @@
 readiness and detection probes for each proxy, and the report. Standard
 library only; everything on 127.0.0.1."""
 
-import argparse
 import calendar
 import http.client
 import json
@@ -15,13 +14,9 @@ import sys
 import threading
 import time
 
+from benchlib import command_parser, run_common
+
 # ---- readiness -------------------------------------------------------------------
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port, path, timeout=1.0):
@@ -293,9 +288,7 @@ def report(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("free-port")
+    parser, sub = command_parser(__doc__, "free-port")
     p = sub.add_parser("wait-ready")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--kind", choices=("tandem", "haproxy", "nginx"), required=True)
@@ -319,9 +312,9 @@ def main():
     p.add_argument("results")
     args = parser.parse_args()
 
-    if args.command == "free-port":
-        print(free_port())
-    elif args.command == "wait-ready":
+    if run_common(args):
+        return
+    if args.command == "wait-ready":
         sys.exit(0 if wait_ready(args) else 1)
     elif args.command == "load":
         run_load(args)

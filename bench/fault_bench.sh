@@ -50,16 +50,10 @@ WORKER="${WORKER:-$REPO/build/tandem-worker}"
 # Health checks and timeouts, the same for all three where they have them.
 readonly CHECK_INTERVAL_MS=500 CHECK_FAST_MS=125 CHECK_TIMEOUT_MS=250 RISE=2 FALL=2
 readonly CONNECT_TIMEOUT_MS=500 TRY_TIMEOUT_MS=300 RETRIES=2
+# Three backends, one of them faulted; nothing is pinned to CPUs.
+readonly BACKENDS=3
 
-CHECK_ONLY=0
-for arg in "$@"; do
-  case "$arg" in
-    --check-config) CHECK_ONLY=1 ;;
-    --help | -h) usage; exit 0 ;;
-    *) echo "fault_bench: unknown argument $arg (see --help)" >&2; exit 2 ;;
-  esac
-done
-
+parse_options "$@"
 
 for proxy in $PROXIES; do
   case "$proxy" in tandem | haproxy | nginx) ;; *) die "unknown proxy $proxy" ;; esac
@@ -72,85 +66,16 @@ for value in "$DURATION" "$FAULT_AT" "$CONNS"; do is_uint "$value" || die "not a
 ((CONNS >= 1 && CONNS <= 256)) || die "CONNS must be 1..256"
 
 need python3
-[[ " $PROXIES " == *" haproxy "* ]] && need haproxy
-[[ " $PROXIES " == *" nginx "* ]] && need nginx
+need_proxies
 [[ -x "$WORKER" ]] || die "no tandem-worker at $WORKER (build it, or set WORKER)"
 [[ " $PROXIES " != *" tandem "* || -x "$TANDEM" ]] || die "no tandem at $TANDEM (or set TANDEM)"
 
-# Processes of the current run, stopped by PID (SIGCONT first: a frozen one
-# would not act on SIGTERM), and on any exit.
-declare -a RUN_PIDS=()
-FOREGROUND=""
-WORK=""
-stop_run() {
-  local i pid
-  for pid in "${RUN_PIDS[@]}"; do kill -CONT "$pid" 2>/dev/null || true; done
-  for ((i = ${#RUN_PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${RUN_PIDS[i]}" 2>/dev/null || true; done
-  for ((i = ${#RUN_PIDS[@]} - 1; i >= 0; i--)); do
-    pid="${RUN_PIDS[i]}"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  RUN_PIDS=()
-}
-cleanup() {
-  local status=$?
-  if [[ -n "$FOREGROUND" ]]; then RUN_PIDS+=("$FOREGROUND"); fi
-  stop_run
-  if [[ -n "$WORK" ]]; then
-    if [[ "$KEEP" == 1 || ($status -ne 0 && $status -ne 130 && $status -ne 143) ]]; then
-      echo "fault_bench: kept $WORK" >&2
-    else
-      rm -rf "$WORK"
-    fi
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-WORK="$(mktemp -d /tmp/fault-bench.XXXXXX)"
+make_work_dir fault-bench
 chmod 755 "$WORK"  # nginx workers run as nobody
 mkdir -p "$WORK/logs"
 
-# Runs a command in the background and waits for it, so that a signal is
-# handled at once and the cleanup can stop it.
-run_waited() {
-  local status=0
-  "$@" &
-  FOREGROUND=$!
-  wait "$FOREGROUND" || status=$?
-  FOREGROUND=""
-  return "$status"
-}
-
-
-# --- backends ---------------------------------------------------------------
-declare -a BACKEND_PORTS=() BACKEND_PIDS=()
-start_backends() {  # TAG
-  local i pid file
-  BACKEND_PORTS=()
-  BACKEND_PIDS=()
-  for i in 1 2 3; do
-    file="$WORK/$1-b$i.port"
-    "$WORKER" --listen 127.0.0.1:0 --name "b$i" --threads 1 --port-file "$file" \
-      >"$WORK/logs/$1-b$i.log" 2>&1 &
-    pid=$!
-    # Out of the job table: bash would report the SIGKILL the fault sends.
-    # It still reaps the process; stop_run finds it by PID.
-    disown "$pid"
-    RUN_PIDS+=("$pid")
-    wait_file "$file" || die "backend b$i did not start: $(tail -3 "$WORK/logs/$1-b$i.log")"
-    BACKEND_PORTS+=("$(cat "$file")")
-    BACKEND_PIDS+=("$pid")
-  done
-}
-
 # --- configs ----------------------------------------------------------------
 write_haproxy_config() {  # PORT
-  local i
   {
     cat <<EOF
 global
@@ -181,43 +106,17 @@ backend workers
     http-check expect status 200
     default-server check inter ${CHECK_INTERVAL_MS}ms fastinter ${CHECK_FAST_MS}ms downinter ${CHECK_INTERVAL_MS}ms rise $RISE fall $FALL
 EOF
-    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
-      echo "    server b$((i + 1)) 127.0.0.1:${BACKEND_PORTS[i]}"
-    done
+    haproxy_servers
   } >"$WORK/haproxy.cfg"
 }
 
 write_nginx_config() {  # PORT
-  local i dir="$WORK/nginx"
-  mkdir -p "$dir"
+  mkdir -p "$WORK/nginx"
   {
-    cat <<EOF
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-
-events {
-    worker_connections 4096;
-}
-
-http {
-    access_log off;
-    keepalive_timeout 30s;
-    keepalive_requests 100000000;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-
-    upstream workers {
-EOF
+    nginx_config_head 4096 30s
     # No active checks in nginx open source: FALL failures on real traffic
     # take a backend out for 10 s.
-    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
-      echo "        server 127.0.0.1:${BACKEND_PORTS[i]} max_fails=$FALL fail_timeout=10s;"
-    done
+    nginx_servers "max_fails=$FALL fail_timeout=10s"
     cat <<EOF
         keepalive 64;
     }
@@ -237,11 +136,10 @@ EOF
     }
 }
 EOF
-  } >"$dir/nginx.conf"
+  } >"$WORK/nginx/nginx.conf"
 }
 
 write_tandem_config() {  # PORT ADMIN_PORT ACCESS_LOG
-  local i
   {
     cat <<EOF
 # fault_bench.sh: tandem with one event-loop thread over three backends; the
@@ -275,9 +173,7 @@ timeout = "${CHECK_TIMEOUT_MS}ms"
 rise = $RISE
 fall = $FALL
 EOF
-    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
-      printf '\n[[clusters.workers.backends]]\naddress = "127.0.0.1:%s"\n' "${BACKEND_PORTS[i]}"
-    done
+    tandem_backends
   } >"$WORK/tandem.toml"
 }
 
@@ -293,7 +189,7 @@ check_config() {  # PROXY
 # --- proxies ----------------------------------------------------------------
 PROXY_PORT="" KIND_SPEC="" FAULTY=""
 start_proxy() {  # PROXY TAG
-  local proxy="$1" admin pid
+  local proxy="$1" admin
   PROXY_PORT="$(python3 "$TOOL" free-port)"
   case "$proxy" in
     haproxy)
@@ -314,15 +210,7 @@ start_proxy() {  # PROXY TAG
       FAULTY="127.0.0.1:${BACKEND_PORTS[0]}"
       ;;
   esac
-  check_config "$proxy" || die "$proxy config rejected: $(tail -5 "$WORK/logs/$proxy-check.log")"
-  case "$proxy" in
-    haproxy) haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/logs/$2-haproxy.log" 2>&1 & ;;
-    nginx) nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
-      >"$WORK/logs/$2-nginx.log" 2>&1 & ;;
-    tandem) "$TANDEM" -c "$WORK/tandem.toml" >"$WORK/logs/$2-tandem.log" 2>&1 & ;;
-  esac
-  pid=$!
-  RUN_PIDS+=("$pid")
+  launch_proxy "$proxy" "$WORK/logs/$2-$proxy.log"
   python3 "$TOOL" wait-ready --port "$PROXY_PORT" --kind "$proxy" --spec "$KIND_SPEC" --timeout 15 ||
     die "$proxy did not serve with every backend up within 15 s: $(tail -5 "$WORK/logs/$2-$proxy.log")"
 }
@@ -347,6 +235,9 @@ for scenario in $SCENARIOS; do
   for proxy in $PROXIES; do
     tag="$scenario-$proxy"
     start_backends "$tag"
+    # Out of the job table: bash would report the SIGKILL the fault sends.
+    # It still reaps the processes; stop_started finds them by PID.
+    for pid in "${BACKEND_PIDS[@]}"; do disown "$pid"; done
     start_proxy "$proxy" "$tag"
     log "$scenario behind $proxy: ${DURATION}s of load, fault at ${FAULT_AT}s on backend b1 (pid ${BACKEND_PIDS[0]})"
     run_waited timeout "$((DURATION + 30))" python3 "$TOOL" load --scenario "$scenario" \
@@ -359,7 +250,7 @@ for scenario in $SCENARIOS; do
       # Why tandem's failed requests were not retried, from its access log.
       grep -v ' 200 ' "$WORK/logs/$tag-access.log" | head -5 >&2 || true
     fi
-    stop_run
+    stop_started
   done
 done
 
@@ -372,8 +263,4 @@ python3 "$TOOL" report "$RESULTS" | tee "$WORK/report.md"
     "$RETRIES retries; $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3);" \
     "$(nginx -v 2>&1 | cut -d' ' -f3)"
 } | tee -a "$WORK/report.md"
-if [[ -n "$RESULTS_DIR" ]]; then
-  mkdir -p "$RESULTS_DIR"
-  cp "$RESULTS" "$WORK/report.md" "$RESULTS_DIR/"
-  log "results copied to $RESULTS_DIR"
-fi
+copy_results "$RESULTS" "$WORK/report.md"

@@ -1,75 +1,19 @@
 #!/usr/bin/env python3
-"""Helpers of proxy_bench.sh: process CPU and RSS from /proc, the idle
-keep-alive client, config checks and the report. Standard library only."""
+"""Helpers of proxy_bench.sh: the idle keep-alive client, config checks and
+the report; process CPU and RSS and free ports come from benchlib.py.
+Standard library only."""
 
-import argparse
 import asyncio
-import csv
 import json
 import os
 import resource
-import socket
 import statistics
 import sys
 import time
 import tomllib
 import urllib.request
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_tree(root):
-    """`root` and every descendant, from the parent ids in /proc/*/stat."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    tree, todo = [], [root]
-    while todo and len(tree) < 10_000:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def cpu_ticks(root):
-    """utime + stime of the tree, in clock ticks."""
-    total = 0
-    for pid in process_tree(root):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total
-
-
-def rss_kib(root):
-    """VmRSS of the tree, in KiB."""
-    total = 0
-    for pid in process_tree(root):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            continue
-    return total
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchlib import command_parser, read_runs, rss_kib, run_common
 
 
 def wait_http(port, timeout):
@@ -208,11 +152,6 @@ def check_tandem_config(path, backends):
     return not errors
 
 
-def read_runs(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def report(args):
     runs = read_runs(args.runs)
     memory = []
@@ -297,15 +236,10 @@ def report(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("free-port")
+    parser, sub = command_parser(__doc__, "free-port", "cpu", "rss")
     p = sub.add_parser("wait-http")
     p.add_argument("port", type=int)
     p.add_argument("timeout", type=float)
-    for name in ("cpu", "rss"):
-        p = sub.add_parser(name)
-        p.add_argument("pid", type=int)
     p = sub.add_parser("backend-conns")
     p.add_argument("ports", type=int, nargs="+")
     p = sub.add_parser("idle")
@@ -326,14 +260,10 @@ def main():
     p.add_argument("--conns", required=True)
     args = parser.parse_args()
 
-    if args.command == "free-port":
-        print(free_port())
-    elif args.command == "wait-http":
+    if run_common(args):
+        return
+    if args.command == "wait-http":
         sys.exit(0 if wait_http(args.port, args.timeout) else 1)
-    elif args.command == "cpu":
-        print(cpu_ticks(args.pid))
-    elif args.command == "rss":
-        print(rss_kib(args.pid))
     elif args.command == "backend-conns":
         print(backend_connections(args.ports))
     elif args.command == "idle":

@@ -59,15 +59,7 @@ if [[ -z "${WORKER:-}" ]]; then
   [[ -x "$WORKER" ]] || WORKER="$REPO/build-worker/tandem-worker"
 fi
 
-CHECK_ONLY=0
-for arg in "$@"; do
-  case "$arg" in
-    --check-config) CHECK_ONLY=1 ;;
-    --help | -h) usage; exit 0 ;;
-    *) echo "proxy_bench: unknown argument $arg (see --help)" >&2; exit 2 ;;
-  esac
-done
-
+parse_options "$@"
 
 for proxy in $PROXIES; do
   case "$proxy" in tandem | haproxy | nginx) ;; *) die "unknown proxy $proxy" ;; esac
@@ -81,164 +73,32 @@ for c in $CONNS; do ((c >= THREADS)) || die "$c connections are fewer than $THRE
 
 need python3
 need curl
-[[ " $PROXIES " == *" haproxy "* ]] && need haproxy
-[[ " $PROXIES " == *" nginx "* ]] && need nginx
+need_proxies
 ((CHECK_ONLY)) || need wrk
 [[ -x "$WORKER" ]] || die "no tandem-worker at $WORKER (build it, or set WORKER)"
 
-# Processes we started, stopped in reverse order by PID on any exit; FOREGROUND
-# is the wrk or client run being waited for.
-declare -a STARTED_PIDS=()
-FOREGROUND=""
-WORK=""
-cleanup() {
-  local status=$?
-  local i pid
-  if [[ -n "$FOREGROUND" ]]; then STARTED_PIDS+=("$FOREGROUND"); fi
-  for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
-    pid="${STARTED_PIDS[i]}"
-    kill -TERM "$pid" 2>/dev/null || continue
-  done
-  for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
-    pid="${STARTED_PIDS[i]}"
-    # Up to 5 s for each to go, then SIGKILL.
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ -n "$WORK" ]]; then
-    # A failed run keeps its logs; an interrupted one (130, 143) does not.
-    if [[ "$KEEP" == 1 || ($status -ne 0 && $status -ne 130 && $status -ne 143) ]]; then
-      echo "proxy_bench: kept $WORK" >&2
-    else
-      rm -rf "$WORK"
-    fi
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-WORK="$(mktemp -d /tmp/proxy-bench.XXXXXX)"
+make_work_dir proxy-bench
 chmod 755 "$WORK"  # nginx workers run as nobody
 mkdir -p "$WORK/runs" "$WORK/logs"
 
 # 10,000 idle connections need as many descriptors in the proxy and client.
-hard_limit="$(ulimit -Hn)"
-if [[ "$hard_limit" == unlimited ]]; then ulimit -Sn 65536; else ulimit -Sn "$hard_limit"; fi
-FD_LIMIT="$(ulimit -Sn)"
+raise_fd_limit
 if ((IDLE_CONNS > 0 && FD_LIMIT < IDLE_CONNS + 1000)); then
   die "open-file limit $FD_LIMIT is too low for IDLE_CONNS=$IDLE_CONNS"
 fi
-# HAProxy counts two descriptors per connection and refuses to start when
-# 2 x maxconn exceeds the limit, unless told "no strict-limits"; then it warns.
-# It also stops pooling server connections once 20% of 2 x maxconn descriptors
-# are in use (tune.pool-low-fd-ratio), so maxconn must not be small either.
+# HAProxy stops pooling server connections once 20% of 2 x maxconn descriptors
+# are in use (tune.pool-low-fd-ratio), so maxconn must not be small.
 HAPROXY_MAXCONN=$((IDLE_CONNS + 2000 > 12000 ? IDLE_CONNS + 2000 : 12000))
-
-# Command prefixes that pin to PROXY_CPUS / LOAD_CPUS. taskset execs the
-# command, so $! after "${PIN[@]}" cmd & is the command's own PID.
-declare -a PROXY_PIN=() LOAD_PIN=()
-if [[ -n "$PROXY_CPUS" ]]; then need taskset; PROXY_PIN=(taskset -c "$PROXY_CPUS"); fi
-if [[ -n "$LOAD_CPUS" ]]; then need taskset; LOAD_PIN=(taskset -c "$LOAD_CPUS"); fi
-
-# Runs a command in the background and waits for it, so that a signal is
-# handled at once (bash defers traps until a foreground command ends) and the
-# cleanup can stop it.
-run_waited() {
-  local status=0
-  "$@" &
-  FOREGROUND=$!
-  wait "$FOREGROUND" || status=$?
-  FOREGROUND=""
-  return "$status"
-}
-
-# Waits up to 5 s for a file to appear.
-
-# --- backends ---------------------------------------------------------------
-declare -a BACKEND_PORTS=()
-start_backends() {
-  local i pid
-  for ((i = 1; i <= BACKENDS; i++)); do
-    "${LOAD_PIN[@]}" "$WORKER" --listen 127.0.0.1:0 --name "b$i" --threads 1 \
-      --port-file "$WORK/b$i.port" >"$WORK/logs/b$i.log" 2>&1 &
-    pid=$!
-    STARTED_PIDS+=("$pid")
-    wait_file "$WORK/b$i.port" || die "backend b$i did not start: $(tail -3 "$WORK/logs/b$i.log")"
-    BACKEND_PORTS+=("$(cat "$WORK/b$i.port")")
-  done
-  log "backends on ports ${BACKEND_PORTS[*]}"
-}
+pin_cpus
 
 # --- configs ----------------------------------------------------------------
-write_haproxy_config() {  # PORT
-  local i
-  {
-    cat <<EOF
-global
-    nbthread 1
-    maxconn $HAPROXY_MAXCONN
-    ulimit-n $FD_LIMIT
-    no strict-limits
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse safe
-    maxconn $HAPROXY_MAXCONN
-    timeout connect 1s
-    timeout client 120s
-    timeout server 30s
-    timeout http-request 10s
-    timeout http-keep-alive 120s
-
-frontend bench
-    bind 127.0.0.1:$1
-    default_backend workers
-
-backend workers
-    balance roundrobin
-EOF
-    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
-      echo "    server b$((i + 1)) 127.0.0.1:${BACKEND_PORTS[i]}"
-    done
-  } >"$WORK/haproxy.cfg"
-}
-
 write_nginx_config() {  # PORT
-  local i dir="$WORK/nginx"
-  mkdir -p "$dir"
+  mkdir -p "$WORK/nginx"
   {
-    cat <<EOF
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-worker_rlimit_nofile $FD_LIMIT;
-
-events {
-    worker_connections $((FD_LIMIT - 100));
-}
-
-http {
-    access_log off;
-    keepalive_timeout 120s;
-    # nginx alone closes a keep-alive connection after 1000 requests by
-    # default; lifted on both sides so all three proxies keep their connections.
-    keepalive_requests 100000000;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-
-    upstream workers {
-EOF
-    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
-      echo "        server 127.0.0.1:${BACKEND_PORTS[i]};"
-    done
+    nginx_config_head "$((FD_LIMIT - 100))" 120s "worker_rlimit_nofile $FD_LIMIT;"
+    nginx_servers
+    # keepalive_requests lifted here too, so that all three proxies keep their
+    # connections to the backends.
     cat <<EOF
         keepalive 64;
         keepalive_requests 100000000;
@@ -255,44 +115,14 @@ EOF
     }
 }
 EOF
-  } >"$dir/nginx.conf"
-}
-
-write_tandem_config() {  # PORT
-  local i
-  {
-    cat <<EOF
-# proxy_bench.sh: tandem with one event-loop thread over the benchmark backends.
-[global]
-threads = 1
-access_log = "off"
-grace_period = "1s"
-
-[listeners.bench]
-listen = "127.0.0.1:$1"
-cluster = "workers"
-idle_timeout = "120s"
-
-[clusters.workers]
-policy = "all-active"
-algorithm = "round-robin"
-max_idle_connections = 64
-
-# As in the HAProxy and nginx configs: no active health checks.
-[clusters.workers.health]
-kind = "none"
-EOF
-    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
-      printf '\n[[clusters.workers.backends]]\naddress = "127.0.0.1:%s"\n' "${BACKEND_PORTS[i]}"
-    done
-  } >"$WORK/tandem.toml"
+  } >"$WORK/nginx/nginx.conf"
 }
 
 write_config() {  # PROXY PORT
   case "$1" in
-    haproxy) write_haproxy_config "$2" ;;
+    haproxy) write_haproxy_bench_config "$2" ;;
     nginx) write_nginx_config "$2" ;;
-    tandem) write_tandem_config "$2" ;;
+    tandem) write_tandem_bench_config "$2" "over the benchmark backends" ;;
   esac
 }
 
@@ -320,15 +150,8 @@ start_proxy() {  # PROXY
   local proxy="$1" port pid
   port="$(python3 "$TOOL" free-port)"
   write_config "$proxy" "$port"
-  check_config "$proxy" || die "$proxy config rejected: $(tail -5 "$WORK/logs/$proxy-check.log")"
-  case "$proxy" in
-    haproxy) "${PROXY_PIN[@]}" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/logs/haproxy.log" 2>&1 & ;;
-    nginx) "${PROXY_PIN[@]}" nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" \
-      -e "$WORK/nginx/error.log" >"$WORK/logs/nginx.log" 2>&1 & ;;
-    tandem) "${PROXY_PIN[@]}" "$TANDEM" -c "$WORK/tandem.toml" >"$WORK/logs/tandem.log" 2>&1 & ;;
-  esac
+  launch_proxy "$proxy" "$WORK/logs/$proxy.log"
   pid=$!
-  STARTED_PIDS+=("$pid")
   if ! python3 "$TOOL" wait-http "$port" 10; then
     die "$proxy did not answer on 127.0.0.1:$port within 10 s: $(tail -5 "$WORK/logs/$proxy.log")"
   fi
@@ -339,22 +162,8 @@ start_proxy() {  # PROXY
 }
 
 # --- measuring ----------------------------------------------------------------
-cat >"$WORK/report.lua" <<'EOF'
--- Prints one machine-readable line after wrk's own report; latencies in µs.
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH,%d,%d,%d,%d,%d,connect %d read %d write %d timeout %d status %d\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout + e.status,
-    e.connect, e.read, e.write, e.timeout, e.status))
-end
-EOF
-
-# wrk, bounded by its own duration plus a margin.
-run_wrk() {  # PORT CONNS SECONDS OUTFILE
-  run_waited "${LOAD_PIN[@]}" timeout "$(($3 + 30))" wrk -t"$THREADS" -c"$2" -d"$3s" --latency \
-    -s "$WORK/report.lua" "http://127.0.0.1:$1/" >"$4" 2>&1
-}
+readonly WRK_SCHEME=http
+write_wrk_script
 
 RUNS_CSV="$WORK/runs.csv"
 MEMORY_JSONL="$WORK/memory.jsonl"
@@ -362,22 +171,12 @@ echo "proxy,conns,rep,requests,duration_us,rps,p50_us,p99_us,errors,cpu_ticks,cp
 : >"$MEMORY_JSONL"
 
 measure() {  # PROXY CONNS REP
-  local proxy="$1" conns="$2" rep="$3"
-  local port="${PROXY_PORT[$proxy]}" pid="${PROXY_PID[$proxy]}"
-  local out="$WORK/runs/$proxy-c$conns-r$rep.txt"
-  local cpu_before cpu_after conns_before conns_after line
-  cpu_before="$(python3 "$TOOL" cpu "$pid")"
+  local proxy="$1" conns="$2" rep="$3" conns_before conns_after
   conns_before="$(python3 "$TOOL" backend-conns "${BACKEND_PORTS[@]}")"
-  run_wrk "$port" "$conns" "$DURATION" "$out" || die "wrk failed against $proxy: $(tail -3 "$out")"
-  cpu_after="$(python3 "$TOOL" cpu "$pid")"
+  measure_wrk "$proxy" "$conns" "$WORK/runs/$proxy-c$conns-r$rep.txt"
   conns_after="$(python3 "$TOOL" backend-conns "${BACKEND_PORTS[@]}")"
-  alive "$pid" || die "$proxy died during the run: $(tail -5 "$WORK/logs/$proxy.log")"
-  line="$(grep '^BENCH,' "$out")" || die "no result from wrk: $(tail -3 "$out")"
-  local requests duration_us p50 p99 errors kinds
-  IFS=, read -r _ requests duration_us p50 p99 errors kinds <<<"$line"
-  ((requests > 0)) || die "$proxy served no request: $(tail -5 "$out")"
-  python3 - "$proxy" "$conns" "$rep" "$requests" "$duration_us" "$p50" "$p99" "$errors" \
-    "$((cpu_after - cpu_before))" "$((conns_after - conns_before - BACKENDS))" "$kinds" \
+  python3 - "$proxy" "$conns" "$rep" "$WRK_REQUESTS" "$WRK_DURATION_US" "$WRK_P50" "$WRK_P99" \
+    "$WRK_ERRORS" "$CPU_TICKS" "$((conns_after - conns_before - BACKENDS))" "$WRK_ERROR_KINDS" \
     >>"$RUNS_CSV" <<'EOF'
 import os, sys
 proxy, conns, rep, requests, duration_us, p50, p99, errors, ticks, backend, kinds = sys.argv[1:]
@@ -391,6 +190,7 @@ EOF
 
 # --- main -------------------------------------------------------------------
 start_backends
+log "backends on ports ${BACKEND_PORTS[*]}"
 
 ((CHECK_ONLY)) && check_configs_and_exit
 
@@ -413,11 +213,9 @@ fi
 
 # Every repetition visits each connection count, and within it each proxy, in
 # an order rotated by one per repetition, so no proxy always runs first.
-read -r -a proxy_list <<<"$PROXIES"
 for ((rep = 1; rep <= REPS; rep++)); do
   for conns in $CONNS; do
-    for ((k = 0; k < ${#proxy_list[@]}; k++)); do
-      proxy="${proxy_list[(k + rep - 1) % ${#proxy_list[@]}]}"
+    for proxy in $(rotated_proxies "$rep"); do
       measure "$proxy" "$conns" "$rep"
       sleep 1
     done
@@ -432,8 +230,4 @@ python3 "$TOOL" report --runs "$RUNS_CSV" --memory "$MEMORY_JSONL" \
     "(tandem-worker --threads 1); $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3);" \
     "$(nginx -v 2>&1 | cut -d' ' -f3); pinning: proxies ${PROXY_CPUS:-none}, load ${LOAD_CPUS:-none}"
 } | tee -a "$WORK/report.md"
-if [[ -n "$RESULTS_DIR" ]]; then
-  mkdir -p "$RESULTS_DIR"
-  cp "$RUNS_CSV" "$MEMORY_JSONL" "$WORK/report.md" "$RESULTS_DIR/"
-  log "results copied to $RESULTS_DIR"
-fi
+copy_results "$RUNS_CSV" "$MEMORY_JSONL" "$WORK/report.md"

@@ -1,10 +1,8 @@
 #!/usr/bin/env python3
 """Helpers of tls_bench.sh: waiting for and checking an HTTPS listener, summing
 `openssl s_time` results, and the report. Standard library only; process CPU
-and free ports come from proxy_bench.py."""
+and free ports come from benchlib.py."""
 
-import argparse
-import csv
 import re
 import socket
 import ssl
@@ -12,7 +10,7 @@ import statistics
 import sys
 import time
 
-from proxy_bench import cpu_ticks, free_port
+from benchlib import command_parser, read_runs, run_common
 
 
 def https_get(port, ca_file=None, version=None, server_name="localhost", request=None,
@@ -96,11 +94,6 @@ def s_time_sum(args):
     return 0
 
 
-def read_runs(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def report(args):
     runs = read_runs(args.runs)
     proxies = args.proxies.split()
@@ -172,11 +165,7 @@ def report(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("free-port")
-    p = sub.add_parser("cpu")
-    p.add_argument("pid", type=int)
+    parser, sub = command_parser(__doc__, "free-port", "cpu")
     p = sub.add_parser("wait-https")
     p.add_argument("port", type=int)
     p.add_argument("timeout", type=float)
@@ -192,11 +181,7 @@ def main():
     p.add_argument("--reps", required=True)
     p.add_argument("--clients", required=True)
     args = parser.parse_args()
-    if args.command == "free-port":
-        print(free_port())
-        return 0
-    if args.command == "cpu":
-        print(cpu_ticks(args.pid))
+    if run_common(args):
         return 0
     if args.command == "wait-https":
         return 0 if wait_https(args.port, args.timeout) else 1

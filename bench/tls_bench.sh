@@ -71,15 +71,7 @@ if [[ -z "${WORKER:-}" ]]; then
   [[ -x "$WORKER" ]] || WORKER="$REPO/build-worker/tandem-worker"
 fi
 
-CHECK_ONLY=0
-for arg in "$@"; do
-  case "$arg" in
-    --check-config) CHECK_ONLY=1 ;;
-    --help | -h) usage; exit 0 ;;
-    *) echo "tls_bench: unknown argument $arg (see --help)" >&2; exit 2 ;;
-  esac
-done
-
+parse_options "$@"
 
 for proxy in $PROXIES; do
   case "$proxy" in tandem | haproxy) ;; *) die "unknown proxy $proxy (tandem or haproxy)" ;; esac
@@ -98,72 +90,21 @@ for c in $CONNS; do ((c >= THREADS)) || die "$c connections are fewer than $THRE
 
 need python3
 need openssl
-[[ " $PROXIES " == *" haproxy "* ]] && need haproxy
+need_proxies
 ((CHECK_ONLY)) || need wrk
 [[ -x "$WORKER" ]] || die "no tandem-worker at $WORKER (build it, or set WORKER)"
 if [[ " $PROXIES " == *" tandem "* && ! -x "$TANDEM" ]]; then
   die "no tandem at $TANDEM (build it, or set TANDEM)"
 fi
 
-# Processes we started, stopped in reverse order by PID on any exit;
-# FOREGROUND holds the client processes being waited for.
-declare -a STARTED_PIDS=()
-declare -a FOREGROUND=()
-WORK=""
-cleanup() {
-  local status=$?
-  local i pid
-  STARTED_PIDS+=("${FOREGROUND[@]}")
-  for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${STARTED_PIDS[i]}" 2>/dev/null || continue
-  done
-  for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
-    pid="${STARTED_PIDS[i]}"
-    # Up to 5 s for each to go, then SIGKILL.
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ -n "$WORK" ]]; then
-    # A failed run keeps its logs; an interrupted one (130, 143) does not.
-    if [[ "$KEEP" == 1 || ($status -ne 0 && $status -ne 130 && $status -ne 143) ]]; then
-      echo "tls_bench: kept $WORK" >&2
-    else
-      rm -rf "$WORK"
-    fi
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-WORK="$(mktemp -d /tmp/tls-bench.XXXXXX)"
+make_work_dir tls-bench
 mkdir -p "$WORK/runs" "$WORK/logs" "$WORK/pki"
 
-hard_limit="$(ulimit -Hn)"
-if [[ "$hard_limit" == unlimited ]]; then ulimit -Sn 65536; else ulimit -Sn "$hard_limit"; fi
-FD_LIMIT="$(ulimit -Sn)"
-# As in proxy_bench.sh: HAProxy refuses to start when 2 x maxconn exceeds the
-# open-file limit unless told "no strict-limits", and stops pooling server
+raise_fd_limit
+# See write_haproxy_bench_config in lib.sh; HAProxy also stops pooling server
 # connections when a fifth of its descriptors are in use.
 HAPROXY_MAXCONN=12000
-
-declare -a PROXY_PIN=() LOAD_PIN=()
-if [[ -n "$PROXY_CPUS" ]]; then need taskset; PROXY_PIN=(taskset -c "$PROXY_CPUS"); fi
-if [[ -n "$LOAD_CPUS" ]]; then need taskset; LOAD_PIN=(taskset -c "$LOAD_CPUS"); fi
-
-# Runs one command in the background and waits for it, so that a signal is
-# handled at once and the cleanup can stop it.
-run_waited() {
-  local status=0
-  "$@" &
-  FOREGROUND=($!)
-  wait "${FOREGROUND[0]}" || status=$?
-  FOREGROUND=()
-  return "$status"
-}
-
+pin_cpus
 
 # --- certificate --------------------------------------------------------------
 # A CA and a server certificate for localhost and 127.0.0.1, as a real
@@ -193,21 +134,6 @@ make_certificate() {
   log "certificate: $KEY, chain of two, for localhost and 127.0.0.1"
 }
 
-# --- backends ---------------------------------------------------------------
-declare -a BACKEND_PORTS=()
-start_backends() {
-  local i pid
-  for ((i = 1; i <= BACKENDS; i++)); do
-    "${LOAD_PIN[@]}" "$WORKER" --listen 127.0.0.1:0 --name "b$i" --threads 1 \
-      --port-file "$WORK/b$i.port" >"$WORK/logs/b$i.log" 2>&1 &
-    pid=$!
-    STARTED_PIDS+=("$pid")
-    wait_file "$WORK/b$i.port" || die "backend b$i did not start: $(tail -3 "$WORK/logs/b$i.log")"
-    BACKEND_PORTS+=("$(cat "$WORK/b$i.port")")
-  done
-  log "backends on ports ${BACKEND_PORTS[*]}"
-}
-
 # --- configs ----------------------------------------------------------------
 # The same TLS settings for both: TLS 1.2 and 1.3 only; TLS 1.2 suites =
 # tandem's default (Mozilla intermediate: ECDHE/DHE with AES-GCM or
@@ -219,82 +145,17 @@ readonly CIPHERS="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDH
 readonly CIPHERSUITES="TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
 readonly CURVES="X25519:P-256:X448:P-521:P-384"
 
-write_haproxy_config() {  # PORT
-  local i
-  {
-    cat <<EOF
-global
-    nbthread 1
-    maxconn $HAPROXY_MAXCONN
-    ulimit-n $FD_LIMIT
-    no strict-limits
-    ssl-default-bind-ciphers $CIPHERS
-    ssl-default-bind-ciphersuites $CIPHERSUITES
-    ssl-default-bind-curves $CURVES
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse safe
-    maxconn $HAPROXY_MAXCONN
-    timeout connect 1s
-    timeout client 120s
-    timeout server 30s
-    timeout http-request 10s
-    timeout http-keep-alive 120s
-
-frontend bench
-    bind 127.0.0.1:$1 ssl crt $WORK/pki/haproxy.pem alpn http/1.1
-    default_backend workers
-
-backend workers
-    balance roundrobin
-EOF
-    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
-      echo "    server b$((i + 1)) 127.0.0.1:${BACKEND_PORTS[i]}"
-    done
-  } >"$WORK/haproxy.cfg"
-}
-
-write_tandem_config() {  # PORT
-  local i
-  {
-    cat <<EOF
-# tls_bench.sh: tandem with one event-loop thread terminating TLS.
-[global]
-threads = 1
-access_log = "off"
-grace_period = "1s"
-
-[listeners.bench]
-listen = "127.0.0.1:$1"
-cluster = "workers"
-idle_timeout = "120s"
-tls_cert = "$WORK/pki/server.pem"
-tls_key = "$WORK/pki/server.key"
-tls_min_version = "1.2"
-tls_ciphers = "$CIPHERS"
-
-[clusters.workers]
-policy = "all-active"
-algorithm = "round-robin"
-max_idle_connections = 64
-
-# As in the HAProxy config: no active health checks.
-[clusters.workers.health]
-kind = "none"
-EOF
-    for ((i = 0; i < ${#BACKEND_PORTS[@]}; i++)); do
-      printf '\n[[clusters.workers.backends]]\naddress = "127.0.0.1:%s"\n' "${BACKEND_PORTS[i]}"
-    done
-  } >"$WORK/tandem.toml"
-}
-
 write_config() {  # PROXY PORT
   case "$1" in
-    haproxy) write_haproxy_config "$2" ;;
-    tandem) write_tandem_config "$2" ;;
+    haproxy)
+      write_haproxy_bench_config "$2" "ssl crt $WORK/pki/haproxy.pem alpn http/1.1" \
+        "ssl-default-bind-ciphers $CIPHERS" "ssl-default-bind-ciphersuites $CIPHERSUITES" \
+        "ssl-default-bind-curves $CURVES" "ssl-default-bind-options ssl-min-ver TLSv1.2"
+      ;;
+    tandem)
+      write_tandem_bench_config "$2" "terminating TLS" "tls_cert = \"$WORK/pki/server.pem\"" \
+        "tls_key = \"$WORK/pki/server.key\"" 'tls_min_version = "1.2"' "tls_ciphers = \"$CIPHERS\""
+      ;;
   esac
 }
 
@@ -312,13 +173,8 @@ start_proxy() {  # PROXY
   local proxy="$1" port pid
   port="$(python3 "$TOOL" free-port)"
   write_config "$proxy" "$port"
-  check_config "$proxy" || die "$proxy config rejected: $(tail -5 "$WORK/logs/$proxy-check.log")"
-  case "$proxy" in
-    haproxy) "${PROXY_PIN[@]}" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/logs/haproxy.log" 2>&1 & ;;
-    tandem) "${PROXY_PIN[@]}" "$TANDEM" -c "$WORK/tandem.toml" >"$WORK/logs/tandem.log" 2>&1 & ;;
-  esac
+  launch_proxy "$proxy" "$WORK/logs/$proxy.log"
   pid=$!
-  STARTED_PIDS+=("$pid")
   if ! python3 "$TOOL" wait-https "$port" 10; then
     die "$proxy did not answer over TLS on 127.0.0.1:$port within 10 s: $(tail -5 "$WORK/logs/$proxy.log")"
   fi
@@ -333,21 +189,8 @@ start_proxy() {  # PROXY
 }
 
 # --- measuring ----------------------------------------------------------------
-cat >"$WORK/report.lua" <<'EOF'
--- Prints one machine-readable line after wrk's own report; latencies in µs.
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH,%d,%d,%d,%d,%d,connect %d read %d write %d timeout %d status %d\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout + e.status,
-    e.connect, e.read, e.write, e.timeout, e.status))
-end
-EOF
-
-run_wrk() {  # PORT CONNS SECONDS OUTFILE
-  run_waited "${LOAD_PIN[@]}" timeout "$(($3 + 30))" wrk -t"$THREADS" -c"$2" -d"$3s" --latency \
-    -s "$WORK/report.lua" "https://127.0.0.1:$1/" >"$4" 2>&1
-}
+readonly WRK_SCHEME=https
+write_wrk_script
 
 RUNS_CSV="$WORK/runs.csv"
 echo "proxy,test,rep,count,seconds,rate,cpu_ticks,cpu_us_per_op,p50_us,p99_us,errors,bytes_per_conn,detail" >"$RUNS_CSV"
@@ -403,18 +246,9 @@ measure_handshakes() {  # PROXY VERSION REP
 
 measure_keepalive() {  # PROXY CONNS REP
   local proxy="$1" conns="$2" rep="$3"
-  local port="${PROXY_PORT[$proxy]}" pid="${PROXY_PID[$proxy]}"
-  local out="$WORK/runs/$proxy-c$conns-r$rep.txt" cpu_before cpu_after line
-  cpu_before="$(python3 "$TOOL" cpu "$pid")"
-  run_wrk "$port" "$conns" "$DURATION" "$out" || die "wrk failed against $proxy: $(tail -3 "$out")"
-  cpu_after="$(python3 "$TOOL" cpu "$pid")"
-  alive "$pid" || die "$proxy died during the run: $(tail -5 "$WORK/logs/$proxy.log")"
-  line="$(grep '^BENCH,' "$out")" || die "no result from wrk: $(tail -3 "$out")"
-  local requests duration_us p50 p99 errors kinds
-  IFS=, read -r _ requests duration_us p50 p99 errors kinds <<<"$line"
-  ((requests > 0)) || die "$proxy served no request: $(tail -5 "$out")"
-  add_row "$proxy" "ka-c$conns" "$rep" "$requests" "$(python3 -c "print($duration_us / 1e6)")" \
-    "$((cpu_after - cpu_before))" "$p50" "$p99" "$errors" - "$kinds"
+  measure_wrk "$proxy" "$conns" "$WORK/runs/$proxy-c$conns-r$rep.txt"
+  add_row "$proxy" "ka-c$conns" "$rep" "$WRK_REQUESTS" "$(python3 -c "print($WRK_DURATION_US / 1e6)")" \
+    "$CPU_TICKS" "$WRK_P50" "$WRK_P99" "$WRK_ERRORS" - "$WRK_ERROR_KINDS"
 }
 
 # --- main -------------------------------------------------------------------
@@ -423,6 +257,7 @@ measure_keepalive() {  # PROXY CONNS REP
 LOAD_AT_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 make_certificate
 start_backends
+log "backends on ports ${BACKEND_PORTS[*]}"
 
 ((CHECK_ONLY)) && check_configs_and_exit
 
@@ -432,17 +267,16 @@ warm_up_proxies
 
 # Each repetition runs every test once per proxy, the proxies' order rotated
 # by one per repetition, so that no proxy always runs first.
-read -r -a proxy_list <<<"$PROXIES"
 for ((rep = 1; rep <= REPS; rep++)); do
   for version in $HS_VERSIONS; do
-    for ((k = 0; k < ${#proxy_list[@]}; k++)); do
-      measure_handshakes "${proxy_list[(k + rep - 1) % ${#proxy_list[@]}]}" "$version" "$rep"
+    for proxy in $(rotated_proxies "$rep"); do
+      measure_handshakes "$proxy" "$version" "$rep"
       sleep 1
     done
   done
   for conns in $CONNS; do
-    for ((k = 0; k < ${#proxy_list[@]}; k++)); do
-      measure_keepalive "${proxy_list[(k + rep - 1) % ${#proxy_list[@]}]}" "$conns" "$rep"
+    for proxy in $(rotated_proxies "$rep"); do
+      measure_keepalive "$proxy" "$conns" "$rep"
       sleep 1
     done
   done
@@ -460,8 +294,4 @@ python3 "$TOOL" report --runs "$RUNS_CSV" --proxies "$PROXIES" --reps "$REPS" \
   echo "Negotiated:"
   for proxy in $PROXIES; do sed 's/^/    /' "$WORK/logs/$proxy-negotiated.log"; done
 } | tee -a "$WORK/report.md"
-if [[ -n "$RESULTS_DIR" ]]; then
-  mkdir -p "$RESULTS_DIR"
-  cp "$RUNS_CSV" "$WORK/report.md" "$RESULTS_DIR/"
-  log "results copied to $RESULTS_DIR"
-fi
+copy_results "$RUNS_CSV" "$WORK/report.md"

@@ -1,0 +1,99 @@
+"""Helpers shared by the benchmark scripts' python helpers: free ports, process
+CPU and RSS from /proc, the runs CSV, and the subcommands that print them.
+Standard library only."""
+
+import argparse
+import csv
+import os
+import socket
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def process_tree(root):
+    """`root` and every descendant, from the parent ids in /proc/*/stat."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = stat_fields(entry)
+        except OSError:
+            continue  # exited meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo and len(tree) < 10_000:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_sum(root, measure):
+    """measure(pid) summed over the tree, skipping processes that exited."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            total += measure(pid)
+        except OSError:
+            continue
+    return total
+
+
+def cpu_ticks(root):
+    """utime + stime of the tree, in clock ticks."""
+    def ticks(pid):
+        fields = stat_fields(pid)
+        return int(fields[11]) + int(fields[12])  # utime, stime
+    return tree_sum(root, ticks)
+
+
+def rss_kib(root):
+    """VmRSS of the tree, in KiB."""
+    def rss(pid):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+    return tree_sum(root, rss)
+
+
+def read_runs(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def command_parser(description, *common):
+    """An argument parser with subcommands, the `common` ones ("free-port",
+    "cpu PID", "rss PID") already added; run_common runs those."""
+    parser = argparse.ArgumentParser(description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in common:
+        p = sub.add_parser(name)
+        if name in ("cpu", "rss"):
+            p.add_argument("pid", type=int)
+    return parser, sub
+
+
+def run_common(args):
+    """Prints the answer of a common subcommand; False for any other."""
+    if args.command == "free-port":
+        print(free_port())
+    elif args.command == "cpu":
+        print(cpu_ticks(args.pid))
+    elif args.command == "rss":
+        print(rss_kib(args.pid))
+    else:
+        return False
+    return True
