@@ -21,30 +21,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEPLOY = os.path.dirname(HERE)
 ROOT = os.path.dirname(DEPLOY)
 
-TANDEM = os.environ.get("TANDEM") or os.path.join(ROOT, "build", "tandem")
-TANDEM_WORKER = os.environ.get("TANDEM_WORKER") or os.path.join(ROOT, "build", "tandem-worker")
-TIMEOUT_SCALE = float(os.environ.get("TANDEM_E2E_TIMEOUT_SCALE", "1") or "1")
+# The end-to-end tests' harness (standard library only) provides the binaries'
+# paths, timeouts and parsing helpers.
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from harness import (TANDEM, TANDEM_WORKER,  # noqa: E402,F401
+                     parse_logfmt as logfmt, require_tool, scaled, wait_until)
 
 # CTest's SKIP_RETURN_CODE for the deploy tests.
 SKIP_EXIT = 77
-
-
-def scaled(seconds):
-    """A timeout in seconds, stretched for slow (sanitizer) builds."""
-    return seconds * TIMEOUT_SCALE
-
-
-def wait_until(predicate, timeout, what, interval=0.02):
-    """Polls `predicate` until it returns a true value, which is returned;
-    raises TimeoutError naming `what` after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= end:
-            raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 # ---- TOML ---------------------------------------------------------------------------
@@ -127,10 +111,6 @@ class Proc:
         with self._cond:
             return list(zip(self._times[stream], self._lines[stream]))
 
-    def count(self, stream="stderr"):
-        with self._cond:
-            return len(self._lines[stream])
-
     def wait_for(self, pattern, timeout, start=0, stream="stderr"):
         """Waits for a line at index >= `start` matching regex `pattern`;
         returns (index, match). TimeoutError when none comes in time."""
@@ -193,17 +173,6 @@ class Proc:
         return "--- %s stderr ---\n%s\n--- stdout ---\n%s" % (
             self.name, "\n".join(self.lines("stderr")[-200:]),
             "\n".join(self.lines("stdout")[-50:]))
-
-
-def logfmt(line):
-    """One logfmt line as a dict."""
-    fields = {}
-    for match in re.finditer(r'([A-Za-z0-9_.]+)=("(?:[^"\\]|\\.)*"|\S*)', line):
-        value = match.group(2)
-        if value.startswith('"'):
-            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        fields[match.group(1)] = value
-    return fields
 
 
 def hermetic_env():

@@ -36,7 +36,7 @@ import unittest
 import uuid
 
 from deploy_common import (DEPLOY, HERE, TANDEM, TANDEM_WORKER, Proc, hermetic_env, load_toml,
-                           main, scaled)
+                           main, require_tool, scaled)
 
 KEEPALIVED_DIR = os.path.join(DEPLOY, "keepalived")
 BALANCERS = ("lb1", "lb2")
@@ -139,8 +139,7 @@ class KeepalivedConfigTest(unittest.TestCase):
         self.assertTrue(self.tandem["admin"]["listen"].startswith("127.0.0.1:"))
 
     def test_keepalived_accepts_both_configs(self):
-        if shutil.which("keepalived") is None:
-            self.skipTest("keepalived is missing (Debian package keepalived)")
+        require_tool("keepalived", "keepalived")
         for lb, conf in self.confs.items():
             passed, output = keepalived_config_test(conf.path)
             # This machine may have no interface of the config's name.
@@ -269,10 +268,10 @@ def skip_reason():
     """Why the namespaces scenario cannot run here, or None."""
     if not sys.platform.startswith("linux"):
         return "network namespaces need Linux"
+    # Missing tools are an install error, not this machine's limit.
     for tool, package in (("ip", "iproute2"), ("bridge", "iproute2"),
                           ("keepalived", "keepalived"), ("curl", "curl")):
-        if shutil.which(tool) is None:
-            return "%s is missing (Debian package %s)" % (tool, package)
+        require_tool(package, tool)
     caps = capabilities()
     if not (caps >> CAP_NET_ADMIN) & 1 or not (caps >> CAP_SYS_ADMIN) & 1:
         return "needs CAP_NET_ADMIN and CAP_SYS_ADMIN (run as root) to create namespaces"

@@ -18,7 +18,7 @@ import time
 import unittest
 
 from deploy_common import (DEPLOY, TANDEM, TANDEM_WORKER, Proc, TandemProc, global_timing,
-                           http_get, load_toml, main, scaled, wait_until)
+                           http_get, load_toml, main, require_tool, scaled, wait_until)
 
 UNIT = os.path.join(DEPLOY, "systemd", "tandem.service")
 DEFAULT_CONFIG = os.path.join(DEPLOY, "tandem.toml")
@@ -82,8 +82,7 @@ def verify(path):
 
 
 def need_systemd_analyze():
-    if shutil.which("systemd-analyze") is None:
-        raise unittest.SkipTest("systemd-analyze is missing (Debian package systemd)")
+    require_tool("systemd", "systemd-analyze")
 
 
 class UnitFileTest(unittest.TestCase):
@@ -255,8 +254,7 @@ class SyscallFilterTest(unittest.TestCase):
         need_systemd_analyze()
         if os.environ.get("TANDEM_E2E_SANITIZED") == "1":
             self.skipTest("a sanitizer build makes system calls the release binary does not")
-        if shutil.which("strace") is None:
-            self.skipTest("strace is missing (Debian package strace)")
+        require_tool("strace", "strace")
         self.dir = tempfile.mkdtemp(prefix="tandem-deploy-seccomp-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         probe = subprocess.run(["strace", "-qq", "-o", os.devnull, "true"], capture_output=True,

@@ -310,7 +310,8 @@ ACCESS_LINE = re.compile(
 class AccessEntry:
     def __init__(self, match):
         self.line = match.group(0)
-        self.at = parse_utc(match.group("time"))
+        self.at = parse_utc(match.group("time"))  # when it was logged: the end
+        self.started = self.at - float(match.group("duration"))
         self.status = int(match.group("status"))
         self.target = match.group("target")
         self.backend = match.group("backend")

@@ -116,8 +116,9 @@ class KillTest(FailoverCase):
                bound_s=detection_bound())
         self.assertNoFailures(outcomes, tandem)
         self.assertLessEqual(detection, detection_bound() + DETECTION_SLACK)
-        # Once down, nothing is sent its way: no try fails, none is retried.
-        after = [e for e in entries if e.at >= down_at + 0.05]
+        # Once down, nothing is sent its way: no request that began after
+        # that has a failed try or a retry. (A log line's time is its end.)
+        after = [e for e in entries if e.started >= down_at + 0.05]
         self.assertGreater(len(after), 100)
         touched = [e.line for e in after if e.flags & {"UF", "UC", "RT"} or
                    e.backend == victim.address]

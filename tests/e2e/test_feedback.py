@@ -5,7 +5,7 @@ brings it back; max_connections caps the connections tandem opens."""
 import collections
 import unittest
 
-from faults import (FaultTestCase, backend_status, health_table, parallel_gets, report,
+from faults import (FaultTestCase, health_table, parallel_gets, report,
                     wait_all_up, wait_backends, wait_state)
 from harness import Client, http_request, make_config, scaled
 
