@@ -13,12 +13,14 @@
 #include <cstring>
 
 #include "algorithms/hash.h"
+#include "conf/posix.h"
 #include "dispatcher/http_message.h"
 
 namespace tandem::dispatcher {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using conf::ToTimeval;
 
 // Back-pressure marks (bytes queued for the peer): stop reading the other
 // side above the high mark, resume once drained to the low mark.
@@ -33,16 +35,6 @@ constexpr size_t kMaxSingleRead = 64 * 1024;
 constexpr auto kLingerTime = std::chrono::seconds(2);
 
 constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
-
-timeval ToTimeval(Clock::duration d) {
-  if (d < Clock::duration::zero()) d = Clock::duration::zero();
-  auto micros =
-      std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-  timeval tv;
-  tv.tv_sec = static_cast<time_t>(micros / 1000000);
-  tv.tv_usec = static_cast<suseconds_t>(micros % 1000000);
-  return tv;
-}
 
 // Defers `delete` until the outermost callback on the connection returns, so
 // no member function runs on a freed object.

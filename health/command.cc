@@ -22,8 +22,13 @@
 
 extern char** environ;
 
+#include "conf/posix.h"
+
 namespace tandem::health {
 namespace {
+
+using conf::ErrorText;
+using conf::ToTimeval;
 
 constexpr off_t kMaxOutputBytes = 4096;
 // How often the fallback checks for the shell's exit without a pidfd.
@@ -31,20 +36,6 @@ constexpr timeval kPollInterval{0, 10 * 1000};
 // How long the destructor waits for a killed shell before leaving it.
 constexpr int kReapWaitMs = 1000;
 constexpr const char* kShell = "/bin/sh";
-
-std::string ErrorText(int error) {
-  char buffer[128];
-  // GNU strerror_r: returns a pointer to the text, maybe not into `buffer`.
-  return strerror_r(error, buffer, sizeof(buffer));
-}
-
-timeval ToTimeval(std::chrono::milliseconds duration) {
-  auto ms = std::max<std::chrono::milliseconds::rep>(duration.count(), 0);
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(ms / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((ms % 1000) * 1000);
-  return tv;
-}
 
 // `fd` moved to a number above 2 if it sits on one, so that the dup2 calls
 // onto 0, 1 and 2 in the child cannot overwrite it (tandem may run with

@@ -10,12 +10,14 @@
 
 #include "algorithms/hash.h"
 #include "conf/log.h"
+#include "conf/posix.h"
 
 namespace tandem::health {
 namespace {
 
 using conf::Log;
 using conf::LogLevel;
+using conf::ToTimeval;
 
 constexpr timeval kTickInterval = {0, 100 * 1000};
 // How long a refused connect keeps a backend out of panic routing.
@@ -30,14 +32,6 @@ int64_t WallMs() {
   timeval tv;
   gettimeofday(&tv, nullptr);
   return static_cast<int64_t>(tv.tv_sec) * 1000 + tv.tv_usec / 1000;
-}
-
-timeval ToTimeval(std::chrono::nanoseconds d) {
-  if (d.count() < 0) d = std::chrono::nanoseconds(0);
-  auto micros =
-      std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-  return {static_cast<time_t>(micros / 1000000),
-          static_cast<suseconds_t>(micros % 1000000)};
 }
 
 algorithms::Role RoleOf(conf::Role role) {
@@ -227,8 +221,7 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config) {
     }
     clusters_.push_back(std::move(cluster));
   }
-  for (auto& [key, backend] : previous) StopChecks(*backend);
-  previous.clear();
+  previous.clear();  // backends gone from the config (checks stopped above)
   for (auto& cluster : clusters_) {
     for (auto& backend : cluster->backends)
       ScheduleCheck(*cluster, *backend, true);
@@ -521,10 +514,10 @@ void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
              "activating cold backup " + backend.address + ": " + command);
   } else {
     backend.activation = algorithms::Activation::kInactive;
-    StopChecks(backend);
-    backend.timer = event_new(base_, -1, 0, CheckCb, &backend);
-    backend.prober = std::make_unique<Prober>(
-        base_, cluster.config->health, backend.config->address, cluster.tls);
+    // No more checks until it is activated again (ShouldCheck says so).
+    if (backend.prober) backend.prober->Cancel();
+    if (backend.timer != nullptr) evtimer_del(backend.timer);
+    backend.check_scheduled = false;
     uint64_t before = backend.health->transition_count();
     backend.health->MarkStopped(Clock::now(), WallMs(),
                                 "cold backup deactivated");
@@ -543,10 +536,11 @@ void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
         Cluster& owner = *target->cluster;
         std::string what = activate ? "activate" : "deactivate";
         std::string outcome =
-            result.ok()        ? "succeeded"
-            : result.timed_out ? "timed out"
-            : !result.error.empty()
-                ? "could not start: " + result.error
+            result.ok()             ? "succeeded"
+            : result.timed_out      ? "timed out"
+            : !result.error.empty() ? "could not start: " + result.error
+            : result.signal != 0
+                ? "killed by signal " + std::to_string(result.signal)
                 : "exited with status " + std::to_string(result.exit_code);
         Log(result.ok() ? LogLevel::kInfo : LogLevel::kError, "health",
             what + " command " + outcome,

@@ -17,8 +17,13 @@
 #include <string_view>
 #include <utility>
 
+#include "conf/posix.h"
+
 namespace tandem::health {
 namespace {
+
+using conf::ErrorText;
+using conf::ToTimeval;
 
 // A body is searched for `expect_body` within its first 64 KiB, and a response
 // head larger than that is refused rather than buffered.
@@ -60,12 +65,6 @@ std::optional<uint32_t> ParseWeight(std::string_view value) {
   return weight;
 }
 
-std::string ErrorText(int error) {
-  char buffer[128];
-  // GNU strerror_r: returns a pointer to the text, maybe not into `buffer`.
-  return strerror_r(error, buffer, sizeof(buffer));
-}
-
 std::string ConnectFailureText(int error) {
   switch (error) {
     case ECONNREFUSED:
@@ -87,14 +86,6 @@ std::string FormatDuration(conf::Duration duration) {
   auto ms = duration.count();
   if (ms != 0 && ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
   return std::to_string(ms) + "ms";
-}
-
-timeval ToTimeval(conf::Duration duration) {
-  auto ms = std::max<conf::Duration::rep>(duration.count(), 0);
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(ms / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((ms % 1000) * 1000);
-  return tv;
 }
 
 // The numeric host of `address`, for an address built without its text.
@@ -124,9 +115,16 @@ void SetPort(conf::SocketAddress& address, uint16_t port) {
 std::string HostHeader(const conf::HealthCheck& check,
                        const conf::SocketAddress& target) {
   if (!check.host.empty()) return check.host;
-  std::string host = target.host.empty() ? NumericHost(target) : target.host;
-  if (host.find(':') != std::string::npos) host = "[" + host + "]";
-  if (target.port() != 80) host += ":" + std::to_string(target.port());
+  const std::string name =
+      target.host.empty() ? NumericHost(target) : target.host;
+  std::string host;
+  if (name.find(':') != std::string::npos) {
+    host.append("[").append(name).append("]");
+  } else {
+    host = name;
+  }
+  if (target.port() != 80)
+    host.append(":").append(std::to_string(target.port()));
   return host;
 }
 

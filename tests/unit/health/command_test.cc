@@ -23,6 +23,8 @@
 #include <sstream>
 #include <string>
 
+#include "tests/unit/health/test_loop.h"
+
 namespace tandem::health {
 namespace {
 
@@ -31,44 +33,7 @@ using std::chrono::milliseconds;
 constexpr milliseconds kBound{10'000};
 constexpr milliseconds kTimeout{10'000};
 
-// The test's event loop; Run() ends on Stop() or after a bound.
-class Loop {
- public:
-  Loop() : base_(event_base_new()) {
-    REQUIRE(base_ != nullptr);
-    bound_ = evtimer_new(
-        base_,
-        [](evutil_socket_t, short, void* arg) {
-          event_base_loopbreak(static_cast<event_base*>(arg));
-        },
-        base_);
-    REQUIRE(bound_ != nullptr);
-  }
-  ~Loop() {
-    event_free(bound_);
-    event_base_free(base_);
-  }
-  event_base* base() const { return base_; }
-
-  bool Run(milliseconds bound = kBound) {
-    stopped_ = false;
-    timeval tv{static_cast<time_t>(bound.count() / 1000),
-               static_cast<suseconds_t>(bound.count() % 1000 * 1000)};
-    REQUIRE(evtimer_add(bound_, &tv) == 0);
-    REQUIRE(event_base_dispatch(base_) != -1);
-    event_del(bound_);
-    return stopped_;
-  }
-  void Stop() {
-    stopped_ = true;
-    event_base_loopbreak(base_);
-  }
-
- private:
-  event_base* base_;
-  event* bound_;
-  bool stopped_ = false;
-};
+using testing::Loop;
 
 // Runs `command` to completion on a fresh runner.
 CommandResult RunCommand(const std::string& command,

@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/unit/health/test_loop.h"
+
 namespace tandem::health {
 namespace {
 
@@ -160,46 +162,7 @@ class TestServer {
   std::thread thread_;
 };
 
-// The test's event loop.
-class Loop {
- public:
-  Loop() : base_(event_base_new()) {
-    REQUIRE(base_ != nullptr);
-    bound_ = evtimer_new(
-        base_,
-        [](evutil_socket_t, short, void* arg) {
-          event_base_loopbreak(static_cast<event_base*>(arg));
-        },
-        base_);
-    REQUIRE(bound_ != nullptr);
-  }
-  ~Loop() {
-    event_free(bound_);
-    event_base_free(base_);
-  }
-
-  event_base* base() const { return base_; }
-
-  // Runs until Stop() or until `bound` passed; true when stopped.
-  bool Run(milliseconds bound = milliseconds(kBoundMs)) {
-    stopped_ = false;
-    timeval tv{static_cast<time_t>(bound.count() / 1000),
-               static_cast<suseconds_t>(bound.count() % 1000 * 1000)};
-    REQUIRE(evtimer_add(bound_, &tv) == 0);
-    REQUIRE(event_base_dispatch(base_) != -1);
-    event_del(bound_);
-    return stopped_;
-  }
-  void Stop() {
-    stopped_ = true;
-    event_base_loopbreak(base_);
-  }
-
- private:
-  event_base* base_;
-  event* bound_;
-  bool stopped_ = false;
-};
+using testing::Loop;
 
 conf::HealthCheck HttpCheck() {
   conf::HealthCheck check;
