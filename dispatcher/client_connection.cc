@@ -1058,20 +1058,7 @@ bool ClientConnection::RetryFromQueue() {
 
 void ClientConnection::RespondBusy(const char* detail) {
   cluster().stats->no_backend.Add();
-  std::string& out = loop_.scratch();
-  bool close = !request_complete_ || !client_keep_alive_ || client_eof_;
-  AppendSimpleResponse(503, detail, close, request_.http_minor(),
-                       "Retry-After: 1\r\n", &out);
-  status_ = 503;
-  evbuffer_add(bufferevent_get_output(bev_.get()), out.data(), out.size());
-  response_started_ = response_complete_ = true;
-  response_close_ = close;
-  if (close) {
-    LogExchange();
-    CloseAfterFlush();
-    return;
-  }
-  FinishExchange();
+  Respond(503, detail, false, "Retry-After: 1\r\n");
 }
 
 void ClientConnection::ReportOutcome(bool success, Failure failure) {
@@ -1199,7 +1186,8 @@ void ClientConnection::FailAttempt(Failure failure, int status,
   Respond(status, detail, !request_complete_);
 }
 
-void ClientConnection::Respond(int status, const char* detail, bool close) {
+void ClientConnection::Respond(int status, const char* detail, bool close,
+                               std::string_view extra_fields) {
   if (response_started_) {
     AbortExchange(0);
     return;
@@ -1209,7 +1197,8 @@ void ClientConnection::Respond(int status, const char* detail, bool close) {
   if (!client_keep_alive_ || client_eof_) close = true;
   status_ = status;
   std::string& out = loop_.scratch();
-  AppendSimpleResponse(status, detail, close, request_.http_minor(), &out);
+  AppendSimpleResponse(status, detail, close, request_.http_minor(),
+                       extra_fields, &out);
   evbuffer_add(bufferevent_get_output(bev_.get()), out.data(), out.size());
   response_body_bytes_ = out.size() - (out.find("\r\n\r\n") + 4);
   response_started_ = true;

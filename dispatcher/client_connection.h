@@ -149,7 +149,8 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   void Dequeue();
   // Answers with tandem's own short response; closes when `close` or the
   // request was not read completely.
-  void Respond(int status, const char* detail, bool close);
+  void Respond(int status, const char* detail, bool close,
+               std::string_view extra_fields = {});
   // 503 with Retry-After: every backend is at its limit.
   void RespondBusy(const char* detail);
   void CloseAfterFlush();

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -86,14 +87,14 @@ inline constexpr const char* kRetryReasons[] = {
 
 struct ClusterStats {
   LocalHistogram request_duration;
-  std::array<LocalCounter, 7> retries;  // by kRetryReasons
+  std::array<LocalCounter, std::size(kRetryReasons)> retries;
   LocalCounter no_backend;
   LocalGauge queued;
   LocalCounter queue_timeouts;
   LocalHistogram queue_wait;
 };
 
-// Why TLS handshakes with clients failed (index of HandshakeFailureIndex()).
+// Why TLS handshakes with clients failed (HandshakeFailureReason() texts).
 inline constexpr const char* kHandshakeFailures[] = {
     "protocol_version",       "plain_http",     "no_shared_cipher",
     "bad_client_certificate", "unexpected_eof", "other"};
@@ -101,7 +102,8 @@ inline constexpr const char* kHandshakeFailures[] = {
 struct ListenerStats {
   std::array<LocalCounter, 6> requests;  // by StatusClass of the final answer
   LocalCounter tls_handshakes;
-  std::array<LocalCounter, 6> tls_handshake_failures;  // by kHandshakeFailures
+  std::array<LocalCounter, std::size(kHandshakeFailures)>
+      tls_handshake_failures;
   LocalCounter connections_accepted;
   LocalGauge connections_open;
   LocalCounter bytes_received;
