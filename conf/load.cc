@@ -1471,7 +1471,12 @@ void Loader::LoadListenerTls(TableReader& reader, Listener* listener) {
                    "must be \"1.2\" or \"1.3\", got \"" + version + "\"");
     }
   }
-  reader.ReadString("tls_ciphers", &listener->tls_ciphers);
+  if (reader.ReadString("tls_ciphers", &listener->tls_ciphers)) {
+    std::string error;
+    if (!CheckCipherList(listener->tls_ciphers, &error)) {
+      reader.Error(*reader.Find("tls_ciphers"), "tls_ciphers", error);
+    }
+  }
   if (reader.ReadFile("client_ca", &listener->client_ca)) {
     std::string error;
     if (!CheckCaFile(listener->client_ca, &error)) {

@@ -70,4 +70,14 @@ bool CheckCaFile(const std::string& ca_file, std::string* error) {
   return true;
 }
 
+bool CheckCipherList(const std::string& ciphers, std::string* error) {
+  std::unique_ptr<SSL_CTX, SslCtxDeleter> ctx(SSL_CTX_new(TLS_server_method()));
+  if (!ctx || SSL_CTX_set_cipher_list(ctx.get(), ciphers.c_str()) != 1) {
+    *error = "no usable cipher in \"" + ciphers + "\"";
+    ERR_clear_error();
+    return false;
+  }
+  return true;
+}
+
 }  // namespace tandem::conf

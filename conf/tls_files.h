@@ -15,4 +15,8 @@ bool CheckCertificatePair(const std::string& cert_file,
 // Whether `ca_file` holds at least one PEM certificate.
 bool CheckCaFile(const std::string& ca_file, std::string* error);
 
+// Whether OpenSSL takes `ciphers` (a TLS 1.2 cipher list, as
+// SSL_CTX_set_cipher_list reads it) and finds at least one cipher in it.
+bool CheckCipherList(const std::string& ciphers, std::string* error);
+
 }  // namespace tandem::conf

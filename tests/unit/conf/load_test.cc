@@ -1269,6 +1269,35 @@ address = "127.0.0.1:9001"
   CHECK(result.errors[2].key == "listeners.b.tls_min_version");
 }
 
+TEST_CASE("a tls_ciphers list OpenSSL finds no cipher in is an error") {
+  TempDir dir;
+  const TestPem pem = SelfSignedPem("one.example");
+  dir.Write("one.pem", pem.cert);
+  dir.Write("one.key", pem.key);
+  const std::string listeners = R"([listeners.a]
+listen = "127.0.0.1:8443"
+cluster = "compute"
+tls_cert = "one.pem"
+tls_key = "one.key"
+tls_ciphers = )";
+  const std::string cluster = R"(
+[clusters.compute]
+[[clusters.compute.backends]]
+address = "127.0.0.1:9001"
+)";
+  LoadResult bad = ParseConfig(listeners + "\"NOT-A-CIPHER\"" + cluster,
+                               dir.path() + "/t.toml");
+  REQUIRE(bad.errors.size() == 1);
+  CHECK(bad.errors[0].key == "listeners.a.tls_ciphers");
+  CHECK(bad.errors[0].line == 6);
+  CHECK(bad.errors[0].message.find("no usable cipher") != std::string::npos);
+  LoadResult good =
+      ParseConfig(listeners + "\"ECDHE-RSA-AES128-GCM-SHA256\"" + cluster,
+                  dir.path() + "/t.toml");
+  CHECK(good.errors.empty());
+  CHECK(good.ok());
+}
+
 TEST_CASE("listener TLS errors: half a pair, both forms, missing files") {
   TempDir dir;
   const std::string cert = dir.Write("cert.pem", "x");
