@@ -357,7 +357,7 @@ int Server::Run() {
         }
       });
   for (auto& loop : loops_) loop->set_health(health_.get());
-  if (!health_->Start(result.config, &error)) {
+  if (!health_->Start(result.config, tls->clusters, &error)) {
     Log(LogLevel::kError, "health", error);
     return 1;
   }
@@ -498,7 +498,7 @@ bool Server::ReloadNow(const std::string& trigger,
         "threads changes take effect at the next restart");
   }
   if (admin_ && next.admin) admin_->set_token(next.admin->token);
-  health_->ApplyConfig(result.config);
+  health_->ApplyConfig(result.config, tls->clusters);
   Apply(result.config, std::move(sockets), std::move(tls));
   ++reloads_ok_;
   last_reload_.ok = true;

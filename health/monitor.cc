@@ -86,7 +86,7 @@ HealthMonitor::HealthMonitor(PublishFn publish)
 HealthMonitor::~HealthMonitor() { Stop(); }
 
 bool HealthMonitor::Start(std::shared_ptr<const conf::Config> config,
-                          std::string* error) {
+                          ClusterTls tls, std::string* error) {
   base_ = event_base_new();
   if (base_ == nullptr || !messages_.Init(base_, this)) {
     *error = "health: cannot create an event loop";
@@ -99,7 +99,7 @@ bool HealthMonitor::Start(std::shared_ptr<const conf::Config> config,
     *error = "health: cannot create timers";
     return false;
   }
-  Apply(std::move(config));
+  Apply(std::move(config), tls);
   Publish();
   thread_ = std::thread([this] { Run(); });
   return true;
@@ -125,9 +125,11 @@ void HealthMonitor::Stop() {
   base_ = nullptr;
 }
 
-void HealthMonitor::ApplyConfig(std::shared_ptr<const conf::Config> config) {
-  messages_.Post([config = std::move(config)](HealthMonitor& self) mutable {
-    self.Apply(std::move(config));
+void HealthMonitor::ApplyConfig(std::shared_ptr<const conf::Config> config,
+                                ClusterTls tls) {
+  messages_.Post([config = std::move(config),
+                  tls = std::move(tls)](HealthMonitor& self) mutable {
+    self.Apply(std::move(config), tls);
   });
 }
 
@@ -159,7 +161,8 @@ HealthSettings HealthMonitor::SettingsFor(const conf::Cluster& cluster) const {
   return settings;
 }
 
-void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config) {
+void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
+                          const ClusterTls& tls) {
   // Backends that stay keep their state machine, history and activation.
   std::map<std::pair<std::string, std::string>, std::unique_ptr<Backend>>
       previous;
@@ -176,13 +179,9 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config) {
     cluster->monitor = this;
     cluster->config = &cluster_config;
     if (cluster_config.tls.enabled) {
-      // Checks speak TLS as the data path does (a context of their own).
-      std::string error;
-      cluster->tls = TlsClientContext::Create(cluster_config.tls, &error);
-      if (!cluster->tls) {
-        Log(LogLevel::kError, "health", "checks cannot use TLS",
-            {{"cluster", cluster_config.name}, {"error", error}});
-      }
+      // Checks speak TLS as the data path does, with its context.
+      auto it = tls.find(cluster_config.name);
+      if (it != tls.end()) cluster->tls = it->second;
     }
     HealthSettings settings = SettingsFor(cluster_config);
     bool checks = settings.checks;

@@ -36,15 +36,20 @@ class HealthMonitor {
   HealthMonitor(const HealthMonitor&) = delete;
   HealthMonitor& operator=(const HealthMonitor&) = delete;
 
+  // The data path's TLS client contexts by cluster name: checks of a TLS
+  // cluster use the same one (one CA store load per config).
+  using ClusterTls = std::map<std::string, std::shared_ptr<TlsClientContext>>;
+
   // Starts the thread with `config`; the first snapshot is published before
   // Start returns. False with `error` set on failure.
-  bool Start(std::shared_ptr<const conf::Config> config, std::string* error);
+  bool Start(std::shared_ptr<const conf::Config> config, ClusterTls tls,
+             std::string* error);
   // Stops checks and the thread (running commands are killed).
   void Stop();
 
   // Thread-safe. Backends present in both configs keep their state and
   // history; new ones start unknown.
-  void ApplyConfig(std::shared_ptr<const conf::Config> config);
+  void ApplyConfig(std::shared_ptr<const conf::Config> config, ClusterTls tls);
   // Thread-safe: outcomes seen by a loop.
   void Report(OutcomeBatch batch);
 
@@ -98,7 +103,7 @@ class HealthMonitor {
   static void PublishCb(evutil_socket_t, short, void* arg);
 
   void Run();
-  void Apply(std::shared_ptr<const conf::Config> config);
+  void Apply(std::shared_ptr<const conf::Config> config, const ClusterTls& tls);
   void OnReport(const OutcomeBatch& batch);
   void Tick();
   void ScheduleCheck(Cluster& cluster, Backend& backend, bool first);
