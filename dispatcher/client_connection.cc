@@ -233,7 +233,11 @@ void ClientConnection::OnUpstreamDrained(UpstreamConnection&) {
   Enter(this, [this] {
     if (state_ == State::kTunnel) {
       Touch();
-      bufferevent_enable(bev_.get(), EV_READ);
+      if (client_eof_) {
+        TunnelFlushed();
+      } else {
+        bufferevent_enable(bev_.get(), EV_READ);
+      }
     } else if (request_blocked_) {
       Touch();
       request_blocked_ = false;
@@ -255,7 +259,11 @@ void ClientConnection::OnClientDrained() {
       FinishClose();
   } else if (state_ == State::kTunnel) {
     Touch();
-    if (upstream_ != nullptr) bufferevent_enable(upstream_->bev(), EV_READ);
+    if (upstream_eof_) {
+      TunnelFlushed();
+    } else if (upstream_ != nullptr) {
+      bufferevent_enable(upstream_->bev(), EV_READ);
+    }
   } else if (response_blocked_ && upstream_ != nullptr) {
     Touch();
     response_blocked_ = false;
@@ -302,6 +310,15 @@ void ClientConnection::OnClientEvent(short events) {
         }
         break;
       case State::kTunnel:
+        // Half-closed: pass it on, the other direction may still carry bytes.
+        if (upstream_ == nullptr) {
+          Destroy();
+          break;
+        }
+        client_eof_ = true;
+        bufferevent_setwatermark(upstream_->bev(), EV_WRITE, 0, 0);
+        TunnelFlushed();
+        break;
       case State::kClosing:
         Destroy();
         break;
@@ -332,11 +349,18 @@ void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection,
                           : "connection to backend failed");
     }
   } else if (state_ == State::kTunnel) {
-    // The backend ended the tunnel: deliver what it sent, then close.
     evbuffer_add_buffer(bufferevent_get_output(bev_.get()), upstream_->input());
-    EndAttempt(false);
-    LogExchange();
-    CloseAfterFlush();
+    if (events & BEV_EVENT_ERROR) {
+      // Reset: deliver what the backend sent, then close.
+      EndAttempt(false);
+      LogExchange();
+      CloseAfterFlush();
+      return;
+    }
+    // Half-closed: pass it on once the client has everything before it.
+    upstream_eof_ = true;
+    bufferevent_setwatermark(bev_.get(), EV_WRITE, 0, 0);
+    TunnelFlushed();
   } else if (state_ == State::kProxying) {
     upstream_eof_ = true;
     if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_)
@@ -378,9 +402,12 @@ void ClientConnection::OnClientRead() {
     case State::kConnecting:
       break;  // the body waits until a backend connection is ready
     case State::kProxying:
-      Touch();
-      if (!request_complete_ && !paused_at_head_ && !request_blocked_)
+      // Only request bytes are activity: pipelined requests arriving behind
+      // this one do not keep a stalled response alive.
+      if (!request_complete_ && !paused_at_head_ && !request_blocked_) {
+        Touch();
         ParseRequest();
+      }
       break;
     case State::kTunnel:
       Touch();
@@ -394,6 +421,16 @@ void ClientConnection::OnClientRead() {
       evbuffer_drain(input, evbuffer_get_length(input));
       break;
     }
+  }
+  // Input this state cannot consume stays in the kernel: reading stops until
+  // a state that consumes it turns reading on again (SendRequestHead,
+  // OnUpstreamDrained, FinishExchange, EnterTunnel, FinishClose). Left on,
+  // libevent would call this callback again at once for as long as the input
+  // sits at its high-water mark: a busy loop.
+  if (!destroy_pending_ &&
+      evbuffer_get_length(bufferevent_get_input(bev_.get())) >=
+          kClientReadHighWater) {
+    bufferevent_disable(bev_.get(), EV_READ);
   }
 }
 
@@ -772,6 +809,7 @@ void ClientConnection::SendRequestHead() {
   forwarding.default_host = cluster().backends[backend_].config->address.text;
   std::string& head = loop_.scratch();
   AppendRequestHead(request_, forwarding, &head);
+  upstream_->StartRequest();
   evbuffer_add(upstream_->output(), head.data(), head.size());
   bufferevent_setwatermark(upstream_->bev(), EV_WRITE, kOutputLowWater, 0);
   bufferevent_setwatermark(upstream_->bev(), EV_READ, 0, 0);
@@ -798,6 +836,7 @@ void ClientConnection::SendRequestHead() {
     request_.Resume();
   }
   ArmTimer(cluster().config->idle_timeout);
+  bufferevent_enable(bev_.get(), EV_READ);
   ParseRequest();
 }
 
@@ -823,6 +862,13 @@ void ClientConnection::ReplayBody() {
 
 void ClientConnection::ParseResponse() {
   if (upstream_ == nullptr) return;
+  if (!upstream_->request_started() &&
+      evbuffer_get_length(upstream_->input()) > 0) {
+    // Bytes that came before any of the request left cannot answer it.
+    FailAttempt(Failure::kInvalid, 502,
+                "backend sent a response before the request");
+    return;
+  }
   size_t consumed = 0;
   HttpParser::Result result = Feed(*response_, upstream_->input(), &consumed);
   if (consumed > 0) response_bytes_seen_ = true;
@@ -936,6 +982,43 @@ void ClientConnection::PumpTunnel(evbuffer* from, evbuffer* to,
                                   bufferevent* /*to_bev*/) {
   evbuffer_add_buffer(to, from);
   if (OutputFull(to)) bufferevent_disable(from_bev, EV_READ);
+}
+
+namespace {
+
+// Sends a FIN (after close_notify on TLS): the peer reads an end of stream
+// while it may still send (a half-close, RFC 9293 §3.6).
+bool ShutdownWrite(bufferevent* bev) {
+  if (SSL* ssl = bufferevent_openssl_get_ssl(bev)) {
+    (void)SSL_shutdown(ssl);
+    ERR_clear_error();
+  }
+  evutil_socket_t fd = bufferevent_getfd(bev);
+  return fd >= 0 && shutdown(fd, SHUT_WR) == 0;
+}
+
+}  // namespace
+
+void ClientConnection::TunnelFlushed() {
+  // A side that ended passes its end on once everything it sent is out.
+  bool failed = false;
+  if (client_eof_ && !tunnel_backend_shut_ &&
+      evbuffer_get_length(upstream_->output()) == 0) {
+    tunnel_backend_shut_ = true;
+    failed = !ShutdownWrite(upstream_->bev());
+  }
+  if (upstream_eof_ && !tunnel_client_shut_ &&
+      evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0) {
+    tunnel_client_shut_ = true;
+    failed = failed || !ShutdownWrite(bev_.get());
+  }
+  if (failed || (tunnel_backend_shut_ && tunnel_client_shut_ && client_eof_ &&
+                 upstream_eof_)) {
+    // Both directions are done (or a socket is gone).
+    EndAttempt(false);
+    LogExchange();
+    Destroy();
+  }
 }
 
 // ---- ending an exchange
@@ -1428,6 +1511,7 @@ void ClientConnection::OnTimer() {
         return;
       }
       EndAttempt(false);
+      LogExchange();
       Destroy();
       return;
     }

@@ -124,6 +124,9 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   void EnterTunnel();
   void PumpTunnel(evbuffer* from, evbuffer* to, bufferevent* from_bev,
                   bufferevent* to_bev);
+  // After a tunnel side's end of stream: shuts the other side's writing once
+  // its output is flushed, and ends the tunnel when both directions are done.
+  void TunnelFlushed();
   void FinishExchange();
   void ResetExchange();
   // Ends the current attempt; `reusable` returns the upstream connection to
@@ -217,6 +220,8 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   bool expect_continue_ = false;
   bool upgrade_ = false;
   bool client_eof_ = false;
+  bool tunnel_client_shut_ = false;   // the client was sent our FIN
+  bool tunnel_backend_shut_ = false;  // the backend was sent our FIN
   int status_ = 0;  // status sent to the client
   Framing response_framing_ = Framing::kNone;
   uint64_t response_body_bytes_ = 0;

@@ -160,6 +160,10 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
       b->Counter("tandem_backend_timeouts_total",
                  "Backend tries that timed out", labels,
                  static_cast<double>(s.upstream_timeouts.Get()));
+      b->Counter("tandem_backend_stray_closes_total",
+                 "Pooled backend connections closed because the backend sent "
+                 "bytes while they were idle",
+                 labels, static_cast<double>(s.stray_closes.Get()));
       b->Counter("tandem_upstream_connections_total",
                  "Connections opened to a backend", labels,
                  static_cast<double>(s.connections_opened.Get()));

@@ -74,6 +74,7 @@ struct BackendStats {
   LocalCounter connect_failures;
   LocalCounter upstream_resets;
   LocalCounter upstream_timeouts;
+  LocalCounter stray_closes;  // pooled connections that spoke while idle
   LocalCounter connections_opened;
   LocalCounter connect_micros;  // total connect time, for an average
   LocalGauge inflight;

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
 
 namespace tandem::dispatcher {
 namespace {
@@ -38,6 +39,22 @@ void UpstreamConnection::ReadCb(bufferevent*, void* arg) {
 void UpstreamConnection::WriteCb(bufferevent*, void* arg) {
   auto* self = static_cast<UpstreamConnection*>(arg);
   if (self->user_ != nullptr) self->user_->OnUpstreamDrained(*self);
+}
+
+void UpstreamConnection::OutputCb(evbuffer*, const evbuffer_cb_info* info,
+                                  void* arg) {
+  if (info->n_deleted > 0)
+    static_cast<UpstreamConnection*>(arg)->request_started_ = true;
+}
+
+bool UpstreamConnection::HasUnreadInput() const {
+  if (evbuffer_get_length(input()) > 0) return true;
+  evutil_socket_t fd = bufferevent_getfd(bev_.get());
+  if (fd < 0) return true;
+  char byte;
+  ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  // A byte, an EOF or an error: all of them end the connection's usefulness.
+  return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
 }
 
 void UpstreamConnection::EventCb(bufferevent*, short events, void* arg) {
@@ -83,14 +100,23 @@ void BackendPool::StoreSession(SSL_SESSION* session) {
 }
 
 UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user) {
-  if (idle_.empty()) return nullptr;
-  UpstreamConnection* connection = idle_.back();
-  idle_.pop_back();
-  stats_->idle_connections.Add(-1);
-  connection->idle_ = false;
-  connection->user_ = user;
-  connection->reused_ = true;
-  return connection;
+  while (!idle_.empty()) {
+    UpstreamConnection* connection = idle_.back();
+    idle_.pop_back();
+    stats_->idle_connections.Add(-1);
+    connection->idle_ = false;
+    if (connection->HasUnreadInput()) {
+      // Read in this loop turn, the bytes would pass for the answer to the
+      // request about to be written.
+      stats_->stray_closes.Add();
+      Close(connection);
+      continue;
+    }
+    connection->user_ = user;
+    connection->reused_ = true;
+    return connection;
+  }
+  return nullptr;
 }
 
 UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
@@ -133,6 +159,11 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
   bufferevent_setcb(raw, UpstreamConnection::ReadCb,
                     UpstreamConnection::WriteCb, UpstreamConnection::EventCb,
                     connection);
+  if (evbuffer_add_cb(bufferevent_get_output(raw), UpstreamConnection::OutputCb,
+                      connection) == nullptr) {
+    Close(connection);
+    return nullptr;
+  }
   // Refusals and unreachable networks are reported through EventCb (libevent
   // defers an immediate ECONNREFUSED), so the caller sees one path.
   if (bufferevent_socket_connect(raw, const_cast<sockaddr*>(address_.sa()),

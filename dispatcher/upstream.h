@@ -50,6 +50,12 @@ class UpstreamConnection {
   int connect_error() const { return connect_error_; }
   // Replaces the user; used when an exchange hands the connection over.
   void set_user(UpstreamUser* user) { user_ = user; }
+  // A new request is about to be written: request_started() turns true once
+  // its first byte has left the output buffer.
+  void StartRequest() { request_started_ = false; }
+  // False while no byte of the current request has been written: a response
+  // arriving then was not sent for it (a stray answer on a pooled connection).
+  bool request_started() const { return request_started_; }
 
  private:
   friend class BackendPool;
@@ -58,6 +64,10 @@ class UpstreamConnection {
   static void ReadCb(bufferevent* bev, void* arg);
   static void WriteCb(bufferevent* bev, void* arg);
   static void EventCb(bufferevent* bev, short events, void* arg);
+  static void OutputCb(evbuffer* buffer, const evbuffer_cb_info* info,
+                       void* arg);
+  // True when the backend sent bytes or closed while the connection was idle.
+  bool HasUnreadInput() const;
 
   BackendPool& pool_;
   BufferEventPtr bev_;
@@ -65,6 +75,7 @@ class UpstreamConnection {
   bool connected_ = false;
   bool reused_ = false;
   bool idle_ = false;  // in the pool's idle list
+  bool request_started_ = true;
   int connect_error_ = 0;
   std::chrono::steady_clock::time_point since_;  // connect start, or idle since
   // Intrusive list of every connection of the pool.
@@ -89,7 +100,9 @@ class BackendPool : public health::TlsSessionSink {
   void StoreSession(SSL_SESSION* session) override;
 
   // An idle connection handed to `user`, most recently used first; nullptr
-  // when none is idle.
+  // when none is idle. A connection on which the backend sent anything while
+  // it was idle (a stray response, an EOF not yet seen) is closed instead of
+  // handed out: those bytes must never reach the next exchange.
   UpstreamConnection* TakeIdle(UpstreamUser* user);
 
   // Starts a new connection for `user`, who later gets OnUpstreamConnected

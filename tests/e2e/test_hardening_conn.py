@@ -1,0 +1,270 @@
+"""Hostile clients and broken backends against one connection's life: input
+tandem cannot consume yet, stray bytes from pooled backend connections, and
+tunnels that half-close. Each case is a regression test of issue "Hardening"."""
+
+import os
+import socket
+import threading
+import time
+import unittest
+
+from harness import (BYTES_PATTERN, Client, Deadline, HttpReader, TandemTestCase,
+                     build_request, make_config, parse_logfmt, read_response,
+                     response_bytes, scaled, serve_each, wait_until)
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cpu(pid, seconds):
+    """CPU seconds `pid` used over the next `seconds` of wall time."""
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return cpu_seconds(pid) - before
+
+
+def all_threads_stopped(pid):
+    """True when every thread of `pid` is stopped (state T)."""
+    for task in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, task)) as f:
+            if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                return False
+    return True
+
+
+# Far below a spinning loop (which uses the whole window), far above an idle one.
+MAX_IDLE_CPU = 0.25
+
+
+class UnconsumedInputTest(TandemTestCase):
+    """Defect 1: client bytes tandem cannot consume yet must not make the loop
+    spin, and must not keep timeouts from firing."""
+
+    def test_pipelined_flood_behind_a_slow_request_does_not_spin(self):
+        worker = self.start_worker()
+        tandem = self.start_tandem(make_config(
+            [worker.address], global_opts={"access_log": "off"},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+        client = self.client(tandem.port)
+        flood = build_request("GET", "/", {"Host": "a"}) * 3000
+        client.send(build_request("GET", "/sleep?ms=%d" % int(scaled(2000)), {"Host": "a"}) +
+                    flood)
+        time.sleep(0.3)
+        used = measure_cpu(tandem.pid, scaled(1.2))
+        self.assertLess(used, MAX_IDLE_CPU * TIMEOUT_FACTOR,
+                        "tandem used %.2f s of CPU while one request waited" % used)
+        # Every request is still answered, in order.
+        first = client.response()
+        self.assertEqual(first.status, 200)
+        for _ in range(3000):
+            self.assertEqual(client.response().status, 200)
+
+    def test_a_queued_upload_does_not_spin(self):
+        worker = self.start_worker()
+        tandem = self.start_tandem(make_config(
+            [(worker.address, {"max_inflight": 1})], global_opts={"access_log": "off"},
+            cluster_opts={"queue_size": 10, "queue_timeout": "20s"},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+        busy = self.client(tandem.port)
+        busy.send(build_request("GET", "/sleep?ms=%d" % int(scaled(2000)), {"Host": "a"}))
+        time.sleep(0.2)
+        upload = self.client(tandem.port)
+        body = b"x" * 100000
+        upload.send(build_request("POST", "/sink", {"Host": "a"}, body))
+        time.sleep(0.3)
+        used = measure_cpu(tandem.pid, scaled(1.2))
+        self.assertLess(used, MAX_IDLE_CPU * TIMEOUT_FACTOR,
+                        "tandem used %.2f s of CPU while an upload was queued" % used)
+        self.assertEqual(busy.response().status, 200)
+        response = upload.response()
+        self.assertEqual(response.status, 200, response)
+        self.assertIn(b"100000", response.body)
+
+    def test_a_stalled_response_is_cut_at_idle_timeout_with_pipelined_input_waiting(self):
+        def stall(connection):
+            if connection.read_request() is None:
+                return
+            connection.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+            connection.drain_until_close(scaled(30))
+
+        backend = self.start_backend(stall)
+        tandem = self.start_tandem(make_config(
+            [backend.address], global_opts={"access_log": "off"},
+            cluster_opts={"idle_timeout": "1s"},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+        client = self.client(tandem.port, timeout=scaled(20))
+        client.send(build_request("GET", "/stall", {"Host": "a"}) +
+                    build_request("GET", "/", {"Host": "a"}) * 3000)
+        start = time.monotonic()
+        time.sleep(0.3)
+        used = measure_cpu(tandem.pid, 0.5)
+        self.assertLess(used, MAX_IDLE_CPU * TIMEOUT_FACTOR,
+                        "tandem used %.2f s of CPU during a stalled response" % used)
+        self.assertTrue(client.closed_by_peer(scaled(5)),
+                        "the stalled response was not cut off")
+        self.assertLess(time.monotonic() - start, scaled(4))
+
+
+class StrayBackendBytesTest(TandemTestCase):
+    """Defect 5: bytes a backend sends on an idle pooled connection never reach
+    the next client whose request takes that connection."""
+
+    def test_stray_bytes_on_a_pooled_connection_never_reach_another_client(self):
+        send_stray = threading.Event()
+        stray_sent = threading.Event()
+        first_connection = threading.Lock()
+
+        def handler(connection):
+            # The first connection answers one request, then, when told, writes
+            # a stray response while it sits idle in tandem's pool. Every other
+            # request is answered "second".
+            if first_connection.acquire(blocking=False):
+                if connection.read_request() is None:
+                    return
+                connection.send(response_bytes(200, b"first\n"))
+                if not send_stray.wait(scaled(10)):
+                    return
+                connection.send(response_bytes(200, b"STRAY\n"))
+                stray_sent.set()
+            serve_each(lambda request: response_bytes(200, b"second\n"))(connection)
+
+        backend = self.start_backend(handler)
+        tandem = self.start_tandem(make_config(
+            [backend.address], global_opts={"access_log": "off"},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+        # Client A's request leaves a pooled connection behind; client B is
+        # connected (and accepted) already.
+        a = self.client(tandem.port)
+        self.assertEqual(a.get("/a", {"Host": "a"}).body, b"first\n")
+        b = self.client(tandem.port)
+        time.sleep(0.2)
+        # Freeze tandem while B's request and then the stray bytes arrive, so
+        # that both are in tandem's sockets when it wakes up: B's request takes
+        # the pooled connection in the same loop turn as the stray bytes are read.
+        os.kill(tandem.pid, 19)  # SIGSTOP
+        try:
+            wait_until(lambda: all_threads_stopped(tandem.pid), scaled(5), "tandem to stop")
+            b.send(build_request("GET", "/b", {"Host": "a"}))
+            time.sleep(0.1)
+            send_stray.set()
+            self.assertTrue(stray_sent.wait(scaled(5)))
+            time.sleep(0.1)
+        finally:
+            os.kill(tandem.pid, 18)  # SIGCONT
+        response = b.response()
+        self.assertNotEqual(response.body, b"STRAY\n", "client B got the stray response")
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.body, b"second\n")
+
+
+class TunnelHalfCloseTest(TandemTestCase):
+    """Defect 7: a tunnel passes half-closes on and is accounted however it ends."""
+
+    def start_echo_backend(self):
+        def handler(connection):
+            request = connection.read_request()
+            if request is None:
+                return
+            connection.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                            b"Upgrade: echo\r\n\r\n")
+            # Read until the client's side ends, then answer with everything.
+            data = bytearray()
+            sock = connection.sock
+            while True:
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                data += piece
+            sock.sendall(b"got:" + bytes(data))
+            sock.shutdown(socket.SHUT_WR)
+            connection.drain_until_close(scaled(5))
+
+        return self.start_backend(handler)
+
+    def upgrade(self, port):
+        client = self.client(port)
+        client.send(build_request("GET", "/tunnel", {"Host": "a", "Connection": "Upgrade",
+                                                     "Upgrade": "echo"}))
+        response = client.response()
+        self.assertEqual(response.status, 101, response)
+        return client
+
+    def test_a_client_half_close_is_passed_on_and_the_reply_still_arrives(self):
+        backend = self.start_echo_backend()
+        tandem = self.start_tandem(make_config([backend.address],
+                                               extra='[clusters.compute.health]\nkind = "none"\n'))
+        client = self.upgrade(tandem.port)
+        client.send(b"hello")
+        client.shutdown_write()
+        self.assertEqual(client.read_until_close(), b"got:hello")
+        tandem.wait_access_line(r'"GET /tunnel HTTP/1\.1" 101 ')
+
+    def test_a_backend_half_close_is_passed_on_and_the_client_may_still_send(self):
+        got = []
+
+        def handler(connection):
+            if connection.read_request() is None:
+                return
+            connection.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                            b"Upgrade: echo\r\n\r\nbye")
+            connection.sock.shutdown(socket.SHUT_WR)
+            data = bytearray()
+            while True:
+                piece = connection.sock.recv(65536)
+                if not piece:
+                    break
+                data += piece
+            got.append(bytes(data))
+
+        backend = self.start_backend(handler)
+        tandem = self.start_tandem(make_config([backend.address],
+                                               extra='[clusters.compute.health]\nkind = "none"\n'))
+        client = self.client(tandem.port)
+        client.send(build_request("GET", "/tunnel", {"Host": "a", "Connection": "Upgrade",
+                                                     "Upgrade": "echo"}))
+        response = client.response()
+        self.assertEqual(response.status, 101, response)
+        # The backend's half-close reaches the client as an EOF after "bye" ...
+        self.assertEqual(client.read_until_close(), b"bye")
+        # ... and what the client sends after it still reaches the backend.
+        client.send(b"late data")
+        client.shutdown_write()
+        backend.wait(lambda b: got, scaled(5), "the backend to see the client's data")
+        self.assertEqual(got[0], b"late data")
+
+    def test_every_tunnel_is_logged_and_counted_however_it_ends(self):
+        backend = self.start_echo_backend()
+        tandem = self.start_tandem(make_config(
+            [backend.address], cluster_opts={"idle_timeout": "1s"},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+
+        def requests_101():
+            return sum(v for k, v in tandem.metrics().items()
+                       if k.startswith("tandem_requests_total{") and 'code_class="1xx"' in k)
+
+        before = requests_101()
+        # Ended by the client resetting its connection.
+        client = self.upgrade(tandem.port)
+        client.send(b"x")
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()
+        # Ended by idle_timeout.
+        self.upgrade(tandem.port)
+        wait_until(lambda: requests_101() >= before + 2, scaled(6), "two tunnels counted")
+        def tunnel_lines():
+            return [line for line in tandem.access_lines()
+                    if '"GET /tunnel HTTP/1.1" 101 ' in line]
+        wait_until(lambda: len(tunnel_lines()) >= 2, scaled(5), "two tunnel log lines")
+        time.sleep(0.3)
+        self.assertEqual(len(tunnel_lines()), 2, tandem.access_lines())
+
+
+TIMEOUT_FACTOR = scaled(1)
+
+if __name__ == "__main__":
+    unittest.main()
