@@ -35,6 +35,12 @@ constexpr size_t kMaxSingleRead = 64 * 1024;
 constexpr auto kLingerTime = std::chrono::seconds(2);
 
 constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+// Interim (1xx) responses one exchange accepts from a backend; more make the
+// response invalid, so a backend cannot keep an exchange busy with them.
+constexpr uint32_t kMaxInterimResponses = 16;
+// A retry body kept past this capacity is freed when its exchange ends, so
+// one large upload does not stay resident on an idle connection.
+constexpr size_t kMaxIdleRetryBodyBytes = 16 * 1024;
 
 // Defers `delete` until the outermost callback on the connection returns, so
 // no member function runs on a freed object.
@@ -427,9 +433,8 @@ void ClientConnection::OnClientRead() {
   // OnUpstreamDrained, FinishExchange, EnterTunnel, FinishClose). Left on,
   // libevent would call this callback again at once for as long as the input
   // sits at its high-water mark: a busy loop.
-  if (!destroy_pending_ &&
-      evbuffer_get_length(bufferevent_get_input(bev_.get())) >=
-          kClientReadHighWater) {
+  if (!destroy_pending_ && evbuffer_get_length(bufferevent_get_input(
+                               bev_.get())) >= kClientReadHighWater) {
     bufferevent_disable(bev_.get(), EV_READ);
   }
 }
@@ -778,6 +783,7 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   attempt_start_ = Clock::now();
   if (!response_) response_ = loop_.TakeResponseParser(this);
   response_->Reset();
+  interim_responses_ = 0;
   response_bytes_seen_ = false;
   upstream_eof_ = false;
 
@@ -911,6 +917,10 @@ void ClientConnection::OnResponseHead(HttpParser& parser) {
   int client_minor = request_.http_minor();
   std::string& head = loop_.scratch();
   if (status >= 100 && status < 200 && status != 101) {
+    if (++interim_responses_ > kMaxInterimResponses) {
+      parser.Reject(502, "too many interim responses");
+      return;
+    }
     // Interim responses: tandem sends its own 100 Continue; others (103
     // Early Hints) go to HTTP/1.1 clients.
     if (status != 100 && client_minor >= 1) {
@@ -1356,7 +1366,12 @@ void ClientConnection::ResetExchange() {
   waiting_activation_ = false;
   trail_.clear();
   retry_status_ = 0;
-  if (!retry_body_.empty()) retry_body_.clear();
+  if (retry_body_.capacity() > kMaxIdleRetryBodyBytes) {
+    std::string().swap(retry_body_);
+  } else {
+    retry_body_.clear();
+  }
+  interim_responses_ = 0;
   body_kept_ = true;
 }
 

@@ -222,7 +222,8 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   bool client_eof_ = false;
   bool tunnel_client_shut_ = false;   // the client was sent our FIN
   bool tunnel_backend_shut_ = false;  // the backend was sent our FIN
-  int status_ = 0;  // status sent to the client
+  int status_ = 0;                    // status sent to the client
+  uint32_t interim_responses_ = 0;    // 1xx heads of the current attempt
   Framing response_framing_ = Framing::kNone;
   uint64_t response_body_bytes_ = 0;
   std::chrono::steady_clock::time_point request_start_;

@@ -176,6 +176,8 @@ class Loop {
   algorithms::Rng& rng() { return rng_; }
   // A scratch buffer for building heads; valid until the next call.
   std::string& scratch() {
+    // One huge head (a large trailer section, say) must not stay resident.
+    if (scratch_.capacity() > kMaxScratchBytes) std::string().swap(scratch_);
     scratch_.clear();
     return scratch_;
   }
@@ -263,6 +265,7 @@ class Loop {
   std::unique_ptr<AccessLog> access_log_;
   LoopStats stats_;
   algorithms::Rng rng_;
+  static constexpr size_t kMaxScratchBytes = 64 * 1024;
   std::string scratch_;
   std::vector<std::unique_ptr<HttpParser>> spare_parsers_;
 

@@ -161,6 +161,30 @@ class StrayBackendBytesTest(TandemTestCase):
         self.assertEqual(response.body, b"second\n")
 
 
+class InterimResponseLimitTest(TandemTestCase):
+    """A backend cannot keep an exchange busy with endless 1xx responses."""
+
+    def test_a_storm_of_interim_responses_is_an_invalid_response(self):
+        storm = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 1000
+        backend = self.start_backend(serve_each(lambda request: storm + response_bytes(200)))
+        tandem = self.start_tandem(make_config(
+            [backend.address], cluster_opts={"retries": 0},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+        client = self.client(tandem.port)
+        response = client.get("/", {"Host": "a"})
+        self.assertEqual(response.status, 502, response)
+        self.assertLessEqual(len(response.interim), 16)
+
+    def test_a_few_interim_responses_still_pass(self):
+        hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 3
+        backend = self.start_backend(serve_each(lambda request: hints + response_bytes(200)))
+        tandem = self.start_tandem(make_config(
+            [backend.address], extra='[clusters.compute.health]\nkind = "none"\n'))
+        response = self.client(tandem.port).get("/", {"Host": "a"})
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual([m.status for m in response.interim], [103, 103, 103])
+
+
 class TunnelHalfCloseTest(TandemTestCase):
     """Defect 7: a tunnel passes half-closes on and is accounted however it ends."""
 
