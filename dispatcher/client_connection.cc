@@ -725,7 +725,7 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   // A cold backup is starting for want of backends, or every eligible backend
   // failed a retryable request and a cold backup stands by: wait (within
   // request_timeout) for health/ to bring it in rather than failing requests
-  // it will serve. (A retry got here only if RetryRefusal allowed it.)
+  // it will serve. (A retry got here only if DecideRetry allowed it.)
   const bool standby_may_come =
       runtime.activating || (retry && runtime.cold_standby);
   if (pick == kNone && standby_may_come) {
@@ -936,7 +936,9 @@ void ClientConnection::OnResponseHead(HttpParser& parser) {
     return;
   }
   if ((status == 502 || status == 503 || status == 504) &&
-      RetryRefusal(Failure::kStatus).empty()) {
+      // This answer is a failed try that reached a worker: count it.
+      DecideRetry(RetryFacts(Failure::kStatus, reached_failures_ + 1)).action !=
+          RetryAction::kGiveUp) {
     // Another backend may do better: drop this answer and try there. When
     // no retry is possible the backend's own answer is relayed instead.
     retry_status_ = status;
@@ -1156,25 +1158,7 @@ void ClientConnection::RespondBusy(const char* detail) {
 
 void ClientConnection::ReportOutcome(bool success, Failure failure) {
   if (!has_backend_) return;
-  health::TrafficFailure kind = health::TrafficFailure::kReset;
-  switch (failure) {
-    case Failure::kConnect:
-    case Failure::kRefused:
-      kind = health::TrafficFailure::kConnect;
-      break;
-    case Failure::kTimeout:
-      kind = health::TrafficFailure::kTimeout;
-      break;
-    case Failure::kStatus:
-      kind = health::TrafficFailure::kStatus5xx;
-      break;
-    case Failure::kPoolRace:
-    case Failure::kReset:
-    case Failure::kInvalid:
-      kind = health::TrafficFailure::kReset;
-      break;
-  }
-  loop_.ReportOutcome(cluster(), backend_, success, kind,
+  loop_.ReportOutcome(cluster(), backend_, success, Traits(failure).health,
                       failure == Failure::kRefused);
 }
 
@@ -1183,53 +1167,38 @@ Clock::time_point ClientConnection::RequestDeadline() const {
          cluster().config->request_timeout;
 }
 
-std::string_view ClientConnection::RetryRefusal(Failure failure) const {
+RetryInput ClientConnection::RetryFacts(Failure failure,
+                                        uint32_t reached_failures) const {
   const ClusterRuntime& runtime = cluster();
-  const conf::Cluster& config = *runtime.config;
-  if (response_started_) return "response already started";
-  if (Clock::now() >= RequestDeadline()) return "request_timeout spent";
-  // A request that never reached a worker may always go elsewhere; one that
-  // did only when repeating it is safe.
-  bool reached = !NeverReached(failure);
-  if (reached) {
-    if (!IsIdempotent(request_)) return "not idempotent";
-    // `retries` bounds the tries that reached a worker; refused connects and
-    // pooled connections found closed do not use it up.
-    if (reached_failures_ > config.retries) return "retries exhausted";
+  RetryInput input;
+  input.failure = failure;
+  input.response_started = response_started_;
+  input.deadline_passed = Clock::now() >= RequestDeadline();
+  input.idempotent = IsIdempotent(request_);
+  input.reached_failures = reached_failures;
+  input.retries = runtime.config->retries;
+  input.has_body = request_.body_bytes() > 0;
+  input.body_replayable = body_kept_;
+  // Another eligible backend this request has not tried yet? (The set may
+  // have changed since the last try: compare backend by backend.)
+  input.other_backend = runtime.has_fallback || runtime.cold_standby;
+  for (size_t b = 0; b < runtime.backends.size() && !input.other_backend; ++b) {
+    input.other_backend = runtime.backends[b].eligible && !tried_.Contains(b) &&
+                          !(has_backend_ && b == backend_);
   }
-  if (request_.body_bytes() > 0 && !body_kept_)
-    return "body too large to replay";
-  if (failure != Failure::kPoolRace && !runtime.has_fallback &&
-      !runtime.cold_standby) {
-    // Another eligible backend this request has not tried yet? (The set may
-    // have changed since the last try: compare backend by backend.)
-    bool other = false;
-    for (size_t b = 0; b < runtime.backends.size() && !other; ++b) {
-      other = runtime.backends[b].eligible && !tried_.Contains(b) &&
-              !(has_backend_ && b == backend_);
-    }
-    if (!other) return "no other backend";
-  }
-  // The retry budget limits how many retries run at once; a request over it
-  // waits for room (FailAttempt) rather than failing. A request that never
-  // reached a worker costs no worker anything and does not count.
-  return {};
+  input.budget_left = counted_retry_ || runtime.RetryBudgetLeft();
+  return input;
 }
 
 void ClientConnection::FailAttempt(Failure failure, int status,
                                    const char* detail) {
-  static constexpr uint32_t kFlagFor[] = {
-      kFlagConnectFailure, kFlagConnectFailure,  kFlagUpstreamReset,
-      kFlagUpstreamReset,  kFlagUpstreamTimeout, 0,
-      kFlagInvalidResponse};
-  flags_ |= kFlagFor[static_cast<size_t>(failure)];
+  const FailureTraits& traits = Traits(failure);
+  flags_ |= traits.flag;
   if (has_backend_) {
-    static constexpr const char* kCodes[] = {"UF", "UF", "PR", "UC",
-                                             "UT", "R5", "UP"};
     if (!trail_.empty()) trail_.push_back(',');
     trail_.append(cluster().backends[backend_].config->address.text);
     trail_.push_back(':');
-    trail_.append(kCodes[static_cast<size_t>(failure)]);
+    trail_.append(traits.trail_code);
     BackendStats* stats = cluster().backends[backend_].stats;
     if (failure == Failure::kConnect || failure == Failure::kRefused) {
       stats->connect_failures.Add();
@@ -1243,11 +1212,10 @@ void ClientConnection::FailAttempt(Failure failure, int status,
     tried_.Insert(backend_);
   }
   last_failure_ = failure;
-  if (!NeverReached(failure)) ++reached_failures_;
-  std::string_view refusal = RetryRefusal(failure);
+  if (traits.reached_worker) ++reached_failures_;
+  RetryDecision decision = DecideRetry(RetryFacts(failure, reached_failures_));
   ClusterRuntime& runtime = cluster();
-  if (refusal.empty() && !NeverReached(failure) && !counted_retry_ &&
-      !runtime.RetryBudgetLeft()) {
+  if (decision.action == RetryAction::kWaitForBudget) {
     // Too many retries in flight: wait for one to finish, within
     // request_timeout, so a burst of timeouts on one frozen worker is not
     // turned into errors while the cluster is not hammered either.
@@ -1262,7 +1230,7 @@ void ClientConnection::FailAttempt(Failure failure, int status,
       ArmTimer(deadline - Clock::now());
       return;
     }
-    refusal = "retry budget spent";
+    decision = {RetryAction::kGiveUp, "retry budget spent"};
   }
   bool same_backend_ok = failure == Failure::kPoolRace;
   if (failure == Failure::kPoolRace && upstream_ != nullptr) {
@@ -1271,11 +1239,11 @@ void ClientConnection::FailAttempt(Failure failure, int status,
     upstream_->pool().CloseIdle(std::chrono::steady_clock::duration::zero());
   }
   EndAttempt(false);
-  if (refusal.empty()) {
+  if (decision.action == RetryAction::kRetry) {
     StartAttempt(true, status, detail, !same_backend_ok);
     return;
   }
-  retry_note_ = refusal;
+  retry_note_ = decision.reason;
   Respond(status, detail, !request_complete_);
 }
 
@@ -1504,7 +1472,7 @@ void ClientConnection::OnTimer() {
       }
       auto request_deadline = RequestDeadline();
       if (now >= request_deadline) {
-        // The whole budget is spent: RetryRefusal allows no retry.
+        // The whole budget is spent: DecideRetry allows no retry.
         FailAttempt(Failure::kTimeout, 504,
                     "backend did not answer within request_timeout");
         return;
@@ -1550,17 +1518,10 @@ std::string_view ClientConnection::backend_address() const {
 
 std::string_view ClientConnection::FlagsText() {
   flags_text_.clear();
-  static constexpr std::pair<uint32_t, const char*> kNames[] = {
-      {kFlagNoBackend, "UH"},       {kFlagConnectFailure, "UF"},
-      {kFlagUpstreamTimeout, "UT"}, {kFlagUpstreamReset, "UC"},
-      {kFlagClientReset, "DC"},     {kFlagInvalidResponse, "UP"},
-      {kFlagRetried, "RT"},         {kFlagClientTimeout, "DT"},
-      {kFlagRetried5xx, "R5"},      {kFlagOverflow, "UO"},
-  };
-  for (const auto& [bit, name] : kNames) {
-    if ((flags_ & bit) == 0) continue;
+  for (size_t bit = 0; bit < kExchangeFlagNames.size(); ++bit) {
+    if ((flags_ & (1u << bit)) == 0) continue;
     if (!flags_text_.empty()) flags_text_.push_back(',');
-    flags_text_.append(name);
+    flags_text_.append(kExchangeFlagNames[bit]);
   }
   return flags_text_;
 }

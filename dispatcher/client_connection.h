@@ -14,6 +14,7 @@
 #include "dispatcher/event_ptr.h"
 #include "dispatcher/http_parser.h"
 #include "dispatcher/loop.h"
+#include "dispatcher/retry_policy.h"
 #include "dispatcher/upstream.h"
 
 namespace tandem::dispatcher {
@@ -51,36 +52,7 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
     kClosing,     // flushing the last bytes, then close
   };
 
-  // How an attempt on a backend failed; decides whether it may be retried.
-  enum class Failure {
-    kConnect,   // the connection could not be made (or timed out connecting)
-    kRefused,   // the connection was refused
-    kPoolRace,  // a reused connection closed before any answer: the backend
-                // closed it while idle, the request never reached it
-    kReset,     // closed or reset after the request was sent
-    kTimeout,   // try_timeout passed without a response head
-    kStatus,    // answered 502, 503 or 504
-    kInvalid,   // an unparseable response
-  };
-
-  static bool NeverReached(Failure failure) {
-    return failure == Failure::kConnect || failure == Failure::kRefused ||
-           failure == Failure::kPoolRace;
-  }
-
-  // Why an exchange ended badly, for the access log (Envoy's response flags).
-  enum Flag : uint32_t {
-    kFlagNoBackend = 1 << 0,        // UH: no eligible backend
-    kFlagConnectFailure = 1 << 1,   // UF: connect failed
-    kFlagUpstreamTimeout = 1 << 2,  // UT
-    kFlagUpstreamReset = 1 << 3,    // UC: backend closed or reset
-    kFlagClientReset = 1 << 4,      // DC: client went away
-    kFlagInvalidResponse = 1 << 5,  // UP: unparseable response
-    kFlagRetried = 1 << 6,          // RT: more than one try
-    kFlagClientTimeout = 1 << 7,    // DT: client too slow
-    kFlagRetried5xx = 1 << 8,       // R5: a 502/503/504 answer was retried
-    kFlagOverflow = 1 << 9,         // UO: every backend at its limit
-  };
+  using Failure = FailureKind;
 
   ClientConnection(Loop& loop, Generation& generation,
                    ListenerRuntime& listener, BufferEventPtr bev,
@@ -134,8 +106,9 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   void EndAttempt(bool reusable);
   // A failed attempt: retry when allowed, else answer `status`.
   void FailAttempt(Failure failure, int status, const char* detail);
-  // Empty when `failure` may be retried now; else why not (for the log).
-  std::string_view RetryRefusal(Failure failure) const;
+  // The retry decision's input after `failure`, with `reached_failures`
+  // failed tries that reached a worker (this one included).
+  RetryInput RetryFacts(Failure failure, uint32_t reached_failures) const;
   // When request_timeout ends: counted from the end of the request (its start
   // while it is still arriving).
   std::chrono::steady_clock::time_point RequestDeadline() const;
