@@ -185,6 +185,25 @@ class InterimResponseLimitTest(TandemTestCase):
         self.assertEqual([m.status for m in response.interim], [103, 103, 103])
 
 
+class RetriedStatusTest(TandemTestCase):
+    """A 502/503/504 answer is retried elsewhere; the last try's answer is the
+    backend's own, relayed (docs/retries.md)."""
+
+    def test_the_last_allowed_try_relays_the_backends_own_answer(self):
+        def busy(name):
+            return serve_each(lambda request: response_bytes(
+                503, b"busy " + name + b"\n", [("X-From", name.decode())], reason="Busy"))
+
+        backends = [self.start_backend(busy(b"one")), self.start_backend(busy(b"two"))]
+        tandem = self.start_tandem(make_config(
+            [b.address for b in backends], cluster_opts={"retries": 1},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+        response = self.client(tandem.port).get("/", {"Host": "a"})
+        self.assertEqual(response.status, 503, response)
+        self.assertIn(response.body, (b"busy one\n", b"busy two\n"))
+        self.assertEqual(len(backends[0].requests()) + len(backends[1].requests()), 2)
+
+
 class TunnelHalfCloseTest(TandemTestCase):
     """Defect 7: a tunnel passes half-closes on and is accounted however it ends."""
 
