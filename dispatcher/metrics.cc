@@ -82,6 +82,12 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                     MetricsBuilder* b) {
   for (const auto& loop : loops) {
     const LoopStats& stats = loop->stats();
+    for (size_t r = 0; r < stats.accept_pauses.size(); ++r) {
+      b->Counter("tandem_accept_pauses_total",
+                 "Times a loop thread paused accepting, by what ran short",
+                 {{"reason", kAcceptPauseReasons[r]}},
+                 static_cast<double>(stats.accept_pauses[r].Get()));
+    }
     stats.VisitListeners([&](const std::string& listener,
                              const ListenerStats& s) {
       for (size_t c = 0; c < 6; ++c) {
@@ -107,6 +113,11 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
       b->Gauge("tandem_downstream_connections_open", "Client connections open",
                {{"listener", listener}},
                static_cast<double>(s.connections_open.Get()));
+      b->Gauge("tandem_listener_accept_paused",
+               "Listening sockets (one per loop thread) not accepting for lack "
+               "of descriptors or memory",
+               {{"listener", listener}},
+               static_cast<double>(s.accept_paused.Get()));
       b->Counter("tandem_downstream_received_bytes_total",
                  "Bytes received from clients", {{"listener", listener}},
                  static_cast<double>(s.bytes_received.Get()));
