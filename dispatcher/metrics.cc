@@ -1,7 +1,9 @@
 // The Prometheus exposition; see metrics.h.
 #include "dispatcher/metrics.h"
 
+#include <dirent.h>
 #include <prometheus/text_serializer.h>
+#include <sys/resource.h>
 
 #include <limits>
 
@@ -178,6 +180,9 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                  "Time spent connecting to a backend (divide by connections "
                  "for the mean)",
                  labels, static_cast<double>(s.connect_micros.Get()) / 1e6);
+      b->Gauge("tandem_upstream_connections_open",
+               "Connections to a backend open (connecting, in use or idle)",
+               labels, static_cast<double>(s.connections_open.Get()));
       b->Gauge("tandem_upstream_connections_idle",
                "Idle pooled connections to a backend", labels,
                static_cast<double>(s.idle_connections.Get()));
@@ -185,6 +190,29 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                labels, static_cast<double>(s.inflight.Get()));
     });
   }
+}
+
+void AddProcessMetrics(MetricsBuilder* b) {
+  rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 &&
+      limit.rlim_cur != RLIM_INFINITY) {
+    b->Gauge("tandem_process_max_fds",
+             "Descriptors tandem may open (soft limit)", {},
+             static_cast<double>(limit.rlim_cur));
+  }
+  // Reading the directory takes a descriptor: at the limit the gauge is left
+  // out rather than guessed.
+  DIR* directory = opendir("/proc/self/fd");
+  if (directory == nullptr) return;
+  uint64_t open = 0;
+  while (dirent* entry = readdir(directory)) {
+    if (entry->d_name[0] != '.') ++open;
+  }
+  closedir(directory);
+  b->Gauge(
+      "tandem_process_open_fds",
+      "Descriptors tandem has open (sockets, files, event loops)", {},
+      static_cast<double>(open > 0 ? open - 1 : 0));  // not the directory's
 }
 
 }  // namespace tandem::dispatcher

@@ -703,6 +703,7 @@ std::string Server::MetricsText() {
   builder.Gauge("tandem_ready", "1 while tandem accepts traffic (/readyz)", {},
                 Ready() ? 1 : 0);
   AddLoopMetrics(loops_, &builder);
+  AddProcessMetrics(&builder);
   AddHealthMetrics(&builder);
   return builder.Serialize();
 }

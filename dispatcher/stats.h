@@ -77,6 +77,7 @@ struct BackendStats {
   LocalCounter connections_opened;
   LocalCounter connect_micros;  // total connect time, for an average
   LocalGauge inflight;
+  LocalGauge connections_open;  // connecting, in use or idle
   LocalGauge idle_connections;
 };
 

@@ -108,5 +108,40 @@ class AcceptPauseTest(TandemTestCase):
         self.assertEqual(metrics.value("tandem_listener_accept_paused", listener="web"), 0)
 
 
+class DescriptorBudgetMetricsTest(TandemTestCase):
+
+    def test_open_client_and_backend_connections_show_in_metrics(self):
+        worker = self.start_worker("w1")
+        tandem = self.start_tandem(make_config([worker.address]))
+        metrics = scrape(tandem)
+        self.assertEqual(metrics.value("tandem_downstream_connections_open", listener="web"), 0)
+        self.assertEqual(metrics.value("tandem_upstream_connections_open",
+                                       backend=worker.address), 0)
+        self.assertEqual(metrics.value("tandem_accept_pauses_total"), 0)
+        self.assertEqual(metrics.value("tandem_listener_accept_paused", listener="web"), 0)
+        self.assertGreater(metrics.value("tandem_process_open_fds"), 0)
+        self.assertGreaterEqual(metrics.value("tandem_process_max_fds"),
+                                metrics.value("tandem_process_open_fds"))
+
+        client = self.client(tandem.port)
+        self.assertEqual(client.get("/").status, 200)
+        wait_metric(tandem, lambda v: v == 1, "tandem_downstream_connections_open",
+                    listener="web")
+        # The backend connection stays open, idle in the pool.
+        wait_metric(tandem, lambda v: v == 1, "tandem_upstream_connections_open",
+                    cluster="compute", backend=worker.address)
+        self.assertEqual(scrape(tandem).value("tandem_upstream_connections_idle",
+                                              backend=worker.address), 1)
+        client.close()
+        wait_metric(tandem, lambda v: v == 0, "tandem_downstream_connections_open",
+                    listener="web")
+        self.assertEqual(scrape(tandem).value("tandem_upstream_connections_open",
+                                              backend=worker.address), 1)
+        # The backend goes away: its pooled connection closes and is counted out.
+        worker.stop()
+        wait_metric(tandem, lambda v: v == 0, "tandem_upstream_connections_open",
+                    backend=worker.address)
+
+
 if __name__ == "__main__":
     unittest.main()
