@@ -176,10 +176,10 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
   }
 }
 
-Loop::Loop(size_t index, int access_log_fd,
+Loop::Loop(size_t index, std::shared_ptr<const AccessLogFile> access_log,
            conf::AccessLogFormat access_log_format)
     : index_(index),
-      access_log_fd_(access_log_fd),
+      access_log_file_(std::move(access_log)),
       access_log_format_(access_log_format),
       accept_retry_(kAcceptRetryMin),
       rng_(SeedFor(index)) {
@@ -236,8 +236,8 @@ bool Loop::Init(std::string* error) {
     *error = "cannot create loop events";
     return false;
   }
-  access_log_ = std::make_unique<AccessLog>(base_.get(), access_log_fd_,
-                                            access_log_format_);
+  access_log_ = std::make_unique<AccessLog>(
+      base_.get(), std::move(access_log_file_), access_log_format_);
   return true;
 }
 

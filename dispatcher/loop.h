@@ -139,8 +139,8 @@ struct ListenSocket {
 
 class Loop {
  public:
-  // `access_log_fd` < 0: no access log. Nothing starts until Run().
-  Loop(size_t index, int access_log_fd,
+  // A null `access_log`: no access log. Nothing starts until Run().
+  Loop(size_t index, std::shared_ptr<const AccessLogFile> access_log,
        conf::AccessLogFormat access_log_format);
   ~Loop();
   Loop(const Loop&) = delete;
@@ -161,6 +161,12 @@ class Loop {
   void ApplyConfig(std::shared_ptr<const conf::Config> config,
                    std::vector<ListenSocket> sockets,
                    std::shared_ptr<const TlsContexts> tls);
+
+  // Loop thread: access log lines go to `file` (null: off) from now on.
+  void SetAccessLog(std::shared_ptr<const AccessLogFile> file,
+                    conf::AccessLogFormat format) {
+    access_log_->SetDestination(std::move(file), format);
+  }
 
   // Loop thread: stop accepting, close idle connections, and leave Run()
   // once the last connection is gone or `grace` has passed.
@@ -253,7 +259,7 @@ class Loop {
   void MaybeFinishShutdown();
 
   size_t index_;
-  int access_log_fd_;
+  std::shared_ptr<const AccessLogFile> access_log_file_;  // until Init()
   conf::AccessLogFormat access_log_format_;
   EventBasePtr base_;
   EventPtr message_event_;

@@ -108,6 +108,155 @@ class AcceptPauseTest(TandemTestCase):
         self.assertEqual(metrics.value("tandem_listener_accept_paused", listener="web"), 0)
 
 
+class AdminReloadTest(TandemTestCase):
+    """The admin listener follows a reload: moved, removed, added back."""
+
+    def setUp(self):
+        self.worker = self.start_worker("w1")
+
+    def config(self, admin_port=None):
+        """make_config() with the admin listener on `admin_port`, or none."""
+        if admin_port is None:
+            return make_config([self.worker.address], admin=False)
+        return make_config([self.worker.address], admin=False, extra=toml_table(
+            "admin", {"listen": "127.0.0.1:%d" % admin_port, "token": "secret"}))
+
+    def admin_ready_port(self, tandem, start):
+        _, match = tandem.stderr.wait_for(
+            r'msg="admin listener ready" address=127\.0\.0\.1:(\d+)', scaled(5), start)
+        return int(match.group(1))
+
+    def test_a_reload_moves_the_admin_listener(self):
+        tandem = self.start_tandem(self.config(0))
+        old_port = tandem.admin_port
+        new_port = free_port()
+        start = tandem.stderr.count()
+        write_file(tandem.config_path, self.config(new_port))
+        # Asked on the listener that the reload moves away.
+        try:
+            response = admin_post(tandem, "/admin/reload")
+            self.assertEqual((response.status, response.body), (200, b"reloaded\n"))
+            _, ok, _ = wait_reload_by(tandem, start, "admin")
+        except ConnectionRefusedError:  # the file watch was quicker
+            _, ok, _ = wait_reload(tandem, start)
+        self.assertTrue(ok, tandem.stderr.text())
+        self.assertEqual(self.admin_ready_port(tandem, start), new_port)
+        wait_until(lambda: refuses_connections(old_port), scaled(5),
+                   "the old admin port to close")
+        tandem.admin_port = new_port
+        self.assertEqual(tandem.admin("/healthz").status, 200)
+        last_reload = tandem.status_json()["config"]["last_reload"]
+        self.assertEqual((last_reload["ok"], last_reload["restart_required"]), (True, []))
+        # The token goes with it.
+        self.assertEqual(admin_post(tandem, "/admin/reload", headers={}).status, 401)
+        self.assertEqual(admin_post(tandem, "/admin/reload").status, 200)
+        self.assertEqual(http_request(tandem.port).status, 200)
+
+    def test_the_admin_listener_removed_by_a_reload_closes_and_one_added_opens(self):
+        tandem = self.start_tandem(self.config(0))
+        old_port = tandem.admin_port
+        self.assertTrue(tandem.reload(self.config(None)), tandem.stderr.text())
+        wait_until(lambda: refuses_connections(old_port), scaled(5),
+                   "the removed admin listener to close")
+        self.assertEqual(http_request(tandem.port).status, 200)
+
+        new_port = free_port()
+        start = tandem.stderr.count()
+        self.assertTrue(tandem.reload(self.config(new_port)), tandem.stderr.text())
+        self.assertEqual(self.admin_ready_port(tandem, start), new_port)
+        tandem.admin_port = new_port
+        self.assertEqual(tandem.admin("/readyz").status, 200)
+        self.assertIs(tandem.status_json()["config"]["last_reload"]["ok"], True)
+        self.assertEqual(admin_post(tandem, "/admin/reload").status, 200)
+
+    def test_an_admin_listener_that_cannot_bind_rejects_the_reload(self):
+        tandem = self.start_tandem(self.config(0))
+        taken = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(taken.close)
+        self.assertFalse(tandem.reload(self.config(taken.getsockname()[1])))
+        last_reload = tandem.status_json()["config"]["last_reload"]
+        self.assertIs(last_reload["ok"], False)
+        self.assertIn("admin", last_reload["errors"][0])
+        self.assertEqual(http_request(tandem.port).status, 200)
+
+
+class AccessLogReloadTest(TandemTestCase):
+    """The access log follows a reload: another file, another format, off."""
+
+    def setUp(self):
+        self.worker = self.start_worker("w1")
+        self.dir = tempfile.mkdtemp(prefix="tandem-e2e-access-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+
+    def config(self, access_log, access_log_format="text"):
+        return make_config([self.worker.address],
+                           global_opts={"access_log": access_log,
+                                        "access_log_format": access_log_format})
+
+    def lines(self, path, marker):
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [line for line in f if marker in line]
+
+    def test_the_access_log_follows_a_reload_to_another_file_format_and_off(self):
+        first = os.path.join(self.dir, "first.log")
+        second = os.path.join(self.dir, "second.log")
+        tandem = self.start_tandem(self.config(first))
+        kept_alive = self.client(tandem.port)
+        self.assertEqual(kept_alive.get("/?n=1").status, 200)
+        wait_until(lambda: self.lines(first, "/?n=1"), scaled(5), "line 1 in the first file")
+
+        self.assertTrue(tandem.reload(self.config(second, "json")), tandem.stderr.text())
+        self.assertEqual(http_request(tandem.port, "GET", "/?n=2").status, 200)
+        self.assertEqual(kept_alive.get("/?n=3").status, 200)
+        (line2,) = wait_until(lambda: self.lines(second, "/?n=2"), scaled(5),
+                              "line 2 in the second file")
+        self.assertEqual(json.loads(line2)["target"], "/?n=2")
+        wait_until(lambda: self.lines(second, "/?n=3"), scaled(5), "line 3 in the second file")
+
+        self.assertTrue(tandem.reload(self.config("off")), tandem.stderr.text())
+        self.assertEqual(http_request(tandem.port, "GET", "/?n=4").status, 200)
+        self.assertTrue(tandem.reload(self.config("stdout")), tandem.stderr.text())
+        self.assertEqual(http_request(tandem.port, "GET", "/?n=5").status, 200)
+        tandem.wait_access_line(r"/\?n=5")
+        # Each line went where the config of its moment said, and only there.
+        self.assertEqual(len(self.lines(first, "/?n=")), 1)
+        self.assertEqual([json.loads(l)["target"] for l in self.lines(second, "/?n=")],
+                         ["/?n=2", "/?n=3"])
+        self.assertEqual([l for l in tandem.access_lines() if "/?n=" in l and "/?n=5" not in l],
+                         [])
+
+
+class RestartRequiredTest(TandemTestCase):
+
+    def test_a_key_a_reload_cannot_apply_is_named_in_last_reload_and_the_log(self):
+        worker = self.start_worker("w1")
+        tandem = self.start_tandem(make_config([worker.address]))
+        self.assertEqual(tandem.status_json()["config"]["last_reload"]["restart_required"], [])
+        start = tandem.stderr.count()
+        self.assertTrue(tandem.reload(make_config([worker.address],
+                                                  global_opts={"threads": 2,
+                                                               "grace_period": "4s"})))
+        last_reload = tandem.status_json()["config"]["last_reload"]
+        self.assertEqual((last_reload["ok"], last_reload["errors"],
+                          last_reload["restart_required"]), (True, [], ["global.threads"]))
+        _, match = tandem.stderr.wait_for(r'msg="some changes take effect at the next restart"'
+                                          r'.* keys=(\S+)', scaled(5), start)
+        self.assertEqual(match.group(1), "global.threads")
+        self.assertEqual(scrape(tandem).value("tandem_config_restart_required"), 1)
+        self.assertEqual(http_request(tandem.port).status, 200)
+        # Still pending after another reload that keeps the new value.
+        self.assertTrue(tandem.reload(make_config([worker.address], global_opts={"threads": 2})))
+        self.assertEqual(tandem.status_json()["config"]["last_reload"]["restart_required"],
+                         ["global.threads"])
+        # Back to the running value: nothing waits for a restart.
+        self.assertTrue(tandem.reload(make_config([worker.address])))
+        self.assertEqual(tandem.status_json()["config"]["last_reload"]["restart_required"], [])
+        self.assertEqual(scrape(tandem).value("tandem_config_restart_required"), 0)
+        self.assertEqual(len(reload_lines(tandem)), 3)
+
+
 class DescriptorBudgetMetricsTest(TandemTestCase):
 
     def test_open_client_and_backend_connections_show_in_metrics(self):
