@@ -1,14 +1,17 @@
 // The access log; see access_log.h.
 #include "dispatcher/access_log.h"
 
+#include <fcntl.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
 
 #include "conf/escape.h"
+#include "conf/posix.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -24,15 +27,40 @@ void AppendNumber(uint64_t value, std::string* out) {
 
 }  // namespace
 
-AccessLog::AccessLog(event_base* base, int fd, conf::AccessLogFormat format)
-    : fd_(fd), format_(format) {
-  if (fd_ >= 0) {
-    timer_.reset(evtimer_new(base, FlushCb, this));
-    buffer_.reserve(kFlushBytes + 1024);
+std::shared_ptr<const AccessLogFile> AccessLogFile::Open(
+    const std::string& where, std::string* error) {
+  if (where == "stdout") {
+    return std::shared_ptr<const AccessLogFile>(
+        new AccessLogFile(STDOUT_FILENO, false));
   }
+  int fd = open(where.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    *error = "access_log " + where + ": " + conf::ErrorText(errno);
+    return nullptr;
+  }
+  return std::shared_ptr<const AccessLogFile>(new AccessLogFile(fd, true));
+}
+
+AccessLogFile::~AccessLogFile() {
+  if (owned_) close(fd_);
+}
+
+AccessLog::AccessLog(event_base* base,
+                     std::shared_ptr<const AccessLogFile> file,
+                     conf::AccessLogFormat format)
+    : file_(std::move(file)), format_(format) {
+  timer_.reset(evtimer_new(base, FlushCb, this));
+  buffer_.reserve(kFlushBytes + 1024);
 }
 
 AccessLog::~AccessLog() { Flush(); }
+
+void AccessLog::SetDestination(std::shared_ptr<const AccessLogFile> file,
+                               conf::AccessLogFormat format) {
+  Flush();
+  file_ = std::move(file);
+  format_ = format;
+}
 
 void AccessLog::FlushCb(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<AccessLog*>(arg);
@@ -41,11 +69,11 @@ void AccessLog::FlushCb(evutil_socket_t, short, void* arg) {
 }
 
 void AccessLog::Flush() {
-  if (fd_ < 0 || buffer_.empty()) return;
+  if (!file_ || buffer_.empty()) return;
   const char* data = buffer_.data();
   size_t left = buffer_.size();
   while (left > 0) {
-    ssize_t n = ::write(fd_, data, left);
+    ssize_t n = ::write(file_->fd(), data, left);
     if (n <= 0) break;  // a full disk must not stop the proxy
     data += n;
     left -= static_cast<size_t>(n);
@@ -73,7 +101,7 @@ void AccessLog::AppendTime() {
 }
 
 void AccessLog::Write(const AccessLogEntry& e) {
-  if (fd_ < 0) return;
+  if (!file_) return;
   char duration[32];
   std::snprintf(duration, sizeof(duration), "%.6f",
                 static_cast<double>(e.duration_micros) / 1e6);
@@ -163,9 +191,8 @@ void AccessLog::Write(const AccessLogEntry& e) {
   }
   if (buffer_.size() >= kFlushBytes) {
     Flush();
-  } else if (!timer_armed_) {
-    timer_armed_ = true;
-    evtimer_add(timer_.get(), &kFlushInterval);
+  } else if (!timer_armed_ && timer_) {
+    timer_armed_ = evtimer_add(timer_.get(), &kFlushInterval) == 0;
   }
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -31,23 +32,49 @@ struct AccessLogEntry {
       trail;  // the failed tries, "backend:CODE,...", empty when none
 };
 
+// Where access log lines go: standard output or a file opened for appending.
+// Every loop shares one; a file closes when the last loop lets go of it, so a
+// reload that moves the log never cuts off a batch still being written.
+class AccessLogFile {
+ public:
+  // `where` is "stdout" or a path (created with mode 0644 when missing).
+  // nullptr with `error` set when the file cannot be opened.
+  static std::shared_ptr<const AccessLogFile> Open(const std::string& where,
+                                                   std::string* error);
+  ~AccessLogFile();
+  AccessLogFile(const AccessLogFile&) = delete;
+  AccessLogFile& operator=(const AccessLogFile&) = delete;
+
+  int fd() const { return fd_; }
+
+ private:
+  AccessLogFile(int fd, bool owned) : fd_(fd), owned_(owned) {}
+  int fd_;
+  bool owned_;  // standard output is not closed
+};
+
 class AccessLog {
  public:
-  // `fd` < 0 turns the log off. The fd is not owned.
-  AccessLog(event_base* base, int fd, conf::AccessLogFormat format);
+  // A null `file` turns the log off.
+  AccessLog(event_base* base, std::shared_ptr<const AccessLogFile> file,
+            conf::AccessLogFormat format);
   ~AccessLog();
   AccessLog(const AccessLog&) = delete;
   AccessLog& operator=(const AccessLog&) = delete;
 
-  bool enabled() const { return fd_ >= 0; }
+  bool enabled() const { return file_ != nullptr; }
   void Write(const AccessLogEntry& entry);
   void Flush();
+  // A reload: lines written so far go where they were meant to; later ones
+  // to `file` (null: off) in `format`.
+  void SetDestination(std::shared_ptr<const AccessLogFile> file,
+                      conf::AccessLogFormat format);
 
  private:
   static void FlushCb(evutil_socket_t, short, void* arg);
   void AppendTime();
 
-  int fd_;
+  std::shared_ptr<const AccessLogFile> file_;
   conf::AccessLogFormat format_;
   std::string buffer_;
   EventPtr timer_;

@@ -87,12 +87,19 @@ bool AdminServer::Start(const conf::Admin& config, std::string* error) {
   port_ = ntohs(bound.ss_family == AF_INET6
                     ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
                     : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  if (evhttp_accept_socket(http_.get(), fd) != 0) {
+  bound_ = evhttp_accept_socket_with_handle(http_.get(), fd);
+  if (bound_ == nullptr) {
     *error = "admin listener: cannot accept";
     evutil_closesocket(fd);
     return false;
   }
   return true;
+}
+
+void AdminServer::StopAccepting() {
+  if (bound_ == nullptr) return;
+  evhttp_del_accept_socket(http_.get(), bound_);  // closes the socket
+  bound_ = nullptr;
 }
 
 void AdminServer::RequestCb(evhttp_request* request, void* arg) {

@@ -45,6 +45,9 @@ class AdminServer {
   bool Start(const conf::Admin& config, std::string* error);
   // The token for mutating calls may change on reload.
   void set_token(std::string token) { token_ = std::move(token); }
+  // Closes the listening socket (a reload moved or removed the listener);
+  // requests on connections already open are answered until destruction.
+  void StopAccepting();
   uint16_t port() const { return port_; }
 
  private:
@@ -58,6 +61,7 @@ class AdminServer {
   event_base* base_;
   AdminHandler* handler_;
   std::unique_ptr<evhttp, HttpDeleter> http_;
+  evhttp_bound_socket* bound_ = nullptr;  // owned by http_
   std::string token_;
   uint16_t port_ = 0;
 };

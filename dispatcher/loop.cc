@@ -5,12 +5,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <random>
 
 #include "algorithms/hash.h"
 #include "conf/log.h"
+#include "conf/posix.h"
 #include "dispatcher/client_connection.h"
 #include "health/monitor.h"
 
@@ -18,6 +21,32 @@ namespace tandem::dispatcher {
 namespace {
 
 constexpr timeval kTickInterval = {1, 0};
+
+// A paused listener is tried again after this, doubled while accepting keeps
+// failing (nginx waits accept_mutex_delay, 500 ms by default; HAProxy 100 ms).
+constexpr std::chrono::milliseconds kAcceptRetryMin{100};
+constexpr std::chrono::milliseconds kAcceptRetryMax{1000};
+// At most one "accepting paused" line per loop this often; the pauses in
+// between are counted in the next line (and all in /metrics).
+constexpr std::chrono::seconds kAcceptLogInterval{1};
+
+// Shortages that a failed accept() leaves in place, so that the listener,
+// still readable, would fail again at once; nullopt for errors that concern
+// one connection only (which the failed accept() dropped).
+std::optional<size_t> AcceptPauseReason(int error) {
+  switch (error) {
+    case EMFILE:
+      return 0;
+    case ENFILE:
+      return 1;
+    case ENOBUFS:
+      return 2;
+    case ENOMEM:
+      return 3;
+    default:
+      return std::nullopt;
+  }
+}
 
 uint64_t SeedFor(size_t index) {
   std::random_device device;
@@ -147,11 +176,12 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
   }
 }
 
-Loop::Loop(size_t index, int access_log_fd,
+Loop::Loop(size_t index, std::shared_ptr<const AccessLogFile> access_log,
            conf::AccessLogFormat access_log_format)
     : index_(index),
-      access_log_fd_(access_log_fd),
+      access_log_file_(std::move(access_log)),
       access_log_format_(access_log_format),
+      accept_retry_(kAcceptRetryMin),
       rng_(SeedFor(index)) {
   scratch_.reserve(4096);
 }
@@ -168,6 +198,7 @@ Loop::~Loop() {
   grace_event_.reset();
   flush_event_.reset();
   queue_poll_event_.reset();
+  accept_retry_event_.reset();
   message_event_.reset();
   if (wake_fd_ >= 0) close(wake_fd_);
 }
@@ -197,14 +228,16 @@ bool Loop::Init(std::string* error) {
   flush_event_.reset(evtimer_new(base_.get(), FlushOutcomesCb, this));
   queue_poll_event_.reset(
       event_new(base_.get(), -1, EV_PERSIST, QueuePollCb, this));
+  accept_retry_event_.reset(evtimer_new(base_.get(), AcceptRetryCb, this));
   if (!message_event_ || !tick_event_ || !grace_event_ || !flush_event_ ||
-      !queue_poll_event_ || event_add(message_event_.get(), nullptr) != 0 ||
+      !queue_poll_event_ || !accept_retry_event_ ||
+      event_add(message_event_.get(), nullptr) != 0 ||
       event_add(tick_event_.get(), &kTickInterval) != 0) {
     *error = "cannot create loop events";
     return false;
   }
-  access_log_ = std::make_unique<AccessLog>(base_.get(), access_log_fd_,
-                                            access_log_format_);
+  access_log_ = std::make_unique<AccessLog>(
+      base_.get(), std::move(access_log_file_), access_log_format_);
   return true;
 }
 
@@ -251,8 +284,15 @@ void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,
     for (BoundListener& bound : listeners_) {
       if (bound.listener &&
           evconnlistener_get_fd(bound.listener.get()) == socket.fd) {
+        ListenerStats* stats = stats_.Listener(socket.listener_name);
+        if (bound.paused && stats != bound.stats) {
+          bound.stats->accept_paused.Add(-1);
+          stats->accept_paused.Add(1);
+        }
         bound.listener_name = socket.listener_name;
+        bound.stats = stats;
         listeners.push_back(std::move(bound));
+        bound.paused = false;
         kept = true;
         break;
       }
@@ -267,7 +307,13 @@ void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,
       continue;
     }
     evconnlistener_set_error_cb(listener.get(), AcceptErrorCb);
-    listeners.push_back({socket.listener_name, std::move(listener)});
+    listeners.push_back({socket.listener_name, std::move(listener),
+                         stats_.Listener(socket.listener_name)});
+    // Descriptors are short for the whole process: a new socket waits too.
+    if (accept_paused_) SetPaused(listeners.back(), true);
+  }
+  for (BoundListener& bound : listeners_) {
+    if (bound.paused) bound.stats->accept_paused.Add(-1);
   }
   listeners_ = std::move(listeners);  // listeners not carried over close here
 
@@ -422,6 +468,7 @@ void Loop::AcceptCb(evconnlistener* listener, evutil_socket_t fd,
 
 void Loop::OnAccept(evconnlistener* listener, evutil_socket_t fd,
                     sockaddr* address, int length) {
+  accept_retry_ = kAcceptRetryMin;  // the shortage, if any, is over
   if (!current_) {
     evutil_closesocket(fd);
     return;
@@ -443,11 +490,75 @@ void Loop::OnAccept(evconnlistener* listener, evutil_socket_t fd,
 void Loop::AcceptErrorCb(evconnlistener*, void* arg) {
   auto* self = static_cast<Loop*>(arg);
   int err = EVUTIL_SOCKET_ERROR();
-  // Out of descriptors or memory: log and keep listening; libevent retries on
-  // the next readiness.
-  conf::Log(
-      conf::LogLevel::kWarn, "dispatcher", "accept failed",
-      {{"error", evutil_socket_error_to_string(err)}, {"loop", self->index_}});
+  if (std::optional<size_t> reason = AcceptPauseReason(err)) {
+    self->PauseAccepting(*reason, err);
+    return;
+  }
+  conf::Log(conf::LogLevel::kWarn, "dispatcher", "accept failed",
+            {{"error", conf::ErrorText(err)}, {"loop", self->index_}});
+}
+
+void Loop::PauseAccepting(size_t reason, int error) {
+  // Each listener of the loop may report the same shortage.
+  if (accept_paused_) return;
+  accept_paused_ = true;
+  stats_.accept_pauses[reason].Add();
+  for (BoundListener& bound : listeners_) SetPaused(bound, true);
+  timeval retry = conf::ToTimeval(accept_retry_);
+  if (evtimer_add(accept_retry_event_.get(), &retry) != 0) {
+    // Without a timer only a closing connection resumes accepting.
+    conf::Log(conf::LogLevel::kError, "dispatcher",
+              "cannot arm the accept retry timer", {{"loop", index_}});
+  }
+  ++accept_pauses_unlogged_;
+  auto now = std::chrono::steady_clock::now();
+  if (now - accept_pause_logged_ >= kAcceptLogInterval) {
+    conf::Log(conf::LogLevel::kWarn, "dispatcher", "accepting paused",
+              {{"error", conf::ErrorText(error)},
+               {"retry_ms", accept_retry_.count()},
+               {"pauses", accept_pauses_unlogged_},
+               {"connections", open_connections_.Get()},
+               {"loop", index_}});
+    accept_pause_logged_ = now;
+    accept_pauses_unlogged_ = 0;
+  }
+  accept_retry_ = std::min(accept_retry_ * 2, kAcceptRetryMax);
+}
+
+void Loop::ResumeAccepting() {
+  if (!accept_paused_) return;
+  accept_paused_ = false;
+  event_del(accept_retry_event_.get());
+  bool still_paused = false;
+  for (BoundListener& bound : listeners_) {
+    SetPaused(bound, false);
+    still_paused = still_paused || bound.paused;
+  }
+  if (still_paused) {
+    accept_paused_ = true;
+    timeval retry = conf::ToTimeval(accept_retry_);
+    (void)evtimer_add(accept_retry_event_.get(), &retry);
+  }
+}
+
+void Loop::SetPaused(BoundListener& bound, bool paused) {
+  if (bound.paused == paused) return;
+  // Both only add or remove the listener's read event: they fail only when
+  // epoll cannot take it, and the next accept error or retry tries again.
+  int result = paused ? evconnlistener_disable(bound.listener.get())
+                      : evconnlistener_enable(bound.listener.get());
+  if (result != 0) {
+    conf::Log(conf::LogLevel::kError, "dispatcher",
+              paused ? "cannot pause accepting" : "cannot resume accepting",
+              {{"listener", bound.listener_name}, {"loop", index_}});
+    return;
+  }
+  bound.paused = paused;
+  bound.stats->accept_paused.Add(paused ? 1 : -1);
+}
+
+void Loop::AcceptRetryCb(evutil_socket_t, short, void* arg) {
+  static_cast<Loop*>(arg)->ResumeAccepting();
 }
 
 BackendPool& Loop::PoolFor(
@@ -478,6 +589,8 @@ void Loop::Detach(ClientConnection* connection, Generation* generation) {
   if (connection->next != nullptr) connection->next->prev = connection->prev;
   if (connections_ == connection) connections_ = connection->next;
   open_connections_.Add(-1);
+  // Its descriptor is free again: try the connections waiting at once.
+  if (accept_paused_ && !shutting_down_) ResumeAccepting();
   if (--generation->connections_ == 0 && generation != current_.get()) {
     ReleaseGeneration(generation);
   }
@@ -528,9 +641,12 @@ void Loop::BeginShutdown(std::chrono::milliseconds grace) {
   shutting_down_ = true;
   // Take in what the kernel already accepted, so no queued connection is
   // reset when the socket closes; each is served once and closed.
+  accept_paused_ = false;
+  event_del(accept_retry_event_.get());
   for (BoundListener& bound : listeners_) {
     evutil_socket_t fd = evconnlistener_get_fd(bound.listener.get());
     evconnlistener_disable(bound.listener.get());
+    if (bound.paused) bound.stats->accept_paused.Add(-1);
     for (int i = 0; i < 4096; ++i) {
       sockaddr_storage address;
       socklen_t length = sizeof(address);

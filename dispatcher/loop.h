@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <map>
@@ -138,8 +139,8 @@ struct ListenSocket {
 
 class Loop {
  public:
-  // `access_log_fd` < 0: no access log. Nothing starts until Run().
-  Loop(size_t index, int access_log_fd,
+  // A null `access_log`: no access log. Nothing starts until Run().
+  Loop(size_t index, std::shared_ptr<const AccessLogFile> access_log,
        conf::AccessLogFormat access_log_format);
   ~Loop();
   Loop(const Loop&) = delete;
@@ -160,6 +161,12 @@ class Loop {
   void ApplyConfig(std::shared_ptr<const conf::Config> config,
                    std::vector<ListenSocket> sockets,
                    std::shared_ptr<const TlsContexts> tls);
+
+  // Loop thread: access log lines go to `file` (null: off) from now on.
+  void SetAccessLog(std::shared_ptr<const AccessLogFile> file,
+                    conf::AccessLogFormat format) {
+    access_log_->SetDestination(std::move(file), format);
+  }
 
   // Loop thread: stop accepting, close idle connections, and leave Run()
   // once the last connection is gone or `grace` has passed.
@@ -226,6 +233,8 @@ class Loop {
   struct BoundListener {
     std::string listener_name;
     ListenerPtr listener;
+    ListenerStats* stats = nullptr;
+    bool paused = false;  // disabled by PauseAccepting()
   };
 
   static void MessageCb(evutil_socket_t, short, void* arg);
@@ -234,6 +243,7 @@ class Loop {
   static void AcceptErrorCb(evconnlistener* listener, void* arg);
   static void TickCb(evutil_socket_t, short, void* arg);
   static void GraceCb(evutil_socket_t, short, void* arg);
+  static void AcceptRetryCb(evutil_socket_t, short, void* arg);
   static void FlushOutcomesCb(evutil_socket_t, short, void* arg);
   static void QueuePollCb(evutil_socket_t, short, void* arg);
   void FlushOutcomes();
@@ -241,10 +251,17 @@ class Loop {
   void OnAccept(evconnlistener* listener, evutil_socket_t fd, sockaddr* address,
                 int length);
   void ReleaseGeneration(Generation* generation);
+  // Out of descriptors or memory (`reason` indexes kAcceptPauseReasons):
+  // stop accepting on every listener of this loop until the retry timer
+  // fires or a connection closes, as nginx and HAProxy do; a level-triggered
+  // listener left enabled would fail again at once.
+  void PauseAccepting(size_t reason, int error);
+  void ResumeAccepting();
+  void SetPaused(BoundListener& bound, bool paused);
   void MaybeFinishShutdown();
 
   size_t index_;
-  int access_log_fd_;
+  std::shared_ptr<const AccessLogFile> access_log_file_;  // until Init()
   conf::AccessLogFormat access_log_format_;
   EventBasePtr base_;
   EventPtr message_event_;
@@ -253,6 +270,13 @@ class Loop {
   EventPtr grace_event_;
   EventPtr flush_event_;
   EventPtr queue_poll_event_;
+  EventPtr accept_retry_event_;
+  bool accept_paused_ = false;
+  // The next pause's length: doubled while accepting keeps failing, back to
+  // the shortest once a connection is accepted.
+  std::chrono::milliseconds accept_retry_;
+  std::chrono::steady_clock::time_point accept_pause_logged_;
+  uint64_t accept_pauses_unlogged_ = 0;
   bool queue_poll_armed_ = false;
   bool flush_pending_ = false;
   health::HealthMonitor* health_monitor_ = nullptr;

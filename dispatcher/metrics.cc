@@ -1,7 +1,9 @@
 // The Prometheus exposition; see metrics.h.
 #include "dispatcher/metrics.h"
 
+#include <dirent.h>
 #include <prometheus/text_serializer.h>
+#include <sys/resource.h>
 
 #include <limits>
 
@@ -82,6 +84,12 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                     MetricsBuilder* b) {
   for (const auto& loop : loops) {
     const LoopStats& stats = loop->stats();
+    for (size_t r = 0; r < stats.accept_pauses.size(); ++r) {
+      b->Counter("tandem_accept_pauses_total",
+                 "Times a loop thread paused accepting, by what ran short",
+                 {{"reason", kAcceptPauseReasons[r]}},
+                 static_cast<double>(stats.accept_pauses[r].Get()));
+    }
     stats.VisitListeners([&](const std::string& listener,
                              const ListenerStats& s) {
       for (size_t c = 0; c < 6; ++c) {
@@ -107,6 +115,11 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
       b->Gauge("tandem_downstream_connections_open", "Client connections open",
                {{"listener", listener}},
                static_cast<double>(s.connections_open.Get()));
+      b->Gauge("tandem_listener_accept_paused",
+               "Listening sockets (one per loop thread) not accepting for lack "
+               "of descriptors or memory",
+               {{"listener", listener}},
+               static_cast<double>(s.accept_paused.Get()));
       b->Counter("tandem_downstream_received_bytes_total",
                  "Bytes received from clients", {{"listener", listener}},
                  static_cast<double>(s.bytes_received.Get()));
@@ -171,6 +184,9 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                  "Time spent connecting to a backend (divide by connections "
                  "for the mean)",
                  labels, static_cast<double>(s.connect_micros.Get()) / 1e6);
+      b->Gauge("tandem_upstream_connections_open",
+               "Connections to a backend open (connecting, in use or idle)",
+               labels, static_cast<double>(s.connections_open.Get()));
       b->Gauge("tandem_upstream_connections_idle",
                "Idle pooled connections to a backend", labels,
                static_cast<double>(s.idle_connections.Get()));
@@ -178,6 +194,29 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                labels, static_cast<double>(s.inflight.Get()));
     });
   }
+}
+
+void AddProcessMetrics(MetricsBuilder* b) {
+  rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 &&
+      limit.rlim_cur != RLIM_INFINITY) {
+    b->Gauge("tandem_process_max_fds",
+             "Descriptors tandem may open (soft limit)", {},
+             static_cast<double>(limit.rlim_cur));
+  }
+  // Reading the directory takes a descriptor: at the limit the gauge is left
+  // out rather than guessed.
+  DIR* directory = opendir("/proc/self/fd");
+  if (directory == nullptr) return;
+  uint64_t open = 0;
+  while (dirent* entry = readdir(directory)) {
+    if (entry->d_name[0] != '.') ++open;
+  }
+  closedir(directory);
+  b->Gauge(
+      "tandem_process_open_fds",
+      "Descriptors tandem has open (sockets, files, event loops)", {},
+      static_cast<double>(open > 0 ? open - 1 : 0));  // not the directory's
 }
 
 }  // namespace tandem::dispatcher

@@ -45,4 +45,8 @@ class MetricsBuilder {
 void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                     MetricsBuilder* builder);
 
+// Adds the descriptors tandem has open and may open, the budget every client
+// and backend connection draws on.
+void AddProcessMetrics(MetricsBuilder* builder);
+
 }  // namespace tandem::dispatcher

@@ -2,7 +2,6 @@
 #include "dispatcher/server.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -164,6 +163,10 @@ std::string HostOf(const conf::SocketAddress& address) {
   return colon == std::string::npos ? text : text.substr(0, colon);
 }
 
+// How long a moved or removed admin listener still answers on connections
+// already open: enough for the reply to the reload call itself.
+constexpr timeval kAdminRetireDelay = {1, 0};
+
 }  // namespace
 
 Server::Server(ServerOptions options) : options_(std::move(options)) {}
@@ -171,10 +174,11 @@ Server::Server(ServerOptions options) : options_(std::move(options)) {}
 Server::~Server() {
   watch_.reset();
   admin_.reset();
+  retired_admins_.clear();
+  admin_retire_event_.reset();
   if (health_) health_->Stop();
-  loops_.clear();
+  loops_.clear();  // the last user of the access log file closes it
   health_.reset();
-  if (access_log_fd_ > STDERR_FILENO) close(access_log_fd_);
 }
 
 conf::LoadResult Server::Load() {
@@ -184,14 +188,66 @@ conf::LoadResult Server::Load() {
   return conf::LoadConfigFile(options_.config_path, &loaded_text_);
 }
 
-int Server::OpenAccessLog(const conf::Global& global, std::string* error) {
-  if (global.access_log == "off") return -1;
-  if (global.access_log == "stdout") return STDOUT_FILENO;
-  int fd = open(global.access_log.c_str(),
-                O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0)
-    *error = "access_log " + global.access_log + ": " + strerror(errno);
-  return fd;
+bool Server::OpenAccessLog(const conf::Global& global,
+                           std::shared_ptr<const AccessLogFile>* file,
+                           std::string* error) {
+  file->reset();
+  if (global.access_log == "off") return true;
+  // Opened anew on every reload, even when the path stays, so that a
+  // rotated file is let go (logrotate's postrotate can send SIGHUP).
+  *file = AccessLogFile::Open(global.access_log, error);
+  return *file != nullptr;
+}
+
+bool Server::StartAdmin(const conf::Admin& admin,
+                        std::unique_ptr<AdminServer>* server,
+                        std::string* error) {
+  auto started = std::make_unique<AdminServer>(
+      control_base_.get(), static_cast<AdminHandler*>(this));
+  if (!started->Start(admin, error)) return false;
+  *server = std::move(started);
+  return true;
+}
+
+void Server::ApplyAdmin(const std::optional<conf::Admin>& admin,
+                        std::unique_ptr<AdminServer> started) {
+  if (started) {
+    if (admin_) RetireAdmin();
+    admin_ = std::move(started);
+    Log(LogLevel::kInfo, "admin", "admin listener ready",
+        {{"address",
+          HostOf(admin->listen) + ":" + std::to_string(admin_->port())}});
+    return;
+  }
+  if (!admin) {
+    if (admin_) RetireAdmin();
+    return;
+  }
+  if (admin_) admin_->set_token(admin->token);
+}
+
+void Server::RetireAdmin() {
+  Log(LogLevel::kInfo, "admin", "admin listener closed",
+      {{"address", HostOf(config_->admin->listen) + ":" +
+                       std::to_string(admin_->port())}});
+  admin_->StopAccepting();
+  retired_admins_.push_back(std::move(admin_));
+  if (evtimer_add(admin_retire_event_.get(), &kAdminRetireDelay) != 0) {
+    // Not freed before shutdown then; it accepts nothing meanwhile.
+    Log(LogLevel::kWarn, "admin", "cannot arm the admin retire timer");
+  }
+}
+
+void Server::AdminRetireCb(evutil_socket_t, short, void* arg) {
+  static_cast<Server*>(arg)->retired_admins_.clear();
+}
+
+std::vector<std::string> Server::RestartRequired(
+    const conf::Config& next) const {
+  std::vector<std::string> keys;
+  // The loops, their threads and their sockets are made once, at start-up.
+  if (next.global.threads != started_threads_) keys.push_back("global.threads");
+  return keys;
 }
 
 bool Server::BindListeners(
@@ -279,15 +335,18 @@ bool Server::BuildTls(const conf::Config& config,
 
 void Server::Apply(std::shared_ptr<const conf::Config> config,
                    std::map<std::string, std::vector<evutil_socket_t>> sockets,
-                   std::shared_ptr<const TlsContexts> tls) {
+                   std::shared_ptr<const TlsContexts> tls,
+                   std::shared_ptr<const AccessLogFile> access_log) {
   PrepareLimits(*config);
   for (size_t i = 0; i < loops_.size(); ++i) {
     std::vector<ListenSocket> mine;
     for (const conf::Listener& listener : config->listeners) {
       mine.push_back({listener.name, sockets.at(SocketKey(listener))[i]});
     }
-    auto apply = [config, mine = std::move(mine), limits = limits_,
-                  tls](Loop& loop) mutable {
+    auto apply = [config, mine = std::move(mine), limits = limits_, tls,
+                  access_log](Loop& loop) mutable {
+      loop.SetAccessLog(std::move(access_log),
+                        config->global.access_log_format);
       loop.set_limits(std::move(limits));
       loop.ApplyConfig(config, std::move(mine), tls);
     };
@@ -319,11 +378,12 @@ int Server::Run() {
   const conf::Config& config = *result.config;
 
   std::string error;
-  access_log_fd_ = OpenAccessLog(config.global, &error);
-  if (!error.empty()) {
+  std::shared_ptr<const AccessLogFile> access_log;
+  if (!OpenAccessLog(config.global, &access_log, &error)) {
     Log(LogLevel::kError, "dispatcher", error);
     return 1;
   }
+  started_threads_ = config.global.threads;
   control_base_.reset(event_base_new());
   if (!control_base_) {
     Log(LogLevel::kError, "dispatcher", "cannot create the control event loop");
@@ -332,8 +392,8 @@ int Server::Run() {
   size_t threads = config.global.threads;
   if (threads == 0) threads = UsableCpus();
   for (size_t i = 0; i < threads; ++i) {
-    loops_.push_back(std::make_unique<Loop>(i, access_log_fd_,
-                                            config.global.access_log_format));
+    loops_.push_back(
+        std::make_unique<Loop>(i, access_log, config.global.access_log_format));
     if (!loops_.back()->Init(&error)) {
       Log(LogLevel::kError, "dispatcher", error);
       return 1;
@@ -361,18 +421,22 @@ int Server::Run() {
     Log(LogLevel::kError, "health", error);
     return 1;
   }
+  admin_retire_event_.reset(
+      evtimer_new(control_base_.get(), AdminRetireCb, this));
+  if (!admin_retire_event_) {
+    Log(LogLevel::kError, "admin", "cannot create the admin retire timer");
+    return 1;
+  }
   if (config.admin) {
-    admin_ = std::make_unique<AdminServer>(control_base_.get(),
-                                           static_cast<AdminHandler*>(this));
-    if (!admin_->Start(*config.admin, &error)) {
+    std::unique_ptr<AdminServer> admin;
+    if (!StartAdmin(*config.admin, &admin, &error)) {
       Log(LogLevel::kError, "admin", error);
       return 1;
     }
-    std::string host = HostOf(config.admin->listen);
-    Log(LogLevel::kInfo, "admin", "admin listener ready",
-        {{"address", host + ":" + std::to_string(admin_->port())}});
+    ApplyAdmin(config.admin, std::move(admin));
   }
-  Apply(result.config, std::move(sockets), std::move(tls));
+  Apply(result.config, std::move(sockets), std::move(tls),
+        std::move(access_log));
 
   // Loop threads leave signals to the main thread's control loop.
   sigset_t all;
@@ -473,11 +537,25 @@ bool Server::ReloadNow(const std::string& trigger,
     errors->push_back(error.ToString());
   std::map<std::string, std::vector<evutil_socket_t>> sockets;
   std::shared_ptr<const TlsContexts> tls;
+  std::shared_ptr<const AccessLogFile> access_log;
+  std::unique_ptr<AdminServer> admin;  // when the admin listener moves
   std::string error;
-  if (result.ok() && !BuildTls(*result.config, &tls, &error)) {
-    errors->push_back(error);
-  } else if (result.ok() && !BindListeners(*result.config, &sockets, &error)) {
-    errors->push_back(error);
+  // Everything that can fail is made before anything changes, listeners
+  // last: their sockets are the one thing not freed by going out of scope.
+  if (result.ok()) {
+    const std::optional<conf::Admin>& next_admin = result.config->admin;
+    const std::optional<conf::Admin>& running_admin = config_->admin;
+    bool admin_moves =
+        next_admin && (!running_admin ||
+                       next_admin->listen.text != running_admin->listen.text);
+    if (!BuildTls(*result.config, &tls, &error) ||
+        !OpenAccessLog(result.config->global, &access_log, &error)) {
+      errors->push_back(error);
+    } else if (admin_moves && !StartAdmin(*next_admin, &admin, &error)) {
+      errors->push_back(error);
+    } else if (!BindListeners(*result.config, &sockets, &error)) {
+      errors->push_back(error);
+    }
   }
   if (!errors->empty()) {
     ++reloads_failed_;
@@ -493,13 +571,18 @@ bool Server::ReloadNow(const std::string& trigger,
     Log(LogLevel::kWarn, "conf", warning.ToString());
   }
   const conf::Config& next = *result.config;
-  if (next.global.threads != config_->global.threads) {
-    Log(LogLevel::kWarn, "conf",
-        "threads changes take effect at the next restart");
+  last_reload_.restart_required = RestartRequired(next);
+  if (!last_reload_.restart_required.empty()) {
+    std::string keys;
+    for (const std::string& key : last_reload_.restart_required)
+      keys += (keys.empty() ? "" : ",") + key;
+    Log(LogLevel::kWarn, "conf", "some changes take effect at the next restart",
+        {{"keys", keys}});
   }
-  if (admin_ && next.admin) admin_->set_token(next.admin->token);
+  ApplyAdmin(next.admin, std::move(admin));
   health_->ApplyConfig(result.config, tls->clusters);
-  Apply(result.config, std::move(sockets), std::move(tls));
+  Apply(result.config, std::move(sockets), std::move(tls),
+        std::move(access_log));
   ++reloads_ok_;
   last_reload_.ok = true;
   last_reload_.errors.clear();
@@ -564,6 +647,11 @@ std::string Server::StatusJson() {
   for (size_t i = 0; i < last_reload_.errors.size(); ++i) {
     if (i > 0) out.push_back(',');
     AppendJsonString(last_reload_.errors[i], &out);
+  }
+  out.append("],\"restart_required\":[");
+  for (size_t i = 0; i < last_reload_.restart_required.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendJsonString(last_reload_.restart_required[i], &out);
   }
   out.append("]}},\"ready\":");
   out.append(Ready() ? "true" : "false");
@@ -700,9 +788,14 @@ std::string Server::MetricsText() {
   builder.Gauge("tandem_config_last_reload_timestamp_seconds",
                 "Unix time of the last config load or reload attempt", {},
                 static_cast<double>(last_reload_.at_unix));
+  builder.Gauge("tandem_config_restart_required",
+                "1 while a changed key waits for a restart (see /status "
+                "config.last_reload.restart_required)",
+                {}, last_reload_.restart_required.empty() ? 0 : 1);
   builder.Gauge("tandem_ready", "1 while tandem accepts traffic (/readyz)", {},
                 Ready() ? 1 : 0);
   AddLoopMetrics(loops_, &builder);
+  AddProcessMetrics(&builder);
   AddHealthMetrics(&builder);
   return builder.Serialize();
 }

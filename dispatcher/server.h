@@ -5,6 +5,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -47,10 +48,13 @@ class Server : private AdminHandler {
     bool ok = true;
     long long at_unix = 0;
     std::vector<std::string> errors;
+    // Keys ("global.threads") whose new value waits for a restart.
+    std::vector<std::string> restart_required;
   };
 
   static void SignalCb(evutil_socket_t signal, short, void* arg);
   static void DrainDelayCb(evutil_socket_t, short, void* arg);
+  static void AdminRetireCb(evutil_socket_t, short, void* arg);
 
   conf::LoadResult Load();
   // Binds what `config` listens on that is not bound yet; reuses the rest.
@@ -63,10 +67,29 @@ class Server : private AdminHandler {
                 std::shared_ptr<const TlsContexts>* tls, std::string* error);
   void Apply(std::shared_ptr<const conf::Config> config,
              std::map<std::string, std::vector<evutil_socket_t>> sockets,
-             std::shared_ptr<const TlsContexts> tls);
+             std::shared_ptr<const TlsContexts> tls,
+             std::shared_ptr<const AccessLogFile> access_log);
   bool ReloadNow(const std::string& trigger, std::vector<std::string>* errors);
   void BeginShutdown();
-  int OpenAccessLog(const conf::Global& global, std::string* error);
+  // The access log `global` asks for (null for "off"); false with `error`
+  // when the file cannot be opened.
+  bool OpenAccessLog(const conf::Global& global,
+                     std::shared_ptr<const AccessLogFile>* file,
+                     std::string* error);
+  // Binds `admin`'s listener; false with `error` on failure.
+  bool StartAdmin(const conf::Admin& admin,
+                  std::unique_ptr<AdminServer>* server, std::string* error);
+  // The reload's admin listener: `started` (bound in advance) replaces the
+  // running one, else the running one follows `admin` (token, or closing
+  // when the table is gone).
+  void ApplyAdmin(const std::optional<conf::Admin>& admin,
+                  std::unique_ptr<AdminServer> started);
+  // Stops the running admin listener accepting; it is freed a moment later,
+  // so the reply to the request that asked for this reload still goes out.
+  void RetireAdmin();
+  // Keys of `next` that differ from what the process started with and that
+  // only a restart applies.
+  std::vector<std::string> RestartRequired(const conf::Config& next) const;
   // Shared counters for backends with max_inflight / max_connections, kept
   // across reloads for backends that stay.
   void PrepareLimits(const conf::Config& config);
@@ -91,6 +114,8 @@ class Server : private AdminHandler {
   // Bound listening sockets by listen address, one per loop.
   std::map<std::string, std::vector<evutil_socket_t>> sockets_;
   std::unique_ptr<AdminServer> admin_;
+  std::vector<std::unique_ptr<AdminServer>> retired_admins_;
+  EventPtr admin_retire_event_;
   std::unique_ptr<ConfigWatch> watch_;
   std::string loaded_text_;  // the config file as Load() last read it
   std::unique_ptr<SystemdNotifier> systemd_;
@@ -101,7 +126,7 @@ class Server : private AdminHandler {
   ReloadStatus last_reload_;
   uint64_t reloads_ok_ = 0;
   uint64_t reloads_failed_ = 0;
-  int access_log_fd_ = -1;
+  uint32_t started_threads_ = 0;  // global.threads as the process started
   bool ready_ = false;
   bool draining_ = false;
 };

@@ -78,6 +78,7 @@ struct BackendStats {
   LocalCounter connections_opened;
   LocalCounter connect_micros;  // total connect time, for an average
   LocalGauge inflight;
+  LocalGauge connections_open;  // connecting, in use or idle
   LocalGauge idle_connections;
 };
 
@@ -107,14 +108,22 @@ struct ListenerStats {
       tls_handshake_failures;
   LocalCounter connections_accepted;
   LocalGauge connections_open;
+  LocalGauge accept_paused;  // 1 while this loop's socket does not accept
   LocalCounter bytes_received;
   LocalCounter bytes_sent;
 };
+
+// Why accepting paused (index: Loop's AcceptPauseReason()).
+inline constexpr const char* kAcceptPauseReasons[] = {"emfile", "enfile",
+                                                      "enobufs", "enomem"};
 
 // One loop's counters, by name. Entries are created when a config is applied
 // (under the mutex) and never removed, so the data path keeps plain pointers.
 class LoopStats {
  public:
+  // Times accepting paused for lack of descriptors or memory, by reason.
+  std::array<LocalCounter, std::size(kAcceptPauseReasons)> accept_pauses;
+
   BackendStats* Backend(const std::string& cluster, const std::string& address);
   ClusterStats* Cluster(const std::string& cluster);
   ListenerStats* Listener(const std::string& listener);

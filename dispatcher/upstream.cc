@@ -152,6 +152,7 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
   if (head_ != nullptr) head_->prev_ = connection;
   head_ = connection;
   ++count_;
+  stats_->connections_open.Add(1);
   if (shared_connections_ && !counted)
     shared_connections_->fetch_add(1, std::memory_order_relaxed);
   stats_->connections_opened.Add();
@@ -207,6 +208,7 @@ void BackendPool::Close(UpstreamConnection* connection) {
     connection->next_->prev_ = connection->prev_;
   if (head_ == connection) head_ = connection->next_;
   --count_;
+  stats_->connections_open.Add(-1);
   if (shared_connections_)
     shared_connections_->fetch_sub(1, std::memory_order_relaxed);
   if (SSL* ssl = bufferevent_openssl_get_ssl(connection->bev())) {
