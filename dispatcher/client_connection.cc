@@ -592,6 +592,10 @@ void ClientConnection::OnRequestHead() {
     old_stats->connections_open.Add(-1);
     listener_->stats->connections_open.Add(1);
   }
+  // A reload's limits apply from this request on (its body, its trailers,
+  // and the next head).
+  request_.set_max_head_bytes(listener_->config->max_header_size_bytes);
+  request_.set_max_body_bytes(listener_->config->max_body_size_bytes);
   request_start_ = Clock::now();
   client_keep_alive_ = request_.keep_alive();
   head_request_ = request_.method() == HTTP_HEAD;
@@ -1409,6 +1413,18 @@ void ClientConnection::Abort() {
   flags_ |= kFlagClientReset;
   if (state_ != State::kIdle && state_ != State::kClosing) LogExchange();
   delete this;
+}
+
+uint64_t ClientConnection::BufferedBytes() const {
+  uint64_t bytes = evbuffer_get_length(bufferevent_get_input(bev_.get())) +
+                   evbuffer_get_length(bufferevent_get_output(bev_.get())) +
+                   retry_body_.capacity() + request_.HeldBytes();
+  if (upstream_ != nullptr) {
+    bytes += evbuffer_get_length(upstream_->input()) +
+             evbuffer_get_length(upstream_->output());
+  }
+  if (response_) bytes += response_->HeldBytes();
+  return bytes;
 }
 
 // ---- timers ----------------------------------------------------------------

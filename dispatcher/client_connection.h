@@ -37,6 +37,10 @@ class ClientConnection : private HttpParser::Handler, private UpstreamUser {
   // The retry budget has room again: the waiting retry goes now.
   void ResumeRetry();
 
+  // Bytes this connection holds in buffers now (client and backend, both
+  // directions, the kept retry body, its parsers' fields).
+  uint64_t BufferedBytes() const;
+
   // Intrusive list of a loop's connections.
   ClientConnection* next = nullptr;
   ClientConnection* prev = nullptr;

@@ -50,6 +50,10 @@ class HeaderList {
   // Ends the current value: trims trailing whitespace.
   void FinishValue();
   void Add(std::string_view field, std::string_view value);
+  // Capacity of its buffers, in bytes (for the memory gauges).
+  size_t HeldBytes() const {
+    return bytes_.capacity() + fields_.capacity() * sizeof(Field);
+  }
 
  private:
   struct Field {
@@ -155,6 +159,14 @@ class HttpParser {
   // True once any byte of a message has been seen since the last complete
   // one (a request has begun).
   bool message_started() const { return message_started_; }
+
+  // Capacity of every buffer the parser holds, in bytes (memory gauges).
+  size_t HeldBytes() const {
+    return sizeof(*this) + target_.capacity() + reason_.capacity() +
+           headers_.HeldBytes() + trailers_.HeldBytes() +
+           transfer_codings_.capacity() + first_content_length_.capacity() +
+           current_content_length_.capacity();
+  }
 
   // After kError: the status to answer (400, 413, 414, 431, 501, 505; 502
   // for responses) and a short reason.

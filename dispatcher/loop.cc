@@ -625,6 +625,7 @@ void Loop::ReleaseGeneration(Generation* generation) {
 
 void Loop::TickCb(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Loop*>(arg);
+  self->SampleMemory();
   if (!self->current_) return;
   // Through the runtime's own pool pointers: a TLS pool is keyed apart from
   // the plain one of the same address.
@@ -634,6 +635,16 @@ void Loop::TickCb(evutil_socket_t, short, void* arg) {
                               runtime.config->max_idle_connections);
     }
   }
+}
+
+void Loop::SampleMemory() {
+  uint64_t buffered = 0;
+  for (const ClientConnection* c = connections_; c != nullptr; c = c->next)
+    buffered += c->BufferedBytes();
+  uint64_t pooled = scratch_.capacity();
+  for (const auto& parser : spare_parsers_) pooled += parser->HeldBytes();
+  stats_.buffered_bytes.Set(static_cast<int64_t>(buffered));
+  stats_.pooled_bytes.Set(static_cast<int64_t>(pooled));
 }
 
 void Loop::BeginShutdown(std::chrono::milliseconds grace) {

@@ -221,6 +221,8 @@ class Loop {
   void WatchQueue();
   // Loop thread: a slot may have freed up: let queued requests try again.
   void DrainQueue(ClusterRuntime& cluster);
+  // Tick: the memory gauges of LoopStats.
+  void SampleMemory();
   void Attach(ClientConnection* connection, Generation* generation);
   void Detach(ClientConnection* connection, Generation* generation);
   // Between requests: the generation and listener a kept-alive connection

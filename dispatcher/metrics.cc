@@ -84,6 +84,14 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                     MetricsBuilder* b) {
   for (const auto& loop : loops) {
     const LoopStats& stats = loop->stats();
+    b->Gauge("tandem_buffered_bytes",
+             "Bytes waiting in connection buffers (client and backend, both "
+             "directions), sampled every second",
+             {}, static_cast<double>(stats.buffered_bytes.Get()));
+    b->Gauge("tandem_pooled_bytes",
+             "Bytes held between exchanges by the loops' spare parsers and "
+             "scratch buffers, sampled every second",
+             {}, static_cast<double>(stats.pooled_bytes.Get()));
     for (size_t r = 0; r < stats.accept_pauses.size(); ++r) {
       b->Counter("tandem_accept_pauses_total",
                  "Times a loop thread paused accepting, by what ran short",

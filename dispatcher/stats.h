@@ -123,6 +123,11 @@ class LoopStats {
  public:
   // Times accepting paused for lack of descriptors or memory, by reason.
   std::array<LocalCounter, std::size(kAcceptPauseReasons)> accept_pauses;
+  // Sampled once a second by the loop: bytes waiting in its connections'
+  // buffers (client and backend, both directions, kept retry bodies), and
+  // bytes its pools hold between exchanges (spare parsers, scratch).
+  LocalGauge buffered_bytes;
+  LocalGauge pooled_bytes;
 
   BackendStats* Backend(const std::string& cluster, const std::string& address);
   ClusterStats* Cluster(const std::string& cluster);

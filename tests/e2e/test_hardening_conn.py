@@ -185,6 +185,26 @@ class InterimResponseLimitTest(TandemTestCase):
         self.assertEqual([m.status for m in response.interim], [103, 103, 103])
 
 
+class MemoryGaugeTest(TandemTestCase):
+    """The bytes held in buffers are visible in /metrics."""
+
+    def test_buffered_bytes_follow_a_slow_reader(self):
+        worker = self.start_worker()
+        tandem = self.start_tandem(make_config(
+            [worker.address], extra='[clusters.compute.health]\nkind = "none"\n'))
+
+        def buffered():
+            return tandem.metrics().get("tandem_buffered_bytes", -1)
+
+        client = self.client(tandem.port)
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.send(build_request("GET", "/bytes?n=20000000", {"Host": "a"}))
+        # Unread, the response fills tandem's output up to its high-water mark.
+        wait_until(lambda: buffered() >= 200000, scaled(5), "bytes buffered for a slow reader")
+        client.close()
+        wait_until(lambda: 0 <= buffered() < 20000, scaled(5), "buffers freed")
+
+
 class RetriedStatusTest(TandemTestCase):
     """A 502/503/504 answer is retried elsewhere; the last try's answer is the
     backend's own, relayed (docs/retries.md)."""
