@@ -3,6 +3,7 @@
 
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -571,7 +572,21 @@ BackendPool& Loop::PoolFor(
   auto& slot = pools_[key];
   if (!slot)
     slot = std::make_unique<BackendPool>(base_.get(), backend.address, stats);
-  slot->set_tls(tls);
+  std::string settings;
+  if (tls) {
+    // What the context verifies and sends; a CA file counts by its contents'
+    // identity (a reload re-reads it).
+    const conf::UpstreamTls& t = cluster.tls;
+    settings = t.sni + '|' + t.verify_name + '|' + (t.verify ? '1' : '0') +
+               '|' + t.ca_file;
+    struct stat info {};
+    if (!t.ca_file.empty() && stat(t.ca_file.c_str(), &info) == 0) {
+      settings += '|' + std::to_string(info.st_size) + '|' +
+                  std::to_string(info.st_mtim.tv_sec) + '.' +
+                  std::to_string(info.st_mtim.tv_nsec);
+    }
+  }
+  slot->set_tls(tls, settings);
   return *slot;
 }
 

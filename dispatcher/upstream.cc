@@ -94,6 +94,17 @@ BackendPool::~BackendPool() {
   if (session_ != nullptr) SSL_SESSION_free(session_);
 }
 
+void BackendPool::set_tls(std::shared_ptr<health::TlsClientContext> tls,
+                          const std::string& settings) {
+  tls_ = std::move(tls);
+  if (settings == tls_settings_) return;
+  tls_settings_ = settings;
+  ++tls_generation_;
+  CloseIdle(std::chrono::steady_clock::duration::zero());
+  if (session_ != nullptr) SSL_SESSION_free(session_);
+  session_ = nullptr;
+}
+
 void BackendPool::StoreSession(SSL_SESSION* session) {
   if (session_ != nullptr) SSL_SESSION_free(session_);
   session_ = session;
@@ -146,6 +157,7 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
   if (!bev) return fail();
   bufferevent_set_max_single_read(bev.get(), kMaxSingleRead);
   auto* connection = new UpstreamConnection(*this, std::move(bev));
+  connection->tls_generation_ = tls_generation_;
   connection->user_ = user;
   connection->since_ = std::chrono::steady_clock::now();
   connection->next_ = head_;
@@ -183,6 +195,7 @@ void BackendPool::Release(UpstreamConnection* connection, uint32_t max_idle) {
   // Beyond max_idle only connections that stay idle are closed (CloseIdle),
   // so a burst of concurrency does not churn connections on every request.
   if (max_idle == 0 || !connection->connected_ ||
+      connection->tls_generation_ != tls_generation_ ||
       evbuffer_get_length(connection->input()) > 0) {
     Close(connection);
     return;

@@ -76,6 +76,7 @@ class UpstreamConnection {
   bool reused_ = false;
   bool idle_ = false;  // in the pool's idle list
   bool request_started_ = true;
+  uint32_t tls_generation_ = 0;  // the pool's, when this one was made
   int connect_error_ = 0;
   std::chrono::steady_clock::time_point since_;  // connect start, or idle since
   // Intrusive list of every connection of the pool.
@@ -93,10 +94,11 @@ class BackendPool : public health::TlsSessionSink {
 
   const conf::SocketAddress& address() const { return address_; }
   // TLS to this backend (null: plain TCP); new connections use it and resume
-  // the last session the backend issued.
-  void set_tls(std::shared_ptr<health::TlsClientContext> tls) {
-    tls_ = std::move(tls);
-  }
+  // the last session the backend issued. When `settings` (what the context
+  // verifies and sends) differ from the last call's, connections and the
+  // session made under the old ones are never used again.
+  void set_tls(std::shared_ptr<health::TlsClientContext> tls,
+               const std::string& settings);
   void StoreSession(SSL_SESSION* session) override;
 
   // An idle connection handed to `user`, most recently used first; nullptr
@@ -153,6 +155,8 @@ class BackendPool : public health::TlsSessionSink {
   std::shared_ptr<std::atomic<uint32_t>> shared_connections_;
   std::shared_ptr<health::TlsClientContext> tls_;
   SSL_SESSION* session_ = nullptr;
+  std::string tls_settings_;
+  uint32_t tls_generation_ = 0;            // bumped when tls_settings_ change
   std::vector<UpstreamConnection*> idle_;  // oldest first
   UpstreamConnection* head_ = nullptr;
   size_t count_ = 0;

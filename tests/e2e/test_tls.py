@@ -415,6 +415,31 @@ class ListenerTlsTest(TandemTestCase):
         self.assertEqual(tls_get(self.port).status, 200)
 
 
+class UpstreamTlsReloadTest(TandemTestCase):
+    """A reload that makes backend verification stricter applies to pooled
+    connections too: none made under the old settings is used again."""
+
+    def test_a_pooled_connection_made_without_verification_is_not_reused_after_verify_is_on(self):
+        rogue = TlsBackend("rogue", PKI.cert("rogue"), PKI.key("rogue"))
+        self.addCleanup(rogue.close)
+
+        def config(verify):
+            options = {"tls": True, "retries": 0, "sni": "backend.example.test",
+                       "verify": verify}
+            if verify:
+                options["ca_file"] = PKI.cert("ca")
+            return make_config([rogue.address], cluster_opts=options,
+                               extra='[clusters.compute.health]\nkind = "none"\n')
+
+        tandem = self.start_tandem(config(False))
+        with Client(tandem.port) as client:
+            self.assertEqual(client.get("/", {"Host": "a"}).status, 200)
+        self.assertTrue(tandem.reload(config(True)))
+        with Client(tandem.port) as client:
+            response = client.get("/", {"Host": "a"})
+        self.assertTandemBody(response, 502, ["TLS handshake with backend failed"])
+
+
 class UpstreamTlsTest(TandemTestCase):
     """Clusters with `tls = true` in front of Python HTTPS backends: "good"
     has a certificate of the test CA for backend.example.test and 127.0.0.1,
