@@ -39,6 +39,13 @@ enum class Activation {
   kFailed,      // activate failed or timed out: skipped until reset
 };
 
+// The name /status shows for an Activation.
+constexpr const char* ActivationName(Activation activation) {
+  constexpr const char* kNames[] = {"inactive", "activating", "active",
+                                    "failed"};
+  return kNames[static_cast<int>(activation)];
+}
+
 struct PolicyBackend {
   Role role = Role::kPrimary;
   Standby standby = Standby::kHot;  // backups only

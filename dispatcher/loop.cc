@@ -147,13 +147,14 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
       if (backend_status != nullptr &&
           backend.standby == conf::Standby::kCold &&
           backend.role == conf::Role::kBackup && backend_status->activation &&
-          *backend_status->activation != "failed") {
+          *backend_status->activation != algorithms::Activation::kFailed) {
         runtime.cold_standby = true;
       }
       // Started and not yet serving: requests may wait for it.
       if (backend_status != nullptr && backend_status->activation &&
-          (*backend_status->activation == "activating" ||
-           (*backend_status->activation == "active" && !view.eligible))) {
+          (*backend_status->activation == algorithms::Activation::kActivating ||
+           (*backend_status->activation == algorithms::Activation::kActive &&
+            !view.eligible))) {
         runtime.activating = true;
       }
       if (backend_status != nullptr && backend.role == conf::Role::kBackup &&
@@ -164,7 +165,7 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
                        (state == algorithms::BackendState::kUnknown && !checks);
         bool running =
             backend.standby != conf::Standby::kCold ||
-            backend_status->activation == std::optional<std::string>("active");
+            backend_status->activation == algorithms::Activation::kActive;
         reserve[b].eligible = healthy && running;
         runtime.has_fallback = runtime.has_fallback || reserve[b].eligible;
       }

@@ -608,9 +608,15 @@ AdminReply Server::Reload() {
 AdminReply Server::BackendAction(const std::string& cluster,
                                  const std::string& address,
                                  const std::string& action) {
-  health::HealthMonitor::ActionResult result =
-      health_->AdminAction(cluster, address, action);
   AdminReply reply;
+  std::optional<health::AdminAction> parsed = health::ParseAdminAction(action);
+  if (!parsed) {
+    reply.status = 404;
+    reply.body = "no action " + action + " (drain, enable or disable)\n";
+    return reply;
+  }
+  health::HealthMonitor::ActionResult result =
+      health_->AdminAction(cluster, address, *parsed);
   reply.status = result.status;
   reply.body = result.message + "\n";
   Log(result.status == 200 ? LogLevel::kInfo : LogLevel::kWarn, "admin",
@@ -734,7 +740,7 @@ std::string Server::StatusJson() {
           std::to_string(inflight[{cluster.name, backend.address.text}]));
       if (health != nullptr && health->activation) {
         out.append(",\"activation\":");
-        AppendJsonString(*health->activation, &out);
+        AppendJsonString(algorithms::ActivationName(*health->activation), &out);
       }
       out.append(",\"last_check\":");
       AppendJsonString(health != nullptr ? health->last_check : "", &out);

@@ -33,6 +33,18 @@ struct Transition {
 // What real traffic saw go wrong on a backend.
 enum class TrafficFailure { kConnect, kReset, kTimeout, kStatus5xx };
 
+// What an operator can do to one backend (POST /admin/.../{action}).
+enum class AdminAction { kDrain, kEnable, kDisable };
+inline constexpr std::string_view kAdminActionNames[] = {"drain", "enable",
+                                                         "disable"};
+// The action named `name`; nullopt for any other word.
+inline std::optional<AdminAction> ParseAdminAction(std::string_view name) {
+  for (size_t i = 0; i < std::size(kAdminActionNames); ++i) {
+    if (kAdminActionNames[i] == name) return static_cast<AdminAction>(i);
+  }
+  return std::nullopt;
+}
+
 struct HealthSettings {
   bool checks = false;  // active checks configured
   uint32_t rise = 2;

@@ -51,20 +51,6 @@ algorithms::Standby StandbyOf(conf::Standby standby) {
   return algorithms::Standby::kHot;
 }
 
-const char* ActivationName(algorithms::Activation activation) {
-  switch (activation) {
-    case algorithms::Activation::kInactive:
-      return "inactive";
-    case algorithms::Activation::kActivating:
-      return "activating";
-    case algorithms::Activation::kActive:
-      return "active";
-    case algorithms::Activation::kFailed:
-      return "failed";
-  }
-  return "inactive";
-}
-
 bool IsCold(const conf::Backend& backend) {
   return backend.role == conf::Role::kBackup &&
          backend.standby == conf::Standby::kCold;
@@ -570,7 +556,7 @@ void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
 
 HealthMonitor::ActionResult HealthMonitor::AdminAction(
     const std::string& cluster, const std::string& address,
-    const std::string& action) {
+    health::AdminAction action) {
   auto promise = std::make_shared<std::promise<ActionResult>>();
   std::future<ActionResult> future = promise->get_future();
   messages_.Post([promise, cluster, address, action](HealthMonitor& self) {
@@ -595,19 +581,24 @@ HealthMonitor::ActionResult HealthMonitor::AdminAction(
     auto now = Clock::now();
     int64_t wall = WallMs();
     uint64_t before = found->health->transition_count();
-    if (action == "drain") {
-      found->health->Drain(now, wall, "drained by admin");
-    } else if (action == "disable") {
-      found->health->Disable(now, wall, "disabled by admin");
-    } else {
-      found->health->Enable(now, wall, "enabled by admin");
-      if (!found->check_scheduled)
-        self.ScheduleCheck(*found_cluster, *found, true);
+    switch (action) {
+      case health::AdminAction::kDrain:
+        found->health->Drain(now, wall, "drained by admin");
+        break;
+      case health::AdminAction::kDisable:
+        found->health->Disable(now, wall, "disabled by admin");
+        break;
+      case health::AdminAction::kEnable:
+        found->health->Enable(now, wall, "enabled by admin");
+        if (!found->check_scheduled)
+          self.ScheduleCheck(*found_cluster, *found, true);
+        break;
     }
     self.LogTransitions(*found_cluster, *found, before);
     self.MarkDirty();
     promise->set_value(
-        {200, action + " " + address + ": " +
+        {200, std::string(kAdminActionNames[static_cast<size_t>(action)]) +
+                  " " + address + ": " +
                   std::string(StateName(found->health->state()))});
   });
   if (future.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
@@ -772,8 +763,7 @@ void HealthMonitor::Publish() {
       b.active = active;
       b.weight = backend.config->weight;
       b.view_weight = result.views[i].weight;
-      if (IsCold(*backend.config))
-        b.activation = ActivationName(backend.activation);
+      if (IsCold(*backend.config)) b.activation = backend.activation;
       b.refused_recently = inputs[i].refused_recently;
       b.last_check = backend.health->last_check();
       b.transitions.assign(backend.health->transitions().begin(),

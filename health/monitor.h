@@ -57,11 +57,10 @@ class HealthMonitor {
     int status = 200;  // HTTP status for the admin API
     std::string message;
   };
-  // Thread-safe; waits for the monitor's thread. `action` is drain, enable
-  // or disable.
+  // Thread-safe; waits for the monitor's thread.
   ActionResult AdminAction(const std::string& cluster,
                            const std::string& address,
-                           const std::string& action);
+                           health::AdminAction action);
 
   // Thread-safe: the latest snapshot.
   std::shared_ptr<const HealthSnapshot> snapshot() const;

@@ -24,8 +24,8 @@ struct BackendStatus {
   bool active = false;       // the policy lets it take traffic now
   uint32_t weight = 1;       // configured
   uint32_t view_weight = 0;  // what pickers use (BackendView units)
-  // Cold backups: "inactive", "activating", "active" or "failed".
-  std::optional<std::string> activation;
+  // Cold backups only: where the activate command stands.
+  std::optional<algorithms::Activation> activation;
   bool refused_recently = false;
   std::string last_check;
   std::vector<Transition> transitions;
