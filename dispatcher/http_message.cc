@@ -242,7 +242,13 @@ ResponsePlan PlanResponse(const HttpParser& response, bool head_request,
       break;
     case Framing::kChunked:
     case Framing::kUntilClose:
-      if (client_minor >= 1) {
+      if (response.framing() == Framing::kUntilClose &&
+          !response.transfer_codings().empty()) {
+        // Its last coding is not chunked (RFC 9112 §6.3): the codings and
+        // the bytes go on as they came, and closing ends the body.
+        plan.framing = Framing::kUntilClose;
+        plan.close = true;
+      } else if (client_minor >= 1) {
         plan.framing = Framing::kChunked;
       } else {
         plan.framing = Framing::kUntilClose;
@@ -293,6 +299,10 @@ void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
                   {}, out);
   } else if (plan.framing == Framing::kChunked) {
     AppendFraming(Framing::kChunked, 0, response.transfer_codings(), out);
+  } else if (plan.framing == Framing::kUntilClose &&
+             response.framing() == Framing::kUntilClose &&
+             !response.transfer_codings().empty()) {
+    AppendField("Transfer-Encoding", response.transfer_codings(), out);
   }
   if (status >= 100 && status < 200) {
     out->append("\r\n");

@@ -44,7 +44,8 @@ struct ResponsePlan {
 
 // Decides the framing of `response` (a reply to `request_method`) towards a
 // client speaking HTTP/1.`client_minor`; `client_keep_alive` is whether the
-// client wants to keep its connection.
+// client wants to keep its connection. A response whose last transfer
+// coding is not chunked is relayed as it came, delimited by close.
 ResponsePlan PlanResponse(const HttpParser& response, bool head_request,
                           int client_minor, bool client_keep_alive);
 

@@ -430,7 +430,14 @@ int HttpParser::OnUrlCb(llhttp_t* p, const char* at, size_t length) {
 
 int HttpParser::OnStatusCb(llhttp_t* p, const char* at, size_t length) {
   auto* self = static_cast<HttpParser*>(p->data);
-  // Its length is bounded by kMaxStatusLineBytes.
+  // The reason is relayed as it came: no controls (HTAB apart), as in a
+  // field value. Its length is bounded by kMaxStatusLineBytes.
+  for (size_t i = 0; i < length; ++i) {
+    unsigned char c = static_cast<unsigned char>(at[i]);
+    if ((c < 0x20 && c != '\t') || c == 0x7f) {
+      return self->Fail(502, "control character in response reason");
+    }
+  }
   self->reason_.append(at, length);
   return 0;
 }
@@ -520,7 +527,10 @@ int HttpParser::OnHeaderValueCompleteCb(llhttp_t* p) {
 int HttpParser::ValidateHead() {
   if (type_ == Type::kResponse) {
     if (parser_.http_major != 1) return Fail(502, "invalid response version");
-    return 0;
+    // llhttp takes any number of digits up to 999 ("20", "099").
+    if (parser_.status_code < 100 || parser_.status_code > 599)
+      return Fail(502, "invalid response status");
+    return ValidateTransferCodings();
   }
   if (parser_.http_major != 1 || parser_.http_minor > 1) {
     return Fail(505, "HTTP version not supported");
@@ -554,22 +564,55 @@ int HttpParser::ValidateHead() {
   if (hosts == 1 && !IsValidHost(*headers_.Find("host"))) {
     return Fail(400, "invalid Host header");
   }
+  return ValidateTransferCodings();
+}
+
+int HttpParser::ValidateTransferCodings() {
+  // The codings of every Transfer-Encoding field, in order, as one list
+  // (RFC 9110 §5.3); empty elements are skipped (§5.6.1), but a list with
+  // no coding at all is not a valid field.
   bool has_te = false;
   bool unknown_coding = false;
+  size_t codings = 0;
+  size_t chunked = 0;
+  bool last_chunked = false;
+  size_t before_last = 0;
+  transfer_codings_.clear();
   for (size_t i = 0; i < headers_.size(); ++i) {
     if (!EqualsIgnoreCase(headers_.name(i), "transfer-encoding")) continue;
     has_te = true;
     ForEachListElement(headers_.value(i), [&](std::string_view coding) {
       if (!IsKnownTransferCoding(coding)) unknown_coding = true;
+      last_chunked = EqualsIgnoreCase(coding, "chunked");
+      if (last_chunked) ++chunked;
+      ++codings;
+      before_last = transfer_codings_.size();
+      if (!transfer_codings_.empty()) transfer_codings_.append(", ");
+      transfer_codings_.append(coding);
     });
   }
-  if (has_te && seen_content_length_)
-    return Fail(400, "ambiguous message framing");
-  if (unknown_coding) return Fail(501, "unknown transfer coding");
-  if (has_te && parser_.http_minor == 0) {
-    // RFC 9112 §6.1: chunked from an HTTP/1.0 client cannot be trusted.
-    return Fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+  if (!has_te) return 0;
+  if (type_ == Type::kRequest) {
+    if (seen_content_length_) return Fail(400, "ambiguous message framing");
+    if (codings == 0) return Fail(400, "empty Transfer-Encoding");
+    if (unknown_coding) return Fail(501, "unknown transfer coding");
+    if (parser_.http_minor == 0) {
+      // RFC 9112 §6.1: chunked from an HTTP/1.0 client cannot be trusted.
+      return Fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+    }
+  } else if (codings == 0) {
+    return Fail(502, "empty Transfer-Encoding");
   }
+  // Chunked at most once (RFC 9112 §7), and llhttp must frame the body as
+  // this list says (it reads "chunked," as not chunked, for one).
+  if (chunked > 1) return Invalid(400, "chunked applied more than once");
+  if (last_chunked != ((parser_.flags & F_CHUNKED) != 0))
+    return Invalid(400, "ambiguous message framing");
+  if (type_ == Type::kRequest && !last_chunked)
+    return Fail(400, "ambiguous message framing");
+  // Forward the codings before the final chunked; a response whose last
+  // coding is not chunked is delimited by close and keeps them all.
+  if (last_chunked) transfer_codings_.resize(before_last);
   return 0;
 }
 
@@ -590,19 +633,6 @@ int HttpParser::OnHeadersCompleteCb(llhttp_t* p) {
     self->framing_ = Framing::kUntilClose;
   } else {
     self->framing_ = Framing::kNone;
-  }
-  if (p->flags & F_TRANSFER_ENCODING) {
-    // Keep the codings applied before the final "chunked", to forward them.
-    for (size_t i = 0; i < self->headers_.size(); ++i) {
-      if (!EqualsIgnoreCase(self->headers_.name(i), "transfer-encoding"))
-        continue;
-      ForEachListElement(self->headers_.value(i), [&](std::string_view coding) {
-        if (EqualsIgnoreCase(coding, "chunked")) return;
-        if (!self->transfer_codings_.empty())
-          self->transfer_codings_.append(", ");
-        self->transfer_codings_.append(coding);
-      });
-    }
   }
   if (self->type_ == Type::kRequest && self->max_body_bytes_ > 0 &&
       self->framing_ == Framing::kContentLength &&

@@ -1,7 +1,7 @@
 // HTTP/1.x message parsing for the proxy: llhttp (strict mode) plus the checks
 // RFC 9112 asks of an intermediary that llhttp leaves to its caller (obs-fold,
-// NUL in field values, Host, duplicate Content-Length, transfer codings) and a
-// byte budget for every part of a message that is not body.
+// NUL in field values, Host, duplicate Content-Length, transfer codings, status
+// codes) and a byte budget for every part of a message that is not body.
 #pragma once
 
 #include <llhttp.h>
@@ -174,7 +174,10 @@ class HttpParser {
   const HeaderList& trailers() const { return trailers_; }
   Framing framing() const { return framing_; }
   uint64_t content_length() const { return content_length_; }
-  // Transfer codings before the final "chunked" (e.g. "gzip"), to forward.
+  // The transfer codings to forward, in their order: those before the final
+  // "chunked" of a chunked message (e.g. "gzip"); all of them for a
+  // response delimited by close because its last coding is not chunked
+  // (e.g. "chunked, gzip", RFC 9112 §6.3). Empty otherwise.
   std::string_view transfer_codings() const { return transfer_codings_; }
   bool keep_alive() const;
   bool upgrade() const { return parser_.upgrade != 0; }
@@ -226,6 +229,7 @@ class HttpParser {
   // Fails with `request_status` for a request, 502 for a response.
   int Invalid(int request_status, const char* reason);
   int ValidateHead();
+  int ValidateTransferCodings();
   void StartMessage();
   uint64_t SectionLimit() const;
   // From a callback: the current section ends at this byte; `next` follows.

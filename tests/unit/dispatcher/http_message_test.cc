@@ -220,6 +220,26 @@ TEST_CASE(
   CHECK(head == "HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: close\r\n\r\n");
 }
 
+TEST_CASE(
+    "a response whose last coding is not chunked keeps its codings in order "
+    "and is delimited by close") {
+  ParsedResponse parsed;
+  ParseResponse(
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\nX-A: 1\r\n\r\n",
+      &parsed);
+  for (int client_minor : {1, 0}) {
+    CAPTURE(client_minor);
+    ResponsePlan plan = PlanResponse(parsed.parser, false, client_minor, true);
+    CHECK(plan.framing == Framing::kUntilClose);
+    CHECK(plan.close);
+    std::string head;
+    AppendResponseHead(parsed.parser, plan, client_minor, false, &head);
+    CHECK(head ==
+          "HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked, "
+          "gzip\r\nConnection: close\r\n\r\n");
+  }
+}
+
 TEST_CASE("a kept HTTP/1.0 client is told keep-alive") {
   ParsedResponse parsed;
   ParseResponse(

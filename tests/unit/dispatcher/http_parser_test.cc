@@ -620,6 +620,100 @@ TEST_CASE("a header list frees its buffers only when they are large") {
   CHECK(list.Find("b") == "2");
 }
 
+// ---- transfer codings and status codes ------------------------------------
+
+TEST_CASE("a Transfer-Encoding list without a coding gets 400") {
+  // Taken as "no body", the chunked body after it was parsed as the next
+  // request.
+  for (const char* value : {"", " ", ",", " , ,", "chunked,", "chunked ,"}) {
+    std::string input = std::string("POST / HTTP/1.1\r\nHost: h\r\n") +
+                        "Transfer-Encoding:" + value +
+                        "\r\n\r\n3\r\nabc\r\n0\r\n\r\n" +
+                        "GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    CAPTURE(value);
+    Recorder recorder;
+    HttpParser parser(HttpParser::Type::kRequest, &recorder);
+    Outcome outcome = Feed(parser, input);
+    CHECK(outcome.result == HttpParser::Result::kError);
+    CHECK(outcome.status == 400);
+    CHECK(recorder.heads == 0);
+    CHECK(recorder.messages == 0);
+  }
+}
+
+TEST_CASE("empty list elements around chunked are allowed") {
+  for (const char* value :
+       {", chunked", "gzip,,chunked", " , gzip , chunked"}) {
+    CAPTURE(value);
+    Recorder recorder;
+    HttpParser parser(HttpParser::Type::kRequest, &recorder);
+    Outcome outcome =
+        Feed(parser, std::string("POST / HTTP/1.1\r\nHost: h\r\n") +
+                         "Transfer-Encoding: " + value +
+                         "\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    CHECK(outcome.result == HttpParser::Result::kComplete);
+    CHECK(parser.framing() == Framing::kChunked);
+    CHECK(recorder.body == "abc");
+  }
+}
+
+TEST_CASE("a response status outside 100-599 is an error") {
+  for (const char* line : {"HTTP/1.1 20 X", "HTTP/1.1 099 X", "HTTP/1.1 600 X",
+                           "HTTP/1.1 0 X", "HTTP/1.1 999 X"}) {
+    CAPTURE(line);
+    Outcome outcome =
+        ParseResponse(std::string(line) + "\r\nContent-Length: 0\r\n\r\n");
+    CHECK(outcome.result == HttpParser::Result::kError);
+    CHECK(outcome.status == 502);
+  }
+  CHECK(ParseResponse("HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n").result ==
+        HttpParser::Result::kComplete);
+  CHECK(ParseResponse("HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").result ==
+        HttpParser::Result::kComplete);
+}
+
+TEST_CASE("a control character in a response reason is an error") {
+  for (char c : {'\0', '\x1b', '\x01', '\x7f'}) {
+    std::string input = "HTTP/1.1 200 O";
+    input.push_back(c);
+    input += "K\r\nContent-Length: 0\r\n\r\n";
+    CAPTURE(int(c));
+    CHECK(ParseResponse(input).status == 502);
+    CHECK(ParseResponse(input, 1).status == 502);
+  }
+  Recorder recorder;
+  HttpParser parser(HttpParser::Type::kResponse, &recorder);
+  CHECK(Feed(parser, "HTTP/1.1 200 O\tK \xe9\r\nContent-Length: 0\r\n\r\n")
+            .result == HttpParser::Result::kComplete);
+  CHECK(parser.reason() == "O\tK \xe9");
+}
+
+TEST_CASE("a response whose last coding is not chunked is read until close") {
+  Recorder recorder;
+  HttpParser parser(HttpParser::Type::kResponse, &recorder);
+  std::string input =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc";
+  size_t used = 0;
+  CHECK(parser.Execute(input.data(), input.size(), &used) ==
+        HttpParser::Result::kNeedMore);
+  CHECK(parser.framing() == Framing::kUntilClose);
+  // Forwarded as they came, in their order.
+  CHECK(parser.transfer_codings() == "chunked, gzip");
+  CHECK(recorder.body == "3\r\nabc");
+  CHECK(parser.FinishAtEof());
+  CHECK(recorder.messages == 1);
+}
+
+TEST_CASE("a response with an unusable Transfer-Encoding list is an error") {
+  for (const char* value :
+       {"", ",", "chunked,", "chunked, chunked", "gzip, chunked, chunked"}) {
+    CAPTURE(value);
+    CHECK(ParseResponse(std::string("HTTP/1.1 200 OK\r\nTransfer-Encoding: ") +
+                        value + "\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+              .status == 502);
+  }
+}
+
 TEST_CASE("HasToken matches comma-separated tokens case-insensitively") {
   CHECK(HasToken("keep-alive, Upgrade", "upgrade"));
   CHECK(HasToken(" close ", "close"));
