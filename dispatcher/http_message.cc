@@ -221,10 +221,13 @@ void AppendRequestHead(const HttpParser& request,
   if (absolute) {
     std::string_view path;
     SplitAbsoluteForm(target, &authority, &path);
-    target = path.empty() ? std::string_view("/") : path;
+    target = path;
   }
   out->append(request.method_name());
   out->push_back(' ');
+  // An absolute-form target without a path has the path "/", with or
+  // without a query (RFC 9112 §3.2.1: "http://h?x" becomes "/?x").
+  if (absolute && (target.empty() || target[0] != '/')) out->push_back('/');
   out->append(target);
   out->append(" HTTP/1.1\r\n");
 

@@ -194,6 +194,18 @@ TEST_CASE(
   CHECK(bare.rfind("GET / HTTP/1.1\r\n", 0) == 0);
 }
 
+TEST_CASE("an absolute-form target with a query and no path gets the path /") {
+  std::string out =
+      Forward("GET http://example.com?x HTTP/1.1\r\nHost: example.com\r\n\r\n");
+  CHECK(out.rfind("GET /?x HTTP/1.1\r\nHost: example.com\r\n", 0) == 0);
+  out = Forward(
+      "GET https://example.com:8443?a=1&b=2 HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK(out.rfind("GET /?a=1&b=2 HTTP/1.1\r\nHost: example.com:8443\r\n", 0) ==
+        0);
+  out = Forward("GET http://example.com/ HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK(out.rfind("GET / HTTP/1.1\r\n", 0) == 0);
+}
+
 TEST_CASE("request framing is rewritten by tandem") {
   std::string length = Forward(
       "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: "
