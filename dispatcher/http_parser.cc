@@ -166,6 +166,7 @@ const llhttp_settings_t* HttpParser::Settings() {
     llhttp_settings_init(&s);
     s.on_message_begin = OnMessageBeginCb;
     s.on_url = OnUrlCb;
+    s.on_url_complete = OnUrlCompleteCb;
     s.on_status = OnStatusCb;
     s.on_header_field = OnHeaderFieldCb;
     s.on_header_field_complete = OnHeaderFieldCompleteCb;
@@ -194,6 +195,7 @@ void HttpParser::Reset() {
   section_ended_ = false;
   internal_pause_ = false;
   status_line_done_ = false;
+  protocol_pending_ = false;
 }
 
 void HttpParser::ShrinkIfLarge(size_t max_bytes) {
@@ -317,6 +319,19 @@ HttpParser::Result HttpParser::Execute(const char* data, size_t length,
     // Never hand llhttp more than what is left of the current section's
     // budget: a part of a message that never ends cannot grow without
     // bound, and bytes llhttp skips without a callback still count.
+    if (protocol_pending_) {
+      // The first byte of the protocol name, past the spaces after the
+      // target: HTTP/ only (llhttp checks the rest).
+      size_t i = offset;
+      while (i < length && data[i] == ' ') ++i;
+      if (i < length) {
+        protocol_pending_ = false;
+        if (data[i] == 'R' || data[i] == 'I') {
+          Fail(400, "not an HTTP request");
+          return Result::kError;
+        }
+      }
+    }
     const char* start = data + offset;
     size_t feed = length - offset;
     uint64_t limit = SectionLimit();
@@ -426,6 +441,14 @@ int HttpParser::OnUrlCb(llhttp_t* p, const char* at, size_t length) {
     return self->Fail(414, "request target too long");
   }
   return 0;
+}
+
+int HttpParser::OnUrlCompleteCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  // Stop here so that Execute() sees where the protocol name begins.
+  self->protocol_pending_ = true;
+  self->internal_pause_ = true;
+  return HPE_PAUSED;
 }
 
 int HttpParser::OnStatusCb(llhttp_t* p, const char* at, size_t length) {

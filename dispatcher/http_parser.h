@@ -201,6 +201,7 @@ class HttpParser {
  private:
   static int OnMessageBeginCb(llhttp_t* p);
   static int OnUrlCb(llhttp_t* p, const char* at, size_t length);
+  static int OnUrlCompleteCb(llhttp_t* p);
   static int OnStatusCb(llhttp_t* p, const char* at, size_t length);
   static int OnHeaderFieldCb(llhttp_t* p, const char* at, size_t length);
   static int OnHeaderFieldCompleteCb(llhttp_t* p);
@@ -249,6 +250,9 @@ class HttpParser {
   bool section_ended_ = false;   // set by a callback during one slice
   bool internal_pause_ = false;  // the pause is ours, not the handler's
   bool status_line_done_ = false;
+  // The request target has ended and the protocol name comes next: llhttp
+  // 8.1 also takes "RTSP/" and "ICE/" there, and says nothing of which.
+  bool protocol_pending_ = false;
 
   std::string target_;
   std::string reason_;

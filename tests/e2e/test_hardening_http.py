@@ -169,6 +169,10 @@ class RequestLimitsTest(TandemTestCase):
         self.assertEqual(request.body, b"abc")
         self.assertEqual(request.header_all("transfer-encoding"), ["chunked"])
 
+    def test_an_rtsp_request_line_gets_400(self):
+        # llhttp takes RTSP/1.0 where HTTP/1.x belongs; it was forwarded as HTTP/1.1.
+        self.assertRejectedEverywhere(b"GET /a RTSP/1.0\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
+
     # ---- what reaches the backend ----
 
     def test_an_absolute_form_target_with_a_query_and_no_path_is_sent_as_slash_query(self):

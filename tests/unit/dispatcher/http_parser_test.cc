@@ -289,6 +289,26 @@ TEST_CASE("limits answer 413, 414 and 431") {
   CHECK(RequestStatus(chunked) == 413);
 }
 
+TEST_CASE("request lines of other protocols llhttp knows get 400") {
+  // llhttp 8.1 takes RTSP/1.0 and ICE/1.0 where HTTP/1.x belongs; tandem
+  // took them for HTTP/1.0 and forwarded them as HTTP/1.1.
+  const char* cases[] = {
+      "GET / RTSP/1.0\r\nHost: h\r\n\r\n",
+      "DESCRIBE / RTSP/1.0\r\n\r\n",
+      "SOURCE / ICE/1.0\r\nHost: h\r\n\r\n",
+      "OPTIONS * RTSP/1.0\r\n\r\n",
+  };
+  for (std::string input : cases) {
+    CAPTURE(input);
+    CHECK(RequestStatus(input) == 400);
+    CHECK(RequestStatus(input, 1) == 400);
+    CHECK(RequestStatus(input, 15) == 400);
+  }
+  CHECK(RequestStatus("GET /\r\n\r\n") == 505);
+  std::string pipelined = "GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+  CHECK(RequestStatus(pipelined + pipelined, 1) == 0);
+}
+
 TEST_CASE(
     "unknown transfer codings answer 501 and versions other than 1.x 505") {
   CHECK(RequestStatus("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: foo, "
