@@ -2,6 +2,9 @@
 #include "dispatcher/http_message.h"
 
 #include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <vector>
 
 namespace tandem::dispatcher {
 namespace {
@@ -42,18 +45,111 @@ bool IsHopByHop(std::string_view name) {
   }
 }
 
-// Whether the Connection header(s) of `headers` name `field`.
-bool NamedByConnection(const HeaderList& headers, std::string_view field,
-                       bool has_connection) {
-  if (!has_connection) return false;
-  for (size_t i = 0; i < headers.size(); ++i) {
-    if (EqualsIgnoreCase(headers.name(i), "connection") &&
-        HasToken(headers.value(i), field)) {
-      return true;
+// A case-insensitive FNV-1a hash with a per-process seed, so that names
+// chosen to collide cannot be prepared in advance.
+uint64_t HashName(std::string_view name) {
+  static const uint64_t seed = [] {
+    static const char anchor = 0;  // its address varies with ASLR
+    return static_cast<uint64_t>(
+               std::chrono::steady_clock::now().time_since_epoch().count()) ^
+           reinterpret_cast<uintptr_t>(&anchor);
+  }();
+  uint64_t hash = 14695981039346656037ull ^ seed;
+  for (char c : name) {
+    hash ^= static_cast<unsigned char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+// Which fields of a head its Connection fields name (RFC 9110 §7.6.1).
+// The field names go into a hash index once, then each name Connection
+// lists is one lookup that marks every field of that name: the work is the
+// number of fields plus the number of listed names, never their product.
+// Builds nothing (and allocates nothing) when Connection lists only names
+// that are removed anyway.
+class ConnectionNamed {
+ public:
+  ConnectionNamed(const HeaderList& headers, HeadWriteStats* stats) {
+    bool other_names = false;
+    ForEachConnectionName(headers, [&](std::string_view name) {
+      if (!IsHopByHop(name) && !EqualsIgnoreCase(name, "close"))
+        other_names = true;
+    });
+    if (!other_names) return;
+    const size_t count = headers.size();
+    size_t capacity = 16;
+    while (capacity < 2 * count) capacity *= 2;
+    const size_t mask = capacity - 1;
+    std::vector<uint32_t> slots(capacity, kNone);  // first field of a name
+    std::vector<uint64_t> hashes(count);
+    std::vector<uint32_t> next(count, kNone);  // next field of that name
+    named_.assign(count, false);
+    for (size_t i = 0; i < count; ++i) {
+      hashes[i] = HashName(headers.name(i));
+      for (size_t slot = hashes[i] & mask;; slot = (slot + 1) & mask) {
+        uint32_t first = slots[slot];
+        if (first == kNone) {
+          slots[slot] = static_cast<uint32_t>(i);
+          break;
+        }
+        if (hashes[first] == hashes[i] &&
+            Same(headers.name(first), headers.name(i), stats)) {
+          next[i] = next[first];
+          next[first] = static_cast<uint32_t>(i);
+          break;
+        }
+      }
+    }
+    ForEachConnectionName(headers, [&](std::string_view name) {
+      uint64_t hash = HashName(name);
+      for (size_t slot = hash & mask;; slot = (slot + 1) & mask) {
+        uint32_t first = slots[slot];
+        if (first == kNone) return;
+        if (hashes[first] != hash || !Same(headers.name(first), name, stats))
+          continue;
+        // A name listed twice marks its fields once.
+        if (named_[first]) return;
+        for (uint32_t i = first; i != kNone; i = next[i]) named_[i] = true;
+        return;
+      }
+    });
+  }
+
+  bool operator()(size_t field) const {
+    return !named_.empty() && named_[field];
+  }
+
+ private:
+  static constexpr uint32_t kNone = UINT32_MAX;
+
+  template <typename Fn>
+  static void ForEachConnectionName(const HeaderList& headers, Fn&& fn) {
+    for (size_t i = 0; i < headers.size(); ++i) {
+      if (!EqualsIgnoreCase(headers.name(i), "connection")) continue;
+      std::string_view list = headers.value(i);
+      while (!list.empty()) {
+        size_t comma = list.find(',');
+        std::string_view item = list.substr(0, comma);
+        while (!item.empty() && (item.front() == ' ' || item.front() == '\t'))
+          item.remove_prefix(1);
+        while (!item.empty() && (item.back() == ' ' || item.back() == '\t'))
+          item.remove_suffix(1);
+        if (!item.empty()) fn(item);
+        if (comma == std::string_view::npos) break;
+        list.remove_prefix(comma + 1);
+      }
     }
   }
-  return false;
-}
+
+  static bool Same(std::string_view a, std::string_view b,
+                   HeadWriteStats* stats) {
+    if (stats) ++stats->name_comparisons;
+    return EqualsIgnoreCase(a, b);
+  }
+
+  std::vector<bool> named_;
+};
 
 // Splits an absolute-form target into authority and origin-form path.
 void SplitAbsoluteForm(std::string_view target, std::string_view* authority,
@@ -116,7 +212,8 @@ bool IsIdempotent(const HttpParser& request) {
 }
 
 void AppendRequestHead(const HttpParser& request,
-                       const RequestForwarding& forwarding, std::string* out) {
+                       const RequestForwarding& forwarding, std::string* out,
+                       HeadWriteStats* stats) {
   const HeaderList& headers = request.headers();
   std::string_view target = request.target();
   std::string_view authority;
@@ -124,10 +221,13 @@ void AppendRequestHead(const HttpParser& request,
   if (absolute) {
     std::string_view path;
     SplitAbsoluteForm(target, &authority, &path);
-    target = path.empty() ? std::string_view("/") : path;
+    target = path;
   }
   out->append(request.method_name());
   out->push_back(' ');
+  // An absolute-form target without a path has the path "/", with or
+  // without a query (RFC 9112 §3.2.1: "http://h?x" becomes "/?x").
+  if (absolute && (target.empty() || target[0] != '/')) out->push_back('/');
   out->append(target);
   out->append(" HTTP/1.1\r\n");
 
@@ -139,7 +239,7 @@ void AppendRequestHead(const HttpParser& request,
     AppendField("Host", forwarding.default_host, out);
   }
 
-  const bool has_connection = headers.Find("connection").has_value();
+  const ConnectionNamed named(headers, stats);
   std::string_view xff_first;
   bool xff_seen = false;
   bool forwarded_seen = false;
@@ -154,8 +254,7 @@ void AppendRequestHead(const HttpParser& request,
       continue;
     }
     if (EqualsIgnoreCase(name, "host") || EqualsIgnoreCase(name, "expect") ||
-        EqualsIgnoreCase(name, "x-forwarded-proto") ||
-        NamedByConnection(headers, name, has_connection)) {
+        EqualsIgnoreCase(name, "x-forwarded-proto") || named(i)) {
       continue;
     }
     if (EqualsIgnoreCase(name, "x-forwarded-for")) {
@@ -242,7 +341,13 @@ ResponsePlan PlanResponse(const HttpParser& response, bool head_request,
       break;
     case Framing::kChunked:
     case Framing::kUntilClose:
-      if (client_minor >= 1) {
+      if (response.framing() == Framing::kUntilClose &&
+          !response.transfer_codings().empty()) {
+        // Its last coding is not chunked (RFC 9112 §6.3): the codings and
+        // the bytes go on as they came, and closing ends the body.
+        plan.framing = Framing::kUntilClose;
+        plan.close = true;
+      } else if (client_minor >= 1) {
         plan.framing = Framing::kChunked;
       } else {
         plan.framing = Framing::kUntilClose;
@@ -254,7 +359,8 @@ ResponsePlan PlanResponse(const HttpParser& response, bool head_request,
 }
 
 void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
-                        int client_minor, bool head_request, std::string* out) {
+                        int client_minor, bool head_request, std::string* out,
+                        HeadWriteStats* stats) {
   const HeaderList& headers = response.headers();
   int status = response.status_code();
   out->append("HTTP/1.1 ");
@@ -263,11 +369,10 @@ void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
   out->append(response.reason());
   out->append("\r\n");
   const bool switching = status == 101;
-  const bool has_connection = headers.Find("connection").has_value();
+  const ConnectionNamed named(headers, stats);
   for (size_t i = 0; i < headers.size(); ++i) {
     std::string_view name = headers.name(i);
-    if (IsHopByHop(name) || NamedByConnection(headers, name, has_connection))
-      continue;
+    if (IsHopByHop(name) || named(i)) continue;
     AppendField(name, headers.value(i), out);
   }
   if (switching) {
@@ -293,6 +398,10 @@ void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
                   {}, out);
   } else if (plan.framing == Framing::kChunked) {
     AppendFraming(Framing::kChunked, 0, response.transfer_codings(), out);
+  } else if (plan.framing == Framing::kUntilClose &&
+             response.framing() == Framing::kUntilClose &&
+             !response.transfer_codings().empty()) {
+    AppendField("Transfer-Encoding", response.transfer_codings(), out);
   }
   if (status >= 100 && status < 200) {
     out->append("\r\n");

@@ -29,12 +29,19 @@ bool WantsUpgrade(const HttpParser& request);
 // Idempotent methods per RFC 9110 §9.2.2 (may be retried on another backend).
 bool IsIdempotent(const HttpParser& request);
 
+// Work a head writer did, for tests that bound it.
+struct HeadWriteStats {
+  // Comparisons of a field name with a name the Connection fields list.
+  uint64_t name_comparisons = 0;
+};
+
 // Appends to `out` the request head for the request `request` holds: HTTP/1.1,
 // origin-form target, Host kept (or taken from an absolute-form target),
 // hop-by-hop fields removed, X-Forwarded-For / X-Forwarded-Proto / Forwarded
-// set, and framing for `request.framing()`.
+// set, and framing for `request.framing()`. Adds its work to `stats` if set.
 void AppendRequestHead(const HttpParser& request,
-                       const RequestForwarding& forwarding, std::string* out);
+                       const RequestForwarding& forwarding, std::string* out,
+                       HeadWriteStats* stats = nullptr);
 
 // How a response is framed towards a client.
 struct ResponsePlan {
@@ -44,13 +51,16 @@ struct ResponsePlan {
 
 // Decides the framing of `response` (a reply to `request_method`) towards a
 // client speaking HTTP/1.`client_minor`; `client_keep_alive` is whether the
-// client wants to keep its connection.
+// client wants to keep its connection. A response whose last transfer
+// coding is not chunked is relayed as it came, delimited by close.
 ResponsePlan PlanResponse(const HttpParser& response, bool head_request,
                           int client_minor, bool client_keep_alive);
 
 // Appends to `out` the response head for the response `response` holds.
+// Adds its work to `stats` if set.
 void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
-                        int client_minor, bool head_request, std::string* out);
+                        int client_minor, bool head_request, std::string* out,
+                        HeadWriteStats* stats = nullptr);
 
 // Appends a complete short response of tandem's own: `status`, a plain-text
 // body "<status> <phrase>: <detail>\n"; closes when `close`.

@@ -142,6 +142,17 @@ void HeaderList::Add(std::string_view field, std::string_view value) {
   FinishValue();
 }
 
+bool HeaderList::ShrinkIfLarge(size_t max_bytes) {
+  if (bytes_.capacity() <= max_bytes &&
+      fields_.capacity() * sizeof(Field) <= max_bytes) {
+    return false;
+  }
+  std::string().swap(bytes_);
+  std::vector<Field>().swap(fields_);
+  in_value_ = false;
+  return true;
+}
+
 HttpParser::HttpParser(Type type, Handler* handler)
     : type_(type), handler_(handler) {
   llhttp_init(&parser_, type == Type::kRequest ? HTTP_REQUEST : HTTP_RESPONSE,
@@ -155,13 +166,17 @@ const llhttp_settings_t* HttpParser::Settings() {
     llhttp_settings_init(&s);
     s.on_message_begin = OnMessageBeginCb;
     s.on_url = OnUrlCb;
+    s.on_url_complete = OnUrlCompleteCb;
     s.on_status = OnStatusCb;
     s.on_header_field = OnHeaderFieldCb;
     s.on_header_field_complete = OnHeaderFieldCompleteCb;
     s.on_header_value = OnHeaderValueCb;
     s.on_header_value_complete = OnHeaderValueCompleteCb;
+    s.on_status_complete = OnStatusCompleteCb;
     s.on_headers_complete = OnHeadersCompleteCb;
     s.on_body = OnBodyCb;
+    s.on_chunk_header = OnChunkHeaderCb;
+    s.on_chunk_complete = OnChunkCompleteCb;
     s.on_message_complete = OnMessageCompleteCb;
     return s;
   }();
@@ -175,6 +190,37 @@ void HttpParser::Reset() {
   error_status_ = 0;
   error_reason_ = "";
   last_fed_byte_ = 0;
+  section_ = Section::kHead;
+  section_bytes_ = 0;
+  section_ended_ = false;
+  internal_pause_ = false;
+  status_line_done_ = false;
+  protocol_pending_ = false;
+}
+
+void HttpParser::ShrinkIfLarge(size_t max_bytes) {
+  if (message_started_) return;
+  auto large = [max_bytes](const std::string& s) {
+    return s.capacity() > max_bytes;
+  };
+  bool shrunk = headers_.ShrinkIfLarge(max_bytes);
+  shrunk = trailers_.ShrinkIfLarge(max_bytes) || shrunk;
+  if (!shrunk && !large(target_) && !large(reason_) &&
+      !large(transfer_codings_) && !large(first_content_length_) &&
+      !large(current_content_length_)) {
+    return;
+  }
+  // One message's fields go together: clear them all, free the big ones.
+  headers_.Clear();
+  trailers_.Clear();
+  for (std::string* s : {&target_, &reason_, &transfer_codings_,
+                         &first_content_length_, &current_content_length_}) {
+    if (large(*s)) {
+      std::string().swap(*s);
+    } else {
+      s->clear();
+    }
+  }
 }
 
 void HttpParser::StartMessage() {
@@ -213,60 +259,135 @@ int HttpParser::Fail(int status, const char* reason) {
   return -1;
 }
 
+int HttpParser::Invalid(int request_status, const char* reason) {
+  return Fail(type_ == Type::kResponse ? 502 : request_status, reason);
+}
+
+uint64_t HttpParser::SectionLimit() const {
+  switch (section_) {
+    case Section::kHead:
+      if (type_ == Type::kResponse && !status_line_done_)
+        return std::min(max_head_bytes_, kMaxStatusLineBytes);
+      return max_head_bytes_;
+    case Section::kBody:
+      return kUnlimited;
+    case Section::kChunkLine:
+      return kMaxChunkLineBytes;
+    case Section::kTrailers:
+      return max_head_bytes_;
+  }
+  return kUnlimited;
+}
+
+void HttpParser::EndSection(Section next) {
+  section_ended_ = true;
+  next_section_ = next;
+}
+
+void HttpParser::FailSectionLimit() {
+  switch (section_) {
+    case Section::kHead:
+      if (type_ == Type::kResponse) {
+        Fail(502, status_line_done_ ? "response head too large"
+                                    : "response status line too long");
+      } else if (target_.size() * 2 >= max_head_bytes_ &&
+                 (target_.size() >= max_head_bytes_ || parser_.method == 0 ||
+                  headers_.empty())) {
+        // Still in (or just past) a target that takes most of the budget.
+        Fail(414, "request target too long");
+      } else {
+        Fail(431, "request header too large");
+      }
+      break;
+    case Section::kChunkLine:
+      Invalid(400, "chunk size line too long");
+      break;
+    case Section::kTrailers:
+      Invalid(431, "trailer section too large");
+      break;
+    case Section::kBody:
+      break;
+  }
+}
+
 HttpParser::Result HttpParser::Execute(const char* data, size_t length,
                                        size_t* consumed) {
   *consumed = 0;
   if (error_status_ != 0) return Result::kError;
-  const bool was_in_head = !head_done_;
-  size_t feed = length;
-  if (was_in_head) {
-    // Never hand llhttp more than one byte past the head limit, so a head
-    // that never ends cannot grow without bound.
-    uint64_t budget =
-        max_head_bytes_ + 1 - std::min(head_bytes_, max_head_bytes_);
-    feed = static_cast<size_t>(std::min<uint64_t>(length, budget));
-  }
-  chunk_start_ = data;
-  llhttp_errno_t err = llhttp_execute(&parser_, data, feed);
-  const char* stop =
-      err == HPE_OK ? data + feed : llhttp_get_error_pos(&parser_);
-  if (stop == nullptr || stop < data || stop > data + feed) stop = data + feed;
-  *consumed = static_cast<size_t>(stop - data);
-  if (*consumed > 0) last_fed_byte_ = stop[-1];
-
-  if (was_in_head && !head_done_ && err == HPE_OK) {
-    head_bytes_ += *consumed;
-    if (head_bytes_ > max_head_bytes_) {
-      if (type_ == Type::kResponse) {
-        Fail(502, "response head too large");
-      } else if (target_.size() >= max_head_bytes_ || parser_.method == 0 ||
-                 headers_.empty()) {
-        Fail(target_.size() * 2 >= max_head_bytes_ ? 414 : 431,
-             target_.size() * 2 >= max_head_bytes_
-                 ? "request target too long"
-                 : "request header too large");
-      } else {
-        Fail(431, "request header too large");
+  size_t offset = 0;
+  for (;;) {
+    // Never hand llhttp more than what is left of the current section's
+    // budget: a part of a message that never ends cannot grow without
+    // bound, and bytes llhttp skips without a callback still count.
+    if (protocol_pending_) {
+      // The first byte of the protocol name, past the spaces after the
+      // target: HTTP/ only (llhttp checks the rest).
+      size_t i = offset;
+      while (i < length && data[i] == ' ') ++i;
+      if (i < length) {
+        protocol_pending_ = false;
+        if (data[i] == 'R' || data[i] == 'I') {
+          Fail(400, "not an HTTP request");
+          return Result::kError;
+        }
       }
+    }
+    const char* start = data + offset;
+    size_t feed = length - offset;
+    uint64_t limit = SectionLimit();
+    if (limit != kUnlimited) {
+      feed = static_cast<size_t>(
+          std::min<uint64_t>(feed, limit - std::min(section_bytes_, limit)));
+    }
+    chunk_start_ = start;
+    section_ended_ = false;
+    internal_pause_ = false;
+    llhttp_errno_t err = llhttp_execute(&parser_, start, feed);
+    const char* stop =
+        err == HPE_OK ? start + feed : llhttp_get_error_pos(&parser_);
+    if (stop == nullptr || stop < start || stop > start + feed)
+      stop = start + feed;
+    size_t used = static_cast<size_t>(stop - start);
+    offset += used;
+    *consumed = offset;
+    if (used > 0) last_fed_byte_ = stop[-1];
+    section_bytes_ += used;
+
+    if (section_ended_) {
+      if (section_ == Section::kHead) head_bytes_ = section_bytes_;
+      section_ = next_section_;
+      section_bytes_ = 0;
+      if (section_ == Section::kHead) status_line_done_ = false;
+    } else if (err == HPE_OK && section_bytes_ >= SectionLimit()) {
+      // The budget is spent and the section goes on: it is over its limit
+      // (a section that fits ends, with a pause, on its last byte).
+      FailSectionLimit();
       return Result::kError;
     }
-  } else if (was_in_head && head_done_) {
-    head_bytes_ += *consumed;
-  }
 
-  switch (err) {
-    case HPE_OK:
-      return Result::kNeedMore;
-    case HPE_PAUSED:
-      return head_done_ && !message_started_ ? Result::kComplete
-             : head_done_                    ? Result::kPausedHead
-                                             : Result::kNeedMore;
-    case HPE_PAUSED_UPGRADE:
-      return Result::kUpgrade;
-    default:
-      break;
+    switch (err) {
+      case HPE_OK:
+        if (offset < length) continue;
+        return Result::kNeedMore;
+      case HPE_PAUSED:
+        if (internal_pause_) {
+          // Go on even with no input left: what follows a section's end
+          // may need no byte (a message without body completes).
+          llhttp_resume(&parser_);
+          continue;
+        }
+        return head_done_ && !message_started_ ? Result::kComplete
+               : head_done_                    ? Result::kPausedHead
+                                               : Result::kNeedMore;
+      case HPE_PAUSED_UPGRADE:
+        return Result::kUpgrade;
+      default:
+        break;
+    }
+    break;
   }
   if (error_status_ == 0) {
+    llhttp_errno_t err = llhttp_get_errno(&parser_);
     if (type_ == Type::kResponse) {
       Fail(502, "invalid response from backend");
     } else if (err == HPE_INVALID_METHOD) {
@@ -296,7 +417,13 @@ void HttpParser::ResumeAfterUpgrade() { llhttp_resume_after_upgrade(&parser_); }
 
 bool HttpParser::FinishAtEof() {
   if (framing_ != Framing::kUntilClose || !head_done_) return false;
+  section_ended_ = false;
   llhttp_errno_t err = llhttp_finish(&parser_);
+  if (section_ended_) {
+    section_ = next_section_;
+    section_bytes_ = 0;
+    status_line_done_ = false;
+  }
   return err == HPE_OK || err == HPE_PAUSED;
 }
 
@@ -316,12 +443,31 @@ int HttpParser::OnUrlCb(llhttp_t* p, const char* at, size_t length) {
   return 0;
 }
 
+int HttpParser::OnUrlCompleteCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  // Stop here so that Execute() sees where the protocol name begins.
+  self->protocol_pending_ = true;
+  self->internal_pause_ = true;
+  return HPE_PAUSED;
+}
+
 int HttpParser::OnStatusCb(llhttp_t* p, const char* at, size_t length) {
   auto* self = static_cast<HttpParser*>(p->data);
-  if (self->reason_.size() + length > 1024) {
-    return self->Fail(502, "response reason too long");
+  // The reason is relayed as it came: no controls (HTAB apart), as in a
+  // field value. Its length is bounded by kMaxStatusLineBytes.
+  for (size_t i = 0; i < length; ++i) {
+    unsigned char c = static_cast<unsigned char>(at[i]);
+    if ((c < 0x20 && c != '\t') || c == 0x7f) {
+      return self->Fail(502, "control character in response reason");
+    }
   }
   self->reason_.append(at, length);
+  return 0;
+}
+
+int HttpParser::OnStatusCompleteCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  self->status_line_done_ = true;
   return 0;
 }
 
@@ -339,8 +485,11 @@ int HttpParser::OnHeaderFieldCompleteCb(llhttp_t* p) {
   const HeaderList& current =
       self->head_done_ ? self->trailers_ : self->headers_;
   if (current.empty() || current.name(current.size() - 1).empty()) {
-    return self->Fail(self->type_ == Type::kResponse ? 502 : 400,
-                      "empty header field name");
+    return self->Invalid(400, "empty header field name");
+  }
+  if (current.size() > self->max_fields_) {
+    return self->Invalid(431, self->head_done_ ? "too many trailer fields"
+                                               : "too many header fields");
   }
   if (self->head_done_) return 0;
   const HeaderList& list = self->headers_;
@@ -365,13 +514,13 @@ int HttpParser::OnHeaderValueCb(llhttp_t* p, const char* at, size_t length) {
     // follow a line break).
     char before = at > self->chunk_start_ ? at[-1] : self->last_fed_byte_;
     if (before == '\n')
-      return self->Fail(400, "obsolete line folding in header");
+      return self->Invalid(400, "obsolete line folding in header");
   }
   self->value_started_ = true;
   for (size_t i = 0; i < length; ++i) {
     unsigned char c = static_cast<unsigned char>(at[i]);
     if ((c < 0x20 && c != '\t') || c == 0x7f) {
-      return self->Fail(400, "control character in header field");
+      return self->Invalid(400, "control character in header field");
     }
   }
   if (self->field_is_content_length_)
@@ -392,7 +541,7 @@ int HttpParser::OnHeaderValueCompleteCb(llhttp_t* p) {
       self->seen_content_length_ = true;
       self->first_content_length_.assign(value);
     } else if (value != self->first_content_length_) {
-      return self->Fail(400, "conflicting Content-Length values");
+      return self->Invalid(400, "conflicting Content-Length values");
     }
   }
   return 0;
@@ -401,7 +550,10 @@ int HttpParser::OnHeaderValueCompleteCb(llhttp_t* p) {
 int HttpParser::ValidateHead() {
   if (type_ == Type::kResponse) {
     if (parser_.http_major != 1) return Fail(502, "invalid response version");
-    return 0;
+    // llhttp takes any number of digits up to 999 ("20", "099").
+    if (parser_.status_code < 100 || parser_.status_code > 599)
+      return Fail(502, "invalid response status");
+    return ValidateTransferCodings();
   }
   if (parser_.http_major != 1 || parser_.http_minor > 1) {
     return Fail(505, "HTTP version not supported");
@@ -435,22 +587,55 @@ int HttpParser::ValidateHead() {
   if (hosts == 1 && !IsValidHost(*headers_.Find("host"))) {
     return Fail(400, "invalid Host header");
   }
+  return ValidateTransferCodings();
+}
+
+int HttpParser::ValidateTransferCodings() {
+  // The codings of every Transfer-Encoding field, in order, as one list
+  // (RFC 9110 §5.3); empty elements are skipped (§5.6.1), but a list with
+  // no coding at all is not a valid field.
   bool has_te = false;
   bool unknown_coding = false;
+  size_t codings = 0;
+  size_t chunked = 0;
+  bool last_chunked = false;
+  size_t before_last = 0;
+  transfer_codings_.clear();
   for (size_t i = 0; i < headers_.size(); ++i) {
     if (!EqualsIgnoreCase(headers_.name(i), "transfer-encoding")) continue;
     has_te = true;
     ForEachListElement(headers_.value(i), [&](std::string_view coding) {
       if (!IsKnownTransferCoding(coding)) unknown_coding = true;
+      last_chunked = EqualsIgnoreCase(coding, "chunked");
+      if (last_chunked) ++chunked;
+      ++codings;
+      before_last = transfer_codings_.size();
+      if (!transfer_codings_.empty()) transfer_codings_.append(", ");
+      transfer_codings_.append(coding);
     });
   }
-  if (has_te && seen_content_length_)
-    return Fail(400, "ambiguous message framing");
-  if (unknown_coding) return Fail(501, "unknown transfer coding");
-  if (has_te && parser_.http_minor == 0) {
-    // RFC 9112 §6.1: chunked from an HTTP/1.0 client cannot be trusted.
-    return Fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+  if (!has_te) return 0;
+  if (type_ == Type::kRequest) {
+    if (seen_content_length_) return Fail(400, "ambiguous message framing");
+    if (codings == 0) return Fail(400, "empty Transfer-Encoding");
+    if (unknown_coding) return Fail(501, "unknown transfer coding");
+    if (parser_.http_minor == 0) {
+      // RFC 9112 §6.1: chunked from an HTTP/1.0 client cannot be trusted.
+      return Fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+    }
+  } else if (codings == 0) {
+    return Fail(502, "empty Transfer-Encoding");
   }
+  // Chunked at most once (RFC 9112 §7), and llhttp must frame the body as
+  // this list says (it reads "chunked," as not chunked, for one).
+  if (chunked > 1) return Invalid(400, "chunked applied more than once");
+  if (last_chunked != ((parser_.flags & F_CHUNKED) != 0))
+    return Invalid(400, "ambiguous message framing");
+  if (type_ == Type::kRequest && !last_chunked)
+    return Fail(400, "ambiguous message framing");
+  // Forward the codings before the final chunked; a response whose last
+  // coding is not chunked is delimited by close and keeps them all.
+  if (last_chunked) transfer_codings_.resize(before_last);
   return 0;
 }
 
@@ -472,19 +657,6 @@ int HttpParser::OnHeadersCompleteCb(llhttp_t* p) {
   } else {
     self->framing_ = Framing::kNone;
   }
-  if (p->flags & F_TRANSFER_ENCODING) {
-    // Keep the codings applied before the final "chunked", to forward them.
-    for (size_t i = 0; i < self->headers_.size(); ++i) {
-      if (!EqualsIgnoreCase(self->headers_.name(i), "transfer-encoding"))
-        continue;
-      ForEachListElement(self->headers_.value(i), [&](std::string_view coding) {
-        if (EqualsIgnoreCase(coding, "chunked")) return;
-        if (!self->transfer_codings_.empty())
-          self->transfer_codings_.append(", ");
-        self->transfer_codings_.append(coding);
-      });
-    }
-  }
   if (self->type_ == Type::kRequest && self->max_body_bytes_ > 0 &&
       self->framing_ == Framing::kContentLength &&
       self->content_length_ > self->max_body_bytes_) {
@@ -501,10 +673,15 @@ int HttpParser::OnHeadersCompleteCb(llhttp_t* p) {
   HeadAction action = self->handler_->OnHeadComplete(*self);
   if (self->error_status_ != 0) return -1;
   if (action == HeadAction::kSkipBody || no_body) {
+    // The message ends here; OnMessageCompleteCb starts the next head.
     self->framing_ = Framing::kNone;
+    self->EndSection(Section::kBody);
     return 1;
   }
-  return action == HeadAction::kPause ? HPE_PAUSED : 0;
+  self->EndSection(self->framing_ == Framing::kChunked ? Section::kChunkLine
+                                                       : Section::kBody);
+  if (action != HeadAction::kPause) self->internal_pause_ = true;
+  return HPE_PAUSED;
 }
 
 int HttpParser::OnBodyCb(llhttp_t* p, const char* at, size_t length) {
@@ -518,12 +695,33 @@ int HttpParser::OnBodyCb(llhttp_t* p, const char* at, size_t length) {
   return 0;
 }
 
+int HttpParser::OnChunkHeaderCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  // The size line is done: chunk data follows, or the trailer section
+  // after the last chunk.
+  self->in_trailers_ = p->content_length == 0;
+  self->EndSection(self->in_trailers_ ? Section::kTrailers : Section::kBody);
+  self->internal_pause_ = true;
+  return HPE_PAUSED;
+}
+
+int HttpParser::OnChunkCompleteCb(llhttp_t* p) {
+  auto* self = static_cast<HttpParser*>(p->data);
+  // After the trailer section the message completes at once.
+  if (self->in_trailers_) return 0;
+  self->EndSection(Section::kChunkLine);
+  self->internal_pause_ = true;
+  return HPE_PAUSED;
+}
+
 int HttpParser::OnMessageCompleteCb(llhttp_t* p) {
   auto* self = static_cast<HttpParser*>(p->data);
+  self->EndSection(Section::kHead);
   if (self->is_informational_) {
     // 1xx: the final response follows on the same stream.
     self->handler_->OnMessageComplete(*self);
-    return 0;
+    self->internal_pause_ = true;
+    return HPE_PAUSED;
   }
   self->message_started_ = false;
   self->handler_->OnMessageComplete(*self);

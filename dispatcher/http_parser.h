@@ -1,6 +1,7 @@
 // HTTP/1.x message parsing for the proxy: llhttp (strict mode) plus the checks
 // RFC 9112 asks of an intermediary that llhttp leaves to its caller (obs-fold,
-// NUL in field values, Host, duplicate Content-Length, transfer codings).
+// NUL in field values, Host, duplicate Content-Length, transfer codings, status
+// codes) and a byte budget for every part of a message that is not body.
 #pragma once
 
 #include <llhttp.h>
@@ -55,6 +56,11 @@ class HeaderList {
     return bytes_.capacity() + fields_.capacity() * sizeof(Field);
   }
 
+  // Clears the list and frees its memory when its buffers hold more than
+  // `max_bytes` of capacity; returns whether it did. A list of usual size
+  // keeps its buffers (and its fields).
+  bool ShrinkIfLarge(size_t max_bytes);
+
  private:
   struct Field {
     uint32_t name_offset = 0;
@@ -73,6 +79,19 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b);
 // Whether the comma-separated list `value` (e.g. a Connection header) holds
 // `token`, compared case-insensitively.
 bool HasToken(std::string_view value, std::string_view token);
+
+// Fixed limits (docs/http-parsing.md has the table with their answers).
+// Field lines in one head or one trailer section (HAProxy's tune.http.maxhdr
+// is 101, Apache's LimitRequestFields 100).
+inline constexpr size_t kDefaultMaxFields = 100;
+// A chunk-size line with its extensions and CRLF.
+inline constexpr uint64_t kMaxChunkLineBytes = 4 * 1024;
+// A response's status line with its reason phrase, and any empty lines
+// before it.
+inline constexpr uint64_t kMaxStatusLineBytes = 1024;
+// A response head, and separately its trailer section, when the caller sets
+// no other limit.
+inline constexpr uint64_t kDefaultMaxHeadBytes = 64 * 1024;
 
 class HttpParser {
  public:
@@ -112,8 +131,13 @@ class HttpParser {
   // A parser reused for another connection reports to its new handler.
   void set_handler(Handler* handler) { handler_ = handler; }
 
-  // Limits applied to requests: the target (414) and the whole head (431).
+  // The limit of the whole head, and separately of the trailer section
+  // (requests: 431, or 414 while still in the target; responses: an error).
+  // Default kDefaultMaxHeadBytes.
   void set_max_head_bytes(uint64_t bytes) { max_head_bytes_ = bytes; }
+  // Field lines allowed in one head or one trailer section (requests: 431;
+  // responses: an error). Default kDefaultMaxFields.
+  void set_max_fields(size_t fields) { max_fields_ = fields; }
   // Body limit (413); 0 = none.
   void set_max_body_bytes(uint64_t bytes) { max_body_bytes_ = bytes; }
 
@@ -133,6 +157,13 @@ class HttpParser {
   // Tells a response parser that the peer closed the connection; returns
   // true when that ends a close-delimited body cleanly.
   bool FinishAtEof();
+  // Frees what a large message left behind: when any of the parser's buffers
+  // holds more than `max_bytes` of capacity, the last message's fields,
+  // trailers, target and reason are cleared and their memory released. Only
+  // between messages (message_started() false, e.g. after kComplete or
+  // Reset()); a no-op while a message is being parsed. Not from a handler
+  // callback.
+  void ShrinkIfLarge(size_t max_bytes);
 
   // The current message's head (valid from OnHeadComplete until the next
   // message begins).
@@ -147,13 +178,19 @@ class HttpParser {
   const HeaderList& trailers() const { return trailers_; }
   Framing framing() const { return framing_; }
   uint64_t content_length() const { return content_length_; }
-  // Transfer codings before the final "chunked" (e.g. "gzip"), to forward.
+  // The transfer codings to forward, in their order: those before the final
+  // "chunked" of a chunked message (e.g. "gzip"); all of them for a
+  // response delimited by close because its last coding is not chunked
+  // (e.g. "chunked, gzip", RFC 9112 §6.3). Empty otherwise.
   std::string_view transfer_codings() const { return transfer_codings_; }
   bool keep_alive() const;
   bool upgrade() const { return parser_.upgrade != 0; }
   bool in_head() const { return !head_done_; }
-  // Bytes of the current message's head seen so far.
-  uint64_t head_bytes() const { return head_bytes_; }
+  // Bytes of the current message's head seen so far (with any empty lines
+  // before it).
+  uint64_t head_bytes() const {
+    return section_ == Section::kHead ? section_bytes_ : head_bytes_;
+  }
   // Decoded body bytes of the current message seen so far.
   uint64_t body_bytes() const { return body_bytes_; }
   // True once any byte of a message has been seen since the last complete
@@ -169,32 +206,65 @@ class HttpParser {
   }
 
   // After kError: the status to answer (400, 413, 414, 431, 501, 505; 502
-  // for responses) and a short reason.
+  // for every response error) and a short reason.
   int error_status() const { return error_status_; }
   std::string_view error_reason() const { return error_reason_; }
 
  private:
   static int OnMessageBeginCb(llhttp_t* p);
   static int OnUrlCb(llhttp_t* p, const char* at, size_t length);
+  static int OnUrlCompleteCb(llhttp_t* p);
   static int OnStatusCb(llhttp_t* p, const char* at, size_t length);
   static int OnHeaderFieldCb(llhttp_t* p, const char* at, size_t length);
   static int OnHeaderFieldCompleteCb(llhttp_t* p);
   static int OnHeaderValueCb(llhttp_t* p, const char* at, size_t length);
   static int OnHeaderValueCompleteCb(llhttp_t* p);
   static int OnHeadersCompleteCb(llhttp_t* p);
+  static int OnStatusCompleteCb(llhttp_t* p);
   static int OnBodyCb(llhttp_t* p, const char* at, size_t length);
+  static int OnChunkHeaderCb(llhttp_t* p);
+  static int OnChunkCompleteCb(llhttp_t* p);
   static int OnMessageCompleteCb(llhttp_t* p);
   static const llhttp_settings_t* Settings();
 
+  // The parts of a message, each with its own byte budget. A section ends
+  // in a callback that pauses llhttp (internal_pause_), so every slice
+  // Execute() hands llhttp lies in one section and is counted exactly.
+  enum class Section : uint8_t {
+    kHead,       // empty lines, start line and fields: max_head_bytes_
+    kBody,       // content or chunk data: no budget here (max_body_bytes_)
+    kChunkLine,  // chunk size, extensions, CRLF: kMaxChunkLineBytes
+    kTrailers,   // trailer fields and the final CRLF: max_head_bytes_
+  };
+  static constexpr uint64_t kUnlimited = UINT64_MAX;
+
   int Fail(int status, const char* reason);
+  // Fails with `request_status` for a request, 502 for a response.
+  int Invalid(int request_status, const char* reason);
   int ValidateHead();
+  int ValidateTransferCodings();
   void StartMessage();
+  uint64_t SectionLimit() const;
+  // From a callback: the current section ends at this byte; `next` follows.
+  void EndSection(Section next);
+  void FailSectionLimit();
 
   llhttp_t parser_;
   Type type_;
   Handler* handler_;
-  uint64_t max_head_bytes_ = 64 * 1024;
+  uint64_t max_head_bytes_ = kDefaultMaxHeadBytes;
   uint64_t max_body_bytes_ = 0;
+  size_t max_fields_ = kDefaultMaxFields;
+
+  Section section_ = Section::kHead;
+  Section next_section_ = Section::kHead;
+  uint64_t section_bytes_ = 0;
+  bool section_ended_ = false;   // set by a callback during one slice
+  bool internal_pause_ = false;  // the pause is ours, not the handler's
+  bool status_line_done_ = false;
+  // The request target has ended and the protocol name comes next: llhttp
+  // 8.1 also takes "RTSP/" and "ICE/" there, and says nothing of which.
+  bool protocol_pending_ = false;
 
   std::string target_;
   std::string reason_;

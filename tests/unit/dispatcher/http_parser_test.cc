@@ -289,6 +289,26 @@ TEST_CASE("limits answer 413, 414 and 431") {
   CHECK(RequestStatus(chunked) == 413);
 }
 
+TEST_CASE("request lines of other protocols llhttp knows get 400") {
+  // llhttp 8.1 takes RTSP/1.0 and ICE/1.0 where HTTP/1.x belongs; tandem
+  // took them for HTTP/1.0 and forwarded them as HTTP/1.1.
+  const char* cases[] = {
+      "GET / RTSP/1.0\r\nHost: h\r\n\r\n",
+      "DESCRIBE / RTSP/1.0\r\n\r\n",
+      "SOURCE / ICE/1.0\r\nHost: h\r\n\r\n",
+      "OPTIONS * RTSP/1.0\r\n\r\n",
+  };
+  for (std::string input : cases) {
+    CAPTURE(input);
+    CHECK(RequestStatus(input) == 400);
+    CHECK(RequestStatus(input, 1) == 400);
+    CHECK(RequestStatus(input, 15) == 400);
+  }
+  CHECK(RequestStatus("GET /\r\n\r\n") == 505);
+  std::string pipelined = "GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+  CHECK(RequestStatus(pipelined + pipelined, 1) == 0);
+}
+
 TEST_CASE(
     "unknown transfer codings answer 501 and versions other than 1.x 505") {
   CHECK(RequestStatus("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: foo, "
@@ -392,6 +412,326 @@ TEST_CASE("an invalid response is a 502") {
   CHECK(parser.Execute(input.data(), input.size(), &used) ==
         HttpParser::Result::kError);
   CHECK(parser.error_status() == 502);
+}
+
+// ---- limits on everything that is not body
+// -----------------------------------
+
+// A chunked request whose body ends with the trailer section `trailers`.
+std::string ChunkedWithTrailers(const std::string& trailers) {
+  return "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+         "chunked\r\n\r\n3\r\nabc\r\n0\r\n" +
+         trailers + "\r\n";
+}
+
+std::string Fields(int count, const std::string& prefix = "X-F") {
+  std::string out;
+  for (int i = 0; i < count; ++i) out += prefix + std::to_string(i) + ": v\r\n";
+  return out;
+}
+
+Outcome ParseResponse(const std::string& input, size_t step = 0,
+                      bool head_request = false) {
+  Recorder recorder;
+  recorder.skip_body = head_request;
+  HttpParser parser(HttpParser::Type::kResponse, &recorder);
+  return Feed(parser, input, step);
+}
+
+TEST_CASE("a head of exactly max_header_size is served, one byte more is 431") {
+  std::string head = "GET / HTTP/1.1\r\nHost: h\r\nX: ";
+  std::string exact =
+      head + std::string(1024 - head.size() - 4, 'a') + "\r\n\r\n";
+  REQUIRE(exact.size() == 1024);
+  std::string over =
+      head + std::string(1024 - head.size() - 3, 'a') + "\r\n\r\n";
+  for (size_t step : {size_t{0}, size_t{1}, size_t{100}}) {
+    CAPTURE(step);
+    CHECK(RequestStatus(exact, step) == 0);
+    CHECK(RequestStatus(over, step) == 431);
+  }
+}
+
+TEST_CASE("a second request on a connection is held to the head limit too") {
+  // The first read of the next request used to be handed to llhttp whole.
+  std::string first = "GET /1 HTTP/1.1\r\nHost: h\r\n\r\n";
+  std::string second =
+      "GET /2 HTTP/1.1\r\nHost: h\r\nX-Big: " + std::string(5000, 'x') +
+      "\r\n\r\n";
+  CHECK(RequestStatus(first + second) == 431);
+  Recorder recorder;
+  HttpParser parser(HttpParser::Type::kRequest, &recorder);
+  parser.set_max_head_bytes(1024);
+  size_t used = 0;
+  REQUIRE(parser.Execute(first.data(), first.size(), &used) ==
+          HttpParser::Result::kComplete);
+  parser.Resume();
+  CHECK(parser.Execute(second.data(), second.size(), &used) ==
+        HttpParser::Result::kError);
+  CHECK(parser.error_status() == 431);
+  CHECK(used <= 1024);
+  // Empty lines before a request count as part of its head.
+  CHECK(RequestStatus(first + std::string(2000, '\n') + first) == 431);
+}
+
+TEST_CASE("a trailer section over max_header_size gets 431") {
+  // 40 fields of 40 bytes: within the field count, over 1024 bytes.
+  std::string trailers;
+  for (int i = 0; i < 40; ++i)
+    trailers += "X-Trailer-" + std::to_string(100 + i) + ": " +
+                std::string(24, 'v') + "\r\n";
+  for (size_t step : {size_t{0}, size_t{1}, size_t{64}}) {
+    CAPTURE(step);
+    CHECK(RequestStatus(ChunkedWithTrailers(trailers), step) == 431);
+    // An endless trailer line, too.
+    CHECK(RequestStatus(ChunkedWithTrailers("X: " + std::string(5000, 'v')),
+                        step) == 431);
+  }
+  // Trailers have a budget of their own: a head near the limit leaves room
+  // for them.
+  std::string head_fields = "X: " + std::string(900, 'a') + "\r\n";
+  std::string big_head = "POST / HTTP/1.1\r\nHost: h\r\n" + head_fields +
+                         "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n" +
+                         head_fields + "\r\n";
+  CHECK(RequestStatus(big_head) == 0);
+}
+
+TEST_CASE("more than 100 fields in a head or a trailer section get 431") {
+  std::string at_limit = "GET / HTTP/1.1\r\nHost: h\r\n" + Fields(99) + "\r\n";
+  std::string over = "GET / HTTP/1.1\r\nHost: h\r\n" + Fields(100) + "\r\n";
+  CHECK(RequestStatus(at_limit) == 0);
+  CHECK(RequestStatus(over) == 431);
+  CHECK(RequestStatus(over, 7) == 431);
+  CHECK(RequestStatus(ChunkedWithTrailers(Fields(100))) == 0);
+  CHECK(RequestStatus(ChunkedWithTrailers(Fields(101))) == 431);
+  CHECK(RequestStatus(ChunkedWithTrailers(Fields(101)), 5) == 431);
+}
+
+TEST_CASE("a chunk-size line over 4 KiB gets 400, extensions included") {
+  std::string head =
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+  std::string long_extension =
+      head + "3;name=" + std::string(5000, 'v') + "\r\nabc\r\n0\r\n\r\n";
+  std::string many_extensions = head + "3";
+  for (int i = 0; i < 1000; ++i) many_extensions += ";a=b";
+  many_extensions += "\r\nabc\r\n0\r\n\r\n";
+  std::string leading_zeros =
+      head + std::string(5000, '0') + "3\r\nabc\r\n0\r\n\r\n";
+  // The last chunk's line too.
+  std::string last_chunk =
+      head + "3\r\nabc\r\n0;x=" + std::string(5000, 'v') + "\r\n\r\n";
+  for (const std::string& input :
+       {long_extension, many_extensions, leading_zeros, last_chunk}) {
+    CHECK(RequestStatus(input) == 400);
+    CHECK(RequestStatus(input, 1000) == 400);
+  }
+  std::string fits = head + "3;name=" + std::string(3000, 'v') +
+                     "\r\nabc\r\n3;name=" + std::string(3000, 'v') +
+                     "\r\ndef\r\n0\r\n\r\n";
+  Recorder recorder;
+  HttpParser parser(HttpParser::Type::kRequest, &recorder);
+  CHECK(Feed(parser, fits, 100).result == HttpParser::Result::kComplete);
+  CHECK(recorder.body == "abcdef");
+}
+
+TEST_CASE("a response head, status line and trailer section are bounded") {
+  // 64 KiB by default for the head and, on its own, for the trailers.
+  std::string endless_field =
+      "HTTP/1.1 200 OK\r\nX: " + std::string(70 * 1024, 'a');
+  Outcome head = ParseResponse(endless_field, 4096);
+  CHECK(head.result == HttpParser::Result::kError);
+  CHECK(head.status == 502);
+  CHECK(head.consumed <= kDefaultMaxHeadBytes);
+
+  std::string chunked =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n";
+  Outcome trailers =
+      ParseResponse(chunked + "X: " + std::string(70 * 1024, 'a'), 4096);
+  CHECK(trailers.result == HttpParser::Result::kError);
+  CHECK(trailers.status == 502);
+  CHECK(trailers.consumed <= chunked.size() + kDefaultMaxHeadBytes);
+  CHECK(ParseResponse(chunked + Fields(101) + "\r\n").status == 502);
+  CHECK(ParseResponse(chunked + Fields(100) + "\r\n").result ==
+        HttpParser::Result::kComplete);
+
+  CHECK(ParseResponse("HTTP/1.1 200 OK\r\n" + Fields(101) +
+                      "Content-Length: 0\r\n\r\n")
+            .status == 502);
+  // The status code's digits and the reason count toward the status line.
+  CHECK(ParseResponse("HTTP/1.1 " + std::string(2000, '0') +
+                      "200 OK\r\nContent-Length: 0\r\n\r\n")
+            .status == 502);
+  CHECK(ParseResponse("HTTP/1.1 200 " + std::string(1100, 'r') +
+                      "\r\nContent-Length: 0\r\n\r\n")
+            .status == 502);
+  CHECK(ParseResponse("HTTP/1.1 200 " + std::string(900, 'r') +
+                      "\r\nContent-Length: 0\r\n\r\n")
+            .result == HttpParser::Result::kComplete);
+  // A long chunk-size line is an error too.
+  CHECK(
+      ParseResponse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;" +
+                    std::string(5000, 'e') + "\r\nok\r\n0\r\n\r\n")
+          .status == 502);
+}
+
+TEST_CASE(
+    "an interim response does not use up the final response's head budget") {
+  // Each response of a stream gets the whole budget, not what the one
+  // before left.
+  std::string interim = "HTTP/1.1 103 Early Hints\r\nLink: </" +
+                        std::string(40 * 1024, 'a') + ">\r\n\r\n";
+  std::string final_response =
+      "HTTP/1.1 200 OK\r\nX: " + std::string(40 * 1024, 'b') +
+      "\r\nContent-Length: 2\r\n\r\nok";
+  Recorder recorder;
+  HttpParser parser(HttpParser::Type::kResponse, &recorder);
+  Outcome outcome = Feed(parser, interim + final_response);
+  CHECK(outcome.result == HttpParser::Result::kComplete);
+  CHECK(recorder.heads == 2);
+  CHECK(recorder.body == "ok");
+}
+
+TEST_CASE("a parser sheds the memory a large message left") {
+  Recorder recorder;
+  HttpParser parser(HttpParser::Type::kRequest, &recorder);
+  std::string big = "GET /" + std::string(20000, 't') +
+                    " HTTP/1.1\r\nHost: h\r\nX: " + std::string(30000, 'v') +
+                    "\r\n\r\n";
+  size_t used = 0;
+  REQUIRE(parser.Execute(big.data(), big.size(), &used) ==
+          HttpParser::Result::kComplete);
+  parser.Resume();
+  // Mid-message it does nothing: the fields in use stay.
+  std::string next = "GET /next HTTP/1.1\r\nHo";
+  REQUIRE(parser.Execute(next.data(), next.size(), &used) ==
+          HttpParser::Result::kNeedMore);
+  parser.ShrinkIfLarge(4096);
+  std::string rest = "st: h\r\n\r\n";
+  REQUIRE(parser.Execute(rest.data(), rest.size(), &used) ==
+          HttpParser::Result::kComplete);
+  CHECK(parser.target() == "/next");
+  CHECK(parser.headers().Find("host") == "h");
+  parser.Resume();
+
+  // Between messages it frees; the parser works on afterwards.
+  REQUIRE(parser.Execute(big.data(), big.size(), &used) ==
+          HttpParser::Result::kComplete);
+  parser.Resume();
+  parser.ShrinkIfLarge(4096);
+  CHECK(parser.target().empty());
+  CHECK(parser.headers().empty());
+  std::string small = "GET /s HTTP/1.1\r\nHost: h\r\n\r\n";
+  REQUIRE(parser.Execute(small.data(), small.size(), &used) ==
+          HttpParser::Result::kComplete);
+  CHECK(parser.target() == "/s");
+  CHECK(parser.headers().Find("host") == "h");
+}
+
+TEST_CASE("a header list frees its buffers only when they are large") {
+  HeaderList list;
+  list.Add("A", "1");
+  CHECK_FALSE(list.ShrinkIfLarge(4096));
+  CHECK(list.Find("a") == "1");
+  for (int i = 0; i < 1000; ++i) list.Add("X-" + std::to_string(i), "value");
+  CHECK(list.ShrinkIfLarge(4096));
+  CHECK(list.empty());
+  list.Add("B", "2");
+  CHECK(list.size() == 1);
+  CHECK(list.Find("b") == "2");
+}
+
+// ---- transfer codings and status codes ------------------------------------
+
+TEST_CASE("a Transfer-Encoding list without a coding gets 400") {
+  // Taken as "no body", the chunked body after it was parsed as the next
+  // request.
+  for (const char* value : {"", " ", ",", " , ,", "chunked,", "chunked ,"}) {
+    std::string input = std::string("POST / HTTP/1.1\r\nHost: h\r\n") +
+                        "Transfer-Encoding:" + value +
+                        "\r\n\r\n3\r\nabc\r\n0\r\n\r\n" +
+                        "GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    CAPTURE(value);
+    Recorder recorder;
+    HttpParser parser(HttpParser::Type::kRequest, &recorder);
+    Outcome outcome = Feed(parser, input);
+    CHECK(outcome.result == HttpParser::Result::kError);
+    CHECK(outcome.status == 400);
+    CHECK(recorder.heads == 0);
+    CHECK(recorder.messages == 0);
+  }
+}
+
+TEST_CASE("empty list elements around chunked are allowed") {
+  for (const char* value :
+       {", chunked", "gzip,,chunked", " , gzip , chunked"}) {
+    CAPTURE(value);
+    Recorder recorder;
+    HttpParser parser(HttpParser::Type::kRequest, &recorder);
+    Outcome outcome =
+        Feed(parser, std::string("POST / HTTP/1.1\r\nHost: h\r\n") +
+                         "Transfer-Encoding: " + value +
+                         "\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    CHECK(outcome.result == HttpParser::Result::kComplete);
+    CHECK(parser.framing() == Framing::kChunked);
+    CHECK(recorder.body == "abc");
+  }
+}
+
+TEST_CASE("a response status outside 100-599 is an error") {
+  for (const char* line : {"HTTP/1.1 20 X", "HTTP/1.1 099 X", "HTTP/1.1 600 X",
+                           "HTTP/1.1 0 X", "HTTP/1.1 999 X"}) {
+    CAPTURE(line);
+    Outcome outcome =
+        ParseResponse(std::string(line) + "\r\nContent-Length: 0\r\n\r\n");
+    CHECK(outcome.result == HttpParser::Result::kError);
+    CHECK(outcome.status == 502);
+  }
+  CHECK(ParseResponse("HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n").result ==
+        HttpParser::Result::kComplete);
+  CHECK(ParseResponse("HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").result ==
+        HttpParser::Result::kComplete);
+}
+
+TEST_CASE("a control character in a response reason is an error") {
+  for (char c : {'\0', '\x1b', '\x01', '\x7f'}) {
+    std::string input = "HTTP/1.1 200 O";
+    input.push_back(c);
+    input += "K\r\nContent-Length: 0\r\n\r\n";
+    CAPTURE(int(c));
+    CHECK(ParseResponse(input).status == 502);
+    CHECK(ParseResponse(input, 1).status == 502);
+  }
+  Recorder recorder;
+  HttpParser parser(HttpParser::Type::kResponse, &recorder);
+  CHECK(Feed(parser, "HTTP/1.1 200 O\tK \xe9\r\nContent-Length: 0\r\n\r\n")
+            .result == HttpParser::Result::kComplete);
+  CHECK(parser.reason() == "O\tK \xe9");
+}
+
+TEST_CASE("a response whose last coding is not chunked is read until close") {
+  Recorder recorder;
+  HttpParser parser(HttpParser::Type::kResponse, &recorder);
+  std::string input =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc";
+  size_t used = 0;
+  CHECK(parser.Execute(input.data(), input.size(), &used) ==
+        HttpParser::Result::kNeedMore);
+  CHECK(parser.framing() == Framing::kUntilClose);
+  // Forwarded as they came, in their order.
+  CHECK(parser.transfer_codings() == "chunked, gzip");
+  CHECK(recorder.body == "3\r\nabc");
+  CHECK(parser.FinishAtEof());
+  CHECK(recorder.messages == 1);
+}
+
+TEST_CASE("a response with an unusable Transfer-Encoding list is an error") {
+  for (const char* value :
+       {"", ",", "chunked,", "chunked, chunked", "gzip, chunked, chunked"}) {
+    CAPTURE(value);
+    CHECK(ParseResponse(std::string("HTTP/1.1 200 OK\r\nTransfer-Encoding: ") +
+                        value + "\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+              .status == 502);
+  }
 }
 
 TEST_CASE("HasToken matches comma-separated tokens case-insensitively") {
