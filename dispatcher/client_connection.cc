@@ -41,6 +41,8 @@ constexpr uint32_t kMaxInterimResponses = 16;
 // A retry body kept past this capacity is freed when its exchange ends, so
 // one large upload does not stay resident on an idle connection.
 constexpr size_t kMaxIdleRetryBodyBytes = 16 * 1024;
+// The same for the request parser's fields between requests.
+constexpr size_t kMaxIdleParserBytes = 16 * 1024;
 
 // Defers `delete` until the outermost callback on the connection returns, so
 // no member function runs on a freed object.
@@ -939,6 +941,13 @@ void ClientConnection::OnResponseHead(HttpParser& parser) {
     parser.Reject(502, "backend switched protocols unasked");
     return;
   }
+  if (client_minor == 0 && !parser.transfer_codings().empty()) {
+    // A coding such as gzip cannot be labelled for an HTTP/1.0 client (it
+    // gets no Transfer-Encoding, RFC 9112 §6.1), and removing it would hand
+    // over a body that is not what it claims: nginx, too, answers 502.
+    parser.Reject(502, "a transfer coding an HTTP/1.0 client cannot receive");
+    return;
+  }
   if ((status == 502 || status == 503 || status == 504) &&
       // This answer is a failed try that reached a worker: count it.
       DecideRetry(RetryFacts(Failure::kStatus, reached_failures_ + 1)).action !=
@@ -1291,6 +1300,8 @@ void ClientConnection::FinishExchange() {
   }
   bool upgrade_paused = request_upgrade_paused_;
   ResetExchange();
+  // What one large request made the parser hold goes back to the allocator.
+  request_.ShrinkIfLarge(kMaxIdleParserBytes);
   state_ = State::kIdle;
   if (upgrade_paused) {
     request_.ResumeAfterUpgrade();

@@ -386,6 +386,10 @@ void Loop::ReturnResponseParser(std::unique_ptr<HttpParser> parser) {
   constexpr size_t kMaxSpare = 1024;
   if (spare_parsers_.size() >= kMaxSpare) return;
   parser->set_handler(nullptr);
+  // A large response (trailers, a big head) must not stay resident in the
+  // pool: shed what grew past the usual size.
+  parser->Reset();
+  parser->ShrinkIfLarge(kMaxIdleParserBytes);
   spare_parsers_.push_back(std::move(parser));
 }
 

@@ -292,6 +292,7 @@ class Loop {
   LoopStats stats_;
   algorithms::Rng rng_;
   static constexpr size_t kMaxScratchBytes = 64 * 1024;
+  static constexpr size_t kMaxIdleParserBytes = 16 * 1024;
   std::string scratch_;
   std::vector<std::unique_ptr<HttpParser>> spare_parsers_;
 

@@ -205,6 +205,29 @@ class MemoryGaugeTest(TandemTestCase):
         wait_until(lambda: 0 <= buffered() < 20000, scaled(5), "buffers freed")
 
 
+class TransferCodingToHttp10Test(TandemTestCase):
+    """A transfer coding other than chunked cannot be labelled for an HTTP/1.0
+    client: such a response is not passed off as something it is not."""
+
+    def test_a_gzip_coded_response_to_an_http10_client_gets_502(self):
+        codings = [b"gzip, chunked", b"chunked, gzip"]
+
+        def answer(request):
+            coding = codings.pop(0) if codings else b"gzip, chunked"
+            return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding +
+                    b"\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+
+        backend = self.start_backend(serve_each(answer))
+        tandem = self.start_tandem(make_config(
+            [backend.address], cluster_opts={"retries": 0},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+        for _ in range(2):
+            client = self.client(tandem.port)
+            client.send(b"GET / HTTP/1.0\r\n\r\n")
+            response = client.response()
+            self.assertEqual(response.status, 502, response)
+
+
 class RetriedStatusTest(TandemTestCase):
     """A 502/503/504 answer is retried elsewhere; the last try's answer is the
     backend's own, relayed (docs/retries.md)."""
