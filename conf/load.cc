@@ -824,7 +824,8 @@ void Loader::LoadClusters(TableReader& root) {
   const toml::table* clusters = root.ReadTable("clusters");
   if (clusters == nullptr) {
     if (!root.Has("clusters")) {
-      Error({}, "clusters",
+      // Located at the file's start, as --check prints every error.
+      Error(root.table_position(), "clusters",
             "at least one cluster is required ([clusters.NAME])");
     }
     return;
@@ -1311,7 +1312,7 @@ void Loader::LoadListeners(TableReader& root) {
   const toml::table* listeners = root.ReadTable("listeners");
   if (listeners == nullptr) {
     if (!root.Has("listeners")) {
-      Error({}, "listeners",
+      Error(root.table_position(), "listeners",
             "at least one listener is required ([listeners.NAME])");
     }
     return;

@@ -778,13 +778,18 @@ address = "127.0.0.1:9001"
            "([[clusters.compute.backends]]), got table"});
 }
 
-TEST_CASE("a file without listeners or clusters is an error without position") {
+TEST_CASE("a file without listeners or clusters is an error at its start") {
   LoadResult result = ParseConfig("[global]\nthreads = 2\n", "t.toml");
   CHECK_FALSE(result.ok());
   CHECK(ToStrings(result.errors) ==
-        Lines{"t.toml: clusters: at least one cluster is required "
+        Lines{"t.toml:1:1: clusters: at least one cluster is required "
               "([clusters.NAME])",
-              "t.toml: listeners: at least one listener is required "
+              "t.toml:1:1: listeners: at least one listener is required "
+              "([listeners.NAME])"});
+  CHECK(Errors("") ==
+        Lines{"t.toml:1:1: clusters: at least one cluster is required "
+              "([clusters.NAME])",
+              "t.toml:1:1: listeners: at least one listener is required "
               "([listeners.NAME])"});
   CHECK(Errors("[listeners]\n[clusters]\n") ==
         Lines{"t.toml:1:1: listeners: at least one listener is required "
