@@ -798,6 +798,29 @@ TEST_CASE("a file without listeners or clusters is an error at its start") {
               "([clusters.NAME])"});
 }
 
+TEST_CASE("keys nested tens of thousands deep are an error, not a crash") {
+  // toml++ walks nested tables recursively, so such a key overflowed the
+  // stack; a key is written on one line, so the dots of a line are bounded.
+  std::string deep = "[a";
+  for (int i = 0; i < 100000; ++i) deep += ".a";
+  deep += "]\n";
+  CHECK(Errors(deep) ==
+        Lines{"t.toml:1:515: more than 256 '.' on one line; keys nested this "
+              "deep are not accepted"});
+  std::string dotted = "[global]\nthreads = 1\nx";
+  for (int i = 0; i < 100000; ++i) dotted += ".x";
+  dotted += " = 1\n";
+  CHECK(Errors(dotted) ==
+        Lines{"t.toml:3:514: more than 256 '.' on one line; keys nested this "
+              "deep are not accepted"});
+  // 256 on a line are fine, wherever they are (here in a comment).
+  CHECK(Errors("# " + std::string(256, '.') + "\n[listeners]\n[clusters]\n") ==
+        Lines{"t.toml:2:1: listeners: at least one listener is required "
+              "([listeners.NAME])",
+              "t.toml:3:1: clusters: at least one cluster is required "
+              "([clusters.NAME])"});
+}
+
 TEST_CASE("out-of-range numbers give the range and the value") {
   CHECK(Errors(R"([global]
 threads = 1025
