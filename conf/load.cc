@@ -710,7 +710,38 @@ const toml::array* TableReader::ReadArray(std::string_view key,
   return array;
 }
 
+// toml++ walks nested tables recursively (after parsing, and when freeing
+// them), so a key of tens of thousands of dotted parts overflows the stack.
+// Every key is written on one line, so bounding the dots of each line bounds
+// the nesting, whatever the line holds (the dots of a string or a comment
+// count too: no real line has this many).
+constexpr size_t kMaxDotsPerLine = 256;
+
+// The position of the first dot past kMaxDotsPerLine on its line, if any.
+std::optional<Position> TooManyDots(std::string_view text) {
+  Position at{1, 1};
+  size_t dots = 0;
+  for (const char c : text) {
+    if (c == '\n') {
+      ++at.line;
+      at.column = 1;
+      dots = 0;
+      continue;
+    }
+    if (c == '.' && ++dots > kMaxDotsPerLine) return at;
+    // Columns count characters, as toml++ does: not UTF-8 continuation bytes.
+    if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++at.column;
+  }
+  return std::nullopt;
+}
+
 LoadResult Loader::Load(std::string_view text) {
+  if (std::optional<Position> at = TooManyDots(text)) {
+    Error(*at, "",
+          "more than " + std::to_string(kMaxDotsPerLine) +
+              " '.' on one line; keys nested this deep are not accepted");
+    return Finish();
+  }
   toml::table root;
   try {
     root = toml::parse(text, std::string_view(file_));
@@ -824,7 +855,8 @@ void Loader::LoadClusters(TableReader& root) {
   const toml::table* clusters = root.ReadTable("clusters");
   if (clusters == nullptr) {
     if (!root.Has("clusters")) {
-      Error({}, "clusters",
+      // Located at the file's start, as --check prints every error.
+      Error(root.table_position(), "clusters",
             "at least one cluster is required ([clusters.NAME])");
     }
     return;
@@ -1311,7 +1343,7 @@ void Loader::LoadListeners(TableReader& root) {
   const toml::table* listeners = root.ReadTable("listeners");
   if (listeners == nullptr) {
     if (!root.Has("listeners")) {
-      Error({}, "listeners",
+      Error(root.table_position(), "listeners",
             "at least one listener is required ([listeners.NAME])");
     }
     return;

@@ -108,6 +108,37 @@ class AcceptPauseTest(TandemTestCase):
         self.assertEqual(metrics.value("tandem_listener_accept_paused", listener="web"), 0)
 
 
+class AdminAcceptPauseTest(TandemTestCase):
+    """The admin listener pauses accepting when descriptors run out, as the
+    data listeners do, instead of spinning on EMFILE."""
+
+    def test_the_admin_listener_does_not_spin_out_of_descriptors(self):
+        worker = self.start_worker("w1")
+        tandem = self.start_tandem(make_config([worker.address]))
+        limit = open_descriptors(tandem.pid) + 3
+        _, hard = resource.prlimit(tandem.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(tandem.pid, resource.RLIMIT_NOFILE, (limit, hard))
+        flood = []
+        self.addCleanup(lambda: [s.close() for s in flood])
+        for _ in range(10):
+            flood.append(socket.create_connection(("127.0.0.1", tandem.admin_port),
+                                                  timeout=scaled(5)))
+        time.sleep(0.5)
+        cpu_before = cpu_seconds(tandem.pid)
+        time.sleep(2)
+        cpu_used = cpu_seconds(tandem.pid) - cpu_before
+        self.assertLess(cpu_used, 0.3, "tandem used %.2fs of CPU in 2s with admin "
+                        "connections waiting and no descriptor left" % cpu_used)
+        warnings = [line for line in tandem.stderr.lines() if "accept" in line]
+        self.assertLessEqual(len(warnings), 6, "\n".join(warnings[-10:]))
+        for s in flood:
+            s.close()
+        flood.clear()
+        resource.prlimit(tandem.pid, resource.RLIMIT_NOFILE, (hard, hard))
+        wait_until(lambda: tandem.admin("/healthz").status == 200, scaled(5),
+                   "the admin listener to accept again")
+
+
 class AdminReloadTest(TandemTestCase):
     """The admin listener follows a reload: moved, removed, added back."""
 

@@ -778,18 +778,46 @@ address = "127.0.0.1:9001"
            "([[clusters.compute.backends]]), got table"});
 }
 
-TEST_CASE("a file without listeners or clusters is an error without position") {
+TEST_CASE("a file without listeners or clusters is an error at its start") {
   LoadResult result = ParseConfig("[global]\nthreads = 2\n", "t.toml");
   CHECK_FALSE(result.ok());
   CHECK(ToStrings(result.errors) ==
-        Lines{"t.toml: clusters: at least one cluster is required "
+        Lines{"t.toml:1:1: clusters: at least one cluster is required "
               "([clusters.NAME])",
-              "t.toml: listeners: at least one listener is required "
+              "t.toml:1:1: listeners: at least one listener is required "
+              "([listeners.NAME])"});
+  CHECK(Errors("") ==
+        Lines{"t.toml:1:1: clusters: at least one cluster is required "
+              "([clusters.NAME])",
+              "t.toml:1:1: listeners: at least one listener is required "
               "([listeners.NAME])"});
   CHECK(Errors("[listeners]\n[clusters]\n") ==
         Lines{"t.toml:1:1: listeners: at least one listener is required "
               "([listeners.NAME])",
               "t.toml:2:1: clusters: at least one cluster is required "
+              "([clusters.NAME])"});
+}
+
+TEST_CASE("keys nested tens of thousands deep are an error, not a crash") {
+  // toml++ walks nested tables recursively, so such a key overflowed the
+  // stack; a key is written on one line, so the dots of a line are bounded.
+  std::string deep = "[a";
+  for (int i = 0; i < 100000; ++i) deep += ".a";
+  deep += "]\n";
+  CHECK(Errors(deep) ==
+        Lines{"t.toml:1:515: more than 256 '.' on one line; keys nested this "
+              "deep are not accepted"});
+  std::string dotted = "[global]\nthreads = 1\nx";
+  for (int i = 0; i < 100000; ++i) dotted += ".x";
+  dotted += " = 1\n";
+  CHECK(Errors(dotted) ==
+        Lines{"t.toml:3:514: more than 256 '.' on one line; keys nested this "
+              "deep are not accepted"});
+  // 256 on a line are fine, wherever they are (here in a comment).
+  CHECK(Errors("# " + std::string(256, '.') + "\n[listeners]\n[clusters]\n") ==
+        Lines{"t.toml:2:1: listeners: at least one listener is required "
+              "([listeners.NAME])",
+              "t.toml:3:1: clusters: at least one cluster is required "
               "([clusters.NAME])"});
 }
 
