@@ -27,6 +27,14 @@ void SetNoDelay(evutil_socket_t fd) {
 UpstreamConnection::UpstreamConnection(BackendPool& pool, BufferEventPtr bev)
     : pool_(pool), bev_(std::move(bev)) {}
 
+UpstreamConnection::~UpstreamConnection() {
+  // Freed inside one of its own callbacks, libevent keeps the bufferevent
+  // until that callback returns and may still drain its output: the watch
+  // must not outlive this object.
+  if (output_watch_ != nullptr)
+    evbuffer_remove_cb_entry(output(), output_watch_);
+}
+
 void UpstreamConnection::ReadCb(bufferevent*, void* arg) {
   auto* self = static_cast<UpstreamConnection*>(arg);
   if (self->user_ == nullptr) {
@@ -172,8 +180,9 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
   bufferevent_setcb(raw, UpstreamConnection::ReadCb,
                     UpstreamConnection::WriteCb, UpstreamConnection::EventCb,
                     connection);
-  if (evbuffer_add_cb(bufferevent_get_output(raw), UpstreamConnection::OutputCb,
-                      connection) == nullptr) {
+  connection->output_watch_ = evbuffer_add_cb(
+      bufferevent_get_output(raw), UpstreamConnection::OutputCb, connection);
+  if (connection->output_watch_ == nullptr) {
     Close(connection);
     return nullptr;
   }

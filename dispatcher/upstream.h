@@ -60,6 +60,7 @@ class UpstreamConnection {
  private:
   friend class BackendPool;
   UpstreamConnection(BackendPool& pool, BufferEventPtr bev);
+  ~UpstreamConnection();
 
   static void ReadCb(bufferevent* bev, void* arg);
   static void WriteCb(bufferevent* bev, void* arg);
@@ -76,6 +77,7 @@ class UpstreamConnection {
   bool reused_ = false;
   bool idle_ = false;  // in the pool's idle list
   bool request_started_ = true;
+  evbuffer_cb_entry* output_watch_ = nullptr;  // OutputCb on the output
   uint32_t tls_generation_ = 0;  // the pool's, when this one was made
   int connect_error_ = 0;
   std::chrono::steady_clock::time_point since_;  // connect start, or idle since
