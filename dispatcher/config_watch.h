@@ -7,7 +7,7 @@
 #include <functional>
 #include <string>
 
-#include "dispatcher/event_ptr.h"
+#include "net/event_ptr.h"
 
 namespace tandem::dispatcher {
 
@@ -40,8 +40,8 @@ class ConfigWatch {
   std::string name_;
   std::function<void()> changed_;
   int fd_ = -1;
-  EventPtr read_event_;
-  EventPtr settle_event_;
+  net::EventPtr read_event_;
+  net::EventPtr settle_event_;
   std::string content_;
   std::string target_directory_;  // where a symlinked file really is
   std::string target_name_;

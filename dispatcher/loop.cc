@@ -13,10 +13,10 @@
 #include <random>
 
 #include "algorithms/hash.h"
-#include "conf/log.h"
-#include "conf/posix.h"
-#include "dispatcher/client_connection.h"
+#include "dispatcher/proxy/client_connection.h"
 #include "health/monitor.h"
+#include "net/log.h"
+#include "net/posix.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -72,7 +72,7 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
         algorithms::MakePicker(algorithms::PickerOptions{}, loop.rng());
     runtime.inflight.assign(cluster.backends.size(), 0);
     runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
-    std::shared_ptr<health::TlsClientContext> cluster_tls;
+    std::shared_ptr<net::TlsClientContext> cluster_tls;
     if (auto it = tls.clusters.find(cluster.name); it != tls.clusters.end()) {
       cluster_tls = it->second;
     }
@@ -300,11 +300,11 @@ void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,
       }
     }
     if (kept) continue;
-    ListenerPtr listener(evconnlistener_new(
+    net::ListenerPtr listener(evconnlistener_new(
         base_.get(), AcceptCb, this, LEV_OPT_CLOSE_ON_FREE, 0, socket.fd));
     if (!listener) {
-      conf::Log(conf::LogLevel::kError, "dispatcher", "cannot listen",
-                {{"listener", socket.listener_name}, {"loop", index_}});
+      net::Log(net::LogLevel::kError, "dispatcher", "cannot listen",
+               {{"listener", socket.listener_name}, {"loop", index_}});
       evutil_closesocket(socket.fd);
       continue;
     }
@@ -370,18 +370,19 @@ void Loop::ReportOutcome(ClusterRuntime& cluster, size_t backend, bool success,
   event_active(flush_event_.get(), EV_TIMEOUT, 0);
 }
 
-std::unique_ptr<HttpParser> Loop::TakeResponseParser(
-    HttpParser::Handler* handler) {
+std::unique_ptr<net::HttpParser> Loop::TakeResponseParser(
+    net::HttpParser::Handler* handler) {
   if (spare_parsers_.empty()) {
-    return std::make_unique<HttpParser>(HttpParser::Type::kResponse, handler);
+    return std::make_unique<net::HttpParser>(net::HttpParser::Type::kResponse,
+                                             handler);
   }
-  std::unique_ptr<HttpParser> parser = std::move(spare_parsers_.back());
+  std::unique_ptr<net::HttpParser> parser = std::move(spare_parsers_.back());
   spare_parsers_.pop_back();
   parser->set_handler(handler);
   return parser;
 }
 
-void Loop::ReturnResponseParser(std::unique_ptr<HttpParser> parser) {
+void Loop::ReturnResponseParser(std::unique_ptr<net::HttpParser> parser) {
   // Enough for the exchanges in flight at once; beyond that, free.
   constexpr size_t kMaxSpare = 1024;
   if (spare_parsers_.size() >= kMaxSpare) return;
@@ -500,8 +501,8 @@ void Loop::AcceptErrorCb(evconnlistener*, void* arg) {
     self->PauseAccepting(*reason, err);
     return;
   }
-  conf::Log(conf::LogLevel::kWarn, "dispatcher", "accept failed",
-            {{"error", conf::ErrorText(err)}, {"loop", self->index_}});
+  net::Log(net::LogLevel::kWarn, "dispatcher", "accept failed",
+           {{"error", net::ErrorText(err)}, {"loop", self->index_}});
 }
 
 void Loop::PauseAccepting(size_t reason, int error) {
@@ -510,21 +511,21 @@ void Loop::PauseAccepting(size_t reason, int error) {
   accept_paused_ = true;
   stats_.accept_pauses[reason].Add();
   for (BoundListener& bound : listeners_) SetPaused(bound, true);
-  timeval retry = conf::ToTimeval(accept_retry_);
+  timeval retry = net::ToTimeval(accept_retry_);
   if (evtimer_add(accept_retry_event_.get(), &retry) != 0) {
     // Without a timer only a closing connection resumes accepting.
-    conf::Log(conf::LogLevel::kError, "dispatcher",
-              "cannot arm the accept retry timer", {{"loop", index_}});
+    net::Log(net::LogLevel::kError, "dispatcher",
+             "cannot arm the accept retry timer", {{"loop", index_}});
   }
   ++accept_pauses_unlogged_;
   auto now = std::chrono::steady_clock::now();
   if (now - accept_pause_logged_ >= kAcceptLogInterval) {
-    conf::Log(conf::LogLevel::kWarn, "dispatcher", "accepting paused",
-              {{"error", conf::ErrorText(error)},
-               {"retry_ms", accept_retry_.count()},
-               {"pauses", accept_pauses_unlogged_},
-               {"connections", open_connections_.Get()},
-               {"loop", index_}});
+    net::Log(net::LogLevel::kWarn, "dispatcher", "accepting paused",
+             {{"error", net::ErrorText(error)},
+              {"retry_ms", accept_retry_.count()},
+              {"pauses", accept_pauses_unlogged_},
+              {"connections", open_connections_.Get()},
+              {"loop", index_}});
     accept_pause_logged_ = now;
     accept_pauses_unlogged_ = 0;
   }
@@ -542,7 +543,7 @@ void Loop::ResumeAccepting() {
   }
   if (still_paused) {
     accept_paused_ = true;
-    timeval retry = conf::ToTimeval(accept_retry_);
+    timeval retry = net::ToTimeval(accept_retry_);
     (void)evtimer_add(accept_retry_event_.get(), &retry);
   }
 }
@@ -554,9 +555,9 @@ void Loop::SetPaused(BoundListener& bound, bool paused) {
   int result = paused ? evconnlistener_disable(bound.listener.get())
                       : evconnlistener_enable(bound.listener.get());
   if (result != 0) {
-    conf::Log(conf::LogLevel::kError, "dispatcher",
-              paused ? "cannot pause accepting" : "cannot resume accepting",
-              {{"listener", bound.listener_name}, {"loop", index_}});
+    net::Log(net::LogLevel::kError, "dispatcher",
+             paused ? "cannot pause accepting" : "cannot resume accepting",
+             {{"listener", bound.listener_name}, {"loop", index_}});
     return;
   }
   bound.paused = paused;
@@ -567,9 +568,9 @@ void Loop::AcceptRetryCb(evutil_socket_t, short, void* arg) {
   static_cast<Loop*>(arg)->ResumeAccepting();
 }
 
-BackendPool& Loop::PoolFor(
-    const conf::Cluster& cluster, const conf::Backend& backend,
-    BackendStats* stats, const std::shared_ptr<health::TlsClientContext>& tls) {
+BackendPool& Loop::PoolFor(const conf::Cluster& cluster,
+                           const conf::Backend& backend, BackendStats* stats,
+                           const std::shared_ptr<net::TlsClientContext>& tls) {
   // Connections made with one cluster's TLS settings (SNI, verification)
   // are not handed to another's requests.
   std::string key = backend.address.text;
@@ -711,9 +712,9 @@ void Loop::GraceCb(evutil_socket_t, short, void* arg) {
     ++aborted;
   }
   if (aborted > 0) {
-    conf::Log(conf::LogLevel::kWarn, "dispatcher",
-              "grace period over, connections closed",
-              {{"connections", aborted}, {"loop", self->index_}});
+    net::Log(net::LogLevel::kWarn, "dispatcher",
+             "grace period over, connections closed",
+             {{"connections", aborted}, {"loop", self->index_}});
   }
   self->MaybeFinishShutdown();
 }

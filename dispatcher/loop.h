@@ -19,14 +19,14 @@
 #include "algorithms/picker.h"
 #include "algorithms/rng.h"
 #include "conf/config.h"
-#include "dispatcher/access_log.h"
-#include "dispatcher/event_ptr.h"
-#include "dispatcher/http_parser.h"
-#include "dispatcher/stats.h"
-#include "dispatcher/tls_server.h"
-#include "dispatcher/upstream.h"
+#include "dispatcher/proxy/access_log.h"
+#include "dispatcher/proxy/stats.h"
+#include "dispatcher/proxy/upstream.h"
 #include "health/snapshot.h"
-#include "health/tls_client.h"
+#include "net/event_ptr.h"
+#include "net/http_parser.h"
+#include "net/tls_client.h"
+#include "net/tls_server.h"
 
 namespace tandem::health {
 class HealthMonitor;
@@ -63,9 +63,9 @@ struct BackendRuntime {
 // TLS contexts of one config, built once by the server and shared by every
 // loop (SSL_CTX is thread-safe for making SSL objects).
 struct TlsContexts {
-  std::map<std::string, std::shared_ptr<TlsServerContext>>
+  std::map<std::string, std::shared_ptr<net::TlsServerContext>>
       listeners;  // by name
-  std::map<std::string, std::shared_ptr<health::TlsClientContext>> clusters;
+  std::map<std::string, std::shared_ptr<net::TlsClientContext>> clusters;
 };
 
 struct ClusterRuntime {
@@ -101,7 +101,7 @@ struct ClusterRuntime {
 
 struct ListenerRuntime {
   const conf::Listener* config = nullptr;
-  std::shared_ptr<TlsServerContext> tls;  // null: plain HTTP
+  std::shared_ptr<net::TlsServerContext> tls;  // null: plain HTTP
   ClusterRuntime* cluster = nullptr;
   ListenerStats* stats = nullptr;
 };
@@ -192,7 +192,7 @@ class Loop {
   // The pool of `backend` as `cluster` reaches it (TLS pools are separate).
   BackendPool& PoolFor(const conf::Cluster& cluster,
                        const conf::Backend& backend, BackendStats* stats,
-                       const std::shared_ptr<health::TlsClientContext>& tls);
+                       const std::shared_ptr<net::TlsClientContext>& tls);
   // Limits shared across threads for (cluster, address); set by the server
   // before a config is applied.
   std::shared_ptr<SharedLimits> LimitsFor(const std::string& cluster,
@@ -214,8 +214,9 @@ class Loop {
                      health::TrafficFailure kind, bool refused);
   // Response parsers are only needed while an exchange runs: a small free
   // list keeps idle connections light without allocating per request.
-  std::unique_ptr<HttpParser> TakeResponseParser(HttpParser::Handler* handler);
-  void ReturnResponseParser(std::unique_ptr<HttpParser> parser);
+  std::unique_ptr<net::HttpParser> TakeResponseParser(
+      net::HttpParser::Handler* handler);
+  void ReturnResponseParser(std::unique_ptr<net::HttpParser> parser);
   // Loop thread: a request joined `cluster`'s queue; the loop polls queues
   // while any is non-empty (slots free up on other threads too).
   void WatchQueue();
@@ -234,7 +235,7 @@ class Loop {
  private:
   struct BoundListener {
     std::string listener_name;
-    ListenerPtr listener;
+    net::ListenerPtr listener;
     ListenerStats* stats = nullptr;
     bool paused = false;  // disabled by PauseAccepting()
   };
@@ -265,14 +266,14 @@ class Loop {
   size_t index_;
   std::shared_ptr<const AccessLogFile> access_log_file_;  // until Init()
   conf::AccessLogFormat access_log_format_;
-  EventBasePtr base_;
-  EventPtr message_event_;
+  net::EventBasePtr base_;
+  net::EventPtr message_event_;
   int wake_fd_ = -1;
-  EventPtr tick_event_;
-  EventPtr grace_event_;
-  EventPtr flush_event_;
-  EventPtr queue_poll_event_;
-  EventPtr accept_retry_event_;
+  net::EventPtr tick_event_;
+  net::EventPtr grace_event_;
+  net::EventPtr flush_event_;
+  net::EventPtr queue_poll_event_;
+  net::EventPtr accept_retry_event_;
   bool accept_paused_ = false;
   // The next pause's length: doubled while accepting keeps failing, back to
   // the shortest once a connection is accepted.
@@ -294,7 +295,7 @@ class Loop {
   static constexpr size_t kMaxScratchBytes = 64 * 1024;
   static constexpr size_t kMaxIdleParserBytes = 16 * 1024;
   std::string scratch_;
-  std::vector<std::unique_ptr<HttpParser>> spare_parsers_;
+  std::vector<std::unique_ptr<net::HttpParser>> spare_parsers_;
 
   std::unique_ptr<Generation> current_;
   std::vector<std::unique_ptr<Generation>> retired_;

@@ -6,9 +6,9 @@
 #include <string>
 
 #include "conf/load.h"
-#include "conf/log.h"
-#include "dispatcher/demo.h"
+#include "demo/demo.h"
 #include "dispatcher/server.h"
+#include "net/log.h"
 
 namespace {
 
@@ -77,22 +77,22 @@ int main(int argc, char** argv) {
     }
   }
   if (demo) {
-    tandem::dispatcher::DemoWorkers workers;
+    tandem::demo::DemoWorkers workers;
     std::string error;
     if (!workers.Start(3, &error)) {
       std::fprintf(stderr, "tandem: %s\n", error.c_str());
       return 1;
     }
-    tandem::dispatcher::DemoCertificate certificate;
+    tandem::demo::DemoCertificate certificate;
     bool https = certificate.Create(&error);
     if (!https)
       std::fprintf(stderr, "tandem: %s; the demo runs without HTTPS\n",
                    error.c_str());
     tandem::dispatcher::ServerOptions options;
     options.config_path = "(demo)";
-    options.config_text = tandem::dispatcher::DemoConfig(
+    options.config_text = tandem::demo::DemoConfig(
         workers.ports(), https ? &certificate : nullptr);
-    std::fputs(tandem::dispatcher::DemoBanner().c_str(), stderr);
+    std::fputs(tandem::demo::DemoBanner().c_str(), stderr);
     return tandem::dispatcher::Server(options).Run();
   }
   if (config_path.empty()) {

@@ -12,8 +12,8 @@
 #include <cstring>
 #include <ctime>
 
-#include "conf/escape.h"
-#include "conf/log.h"
+#include "net/escape.h"
+#include "net/log.h"
 
 namespace tandem::dispatcher {
 
@@ -21,9 +21,9 @@ const char* const kVersion = "0.1.0";
 
 namespace {
 
-using conf::AppendJsonString;
-using conf::Log;
-using conf::LogLevel;
+using net::AppendJsonString;
+using net::Log;
+using net::LogLevel;
 
 const char* PolicyName(conf::Policy policy) {
   return policy == conf::Policy::kPrimaryBackup ? "primary-backup"
@@ -111,7 +111,7 @@ evutil_socket_t OpenListenSocket(const conf::SocketAddress& address,
 
 // "2026-11-26T10:00:01.234Z"
 std::string FormatUnixMs(int64_t unix_ms) {
-  std::string seconds = conf::FormatUtcSeconds(unix_ms / 1000);
+  std::string seconds = net::FormatUtcSeconds(unix_ms / 1000);
   char millis[8];
   std::snprintf(millis, sizeof(millis), ".%03dZ",
                 static_cast<int>(unix_ms % 1000));
@@ -316,13 +316,13 @@ bool Server::BuildTls(const conf::Config& config,
   auto contexts = std::make_shared<TlsContexts>();
   for (const conf::Listener& listener : config.listeners) {
     if (!listener.tls()) continue;
-    auto context = TlsServerContext::Create(listener, error);
+    auto context = net::TlsServerContext::Create(listener, error);
     if (!context) return false;
     contexts->listeners[listener.name] = std::move(context);
   }
   for (const conf::Cluster& cluster : config.clusters) {
     if (!cluster.tls.enabled) continue;
-    auto context = health::TlsClientContext::Create(cluster.tls, error);
+    auto context = net::TlsClientContext::Create(cluster.tls, error);
     if (!context) {
       *error = "cluster " + cluster.name + ": " + *error;
       return false;
@@ -448,7 +448,7 @@ int Server::Run() {
   pthread_sigmask(SIG_SETMASK, &previous, nullptr);
 
   for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
-    EventPtr ev(evsignal_new(control_base_.get(), sig, SignalCb, this));
+    net::EventPtr ev(evsignal_new(control_base_.get(), sig, SignalCb, this));
     if (!ev || event_add(ev.get(), nullptr) != 0) {
       Log(LogLevel::kError, "dispatcher", "cannot install signal handlers");
       return 1;
@@ -648,7 +648,7 @@ std::string Server::StatusJson() {
   out.append(",\"last_reload\":{\"ok\":");
   out.append(last_reload_.ok ? "true" : "false");
   out.append(",\"at\":");
-  AppendJsonString(conf::FormatUtcSeconds(last_reload_.at_unix), &out);
+  AppendJsonString(net::FormatUtcSeconds(last_reload_.at_unix), &out);
   out.append(",\"errors\":[");
   for (size_t i = 0; i < last_reload_.errors.size(); ++i) {
     if (i > 0) out.push_back(',');

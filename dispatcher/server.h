@@ -12,13 +12,13 @@
 
 #include "conf/config.h"
 #include "conf/load.h"
-#include "dispatcher/admin.h"
+#include "dispatcher/admin/admin_server.h"
+#include "dispatcher/admin/metrics.h"
 #include "dispatcher/config_watch.h"
-#include "dispatcher/event_ptr.h"
 #include "dispatcher/loop.h"
-#include "dispatcher/metrics.h"
 #include "dispatcher/systemd.h"
 #include "health/monitor.h"
+#include "net/event_ptr.h"
 
 namespace tandem::dispatcher {
 
@@ -106,16 +106,16 @@ class Server : private AdminHandler {
 
   ServerOptions options_;
   std::shared_ptr<const conf::Config> config_;
-  EventBasePtr control_base_;
-  std::vector<EventPtr> signal_events_;
-  EventPtr drain_delay_event_;
+  net::EventBasePtr control_base_;
+  std::vector<net::EventPtr> signal_events_;
+  net::EventPtr drain_delay_event_;
   std::vector<std::unique_ptr<Loop>> loops_;
   std::vector<std::thread> threads_;
   // Bound listening sockets by listen address, one per loop.
   std::map<std::string, std::vector<evutil_socket_t>> sockets_;
   std::unique_ptr<AdminServer> admin_;
   std::vector<std::unique_ptr<AdminServer>> retired_admins_;
-  EventPtr admin_retire_event_;
+  net::EventPtr admin_retire_event_;
   std::unique_ptr<ConfigWatch> watch_;
   std::string loaded_text_;  // the config file as Load() last read it
   std::unique_ptr<SystemdNotifier> systemd_;

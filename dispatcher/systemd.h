@@ -6,7 +6,7 @@
 
 #include <string_view>
 
-#include "dispatcher/event_ptr.h"
+#include "net/event_ptr.h"
 
 namespace tandem::dispatcher {
 
@@ -25,7 +25,7 @@ class SystemdNotifier {
  private:
   static void WatchdogCb(evutil_socket_t, short, void* arg);
   event_base* base_;
-  EventPtr watchdog_;
+  net::EventPtr watchdog_;
 };
 
 }  // namespace tandem::dispatcher

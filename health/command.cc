@@ -22,13 +22,13 @@
 
 extern char** environ;
 
-#include "conf/posix.h"
+#include "net/posix.h"
 
 namespace tandem::health {
 namespace {
 
-using conf::ErrorText;
-using conf::ToTimeval;
+using net::ErrorText;
+using net::ToTimeval;
 
 constexpr off_t kMaxOutputBytes = 4096;
 // How often the fallback checks for the shell's exit without a pidfd.

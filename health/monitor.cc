@@ -9,15 +9,15 @@
 #include <random>
 
 #include "algorithms/hash.h"
-#include "conf/log.h"
-#include "conf/posix.h"
+#include "net/log.h"
+#include "net/posix.h"
 
 namespace tandem::health {
 namespace {
 
-using conf::Log;
-using conf::LogLevel;
-using conf::ToTimeval;
+using net::Log;
+using net::LogLevel;
+using net::ToTimeval;
 
 constexpr timeval kTickInterval = {0, 100 * 1000};
 // How long a refused connect keeps a backend out of panic routing.

@@ -20,9 +20,9 @@
 #include "conf/config.h"
 #include "health/backend_health.h"
 #include "health/command.h"
-#include "health/message_queue.h"
 #include "health/probe.h"
 #include "health/snapshot.h"
+#include "net/message_queue.h"
 
 namespace tandem::health {
 
@@ -38,7 +38,8 @@ class HealthMonitor {
 
   // The data path's TLS client contexts by cluster name: checks of a TLS
   // cluster use the same one (one CA store load per config).
-  using ClusterTls = std::map<std::string, std::shared_ptr<TlsClientContext>>;
+  using ClusterTls =
+      std::map<std::string, std::shared_ptr<net::TlsClientContext>>;
 
   // Starts the thread with `config`; the first snapshot is published before
   // Start returns. False with `error` set on failure.
@@ -94,7 +95,7 @@ class HealthMonitor {
     std::vector<std::unique_ptr<Backend>> backends;
     bool panic = false;
     std::vector<PolicyEvent> events;
-    std::shared_ptr<TlsClientContext> tls;  // checks of a TLS cluster
+    std::shared_ptr<net::TlsClientContext> tls;  // checks of a TLS cluster
   };
 
   static void TickCb(evutil_socket_t, short, void* arg);
@@ -127,7 +128,7 @@ class HealthMonitor {
   struct event_base* base_ = nullptr;
   struct event* tick_ = nullptr;
   struct event* publish_event_ = nullptr;
-  MessageQueue<HealthMonitor> messages_;
+  net::MessageQueue<HealthMonitor> messages_;
   algorithms::Rng rng_;
 
   std::shared_ptr<const conf::Config> config_;

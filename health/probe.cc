@@ -17,13 +17,13 @@
 #include <string_view>
 #include <utility>
 
-#include "conf/posix.h"
+#include "net/posix.h"
 
 namespace tandem::health {
 namespace {
 
-using conf::ErrorText;
-using conf::ToTimeval;
+using net::ErrorText;
+using net::ToTimeval;
 
 // A body is searched for `expect_body` within its first 64 KiB, and a response
 // head larger than that is refused rather than buffered.
@@ -137,7 +137,7 @@ std::string QuoteExpected(const std::string& expected) {
 
 Prober::Prober(event_base* base, const conf::HealthCheck& check,
                const conf::SocketAddress& backend,
-               std::shared_ptr<TlsClientContext> tls)
+               std::shared_ptr<net::TlsClientContext> tls)
     : base_(base), tls_(std::move(tls)), check_(check), target_(backend) {
   if (check_.port != 0) SetPort(target_, check_.port);
   if (check_.kind == conf::HealthCheck::Kind::kHttp) {
@@ -281,7 +281,7 @@ void Prober::OnEvent(short events) {
     if (!connected_ && ssl != nullptr &&
         (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
       Decide(ProbeResult::Failure::kConnect,
-             "TLS: " + TlsFailureText(ssl, tls_error));
+             "TLS: " + net::TlsFailureText(ssl, tls_error));
     } else if (!connected_) {
       Decide(ProbeResult::Failure::kConnect, ConnectFailureText(error));
     } else if (error == ECONNRESET || error == EPIPE) {

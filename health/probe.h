@@ -15,7 +15,7 @@
 #include <string>
 
 #include "conf/config.h"
-#include "health/tls_client.h"
+#include "net/tls_client.h"
 
 namespace tandem::health {
 
@@ -60,7 +60,7 @@ class Prober {
   // backend's certificate verified as on the data path).
   Prober(event_base* base, const conf::HealthCheck& check,
          const conf::SocketAddress& backend,
-         std::shared_ptr<TlsClientContext> tls = nullptr);
+         std::shared_ptr<net::TlsClientContext> tls = nullptr);
   // Cancels a probe in flight; its callback is not called.
   ~Prober();
 
@@ -121,7 +121,7 @@ class Prober {
 
   event_base* base_;
 
-  std::shared_ptr<TlsClientContext> tls_;
+  std::shared_ptr<net::TlsClientContext> tls_;
   conf::HealthCheck check_;
   conf::SocketAddress target_;  // the backend's address, check port applied
   std::string request_;

@@ -262,7 +262,7 @@ class ChildProcess:
 
 
 class Worker(ChildProcess):
-    """A tandem-worker process (dispatcher/demo_worker.h) on an ephemeral port."""
+    """A tandem-worker process (demo/demo_worker.h) on an ephemeral port."""
 
     def __init__(self, name="w1", threads=1):
         super().__init__([TANDEM_WORKER, "--listen", "127.0.0.1:0", "--name", name,

@@ -4,7 +4,7 @@ the admin port can open connections without a token (/healthz, /status,
 time between keep-alive requests and the number of connections are all
 bounded, and normal admin use keeps working.
 
-The limits are constants of dispatcher/admin.h: a 16 KiB head (400 and close,
+The limits are constants of dispatcher/admin/admin_server.h: a 16 KiB head (400 and close,
 as libevent 2.1's evhttp answers it), a 64 KiB body (413), 10 s from the
 connection or from a later request's first byte until the request has arrived
 whole (408 and close), 10 s from an answer to the next request's first byte

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "dispatcher/http_parser.h"
+#include "net/http_parser.h"
 
 namespace tandem::fuzz {
 
@@ -17,7 +17,7 @@ inline void Check(bool condition) {
 }
 
 // Bytes held by the names and values of `list`.
-inline uint64_t StoredBytes(const dispatcher::HeaderList& list) {
+inline uint64_t StoredBytes(const net::HeaderList& list) {
   uint64_t bytes = 0;
   for (size_t i = 0; i < list.size(); ++i)
     bytes += list.name(i).size() + list.value(i).size();
@@ -27,15 +27,15 @@ inline uint64_t StoredBytes(const dispatcher::HeaderList& list) {
 // No part of a message that is not body outgrows its limit: the head and
 // the trailer section `max_head_bytes` each, `max_fields` fields each (one
 // more while the field that breaks the limit is being refused).
-inline void CheckBounded(const dispatcher::HttpParser& parser,
-                         uint64_t max_head_bytes, size_t max_fields) {
+inline void CheckBounded(const net::HttpParser& parser, uint64_t max_head_bytes,
+                         size_t max_fields) {
   Check(parser.headers().size() <= max_fields + 1);
   Check(parser.trailers().size() <= max_fields + 1);
   Check(StoredBytes(parser.headers()) + parser.target().size() +
             parser.reason().size() <=
         max_head_bytes);
   Check(StoredBytes(parser.trailers()) <= max_head_bytes);
-  Check(parser.reason().size() <= dispatcher::kMaxStatusLineBytes);
+  Check(parser.reason().size() <= net::kMaxStatusLineBytes);
 }
 
 // What tandem sends is CRLF-framed: no bare LF, no bare CR.

@@ -12,24 +12,24 @@
 #include <string_view>
 #include <vector>
 
-#include "dispatcher/http_message.h"
-#include "dispatcher/http_parser.h"
 #include "fuzz_common.h"
+#include "net/http_message.h"
+#include "net/http_parser.h"
 
 namespace {
 
-using tandem::dispatcher::AppendRequestHead;
-using tandem::dispatcher::AppendResponseHead;
-using tandem::dispatcher::EqualsIgnoreCase;
-using tandem::dispatcher::Framing;
-using tandem::dispatcher::HasToken;
-using tandem::dispatcher::HeaderList;
-using tandem::dispatcher::HttpParser;
-using tandem::dispatcher::PlanResponse;
-using tandem::dispatcher::RequestForwarding;
-using tandem::dispatcher::ResponsePlan;
-using tandem::dispatcher::WantsUpgrade;
 using tandem::fuzz::Check;
+using tandem::net::AppendRequestHead;
+using tandem::net::AppendResponseHead;
+using tandem::net::EqualsIgnoreCase;
+using tandem::net::Framing;
+using tandem::net::HasToken;
+using tandem::net::HeaderList;
+using tandem::net::HttpParser;
+using tandem::net::PlanResponse;
+using tandem::net::RequestForwarding;
+using tandem::net::ResponsePlan;
+using tandem::net::WantsUpgrade;
 
 struct Settings {
   bool response = false;

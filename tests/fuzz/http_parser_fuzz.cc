@@ -8,17 +8,17 @@
 #include <cstdlib>
 #include <string>
 
-#include "dispatcher/http_parser.h"
+#include "net/http_parser.h"
 
 namespace {
 
-using tandem::dispatcher::HttpParser;
+using tandem::net::HttpParser;
 
 class CountingHandler : public HttpParser::Handler {
  public:
   explicit CountingHandler(bool pause) : pause_(pause) {}
   HttpParser::HeadAction OnHeadComplete(HttpParser& parser) override {
-    return pause_ && parser.framing() != tandem::dispatcher::Framing::kNone
+    return pause_ && parser.framing() != tandem::net::Framing::kNone
                ? HttpParser::HeadAction::kPause
                : HttpParser::HeadAction::kContinue;
   }

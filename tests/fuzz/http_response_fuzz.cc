@@ -6,14 +6,14 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "dispatcher/http_parser.h"
 #include "fuzz_common.h"
+#include "net/http_parser.h"
 
 namespace {
 
-using tandem::dispatcher::Framing;
-using tandem::dispatcher::HttpParser;
 using tandem::fuzz::Check;
+using tandem::net::Framing;
+using tandem::net::HttpParser;
 
 class ResponseHandler : public HttpParser::Handler {
  public:
@@ -28,8 +28,7 @@ class ResponseHandler : public HttpParser::Handler {
     // A close-delimited response with codings ends in a coding other than
     // chunked; a chunked one forwards only the codings before it.
     if (parser.framing() == Framing::kChunked)
-      Check(
-          !tandem::dispatcher::HasToken(parser.transfer_codings(), "chunked"));
+      Check(!tandem::net::HasToken(parser.transfer_codings(), "chunked"));
     ++heads;
     // The proxy skips the body of every answer to HEAD, as here.
     return head_request_ ? HttpParser::HeadAction::kSkipBody
@@ -59,7 +58,7 @@ void Run(const uint8_t* data, size_t size) {
   const bool reset_between = flags & 2;  // a new exchange, or pipelined
   const bool shrink = flags & 4;
   const uint64_t max_head =
-      (flags & 8) ? 512 : tandem::dispatcher::kDefaultMaxHeadBytes;
+      (flags & 8) ? 512 : tandem::net::kDefaultMaxHeadBytes;
 
   ResponseHandler handler(head_request);
   HttpParser parser(HttpParser::Type::kResponse, &handler);
@@ -73,7 +72,7 @@ void Run(const uint8_t* data, size_t size) {
     Check(used <= length);
     pos += used;
     tandem::fuzz::CheckBounded(parser, max_head,
-                               tandem::dispatcher::kDefaultMaxFields);
+                               tandem::net::kDefaultMaxFields);
     if (result == HttpParser::Result::kError) {
       Check(parser.error_status() == 502);
       return;

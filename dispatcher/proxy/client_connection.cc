@@ -1,0 +1,1600 @@
+// The HTTP/1.1 proxy state machine for one client connection; see
+// client_connection.h.
+#include "dispatcher/proxy/client_connection.h"
+
+#include <arpa/inet.h>
+#include <event2/bufferevent_ssl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "algorithms/hash.h"
+#include "net/http_message.h"
+#include "net/posix.h"
+
+namespace tandem::dispatcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using net::ToTimeval;
+
+// Back-pressure marks (bytes queued for the peer): stop reading the other
+// side above the high mark, resume once drained to the low mark.
+constexpr size_t kOutputHighWater = 256 * 1024;
+constexpr size_t kOutputLowWater = 64 * 1024;
+// Client input read ahead while the current request is being served
+// (pipelined requests wait here).
+constexpr size_t kClientReadHighWater = 64 * 1024;
+constexpr size_t kMaxSingleRead = 64 * 1024;
+// How long a closing connection waits for the client to read the last
+// response and close its side (lingering close, as nginx's lingering_time).
+constexpr auto kLingerTime = std::chrono::seconds(2);
+
+constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+// Interim (1xx) responses one exchange accepts from a backend; more make the
+// response invalid, so a backend cannot keep an exchange busy with them.
+constexpr uint32_t kMaxInterimResponses = 16;
+// A retry body kept past this capacity is freed when its exchange ends, so
+// one large upload does not stay resident on an idle connection.
+constexpr size_t kMaxIdleRetryBodyBytes = 16 * 1024;
+// The same for the request parser's fields between requests.
+constexpr size_t kMaxIdleParserBytes = 16 * 1024;
+
+// Defers `delete` until the outermost callback on the connection returns, so
+// no member function runs on a freed object.
+class DepthGuard {
+ public:
+  explicit DepthGuard(int* depth) : depth_(depth) { ++*depth_; }
+  ~DepthGuard() { --*depth_; }
+
+ private:
+  int* depth_;
+};
+
+// Runs `parser` over what `input` holds, in place (no copy), draining what it
+// consumed, until it needs more or stops at a message boundary, a paused head
+// or an error. `*consumed` gets the bytes drained.
+net::HttpParser::Result Feed(net::HttpParser& parser, evbuffer* input,
+                             size_t* consumed) {
+  net::HttpParser::Result result = net::HttpParser::Result::kNeedMore;
+  *consumed = 0;
+  while (evbuffer_get_length(input) > 0) {
+    evbuffer_iovec vec[8];
+    int n = evbuffer_peek(input, -1, nullptr, vec, 8);
+    size_t used_total = 0;
+    for (int i = 0; i < std::min(n, 8); ++i) {
+      size_t used = 0;
+      result = parser.Execute(static_cast<const char*>(vec[i].iov_base),
+                              vec[i].iov_len, &used);
+      used_total += used;
+      if (result != net::HttpParser::Result::kNeedMore) break;
+    }
+    evbuffer_drain(input, used_total);
+    *consumed += used_total;
+    if (result != net::HttpParser::Result::kNeedMore) break;
+  }
+  return result;
+}
+
+std::string FormatAddress(const sockaddr* address, size_t* ip_length) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (address->sa_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(address);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    port = ntohs(in->sin_port);
+  } else if (address->sa_family == AF_INET6) {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(address);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+    port = ntohs(in6->sin6_port);
+  }
+  std::string text = host;
+  *ip_length = text.size();
+  text.push_back(':');
+  text.append(std::to_string(port));
+  return text;
+}
+
+}  // namespace
+
+void ClientConnection::Accept(Loop& loop, Generation& generation,
+                              ListenerRuntime& listener, evutil_socket_t fd,
+                              const sockaddr* address, int length) {
+  net::BufferEventPtr bev;
+  if (listener.tls) {
+    SSL* ssl = listener.tls->NewSsl();
+    if (ssl != nullptr) {
+      bev.reset(bufferevent_openssl_socket_new(loop.base(), fd, ssl,
+                                               BUFFEREVENT_SSL_ACCEPTING,
+                                               BEV_OPT_CLOSE_ON_FREE));
+      if (!bev) SSL_free(ssl);
+    }
+    // A client closing without close_notify is an ordinary EOF here.
+    if (bev) bufferevent_openssl_set_allow_dirty_shutdown(bev.get(), 1);
+  } else {
+    bev.reset(bufferevent_socket_new(loop.base(), fd, BEV_OPT_CLOSE_ON_FREE));
+  }
+  if (!bev) {
+    evutil_closesocket(fd);
+    return;
+  }
+  int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  new ClientConnection(loop, generation, listener, std::move(bev), address,
+                       length);
+}
+
+ClientConnection::ClientConnection(Loop& loop, Generation& generation,
+                                   ListenerRuntime& listener,
+                                   net::BufferEventPtr bev,
+                                   const sockaddr* address, int /*length*/)
+    : loop_(loop),
+      generation_(&generation),
+      listener_(&listener),
+      bev_(std::move(bev)),
+      request_(net::HttpParser::Type::kRequest, this) {
+  loop_.Attach(this, generation_);
+  listener_->stats->connections_accepted.Add();
+  listener_->stats->connections_open.Add(1);
+  client_address_ = FormatAddress(address, &client_ip_length_);
+  request_.set_max_head_bytes(listener_->config->max_header_size_bytes);
+  request_.set_max_body_bytes(listener_->config->max_body_size_bytes);
+  evtimer_assign(&timer_, loop_.base(), TimerCb, this);
+  bufferevent* bev_raw = bev_.get();
+  bufferevent_setcb(bev_raw, ReadCb, WriteCb, EventCb, this);
+  bufferevent_setwatermark(bev_raw, EV_READ, 0, kClientReadHighWater);
+  bufferevent_setwatermark(bev_raw, EV_WRITE, kOutputLowWater, 0);
+  bufferevent_set_max_single_read(bev_raw, kMaxSingleRead);
+  Touch();
+  if (bufferevent_enable(bev_raw, EV_READ | EV_WRITE) != 0) {
+    Destroy();
+    return;
+  }
+  ArmTimer(listener_->config->client_header_timeout);
+}
+
+ClientConnection::~ClientConnection() {
+  event_del(&timer_);
+  if (response_) loop_.ReturnResponseParser(std::move(response_));
+  Dequeue();
+  EndAttempt(false);
+  ReleaseClusterCounts();
+  listener_->stats->connections_open.Add(-1);
+  loop_.Detach(this, generation_);
+}
+
+void ClientConnection::Destroy() {
+  if (callback_depth_ > 0) {
+    destroy_pending_ = true;
+    // Stop every event now; the object goes when the callback unwinds.
+    bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
+    event_del(&timer_);
+    return;
+  }
+  DeleteNow();
+}
+
+// Out of line on purpose: inlined into Enter(), the `delete` would be on a
+// path the compiler cannot rule out (callback_depth_ > 0 there) and it would
+// warn of a use after free that never happens.
+[[gnu::noinline]] void ClientConnection::DeleteNow() { delete this; }
+
+// ---- libevent entry points --------------------------------------------------
+
+// Every entry point runs its handler under the depth guard: Destroy() inside
+// only marks the connection, which is deleted when the outermost entry point
+// returns (so no member function runs on a freed object).
+template <typename Fn>
+void ClientConnection::Enter(ClientConnection* self, Fn&& handler) {
+  {
+    DepthGuard guard(&self->callback_depth_);
+    if (!self->destroy_pending_) handler();
+  }
+  if (self->destroy_pending_ && self->callback_depth_ == 0) self->DeleteNow();
+}
+
+void ClientConnection::ReadCb(bufferevent*, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  Enter(self, [self] { self->OnClientRead(); });
+}
+
+void ClientConnection::WriteCb(bufferevent*, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  Enter(self, [self] { self->OnClientDrained(); });
+}
+
+void ClientConnection::EventCb(bufferevent*, short events, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  Enter(self, [self, events] { self->OnClientEvent(events); });
+}
+
+void ClientConnection::TimerCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  Enter(self, [self] { self->OnTimer(); });
+}
+
+// The upstream callbacks arrive through UpstreamConnection's trampolines.
+void ClientConnection::OnUpstreamConnected(UpstreamConnection&) {
+  Enter(this, [this] {
+    if (state_ != State::kConnecting) return;
+    state_ = State::kProxying;
+    SendRequestHead();
+  });
+}
+
+void ClientConnection::OnUpstreamRead(UpstreamConnection&) {
+  Enter(this, [this] {
+    Touch();
+    if (state_ == State::kTunnel) {
+      PumpTunnel(upstream_->input(), bufferevent_get_output(bev_.get()),
+                 upstream_->bev(), bev_.get());
+    } else {
+      ParseResponse();
+    }
+  });
+}
+
+void ClientConnection::OnUpstreamDrained(UpstreamConnection&) {
+  Enter(this, [this] {
+    if (state_ == State::kTunnel) {
+      Touch();
+      if (client_eof_) {
+        TunnelFlushed();
+      } else {
+        bufferevent_enable(bev_.get(), EV_READ);
+      }
+    } else if (request_blocked_) {
+      Touch();
+      request_blocked_ = false;
+      bufferevent_enable(bev_.get(), EV_READ);
+      ParseRequest();
+    }
+  });
+}
+
+void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection,
+                                        short events) {
+  Enter(this,
+        [this, &connection, events] { OnUpstreamEnded(connection, events); });
+}
+
+void ClientConnection::OnClientDrained() {
+  if (state_ == State::kClosing) {
+    if (evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0)
+      FinishClose();
+  } else if (state_ == State::kTunnel) {
+    Touch();
+    if (upstream_eof_) {
+      TunnelFlushed();
+    } else if (upstream_ != nullptr) {
+      bufferevent_enable(upstream_->bev(), EV_READ);
+    }
+  } else if (response_blocked_ && upstream_ != nullptr) {
+    Touch();
+    response_blocked_ = false;
+    bufferevent_enable(upstream_->bev(), EV_READ);
+    ParseResponse();
+  }
+}
+
+void ClientConnection::OnClientEvent(short events) {
+  if (events & BEV_EVENT_CONNECTED) {
+    // The TLS handshake with the client is done.
+    tls_established_ = true;
+    listener_->stats->tls_handshakes.Add();
+  } else if (listener_->tls && !tls_established_ &&
+             (events & (BEV_EVENT_ERROR | BEV_EVENT_EOF))) {
+    // A failed handshake (old protocol, plain HTTP, no shared cipher...):
+    // counted, and the connection just closes.
+    unsigned long error = bufferevent_get_openssl_error(bev_.get());
+    std::string_view reason = net::HandshakeFailureReason(error);
+    for (size_t i = 0; i < std::size(kHandshakeFailures); ++i) {
+      if (reason == kHandshakeFailures[i])
+        listener_->stats->tls_handshake_failures[i].Add();
+    }
+    while (bufferevent_get_openssl_error(bev_.get()) != 0) {
+    }
+    Destroy();
+  } else if (events & BEV_EVENT_ERROR) {
+    AbortExchange(kFlagClientReset);
+  } else if (events & BEV_EVENT_EOF) {
+    switch (state_) {
+      case State::kIdle:
+        if (request_.message_started()) flags_ |= kFlagClientReset;
+        Destroy();
+        break;
+      case State::kQueued:
+      case State::kRetryWait:
+      case State::kConnecting:
+      case State::kProxying:
+        if (request_complete_) {
+          // A half-closed client still gets its response.
+          client_eof_ = true;
+        } else {
+          AbortExchange(kFlagClientReset);
+        }
+        break;
+      case State::kTunnel:
+        // Half-closed: pass it on, the other direction may still carry bytes.
+        if (upstream_ == nullptr) {
+          Destroy();
+          break;
+        }
+        client_eof_ = true;
+        bufferevent_setwatermark(upstream_->bev(), EV_WRITE, 0, 0);
+        TunnelFlushed();
+        break;
+      case State::kClosing:
+        Destroy();
+        break;
+    }
+  }
+}
+
+void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection,
+                                       short events) {
+  if (&connection != upstream_) {
+    // An event of a connection this exchange no longer uses.
+  } else if (state_ == State::kConnecting) {
+    SSL* ssl = bufferevent_openssl_get_ssl(connection.bev());
+    unsigned long tls_error =
+        ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
+    if (ssl != nullptr &&
+        (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
+      // A handshake failure says why: a wrong name, an unknown CA...
+      detail_ = "TLS handshake with backend failed: " +
+                net::TlsFailureText(ssl, tls_error);
+      while (bufferevent_get_openssl_error(connection.bev()) != 0) {
+      }
+      FailAttempt(Failure::kConnect, 502, detail_.c_str());
+    } else {
+      bool refused = connection.connect_error() == ECONNREFUSED;
+      FailAttempt(refused ? Failure::kRefused : Failure::kConnect, 502,
+                  refused ? "connection to backend refused"
+                          : "connection to backend failed");
+    }
+  } else if (state_ == State::kTunnel) {
+    evbuffer_add_buffer(bufferevent_get_output(bev_.get()), upstream_->input());
+    if (events & BEV_EVENT_ERROR) {
+      // Reset: deliver what the backend sent, then close.
+      EndAttempt(false);
+      LogExchange();
+      CloseAfterFlush();
+      return;
+    }
+    // Half-closed: pass it on once the client has everything before it.
+    upstream_eof_ = true;
+    bufferevent_setwatermark(bev_.get(), EV_WRITE, 0, 0);
+    TunnelFlushed();
+  } else if (state_ == State::kProxying) {
+    upstream_eof_ = true;
+    if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_)
+      ParseResponse();
+    if (destroy_pending_ || &connection != upstream_) {
+      // ParseResponse finished or failed the exchange.
+    } else if (response_started_) {
+      if ((events & BEV_EVENT_EOF) && !response_blocked_ &&
+          response_->FinishAtEof()) {
+        // A close-delimited body ended: complete, but not reusable.
+        OnResponseComplete();
+      } else if (!response_blocked_) {
+        ReportOutcome(false, Failure::kReset);
+        AbortExchange(kFlagUpstreamReset);
+      }
+    } else if (!response_bytes_seen_ && upstream_->reused() &&
+               tries_ <=
+                   cluster().backends.size() + cluster().config->retries) {
+      // A pooled connection the backend had closed while idle: the request
+      // never reached it.
+      FailAttempt(Failure::kPoolRace, 502, "backend closed the connection");
+    } else {
+      FailAttempt(Failure::kReset, 502,
+                  (events & BEV_EVENT_ERROR) ? "connection to backend reset"
+                                             : "backend closed the connection");
+    }
+  }
+}
+
+// ---- the request side -------------------------------------------------------
+
+void ClientConnection::OnClientRead() {
+  switch (state_) {
+    case State::kIdle:
+      ParseRequest();
+      break;
+    case State::kQueued:
+    case State::kRetryWait:
+    case State::kConnecting:
+      break;  // the body waits until a backend connection is ready
+    case State::kProxying:
+      // Only request bytes are activity: pipelined requests arriving behind
+      // this one do not keep a stalled response alive.
+      if (!request_complete_ && !paused_at_head_ && !request_blocked_) {
+        Touch();
+        ParseRequest();
+      }
+      break;
+    case State::kTunnel:
+      Touch();
+      if (upstream_ != nullptr) {
+        PumpTunnel(bufferevent_get_input(bev_.get()), upstream_->output(),
+                   bev_.get(), upstream_->bev());
+      }
+      break;
+    case State::kClosing: {
+      evbuffer* input = bufferevent_get_input(bev_.get());
+      evbuffer_drain(input, evbuffer_get_length(input));
+      break;
+    }
+  }
+  // Input this state cannot consume stays in the kernel: reading stops until
+  // a state that consumes it turns reading on again (SendRequestHead,
+  // OnUpstreamDrained, FinishExchange, EnterTunnel, FinishClose). Left on,
+  // libevent would call this callback again at once for as long as the input
+  // sits at its high-water mark: a busy loop.
+  if (!destroy_pending_ && evbuffer_get_length(bufferevent_get_input(
+                               bev_.get())) >= kClientReadHighWater) {
+    bufferevent_disable(bev_.get(), EV_READ);
+  }
+}
+
+void ClientConnection::ParseRequest() {
+  size_t consumed = 0;
+  net::HttpParser::Result result =
+      Feed(request_, bufferevent_get_input(bev_.get()), &consumed);
+  listener_->stats->bytes_received.Add(consumed);
+
+  switch (result) {
+    case net::HttpParser::Result::kNeedMore:
+      if (state_ == State::kIdle && request_.message_started() &&
+          !header_timer_armed_) {
+        // The head has begun: from now on it must be complete in time.
+        header_timer_armed_ = true;
+        if (!first_request_) ArmTimer(listener_->config->client_header_timeout);
+      }
+      break;
+    case net::HttpParser::Result::kPausedHead:
+      head_pending_ = false;
+      paused_at_head_ = true;
+      OnRequestHead();
+      return;
+    case net::HttpParser::Result::kUpgrade:
+      request_upgrade_paused_ = true;
+      [[fallthrough]];
+    case net::HttpParser::Result::kComplete:
+      request_complete_ = true;
+      request_done_ = Clock::now();
+      if (head_pending_) {
+        head_pending_ = false;
+        OnRequestHead();
+        return;
+      }
+      if (response_complete_) {
+        FinishExchange();
+        return;
+      }
+      if (!response_started_ && state_ == State::kProxying) {
+        // The whole request is out: the backend's time to answer starts.
+        auto deadline =
+            std::min(request_done_ + cluster().config->request_timeout,
+                     std::max(attempt_start_, request_done_) +
+                         cluster().config->try_timeout);
+        ArmTimer(deadline - Clock::now());
+      }
+      return;
+    case net::HttpParser::Result::kError:
+      if (state_ == State::kIdle) {
+        Respond(request_.error_status(),
+                std::string(request_.error_reason()).c_str(), true);
+      } else {
+        // The body broke the rules after part of it went to the backend.
+        EndAttempt(false);
+        if (response_started_) {
+          Destroy();
+        } else {
+          Respond(request_.error_status(),
+                  std::string(request_.error_reason()).c_str(), true);
+        }
+      }
+      return;
+  }
+  if (upstream_ != nullptr && state_ == State::kProxying &&
+      OutputFull(upstream_->output())) {
+    request_blocked_ = true;
+    bufferevent_disable(bev_.get(), EV_READ);
+  }
+}
+
+net::HttpParser::HeadAction ClientConnection::OnHeadComplete(
+    net::HttpParser& parser) {
+  if (&parser == &request_) {
+    head_pending_ = true;
+    // A request without a body completes at once (an upgrade stops itself);
+    // one with a body waits until a backend can take it.
+    return request_.framing() == net::Framing::kNone
+               ? net::HttpParser::HeadAction::kContinue
+               : net::HttpParser::HeadAction::kPause;
+  }
+  OnResponseHead(parser);
+  return head_request_ ? net::HttpParser::HeadAction::kSkipBody
+                       : net::HttpParser::HeadAction::kContinue;
+}
+
+void ClientConnection::OnBody(net::HttpParser& parser, const char* data,
+                              size_t length) {
+  if (&parser == &request_) {
+    if (body_kept_) {
+      // Keep a small body so the request can go to another backend.
+      if (retry_body_.size() + length <= cluster().config->retry_buffer_bytes) {
+        retry_body_.append(data, length);
+      } else {
+        body_kept_ = false;
+        std::string().swap(retry_body_);
+      }
+    }
+    if (upstream_ == nullptr) return;
+    evbuffer* out = upstream_->output();
+    if (request_.framing() == net::Framing::kChunked) {
+      std::string& header = loop_.scratch();
+      net::AppendChunkHeader(length, &header);
+      evbuffer_add(out, header.data(), header.size());
+      evbuffer_add(out, data, length);
+      evbuffer_add(out, "\r\n", 2);
+    } else {
+      evbuffer_add(out, data, length);
+    }
+    return;
+  }
+  response_body_bytes_ += length;
+  evbuffer* out = bufferevent_get_output(bev_.get());
+  switch (response_framing_) {
+    case net::Framing::kChunked: {
+      std::string& header = loop_.scratch();
+      net::AppendChunkHeader(length, &header);
+      evbuffer_add(out, header.data(), header.size());
+      evbuffer_add(out, data, length);
+      evbuffer_add(out, "\r\n", 2);
+      break;
+    }
+    case net::Framing::kContentLength:
+    case net::Framing::kUntilClose:
+      evbuffer_add(out, data, length);
+      break;
+    case net::Framing::kNone:
+      break;
+  }
+}
+
+void ClientConnection::OnMessageComplete(net::HttpParser& parser) {
+  if (&parser == &request_) {
+    if (upstream_ != nullptr && request_.framing() == net::Framing::kChunked) {
+      std::string& tail = loop_.scratch();
+      net::AppendLastChunk(request_.trailers(), &tail);
+      evbuffer_add(upstream_->output(), tail.data(), tail.size());
+    }
+    return;
+  }
+  int status = response_->status_code();
+  if (status >= 100 && status < 200 && status != 101) return;  // interim
+  if (response_framing_ == net::Framing::kChunked) {
+    std::string& tail = loop_.scratch();
+    net::AppendLastChunk(response_->trailers(), &tail);
+    evbuffer_add(bufferevent_get_output(bev_.get()), tail.data(), tail.size());
+  }
+  response_complete_ = true;
+}
+
+void ClientConnection::OnRequestHead() {
+  // A reload since the last request: this one follows the new config.
+  ListenerStats* old_stats = listener_->stats;
+  loop_.Rebind(this, &generation_, &listener_);
+  if (listener_->stats != old_stats) {
+    old_stats->connections_open.Add(-1);
+    listener_->stats->connections_open.Add(1);
+  }
+  // A reload's limits apply from this request on (its body, its trailers,
+  // and the next head).
+  request_.set_max_head_bytes(listener_->config->max_header_size_bytes);
+  request_.set_max_body_bytes(listener_->config->max_body_size_bytes);
+  request_start_ = Clock::now();
+  client_keep_alive_ = request_.keep_alive();
+  head_request_ = request_.method() == HTTP_HEAD;
+  event_del(&timer_);
+  if (net::HasUnsupportedExpectation(request_)) {
+    Respond(417, "only 100-continue is supported", true);
+    return;
+  }
+  expect_continue_ = net::ExpectsContinue(request_);
+  upgrade_ = net::WantsUpgrade(request_);
+  if (close_when_idle_ || loop_.shutting_down()) client_keep_alive_ = false;
+  ++cluster().active_requests;
+  counted_request_ = true;
+  StartAttempt();
+}
+
+void ClientConnection::ReleaseClusterCounts() {
+  ClusterRuntime& runtime = cluster();
+  if (counted_request_) --runtime.active_requests;
+  if (counted_retry_) --runtime.active_retries;
+  counted_request_ = counted_retry_ = false;
+}
+
+std::optional<uint64_t> ClientConnection::RequestHash() const {
+  const conf::HashKey& key = cluster().config->hash_key;
+  std::string_view value;
+  switch (key.kind) {
+    case conf::HashKey::Kind::kNone:
+      return std::nullopt;
+    case conf::HashKey::Kind::kHeader: {
+      auto header = request_.headers().Find(key.name);
+      if (!header) return std::nullopt;
+      value = *header;
+      break;
+    }
+    case conf::HashKey::Kind::kCookie: {
+      // Cookie: a=1; b=2 (RFC 6265 §4.2); several Cookie fields may exist.
+      const net::HeaderList& headers = request_.headers();
+      for (size_t i = 0; i < headers.size() && value.empty(); ++i) {
+        if (!net::EqualsIgnoreCase(headers.name(i), "cookie")) continue;
+        std::string_view rest = headers.value(i);
+        while (!rest.empty()) {
+          size_t semi = rest.find(';');
+          std::string_view pair = rest.substr(0, semi);
+          while (!pair.empty() && pair.front() == ' ') pair.remove_prefix(1);
+          size_t eq = pair.find('=');
+          if (eq != std::string_view::npos && pair.substr(0, eq) == key.name) {
+            value = pair.substr(eq + 1);
+            break;
+          }
+          if (semi == std::string_view::npos) break;
+          rest.remove_prefix(semi + 1);
+        }
+      }
+      if (value.empty()) return std::nullopt;
+      break;
+    }
+    case conf::HashKey::Kind::kSourceIp:
+      value = std::string_view(client_address_).substr(0, client_ip_length_);
+      break;
+    case conf::HashKey::Kind::kPath: {
+      value = request_.target();
+      size_t query = value.find('?');
+      if (query != std::string_view::npos) value = value.substr(0, query);
+      break;
+    }
+  }
+  return algorithms::Hash64(value);
+}
+
+void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
+                                    bool other) {
+  ClusterRuntime& runtime = cluster();
+  algorithms::PickInput input;
+  input.inflight = runtime.inflight;
+  input.tried = &tried_;
+  if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone)
+    input.hash = RequestHash();
+  constexpr size_t kNone = SIZE_MAX;
+  size_t pick = runtime.picker->Pick(input).value_or(kNone);
+  if (pick != kNone && retry && other && tried_.Contains(pick)) pick = kNone;
+  if (pick == kNone && retry && runtime.has_fallback) {
+    // Every eligible backend failed this request (typically: refused, before
+    // health/ has counted to `fall`): a healthy backup in reserve is better
+    // than an error.
+    pick = runtime.fallback->Pick(input).value_or(kNone);
+    if (pick != kNone && tried_.Contains(pick)) pick = kNone;
+  }
+  if (pick != kNone && runtime.has_limits &&
+      !TryAcquire(runtime.backends[pick])) {
+    // Full: look for another backend below its limit, treating the full ones
+    // as tried for this pick only.
+    algorithms::TriedSet skip = tried_;
+    size_t full = pick;
+    pick = kNone;
+    for (size_t attempt = 0; attempt < runtime.backends.size(); ++attempt) {
+      skip.Insert(full);
+      input.tried = &skip;
+      size_t candidate = runtime.picker->Pick(input).value_or(kNone);
+      if (candidate == kNone || skip.Contains(candidate)) break;
+      if (TryAcquire(runtime.backends[candidate])) {
+        pick = candidate;
+        break;
+      }
+      full = candidate;
+    }
+    if (pick == kNone) {
+      flags_ |= kFlagOverflow;
+      if (from_queue_) {
+        // Still full: back to the head of the line, the timeout unchanged.
+        state_ = State::kQueued;
+        queued_ = true;
+        runtime.queue.push_front(this);
+        return;
+      }
+      const uint32_t queue_size = runtime.config->queue_size;
+      if (queue_size > 0 && runtime.queue.size() < queue_size && !retry) {
+        state_ = State::kQueued;
+        queued_ = true;
+        runtime.queue.push_back(this);
+        runtime.stats->queued.Add(1);
+        queued_since_ = Clock::now();
+        loop_.WatchQueue();
+        ArmTimer(runtime.config->queue_timeout);
+        return;
+      }
+      RespondBusy("every backend is at its request limit");
+      return;
+    }
+  }
+  // A cold backup is starting for want of backends, or every eligible backend
+  // failed a retryable request and a cold backup stands by: wait (within
+  // request_timeout) for health/ to bring it in rather than failing requests
+  // it will serve. (A retry got here only if DecideRetry allowed it.)
+  const bool standby_may_come =
+      runtime.activating || (retry && runtime.cold_standby);
+  if (pick == kNone && standby_may_come) {
+    if (from_queue_) {
+      state_ = State::kQueued;
+      queued_ = true;
+      runtime.queue.push_front(this);
+      return;
+    }
+    if (runtime.queue.size() <
+        std::max<size_t>(runtime.config->queue_size, 1024)) {
+      if (retry) {
+        // Resumed as the retry it is (RetryFromQueue): the backends it
+        // already failed on stay excluded, and this answer stands if none
+        // comes.
+        pending_status_ = status;
+        if (detail != detail_.c_str()) detail_ = detail;
+      }
+      waiting_activation_ = true;
+      state_ = State::kQueued;
+      queued_ = true;
+      runtime.queue.push_back(this);
+      runtime.stats->queued.Add(1);
+      queued_since_ = Clock::now();
+      loop_.WatchQueue();
+      ArmTimer(request_start_ + runtime.config->request_timeout - Clock::now());
+      return;
+    }
+  }
+  if (pick == kNone) {
+    if (retry) {
+      retry_note_ = "no other backend";
+      Respond(status, detail, !request_complete_);
+      return;
+    }
+    flags_ |= kFlagNoBackend;
+    runtime.stats->no_backend.Add();
+    Respond(503, "no eligible backend", !request_complete_);
+    return;
+  }
+  backend_ = pick;
+  has_backend_ = true;
+  BackendRuntime& backend = runtime.backends[backend_];
+  last_backend_ = backend.config;
+  if (++tries_ > 1) {
+    flags_ |= kFlagRetried;
+    runtime.stats->retries[static_cast<size_t>(last_failure_)].Add();
+    if (!counted_retry_) {
+      counted_retry_ = true;
+      ++runtime.active_retries;
+    }
+  }
+  ++runtime.inflight[backend_];
+  backend.stats->inflight.Add(1);
+  attempt_start_ = Clock::now();
+  if (!response_) response_ = loop_.TakeResponseParser(this);
+  response_->Reset();
+  interim_responses_ = 0;
+  response_bytes_seen_ = false;
+  upstream_eof_ = false;
+
+  upstream_ = backend.pool->TakeIdle(this);
+  if (upstream_ != nullptr) {
+    state_ = State::kProxying;
+    SendRequestHead();
+    return;
+  }
+  // Connect() owns the reservation from here, on failure too.
+  upstream_ = backend.pool->Connect(this, connection_reserved_);
+  connection_reserved_ = false;
+  if (upstream_ == nullptr) {
+    FailAttempt(Failure::kConnect, 502,
+                "cannot open a connection to the backend");
+    return;
+  }
+  state_ = State::kConnecting;
+  auto deadline = attempt_start_ + runtime.config->connect_timeout;
+  ArmTimer(deadline - Clock::now());
+}
+
+void ClientConnection::SendRequestHead() {
+  net::RequestForwarding forwarding;
+  forwarding.client_ip =
+      std::string_view(client_address_).substr(0, client_ip_length_);
+  forwarding.client_tls = listener_->config->tls();
+  forwarding.upgrade = upgrade_;
+  forwarding.default_host = cluster().backends[backend_].config->address.text;
+  std::string& head = loop_.scratch();
+  net::AppendRequestHead(request_, forwarding, &head);
+  upstream_->StartRequest();
+  evbuffer_add(upstream_->output(), head.data(), head.size());
+  bufferevent_setwatermark(upstream_->bev(), EV_WRITE, kOutputLowWater, 0);
+  bufferevent_setwatermark(upstream_->bev(), EV_READ, 0, 0);
+  bufferevent_set_max_single_read(upstream_->bev(), kMaxSingleRead);
+  if (bufferevent_enable(upstream_->bev(), EV_READ | EV_WRITE) != 0) {
+    FailAttempt(Failure::kConnect, 502, "cannot use the backend connection");
+    return;
+  }
+  if (expect_continue_ && !continue_sent_) {
+    continue_sent_ = true;
+    evbuffer_add(bufferevent_get_output(bev_.get()), kContinue,
+                 sizeof(kContinue) - 1);
+  }
+  if (tries_ > 1 && request_.body_bytes() > 0) ReplayBody();
+  if (request_complete_) {
+    auto deadline = std::min(request_done_ + cluster().config->request_timeout,
+                             std::max(attempt_start_, request_done_) +
+                                 cluster().config->try_timeout);
+    ArmTimer(deadline - Clock::now());
+    return;
+  }
+  if (paused_at_head_) {
+    paused_at_head_ = false;
+    request_.Resume();
+  }
+  ArmTimer(cluster().config->idle_timeout);
+  bufferevent_enable(bev_.get(), EV_READ);
+  ParseRequest();
+}
+
+void ClientConnection::ReplayBody() {
+  evbuffer* out = upstream_->output();
+  if (request_.framing() == net::Framing::kChunked) {
+    std::string& framed = loop_.scratch();
+    if (!retry_body_.empty())
+      net::AppendChunkHeader(retry_body_.size(), &framed);
+    evbuffer_add(out, framed.data(), framed.size());
+    evbuffer_add(out, retry_body_.data(), retry_body_.size());
+    if (!retry_body_.empty()) evbuffer_add(out, "\r\n", 2);
+    if (request_complete_) {
+      std::string& tail = loop_.scratch();
+      net::AppendLastChunk(request_.trailers(), &tail);
+      evbuffer_add(out, tail.data(), tail.size());
+    }
+  } else {
+    evbuffer_add(out, retry_body_.data(), retry_body_.size());
+  }
+}
+
+// ---- the response side ------------------------------------------------------
+
+void ClientConnection::ParseResponse() {
+  if (upstream_ == nullptr) return;
+  if (!upstream_->request_started() &&
+      evbuffer_get_length(upstream_->input()) > 0) {
+    // Bytes that came before any of the request left cannot answer it.
+    FailAttempt(Failure::kInvalid, 502,
+                "backend sent a response before the request");
+    return;
+  }
+  size_t consumed = 0;
+  net::HttpParser::Result result =
+      Feed(*response_, upstream_->input(), &consumed);
+  if (consumed > 0) response_bytes_seen_ = true;
+  switch (result) {
+    case net::HttpParser::Result::kNeedMore:
+      if (OutputFull(bufferevent_get_output(bev_.get()))) {
+        response_blocked_ = true;
+        bufferevent_disable(upstream_->bev(), EV_READ);
+      }
+      return;
+    case net::HttpParser::Result::kComplete:
+    case net::HttpParser::Result::kPausedHead:
+      OnResponseComplete();
+      return;
+    case net::HttpParser::Result::kUpgrade:
+      if (response_->status_code() == 101 && upgrade_) {
+        EnterTunnel();
+      } else {
+        OnResponseComplete();
+      }
+      return;
+    case net::HttpParser::Result::kError:
+      if (retry_status_ != 0) {
+        int status = retry_status_;
+        retry_status_ = 0;
+        flags_ |= kFlagRetried5xx;
+        FailAttempt(Failure::kStatus, status, "backend answered with an error");
+      } else if (!response_started_) {
+        FailAttempt(Failure::kInvalid, 502, "invalid response from backend");
+      } else {
+        ReportOutcome(false, Failure::kInvalid);
+        AbortExchange(kFlagInvalidResponse);
+      }
+      return;
+  }
+}
+
+void ClientConnection::OnResponseHead(net::HttpParser& parser) {
+  int status = parser.status_code();
+  int client_minor = request_.http_minor();
+  std::string& head = loop_.scratch();
+  if (status >= 100 && status < 200 && status != 101) {
+    if (++interim_responses_ > kMaxInterimResponses) {
+      parser.Reject(502, "too many interim responses");
+      return;
+    }
+    // Interim responses: tandem sends its own 100 Continue; others (103
+    // Early Hints) go to HTTP/1.1 clients.
+    if (status != 100 && client_minor >= 1) {
+      net::ResponsePlan plan;
+      net::AppendResponseHead(parser, plan, client_minor, false, &head);
+      evbuffer_add(bufferevent_get_output(bev_.get()), head.data(),
+                   head.size());
+    }
+    return;
+  }
+  if (status == 101 && !upgrade_) {
+    parser.Reject(502, "backend switched protocols unasked");
+    return;
+  }
+  if (client_minor == 0 && !parser.transfer_codings().empty()) {
+    // A coding such as gzip cannot be labelled for an HTTP/1.0 client (it
+    // gets no Transfer-Encoding, RFC 9112 §6.1), and removing it would hand
+    // over a body that is not what it claims: nginx, too, answers 502.
+    parser.Reject(502, "a transfer coding an HTTP/1.0 client cannot receive");
+    return;
+  }
+  if ((status == 502 || status == 503 || status == 504) &&
+      // This answer is a failed try that reached a worker: count it.
+      DecideRetry(RetryFacts(Failure::kStatus, reached_failures_ + 1)).action !=
+          RetryAction::kGiveUp) {
+    // Another backend may do better: drop this answer and try there. When
+    // no retry is possible the backend's own answer is relayed instead.
+    retry_status_ = status;
+    parser.Reject(status, "retrying");
+    return;
+  }
+  ReportOutcome(status < 500, Failure::kStatus);
+  // Closing for a shutdown: tell the client in this response.
+  net::ResponsePlan plan =
+      net::PlanResponse(parser, head_request_, client_minor,
+                        client_keep_alive_ && !client_eof_ &&
+                            !close_when_idle_ && !loop_.shutting_down());
+  if (!request_complete_)
+    plan.close = true;  // the rest of the request can't follow
+  if (plan.framing == net::Framing::kUntilClose) plan.close = true;
+  response_framing_ = plan.framing;
+  response_close_ = plan.close;
+  status_ = status;
+  net::AppendResponseHead(parser, plan, client_minor, head_request_, &head);
+  evbuffer_add(bufferevent_get_output(bev_.get()), head.data(), head.size());
+  response_started_ = true;
+  // From here on only silence ends the exchange.
+  Touch();
+  ArmTimer(cluster().config->idle_timeout);
+}
+
+void ClientConnection::OnResponseComplete() {
+  if (!request_complete_) {
+    // The backend answered before the request ended (an early 413, say): the
+    // backend connection can't be reused and the client's is closed.
+    EndAttempt(false);
+    LogExchange();
+    CloseAfterFlush();
+    return;
+  }
+  FinishExchange();
+}
+
+void ClientConnection::EnterTunnel() {
+  state_ = State::kTunnel;
+  evbuffer* client_out = bufferevent_get_output(bev_.get());
+  evbuffer* client_in = bufferevent_get_input(bev_.get());
+  // Bytes that followed the 101 belong to the new protocol already.
+  PumpTunnel(upstream_->input(), client_out, upstream_->bev(), bev_.get());
+  PumpTunnel(client_in, upstream_->output(), bev_.get(), upstream_->bev());
+  bufferevent_enable(bev_.get(), EV_READ);
+  Touch();
+  ArmTimer(cluster().config->idle_timeout);
+}
+
+void ClientConnection::PumpTunnel(evbuffer* from, evbuffer* to,
+                                  bufferevent* from_bev,
+                                  bufferevent* /*to_bev*/) {
+  evbuffer_add_buffer(to, from);
+  if (OutputFull(to)) bufferevent_disable(from_bev, EV_READ);
+}
+
+namespace {
+
+// Sends a FIN (after close_notify on TLS): the peer reads an end of stream
+// while it may still send (a half-close, RFC 9293 §3.6).
+bool ShutdownWrite(bufferevent* bev) {
+  if (SSL* ssl = bufferevent_openssl_get_ssl(bev)) {
+    (void)SSL_shutdown(ssl);
+    ERR_clear_error();
+  }
+  evutil_socket_t fd = bufferevent_getfd(bev);
+  return fd >= 0 && shutdown(fd, SHUT_WR) == 0;
+}
+
+}  // namespace
+
+void ClientConnection::TunnelFlushed() {
+  // A side that ended passes its end on once everything it sent is out.
+  bool failed = false;
+  if (client_eof_ && !tunnel_backend_shut_ &&
+      evbuffer_get_length(upstream_->output()) == 0) {
+    tunnel_backend_shut_ = true;
+    failed = !ShutdownWrite(upstream_->bev());
+  }
+  if (upstream_eof_ && !tunnel_client_shut_ &&
+      evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0) {
+    tunnel_client_shut_ = true;
+    failed = failed || !ShutdownWrite(bev_.get());
+  }
+  if (failed || (tunnel_backend_shut_ && tunnel_client_shut_ && client_eof_ &&
+                 upstream_eof_)) {
+    // Both directions are done (or a socket is gone).
+    EndAttempt(false);
+    LogExchange();
+    Destroy();
+  }
+}
+
+// ---- ending an exchange
+// ------------------------------------------------------
+
+void ClientConnection::EndAttempt(bool reusable) {
+  if (upstream_ != nullptr) {
+    BackendPool& pool = upstream_->pool();
+    if (reusable && has_backend_) {
+      // At a backend's max_connections, an idle connection kept here would
+      // starve requests waiting on the other threads: close it instead.
+      uint32_t limit = cluster().backends[backend_].config->max_connections;
+      if (limit > 0 && pool.shared_connections() >= limit) reusable = false;
+    }
+    if (reusable) {
+      pool.Release(upstream_, cluster().config->max_idle_connections);
+    } else {
+      pool.Close(upstream_);
+    }
+    upstream_ = nullptr;
+  }
+  if (has_backend_) {
+    has_backend_ = false;
+    ClusterRuntime& runtime = cluster();
+    --runtime.inflight[backend_];
+    runtime.backends[backend_].stats->inflight.Add(-1);
+    if (holds_slot_) {
+      holds_slot_ = false;
+      runtime.backends[backend_].limits->inflight.fetch_sub(
+          1, std::memory_order_relaxed);
+    }
+    // A slot or a connection is free: the oldest queued request may go.
+    if (runtime.backends[backend_].limits && !runtime.queue.empty()) {
+      loop_.DrainQueue(runtime);
+    }
+  }
+}
+
+bool ClientConnection::TryAcquire(BackendRuntime& backend) {
+  if (!backend.limits) return true;
+  const conf::Backend& config = *backend.config;
+  // Takes one unit of `counter` below `limit`, atomically across threads.
+  auto take = [](std::atomic<uint32_t>& counter, uint32_t limit) {
+    uint32_t current = counter.load(std::memory_order_relaxed);
+    do {
+      if (current >= limit) return false;
+    } while (!counter.compare_exchange_weak(current, current + 1,
+                                            std::memory_order_relaxed));
+    return true;
+  };
+  if (config.max_inflight > 0 &&
+      !take(backend.limits->inflight, config.max_inflight)) {
+    return false;
+  }
+  holds_slot_ = config.max_inflight > 0;
+  // Without an idle connection a new one is needed: reserve it now, so two
+  // threads cannot both open the last one.
+  if (config.max_connections > 0 && backend.pool->idle_count() == 0) {
+    if (!take(backend.limits->connections, config.max_connections)) {
+      if (holds_slot_)
+        backend.limits->inflight.fetch_sub(1, std::memory_order_relaxed);
+      holds_slot_ = false;
+      return false;
+    }
+    connection_reserved_ = true;
+  }
+  return true;
+}
+
+void ClientConnection::ResumeRetry() {
+  Enter(this, [this] {
+    event_del(&timer_);
+    state_ = State::kConnecting;
+    StartAttempt(true, pending_status_, detail_.c_str(), true);
+  });
+}
+
+void ClientConnection::Dequeue() {
+  if (state_ == State::kRetryWait) {
+    auto& waiters = cluster().retry_waiters;
+    auto it = std::find(waiters.begin(), waiters.end(), this);
+    if (it != waiters.end()) waiters.erase(it);
+  }
+  if (!queued_) return;
+  queued_ = false;
+  cluster().stats->queued.Add(-1);
+  cluster().stats->queue_wait.Observe(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
+                                                            queued_since_)
+          .count()));
+  auto& queue = cluster().queue;
+  auto it = std::find(queue.begin(), queue.end(), this);
+  if (it != queue.end()) queue.erase(it);
+}
+
+bool ClientConnection::RetryFromQueue() {
+  bool left = false;
+  Enter(this, [this, &left] {
+    // Leaves the queue for this try; StartAttempt() puts it back at the head
+    // when every backend is still full.
+    auto& queue = cluster().queue;
+    queue.erase(std::find(queue.begin(), queue.end(), this));
+    queued_ = false;
+    from_queue_ = true;
+    state_ = State::kConnecting;
+    if (tries_ > 0) {
+      StartAttempt(true, pending_status_, detail_.c_str());
+    } else {
+      StartAttempt();
+    }
+    from_queue_ = false;
+    left = !queued_;
+    if (left) {
+      queued_ = true;  // account for the wait as Dequeue() does
+      Dequeue();
+    }
+  });
+  return left;
+}
+
+void ClientConnection::RespondBusy(const char* detail) {
+  cluster().stats->no_backend.Add();
+  Respond(503, detail, false, "Retry-After: 1\r\n");
+}
+
+void ClientConnection::ReportOutcome(bool success, Failure failure) {
+  if (!has_backend_) return;
+  loop_.ReportOutcome(cluster(), backend_, success, Traits(failure).health,
+                      failure == Failure::kRefused);
+}
+
+Clock::time_point ClientConnection::RequestDeadline() const {
+  return std::max(request_done_, request_start_) +
+         cluster().config->request_timeout;
+}
+
+RetryInput ClientConnection::RetryFacts(Failure failure,
+                                        uint32_t reached_failures) const {
+  const ClusterRuntime& runtime = cluster();
+  RetryInput input;
+  input.failure = failure;
+  input.response_started = response_started_;
+  input.deadline_passed = Clock::now() >= RequestDeadline();
+  input.idempotent = net::IsIdempotent(request_);
+  input.reached_failures = reached_failures;
+  input.retries = runtime.config->retries;
+  input.has_body = request_.body_bytes() > 0;
+  input.body_replayable = body_kept_;
+  // Another eligible backend this request has not tried yet? (The set may
+  // have changed since the last try: compare backend by backend.)
+  input.other_backend = runtime.has_fallback || runtime.cold_standby;
+  for (size_t b = 0; b < runtime.backends.size() && !input.other_backend; ++b) {
+    input.other_backend = runtime.backends[b].eligible && !tried_.Contains(b) &&
+                          !(has_backend_ && b == backend_);
+  }
+  input.budget_left = counted_retry_ || runtime.RetryBudgetLeft();
+  return input;
+}
+
+void ClientConnection::FailAttempt(Failure failure, int status,
+                                   const char* detail) {
+  const FailureTraits& traits = Traits(failure);
+  flags_ |= traits.flag;
+  if (has_backend_) {
+    if (!trail_.empty()) trail_.push_back(',');
+    trail_.append(cluster().backends[backend_].config->address.text);
+    trail_.push_back(':');
+    trail_.append(traits.trail_code);
+    BackendStats* stats = cluster().backends[backend_].stats;
+    if (failure == Failure::kConnect || failure == Failure::kRefused) {
+      stats->connect_failures.Add();
+    } else if (failure == Failure::kReset || failure == Failure::kPoolRace) {
+      stats->upstream_resets.Add();
+    } else if (failure == Failure::kTimeout) {
+      stats->upstream_timeouts.Add();
+    }
+    // A pooled connection closing under us says nothing about the backend.
+    if (failure != Failure::kPoolRace) ReportOutcome(false, failure);
+    tried_.Insert(backend_);
+  }
+  last_failure_ = failure;
+  if (traits.reached_worker) ++reached_failures_;
+  RetryDecision decision = DecideRetry(RetryFacts(failure, reached_failures_));
+  ClusterRuntime& runtime = cluster();
+  if (decision.action == RetryAction::kWaitForBudget) {
+    // Too many retries in flight: wait for one to finish, within
+    // request_timeout, so a burst of timeouts on one frozen worker is not
+    // turned into errors while the cluster is not hammered either.
+    EndAttempt(false);
+    auto deadline = RequestDeadline();
+    if (Clock::now() < deadline) {
+      pending_status_ = status;
+      if (detail != detail_.c_str()) detail_ = detail;
+      state_ = State::kRetryWait;
+      runtime.retry_waiters.push_back(this);
+      loop_.WatchQueue();
+      ArmTimer(deadline - Clock::now());
+      return;
+    }
+    decision = {RetryAction::kGiveUp, "retry budget spent"};
+  }
+  bool same_backend_ok = failure == Failure::kPoolRace;
+  if (failure == Failure::kPoolRace && upstream_ != nullptr) {
+    // The backend closed an idle connection under us; its other idle ones
+    // (a restart, a crash) are likely gone too: don't try them one by one.
+    upstream_->pool().CloseIdle(std::chrono::steady_clock::duration::zero());
+  }
+  EndAttempt(false);
+  if (decision.action == RetryAction::kRetry) {
+    StartAttempt(true, status, detail, !same_backend_ok);
+    return;
+  }
+  retry_note_ = decision.reason;
+  Respond(status, detail, !request_complete_);
+}
+
+void ClientConnection::Respond(int status, const char* detail, bool close,
+                               std::string_view extra_fields) {
+  if (response_started_) {
+    AbortExchange(0);
+    return;
+  }
+  EndAttempt(false);
+  if (!request_complete_) close = true;
+  if (!client_keep_alive_ || client_eof_) close = true;
+  status_ = status;
+  std::string& out = loop_.scratch();
+  net::AppendSimpleResponse(status, detail, close, request_.http_minor(),
+                            extra_fields, &out);
+  evbuffer_add(bufferevent_get_output(bev_.get()), out.data(), out.size());
+  response_body_bytes_ = out.size() - (out.find("\r\n\r\n") + 4);
+  response_started_ = true;
+  response_complete_ = true;
+  response_close_ = close;
+  if (close) {
+    LogExchange();
+    CloseAfterFlush();
+    return;
+  }
+  FinishExchange();
+}
+
+void ClientConnection::FinishExchange() {
+  bool reusable = upstream_ != nullptr && !upstream_eof_ &&
+                  response_complete_ && request_complete_ &&
+                  response_->keep_alive() &&
+                  response_->framing() != net::Framing::kUntilClose &&
+                  !request_upgrade_paused_;
+  EndAttempt(reusable);
+  LogExchange();
+  if (response_close_ || !client_keep_alive_ || client_eof_ ||
+      close_when_idle_ || loop_.shutting_down()) {
+    CloseAfterFlush();
+    return;
+  }
+  bool upgrade_paused = request_upgrade_paused_;
+  ResetExchange();
+  // What one large request made the parser hold goes back to the allocator.
+  request_.ShrinkIfLarge(kMaxIdleParserBytes);
+  state_ = State::kIdle;
+  if (upgrade_paused) {
+    request_.ResumeAfterUpgrade();
+  } else {
+    request_.Resume();
+  }
+  ArmTimer(listener_->config->idle_timeout);
+  bufferevent_enable(bev_.get(), EV_READ);
+  ParseRequest();  // a pipelined request may be waiting
+}
+
+void ClientConnection::ResetExchange() {
+  // The response parser is needed only during an exchange: an idle
+  // keep-alive connection gives it back to the loop.
+  if (response_) loop_.ReturnResponseParser(std::move(response_));
+  backend_ = 0;
+  has_backend_ = false;
+  tried_.Clear();
+  tries_ = 0;
+  flags_ = 0;
+  head_pending_ = false;
+  paused_at_head_ = false;
+  request_upgrade_paused_ = false;
+  continue_sent_ = false;
+  logged_ = false;
+  request_complete_ = false;
+  request_blocked_ = false;
+  response_started_ = false;
+  response_complete_ = false;
+  response_blocked_ = false;
+  response_bytes_seen_ = false;
+  response_close_ = false;
+  client_keep_alive_ = true;
+  head_request_ = false;
+  expect_continue_ = false;
+  upgrade_ = false;
+  status_ = 0;
+  response_framing_ = net::Framing::kNone;
+  response_body_bytes_ = 0;
+  first_request_ = false;
+  header_timer_armed_ = false;
+  last_backend_ = nullptr;
+  retry_note_ = {};
+  reached_failures_ = 0;
+  waiting_activation_ = false;
+  trail_.clear();
+  retry_status_ = 0;
+  if (retry_body_.capacity() > kMaxIdleRetryBodyBytes) {
+    std::string().swap(retry_body_);
+  } else {
+    retry_body_.clear();
+  }
+  interim_responses_ = 0;
+  body_kept_ = true;
+}
+
+void ClientConnection::AbortExchange(uint32_t flag) {
+  flags_ |= flag;
+  EndAttempt(false);
+  if (state_ != State::kIdle || request_.message_started()) LogExchange();
+  if (response_started_ && !(flag & kFlagClientReset)) {
+    // The backend cut the response: deliver what arrived, then end the
+    // connection so the client cannot take it as complete. A close-delimited
+    // body would look complete after a clean FIN, so that one is reset.
+    reset_on_close_ = response_framing_ == net::Framing::kUntilClose;
+    CloseAfterFlush();
+    return;
+  }
+  Destroy();
+}
+
+void ClientConnection::CloseAfterFlush() {
+  state_ = State::kClosing;
+  bufferevent_setwatermark(bev_.get(), EV_WRITE, 0, 0);
+  if (evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0) {
+    FinishClose();
+    return;
+  }
+  ArmTimer(listener_->config->idle_timeout);
+}
+
+void ClientConnection::FinishClose() {
+  if (closing_shutdown_) return;
+  closing_shutdown_ = true;
+  if (reset_on_close_) {
+    evutil_socket_t fd = bufferevent_getfd(bev_.get());
+    linger hard = {1, 0};
+    if (fd >= 0)
+      (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof(hard));
+    Destroy();
+    return;
+  }
+  // Lingering close: shut our side, keep reading (and discarding) for a
+  // moment so unread request bytes do not turn into an RST that destroys
+  // the response before the client has read it.
+  if (SSL* ssl = bufferevent_openssl_get_ssl(bev_.get())) {
+    // close_notify first, so a TLS client knows the end is genuine.
+    (void)SSL_shutdown(ssl);
+    ERR_clear_error();
+  }
+  evutil_socket_t fd = bufferevent_getfd(bev_.get());
+  if (fd < 0 || shutdown(fd, SHUT_WR) != 0) {
+    Destroy();
+    return;
+  }
+  evbuffer* input = bufferevent_get_input(bev_.get());
+  evbuffer_drain(input, evbuffer_get_length(input));
+  bufferevent_enable(bev_.get(), EV_READ);
+  ArmTimer(kLingerTime);
+}
+
+void ClientConnection::CloseWhenIdle() {
+  close_when_idle_ = true;
+  Enter(this, [this] {
+    if (state_ == State::kIdle && !request_.message_started()) Destroy();
+  });
+}
+
+void ClientConnection::Abort() {
+  flags_ |= kFlagClientReset;
+  if (state_ != State::kIdle && state_ != State::kClosing) LogExchange();
+  delete this;
+}
+
+uint64_t ClientConnection::BufferedBytes() const {
+  uint64_t bytes = evbuffer_get_length(bufferevent_get_input(bev_.get())) +
+                   evbuffer_get_length(bufferevent_get_output(bev_.get())) +
+                   retry_body_.capacity() + request_.HeldBytes();
+  if (upstream_ != nullptr) {
+    bytes += evbuffer_get_length(upstream_->input()) +
+             evbuffer_get_length(upstream_->output());
+  }
+  if (response_) bytes += response_->HeldBytes();
+  return bytes;
+}
+
+// ---- timers ----------------------------------------------------------------
+
+void ClientConnection::ArmTimer(std::chrono::steady_clock::duration delay) {
+  timeval tv = ToTimeval(delay);
+  event_add(&timer_, &tv);
+}
+
+void ClientConnection::OnTimer() {
+  Clock::time_point now = Clock::now();
+  const conf::Cluster& config = *cluster().config;
+  switch (state_) {
+    case State::kIdle:
+      if (request_.message_started() || first_request_) {
+        if (request_.message_started()) {
+          flags_ |= kFlagClientTimeout;
+          Respond(408, "request head not received in time", true);
+        } else {
+          Destroy();
+        }
+      } else {
+        Destroy();  // keep-alive connection idle too long
+      }
+      return;
+    case State::kRetryWait:
+      Dequeue();
+      retry_note_ = "retry budget spent until request_timeout";
+      Respond(pending_status_, detail_.c_str(), !request_complete_);
+      return;
+    case State::kQueued:
+      Dequeue();
+      cluster().stats->queue_timeouts.Add();
+      if (waiting_activation_) {
+        flags_ |= kFlagNoBackend;
+        Respond(503,
+                "no eligible backend (a cold backup did not come up in time)",
+                !request_complete_);
+      } else {
+        RespondBusy("no backend slot freed up within queue_timeout");
+      }
+      return;
+    case State::kConnecting:
+      flags_ |= kFlagUpstreamTimeout;
+      FailAttempt(Failure::kConnect, 502, "connection to backend timed out");
+      return;
+    case State::kProxying: {
+      if (!request_complete_ || response_started_) {
+        auto idle_for = now - last_activity_;
+        if (idle_for < config.idle_timeout) {
+          ArmTimer(config.idle_timeout - idle_for);
+          return;
+        }
+        if (!response_started_) {
+          flags_ |= kFlagClientTimeout;
+          Respond(408, "request body not received in time", true);
+        } else {
+          AbortExchange(kFlagUpstreamTimeout);
+        }
+        return;
+      }
+      auto request_deadline = RequestDeadline();
+      if (now >= request_deadline) {
+        // The whole budget is spent: DecideRetry allows no retry.
+        FailAttempt(Failure::kTimeout, 504,
+                    "backend did not answer within request_timeout");
+        return;
+      }
+      auto try_deadline =
+          std::max(attempt_start_, request_done_) + config.try_timeout;
+      if (now >= try_deadline) {
+        FailAttempt(Failure::kTimeout, 504,
+                    "backend did not answer within try_timeout");
+        return;
+      }
+      ArmTimer(std::min(request_deadline, try_deadline) - now);
+      return;
+    }
+    case State::kTunnel: {
+      auto idle_for = now - last_activity_;
+      if (idle_for < config.idle_timeout) {
+        ArmTimer(config.idle_timeout - idle_for);
+        return;
+      }
+      EndAttempt(false);
+      LogExchange();
+      Destroy();
+      return;
+    }
+    case State::kClosing:
+      Destroy();
+      return;
+  }
+}
+
+// ---- accounting ------------------------------------------------------------
+
+bool ClientConnection::OutputFull(evbuffer* buffer) const {
+  return evbuffer_get_length(buffer) >= kOutputHighWater;
+}
+
+std::string_view ClientConnection::backend_address() const {
+  return last_backend_ != nullptr
+             ? std::string_view(last_backend_->address.text)
+             : std::string_view();
+}
+
+std::string_view ClientConnection::FlagsText() {
+  flags_text_.clear();
+  for (size_t bit = 0; bit < kExchangeFlagNames.size(); ++bit) {
+    if ((flags_ & (1u << bit)) == 0) continue;
+    if (!flags_text_.empty()) flags_text_.push_back(',');
+    flags_text_.append(kExchangeFlagNames[bit]);
+  }
+  return flags_text_;
+}
+
+void ClientConnection::LogExchange() {
+  ReleaseClusterCounts();
+  if (logged_) return;
+  logged_ = true;
+  auto now = Clock::now();
+  if (request_start_.time_since_epoch().count() == 0) request_start_ = now;
+  uint64_t micros = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(now -
+                                                            request_start_)
+          .count());
+  ClusterRuntime& runtime = cluster();
+  listener_->stats->requests[StatusClass(status_)].Add();
+  listener_->stats->bytes_sent.Add(response_body_bytes_);
+  runtime.stats->request_duration.Observe(micros);
+  if (last_backend_ != nullptr) {
+    runtime.backends[backend_].stats->responses[StatusClass(status_)].Add();
+  }
+  AccessLog& log = loop_.access_log();
+  if (!log.enabled()) return;
+  AccessLogEntry entry;
+  entry.client = client_address_;
+  entry.method =
+      request_.in_head() ? std::string_view("-") : request_.method_name();
+  entry.target = request_.in_head() ? std::string_view("-") : request_.target();
+  entry.http_minor = request_.http_minor();
+  entry.status = status_;
+  entry.bytes_sent = response_body_bytes_;
+  entry.bytes_received = request_.body_bytes();
+  entry.duration_micros = micros;
+  entry.listener = listener_->config->name;
+  entry.cluster = runtime.config->name;
+  entry.backend = backend_address();
+  entry.tries = tries_;
+  entry.flags = FlagsText();
+  entry.note = retry_note_;
+  entry.trail = trail_;
+  log.Write(entry);
+}
+
+}  // namespace tandem::dispatcher

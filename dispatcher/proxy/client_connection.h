@@ -1,0 +1,229 @@
+// One client connection and the exchange in progress on it: the HTTP/1.1
+// proxy state machine, driven from a few entry points as memcached's
+// drive_machine(), with back-pressure by watermarks as libevent's le-proxy.
+#pragma once
+
+#include <event2/event_struct.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "algorithms/picker.h"
+#include "dispatcher/loop.h"
+#include "dispatcher/proxy/retry_policy.h"
+#include "dispatcher/proxy/upstream.h"
+#include "net/event_ptr.h"
+#include "net/http_parser.h"
+
+namespace tandem::dispatcher {
+
+class ClientConnection : private net::HttpParser::Handler,
+                         private UpstreamUser {
+ public:
+  // Takes ownership of `fd`, accepted on `listener` of `generation`.
+  static void Accept(Loop& loop, Generation& generation,
+                     ListenerRuntime& listener, evutil_socket_t fd,
+                     const sockaddr* address, int length);
+
+  // Shutdown: close now if no request is in progress, else close once the
+  // current exchange ends.
+  void CloseWhenIdle();
+  // Grace period over: close at once.
+  void Abort();
+  // A queued request tries again to find a backend below its limit; false
+  // when it is still queued (every backend still full).
+  bool RetryFromQueue();
+  // The retry budget has room again: the waiting retry goes now.
+  void ResumeRetry();
+
+  // Bytes this connection holds in buffers now (client and backend, both
+  // directions, the kept retry body, its parsers' fields).
+  uint64_t BufferedBytes() const;
+
+  // Intrusive list of a loop's connections.
+  ClientConnection* next = nullptr;
+  ClientConnection* prev = nullptr;
+
+ private:
+  enum class State {
+    kIdle,        // waiting for a request head (or its rest)
+    kQueued,      // every eligible backend is at its max_inflight: waiting
+    kRetryWait,   // a retry waits for the retry budget
+    kConnecting,  // head parsed, connecting to a backend
+    kProxying,    // request sent or streaming; response awaited or streaming
+    kTunnel,      // after 101: bytes copied both ways
+    kClosing,     // flushing the last bytes, then close
+  };
+
+  using Failure = FailureKind;
+
+  ClientConnection(Loop& loop, Generation& generation,
+                   ListenerRuntime& listener, net::BufferEventPtr bev,
+                   const sockaddr* address, int length);
+  ~ClientConnection() override;
+
+  // libevent entry points.
+  static void ReadCb(bufferevent* bev, void* arg);
+  static void WriteCb(bufferevent* bev, void* arg);
+  static void EventCb(bufferevent* bev, short events, void* arg);
+  static void TimerCb(evutil_socket_t, short, void* arg);
+  template <typename Fn>
+  static void Enter(ClientConnection* self, Fn&& handler);
+  void OnClientDrained();
+  void OnClientEvent(short events);
+  void OnUpstreamEnded(UpstreamConnection& connection, short events);
+
+  // net::HttpParser::Handler, for both the request and the response parser.
+  net::HttpParser::HeadAction OnHeadComplete(net::HttpParser& parser) override;
+  void OnBody(net::HttpParser& parser, const char* data,
+              size_t length) override;
+  void OnMessageComplete(net::HttpParser& parser) override;
+
+  // UpstreamUser.
+  void OnUpstreamConnected(UpstreamConnection& connection) override;
+  void OnUpstreamRead(UpstreamConnection& connection) override;
+  void OnUpstreamDrained(UpstreamConnection& connection) override;
+  void OnUpstreamClosed(UpstreamConnection& connection, short events) override;
+
+  // The driver.
+  void OnClientRead();
+  void ParseRequest();
+  void OnRequestHead();
+  // `retry`: an earlier attempt failed with `status`/`detail`, which the
+  // client gets if no backend is left; `other`: a different backend is needed.
+  void StartAttempt(bool retry = false, int status = 0,
+                    const char* detail = nullptr, bool other = true);
+  void SendRequestHead();
+  void ParseResponse();
+  void OnResponseHead(net::HttpParser& parser);
+  void OnResponseComplete();
+  void EnterTunnel();
+  void PumpTunnel(evbuffer* from, evbuffer* to, bufferevent* from_bev,
+                  bufferevent* to_bev);
+  // After a tunnel side's end of stream: shuts the other side's writing once
+  // its output is flushed, and ends the tunnel when both directions are done.
+  void TunnelFlushed();
+  void FinishExchange();
+  void ResetExchange();
+  // Ends the current attempt; `reusable` returns the upstream connection to
+  // its pool, else it is closed.
+  void EndAttempt(bool reusable);
+  // A failed attempt: retry when allowed, else answer `status`.
+  void FailAttempt(Failure failure, int status, const char* detail);
+  // The retry decision's input after `failure`, with `reached_failures`
+  // failed tries that reached a worker (this one included).
+  RetryInput RetryFacts(Failure failure, uint32_t reached_failures) const;
+  // When request_timeout ends: counted from the end of the request (its start
+  // while it is still arriving).
+  std::chrono::steady_clock::time_point RequestDeadline() const;
+  // Tells health/ how the attempt went.
+  void ReportOutcome(bool success, Failure failure);
+  // The request's hash for ring-hash and maglev, from hash_key.
+  std::optional<uint64_t> RequestHash() const;
+  // Writes what the request body has been so far (kept for a retry).
+  void ReplayBody();
+  // The exchange is over for the cluster's in-flight and retry counts.
+  void ReleaseClusterCounts();
+  // Takes a slot of a limited backend; false when it is full.
+  bool TryAcquire(BackendRuntime& backend);
+  void Dequeue();
+  // Answers with tandem's own short response; closes when `close` or the
+  // request was not read completely.
+  void Respond(int status, const char* detail, bool close,
+               std::string_view extra_fields = {});
+  // 503 with Retry-After: every backend is at its limit.
+  void RespondBusy(const char* detail);
+  void CloseAfterFlush();
+  void FinishClose();
+  void Destroy();
+  void DeleteNow();
+  // Closes the exchange's upstream side and the client at once (a response
+  // cut off mid-body must not look complete).
+  void AbortExchange(uint32_t flag);
+  void ArmTimer(std::chrono::steady_clock::duration delay);
+  void OnTimer();
+  void LogExchange();
+  bool OutputFull(evbuffer* buffer) const;
+  void Touch() { last_activity_ = std::chrono::steady_clock::now(); }
+  std::string_view FlagsText();
+  std::string_view backend_address() const;
+  ClusterRuntime& cluster() const { return *listener_->cluster; }
+
+  Loop& loop_;
+  Generation* generation_;
+  ListenerRuntime* listener_;
+  net::BufferEventPtr bev_;
+  struct event timer_;
+  net::HttpParser request_;
+  std::unique_ptr<net::HttpParser> response_;  // while an exchange needs one
+  State state_ = State::kIdle;
+  std::string client_address_;   // "ip:port"
+  size_t client_ip_length_ = 0;  // the "ip" prefix of client_address_
+  int callback_depth_ = 0;
+  bool destroy_pending_ = false;
+  bool close_when_idle_ = false;
+  bool first_request_ = true;
+  bool header_timer_armed_ = false;
+
+  // The exchange in progress.
+  UpstreamConnection* upstream_ = nullptr;
+  size_t backend_ = 0;
+  bool has_backend_ = false;
+  algorithms::TriedSet tried_;
+  uint32_t tries_ = 0;
+  uint32_t reached_failures_ = 0;  // failed tries that reached a worker
+  uint32_t flags_ = 0;
+  bool head_pending_ = false;    // a request head awaits OnRequestHead()
+  bool paused_at_head_ = false;  // the request parser waits before the body
+  bool request_upgrade_paused_ = false;  // stopped at an upgrade boundary
+  bool continue_sent_ = false;
+  bool logged_ = false;
+  bool request_complete_ = false;
+  bool request_blocked_ = false;   // client reads off: upstream output full
+  bool response_started_ = false;  // response head written to the client
+  bool response_complete_ = false;
+  bool response_blocked_ = false;  // upstream reads off: client output full
+  bool response_bytes_seen_ = false;
+  bool upstream_eof_ = false;      // the backend closed its side
+  bool closing_shutdown_ = false;  // write side shut, waiting for the client
+  bool reset_on_close_ = false;    // end with an RST, not a FIN
+  bool tls_established_ = false;   // the client's TLS handshake completed
+  std::string detail_;             // a composed 502 detail, kept alive
+  int pending_status_ = 0;         // answer if a waiting retry never goes
+  const conf::Backend* last_backend_ = nullptr;  // for the access log
+  bool response_close_ = false;  // close the client after this response
+  bool client_keep_alive_ = true;
+  bool head_request_ = false;
+  bool expect_continue_ = false;
+  bool upgrade_ = false;
+  bool client_eof_ = false;
+  bool tunnel_client_shut_ = false;   // the client was sent our FIN
+  bool tunnel_backend_shut_ = false;  // the backend was sent our FIN
+  int status_ = 0;                    // status sent to the client
+  uint32_t interim_responses_ = 0;    // 1xx heads of the current attempt
+  net::Framing response_framing_ = net::Framing::kNone;
+  uint64_t response_body_bytes_ = 0;
+  std::chrono::steady_clock::time_point request_start_;
+  std::chrono::steady_clock::time_point request_done_;
+  std::chrono::steady_clock::time_point attempt_start_;
+  std::chrono::steady_clock::time_point last_activity_;
+  std::string flags_text_;
+  std::string_view retry_note_;  // why the last failure was not retried
+  std::string trail_;            // failed tries: "backend:CODE ..." for the log
+  std::string retry_body_;       // request body kept for a retry
+  bool body_kept_ = true;        // retry_body_ holds the whole body so far
+  bool counted_request_ = false;  // in cluster().active_requests
+  bool counted_retry_ = false;    // in cluster().active_retries
+  int retry_status_ = 0;          // a 5xx answer being dropped for a retry
+  bool holds_slot_ = false;       // counted in the backend's shared inflight
+  bool connection_reserved_ = false;  // a new connection already counted
+  bool queued_ = false;               // in cluster().queue
+  bool from_queue_ = false;  // StartAttempt() called for a queued request
+  bool waiting_activation_ = false;  // queued until a cold backup is up
+  std::chrono::steady_clock::time_point queued_since_;
+  Failure last_failure_ = Failure::kConnect;  // what the last failed try saw
+};
+
+}  // namespace tandem::dispatcher

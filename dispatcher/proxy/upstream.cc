@@ -1,0 +1,265 @@
+// Connections to one backend from one loop thread; see upstream.h.
+#include "dispatcher/proxy/upstream.h"
+
+#include <event2/bufferevent_ssl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+
+namespace tandem::dispatcher {
+namespace {
+
+// Largest read per callback: big enough for bulk bodies, small enough that a
+// busy connection does not starve the others on the loop.
+constexpr size_t kMaxSingleRead = 64 * 1024;
+
+void SetNoDelay(evutil_socket_t fd) {
+  int one = 1;
+  // Best effort: a failure only costs latency.
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+}  // namespace
+
+UpstreamConnection::UpstreamConnection(BackendPool& pool,
+                                       net::BufferEventPtr bev)
+    : pool_(pool), bev_(std::move(bev)) {}
+
+UpstreamConnection::~UpstreamConnection() {
+  // Freed inside one of its own callbacks, libevent keeps the bufferevent
+  // until that callback returns and may still drain its output: the watch
+  // must not outlive this object.
+  if (output_watch_ != nullptr)
+    evbuffer_remove_cb_entry(output(), output_watch_);
+}
+
+void UpstreamConnection::ReadCb(bufferevent*, void* arg) {
+  auto* self = static_cast<UpstreamConnection*>(arg);
+  if (self->user_ == nullptr) {
+    self->pool_.OnIdleEvent(self);
+    return;
+  }
+  self->user_->OnUpstreamRead(*self);
+}
+
+void UpstreamConnection::WriteCb(bufferevent*, void* arg) {
+  auto* self = static_cast<UpstreamConnection*>(arg);
+  if (self->user_ != nullptr) self->user_->OnUpstreamDrained(*self);
+}
+
+void UpstreamConnection::OutputCb(evbuffer*, const evbuffer_cb_info* info,
+                                  void* arg) {
+  if (info->n_deleted > 0)
+    static_cast<UpstreamConnection*>(arg)->request_started_ = true;
+}
+
+bool UpstreamConnection::HasUnreadInput() const {
+  if (evbuffer_get_length(input()) > 0) return true;
+  evutil_socket_t fd = bufferevent_getfd(bev_.get());
+  if (fd < 0) return true;
+  char byte;
+  ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  // A byte, an EOF or an error: all of them end the connection's usefulness.
+  return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+}
+
+void UpstreamConnection::EventCb(bufferevent*, short events, void* arg) {
+  auto* self = static_cast<UpstreamConnection*>(arg);
+  if (!self->connected_ && (events & BEV_EVENT_ERROR) &&
+      self->connect_error_ == 0) {
+    // libevent sets the socket error before reporting a failed connect.
+    self->connect_error_ = EVUTIL_SOCKET_ERROR();
+  }
+  if (self->user_ == nullptr) {
+    self->pool_.OnIdleEvent(self);
+    return;
+  }
+  if (events & BEV_EVENT_CONNECTED) {
+    self->connected_ = true;
+    SetNoDelay(bufferevent_getfd(self->bev_.get()));
+    if (bufferevent_enable(self->bev_.get(), EV_READ | EV_WRITE) != 0) {
+      self->user_->OnUpstreamClosed(*self, BEV_EVENT_ERROR);
+      return;
+    }
+    auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::steady_clock::now() - self->since_)
+                      .count();
+    self->pool_.stats_->connect_micros.Add(static_cast<uint64_t>(micros));
+    self->user_->OnUpstreamConnected(*self);
+    return;
+  }
+  self->user_->OnUpstreamClosed(*self, events);
+}
+
+BackendPool::BackendPool(event_base* base, const conf::SocketAddress& address,
+                         BackendStats* stats)
+    : base_(base), address_(address), stats_(stats) {}
+
+BackendPool::~BackendPool() {
+  while (head_ != nullptr) Close(head_);
+  if (session_ != nullptr) SSL_SESSION_free(session_);
+}
+
+void BackendPool::set_tls(std::shared_ptr<net::TlsClientContext> tls,
+                          const std::string& settings) {
+  tls_ = std::move(tls);
+  if (settings == tls_settings_) return;
+  tls_settings_ = settings;
+  ++tls_generation_;
+  CloseIdle(std::chrono::steady_clock::duration::zero());
+  if (session_ != nullptr) SSL_SESSION_free(session_);
+  session_ = nullptr;
+}
+
+void BackendPool::StoreSession(SSL_SESSION* session) {
+  if (session_ != nullptr) SSL_SESSION_free(session_);
+  session_ = session;
+}
+
+UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user) {
+  while (!idle_.empty()) {
+    UpstreamConnection* connection = idle_.back();
+    idle_.pop_back();
+    stats_->idle_connections.Add(-1);
+    connection->idle_ = false;
+    if (connection->HasUnreadInput()) {
+      // Read in this loop turn, the bytes would pass for the answer to the
+      // request about to be written.
+      stats_->stray_closes.Add();
+      Close(connection);
+      continue;
+    }
+    connection->user_ = user;
+    connection->reused_ = true;
+    return connection;
+  }
+  return nullptr;
+}
+
+UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
+  // A connection that never came to be gives back the caller's reservation
+  // (one that did gives it back in Close()).
+  auto fail = [&]() -> UpstreamConnection* {
+    if (counted && shared_connections_)
+      shared_connections_->fetch_sub(1, std::memory_order_relaxed);
+    return nullptr;
+  };
+  net::BufferEventPtr bev;
+  if (tls_) {
+    SSL* ssl = tls_->NewSsl(address_, session_, this);
+    if (ssl == nullptr) return fail();
+    bev.reset(bufferevent_openssl_socket_new(
+        base_, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE));
+    if (!bev) {
+      SSL_free(ssl);
+      return fail();
+    }
+    // A backend closing without close_notify ends a response like EOF does;
+    // the HTTP framing says whether it was complete.
+    bufferevent_openssl_set_allow_dirty_shutdown(bev.get(), 1);
+  } else {
+    bev.reset(bufferevent_socket_new(base_, -1, BEV_OPT_CLOSE_ON_FREE));
+  }
+  if (!bev) return fail();
+  bufferevent_set_max_single_read(bev.get(), kMaxSingleRead);
+  auto* connection = new UpstreamConnection(*this, std::move(bev));
+  connection->tls_generation_ = tls_generation_;
+  connection->user_ = user;
+  connection->since_ = std::chrono::steady_clock::now();
+  connection->next_ = head_;
+  if (head_ != nullptr) head_->prev_ = connection;
+  head_ = connection;
+  ++count_;
+  stats_->connections_open.Add(1);
+  if (shared_connections_ && !counted)
+    shared_connections_->fetch_add(1, std::memory_order_relaxed);
+  stats_->connections_opened.Add();
+  bufferevent* raw = connection->bev_.get();
+  bufferevent_setcb(raw, UpstreamConnection::ReadCb,
+                    UpstreamConnection::WriteCb, UpstreamConnection::EventCb,
+                    connection);
+  connection->output_watch_ = evbuffer_add_cb(
+      bufferevent_get_output(raw), UpstreamConnection::OutputCb, connection);
+  if (connection->output_watch_ == nullptr) {
+    Close(connection);
+    return nullptr;
+  }
+  // Refusals and unreachable networks are reported through EventCb (libevent
+  // defers an immediate ECONNREFUSED), so the caller sees one path.
+  if (bufferevent_socket_connect(raw, const_cast<sockaddr*>(address_.sa()),
+                                 static_cast<int>(address_.length)) != 0) {
+    Close(connection);
+    return nullptr;
+  }
+  // A connect refused at once (loopback) is reported later without an errno;
+  // libevent has then disabled the bufferevent, which tells it apart.
+  if (bufferevent_get_enabled(raw) == 0)
+    connection->connect_error_ = ECONNREFUSED;
+  return connection;
+}
+
+void BackendPool::Release(UpstreamConnection* connection, uint32_t max_idle) {
+  // Beyond max_idle only connections that stay idle are closed (CloseIdle),
+  // so a burst of concurrency does not churn connections on every request.
+  if (max_idle == 0 || !connection->connected_ ||
+      connection->tls_generation_ != tls_generation_ ||
+      evbuffer_get_length(connection->input()) > 0) {
+    Close(connection);
+    return;
+  }
+  connection->user_ = nullptr;
+  connection->since_ = std::chrono::steady_clock::now();
+  // Reading stays on while idle so a close by the backend is noticed at once
+  // (the callbacks route to OnIdleEvent while user_ is null).
+  bufferevent_setwatermark(connection->bev_.get(), EV_WRITE, 0, 0);
+  connection->idle_ = true;
+  idle_.push_back(connection);
+  stats_->idle_connections.Add(1);
+}
+
+void BackendPool::Close(UpstreamConnection* connection) {
+  if (connection->idle_) {
+    idle_.erase(std::find(idle_.begin(), idle_.end(), connection));
+    stats_->idle_connections.Add(-1);
+  }
+  if (connection->prev_ != nullptr)
+    connection->prev_->next_ = connection->next_;
+  if (connection->next_ != nullptr)
+    connection->next_->prev_ = connection->prev_;
+  if (head_ == connection) head_ = connection->next_;
+  --count_;
+  stats_->connections_open.Add(-1);
+  if (shared_connections_)
+    shared_connections_->fetch_sub(1, std::memory_order_relaxed);
+  if (SSL* ssl = bufferevent_openssl_get_ssl(connection->bev())) {
+    // Freed without a TLS shutdown, OpenSSL would mark the session as not
+    // resumable and the next connection would pay a full handshake.
+    SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+  }
+  delete connection;
+}
+
+void BackendPool::CloseIdle(std::chrono::steady_clock::duration max_age,
+                            size_t keep) {
+  auto now = std::chrono::steady_clock::now();
+  // idle_ is oldest first: stop at the first one young enough.
+  while (!idle_.empty()) {
+    UpstreamConnection* oldest = idle_.front();
+    bool too_old = max_age.count() == 0 || now - oldest->since_ >= max_age;
+    // Idle for a whole tick beyond the limit: the burst is over.
+    bool surplus =
+        idle_.size() > keep && now - oldest->since_ >= std::chrono::seconds(1);
+    if (!too_old && !surplus) break;
+    Close(oldest);
+  }
+}
+
+void BackendPool::OnIdleEvent(UpstreamConnection* connection) {
+  // An idle connection has nothing to say: data or EOF both end it.
+  Close(connection);
+}
+
+}  // namespace tandem::dispatcher

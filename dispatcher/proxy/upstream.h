@@ -1,0 +1,167 @@
+// Connections to one backend from one loop thread: connecting, and a LIFO
+// pool of idle keep-alive connections (nginx's upstream keepalive cache,
+// HAProxy's idle connection list). Nothing here is shared between threads.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "conf/config.h"
+#include "dispatcher/proxy/stats.h"
+#include "net/event_ptr.h"
+#include "net/tls_client.h"
+
+namespace tandem::dispatcher {
+
+class BackendPool;
+class UpstreamConnection;
+
+// Whoever is using an upstream connection for an exchange receives its events.
+class UpstreamUser {
+ public:
+  virtual ~UpstreamUser() = default;
+  virtual void OnUpstreamConnected(UpstreamConnection& connection) = 0;
+  virtual void OnUpstreamRead(UpstreamConnection& connection) = 0;
+  // The output buffer fell to its low-water mark.
+  virtual void OnUpstreamDrained(UpstreamConnection& connection) = 0;
+  // EOF, error or refused connect (BEV_EVENT_* flags in `events`). The
+  // connection is still valid; the user closes or releases it.
+  virtual void OnUpstreamClosed(UpstreamConnection& connection,
+                                short events) = 0;
+};
+
+class UpstreamConnection {
+ public:
+  UpstreamConnection(const UpstreamConnection&) = delete;
+  UpstreamConnection& operator=(const UpstreamConnection&) = delete;
+
+  bufferevent* bev() const { return bev_.get(); }
+  evbuffer* input() const { return bufferevent_get_input(bev_.get()); }
+  evbuffer* output() const { return bufferevent_get_output(bev_.get()); }
+  BackendPool& pool() const { return pool_; }
+  // True when the connection carried an earlier exchange (it may have been
+  // closed by the backend while idle, so a failure is worth one more try).
+  bool reused() const { return reused_; }
+  bool connected() const { return connected_; }
+  // Why the connect failed (ECONNREFUSED, ETIMEDOUT...), 0 when unknown.
+  int connect_error() const { return connect_error_; }
+  // Replaces the user; used when an exchange hands the connection over.
+  void set_user(UpstreamUser* user) { user_ = user; }
+  // A new request is about to be written: request_started() turns true once
+  // its first byte has left the output buffer.
+  void StartRequest() { request_started_ = false; }
+  // False while no byte of the current request has been written: a response
+  // arriving then was not sent for it (a stray answer on a pooled connection).
+  bool request_started() const { return request_started_; }
+
+ private:
+  friend class BackendPool;
+  UpstreamConnection(BackendPool& pool, net::BufferEventPtr bev);
+  ~UpstreamConnection();
+
+  static void ReadCb(bufferevent* bev, void* arg);
+  static void WriteCb(bufferevent* bev, void* arg);
+  static void EventCb(bufferevent* bev, short events, void* arg);
+  static void OutputCb(evbuffer* buffer, const evbuffer_cb_info* info,
+                       void* arg);
+  // True when the backend sent bytes or closed while the connection was idle.
+  bool HasUnreadInput() const;
+
+  BackendPool& pool_;
+  net::BufferEventPtr bev_;
+  UpstreamUser* user_ = nullptr;  // null while idle in the pool
+  bool connected_ = false;
+  bool reused_ = false;
+  bool idle_ = false;  // in the pool's idle list
+  bool request_started_ = true;
+  evbuffer_cb_entry* output_watch_ = nullptr;  // OutputCb on the output
+  uint32_t tls_generation_ = 0;  // the pool's, when this one was made
+  int connect_error_ = 0;
+  std::chrono::steady_clock::time_point since_;  // connect start, or idle since
+  // Intrusive list of every connection of the pool.
+  UpstreamConnection* prev_ = nullptr;
+  UpstreamConnection* next_ = nullptr;
+};
+
+class BackendPool : public net::TlsSessionSink {
+ public:
+  BackendPool(event_base* base, const conf::SocketAddress& address,
+              BackendStats* stats);
+  ~BackendPool() override;
+  BackendPool(const BackendPool&) = delete;
+  BackendPool& operator=(const BackendPool&) = delete;
+
+  const conf::SocketAddress& address() const { return address_; }
+  // TLS to this backend (null: plain TCP); new connections use it and resume
+  // the last session the backend issued. When `settings` (what the context
+  // verifies and sends) differ from the last call's, connections and the
+  // session made under the old ones are never used again.
+  void set_tls(std::shared_ptr<net::TlsClientContext> tls,
+               const std::string& settings);
+  void StoreSession(SSL_SESSION* session) override;
+
+  // An idle connection handed to `user`, most recently used first; nullptr
+  // when none is idle. A connection on which the backend sent anything while
+  // it was idle (a stray response, an EOF not yet seen) is closed instead of
+  // handed out: those bytes must never reach the next exchange.
+  UpstreamConnection* TakeIdle(UpstreamUser* user);
+
+  // Starts a new connection for `user`, who later gets OnUpstreamConnected
+  // or OnUpstreamClosed. nullptr when no socket could be made.
+  // `counted`: the caller already counted it against max_connections; the
+  // pool gives that count back when the connection closes or cannot be made.
+  UpstreamConnection* Connect(UpstreamUser* user, bool counted = false);
+
+  // Takes back a connection whose exchange completed cleanly and keeps it
+  // idle; CloseIdle() later trims the pool to `max_idle`.
+  void Release(UpstreamConnection* connection, uint32_t max_idle);
+
+  // Closes and frees a connection (idle or not).
+  void Close(UpstreamConnection* connection);
+
+  // Closes idle connections older than `max_age` (every one when zero), and
+  // beyond `keep` those idle for a second or more.
+  void CloseIdle(std::chrono::steady_clock::duration max_age,
+                 size_t keep = SIZE_MAX);
+
+  size_t idle_count() const { return idle_.size(); }
+  // Connections across threads, for a max_connections limit (null: none).
+  // The max_connections counter this pool's connections count in (null: no
+  // limit). A reload that adds, removes or replaces it moves the connections
+  // already open to the new one, so their closing later balances it.
+  void set_shared_connections(std::shared_ptr<std::atomic<uint32_t>> counter) {
+    if (counter == shared_connections_) return;
+    const auto open = static_cast<uint32_t>(count_);
+    if (shared_connections_)
+      shared_connections_->fetch_sub(open, std::memory_order_relaxed);
+    if (counter) counter->fetch_add(open, std::memory_order_relaxed);
+    shared_connections_ = std::move(counter);
+  }
+  uint32_t shared_connections() const {
+    return shared_connections_
+               ? shared_connections_->load(std::memory_order_relaxed)
+               : 0;
+  }
+  size_t connection_count() const { return count_; }
+
+ private:
+  friend class UpstreamConnection;
+  void OnIdleEvent(UpstreamConnection* connection);
+
+  event_base* base_;
+  conf::SocketAddress address_;
+  BackendStats* stats_;
+  std::shared_ptr<std::atomic<uint32_t>> shared_connections_;
+  std::shared_ptr<net::TlsClientContext> tls_;
+  SSL_SESSION* session_ = nullptr;
+  std::string tls_settings_;
+  uint32_t tls_generation_ = 0;            // bumped when tls_settings_ change
+  std::vector<UpstreamConnection*> idle_;  // oldest first
+  UpstreamConnection* head_ = nullptr;
+  size_t count_ = 0;
+};
+
+}  // namespace tandem::dispatcher
