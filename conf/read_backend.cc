@@ -14,7 +14,6 @@ constexpr std::string_view kRole = "role";
 constexpr std::string_view kStandby = "standby";
 constexpr std::string_view kActivate = "activate";
 constexpr std::string_view kDeactivate = "deactivate";
-constexpr std::string_view kPolicy = "policy";  // of the cluster
 
 constexpr std::pair<std::string_view, Role> kRoles[] = {
     {"primary", Role::kPrimary}, {"backup", Role::kBackup}};
@@ -119,7 +118,7 @@ bool ReadBackends(TableReader& cluster_reader, std::string_view key,
     sites.push_back(site);
     cluster.backends.push_back(std::move(backend));
   }
-  if (cluster_reader.Bad(kPolicy)) return true;
+  if (cluster_reader.Bad(kClusterPolicy)) return true;
   if (cluster.policy == Policy::kAllActive) {
     for (size_t i = 0; i < sites.size(); ++i) {
       if (cluster.backends[i].role == Role::kBackup &&

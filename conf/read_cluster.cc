@@ -13,7 +13,6 @@
 namespace tandem::conf {
 namespace {
 
-constexpr std::string_view kPolicy = "policy";
 constexpr std::string_view kAlgorithm = "algorithm";
 constexpr std::string_view kHashKey = "hash_key";
 constexpr std::string_view kMinActive = "min_active";
@@ -99,7 +98,9 @@ std::string_view NotHashing(const TableReader& reader, std::string_view key,
 
 std::string_view NotPrimaryBackup(const TableReader& reader, std::string_view,
                                   const Cluster& cluster) {
-  if (reader.Bad(kPolicy) || cluster.policy != Policy::kAllActive) return "";
+  if (reader.Bad(kClusterPolicy) || cluster.policy != Policy::kAllActive) {
+    return "";
+  }
   return "meaningful for policy = \"primary-backup\" only";
 }
 
@@ -107,7 +108,7 @@ std::span<const Key<Cluster>> ClusterKeys() {
   using algorithms::PickerOptions;
   constexpr auto kPositive = ZeroDuration::kRejected;
   static const Key<Cluster> keys[] = {
-      EnumKey(kPolicy, &Cluster::policy, "policy", kPolicies),
+      EnumKey(kClusterPolicy, &Cluster::policy, "policy", kPolicies),
       EnumKey(kAlgorithm, Member(&Cluster::picker, &PickerOptions::algorithm),
               "algorithm", kAlgorithms),
       CustomKey(kHashKey, ReadHashKey).UnusedWhen(NotHashing),

@@ -65,8 +65,11 @@ bool ReadOutlier(TableReader& cluster_reader, std::string_view key,
 const Schema& HealthSchema();
 const Schema& OutlierSchema();
 
-// read_backend.cc: [[clusters.NAME.backends]]. Needs the cluster's `policy`
-// read already: the cluster's keys declare it before `backends`.
+// The cluster's `policy` key, which ReadBackends needs read already: the
+// cluster's keys declare it before `backends`.
+inline constexpr std::string_view kClusterPolicy = "policy";
+
+// read_backend.cc: [[clusters.NAME.backends]].
 bool ReadBackends(TableReader& cluster_reader, std::string_view key,
                   Cluster& cluster);
 const Schema& BackendSchema();
