@@ -367,4 +367,20 @@ std::optional<SocketAddress> ParseSocketAddress(std::string_view text,
   return address;
 }
 
+bool SameIp(const SocketAddress& a, const SocketAddress& b) {
+  if (a.storage.ss_family != b.storage.ss_family) return false;
+  if (a.storage.ss_family == AF_INET) {
+    return reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in*>(&b.storage)->sin_addr.s_addr;
+  }
+  return std::memcmp(
+             &reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr,
+             &reinterpret_cast<const sockaddr_in6*>(&b.storage)->sin6_addr,
+             sizeof(in6_addr)) == 0;
+}
+
+bool SameEndpoint(const SocketAddress& a, const SocketAddress& b) {
+  return a.port() == b.port() && SameIp(a, b);
+}
+
 }  // namespace tandem::conf

@@ -32,4 +32,8 @@ enum class PortZero { kAllowed, kRejected };
 [[nodiscard]] std::optional<SocketAddress> ParseSocketAddress(
     std::string_view text, PortZero port_zero, std::string* error);
 
+// Whether two addresses hold the same IP (same family), and the same port.
+bool SameIp(const SocketAddress& a, const SocketAddress& b);
+bool SameEndpoint(const SocketAddress& a, const SocketAddress& b);
+
 }  // namespace tandem::conf

@@ -1,0 +1,245 @@
+// [clusters.NAME]: policy, algorithm, retries, timeouts, queueing, and the
+// TLS used towards its backends; its health, outlier and backends tables
+// have their own readers.
+#include <algorithm>
+#include <cctype>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "conf/readers.h"
+#include "conf/tls_files.h"
+
+namespace tandem::conf {
+namespace {
+
+constexpr std::string_view kAlgorithm = "algorithm";
+constexpr std::string_view kHashKey = "hash_key";
+constexpr std::string_view kMinActive = "min_active";
+constexpr std::string_view kTryTimeout = "try_timeout";
+constexpr std::string_view kRequestTimeout = "request_timeout";
+constexpr std::string_view kBackends = "backends";
+
+constexpr std::pair<std::string_view, Policy> kPolicies[] = {
+    {"all-active", Policy::kAllActive},
+    {"primary-backup", Policy::kPrimaryBackup}};
+constexpr std::pair<std::string_view, algorithms::Algorithm> kAlgorithms[] = {
+    {"round-robin", algorithms::Algorithm::kRoundRobin},
+    {"least-conn", algorithms::Algorithm::kLeastConn},
+    {"p2c", algorithms::Algorithm::kP2c},
+    {"ring-hash", algorithms::Algorithm::kRingHash},
+    {"maglev", algorithms::Algorithm::kMaglev},
+    {"random", algorithms::Algorithm::kRandom}};
+
+bool Hashing(const Cluster& cluster) {
+  return cluster.picker.algorithm == algorithms::Algorithm::kRingHash ||
+         cluster.picker.algorithm == algorithms::Algorithm::kMaglev;
+}
+
+// RFC 9110 token characters, the syntax of header and cookie names.
+bool ValidToken(std::string_view name) {
+  if (name.empty()) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) !=
+               std::string_view::npos;
+  });
+}
+
+// header:NAME, cookie:NAME, source-ip or path.
+bool ReadHashKey(TableReader& reader, std::string_view key, Cluster& cluster) {
+  std::string text;
+  if (!reader.ReadString(key, &text)) return false;
+  const toml::node& node = *reader.Find(key);
+  const auto named = [&](std::string_view prefix, HashKey::Kind kind) {
+    const std::string name = text.substr(prefix.size());
+    if (!ValidToken(name)) {
+      reader.Error(node, key,
+                   "bad name '" + name + "' after '" + std::string(prefix) +
+                       "'; expected a header or cookie name");
+      return false;
+    }
+    cluster.hash_key = HashKey{kind, name};
+    return true;
+  };
+  if (text.starts_with("header:")) {
+    return named("header:", HashKey::Kind::kHeader);
+  }
+  if (text.starts_with("cookie:")) {
+    return named("cookie:", HashKey::Kind::kCookie);
+  }
+  if (text == "source-ip") {
+    cluster.hash_key = HashKey{HashKey::Kind::kSourceIp, ""};
+    return true;
+  }
+  if (text == "path") {
+    cluster.hash_key = HashKey{HashKey::Kind::kPath, ""};
+    return true;
+  }
+  reader.Error(node, key,
+               "unknown hash key \"" + text +
+                   "\"; expected header:NAME, cookie:NAME, source-ip or path");
+  return false;
+}
+
+std::string BalanceFactorError(const double& factor) {
+  if (factor == 0 || factor >= 1.0) return "";
+  return "must be 0 (off) or at least 1.0, got " + FormatNumber(factor);
+}
+
+// A good hash_key or hash_balance_factor on a cluster that does not hash.
+std::string_view NotHashing(const TableReader& reader, std::string_view key,
+                            const Cluster& cluster) {
+  if (!reader.Good(key) || reader.Bad(kAlgorithm) || Hashing(cluster)) {
+    return "";
+  }
+  return "used by ring-hash and maglev only; this cluster does not hash";
+}
+
+std::string_view NotPrimaryBackup(const TableReader& reader, std::string_view,
+                                  const Cluster& cluster) {
+  if (reader.Bad(kClusterPolicy) || cluster.policy != Policy::kAllActive) {
+    return "";
+  }
+  return "meaningful for policy = \"primary-backup\" only";
+}
+
+std::span<const Key<Cluster>> ClusterKeys() {
+  using algorithms::PickerOptions;
+  constexpr auto kPositive = ZeroDuration::kRejected;
+  static const Key<Cluster> keys[] = {
+      EnumKey(kClusterPolicy, &Cluster::policy, "policy", kPolicies),
+      EnumKey(kAlgorithm, Member(&Cluster::picker, &PickerOptions::algorithm),
+              "algorithm", kAlgorithms),
+      CustomKey(kHashKey, ReadHashKey).UnusedWhen(NotHashing),
+      NumberKey("hash_balance_factor",
+                Member(&Cluster::picker, &PickerOptions::hash_balance_factor),
+                0, 1e6, BalanceFactorError)
+          .UnusedWhen(NotHashing),
+      IntegerKey(kMinActive, &Cluster::min_active, 1,
+                 std::numeric_limits<uint32_t>::max())
+          .UnusedWhen(NotPrimaryBackup),
+      IntegerKey("retries", &Cluster::retries, 0, 10),
+      DurationKey("connect_timeout", &Cluster::connect_timeout, kPositive),
+      DurationKey(kTryTimeout, &Cluster::try_timeout, kPositive),
+      DurationKey(kRequestTimeout, &Cluster::request_timeout, kPositive),
+      DurationKey("idle_timeout", &Cluster::idle_timeout, kPositive),
+      IntegerKey("max_idle_connections", &Cluster::max_idle_connections, 0,
+                 65535),
+      NumberKey("panic_threshold", &Cluster::panic_threshold, 0.0, 1.0),
+      DurationKey("slow_start", &Cluster::slow_start, ZeroDuration::kAllowed),
+      NumberKey("retry_budget", &Cluster::retry_budget, 0.0, 1.0),
+      SizeKey("retry_buffer", &Cluster::retry_buffer_bytes, 0,
+              64 * 1024 * 1024),
+      IntegerKey("queue_size", &Cluster::queue_size, 0, 1000000),
+      DurationKey("queue_timeout", &Cluster::queue_timeout, kPositive),
+      DurationKey("activate_timeout", &Cluster::activate_timeout, kPositive),
+      CustomKey("health", ReadHealth),
+      CustomKey("outlier", ReadOutlier),
+      CustomKey(kBackends, ReadBackends),
+  };
+  return keys;
+}
+
+std::string CaFileError(const std::string& ca_file) {
+  std::string error;
+  CheckCaFile(ca_file, &error);
+  return error;
+}
+
+std::string_view WithoutTls(const TableReader&, std::string_view,
+                            const UpstreamTls& tls) {
+  return tls.enabled ? "" : "has no effect without tls = true";
+}
+
+// TLS towards the backends, and their health checks; keys of the cluster's
+// own table.
+std::span<const Key<UpstreamTls>> UpstreamTlsKeys() {
+  static const Key<UpstreamTls> keys[] = {
+      BoolKey("tls", &UpstreamTls::enabled),
+      FileKey("ca_file", &UpstreamTls::ca_file, CaFileError)
+          .UnusedWhen(WithoutTls),
+      StringKey("sni", &UpstreamTls::sni).UnusedWhen(WithoutTls),
+      StringKey("verify_name", &UpstreamTls::verify_name)
+          .UnusedWhen(WithoutTls),
+      BoolKey("verify", &UpstreamTls::verify).UnusedWhen(WithoutTls),
+  };
+  return keys;
+}
+
+// What no single key can check: keys that depend on each other.
+void CheckCluster(TableReader& reader, Cluster& cluster) {
+  if (!reader.Bad(kAlgorithm) && Hashing(cluster) && !reader.Has(kHashKey)) {
+    reader.context().Error(
+        reader.PositionOf(kAlgorithm), reader.KeyPath(kHashKey),
+        "algorithm \"" + reader.Find(kAlgorithm)->as_string()->get() +
+            "\" needs hash_key: header:NAME, cookie:NAME, source-ip or path");
+  }
+  if (!reader.Has(kTryTimeout)) {
+    cluster.try_timeout = cluster.request_timeout;
+  } else if (reader.Good(kTryTimeout) && !reader.Bad(kRequestTimeout) &&
+             cluster.try_timeout > cluster.request_timeout) {
+    reader.Error(*reader.Find(kTryTimeout), kTryTimeout,
+                 "try_timeout (" + FormatDuration(cluster.try_timeout) +
+                     ") must not exceed request_timeout (" +
+                     FormatDuration(cluster.request_timeout) + ")");
+  }
+  if (!reader.Has(kBackends)) {
+    reader.MissingKey(kBackends, "a cluster needs at least one backend ([[" +
+                                     reader.KeyPath(kBackends) + "]])");
+  }
+  const size_t backends = cluster.backends.size();
+  if (reader.Good(kMinActive) && backends != 0 &&
+      cluster.min_active > backends) {
+    reader.Error(*reader.Find(kMinActive), kMinActive,
+                 "min_active = " + std::to_string(cluster.min_active) +
+                     " but the cluster has " + std::to_string(backends) +
+                     " backend" + (backends == 1 ? "" : "s"));
+  }
+}
+
+}  // namespace
+
+const Schema& ClusterSchema() {
+  static const Schema schema =
+      MakeSchema("[clusters.NAME]", ClusterKeys(), UpstreamTlsKeys());
+  return schema;
+}
+
+bool ReadClusters(TableReader& root, std::string_view key, Document& document) {
+  const toml::table* clusters = root.ReadTable(key);
+  if (clusters == nullptr) return false;
+  if (clusters->empty()) {
+    root.Error(*clusters, key,
+               "at least one cluster is required ([clusters.NAME])");
+    return false;
+  }
+  for (const auto& [name_key, node] : InFileOrder(*clusters)) {
+    Cluster cluster;
+    cluster.name = name_key->str();
+    const std::string path = root.KeyPath(key) + "." + cluster.name;
+    if (!ValidName(cluster.name)) {
+      root.context().Error(Where(name_key->source()), path,
+                           "bad cluster name; use letters, digits, '-', '_' "
+                           "or '.' (at most 64)");
+    }
+    const toml::table* table = node->as_table();
+    if (table == nullptr) {
+      root.context().Error(Where(node->source()), path,
+                           "expected a table, got " + TypeName(node->type()));
+      // Kept by name so that a listener naming it gets no second error.
+      document.cluster_positions.push_back(Where(node->source()));
+      document.config.clusters.push_back(std::move(cluster));
+      continue;
+    }
+    TableReader reader(root.context(), *table, path, ClusterSchema());
+    ReadKeys(reader, ClusterKeys(), cluster);
+    ReadKeys(reader, UpstreamTlsKeys(), cluster.tls);
+    CheckCluster(reader, cluster);
+    document.cluster_positions.push_back(reader.table_position());
+    document.config.clusters.push_back(std::move(cluster));
+  }
+  return true;
+}
+
+}  // namespace tandem::conf

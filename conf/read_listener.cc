@@ -1,0 +1,212 @@
+// [listeners.NAME]: where clients connect, their limits, and TLS with one
+// certificate (tls_cert, tls_key) or several chosen by SNI
+// ([[listeners.NAME.certificates]]).
+#include <string>
+#include <utility>
+
+#include "conf/readers.h"
+#include "conf/tls_files.h"
+
+namespace tandem::conf {
+namespace {
+
+constexpr std::string_view kListen = "listen";
+constexpr std::string_view kCluster = "cluster";
+constexpr std::string_view kTlsCert = "tls_cert";
+constexpr std::string_view kTlsKey = "tls_key";
+constexpr std::string_view kCertificates = "certificates";
+constexpr std::string_view kCert = "cert";  // of a certificate entry
+constexpr std::string_view kKey = "key";
+
+// Reports a certificate and key that do not make a pair, at `at` under
+// `key`; true when they do.
+bool UsablePair(TableReader& reader, Position at, const std::string& key,
+                const Certificate& certificate) {
+  std::string error;
+  if (CheckCertificatePair(certificate.cert_file, certificate.key_file,
+                           &error)) {
+    return true;
+  }
+  reader.context().Error(at, key, std::move(error));
+  return false;
+}
+
+constexpr std::string_view kNeedsBoth = "a certificate needs both cert and key";
+
+std::span<const Key<Certificate>> CertificateKeys() {
+  static const Key<Certificate> keys[] = {
+      FileKey(kCert, &Certificate::cert_file).Required(kNeedsBoth),
+      FileKey(kKey, &Certificate::key_file).Required(kNeedsBoth),
+  };
+  return keys;
+}
+
+// [[listeners.NAME.certificates]], instead of tls_cert and tls_key.
+bool ReadCertificates(TableReader& reader, std::string_view key,
+                      Listener& listener) {
+  const std::string path = reader.KeyPath(key);
+  if (reader.Has(kTlsCert) || reader.Has(kTlsKey)) {
+    reader.Error(
+        *reader.Find(key), key,
+        "give either tls_cert and tls_key or [[" + path + "]], not both");
+  }
+  const toml::array* array =
+      reader.ReadArray(key, "an array of tables ([[" + path + "]])");
+  if (array == nullptr) return false;
+  if (array->empty()) {
+    reader.Error(*array, key, "needs at least one certificate");
+    return false;
+  }
+  for (size_t i = 0; i < array->size(); ++i) {
+    const toml::node& node = *array->get(i);
+    const std::string entry_path = path + "[" + std::to_string(i) + "]";
+    const toml::table* table = node.as_table();
+    if (table == nullptr) {
+      reader.context().Error(Where(node.source()), entry_path,
+                             "expected a table, got " + TypeName(node.type()));
+      continue;
+    }
+    TableReader entry(reader.context(), *table, entry_path,
+                      CertificateSchema());
+    Certificate certificate;
+    ReadKeys(entry, CertificateKeys(), certificate);
+    if (entry.Good(kCert) && entry.Good(kKey) &&
+        UsablePair(entry, entry.PositionOf(kCert), entry_path, certificate)) {
+      listener.certificates.push_back(std::move(certificate));
+    }
+  }
+  return true;
+}
+
+// tls_cert and tls_key name one certificate, read as a pair at tls_cert; the
+// outcome of tls_key is the pair's. Either alone is an error; beside
+// [[certificates]] neither is read (the error is reported there).
+bool ReadCertificatePair(TableReader& reader, std::string_view key,
+                         Listener& listener) {
+  if (reader.Has(kCertificates)) return false;
+  const std::string_view other = key == kTlsCert ? kTlsKey : kTlsCert;
+  if (!reader.Has(other)) {
+    reader.Error(
+        *reader.Find(key), key,
+        std::string(key) + " needs " + std::string(other) + " as well");
+    return false;
+  }
+  if (key == kTlsKey) return reader.Good(kTlsCert);
+  Certificate certificate;
+  const bool cert_ok = reader.ReadFile(kTlsCert, &certificate.cert_file);
+  const bool key_ok = reader.ReadFile(kTlsKey, &certificate.key_file);
+  if (!cert_ok || !key_ok ||
+      !UsablePair(reader, reader.PositionOf(kTlsCert), reader.path(),
+                  certificate)) {
+    return false;
+  }
+  listener.certificates.push_back(std::move(certificate));
+  return true;
+}
+
+std::string TlsVersionError(const std::string& version) {
+  if (version == "1.2" || version == "1.3") return "";
+  return "must be \"1.2\" or \"1.3\", got \"" + version + "\"";
+}
+
+std::string CipherListError(const std::string& ciphers) {
+  std::string error;
+  CheckCipherList(ciphers, &error);
+  return error;
+}
+
+std::string CaFileError(const std::string& ca_file) {
+  std::string error;
+  CheckCaFile(ca_file, &error);
+  return error;
+}
+
+std::string_view WithoutCertificate(const TableReader&, std::string_view,
+                                    const Listener& listener) {
+  return listener.tls() ? "" : "has no effect without a certificate (tls_cert)";
+}
+
+std::span<const Key<Listener>> ListenerKeys() {
+  static const Key<Listener> keys[] = {
+      AddressKey(kListen, &Listener::listen, PortZero::kAllowed)
+          .Required("a listener needs a listen address, e.g. \"0.0.0.0:8080\""),
+      StringKey(kCluster, &Listener::cluster)
+          .Required("a listener needs a cluster to send requests to"),
+      DurationKey("client_header_timeout", &Listener::client_header_timeout,
+                  ZeroDuration::kRejected),
+      DurationKey("idle_timeout", &Listener::idle_timeout,
+                  ZeroDuration::kRejected),
+      SizeKey("max_header_size", &Listener::max_header_size_bytes, 1024,
+              1024 * 1024),
+      SizeKey("max_body_size", &Listener::max_body_size_bytes, 0, kNoSizeLimit),
+      CustomKey(kTlsCert, ReadCertificatePair),
+      CustomKey(kTlsKey, ReadCertificatePair),
+      CustomKey(kCertificates, ReadCertificates),
+      StringKey("tls_min_version", &Listener::tls_min_version, TlsVersionError)
+          .UnusedWhen(WithoutCertificate),
+      StringKey("tls_ciphers", &Listener::tls_ciphers, CipherListError)
+          .UnusedWhen(WithoutCertificate),
+      FileKey("client_ca", &Listener::client_ca, CaFileError)
+          .UnusedWhen(WithoutCertificate),
+  };
+  return keys;
+}
+
+void ReadListener(LoadContext& context, const std::string& path,
+                  const std::string& name, const toml::table& table,
+                  Document& document) {
+  TableReader reader(context, table, path, ListenerSchema());
+  Listener listener;
+  listener.name = name;
+  ReadKeys(reader, ListenerKeys(), listener);
+  if (reader.Good(kListen)) {
+    document.listener_sites.push_back(
+        {path, listener.listen, reader.PositionOf(kListen)});
+  }
+  document.cluster_references.push_back(
+      {reader.KeyPath(kCluster), reader.PositionOf(kCluster)});
+  document.config.listeners.push_back(std::move(listener));
+}
+
+}  // namespace
+
+const Schema& ListenerSchema() {
+  static const Schema schema = MakeSchema("[listeners.NAME]", ListenerKeys());
+  return schema;
+}
+
+const Schema& CertificateSchema() {
+  static const Schema schema =
+      MakeSchema("[[listeners.NAME.certificates]]", CertificateKeys());
+  return schema;
+}
+
+bool ReadListeners(TableReader& root, std::string_view key,
+                   Document& document) {
+  const toml::table* listeners = root.ReadTable(key);
+  if (listeners == nullptr) return false;
+  if (listeners->empty()) {
+    root.Error(*listeners, key,
+               "at least one listener is required ([listeners.NAME])");
+    return false;
+  }
+  for (const auto& [name_key, node] : InFileOrder(*listeners)) {
+    const std::string name(name_key->str());
+    const std::string path = root.KeyPath(key) + "." + name;
+    if (!ValidName(name)) {
+      root.context().Error(Where(name_key->source()), path,
+                           "bad listener name; use letters, digits, '-', '_' "
+                           "or '.' (at most 64)");
+    }
+    const toml::table* table = node->as_table();
+    if (table == nullptr) {
+      root.context().Error(Where(node->source()), path,
+                           "expected a table, got " + TypeName(node->type()));
+      continue;
+    }
+    ReadListener(root.context(), path, name, *table, document);
+  }
+  return true;
+}
+
+}  // namespace tandem::conf
