@@ -11,6 +11,7 @@
 #include "algorithms/hash.h"
 #include "conf/log.h"
 #include "conf/posix.h"
+#include "health/ejection_cap.h"
 
 namespace tandem::health {
 namespace {
@@ -394,13 +395,7 @@ void HealthMonitor::MaybeEject(Cluster& cluster, Backend& backend) {
   uint32_t percent = cluster.config->outlier
                          ? cluster.config->outlier->max_ejection_percent
                          : 0;
-  // As Envoy: the percentage caps ejections, but one backend may always go
-  // (unless the percentage is 0).
-  size_t allowed =
-      percent == 0
-          ? 0
-          : std::max<size_t>(1, cluster.backends.size() * percent / 100);
-  if (ejected >= allowed) {
+  if (!EjectionAllowed(ejected, cluster.backends.size(), percent)) {
     backend.health->DeclineEjection();
     std::string message = "not ejecting " + backend.address + ": " +
                           std::to_string(ejected) + " of " +
