@@ -215,17 +215,21 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
   MarkDirty();
 }
 
+CheckSubject HealthMonitor::SubjectOf(const Backend& backend) {
+  CheckSubject subject;
+  subject.state = backend.health->state();
+  subject.changing = backend.health->changing();
+  subject.cold = IsCold(*backend.config);
+  subject.activation = backend.activation;
+  subject.warm_idle = backend.config->role == conf::Role::kBackup &&
+                      backend.config->standby == conf::Standby::kWarm &&
+                      !backend.active;
+  return subject;
+}
+
 bool HealthMonitor::ShouldCheck(const Cluster& cluster,
                                 const Backend& backend) const {
-  if (cluster.config->health.kind == conf::HealthCheck::Kind::kNone)
-    return false;
-  if (backend.health->state() == BackendState::kDisabled) return false;
-  // A cold backup is not running until activated.
-  if (IsCold(*backend.config)) {
-    return backend.activation == algorithms::Activation::kActivating ||
-           backend.activation == algorithms::Activation::kActive;
-  }
-  return true;
+  return ChecksRun(cluster.config->health, SubjectOf(backend));
 }
 
 void HealthMonitor::StopChecks(Backend& backend) {
@@ -240,36 +244,10 @@ void HealthMonitor::StopChecks(Backend& backend) {
 
 void HealthMonitor::ScheduleCheck(Cluster& cluster, Backend& backend,
                                   bool first) {
-  if (!ShouldCheck(cluster, backend) || backend.timer == nullptr) return;
   const conf::HealthCheck& check = cluster.config->health;
-  std::chrono::nanoseconds delay;
-  const bool warm_idle = backend.config->role == conf::Role::kBackup &&
-                         backend.config->standby == conf::Standby::kWarm &&
-                         !backend.active;
-  if (first) {
-    delay = std::chrono::nanoseconds(0);
-  } else if (backend.health->changing() ||
-             backend.activation == algorithms::Activation::kActivating) {
-    delay = check.fast_interval;
-  } else if (warm_idle) {
-    delay = check.warm_interval;
-  } else if (backend.health->state() == BackendState::kDown) {
-    delay = check.down_interval;
-  } else {
-    delay = check.interval;
-  }
-  if (check.jitter.count() > 0) {
-    // interval ± jitter, so checks of many backends do not beat in step.
-    auto span =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(check.jitter)
-            .count();
-    auto offset =
-        static_cast<int64_t>(rng_.Below(static_cast<uint64_t>(2 * span + 1))) -
-        span;
-    if (first) offset = std::abs(offset);
-    delay += std::chrono::nanoseconds(offset);
-  }
-  timeval tv = ToTimeval(delay);
+  CheckSubject subject = SubjectOf(backend);
+  if (!ChecksRun(check, subject) || backend.timer == nullptr) return;
+  timeval tv = ToTimeval(NextCheckDelay(check, subject, first, rng_));
   if (evtimer_add(backend.timer, &tv) == 0) backend.check_scheduled = true;
 }
 
@@ -370,14 +348,11 @@ void HealthMonitor::OnReport(const OutcomeBatch& batch) {
       if (!was && cluster->config->panic_threshold > 0) MarkDirty();
     }
     MaybeEject(*cluster, *backend);
-    // Traffic that could not reach the backend is a reason to check it now
-    // rather than at the next interval (HAProxy's observe layer4 with
-    // fastinter): detection then takes about fall × fast_interval.
-    if (report.failures > 0 && report.kind != TrafficFailure::kStatus5xx &&
-        backend->health->serving() && backend->prober &&
-        !backend->prober->running() &&
-        now - backend->last_traffic_check >=
-            cluster->config->health.fast_interval) {
+    // Failed traffic may call for a check now (see TrafficCallsForCheck).
+    if (backend->prober && !backend->prober->running() &&
+        TrafficCallsForCheck(cluster->config->health, report.failures,
+                             report.kind, backend->health->serving(), now,
+                             backend->last_traffic_check)) {
       backend->last_traffic_check = now;
       if (backend->timer != nullptr) evtimer_del(backend->timer);
       backend->check_scheduled = false;

@@ -19,6 +19,7 @@
 #include "algorithms/rng.h"
 #include "conf/config.h"
 #include "health/backend_health.h"
+#include "health/check_schedule.h"
 #include "health/command.h"
 #include "health/message_queue.h"
 #include "health/probe.h"
@@ -108,6 +109,7 @@ class HealthMonitor {
   void ScheduleCheck(Cluster& cluster, Backend& backend, bool first);
   void RunCheck(Cluster& cluster, Backend& backend);
   void OnProbe(Cluster& cluster, Backend& backend, const ProbeResult& result);
+  static CheckSubject SubjectOf(const Backend& backend);
   bool ShouldCheck(const Cluster& cluster, const Backend& backend) const;
   void StopChecks(Backend& backend);
   void RunCommand(Cluster& cluster, Backend& backend, bool activate);
