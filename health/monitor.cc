@@ -23,8 +23,6 @@ using conf::ToTimeval;
 constexpr timeval kTickInterval = {0, 100 * 1000};
 // How long a refused connect keeps a backend out of panic routing.
 constexpr auto kRefusedWindow = std::chrono::seconds(10);
-// A failed cold activation is tried again after this long.
-constexpr auto kActivationRetry = std::chrono::seconds(60);
 // Slow-start weights are republished this often while a ramp runs.
 constexpr auto kRampPublishInterval = std::chrono::milliseconds(500);
 constexpr size_t kMaxEvents = 32;
@@ -55,6 +53,29 @@ algorithms::Standby StandbyOf(conf::Standby standby) {
 bool IsCold(const conf::Backend& backend) {
   return backend.role == conf::Role::kBackup &&
          backend.standby == conf::Standby::kCold;
+}
+
+ColdStandbySettings ColdSettingsFor(const conf::Cluster& cluster,
+                                    const conf::Backend& backend) {
+  ColdStandbySettings settings;
+  settings.backend = backend.address.text;
+  settings.activate = backend.activate;
+  settings.deactivate = backend.deactivate;
+  settings.checks = cluster.health.kind != conf::HealthCheck::Kind::kNone;
+  settings.activate_timeout = cluster.activate_timeout;
+  settings.check_timeout = cluster.health.timeout;
+  settings.check_interval = cluster.health.interval;
+  return settings;
+}
+
+// How a command ended, for the log and the cluster's events.
+std::string Outcome(const CommandResult& result) {
+  if (result.ok()) return "succeeded";
+  if (result.timed_out) return "timed out";
+  if (!result.error.empty()) return "could not start: " + result.error;
+  if (result.signal != 0)
+    return "killed by signal " + std::to_string(result.signal);
+  return "exited with status " + std::to_string(result.exit_code);
 }
 
 std::string Trimmed(const std::string& output) {
@@ -187,8 +208,14 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
       }
       backend->config = &backend_config;
       backend->cluster = cluster.get();
-      if (!IsCold(backend_config))
-        backend->activation = algorithms::Activation::kInactive;
+      // A cold backup keeps its activation; any other backend forgets it.
+      ColdStandbySettings cold =
+          ColdSettingsFor(cluster_config, backend_config);
+      if (IsCold(backend_config)) {
+        backend->cold.set_settings(cold);
+      } else {
+        backend->cold = ColdStandby(cold);
+      }
       backend->timer = event_new(base_, -1, 0, CheckCb, backend.get());
       if (checks) {
         backend->prober = std::make_unique<Prober>(
@@ -220,7 +247,7 @@ CheckSubject HealthMonitor::SubjectOf(const Backend& backend) {
   subject.state = backend.health->state();
   subject.changing = backend.health->changing();
   subject.cold = IsCold(*backend.config);
-  subject.activation = backend.activation;
+  subject.activation = backend.cold.state();
   subject.warm_idle = backend.config->role == conf::Role::kBackup &&
                       backend.config->standby == conf::Standby::kWarm &&
                       !backend.active;
@@ -275,8 +302,7 @@ void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
   int64_t wall = WallMs();
   uint64_t before = backend.health->transition_count();
   auto weight_before = backend.health->feedback_weight();
-  const bool starting =
-      backend.activation == algorithms::Activation::kActivating;
+  const bool starting = backend.cold.starting();
   if (result.passed) {
     ++backend.checks_passed;
     backend.health->OnCheckPassed(now, wall, result.detail);
@@ -301,11 +327,9 @@ void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
          {"backend", backend.address},
          {"weight_percent", backend.health->feedback_weight().value_or(100)}});
   }
-  if (result.passed &&
-      backend.activation == algorithms::Activation::kActivating) {
-    backend.activation = algorithms::Activation::kActive;
-    AddEvent(cluster, "cold backup " + backend.address +
-                          " passed its check after activation");
+  uint64_t cold_before = backend.cold.change_count();
+  if (result.passed && backend.cold.OnCheckPassed(now)) {
+    ShowActivation(cluster, backend, cold_before);
     dirty = true;
   }
   LogTransitions(cluster, backend, before);
@@ -414,26 +438,9 @@ void HealthMonitor::Tick() {
           now - last_ramp_publish_ >= kRampPublishInterval) {
         ramp = true;
       }
-      if (backend->activation == algorithms::Activation::kActivating &&
-          !backend->command->running() &&
-          now - backend->activation_started_at >=
-              std::chrono::duration_cast<Clock::duration>(
-                  cluster->config->activate_timeout) +
-                  std::chrono::duration_cast<Clock::duration>(
-                      cluster->config->health.timeout) +
-                  std::chrono::duration_cast<Clock::duration>(
-                      cluster->config->health.interval)) {
-        // Started, but never passed a check: give up on it for now.
-        backend->activation = algorithms::Activation::kFailed;
-        backend->activation_failed_at = now;
-        AddEvent(*cluster, "cold backup " + backend->address +
-                               " never passed its check after activation; "
-                               "trying the next backup");
-        dirty = true;
-      }
-      if (backend->activation == algorithms::Activation::kFailed &&
-          now - backend->activation_failed_at >= kActivationRetry) {
-        backend->activation = algorithms::Activation::kInactive;
+      uint64_t cold_before = backend->cold.change_count();
+      if (backend->cold.Tick(now)) {
+        ShowActivation(*cluster, *backend, cold_before);
         dirty = true;
       }
       if (backend->refused_until != TimePoint{} &&
@@ -452,74 +459,59 @@ void HealthMonitor::Tick() {
   if (dirty || transitions || ramp || counters) MarkDirty();
 }
 
-void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
-                               bool activate) {
+void HealthMonitor::Activate(Cluster& cluster, Backend& backend) {
+  uint64_t before = backend.cold.change_count();
+  if (!backend.cold.Promote(Clock::now())) return;
+  Log(LogLevel::kInfo, "health", "activating cold backup",
+      {{"cluster", cluster.config->name},
+       {"backend", backend.address},
+       {"command", backend.config->activate}});
+  ShowActivation(cluster, backend, before);
+  RunCommand(backend, true);
+}
+
+void HealthMonitor::Deactivate(Cluster& cluster, Backend& backend) {
+  uint64_t before = backend.cold.change_count();
+  if (!backend.cold.Demote(Clock::now())) return;
+  // No more checks until it is activated again (ShouldCheck says so).
+  if (backend.prober) backend.prober->Cancel();
+  if (backend.timer != nullptr) evtimer_del(backend.timer);
+  backend.check_scheduled = false;
+  uint64_t transitions = backend.health->transition_count();
+  backend.health->MarkStopped(Clock::now(), WallMs(),
+                              "cold backup deactivated");
+  LogTransitions(cluster, backend, transitions);
+  ShowActivation(cluster, backend, before);
+  Log(LogLevel::kInfo, "health", "deactivating cold backup",
+      {{"cluster", cluster.config->name},
+       {"backend", backend.address},
+       {"command", backend.config->deactivate}});
+  if (!backend.config->deactivate.empty()) RunCommand(backend, false);
+}
+
+void HealthMonitor::RunCommand(Backend& backend, bool activate) {
   const std::string& command =
       activate ? backend.config->activate : backend.config->deactivate;
-  const std::string cluster_name = cluster.config->name;
+  const std::string cluster_name = backend.cluster->config->name;
   Backend* target = &backend;
-  if (activate) {
-    backend.activation = algorithms::Activation::kActivating;
-    backend.activation_started_at = Clock::now();
-    Log(LogLevel::kInfo, "health", "activating cold backup",
-        {{"cluster", cluster_name},
-         {"backend", backend.address},
-         {"command", command}});
-    AddEvent(cluster,
-             "activating cold backup " + backend.address + ": " + command);
-  } else {
-    backend.activation = algorithms::Activation::kInactive;
-    // No more checks until it is activated again (ShouldCheck says so).
-    if (backend.prober) backend.prober->Cancel();
-    if (backend.timer != nullptr) evtimer_del(backend.timer);
-    backend.check_scheduled = false;
-    uint64_t before = backend.health->transition_count();
-    backend.health->MarkStopped(Clock::now(), WallMs(),
-                                "cold backup deactivated");
-    LogTransitions(cluster, backend, before);
-    AddEvent(cluster, "deactivating cold backup " + backend.address +
-                          (command.empty() ? std::string() : ": " + command));
-    Log(LogLevel::kInfo, "health", "deactivating cold backup",
-        {{"cluster", cluster_name},
-         {"backend", backend.address},
-         {"command", command}});
-    if (command.empty()) return;
-  }
   backend.command->Run(
-      command, cluster.config->activate_timeout,
+      command, backend.cluster->config->activate_timeout,
       [this, target, activate, cluster_name](const CommandResult& result) {
-        Cluster& owner = *target->cluster;
-        std::string what = activate ? "activate" : "deactivate";
-        std::string outcome =
-            result.ok()             ? "succeeded"
-            : result.timed_out      ? "timed out"
-            : !result.error.empty() ? "could not start: " + result.error
-            : result.signal != 0
-                ? "killed by signal " + std::to_string(result.signal)
-                : "exited with status " + std::to_string(result.exit_code);
+        std::string outcome = Outcome(result);
         Log(result.ok() ? LogLevel::kInfo : LogLevel::kError, "health",
-            what + " command " + outcome,
+            std::string(activate ? "activate" : "deactivate") + " command " +
+                outcome,
             {{"cluster", cluster_name},
              {"backend", target->address},
              {"duration_ms", result.duration.count()},
              {"output", Trimmed(result.output)}});
         if (!activate) return;
-        if (result.ok()) {
-          // Now it must pass its check before it is promoted.
-          AddEvent(owner, "cold backup " + target->address +
-                              " activate command " + outcome +
-                              "; waiting for its check");
-          ScheduleCheck(owner, *target, true);
-          if (owner.config->health.kind == conf::HealthCheck::Kind::kNone) {
-            target->activation = algorithms::Activation::kActive;
-          }
-        } else {
-          target->activation = algorithms::Activation::kFailed;
-          target->activation_failed_at = Clock::now();
-          AddEvent(owner, "cold backup " + target->address +
-                              " activate command " + outcome +
-                              "; trying the next backup");
-        }
+        Cluster& owner = *target->cluster;
+        uint64_t before = target->cold.change_count();
+        target->cold.OnCommandResult(Clock::now(), result.ok(), outcome);
+        ShowActivation(owner, *target, before);
+        // Now it must pass its check before it is promoted.
+        if (result.ok()) ScheduleCheck(owner, *target, true);
         MarkDirty();
       });
 }
@@ -597,6 +589,22 @@ void HealthMonitor::LogTransitions(const Cluster& cluster, Backend& backend,
   }
 }
 
+void HealthMonitor::ShowActivation(Cluster& cluster, const Backend& backend,
+                                   uint64_t before) {
+  uint64_t count = backend.cold.change_count();
+  const auto& log = backend.cold.changes();
+  size_t fresh = std::min<uint64_t>(count - before, log.size());
+  for (size_t i = log.size() - fresh; i < log.size(); ++i) {
+    const ActivationChange& change = log[i];
+    // Silent, as it has always been: the policy may ask this backup again.
+    if (change.from == Activation::kFailed &&
+        change.to == Activation::kInactive) {
+      continue;
+    }
+    AddEvent(cluster, change.reason);
+  }
+}
+
 void HealthMonitor::AddEvent(Cluster& cluster, std::string message) {
   cluster.events.push_back({WallMs(), std::move(message)});
   if (cluster.events.size() > kMaxEvents)
@@ -656,7 +664,7 @@ void HealthMonitor::Publish() {
       // With checks, "unknown" has not been proven healthy: no traffic yet.
       if (checks && input.state == BackendState::kUnknown)
         input.state = BackendState::kDown;
-      input.activation = backend.activation;
+      input.activation = backend.cold.state();
       input.weight = backend.health->EffectiveWeight(
           algorithms::ScaledWeight(backend.config->weight), now);
       input.id = algorithms::Hash64(backend.address);
@@ -683,14 +691,11 @@ void HealthMonitor::Publish() {
     for (size_t index : result.activate) {
       if (primaries_pending) break;
       Backend& backend = *cluster.backends[index];
-      if (backend.activation == algorithms::Activation::kInactive &&
-          !backend.command->running()) {
-        RunCommand(cluster, backend, true);
-      }
+      if (!backend.command->running()) Activate(cluster, backend);
     }
     for (size_t index : result.deactivate) {
       Backend& backend = *cluster.backends[index];
-      if (!backend.command->running()) RunCommand(cluster, backend, false);
+      if (!backend.command->running()) Deactivate(cluster, backend);
     }
     if (result.panic != cluster.panic) {
       cluster.panic = result.panic;
@@ -733,7 +738,7 @@ void HealthMonitor::Publish() {
       b.active = active;
       b.weight = backend.config->weight;
       b.view_weight = result.views[i].weight;
-      if (IsCold(*backend.config)) b.activation = backend.activation;
+      if (IsCold(*backend.config)) b.activation = backend.cold.state();
       b.refused_recently = inputs[i].refused_recently;
       b.last_check = backend.health->last_check();
       b.transitions.assign(backend.health->transitions().begin(),

@@ -20,6 +20,7 @@
 #include "conf/config.h"
 #include "health/backend_health.h"
 #include "health/check_schedule.h"
+#include "health/cold_standby.h"
 #include "health/command.h"
 #include "health/message_queue.h"
 #include "health/probe.h"
@@ -77,9 +78,7 @@ class HealthMonitor {
     std::unique_ptr<CommandRunner> command;
     struct event* timer = nullptr;  // next check
     bool check_scheduled = false;
-    algorithms::Activation activation = algorithms::Activation::kInactive;
-    TimePoint activation_failed_at{};
-    TimePoint activation_started_at{};
+    ColdStandby cold{ColdStandbySettings{}};  // cold backups only
     TimePoint refused_until{};
     TimePoint last_traffic_check{};  // a check run because traffic failed
     bool active = false;             // as the policy last said
@@ -112,7 +111,10 @@ class HealthMonitor {
   static CheckSubject SubjectOf(const Backend& backend);
   bool ShouldCheck(const Cluster& cluster, const Backend& backend) const;
   void StopChecks(Backend& backend);
-  void RunCommand(Cluster& cluster, Backend& backend, bool activate);
+  // Cold standby: the decisions are the ColdStandby's, the commands run here.
+  void Activate(Cluster& cluster, Backend& backend);
+  void Deactivate(Cluster& cluster, Backend& backend);
+  void RunCommand(Backend& backend, bool activate);
   void MaybeEject(Cluster& cluster, Backend& backend);
   // Reruns the policy of every cluster and publishes (coalesced per loop
   // iteration).
@@ -122,6 +124,10 @@ class HealthMonitor {
   void AddEvent(Cluster& cluster, std::string message);
   // Logs and counts the transitions made since `before` (a transition_count()).
   void LogTransitions(const Cluster& cluster, Backend& backend, size_t before);
+  // Shows the activation changes made since `before` (a change_count()) as
+  // cluster events.
+  void ShowActivation(Cluster& cluster, const Backend& backend,
+                      uint64_t before);
   HealthSettings SettingsFor(const conf::Cluster& cluster) const;
 
   PublishFn publish_fn_;
