@@ -68,24 +68,6 @@ ColdStandbySettings ColdSettingsFor(const conf::Cluster& cluster,
   return settings;
 }
 
-// How a command ended, for the log and the cluster's events.
-std::string Outcome(const CommandResult& result) {
-  if (result.ok()) return "succeeded";
-  if (result.timed_out) return "timed out";
-  if (!result.error.empty()) return "could not start: " + result.error;
-  if (result.signal != 0)
-    return "killed by signal " + std::to_string(result.signal);
-  return "exited with status " + std::to_string(result.exit_code);
-}
-
-std::string Trimmed(const std::string& output) {
-  std::string text = output;
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
-    text.pop_back();
-  if (text.size() > 512) text = "..." + text.substr(text.size() - 512);
-  return text;
-}
-
 }  // namespace
 
 HealthMonitor::HealthMonitor(PublishFn publish)
@@ -497,14 +479,14 @@ void HealthMonitor::RunCommand(Backend& backend, bool activate) {
   backend.command->Run(
       command, backend.cluster->config->activate_timeout,
       [this, target, activate, cluster_name](const CommandResult& result) {
-        std::string outcome = Outcome(result);
+        std::string outcome = result.Describe();
         Log(result.ok() ? LogLevel::kInfo : LogLevel::kError, "health",
             std::string(activate ? "activate" : "deactivate") + " command " +
                 outcome,
             {{"cluster", cluster_name},
              {"backend", target->address},
              {"duration_ms", result.duration.count()},
-             {"output", Trimmed(result.output)}});
+             {"output", result.OutputTail()}});
         if (!activate) return;
         Cluster& owner = *target->cluster;
         uint64_t before = target->cold.change_count();
