@@ -120,7 +120,6 @@ class HealthMonitor {
   // iteration).
   void MarkDirty();
   void Publish();
-  static bool RoutingDiffers(const HealthSnapshot& a, const HealthSnapshot& b);
   void AddEvent(Cluster& cluster, std::string message);
   // Logs and counts the transitions made since `before` (a transition_count()).
   void LogTransitions(const Cluster& cluster, Backend& backend, size_t before);
