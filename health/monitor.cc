@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <future>
 #include <random>
+#include <tuple>
 
 #include "algorithms/hash.h"
 #include "conf/log.h"
 #include "conf/posix.h"
 #include "health/ejection_cap.h"
+#include "health/settings.h"
 
 namespace tandem::health {
 namespace {
@@ -31,41 +33,6 @@ int64_t WallMs() {
   timeval tv;
   gettimeofday(&tv, nullptr);
   return static_cast<int64_t>(tv.tv_sec) * 1000 + tv.tv_usec / 1000;
-}
-
-algorithms::Role RoleOf(conf::Role role) {
-  return role == conf::Role::kBackup ? algorithms::Role::kBackup
-                                     : algorithms::Role::kPrimary;
-}
-
-algorithms::Standby StandbyOf(conf::Standby standby) {
-  switch (standby) {
-    case conf::Standby::kHot:
-      return algorithms::Standby::kHot;
-    case conf::Standby::kWarm:
-      return algorithms::Standby::kWarm;
-    case conf::Standby::kCold:
-      return algorithms::Standby::kCold;
-  }
-  return algorithms::Standby::kHot;
-}
-
-bool IsCold(const conf::Backend& backend) {
-  return backend.role == conf::Role::kBackup &&
-         backend.standby == conf::Standby::kCold;
-}
-
-ColdStandbySettings ColdSettingsFor(const conf::Cluster& cluster,
-                                    const conf::Backend& backend) {
-  ColdStandbySettings settings;
-  settings.backend = backend.address.text;
-  settings.activate = backend.activate;
-  settings.deactivate = backend.deactivate;
-  settings.checks = cluster.health.kind != conf::HealthCheck::Kind::kNone;
-  settings.activate_timeout = cluster.activate_timeout;
-  settings.check_timeout = cluster.health.timeout;
-  settings.check_interval = cluster.health.interval;
-  return settings;
 }
 
 }  // namespace
@@ -134,23 +101,6 @@ std::shared_ptr<const HealthSnapshot> HealthMonitor::snapshot() const {
   return snapshot_;
 }
 
-HealthSettings HealthMonitor::SettingsFor(const conf::Cluster& cluster) const {
-  HealthSettings settings;
-  settings.checks = cluster.health.kind != conf::HealthCheck::Kind::kNone;
-  settings.rise = cluster.health.rise;
-  settings.fall = cluster.health.fall;
-  settings.slow_start = cluster.slow_start;
-  settings.check_name = cluster.health.kind == conf::HealthCheck::Kind::kTcp
-                            ? "TCP check"
-                            : "HTTP check";
-  if (cluster.outlier) {
-    settings.consecutive_failures = cluster.outlier->consecutive_failures;
-    settings.ejection_time = cluster.outlier->ejection_time;
-    settings.max_ejection_time = cluster.outlier->max_ejection_time;
-  }
-  return settings;
-}
-
 void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
                           const ClusterTls& tls) {
   // Backends that stay keep their state machine, history and activation.
@@ -173,7 +123,7 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
       auto it = tls.find(cluster_config.name);
       if (it != tls.end()) cluster->tls = it->second;
     }
-    HealthSettings settings = SettingsFor(cluster_config);
+    HealthSettings settings = HealthSettingsFor(cluster_config);
     bool checks = settings.checks;
     for (const conf::Backend& backend_config : cluster_config.backends) {
       std::unique_ptr<Backend> backend;
@@ -192,7 +142,7 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
       backend->cluster = cluster.get();
       // A cold backup keeps its activation; any other backend forgets it.
       ColdStandbySettings cold =
-          ColdSettingsFor(cluster_config, backend_config);
+          ColdStandbySettingsFor(cluster_config, backend_config);
       if (IsCold(backend_config)) {
         backend->cold.set_settings(cold);
       } else {
@@ -319,6 +269,18 @@ void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
   ScheduleCheck(cluster, backend, false);
 }
 
+std::pair<HealthMonitor::Cluster*, HealthMonitor::Backend*> HealthMonitor::Find(
+    std::string_view cluster, std::string_view address) {
+  for (auto& c : clusters_) {
+    if (c->config->name != cluster) continue;
+    for (auto& b : c->backends) {
+      if (b->address == address) return {c.get(), b.get()};
+    }
+    return {c.get(), nullptr};
+  }
+  return {nullptr, nullptr};
+}
+
 void HealthMonitor::OnReport(const OutcomeBatch& batch) {
   auto now = Clock::now();
   for (const OutcomeReport& report : batch.reports) {
@@ -335,16 +297,8 @@ void HealthMonitor::OnReport(const OutcomeBatch& batch) {
                    batch.config->clusters[report.cluster].backends.size()) {
       // A report about the previous config: find the same backend by name.
       const conf::Cluster& old = batch.config->clusters[report.cluster];
-      const std::string& address = old.backends[report.backend].address.text;
-      for (auto& c : clusters_) {
-        if (c->config->name != old.name) continue;
-        for (auto& b : c->backends) {
-          if (b->address == address) {
-            cluster = c.get();
-            backend = b.get();
-          }
-        }
-      }
+      std::tie(cluster, backend) =
+          Find(old.name, old.backends[report.backend].address.text);
     }
     if (backend == nullptr) continue;
     backend->health->OnTraffic(report.successes, report.failures, report.kind);
@@ -504,18 +458,10 @@ HealthMonitor::ActionResult HealthMonitor::AdminAction(
   auto promise = std::make_shared<std::promise<ActionResult>>();
   std::future<ActionResult> future = promise->get_future();
   messages_.Post([promise, cluster, address, action](HealthMonitor& self) {
-    ActionResult result;
-    Cluster* found_cluster = nullptr;
-    for (auto& c : self.clusters_) {
-      if (c->config->name == cluster) found_cluster = c.get();
-    }
+    auto [found_cluster, found] = self.Find(cluster, address);
     if (found_cluster == nullptr) {
       promise->set_value({404, "no cluster " + cluster});
       return;
-    }
-    Backend* found = nullptr;
-    for (auto& b : found_cluster->backends) {
-      if (b->address == address) found = b.get();
     }
     if (found == nullptr) {
       promise->set_value(
@@ -630,11 +576,6 @@ void HealthMonitor::Publish() {
       input.id = algorithms::Hash64(backend.address);
       input.refused_recently = now < backend.refused_until;
     }
-    algorithms::PolicyOptions options;
-    options.policy = config.policy == conf::Policy::kPrimaryBackup
-                         ? algorithms::Policy::kPrimaryBackup
-                         : algorithms::Policy::kAllActive;
-    options.min_active = config.min_active;
     // Until every primary has been checked once, "not up" only means "not
     // checked yet": neither a cold activation nor panic routing (which would
     // send traffic to backends never proven healthy) is called for.
@@ -645,8 +586,8 @@ void HealthMonitor::Publish() {
         primaries_pending = true;
       }
     }
-    options.panic_threshold = primaries_pending ? 0.0 : config.panic_threshold;
-    algorithms::PolicyResult result = algorithms::ApplyPolicy(inputs, options);
+    algorithms::PolicyResult result = algorithms::ApplyPolicy(
+        inputs, PolicyOptionsFor(config, primaries_pending));
 
     for (size_t index : result.activate) {
       if (primaries_pending) break;

@@ -1,8 +1,9 @@
 // The health monitor: on its own thread and event loop it runs every
-// backend's active checks, takes the data path's outcome reports, owns each
-// backend's state machine, applies the standby policy (activating cold
-// backups), and publishes an immutable HealthSnapshot after every change. It
-// decides; it never routes.
+// backend's active checks and cold-standby commands, feeds their results and
+// the data path's outcome reports to each backend's state machines
+// (BackendHealth, ColdStandby), applies the standby policy, and publishes an
+// immutable HealthSnapshot after every change. The decisions are those of
+// the pure types and functions docs/health.md lists; it never routes.
 #pragma once
 
 #include <array>
@@ -12,7 +13,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "algorithms/policy.h"
@@ -102,6 +105,11 @@ class HealthMonitor {
   static void PublishCb(evutil_socket_t, short, void* arg);
 
   void Run();
+  // Backend `address` of cluster `cluster` in the current config: both null
+  // when there is no such cluster, the backend null when it has no such
+  // backend.
+  std::pair<Cluster*, Backend*> Find(std::string_view cluster,
+                                     std::string_view address);
   void Apply(std::shared_ptr<const conf::Config> config, const ClusterTls& tls);
   void OnReport(const OutcomeBatch& batch);
   void Tick();
@@ -127,7 +135,6 @@ class HealthMonitor {
   // cluster events.
   void ShowActivation(Cluster& cluster, const Backend& backend,
                       uint64_t before);
-  HealthSettings SettingsFor(const conf::Cluster& cluster) const;
 
   PublishFn publish_fn_;
   std::thread thread_;
