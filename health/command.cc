@@ -187,6 +187,22 @@ class SpawnSetup {
 
 }  // namespace
 
+std::string CommandResult::Describe() const {
+  if (ok()) return "succeeded";
+  if (timed_out) return "timed out";
+  if (!error.empty()) return "could not start: " + error;
+  if (signal != 0) return "killed by signal " + std::to_string(signal);
+  return "exited with status " + std::to_string(exit_code);
+}
+
+std::string CommandResult::OutputTail() const {
+  std::string text = output;
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
+    text.pop_back();
+  if (text.size() > 512) text = "..." + text.substr(text.size() - 512);
+  return text;
+}
+
 CommandRunner::CommandRunner(event_base* base) : base_(base) {
   timer_.reset(evtimer_new(base_, TimeoutCb, this));
   poll_.reset(event_new(base_, -1, EV_PERSIST, ExitCb, this));

@@ -23,6 +23,12 @@ struct CommandResult {
   // empty otherwise.
   std::string error;
   bool ok() const { return error.empty() && !timed_out && exit_code == 0; }
+  // How it ended, for logs and events: "succeeded", "timed out", "could not
+  // start: <why>", "killed by signal 9", "exited with status 1".
+  std::string Describe() const;
+  // The output for one log field: its last 512 bytes (after "..." when cut),
+  // final line ends dropped.
+  std::string OutputTail() const;
 };
 
 // Runs one command at a time on an event loop; every member is called on that

@@ -7,8 +7,11 @@
 #include <algorithm>
 #include <future>
 #include <random>
+#include <tuple>
 
 #include "algorithms/hash.h"
+#include "health/ejection_cap.h"
+#include "health/settings.h"
 #include "net/log.h"
 #include "net/posix.h"
 
@@ -22,8 +25,6 @@ using net::ToTimeval;
 constexpr timeval kTickInterval = {0, 100 * 1000};
 // How long a refused connect keeps a backend out of panic routing.
 constexpr auto kRefusedWindow = std::chrono::seconds(10);
-// A failed cold activation is tried again after this long.
-constexpr auto kActivationRetry = std::chrono::seconds(60);
 // Slow-start weights are republished this often while a ramp runs.
 constexpr auto kRampPublishInterval = std::chrono::milliseconds(500);
 constexpr size_t kMaxEvents = 32;
@@ -32,36 +33,6 @@ int64_t WallMs() {
   timeval tv;
   gettimeofday(&tv, nullptr);
   return static_cast<int64_t>(tv.tv_sec) * 1000 + tv.tv_usec / 1000;
-}
-
-algorithms::Role RoleOf(conf::Role role) {
-  return role == conf::Role::kBackup ? algorithms::Role::kBackup
-                                     : algorithms::Role::kPrimary;
-}
-
-algorithms::Standby StandbyOf(conf::Standby standby) {
-  switch (standby) {
-    case conf::Standby::kHot:
-      return algorithms::Standby::kHot;
-    case conf::Standby::kWarm:
-      return algorithms::Standby::kWarm;
-    case conf::Standby::kCold:
-      return algorithms::Standby::kCold;
-  }
-  return algorithms::Standby::kHot;
-}
-
-bool IsCold(const conf::Backend& backend) {
-  return backend.role == conf::Role::kBackup &&
-         backend.standby == conf::Standby::kCold;
-}
-
-std::string Trimmed(const std::string& output) {
-  std::string text = output;
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
-    text.pop_back();
-  if (text.size() > 512) text = "..." + text.substr(text.size() - 512);
-  return text;
 }
 
 }  // namespace
@@ -130,23 +101,6 @@ std::shared_ptr<const HealthSnapshot> HealthMonitor::snapshot() const {
   return snapshot_;
 }
 
-HealthSettings HealthMonitor::SettingsFor(const conf::Cluster& cluster) const {
-  HealthSettings settings;
-  settings.checks = cluster.health.kind != conf::HealthCheck::Kind::kNone;
-  settings.rise = cluster.health.rise;
-  settings.fall = cluster.health.fall;
-  settings.slow_start = cluster.slow_start;
-  settings.check_name = cluster.health.kind == conf::HealthCheck::Kind::kTcp
-                            ? "TCP check"
-                            : "HTTP check";
-  if (cluster.outlier) {
-    settings.consecutive_failures = cluster.outlier->consecutive_failures;
-    settings.ejection_time = cluster.outlier->ejection_time;
-    settings.max_ejection_time = cluster.outlier->max_ejection_time;
-  }
-  return settings;
-}
-
 void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
                           const ClusterTls& tls) {
   // Backends that stay keep their state machine, history and activation.
@@ -169,7 +123,7 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
       auto it = tls.find(cluster_config.name);
       if (it != tls.end()) cluster->tls = it->second;
     }
-    HealthSettings settings = SettingsFor(cluster_config);
+    HealthSettings settings = HealthSettingsFor(cluster_config);
     bool checks = settings.checks;
     for (const conf::Backend& backend_config : cluster_config.backends) {
       std::unique_ptr<Backend> backend;
@@ -186,8 +140,14 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
       }
       backend->config = &backend_config;
       backend->cluster = cluster.get();
-      if (!IsCold(backend_config))
-        backend->activation = algorithms::Activation::kInactive;
+      // A cold backup keeps its activation; any other backend forgets it.
+      ColdStandbySettings cold =
+          ColdStandbySettingsFor(cluster_config, backend_config);
+      if (IsCold(backend_config)) {
+        backend->cold.set_settings(cold);
+      } else {
+        backend->cold = ColdStandby(cold);
+      }
       backend->timer = event_new(base_, -1, 0, CheckCb, backend.get());
       if (checks) {
         backend->prober = std::make_unique<Prober>(
@@ -214,17 +174,21 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
   MarkDirty();
 }
 
+CheckSubject HealthMonitor::SubjectOf(const Backend& backend) {
+  CheckSubject subject;
+  subject.state = backend.health->state();
+  subject.changing = backend.health->changing();
+  subject.cold = IsCold(*backend.config);
+  subject.activation = backend.cold.state();
+  subject.warm_idle = backend.config->role == conf::Role::kBackup &&
+                      backend.config->standby == conf::Standby::kWarm &&
+                      !backend.active;
+  return subject;
+}
+
 bool HealthMonitor::ShouldCheck(const Cluster& cluster,
                                 const Backend& backend) const {
-  if (cluster.config->health.kind == conf::HealthCheck::Kind::kNone)
-    return false;
-  if (backend.health->state() == BackendState::kDisabled) return false;
-  // A cold backup is not running until activated.
-  if (IsCold(*backend.config)) {
-    return backend.activation == algorithms::Activation::kActivating ||
-           backend.activation == algorithms::Activation::kActive;
-  }
-  return true;
+  return ChecksRun(cluster.config->health, SubjectOf(backend));
 }
 
 void HealthMonitor::StopChecks(Backend& backend) {
@@ -239,36 +203,10 @@ void HealthMonitor::StopChecks(Backend& backend) {
 
 void HealthMonitor::ScheduleCheck(Cluster& cluster, Backend& backend,
                                   bool first) {
-  if (!ShouldCheck(cluster, backend) || backend.timer == nullptr) return;
   const conf::HealthCheck& check = cluster.config->health;
-  std::chrono::nanoseconds delay;
-  const bool warm_idle = backend.config->role == conf::Role::kBackup &&
-                         backend.config->standby == conf::Standby::kWarm &&
-                         !backend.active;
-  if (first) {
-    delay = std::chrono::nanoseconds(0);
-  } else if (backend.health->changing() ||
-             backend.activation == algorithms::Activation::kActivating) {
-    delay = check.fast_interval;
-  } else if (warm_idle) {
-    delay = check.warm_interval;
-  } else if (backend.health->state() == BackendState::kDown) {
-    delay = check.down_interval;
-  } else {
-    delay = check.interval;
-  }
-  if (check.jitter.count() > 0) {
-    // interval ± jitter, so checks of many backends do not beat in step.
-    auto span =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(check.jitter)
-            .count();
-    auto offset =
-        static_cast<int64_t>(rng_.Below(static_cast<uint64_t>(2 * span + 1))) -
-        span;
-    if (first) offset = std::abs(offset);
-    delay += std::chrono::nanoseconds(offset);
-  }
-  timeval tv = ToTimeval(delay);
+  CheckSubject subject = SubjectOf(backend);
+  if (!ChecksRun(check, subject) || backend.timer == nullptr) return;
+  timeval tv = ToTimeval(NextCheckDelay(check, subject, first, rng_));
   if (evtimer_add(backend.timer, &tv) == 0) backend.check_scheduled = true;
 }
 
@@ -296,8 +234,7 @@ void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
   int64_t wall = WallMs();
   uint64_t before = backend.health->transition_count();
   auto weight_before = backend.health->feedback_weight();
-  const bool starting =
-      backend.activation == algorithms::Activation::kActivating;
+  const bool starting = backend.cold.starting();
   if (result.passed) {
     ++backend.checks_passed;
     backend.health->OnCheckPassed(now, wall, result.detail);
@@ -322,16 +259,26 @@ void HealthMonitor::OnProbe(Cluster& cluster, Backend& backend,
          {"backend", backend.address},
          {"weight_percent", backend.health->feedback_weight().value_or(100)}});
   }
-  if (result.passed &&
-      backend.activation == algorithms::Activation::kActivating) {
-    backend.activation = algorithms::Activation::kActive;
-    AddEvent(cluster, "cold backup " + backend.address +
-                          " passed its check after activation");
+  uint64_t cold_before = backend.cold.change_count();
+  if (result.passed && backend.cold.OnCheckPassed(now)) {
+    ShowActivation(cluster, backend, cold_before);
     dirty = true;
   }
   LogTransitions(cluster, backend, before);
   if (dirty) MarkDirty();
   ScheduleCheck(cluster, backend, false);
+}
+
+std::pair<HealthMonitor::Cluster*, HealthMonitor::Backend*> HealthMonitor::Find(
+    std::string_view cluster, std::string_view address) {
+  for (auto& c : clusters_) {
+    if (c->config->name != cluster) continue;
+    for (auto& b : c->backends) {
+      if (b->address == address) return {c.get(), b.get()};
+    }
+    return {c.get(), nullptr};
+  }
+  return {nullptr, nullptr};
 }
 
 void HealthMonitor::OnReport(const OutcomeBatch& batch) {
@@ -350,16 +297,8 @@ void HealthMonitor::OnReport(const OutcomeBatch& batch) {
                    batch.config->clusters[report.cluster].backends.size()) {
       // A report about the previous config: find the same backend by name.
       const conf::Cluster& old = batch.config->clusters[report.cluster];
-      const std::string& address = old.backends[report.backend].address.text;
-      for (auto& c : clusters_) {
-        if (c->config->name != old.name) continue;
-        for (auto& b : c->backends) {
-          if (b->address == address) {
-            cluster = c.get();
-            backend = b.get();
-          }
-        }
-      }
+      std::tie(cluster, backend) =
+          Find(old.name, old.backends[report.backend].address.text);
     }
     if (backend == nullptr) continue;
     backend->health->OnTraffic(report.successes, report.failures, report.kind);
@@ -369,14 +308,11 @@ void HealthMonitor::OnReport(const OutcomeBatch& batch) {
       if (!was && cluster->config->panic_threshold > 0) MarkDirty();
     }
     MaybeEject(*cluster, *backend);
-    // Traffic that could not reach the backend is a reason to check it now
-    // rather than at the next interval (HAProxy's observe layer4 with
-    // fastinter): detection then takes about fall × fast_interval.
-    if (report.failures > 0 && report.kind != TrafficFailure::kStatus5xx &&
-        backend->health->serving() && backend->prober &&
-        !backend->prober->running() &&
-        now - backend->last_traffic_check >=
-            cluster->config->health.fast_interval) {
+    // Failed traffic may call for a check now (see TrafficCallsForCheck).
+    if (backend->prober && !backend->prober->running() &&
+        TrafficCallsForCheck(cluster->config->health, report.failures,
+                             report.kind, backend->health->serving(), now,
+                             backend->last_traffic_check)) {
       backend->last_traffic_check = now;
       if (backend->timer != nullptr) evtimer_del(backend->timer);
       backend->check_scheduled = false;
@@ -394,13 +330,7 @@ void HealthMonitor::MaybeEject(Cluster& cluster, Backend& backend) {
   uint32_t percent = cluster.config->outlier
                          ? cluster.config->outlier->max_ejection_percent
                          : 0;
-  // As Envoy: the percentage caps ejections, but one backend may always go
-  // (unless the percentage is 0).
-  size_t allowed =
-      percent == 0
-          ? 0
-          : std::max<size_t>(1, cluster.backends.size() * percent / 100);
-  if (ejected >= allowed) {
+  if (!EjectionAllowed(ejected, cluster.backends.size(), percent)) {
     backend.health->DeclineEjection();
     std::string message = "not ejecting " + backend.address + ": " +
                           std::to_string(ejected) + " of " +
@@ -444,26 +374,9 @@ void HealthMonitor::Tick() {
           now - last_ramp_publish_ >= kRampPublishInterval) {
         ramp = true;
       }
-      if (backend->activation == algorithms::Activation::kActivating &&
-          !backend->command->running() &&
-          now - backend->activation_started_at >=
-              std::chrono::duration_cast<Clock::duration>(
-                  cluster->config->activate_timeout) +
-                  std::chrono::duration_cast<Clock::duration>(
-                      cluster->config->health.timeout) +
-                  std::chrono::duration_cast<Clock::duration>(
-                      cluster->config->health.interval)) {
-        // Started, but never passed a check: give up on it for now.
-        backend->activation = algorithms::Activation::kFailed;
-        backend->activation_failed_at = now;
-        AddEvent(*cluster, "cold backup " + backend->address +
-                               " never passed its check after activation; "
-                               "trying the next backup");
-        dirty = true;
-      }
-      if (backend->activation == algorithms::Activation::kFailed &&
-          now - backend->activation_failed_at >= kActivationRetry) {
-        backend->activation = algorithms::Activation::kInactive;
+      uint64_t cold_before = backend->cold.change_count();
+      if (backend->cold.Tick(now)) {
+        ShowActivation(*cluster, *backend, cold_before);
         dirty = true;
       }
       if (backend->refused_until != TimePoint{} &&
@@ -482,74 +395,59 @@ void HealthMonitor::Tick() {
   if (dirty || transitions || ramp || counters) MarkDirty();
 }
 
-void HealthMonitor::RunCommand(Cluster& cluster, Backend& backend,
-                               bool activate) {
+void HealthMonitor::Activate(Cluster& cluster, Backend& backend) {
+  uint64_t before = backend.cold.change_count();
+  if (!backend.cold.Promote(Clock::now())) return;
+  Log(LogLevel::kInfo, "health", "activating cold backup",
+      {{"cluster", cluster.config->name},
+       {"backend", backend.address},
+       {"command", backend.config->activate}});
+  ShowActivation(cluster, backend, before);
+  RunCommand(backend, true);
+}
+
+void HealthMonitor::Deactivate(Cluster& cluster, Backend& backend) {
+  uint64_t before = backend.cold.change_count();
+  if (!backend.cold.Demote(Clock::now())) return;
+  // No more checks until it is activated again (ShouldCheck says so).
+  if (backend.prober) backend.prober->Cancel();
+  if (backend.timer != nullptr) evtimer_del(backend.timer);
+  backend.check_scheduled = false;
+  uint64_t transitions = backend.health->transition_count();
+  backend.health->MarkStopped(Clock::now(), WallMs(),
+                              "cold backup deactivated");
+  LogTransitions(cluster, backend, transitions);
+  ShowActivation(cluster, backend, before);
+  Log(LogLevel::kInfo, "health", "deactivating cold backup",
+      {{"cluster", cluster.config->name},
+       {"backend", backend.address},
+       {"command", backend.config->deactivate}});
+  if (!backend.config->deactivate.empty()) RunCommand(backend, false);
+}
+
+void HealthMonitor::RunCommand(Backend& backend, bool activate) {
   const std::string& command =
       activate ? backend.config->activate : backend.config->deactivate;
-  const std::string cluster_name = cluster.config->name;
+  const std::string cluster_name = backend.cluster->config->name;
   Backend* target = &backend;
-  if (activate) {
-    backend.activation = algorithms::Activation::kActivating;
-    backend.activation_started_at = Clock::now();
-    Log(LogLevel::kInfo, "health", "activating cold backup",
-        {{"cluster", cluster_name},
-         {"backend", backend.address},
-         {"command", command}});
-    AddEvent(cluster,
-             "activating cold backup " + backend.address + ": " + command);
-  } else {
-    backend.activation = algorithms::Activation::kInactive;
-    // No more checks until it is activated again (ShouldCheck says so).
-    if (backend.prober) backend.prober->Cancel();
-    if (backend.timer != nullptr) evtimer_del(backend.timer);
-    backend.check_scheduled = false;
-    uint64_t before = backend.health->transition_count();
-    backend.health->MarkStopped(Clock::now(), WallMs(),
-                                "cold backup deactivated");
-    LogTransitions(cluster, backend, before);
-    AddEvent(cluster, "deactivating cold backup " + backend.address +
-                          (command.empty() ? std::string() : ": " + command));
-    Log(LogLevel::kInfo, "health", "deactivating cold backup",
-        {{"cluster", cluster_name},
-         {"backend", backend.address},
-         {"command", command}});
-    if (command.empty()) return;
-  }
   backend.command->Run(
-      command, cluster.config->activate_timeout,
+      command, backend.cluster->config->activate_timeout,
       [this, target, activate, cluster_name](const CommandResult& result) {
-        Cluster& owner = *target->cluster;
-        std::string what = activate ? "activate" : "deactivate";
-        std::string outcome =
-            result.ok()             ? "succeeded"
-            : result.timed_out      ? "timed out"
-            : !result.error.empty() ? "could not start: " + result.error
-            : result.signal != 0
-                ? "killed by signal " + std::to_string(result.signal)
-                : "exited with status " + std::to_string(result.exit_code);
+        std::string outcome = result.Describe();
         Log(result.ok() ? LogLevel::kInfo : LogLevel::kError, "health",
-            what + " command " + outcome,
+            std::string(activate ? "activate" : "deactivate") + " command " +
+                outcome,
             {{"cluster", cluster_name},
              {"backend", target->address},
              {"duration_ms", result.duration.count()},
-             {"output", Trimmed(result.output)}});
+             {"output", result.OutputTail()}});
         if (!activate) return;
-        if (result.ok()) {
-          // Now it must pass its check before it is promoted.
-          AddEvent(owner, "cold backup " + target->address +
-                              " activate command " + outcome +
-                              "; waiting for its check");
-          ScheduleCheck(owner, *target, true);
-          if (owner.config->health.kind == conf::HealthCheck::Kind::kNone) {
-            target->activation = algorithms::Activation::kActive;
-          }
-        } else {
-          target->activation = algorithms::Activation::kFailed;
-          target->activation_failed_at = Clock::now();
-          AddEvent(owner, "cold backup " + target->address +
-                              " activate command " + outcome +
-                              "; trying the next backup");
-        }
+        Cluster& owner = *target->cluster;
+        uint64_t before = target->cold.change_count();
+        target->cold.OnCommandResult(Clock::now(), result.ok(), outcome);
+        ShowActivation(owner, *target, before);
+        // Now it must pass its check before it is promoted.
+        if (result.ok()) ScheduleCheck(owner, *target, true);
         MarkDirty();
       });
 }
@@ -560,18 +458,10 @@ HealthMonitor::ActionResult HealthMonitor::AdminAction(
   auto promise = std::make_shared<std::promise<ActionResult>>();
   std::future<ActionResult> future = promise->get_future();
   messages_.Post([promise, cluster, address, action](HealthMonitor& self) {
-    ActionResult result;
-    Cluster* found_cluster = nullptr;
-    for (auto& c : self.clusters_) {
-      if (c->config->name == cluster) found_cluster = c.get();
-    }
+    auto [found_cluster, found] = self.Find(cluster, address);
     if (found_cluster == nullptr) {
       promise->set_value({404, "no cluster " + cluster});
       return;
-    }
-    Backend* found = nullptr;
-    for (auto& b : found_cluster->backends) {
-      if (b->address == address) found = b.get();
     }
     if (found == nullptr) {
       promise->set_value(
@@ -627,6 +517,22 @@ void HealthMonitor::LogTransitions(const Cluster& cluster, Backend& backend,
   }
 }
 
+void HealthMonitor::ShowActivation(Cluster& cluster, const Backend& backend,
+                                   uint64_t before) {
+  uint64_t count = backend.cold.change_count();
+  const auto& log = backend.cold.changes();
+  size_t fresh = std::min<uint64_t>(count - before, log.size());
+  for (size_t i = log.size() - fresh; i < log.size(); ++i) {
+    const ActivationChange& change = log[i];
+    // Silent, as it has always been: the policy may ask this backup again.
+    if (change.from == Activation::kFailed &&
+        change.to == Activation::kInactive) {
+      continue;
+    }
+    AddEvent(cluster, change.reason);
+  }
+}
+
 void HealthMonitor::AddEvent(Cluster& cluster, std::string message) {
   cluster.events.push_back({WallMs(), std::move(message)});
   if (cluster.events.size() > kMaxEvents)
@@ -643,28 +549,6 @@ void HealthMonitor::PublishCb(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<HealthMonitor*>(arg);
   self->publish_pending_ = false;
   self->Publish();
-}
-
-bool HealthMonitor::RoutingDiffers(const HealthSnapshot& a,
-                                   const HealthSnapshot& b) {
-  if (a.clusters.size() != b.clusters.size()) return true;
-  for (size_t c = 0; c < a.clusters.size(); ++c) {
-    const ClusterStatus& x = a.clusters[c];
-    const ClusterStatus& y = b.clusters[c];
-    if (x.name != y.name || x.panic != y.panic ||
-        x.backends.size() != y.backends.size()) {
-      return true;
-    }
-    for (size_t i = 0; i < x.backends.size(); ++i) {
-      if (x.views[i].eligible != y.views[i].eligible ||
-          x.views[i].weight != y.views[i].weight ||
-          x.backends[i].state != y.backends[i].state ||
-          x.backends[i].activation != y.backends[i].activation) {
-        return true;
-      }
-    }
-  }
-  return false;
 }
 
 void HealthMonitor::Publish() {
@@ -686,17 +570,12 @@ void HealthMonitor::Publish() {
       // With checks, "unknown" has not been proven healthy: no traffic yet.
       if (checks && input.state == BackendState::kUnknown)
         input.state = BackendState::kDown;
-      input.activation = backend.activation;
+      input.activation = backend.cold.state();
       input.weight = backend.health->EffectiveWeight(
           algorithms::ScaledWeight(backend.config->weight), now);
       input.id = algorithms::Hash64(backend.address);
       input.refused_recently = now < backend.refused_until;
     }
-    algorithms::PolicyOptions options;
-    options.policy = config.policy == conf::Policy::kPrimaryBackup
-                         ? algorithms::Policy::kPrimaryBackup
-                         : algorithms::Policy::kAllActive;
-    options.min_active = config.min_active;
     // Until every primary has been checked once, "not up" only means "not
     // checked yet": neither a cold activation nor panic routing (which would
     // send traffic to backends never proven healthy) is called for.
@@ -707,20 +586,17 @@ void HealthMonitor::Publish() {
         primaries_pending = true;
       }
     }
-    options.panic_threshold = primaries_pending ? 0.0 : config.panic_threshold;
-    algorithms::PolicyResult result = algorithms::ApplyPolicy(inputs, options);
+    algorithms::PolicyResult result = algorithms::ApplyPolicy(
+        inputs, PolicyOptionsFor(config, primaries_pending));
 
     for (size_t index : result.activate) {
       if (primaries_pending) break;
       Backend& backend = *cluster.backends[index];
-      if (backend.activation == algorithms::Activation::kInactive &&
-          !backend.command->running()) {
-        RunCommand(cluster, backend, true);
-      }
+      if (!backend.command->running()) Activate(cluster, backend);
     }
     for (size_t index : result.deactivate) {
       Backend& backend = *cluster.backends[index];
-      if (!backend.command->running()) RunCommand(cluster, backend, false);
+      if (!backend.command->running()) Deactivate(cluster, backend);
     }
     if (result.panic != cluster.panic) {
       cluster.panic = result.panic;
@@ -763,7 +639,7 @@ void HealthMonitor::Publish() {
       b.active = active;
       b.weight = backend.config->weight;
       b.view_weight = result.views[i].weight;
-      if (IsCold(*backend.config)) b.activation = backend.activation;
+      if (IsCold(*backend.config)) b.activation = backend.cold.state();
       b.refused_recently = inputs[i].refused_recently;
       b.last_check = backend.health->last_check();
       b.transitions.assign(backend.health->transitions().begin(),

@@ -1,8 +1,9 @@
 // The health monitor: on its own thread and event loop it runs every
-// backend's active checks, takes the data path's outcome reports, owns each
-// backend's state machine, applies the standby policy (activating cold
-// backups), and publishes an immutable HealthSnapshot after every change. It
-// decides; it never routes.
+// backend's active checks and cold-standby commands, feeds their results and
+// the data path's outcome reports to each backend's state machines
+// (BackendHealth, ColdStandby), applies the standby policy, and publishes an
+// immutable HealthSnapshot after every change. The decisions are those of
+// the pure types and functions docs/health.md lists; it never routes.
 #pragma once
 
 #include <array>
@@ -12,13 +13,17 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "algorithms/policy.h"
 #include "algorithms/rng.h"
 #include "conf/config.h"
 #include "health/backend_health.h"
+#include "health/check_schedule.h"
+#include "health/cold_standby.h"
 #include "health/command.h"
 #include "health/probe.h"
 #include "health/snapshot.h"
@@ -77,9 +82,7 @@ class HealthMonitor {
     std::unique_ptr<CommandRunner> command;
     struct event* timer = nullptr;  // next check
     bool check_scheduled = false;
-    algorithms::Activation activation = algorithms::Activation::kInactive;
-    TimePoint activation_failed_at{};
-    TimePoint activation_started_at{};
+    ColdStandby cold{ColdStandbySettings{}};  // cold backups only
     TimePoint refused_until{};
     TimePoint last_traffic_check{};  // a check run because traffic failed
     bool active = false;             // as the policy last said
@@ -103,25 +106,36 @@ class HealthMonitor {
   static void PublishCb(evutil_socket_t, short, void* arg);
 
   void Run();
+  // Backend `address` of cluster `cluster` in the current config: both null
+  // when there is no such cluster, the backend null when it has no such
+  // backend.
+  std::pair<Cluster*, Backend*> Find(std::string_view cluster,
+                                     std::string_view address);
   void Apply(std::shared_ptr<const conf::Config> config, const ClusterTls& tls);
   void OnReport(const OutcomeBatch& batch);
   void Tick();
   void ScheduleCheck(Cluster& cluster, Backend& backend, bool first);
   void RunCheck(Cluster& cluster, Backend& backend);
   void OnProbe(Cluster& cluster, Backend& backend, const ProbeResult& result);
+  static CheckSubject SubjectOf(const Backend& backend);
   bool ShouldCheck(const Cluster& cluster, const Backend& backend) const;
   void StopChecks(Backend& backend);
-  void RunCommand(Cluster& cluster, Backend& backend, bool activate);
+  // Cold standby: the decisions are the ColdStandby's, the commands run here.
+  void Activate(Cluster& cluster, Backend& backend);
+  void Deactivate(Cluster& cluster, Backend& backend);
+  void RunCommand(Backend& backend, bool activate);
   void MaybeEject(Cluster& cluster, Backend& backend);
   // Reruns the policy of every cluster and publishes (coalesced per loop
   // iteration).
   void MarkDirty();
   void Publish();
-  static bool RoutingDiffers(const HealthSnapshot& a, const HealthSnapshot& b);
   void AddEvent(Cluster& cluster, std::string message);
   // Logs and counts the transitions made since `before` (a transition_count()).
   void LogTransitions(const Cluster& cluster, Backend& backend, size_t before);
-  HealthSettings SettingsFor(const conf::Cluster& cluster) const;
+  // Shows the activation changes made since `before` (a change_count()) as
+  // cluster events.
+  void ShowActivation(Cluster& cluster, const Backend& backend,
+                      uint64_t before);
 
   PublishFn publish_fn_;
   std::thread thread_;

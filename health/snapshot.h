@@ -69,6 +69,12 @@ struct HealthSnapshot {
   }
 };
 
+// Whether loops, which rebuild their pickers from a snapshot, need `b` after
+// `a`: the clusters, panic, or a backend's eligibility, view weight, state or
+// activation differ. Counters, checks and events alone do not count. Pure.
+[[nodiscard]] bool RoutingDiffers(const HealthSnapshot& a,
+                                  const HealthSnapshot& b);
+
 // An outcome the data path saw on a backend, aggregated over a short while.
 struct OutcomeReport {
   uint32_t cluster = 0;  // index into the batch's config

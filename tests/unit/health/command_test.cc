@@ -122,6 +122,28 @@ class FdLimit {
   rlimit saved_{};
 };
 
+TEST_CASE("a result says how the command ended, and the end of its output") {
+  CommandResult result;
+  result.exit_code = 0;
+  result.output = "started\n";
+  CHECK(result.Describe() == "succeeded");
+  CHECK(result.OutputTail() == "started");
+  result.exit_code = 1;
+  CHECK(result.Describe() == "exited with status 1");
+  result.exit_code = -1;
+  result.signal = 9;
+  CHECK(result.Describe() == "killed by signal 9");
+  result.timed_out = true;
+  CHECK(result.Describe() == "timed out");
+  result.timed_out = false;
+  result.signal = 0;
+  result.error = "no process to spare";
+  CHECK(result.Describe() == "could not start: no process to spare");
+
+  result.output = std::string(100, 'a') + std::string(512, 'b') + "\r\n";
+  CHECK(result.OutputTail() == "..." + std::string(512, 'b'));
+}
+
 TEST_CASE("a command that exits 0 is ok") {
   CommandResult result = RunCommand("true");
   CHECK(result.ok());
