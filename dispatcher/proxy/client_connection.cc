@@ -230,8 +230,8 @@ void ClientConnection::OnUpstreamRead(UpstreamConnection&) {
   Enter(this, [this] {
     Touch();
     if (state_ == State::kTunnel) {
-      PumpTunnel(upstream_->input(), bufferevent_get_output(bev_.get()),
-                 upstream_->bev(), bev_.get());
+      PumpTunnel(attempt_.upstream->input(), bufferevent_get_output(bev_.get()),
+                 attempt_.upstream->bev(), bev_.get());
     } else {
       ParseResponse();
     }
@@ -247,9 +247,9 @@ void ClientConnection::OnUpstreamDrained(UpstreamConnection&) {
       } else {
         bufferevent_enable(bev_.get(), EV_READ);
       }
-    } else if (request_blocked_) {
+    } else if (message_.request_blocked) {
       Touch();
-      request_blocked_ = false;
+      message_.request_blocked = false;
       bufferevent_enable(bev_.get(), EV_READ);
       ParseRequest();
     }
@@ -268,15 +268,15 @@ void ClientConnection::OnClientDrained() {
       FinishClose();
   } else if (state_ == State::kTunnel) {
     Touch();
-    if (upstream_eof_) {
+    if (attempt_.upstream_eof) {
       TunnelFlushed();
-    } else if (upstream_ != nullptr) {
-      bufferevent_enable(upstream_->bev(), EV_READ);
+    } else if (attempt_.upstream != nullptr) {
+      bufferevent_enable(attempt_.upstream->bev(), EV_READ);
     }
-  } else if (response_blocked_ && upstream_ != nullptr) {
+  } else if (message_.response_blocked && attempt_.upstream != nullptr) {
     Touch();
-    response_blocked_ = false;
-    bufferevent_enable(upstream_->bev(), EV_READ);
+    message_.response_blocked = false;
+    bufferevent_enable(attempt_.upstream->bev(), EV_READ);
     ParseResponse();
   }
 }
@@ -304,14 +304,14 @@ void ClientConnection::OnClientEvent(short events) {
   } else if (events & BEV_EVENT_EOF) {
     switch (state_) {
       case State::kIdle:
-        if (request_.message_started()) flags_ |= kFlagClientReset;
+        if (request_.message_started()) exchange_.flags |= kFlagClientReset;
         Destroy();
         break;
       case State::kQueued:
       case State::kRetryWait:
       case State::kConnecting:
       case State::kProxying:
-        if (request_complete_) {
+        if (message_.request_complete) {
           // A half-closed client still gets its response.
           client_eof_ = true;
         } else {
@@ -320,12 +320,12 @@ void ClientConnection::OnClientEvent(short events) {
         break;
       case State::kTunnel:
         // Half-closed: pass it on, the other direction may still carry bytes.
-        if (upstream_ == nullptr) {
+        if (attempt_.upstream == nullptr) {
           Destroy();
           break;
         }
         client_eof_ = true;
-        bufferevent_setwatermark(upstream_->bev(), EV_WRITE, 0, 0);
+        bufferevent_setwatermark(attempt_.upstream->bev(), EV_WRITE, 0, 0);
         TunnelFlushed();
         break;
       case State::kClosing:
@@ -337,7 +337,7 @@ void ClientConnection::OnClientEvent(short events) {
 
 void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection,
                                        short events) {
-  if (&connection != upstream_) {
+  if (&connection != attempt_.upstream) {
     // An event of a connection this exchange no longer uses.
   } else if (state_ == State::kConnecting) {
     SSL* ssl = bufferevent_openssl_get_ssl(connection.bev());
@@ -346,11 +346,11 @@ void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection,
     if (ssl != nullptr &&
         (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
       // A handshake failure says why: a wrong name, an unknown CA...
-      detail_ = "TLS handshake with backend failed: " +
-                net::TlsFailureText(ssl, tls_error);
+      exchange_.detail = "TLS handshake with backend failed: " +
+                         net::TlsFailureText(ssl, tls_error);
       while (bufferevent_get_openssl_error(connection.bev()) != 0) {
       }
-      FailAttempt(Failure::kConnect, 502, detail_.c_str());
+      FailAttempt(Failure::kConnect, 502, exchange_.detail.c_str());
     } else {
       bool refused = connection.connect_error() == ECONNREFUSED;
       FailAttempt(refused ? Failure::kRefused : Failure::kConnect, 502,
@@ -358,7 +358,8 @@ void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection,
                           : "connection to backend failed");
     }
   } else if (state_ == State::kTunnel) {
-    evbuffer_add_buffer(bufferevent_get_output(bev_.get()), upstream_->input());
+    evbuffer_add_buffer(bufferevent_get_output(bev_.get()),
+                        attempt_.upstream->input());
     if (events & BEV_EVENT_ERROR) {
       // Reset: deliver what the backend sent, then close.
       EndAttempt(false);
@@ -367,26 +368,27 @@ void ClientConnection::OnUpstreamEnded(UpstreamConnection& connection,
       return;
     }
     // Half-closed: pass it on once the client has everything before it.
-    upstream_eof_ = true;
+    attempt_.upstream_eof = true;
     bufferevent_setwatermark(bev_.get(), EV_WRITE, 0, 0);
     TunnelFlushed();
   } else if (state_ == State::kProxying) {
-    upstream_eof_ = true;
-    if (evbuffer_get_length(upstream_->input()) > 0 && !response_blocked_)
+    attempt_.upstream_eof = true;
+    if (evbuffer_get_length(attempt_.upstream->input()) > 0 &&
+        !message_.response_blocked)
       ParseResponse();
-    if (destroy_pending_ || &connection != upstream_) {
+    if (destroy_pending_ || &connection != attempt_.upstream) {
       // ParseResponse finished or failed the exchange.
-    } else if (response_started_) {
-      if ((events & BEV_EVENT_EOF) && !response_blocked_ &&
+    } else if (message_.response_started) {
+      if ((events & BEV_EVENT_EOF) && !message_.response_blocked &&
           response_->FinishAtEof()) {
         // A close-delimited body ended: complete, but not reusable.
         OnResponseComplete();
-      } else if (!response_blocked_) {
+      } else if (!message_.response_blocked) {
         ReportOutcome(false, Failure::kReset);
         AbortExchange(kFlagUpstreamReset);
       }
-    } else if (!response_bytes_seen_ && upstream_->reused() &&
-               tries_ <=
+    } else if (!attempt_.response_bytes_seen && attempt_.upstream->reused() &&
+               exchange_.tries <=
                    cluster().backends.size() + cluster().config->retries) {
       // A pooled connection the backend had closed while idle: the request
       // never reached it.
@@ -413,16 +415,18 @@ void ClientConnection::OnClientRead() {
     case State::kProxying:
       // Only request bytes are activity: pipelined requests arriving behind
       // this one do not keep a stalled response alive.
-      if (!request_complete_ && !paused_at_head_ && !request_blocked_) {
+      if (!message_.request_complete && !message_.paused_at_head &&
+          !message_.request_blocked) {
         Touch();
         ParseRequest();
       }
       break;
     case State::kTunnel:
       Touch();
-      if (upstream_ != nullptr) {
-        PumpTunnel(bufferevent_get_input(bev_.get()), upstream_->output(),
-                   bev_.get(), upstream_->bev());
+      if (attempt_.upstream != nullptr) {
+        PumpTunnel(bufferevent_get_input(bev_.get()),
+                   attempt_.upstream->output(), bev_.get(),
+                   attempt_.upstream->bev());
       }
       break;
     case State::kClosing: {
@@ -458,30 +462,30 @@ void ClientConnection::ParseRequest() {
       }
       break;
     case net::HttpParser::Result::kPausedHead:
-      head_pending_ = false;
-      paused_at_head_ = true;
+      message_.head_pending = false;
+      message_.paused_at_head = true;
       OnRequestHead();
       return;
     case net::HttpParser::Result::kUpgrade:
-      request_upgrade_paused_ = true;
+      message_.request_upgrade_paused = true;
       [[fallthrough]];
     case net::HttpParser::Result::kComplete:
-      request_complete_ = true;
-      request_done_ = Clock::now();
-      if (head_pending_) {
-        head_pending_ = false;
+      message_.request_complete = true;
+      message_.request_done = Clock::now();
+      if (message_.head_pending) {
+        message_.head_pending = false;
         OnRequestHead();
         return;
       }
-      if (response_complete_) {
+      if (message_.response_complete) {
         FinishExchange();
         return;
       }
-      if (!response_started_ && state_ == State::kProxying) {
+      if (!message_.response_started && state_ == State::kProxying) {
         // The whole request is out: the backend's time to answer starts.
         auto deadline =
-            std::min(request_done_ + cluster().config->request_timeout,
-                     std::max(attempt_start_, request_done_) +
+            std::min(message_.request_done + cluster().config->request_timeout,
+                     std::max(attempt_.start, message_.request_done) +
                          cluster().config->try_timeout);
         ArmTimer(deadline - Clock::now());
       }
@@ -493,7 +497,7 @@ void ClientConnection::ParseRequest() {
       } else {
         // The body broke the rules after part of it went to the backend.
         EndAttempt(false);
-        if (response_started_) {
+        if (message_.response_started) {
           Destroy();
         } else {
           Respond(request_.error_status(),
@@ -502,9 +506,9 @@ void ClientConnection::ParseRequest() {
       }
       return;
   }
-  if (upstream_ != nullptr && state_ == State::kProxying &&
-      OutputFull(upstream_->output())) {
-    request_blocked_ = true;
+  if (attempt_.upstream != nullptr && state_ == State::kProxying &&
+      OutputFull(attempt_.upstream->output())) {
+    message_.request_blocked = true;
     bufferevent_disable(bev_.get(), EV_READ);
   }
 }
@@ -512,7 +516,7 @@ void ClientConnection::ParseRequest() {
 net::HttpParser::HeadAction ClientConnection::OnHeadComplete(
     net::HttpParser& parser) {
   if (&parser == &request_) {
-    head_pending_ = true;
+    message_.head_pending = true;
     // A request without a body completes at once (an upgrade stops itself);
     // one with a body waits until a backend can take it.
     return request_.framing() == net::Framing::kNone
@@ -520,24 +524,25 @@ net::HttpParser::HeadAction ClientConnection::OnHeadComplete(
                : net::HttpParser::HeadAction::kPause;
   }
   OnResponseHead(parser);
-  return head_request_ ? net::HttpParser::HeadAction::kSkipBody
-                       : net::HttpParser::HeadAction::kContinue;
+  return message_.head_request ? net::HttpParser::HeadAction::kSkipBody
+                               : net::HttpParser::HeadAction::kContinue;
 }
 
 void ClientConnection::OnBody(net::HttpParser& parser, const char* data,
                               size_t length) {
   if (&parser == &request_) {
-    if (body_kept_) {
+    if (exchange_.body_kept) {
       // Keep a small body so the request can go to another backend.
-      if (retry_body_.size() + length <= cluster().config->retry_buffer_bytes) {
-        retry_body_.append(data, length);
+      if (exchange_.retry_body.size() + length <=
+          cluster().config->retry_buffer_bytes) {
+        exchange_.retry_body.append(data, length);
       } else {
-        body_kept_ = false;
-        std::string().swap(retry_body_);
+        exchange_.body_kept = false;
+        std::string().swap(exchange_.retry_body);
       }
     }
-    if (upstream_ == nullptr) return;
-    evbuffer* out = upstream_->output();
+    if (attempt_.upstream == nullptr) return;
+    evbuffer* out = attempt_.upstream->output();
     if (request_.framing() == net::Framing::kChunked) {
       std::string& header = loop_.scratch();
       net::AppendChunkHeader(length, &header);
@@ -549,9 +554,9 @@ void ClientConnection::OnBody(net::HttpParser& parser, const char* data,
     }
     return;
   }
-  response_body_bytes_ += length;
+  message_.response_body_bytes += length;
   evbuffer* out = bufferevent_get_output(bev_.get());
-  switch (response_framing_) {
+  switch (message_.response_framing) {
     case net::Framing::kChunked: {
       std::string& header = loop_.scratch();
       net::AppendChunkHeader(length, &header);
@@ -571,21 +576,22 @@ void ClientConnection::OnBody(net::HttpParser& parser, const char* data,
 
 void ClientConnection::OnMessageComplete(net::HttpParser& parser) {
   if (&parser == &request_) {
-    if (upstream_ != nullptr && request_.framing() == net::Framing::kChunked) {
+    if (attempt_.upstream != nullptr &&
+        request_.framing() == net::Framing::kChunked) {
       std::string& tail = loop_.scratch();
       net::AppendLastChunk(request_.trailers(), &tail);
-      evbuffer_add(upstream_->output(), tail.data(), tail.size());
+      evbuffer_add(attempt_.upstream->output(), tail.data(), tail.size());
     }
     return;
   }
   int status = response_->status_code();
   if (status >= 100 && status < 200 && status != 101) return;  // interim
-  if (response_framing_ == net::Framing::kChunked) {
+  if (message_.response_framing == net::Framing::kChunked) {
     std::string& tail = loop_.scratch();
     net::AppendLastChunk(response_->trailers(), &tail);
     evbuffer_add(bufferevent_get_output(bev_.get()), tail.data(), tail.size());
   }
-  response_complete_ = true;
+  message_.response_complete = true;
 }
 
 void ClientConnection::OnRequestHead() {
@@ -600,27 +606,28 @@ void ClientConnection::OnRequestHead() {
   // and the next head).
   request_.set_max_head_bytes(listener_->config->max_header_size_bytes);
   request_.set_max_body_bytes(listener_->config->max_body_size_bytes);
-  request_start_ = Clock::now();
-  client_keep_alive_ = request_.keep_alive();
-  head_request_ = request_.method() == HTTP_HEAD;
+  exchange_.request_start = Clock::now();
+  message_.client_keep_alive = request_.keep_alive();
+  message_.head_request = request_.method() == HTTP_HEAD;
   event_del(&timer_);
   if (net::HasUnsupportedExpectation(request_)) {
     Respond(417, "only 100-continue is supported", true);
     return;
   }
-  expect_continue_ = net::ExpectsContinue(request_);
-  upgrade_ = net::WantsUpgrade(request_);
-  if (close_when_idle_ || loop_.shutting_down()) client_keep_alive_ = false;
+  message_.expect_continue = net::ExpectsContinue(request_);
+  message_.upgrade = net::WantsUpgrade(request_);
+  if (close_when_idle_ || loop_.shutting_down())
+    message_.client_keep_alive = false;
   ++cluster().active_requests;
-  counted_request_ = true;
+  exchange_.counted_request = true;
   StartAttempt();
 }
 
 void ClientConnection::ReleaseClusterCounts() {
   ClusterRuntime& runtime = cluster();
-  if (counted_request_) --runtime.active_requests;
-  if (counted_retry_) --runtime.active_retries;
-  counted_request_ = counted_retry_ = false;
+  if (exchange_.counted_request) --runtime.active_requests;
+  if (exchange_.counted_retry) --runtime.active_retries;
+  exchange_.counted_request = exchange_.counted_retry = false;
 }
 
 std::optional<uint64_t> ClientConnection::RequestHash() const {
@@ -675,24 +682,25 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   ClusterRuntime& runtime = cluster();
   algorithms::PickInput input;
   input.inflight = runtime.inflight;
-  input.tried = &tried_;
+  input.tried = &exchange_.tried;
   if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone)
     input.hash = RequestHash();
   constexpr size_t kNone = SIZE_MAX;
   size_t pick = runtime.picker->Pick(input).value_or(kNone);
-  if (pick != kNone && retry && other && tried_.Contains(pick)) pick = kNone;
+  if (pick != kNone && retry && other && exchange_.tried.Contains(pick))
+    pick = kNone;
   if (pick == kNone && retry && runtime.has_fallback) {
     // Every eligible backend failed this request (typically: refused, before
     // health/ has counted to `fall`): a healthy backup in reserve is better
     // than an error.
     pick = runtime.fallback->Pick(input).value_or(kNone);
-    if (pick != kNone && tried_.Contains(pick)) pick = kNone;
+    if (pick != kNone && exchange_.tried.Contains(pick)) pick = kNone;
   }
   if (pick != kNone && runtime.has_limits &&
       !TryAcquire(runtime.backends[pick])) {
     // Full: look for another backend below its limit, treating the full ones
     // as tried for this pick only.
-    algorithms::TriedSet skip = tried_;
+    algorithms::TriedSet skip = exchange_.tried;
     size_t full = pick;
     pick = kNone;
     for (size_t attempt = 0; attempt < runtime.backends.size(); ++attempt) {
@@ -707,21 +715,21 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
       full = candidate;
     }
     if (pick == kNone) {
-      flags_ |= kFlagOverflow;
-      if (from_queue_) {
+      exchange_.flags |= kFlagOverflow;
+      if (exchange_.from_queue) {
         // Still full: back to the head of the line, the timeout unchanged.
         state_ = State::kQueued;
-        queued_ = true;
+        exchange_.queued = true;
         runtime.queue.push_front(this);
         return;
       }
       const uint32_t queue_size = runtime.config->queue_size;
       if (queue_size > 0 && runtime.queue.size() < queue_size && !retry) {
         state_ = State::kQueued;
-        queued_ = true;
+        exchange_.queued = true;
         runtime.queue.push_back(this);
         runtime.stats->queued.Add(1);
-        queued_since_ = Clock::now();
+        exchange_.queued_since = Clock::now();
         loop_.WatchQueue();
         ArmTimer(runtime.config->queue_timeout);
         return;
@@ -737,9 +745,9 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   const bool standby_may_come =
       runtime.activating || (retry && runtime.cold_standby);
   if (pick == kNone && standby_may_come) {
-    if (from_queue_) {
+    if (exchange_.from_queue) {
       state_ = State::kQueued;
-      queued_ = true;
+      exchange_.queued = true;
       runtime.queue.push_front(this);
       return;
     }
@@ -749,68 +757,70 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
         // Resumed as the retry it is (RetryFromQueue): the backends it
         // already failed on stay excluded, and this answer stands if none
         // comes.
-        pending_status_ = status;
-        if (detail != detail_.c_str()) detail_ = detail;
+        exchange_.pending_status = status;
+        if (detail != exchange_.detail.c_str()) exchange_.detail = detail;
       }
-      waiting_activation_ = true;
+      exchange_.waiting_activation = true;
       state_ = State::kQueued;
-      queued_ = true;
+      exchange_.queued = true;
       runtime.queue.push_back(this);
       runtime.stats->queued.Add(1);
-      queued_since_ = Clock::now();
+      exchange_.queued_since = Clock::now();
       loop_.WatchQueue();
-      ArmTimer(request_start_ + runtime.config->request_timeout - Clock::now());
+      ArmTimer(exchange_.request_start + runtime.config->request_timeout -
+               Clock::now());
       return;
     }
   }
   if (pick == kNone) {
     if (retry) {
-      retry_note_ = "no other backend";
-      Respond(status, detail, !request_complete_);
+      exchange_.retry_note = "no other backend";
+      Respond(status, detail, !message_.request_complete);
       return;
     }
-    flags_ |= kFlagNoBackend;
+    exchange_.flags |= kFlagNoBackend;
     runtime.stats->no_backend.Add();
-    Respond(503, "no eligible backend", !request_complete_);
+    Respond(503, "no eligible backend", !message_.request_complete);
     return;
   }
-  backend_ = pick;
-  has_backend_ = true;
-  BackendRuntime& backend = runtime.backends[backend_];
-  last_backend_ = backend.config;
-  if (++tries_ > 1) {
-    flags_ |= kFlagRetried;
-    runtime.stats->retries[static_cast<size_t>(last_failure_)].Add();
-    if (!counted_retry_) {
-      counted_retry_ = true;
+  attempt_.backend = pick;
+  attempt_.has_backend = true;
+  BackendRuntime& backend = runtime.backends[attempt_.backend];
+  exchange_.last_backend = backend.config;
+  exchange_.last_backend_index = pick;
+  if (++exchange_.tries > 1) {
+    exchange_.flags |= kFlagRetried;
+    runtime.stats->retries[static_cast<size_t>(exchange_.last_failure)].Add();
+    if (!exchange_.counted_retry) {
+      exchange_.counted_retry = true;
       ++runtime.active_retries;
     }
   }
-  ++runtime.inflight[backend_];
+  ++runtime.inflight[attempt_.backend];
   backend.stats->inflight.Add(1);
-  attempt_start_ = Clock::now();
+  attempt_.start = Clock::now();
   if (!response_) response_ = loop_.TakeResponseParser(this);
   response_->Reset();
-  interim_responses_ = 0;
-  response_bytes_seen_ = false;
-  upstream_eof_ = false;
+  attempt_.interim_responses = 0;
+  attempt_.response_bytes_seen = false;
+  attempt_.upstream_eof = false;
 
-  upstream_ = backend.pool->TakeIdle(this);
-  if (upstream_ != nullptr) {
+  attempt_.upstream = backend.pool->TakeIdle(this);
+  if (attempt_.upstream != nullptr) {
     state_ = State::kProxying;
     SendRequestHead();
     return;
   }
   // Connect() owns the reservation from here, on failure too.
-  upstream_ = backend.pool->Connect(this, connection_reserved_);
-  connection_reserved_ = false;
-  if (upstream_ == nullptr) {
+  attempt_.upstream = backend.pool->Connect(this, attempt_.connection_reserved);
+  attempt_.connection_reserved = false;
+  if (attempt_.upstream == nullptr) {
     FailAttempt(Failure::kConnect, 502,
                 "cannot open a connection to the backend");
     return;
   }
   state_ = State::kConnecting;
-  auto deadline = attempt_start_ + runtime.config->connect_timeout;
+  auto deadline = attempt_.start + runtime.config->connect_timeout;
   ArmTimer(deadline - Clock::now());
 }
 
@@ -819,34 +829,37 @@ void ClientConnection::SendRequestHead() {
   forwarding.client_ip =
       std::string_view(client_address_).substr(0, client_ip_length_);
   forwarding.client_tls = listener_->config->tls();
-  forwarding.upgrade = upgrade_;
-  forwarding.default_host = cluster().backends[backend_].config->address.text;
+  forwarding.upgrade = message_.upgrade;
+  forwarding.default_host =
+      cluster().backends[attempt_.backend].config->address.text;
   std::string& head = loop_.scratch();
   net::AppendRequestHead(request_, forwarding, &head);
-  upstream_->StartRequest();
-  evbuffer_add(upstream_->output(), head.data(), head.size());
-  bufferevent_setwatermark(upstream_->bev(), EV_WRITE, kOutputLowWater, 0);
-  bufferevent_setwatermark(upstream_->bev(), EV_READ, 0, 0);
-  bufferevent_set_max_single_read(upstream_->bev(), kMaxSingleRead);
-  if (bufferevent_enable(upstream_->bev(), EV_READ | EV_WRITE) != 0) {
+  attempt_.upstream->StartRequest();
+  evbuffer_add(attempt_.upstream->output(), head.data(), head.size());
+  bufferevent_setwatermark(attempt_.upstream->bev(), EV_WRITE, kOutputLowWater,
+                           0);
+  bufferevent_setwatermark(attempt_.upstream->bev(), EV_READ, 0, 0);
+  bufferevent_set_max_single_read(attempt_.upstream->bev(), kMaxSingleRead);
+  if (bufferevent_enable(attempt_.upstream->bev(), EV_READ | EV_WRITE) != 0) {
     FailAttempt(Failure::kConnect, 502, "cannot use the backend connection");
     return;
   }
-  if (expect_continue_ && !continue_sent_) {
-    continue_sent_ = true;
+  if (message_.expect_continue && !message_.continue_sent) {
+    message_.continue_sent = true;
     evbuffer_add(bufferevent_get_output(bev_.get()), kContinue,
                  sizeof(kContinue) - 1);
   }
-  if (tries_ > 1 && request_.body_bytes() > 0) ReplayBody();
-  if (request_complete_) {
-    auto deadline = std::min(request_done_ + cluster().config->request_timeout,
-                             std::max(attempt_start_, request_done_) +
-                                 cluster().config->try_timeout);
+  if (exchange_.tries > 1 && request_.body_bytes() > 0) ReplayBody();
+  if (message_.request_complete) {
+    auto deadline =
+        std::min(message_.request_done + cluster().config->request_timeout,
+                 std::max(attempt_.start, message_.request_done) +
+                     cluster().config->try_timeout);
     ArmTimer(deadline - Clock::now());
     return;
   }
-  if (paused_at_head_) {
-    paused_at_head_ = false;
+  if (message_.paused_at_head) {
+    message_.paused_at_head = false;
     request_.Resume();
   }
   ArmTimer(cluster().config->idle_timeout);
@@ -855,30 +868,30 @@ void ClientConnection::SendRequestHead() {
 }
 
 void ClientConnection::ReplayBody() {
-  evbuffer* out = upstream_->output();
+  evbuffer* out = attempt_.upstream->output();
   if (request_.framing() == net::Framing::kChunked) {
     std::string& framed = loop_.scratch();
-    if (!retry_body_.empty())
-      net::AppendChunkHeader(retry_body_.size(), &framed);
+    if (!exchange_.retry_body.empty())
+      net::AppendChunkHeader(exchange_.retry_body.size(), &framed);
     evbuffer_add(out, framed.data(), framed.size());
-    evbuffer_add(out, retry_body_.data(), retry_body_.size());
-    if (!retry_body_.empty()) evbuffer_add(out, "\r\n", 2);
-    if (request_complete_) {
+    evbuffer_add(out, exchange_.retry_body.data(), exchange_.retry_body.size());
+    if (!exchange_.retry_body.empty()) evbuffer_add(out, "\r\n", 2);
+    if (message_.request_complete) {
       std::string& tail = loop_.scratch();
       net::AppendLastChunk(request_.trailers(), &tail);
       evbuffer_add(out, tail.data(), tail.size());
     }
   } else {
-    evbuffer_add(out, retry_body_.data(), retry_body_.size());
+    evbuffer_add(out, exchange_.retry_body.data(), exchange_.retry_body.size());
   }
 }
 
 // ---- the response side ------------------------------------------------------
 
 void ClientConnection::ParseResponse() {
-  if (upstream_ == nullptr) return;
-  if (!upstream_->request_started() &&
-      evbuffer_get_length(upstream_->input()) > 0) {
+  if (attempt_.upstream == nullptr) return;
+  if (!attempt_.upstream->request_started() &&
+      evbuffer_get_length(attempt_.upstream->input()) > 0) {
     // Bytes that came before any of the request left cannot answer it.
     FailAttempt(Failure::kInvalid, 502,
                 "backend sent a response before the request");
@@ -886,13 +899,13 @@ void ClientConnection::ParseResponse() {
   }
   size_t consumed = 0;
   net::HttpParser::Result result =
-      Feed(*response_, upstream_->input(), &consumed);
-  if (consumed > 0) response_bytes_seen_ = true;
+      Feed(*response_, attempt_.upstream->input(), &consumed);
+  if (consumed > 0) attempt_.response_bytes_seen = true;
   switch (result) {
     case net::HttpParser::Result::kNeedMore:
       if (OutputFull(bufferevent_get_output(bev_.get()))) {
-        response_blocked_ = true;
-        bufferevent_disable(upstream_->bev(), EV_READ);
+        message_.response_blocked = true;
+        bufferevent_disable(attempt_.upstream->bev(), EV_READ);
       }
       return;
     case net::HttpParser::Result::kComplete:
@@ -900,19 +913,19 @@ void ClientConnection::ParseResponse() {
       OnResponseComplete();
       return;
     case net::HttpParser::Result::kUpgrade:
-      if (response_->status_code() == 101 && upgrade_) {
+      if (response_->status_code() == 101 && message_.upgrade) {
         EnterTunnel();
       } else {
         OnResponseComplete();
       }
       return;
     case net::HttpParser::Result::kError:
-      if (retry_status_ != 0) {
-        int status = retry_status_;
-        retry_status_ = 0;
-        flags_ |= kFlagRetried5xx;
+      if (attempt_.retry_status != 0) {
+        int status = attempt_.retry_status;
+        attempt_.retry_status = 0;
+        exchange_.flags |= kFlagRetried5xx;
         FailAttempt(Failure::kStatus, status, "backend answered with an error");
-      } else if (!response_started_) {
+      } else if (!message_.response_started) {
         FailAttempt(Failure::kInvalid, 502, "invalid response from backend");
       } else {
         ReportOutcome(false, Failure::kInvalid);
@@ -927,7 +940,7 @@ void ClientConnection::OnResponseHead(net::HttpParser& parser) {
   int client_minor = request_.http_minor();
   std::string& head = loop_.scratch();
   if (status >= 100 && status < 200 && status != 101) {
-    if (++interim_responses_ > kMaxInterimResponses) {
+    if (++attempt_.interim_responses > kMaxInterimResponses) {
       parser.Reject(502, "too many interim responses");
       return;
     }
@@ -941,7 +954,7 @@ void ClientConnection::OnResponseHead(net::HttpParser& parser) {
     }
     return;
   }
-  if (status == 101 && !upgrade_) {
+  if (status == 101 && !message_.upgrade) {
     parser.Reject(502, "backend switched protocols unasked");
     return;
   }
@@ -954,36 +967,37 @@ void ClientConnection::OnResponseHead(net::HttpParser& parser) {
   }
   if ((status == 502 || status == 503 || status == 504) &&
       // This answer is a failed try that reached a worker: count it.
-      DecideRetry(RetryFacts(Failure::kStatus, reached_failures_ + 1)).action !=
-          RetryAction::kGiveUp) {
+      DecideRetry(RetryFacts(Failure::kStatus, exchange_.reached_failures + 1))
+              .action != RetryAction::kGiveUp) {
     // Another backend may do better: drop this answer and try there. When
     // no retry is possible the backend's own answer is relayed instead.
-    retry_status_ = status;
+    attempt_.retry_status = status;
     parser.Reject(status, "retrying");
     return;
   }
   ReportOutcome(status < 500, Failure::kStatus);
   // Closing for a shutdown: tell the client in this response.
   net::ResponsePlan plan =
-      net::PlanResponse(parser, head_request_, client_minor,
-                        client_keep_alive_ && !client_eof_ &&
+      net::PlanResponse(parser, message_.head_request, client_minor,
+                        message_.client_keep_alive && !client_eof_ &&
                             !close_when_idle_ && !loop_.shutting_down());
-  if (!request_complete_)
+  if (!message_.request_complete)
     plan.close = true;  // the rest of the request can't follow
   if (plan.framing == net::Framing::kUntilClose) plan.close = true;
-  response_framing_ = plan.framing;
-  response_close_ = plan.close;
-  status_ = status;
-  net::AppendResponseHead(parser, plan, client_minor, head_request_, &head);
+  message_.response_framing = plan.framing;
+  message_.response_close = plan.close;
+  message_.status = status;
+  net::AppendResponseHead(parser, plan, client_minor, message_.head_request,
+                          &head);
   evbuffer_add(bufferevent_get_output(bev_.get()), head.data(), head.size());
-  response_started_ = true;
+  message_.response_started = true;
   // From here on only silence ends the exchange.
   Touch();
   ArmTimer(cluster().config->idle_timeout);
 }
 
 void ClientConnection::OnResponseComplete() {
-  if (!request_complete_) {
+  if (!message_.request_complete) {
     // The backend answered before the request ended (an early 413, say): the
     // backend connection can't be reused and the client's is closed.
     EndAttempt(false);
@@ -999,8 +1013,10 @@ void ClientConnection::EnterTunnel() {
   evbuffer* client_out = bufferevent_get_output(bev_.get());
   evbuffer* client_in = bufferevent_get_input(bev_.get());
   // Bytes that followed the 101 belong to the new protocol already.
-  PumpTunnel(upstream_->input(), client_out, upstream_->bev(), bev_.get());
-  PumpTunnel(client_in, upstream_->output(), bev_.get(), upstream_->bev());
+  PumpTunnel(attempt_.upstream->input(), client_out, attempt_.upstream->bev(),
+             bev_.get());
+  PumpTunnel(client_in, attempt_.upstream->output(), bev_.get(),
+             attempt_.upstream->bev());
   bufferevent_enable(bev_.get(), EV_READ);
   Touch();
   ArmTimer(cluster().config->idle_timeout);
@@ -1031,18 +1047,19 @@ bool ShutdownWrite(bufferevent* bev) {
 void ClientConnection::TunnelFlushed() {
   // A side that ended passes its end on once everything it sent is out.
   bool failed = false;
-  if (client_eof_ && !tunnel_backend_shut_ &&
-      evbuffer_get_length(upstream_->output()) == 0) {
-    tunnel_backend_shut_ = true;
-    failed = !ShutdownWrite(upstream_->bev());
+  if (client_eof_ && !exchange_.tunnel_backend_shut &&
+      evbuffer_get_length(attempt_.upstream->output()) == 0) {
+    exchange_.tunnel_backend_shut = true;
+    failed = !ShutdownWrite(attempt_.upstream->bev());
   }
-  if (upstream_eof_ && !tunnel_client_shut_ &&
+  if (attempt_.upstream_eof && !exchange_.tunnel_client_shut &&
       evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0) {
-    tunnel_client_shut_ = true;
+    exchange_.tunnel_client_shut = true;
     failed = failed || !ShutdownWrite(bev_.get());
   }
-  if (failed || (tunnel_backend_shut_ && tunnel_client_shut_ && client_eof_ &&
-                 upstream_eof_)) {
+  if (failed ||
+      (exchange_.tunnel_backend_shut && exchange_.tunnel_client_shut &&
+       client_eof_ && attempt_.upstream_eof)) {
     // Both directions are done (or a socket is gone).
     EndAttempt(false);
     LogExchange();
@@ -1054,33 +1071,34 @@ void ClientConnection::TunnelFlushed() {
 // ------------------------------------------------------
 
 void ClientConnection::EndAttempt(bool reusable) {
-  if (upstream_ != nullptr) {
-    BackendPool& pool = upstream_->pool();
-    if (reusable && has_backend_) {
+  if (attempt_.upstream != nullptr) {
+    BackendPool& pool = attempt_.upstream->pool();
+    if (reusable && attempt_.has_backend) {
       // At a backend's max_connections, an idle connection kept here would
       // starve requests waiting on the other threads: close it instead.
-      uint32_t limit = cluster().backends[backend_].config->max_connections;
+      uint32_t limit =
+          cluster().backends[attempt_.backend].config->max_connections;
       if (limit > 0 && pool.shared_connections() >= limit) reusable = false;
     }
     if (reusable) {
-      pool.Release(upstream_, cluster().config->max_idle_connections);
+      pool.Release(attempt_.upstream, cluster().config->max_idle_connections);
     } else {
-      pool.Close(upstream_);
+      pool.Close(attempt_.upstream);
     }
-    upstream_ = nullptr;
+    attempt_.upstream = nullptr;
   }
-  if (has_backend_) {
-    has_backend_ = false;
+  if (attempt_.has_backend) {
+    attempt_.has_backend = false;
     ClusterRuntime& runtime = cluster();
-    --runtime.inflight[backend_];
-    runtime.backends[backend_].stats->inflight.Add(-1);
-    if (holds_slot_) {
-      holds_slot_ = false;
-      runtime.backends[backend_].limits->inflight.fetch_sub(
+    --runtime.inflight[attempt_.backend];
+    runtime.backends[attempt_.backend].stats->inflight.Add(-1);
+    if (attempt_.holds_slot) {
+      attempt_.holds_slot = false;
+      runtime.backends[attempt_.backend].limits->inflight.fetch_sub(
           1, std::memory_order_relaxed);
     }
     // A slot or a connection is free: the oldest queued request may go.
-    if (runtime.backends[backend_].limits && !runtime.queue.empty()) {
+    if (runtime.backends[attempt_.backend].limits && !runtime.queue.empty()) {
       loop_.DrainQueue(runtime);
     }
   }
@@ -1102,17 +1120,17 @@ bool ClientConnection::TryAcquire(BackendRuntime& backend) {
       !take(backend.limits->inflight, config.max_inflight)) {
     return false;
   }
-  holds_slot_ = config.max_inflight > 0;
+  attempt_.holds_slot = config.max_inflight > 0;
   // Without an idle connection a new one is needed: reserve it now, so two
   // threads cannot both open the last one.
   if (config.max_connections > 0 && backend.pool->idle_count() == 0) {
     if (!take(backend.limits->connections, config.max_connections)) {
-      if (holds_slot_)
+      if (attempt_.holds_slot)
         backend.limits->inflight.fetch_sub(1, std::memory_order_relaxed);
-      holds_slot_ = false;
+      attempt_.holds_slot = false;
       return false;
     }
-    connection_reserved_ = true;
+    attempt_.connection_reserved = true;
   }
   return true;
 }
@@ -1121,7 +1139,8 @@ void ClientConnection::ResumeRetry() {
   Enter(this, [this] {
     event_del(&timer_);
     state_ = State::kConnecting;
-    StartAttempt(true, pending_status_, detail_.c_str(), true);
+    StartAttempt(true, exchange_.pending_status, exchange_.detail.c_str(),
+                 true);
   });
 }
 
@@ -1131,12 +1150,12 @@ void ClientConnection::Dequeue() {
     auto it = std::find(waiters.begin(), waiters.end(), this);
     if (it != waiters.end()) waiters.erase(it);
   }
-  if (!queued_) return;
-  queued_ = false;
+  if (!exchange_.queued) return;
+  exchange_.queued = false;
   cluster().stats->queued.Add(-1);
   cluster().stats->queue_wait.Observe(static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
-                                                            queued_since_)
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          Clock::now() - exchange_.queued_since)
           .count()));
   auto& queue = cluster().queue;
   auto it = std::find(queue.begin(), queue.end(), this);
@@ -1150,18 +1169,18 @@ bool ClientConnection::RetryFromQueue() {
     // when every backend is still full.
     auto& queue = cluster().queue;
     queue.erase(std::find(queue.begin(), queue.end(), this));
-    queued_ = false;
-    from_queue_ = true;
+    exchange_.queued = false;
+    exchange_.from_queue = true;
     state_ = State::kConnecting;
-    if (tries_ > 0) {
-      StartAttempt(true, pending_status_, detail_.c_str());
+    if (exchange_.tries > 0) {
+      StartAttempt(true, exchange_.pending_status, exchange_.detail.c_str());
     } else {
       StartAttempt();
     }
-    from_queue_ = false;
-    left = !queued_;
+    exchange_.from_queue = false;
+    left = !exchange_.queued;
     if (left) {
-      queued_ = true;  // account for the wait as Dequeue() does
+      exchange_.queued = true;  // account for the wait as Dequeue() does
       Dequeue();
     }
   });
@@ -1174,13 +1193,13 @@ void ClientConnection::RespondBusy(const char* detail) {
 }
 
 void ClientConnection::ReportOutcome(bool success, Failure failure) {
-  if (!has_backend_) return;
-  loop_.ReportOutcome(cluster(), backend_, success, Traits(failure).health,
-                      failure == Failure::kRefused);
+  if (!attempt_.has_backend) return;
+  loop_.ReportOutcome(cluster(), attempt_.backend, success,
+                      Traits(failure).health, failure == Failure::kRefused);
 }
 
 Clock::time_point ClientConnection::RequestDeadline() const {
-  return std::max(request_done_, request_start_) +
+  return std::max(message_.request_done, exchange_.request_start) +
          cluster().config->request_timeout;
 }
 
@@ -1189,34 +1208,36 @@ RetryInput ClientConnection::RetryFacts(Failure failure,
   const ClusterRuntime& runtime = cluster();
   RetryInput input;
   input.failure = failure;
-  input.response_started = response_started_;
+  input.response_started = message_.response_started;
   input.deadline_passed = Clock::now() >= RequestDeadline();
   input.idempotent = net::IsIdempotent(request_);
   input.reached_failures = reached_failures;
   input.retries = runtime.config->retries;
   input.has_body = request_.body_bytes() > 0;
-  input.body_replayable = body_kept_;
+  input.body_replayable = exchange_.body_kept;
   // Another eligible backend this request has not tried yet? (The set may
   // have changed since the last try: compare backend by backend.)
   input.other_backend = runtime.has_fallback || runtime.cold_standby;
   for (size_t b = 0; b < runtime.backends.size() && !input.other_backend; ++b) {
-    input.other_backend = runtime.backends[b].eligible && !tried_.Contains(b) &&
-                          !(has_backend_ && b == backend_);
+    input.other_backend = runtime.backends[b].eligible &&
+                          !exchange_.tried.Contains(b) &&
+                          !(attempt_.has_backend && b == attempt_.backend);
   }
-  input.budget_left = counted_retry_ || runtime.RetryBudgetLeft();
+  input.budget_left = exchange_.counted_retry || runtime.RetryBudgetLeft();
   return input;
 }
 
 void ClientConnection::FailAttempt(Failure failure, int status,
                                    const char* detail) {
   const FailureTraits& traits = Traits(failure);
-  flags_ |= traits.flag;
-  if (has_backend_) {
-    if (!trail_.empty()) trail_.push_back(',');
-    trail_.append(cluster().backends[backend_].config->address.text);
-    trail_.push_back(':');
-    trail_.append(traits.trail_code);
-    BackendStats* stats = cluster().backends[backend_].stats;
+  exchange_.flags |= traits.flag;
+  if (attempt_.has_backend) {
+    if (!exchange_.trail.empty()) exchange_.trail.push_back(',');
+    exchange_.trail.append(
+        cluster().backends[attempt_.backend].config->address.text);
+    exchange_.trail.push_back(':');
+    exchange_.trail.append(traits.trail_code);
+    BackendStats* stats = cluster().backends[attempt_.backend].stats;
     if (failure == Failure::kConnect || failure == Failure::kRefused) {
       stats->connect_failures.Add();
     } else if (failure == Failure::kReset || failure == Failure::kPoolRace) {
@@ -1226,11 +1247,12 @@ void ClientConnection::FailAttempt(Failure failure, int status,
     }
     // A pooled connection closing under us says nothing about the backend.
     if (failure != Failure::kPoolRace) ReportOutcome(false, failure);
-    tried_.Insert(backend_);
+    exchange_.tried.Insert(attempt_.backend);
   }
-  last_failure_ = failure;
-  if (traits.reached_worker) ++reached_failures_;
-  RetryDecision decision = DecideRetry(RetryFacts(failure, reached_failures_));
+  exchange_.last_failure = failure;
+  if (traits.reached_worker) ++exchange_.reached_failures;
+  RetryDecision decision =
+      DecideRetry(RetryFacts(failure, exchange_.reached_failures));
   ClusterRuntime& runtime = cluster();
   if (decision.action == RetryAction::kWaitForBudget) {
     // Too many retries in flight: wait for one to finish, within
@@ -1239,8 +1261,8 @@ void ClientConnection::FailAttempt(Failure failure, int status,
     EndAttempt(false);
     auto deadline = RequestDeadline();
     if (Clock::now() < deadline) {
-      pending_status_ = status;
-      if (detail != detail_.c_str()) detail_ = detail;
+      exchange_.pending_status = status;
+      if (detail != exchange_.detail.c_str()) exchange_.detail = detail;
       state_ = State::kRetryWait;
       runtime.retry_waiters.push_back(this);
       loop_.WatchQueue();
@@ -1250,38 +1272,39 @@ void ClientConnection::FailAttempt(Failure failure, int status,
     decision = {RetryAction::kGiveUp, "retry budget spent"};
   }
   bool same_backend_ok = failure == Failure::kPoolRace;
-  if (failure == Failure::kPoolRace && upstream_ != nullptr) {
+  if (failure == Failure::kPoolRace && attempt_.upstream != nullptr) {
     // The backend closed an idle connection under us; its other idle ones
     // (a restart, a crash) are likely gone too: don't try them one by one.
-    upstream_->pool().CloseIdle(std::chrono::steady_clock::duration::zero());
+    attempt_.upstream->pool().CloseIdle(
+        std::chrono::steady_clock::duration::zero());
   }
   EndAttempt(false);
   if (decision.action == RetryAction::kRetry) {
     StartAttempt(true, status, detail, !same_backend_ok);
     return;
   }
-  retry_note_ = decision.reason;
-  Respond(status, detail, !request_complete_);
+  exchange_.retry_note = decision.reason;
+  Respond(status, detail, !message_.request_complete);
 }
 
 void ClientConnection::Respond(int status, const char* detail, bool close,
                                std::string_view extra_fields) {
-  if (response_started_) {
+  if (message_.response_started) {
     AbortExchange(0);
     return;
   }
   EndAttempt(false);
-  if (!request_complete_) close = true;
-  if (!client_keep_alive_ || client_eof_) close = true;
-  status_ = status;
+  if (!message_.request_complete) close = true;
+  if (!message_.client_keep_alive || client_eof_) close = true;
+  message_.status = status;
   std::string& out = loop_.scratch();
   net::AppendSimpleResponse(status, detail, close, request_.http_minor(),
                             extra_fields, &out);
   evbuffer_add(bufferevent_get_output(bev_.get()), out.data(), out.size());
-  response_body_bytes_ = out.size() - (out.find("\r\n\r\n") + 4);
-  response_started_ = true;
-  response_complete_ = true;
-  response_close_ = close;
+  message_.response_body_bytes = out.size() - (out.find("\r\n\r\n") + 4);
+  message_.response_started = true;
+  message_.response_complete = true;
+  message_.response_close = close;
   if (close) {
     LogExchange();
     CloseAfterFlush();
@@ -1291,19 +1314,19 @@ void ClientConnection::Respond(int status, const char* detail, bool close,
 }
 
 void ClientConnection::FinishExchange() {
-  bool reusable = upstream_ != nullptr && !upstream_eof_ &&
-                  response_complete_ && request_complete_ &&
+  bool reusable = attempt_.upstream != nullptr && !attempt_.upstream_eof &&
+                  message_.response_complete && message_.request_complete &&
                   response_->keep_alive() &&
                   response_->framing() != net::Framing::kUntilClose &&
-                  !request_upgrade_paused_;
+                  !message_.request_upgrade_paused;
   EndAttempt(reusable);
   LogExchange();
-  if (response_close_ || !client_keep_alive_ || client_eof_ ||
+  if (message_.response_close || !message_.client_keep_alive || client_eof_ ||
       close_when_idle_ || loop_.shutting_down()) {
     CloseAfterFlush();
     return;
   }
-  bool upgrade_paused = request_upgrade_paused_;
+  bool upgrade_paused = message_.request_upgrade_paused;
   ResetExchange();
   // What one large request made the parser hold goes back to the allocator.
   request_.ShrinkIfLarge(kMaxIdleParserBytes);
@@ -1322,56 +1345,28 @@ void ClientConnection::ResetExchange() {
   // The response parser is needed only during an exchange: an idle
   // keep-alive connection gives it back to the loop.
   if (response_) loop_.ReturnResponseParser(std::move(response_));
-  backend_ = 0;
-  has_backend_ = false;
-  tried_.Clear();
-  tries_ = 0;
-  flags_ = 0;
-  head_pending_ = false;
-  paused_at_head_ = false;
-  request_upgrade_paused_ = false;
-  continue_sent_ = false;
-  logged_ = false;
-  request_complete_ = false;
-  request_blocked_ = false;
-  response_started_ = false;
-  response_complete_ = false;
-  response_blocked_ = false;
-  response_bytes_seen_ = false;
-  response_close_ = false;
-  client_keep_alive_ = true;
-  head_request_ = false;
-  expect_continue_ = false;
-  upgrade_ = false;
-  status_ = 0;
-  response_framing_ = net::Framing::kNone;
-  response_body_bytes_ = 0;
+  // The retry body's buffer is kept when it is of the usual size.
+  std::string retry_body = std::move(exchange_.retry_body);
+  retry_body.clear();
+  if (retry_body.capacity() > kMaxIdleRetryBodyBytes)
+    std::string().swap(retry_body);
+  message_ = {};
+  exchange_ = {};
+  attempt_ = {};
+  exchange_.retry_body = std::move(retry_body);
   first_request_ = false;
   header_timer_armed_ = false;
-  last_backend_ = nullptr;
-  retry_note_ = {};
-  reached_failures_ = 0;
-  waiting_activation_ = false;
-  trail_.clear();
-  retry_status_ = 0;
-  if (retry_body_.capacity() > kMaxIdleRetryBodyBytes) {
-    std::string().swap(retry_body_);
-  } else {
-    retry_body_.clear();
-  }
-  interim_responses_ = 0;
-  body_kept_ = true;
 }
 
 void ClientConnection::AbortExchange(uint32_t flag) {
-  flags_ |= flag;
+  exchange_.flags |= flag;
   EndAttempt(false);
   if (state_ != State::kIdle || request_.message_started()) LogExchange();
-  if (response_started_ && !(flag & kFlagClientReset)) {
+  if (message_.response_started && !(flag & kFlagClientReset)) {
     // The backend cut the response: deliver what arrived, then end the
     // connection so the client cannot take it as complete. A close-delimited
     // body would look complete after a clean FIN, so that one is reset.
-    reset_on_close_ = response_framing_ == net::Framing::kUntilClose;
+    reset_on_close_ = message_.response_framing == net::Framing::kUntilClose;
     CloseAfterFlush();
     return;
   }
@@ -1426,7 +1421,7 @@ void ClientConnection::CloseWhenIdle() {
 }
 
 void ClientConnection::Abort() {
-  flags_ |= kFlagClientReset;
+  exchange_.flags |= kFlagClientReset;
   if (state_ != State::kIdle && state_ != State::kClosing) LogExchange();
   delete this;
 }
@@ -1434,10 +1429,10 @@ void ClientConnection::Abort() {
 uint64_t ClientConnection::BufferedBytes() const {
   uint64_t bytes = evbuffer_get_length(bufferevent_get_input(bev_.get())) +
                    evbuffer_get_length(bufferevent_get_output(bev_.get())) +
-                   retry_body_.capacity() + request_.HeldBytes();
-  if (upstream_ != nullptr) {
-    bytes += evbuffer_get_length(upstream_->input()) +
-             evbuffer_get_length(upstream_->output());
+                   exchange_.retry_body.capacity() + request_.HeldBytes();
+  if (attempt_.upstream != nullptr) {
+    bytes += evbuffer_get_length(attempt_.upstream->input()) +
+             evbuffer_get_length(attempt_.upstream->output());
   }
   if (response_) bytes += response_->HeldBytes();
   return bytes;
@@ -1457,7 +1452,7 @@ void ClientConnection::OnTimer() {
     case State::kIdle:
       if (request_.message_started() || first_request_) {
         if (request_.message_started()) {
-          flags_ |= kFlagClientTimeout;
+          exchange_.flags |= kFlagClientTimeout;
           Respond(408, "request head not received in time", true);
         } else {
           Destroy();
@@ -1468,34 +1463,35 @@ void ClientConnection::OnTimer() {
       return;
     case State::kRetryWait:
       Dequeue();
-      retry_note_ = "retry budget spent until request_timeout";
-      Respond(pending_status_, detail_.c_str(), !request_complete_);
+      exchange_.retry_note = "retry budget spent until request_timeout";
+      Respond(exchange_.pending_status, exchange_.detail.c_str(),
+              !message_.request_complete);
       return;
     case State::kQueued:
       Dequeue();
       cluster().stats->queue_timeouts.Add();
-      if (waiting_activation_) {
-        flags_ |= kFlagNoBackend;
+      if (exchange_.waiting_activation) {
+        exchange_.flags |= kFlagNoBackend;
         Respond(503,
                 "no eligible backend (a cold backup did not come up in time)",
-                !request_complete_);
+                !message_.request_complete);
       } else {
         RespondBusy("no backend slot freed up within queue_timeout");
       }
       return;
     case State::kConnecting:
-      flags_ |= kFlagUpstreamTimeout;
+      exchange_.flags |= kFlagUpstreamTimeout;
       FailAttempt(Failure::kConnect, 502, "connection to backend timed out");
       return;
     case State::kProxying: {
-      if (!request_complete_ || response_started_) {
+      if (!message_.request_complete || message_.response_started) {
         auto idle_for = now - last_activity_;
         if (idle_for < config.idle_timeout) {
           ArmTimer(config.idle_timeout - idle_for);
           return;
         }
-        if (!response_started_) {
-          flags_ |= kFlagClientTimeout;
+        if (!message_.response_started) {
+          exchange_.flags |= kFlagClientTimeout;
           Respond(408, "request body not received in time", true);
         } else {
           AbortExchange(kFlagUpstreamTimeout);
@@ -1510,7 +1506,7 @@ void ClientConnection::OnTimer() {
         return;
       }
       auto try_deadline =
-          std::max(attempt_start_, request_done_) + config.try_timeout;
+          std::max(attempt_.start, message_.request_done) + config.try_timeout;
       if (now >= try_deadline) {
         FailAttempt(Failure::kTimeout, 504,
                     "backend did not answer within try_timeout");
@@ -1543,15 +1539,15 @@ bool ClientConnection::OutputFull(evbuffer* buffer) const {
 }
 
 std::string_view ClientConnection::backend_address() const {
-  return last_backend_ != nullptr
-             ? std::string_view(last_backend_->address.text)
+  return exchange_.last_backend != nullptr
+             ? std::string_view(exchange_.last_backend->address.text)
              : std::string_view();
 }
 
 std::string_view ClientConnection::FlagsText() {
   flags_text_.clear();
   for (size_t bit = 0; bit < kExchangeFlagNames.size(); ++bit) {
-    if ((flags_ & (1u << bit)) == 0) continue;
+    if ((exchange_.flags & (1u << bit)) == 0) continue;
     if (!flags_text_.empty()) flags_text_.push_back(',');
     flags_text_.append(kExchangeFlagNames[bit]);
   }
@@ -1560,20 +1556,23 @@ std::string_view ClientConnection::FlagsText() {
 
 void ClientConnection::LogExchange() {
   ReleaseClusterCounts();
-  if (logged_) return;
-  logged_ = true;
+  if (exchange_.logged) return;
+  exchange_.logged = true;
   auto now = Clock::now();
-  if (request_start_.time_since_epoch().count() == 0) request_start_ = now;
+  if (exchange_.request_start.time_since_epoch().count() == 0)
+    exchange_.request_start = now;
   uint64_t micros = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(now -
-                                                            request_start_)
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          now - exchange_.request_start)
           .count());
   ClusterRuntime& runtime = cluster();
-  listener_->stats->requests[StatusClass(status_)].Add();
-  listener_->stats->bytes_sent.Add(response_body_bytes_);
+  listener_->stats->requests[StatusClass(message_.status)].Add();
+  listener_->stats->bytes_sent.Add(message_.response_body_bytes);
   runtime.stats->request_duration.Observe(micros);
-  if (last_backend_ != nullptr) {
-    runtime.backends[backend_].stats->responses[StatusClass(status_)].Add();
+  if (exchange_.last_backend != nullptr) {
+    runtime.backends[exchange_.last_backend_index]
+        .stats->responses[StatusClass(message_.status)]
+        .Add();
   }
   AccessLog& log = loop_.access_log();
   if (!log.enabled()) return;
@@ -1583,17 +1582,17 @@ void ClientConnection::LogExchange() {
       request_.in_head() ? std::string_view("-") : request_.method_name();
   entry.target = request_.in_head() ? std::string_view("-") : request_.target();
   entry.http_minor = request_.http_minor();
-  entry.status = status_;
-  entry.bytes_sent = response_body_bytes_;
+  entry.status = message_.status;
+  entry.bytes_sent = message_.response_body_bytes;
   entry.bytes_received = request_.body_bytes();
   entry.duration_micros = micros;
   entry.listener = listener_->config->name;
   entry.cluster = runtime.config->name;
   entry.backend = backend_address();
-  entry.tries = tries_;
+  entry.tries = exchange_.tries;
   entry.flags = FlagsText();
-  entry.note = retry_note_;
-  entry.trail = trail_;
+  entry.note = exchange_.retry_note;
+  entry.trail = exchange_.trail;
   log.Write(entry);
 }
 

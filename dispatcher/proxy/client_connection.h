@@ -167,63 +167,81 @@ class ClientConnection : private net::HttpParser::Handler,
   bool first_request_ = true;
   bool header_timer_armed_ = false;
 
-  // The exchange in progress.
-  UpstreamConnection* upstream_ = nullptr;
-  size_t backend_ = 0;
-  bool has_backend_ = false;
-  algorithms::TriedSet tried_;
-  uint32_t tries_ = 0;
-  uint32_t reached_failures_ = 0;  // failed tries that reached a worker
-  uint32_t flags_ = 0;
-  bool head_pending_ = false;    // a request head awaits OnRequestHead()
-  bool paused_at_head_ = false;  // the request parser waits before the body
-  bool request_upgrade_paused_ = false;  // stopped at an upgrade boundary
-  bool continue_sent_ = false;
-  bool logged_ = false;
-  bool request_complete_ = false;
-  bool request_blocked_ = false;   // client reads off: upstream output full
-  bool response_started_ = false;  // response head written to the client
-  bool response_complete_ = false;
-  bool response_blocked_ = false;  // upstream reads off: client output full
-  bool response_bytes_seen_ = false;
-  bool upstream_eof_ = false;      // the backend closed its side
   bool closing_shutdown_ = false;  // write side shut, waiting for the client
   bool reset_on_close_ = false;    // end with an RST, not a FIN
   bool tls_established_ = false;   // the client's TLS handshake completed
-  std::string detail_;             // a composed 502 detail, kept alive
-  int pending_status_ = 0;         // answer if a waiting retry never goes
-  const conf::Backend* last_backend_ = nullptr;  // for the access log
-  bool response_close_ = false;  // close the client after this response
-  bool client_keep_alive_ = true;
-  bool head_request_ = false;
-  bool expect_continue_ = false;
-  bool upgrade_ = false;
-  bool client_eof_ = false;
-  bool tunnel_client_shut_ = false;   // the client was sent our FIN
-  bool tunnel_backend_shut_ = false;  // the backend was sent our FIN
-  int status_ = 0;                    // status sent to the client
-  uint32_t interim_responses_ = 0;    // 1xx heads of the current attempt
-  net::Framing response_framing_ = net::Framing::kNone;
-  uint64_t response_body_bytes_ = 0;
-  std::chrono::steady_clock::time_point request_start_;
-  std::chrono::steady_clock::time_point request_done_;
-  std::chrono::steady_clock::time_point attempt_start_;
+  bool client_eof_ = false;        // the client half-closed
   std::chrono::steady_clock::time_point last_activity_;
   std::string flags_text_;
-  std::string_view retry_note_;  // why the last failure was not retried
-  std::string trail_;            // failed tries: "backend:CODE ..." for the log
-  std::string retry_body_;       // request body kept for a retry
-  bool body_kept_ = true;        // retry_body_ holds the whole body so far
-  bool counted_request_ = false;  // in cluster().active_requests
-  bool counted_retry_ = false;    // in cluster().active_retries
-  int retry_status_ = 0;          // a 5xx answer being dropped for a retry
-  bool holds_slot_ = false;       // counted in the backend's shared inflight
-  bool connection_reserved_ = false;  // a new connection already counted
-  bool queued_ = false;               // in cluster().queue
-  bool from_queue_ = false;  // StartAttempt() called for a queued request
-  bool waiting_activation_ = false;  // queued until a cold backup is up
-  std::chrono::steady_clock::time_point queued_since_;
-  Failure last_failure_ = Failure::kConnect;  // what the last failed try saw
+
+  // How HTTP/1.1 carries the current request and its response on this
+  // connection; `message_ = {}` when the next request begins.
+  struct Message {
+    bool head_pending = false;    // a request head awaits OnRequestHead()
+    bool paused_at_head = false;  // the request parser waits before the body
+    bool request_upgrade_paused = false;  // stopped at an upgrade boundary
+    bool continue_sent = false;
+    bool expect_continue = false;
+    bool upgrade = false;
+    bool head_request = false;
+    bool client_keep_alive = true;
+    bool request_complete = false;
+    bool request_blocked = false;   // client reads off: backend output full
+    bool response_started = false;  // response head written to the client
+    bool response_complete = false;
+    bool response_blocked = false;  // backend reads off: client output full
+    bool response_close = false;    // close the client after this response
+    int status = 0;                 // status sent to the client
+    net::Framing response_framing = net::Framing::kNone;
+    uint64_t response_body_bytes = 0;
+    std::chrono::steady_clock::time_point request_done;
+  };
+
+  // One request and its answer, whatever carries it: routing, retries,
+  // queueing and the access-log record; `exchange_ = {}` starts the next.
+  struct Exchange {
+    algorithms::TriedSet tried;
+    uint32_t tries = 0;
+    uint32_t reached_failures = 0;  // failed tries that reached a worker
+    uint32_t flags = 0;             // ExchangeFlag bits
+    bool logged = false;
+    std::string detail;      // a composed 502 detail, kept alive
+    int pending_status = 0;  // answer if a waiting retry never goes
+    const conf::Backend* last_backend = nullptr;  // for the access log
+    size_t last_backend_index = 0;
+    std::string_view retry_note;  // why the last failure was not retried
+    std::string trail;       // failed tries: "backend:CODE ..." for the log
+    std::string retry_body;  // request body kept for a retry
+    bool body_kept = true;   // retry_body holds the whole body so far
+    bool counted_request = false;  // in cluster().active_requests
+    bool counted_retry = false;    // in cluster().active_retries
+    bool queued = false;           // in cluster().queue
+    bool from_queue = false;       // StartAttempt() called for a queued request
+    bool waiting_activation = false;  // queued until a cold backup is up
+    std::chrono::steady_clock::time_point queued_since;
+    std::chrono::steady_clock::time_point request_start;
+    Failure last_failure = Failure::kConnect;  // what the last failed try saw
+    bool tunnel_client_shut = false;           // the client was sent our FIN
+    bool tunnel_backend_shut = false;          // the backend was sent our FIN
+  };
+
+  // One try on one backend connection.
+  struct Attempt {
+    UpstreamConnection* upstream = nullptr;
+    size_t backend = 0;
+    bool has_backend = false;
+    std::chrono::steady_clock::time_point start;
+    bool response_bytes_seen = false;
+    bool upstream_eof = false;       // the backend closed its side
+    uint32_t interim_responses = 0;  // 1xx heads so far
+    int retry_status = 0;            // a 5xx answer being dropped for a retry
+    bool holds_slot = false;         // counted in the backend's shared inflight
+    bool connection_reserved = false;  // a new connection already counted
+  };
+
+  Message message_;
+  Exchange exchange_;
+  Attempt attempt_;
 };
 
 }  // namespace tandem::dispatcher
