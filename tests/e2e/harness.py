@@ -1100,3 +1100,32 @@ class TandemTestCase(unittest.TestCase):
         self.assertLess(len(response.body), 200)
         for word in words:
             self.assertIn(word, text)
+
+
+# ---- processes seen from /proc ---------------------------------------------
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of process `pid` so far (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        # The command name may hold spaces: the fields after it start past ")".
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_descriptors(pid):
+    """How many descriptors process `pid` has open."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def refuses_connections(port):
+    """True when a connect to 127.0.0.1:port is refused; False when it is
+    accepted, or reset by a listener closing just then."""
+    try:
+        client = Client(port, timeout=scaled(2))
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    client.close()
+    return False

@@ -8,16 +8,11 @@ import threading
 import time
 import unittest
 
-from harness import (BYTES_PATTERN, Client, Deadline, HttpReader, TandemTestCase,
-                     build_request, make_config, parse_logfmt, read_response,
-                     response_bytes, scaled, serve_each, wait_until)
+from harness import (build_request, BYTES_PATTERN, Client, cpu_seconds, Deadline, HttpReader,
+                     make_config, parse_logfmt, read_response, response_bytes, scaled, serve_each,
+                     TandemTestCase, wait_until)
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of a process so far, in seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure_cpu(pid, seconds):

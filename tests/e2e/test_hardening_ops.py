@@ -15,35 +15,17 @@ import tempfile
 import time
 import unittest
 
-from harness import (Client, TandemTestCase, http_request, make_config, parse_logfmt, scaled,
-                     toml_table, wait_until, write_file)
+from harness import (Client, cpu_seconds, http_request, make_config, open_descriptors,
+                     parse_logfmt, refuses_connections, scaled, TandemTestCase, toml_table,
+                     wait_until, write_file)
 from ops import (admin_post, free_port, reload_lines, scrape, wait_metric, wait_reload,
                  wait_reload_by)
 
 
-def refuses_connections(port):
-    """True when a connect to 127.0.0.1:port is refused."""
-    try:
-        client = Client(port, timeout=scaled(2))
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-    client.close()
-    return False
 
 
-def cpu_seconds(pid):
-    """User plus system CPU time of process `pid` so far (/proc/PID/stat)."""
-    with open("/proc/%d/stat" % pid) as f:
-        # The command name may hold spaces: the fields after it start past ")".
-        fields = f.read().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
-def open_descriptors(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 def accept_lines(tandem, start=0):

@@ -14,8 +14,8 @@ import tempfile
 import time
 import unittest
 
-from harness import (Client, IncompleteMessage, TandemTestCase, http_request, make_config,
-                     scaled, toml_table, wait_until, write_file)
+from harness import (Client, http_request, IncompleteMessage, make_config, refuses_connections,
+                     scaled, TandemTestCase, toml_table, wait_until, write_file)
 from ops import (ConfigMapDir, LoadClient, TandemAt, admin_post, answered_by,
                  backend_status, edit_by_rename, edit_in_place, free_port, health_table,
                  reload_lines, scrape, start_sleep, wait_reload, wait_reload_by, wait_serving,
@@ -32,17 +32,6 @@ def config(backends, listeners=(), health=True, global_opts=None):
     return make_config(backends, global_opts=global_opts, extra=extra)
 
 
-def refuses_connections(port):
-    """True when a connect to 127.0.0.1:port is refused; False when it is
-    accepted, or reset by a listener closing just then."""
-    try:
-        client = Client(port, timeout=scaled(2))
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-    client.close()
-    return False
 
 
 def set_health(worker, status):
