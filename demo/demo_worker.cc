@@ -1,6 +1,6 @@
 // The demo compute worker (see demo_worker.h): an accept loop and one
 // Connection per client, each a state machine with one driver (memcached's
-// drive_machine()), requests parsed by llhttp.
+// drive_machine()), requests parsed by the proxy's HTTP/1 codec.
 #include "demo/demo_worker.h"
 
 #include <event2/buffer.h>
@@ -8,7 +8,6 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/util.h>
-#include <llhttp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/evp.h>
@@ -17,11 +16,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <utility>
 
 #include "net/http_message.h"
+#include "net/http_parser.h"
 
 namespace tandem::demo {
 namespace {
@@ -31,7 +32,10 @@ constexpr size_t kStreamQueueBytes = 4 * kPieceBytes;  // queued while streaming
 constexpr size_t kOutputHighBytes = 1024 * 1024;  // pipelined answers queued
 constexpr size_t kInputHighBytes = 256 * 1024;    // unparsed input kept
 constexpr size_t kMaxUrlBytes = 8 * 1024;
-constexpr size_t kMaxHeaderBytes = 64 * 1024;
+constexpr size_t kMaxHeaderBytes = 64 * 1024;  // field names and values
+// The whole head: the target, the fields and every line's framing. The two
+// limits above are what a request is held to; this only bounds the buffer.
+constexpr uint64_t kMaxHeadBytes = 4 * (kMaxUrlBytes + kMaxHeaderBytes);
 constexpr uint64_t kMaxSleepMs = 600'000;
 constexpr int kListenBacklog = 4096;
 constexpr int kMaxDrivePasses = 64;
@@ -136,12 +140,15 @@ bool ValidName(std::string_view name) {
 
 }  // namespace
 
-class DemoWorker::Connection {
+class DemoWorker::Connection : private net::HttpParser::Handler {
  public:
   Connection(DemoWorker* worker, bufferevent* bev)
-      : worker_(worker), bev_(bev) {
-    llhttp_init(&parser_, HTTP_REQUEST, &Settings());
-    parser_.data = this;
+      : worker_(worker),
+        bev_(bev),
+        parser_(net::HttpParser::Type::kRequest, this) {
+    parser_.set_max_head_bytes(kMaxHeadBytes);
+    // Only the bytes of the fields are limited, not their number.
+    parser_.set_max_fields(SIZE_MAX);
   }
   ~Connection() { EndRequest(); }
 
@@ -185,29 +192,7 @@ class DemoWorker::Connection {
     kStats,
     kEcho,
   };
-  enum class Header { kOther, kExpect, kUpgrade, kWebSocketKey };
 
-  static const llhttp_settings_t& Settings() {
-    static const llhttp_settings_t settings = [] {
-      llhttp_settings_t s;
-      llhttp_settings_init(&s);
-      s.on_message_begin = &OnMessageBegin;
-      s.on_url = &OnUrl;
-      s.on_header_field = &OnHeaderField;
-      s.on_header_field_complete = &OnHeaderFieldComplete;
-      s.on_header_value = &OnHeaderValue;
-      s.on_header_value_complete = &OnHeaderValueComplete;
-      s.on_headers_complete = &OnHeadersComplete;
-      s.on_body = &OnBody;
-      s.on_message_complete = &OnMessageComplete;
-      return s;
-    }();
-    return settings;
-  }
-
-  static Connection* Self(llhttp_t* parser) {
-    return static_cast<Connection*>(parser->data);
-  }
   static void OnRead(bufferevent*, void* arg) {
     static_cast<Connection*>(arg)->Drive();
   }
@@ -222,39 +207,19 @@ class DemoWorker::Connection {
     self->AnswerSleep();
     self->Drive();
   }
-  static int OnMessageBegin(llhttp_t* parser) {
-    Self(parser)->ResetRequest();
-    return HPE_OK;
+  // The codec's handler: the head routes the request, the body feeds it,
+  // and its end answers it.
+  net::HttpParser::HeadAction OnHeadComplete(net::HttpParser&) override {
+    ResetRequest();
+    if (!ReadHead()) return net::HttpParser::HeadAction::kContinue;
+    BeginRequest();
+    RouteRequest();
+    return net::HttpParser::HeadAction::kContinue;
   }
-  static int OnUrl(llhttp_t* parser, const char* at, size_t length) {
-    return Self(parser)->AddUrl(std::string_view(at, length));
+  void OnBody(net::HttpParser&, const char* data, size_t length) override {
+    ConsumeBody(std::string_view(data, length));
   }
-  static int OnHeaderField(llhttp_t* parser, const char* at, size_t length) {
-    return Self(parser)->AddHeaderField(std::string_view(at, length));
-  }
-  static int OnHeaderFieldComplete(llhttp_t* parser) {
-    Self(parser)->ClassifyHeader();
-    return HPE_OK;
-  }
-  static int OnHeaderValue(llhttp_t* parser, const char* at, size_t length) {
-    return Self(parser)->AddHeaderValue(std::string_view(at, length));
-  }
-  static int OnHeaderValueComplete(llhttp_t* parser) {
-    Self(parser)->KeepHeader();
-    return HPE_OK;
-  }
-  static int OnHeadersComplete(llhttp_t* parser) {
-    Self(parser)->BeginRequest();
-    Self(parser)->RouteRequest();
-    return HPE_OK;
-  }
-  static int OnBody(llhttp_t* parser, const char* at, size_t length) {
-    Self(parser)->ConsumeBody(std::string_view(at, length));
-    return HPE_OK;
-  }
-  static int OnMessageComplete(llhttp_t* parser) {
-    return Self(parser)->Answer();
-  }
+  void OnMessageComplete(net::HttpParser&) override { Answer(); }
 
   evbuffer* Input() const { return bufferevent_get_input(bev_.get()); }
   evbuffer* Output() const { return bufferevent_get_output(bev_.get()); }
@@ -317,13 +282,19 @@ class DemoWorker::Connection {
       evbuffer_iovec chunk;
       if (evbuffer_peek(input, -1, nullptr, &chunk, 1) < 1) return;
       const char* data = static_cast<const char*>(chunk.iov_base);
-      llhttp_errno_t error = llhttp_execute(&parser_, data, chunk.iov_len);
-      size_t used = chunk.iov_len;
-      if (error == HPE_PAUSED || error == HPE_PAUSED_UPGRADE) {
-        used = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
-        if (error == HPE_PAUSED) llhttp_resume(&parser_);
-      } else if (error != HPE_OK) {
-        Reject(error_status_ != 0 ? error_status_ : 400);
+      size_t used = 0;
+      switch (parser_.Execute(data, chunk.iov_len, &used)) {
+        case net::HttpParser::Result::kNeedMore:
+        case net::HttpParser::Result::kUpgrade:  // the rest is not HTTP
+          break;
+        case net::HttpParser::Result::kComplete:
+        case net::HttpParser::Result::kPausedHead:
+          parser_.Resume();
+          break;
+        case net::HttpParser::Result::kError:
+          Reject(parser_.error_status());
+          used = chunk.iov_len;
+          break;
       }
       if (evbuffer_drain(input, used) != 0) Abort();
     }
@@ -331,11 +302,6 @@ class DemoWorker::Connection {
 
   // Request head callbacks.
   void ResetRequest() {
-    url_.clear();
-    header_value_.clear();
-    header_ = Header::kOther;
-    header_bytes_ = 0;
-    error_status_ = 0;
     expect_continue_ = false;
     upgrade_websocket_ = false;
     websocket_key_.clear();
@@ -348,72 +314,43 @@ class DemoWorker::Connection {
     digest_ok_ = true;
   }
 
-  int AddUrl(std::string_view piece) {
-    if (url_.size() + piece.size() > kMaxUrlBytes) {
-      error_status_ = 414;
-      return HPE_USER;
+  // Holds the head to the worker's limits and notes the fields it acts on
+  // (the last of each wins); false when it refused the request.
+  bool ReadHead() {
+    if (parser_.target().size() > kMaxUrlBytes) {
+      parser_.Reject(414, "request target too long");
+      return false;
     }
-    url_.append(piece);
-    return HPE_OK;
-  }
-
-  int AddHeaderField(std::string_view piece) {
-    header_bytes_ += piece.size();
-    if (header_bytes_ > kMaxHeaderBytes) {
-      error_status_ = 431;
-      return HPE_USER;
+    const net::HeaderList& fields = parser_.headers();
+    size_t header_bytes = 0;
+    for (size_t i = 0; i < fields.size(); ++i) {
+      std::string_view name = fields.name(i);
+      std::string_view value = fields.value(i);
+      header_bytes += name.size() + value.size();
+      if (net::EqualsIgnoreCase(name, "expect")) {
+        expect_continue_ = net::EqualsIgnoreCase(value, "100-continue");
+      } else if (net::EqualsIgnoreCase(name, "upgrade")) {
+        upgrade_websocket_ = net::EqualsIgnoreCase(value, "websocket");
+      } else if (net::EqualsIgnoreCase(name, "sec-websocket-key")) {
+        websocket_key_.assign(value);
+      }
     }
-    header_value_.append(piece);  // the name, until ClassifyHeader
-    return HPE_OK;
-  }
-
-  void ClassifyHeader() {
-    header_ = net::EqualsIgnoreCase(header_value_, "expect") ? Header::kExpect
-              : net::EqualsIgnoreCase(header_value_, "upgrade")
-                  ? Header::kUpgrade
-              : net::EqualsIgnoreCase(header_value_, "sec-websocket-key")
-                  ? Header::kWebSocketKey
-                  : Header::kOther;
-    header_value_.clear();
-  }
-
-  int AddHeaderValue(std::string_view piece) {
-    header_bytes_ += piece.size();
-    if (header_bytes_ > kMaxHeaderBytes) {
-      error_status_ = 431;
-      return HPE_USER;
+    if (header_bytes > kMaxHeaderBytes) {
+      parser_.Reject(431, "request header too large");
+      return false;
     }
-    if (header_ != Header::kOther) header_value_.append(piece);
-    return HPE_OK;
-  }
-
-  void KeepHeader() {
-    switch (header_) {
-      case Header::kExpect:
-        expect_continue_ = net::EqualsIgnoreCase(header_value_, "100-continue");
-        break;
-      case Header::kUpgrade:
-        upgrade_websocket_ = net::EqualsIgnoreCase(header_value_, "websocket");
-        break;
-      case Header::kWebSocketKey:
-        websocket_key_ = header_value_;
-        break;
-      case Header::kOther:
-        break;
-    }
-    header_ = Header::kOther;
-    header_value_.clear();
+    return true;
   }
 
   // Picks the endpoint once the head is in, so the body goes where it belongs.
   void RouteRequest() {
-    std::string_view url = url_;
+    std::string_view url = parser_.target();
     size_t question = url.find('?');
     std::string_view path = url.substr(0, question);
     std::string_view query = question == std::string_view::npos
                                  ? std::string_view()
                                  : url.substr(question + 1);
-    auto method = static_cast<llhttp_method_t>(llhttp_get_method(&parser_));
+    auto method = static_cast<llhttp_method_t>(parser_.method());
     bool get = method == HTTP_GET || method == HTTP_HEAD;
     bool post = method == HTTP_POST || method == HTTP_PUT;
 
@@ -491,11 +428,11 @@ class DemoWorker::Connection {
       Allow(Route::kEcho, method == HTTP_GET, "GET");
     }
 
-    bool has_body =
-        (parser_.flags & F_CHUNKED) != 0 ||
-        ((parser_.flags & F_CONTENT_LENGTH) != 0 && parser_.content_length > 0);
-    if (expect_continue_ && has_body && parser_.http_major == 1 &&
-        parser_.http_minor == 1) {
+    bool has_body = parser_.framing() == net::Framing::kChunked ||
+                    (parser_.framing() == net::Framing::kContentLength &&
+                     parser_.content_length() > 0);
+    if (expect_continue_ && has_body && parser_.http_major() == 1 &&
+        parser_.http_minor() == 1) {
       static constexpr std::string_view kContinue =
           "HTTP/1.1 100 Continue\r\n\r\n";
       if (evbuffer_add(Output(), kContinue.data(), kContinue.size()) != 0) {
@@ -560,15 +497,14 @@ class DemoWorker::Connection {
            route_ != Route::kControlFeedback;
   }
 
-  // Answers a complete request; pauses the parser unless the next pipelined
-  // request may be read at once.
-  int Answer() {
+  // Answers a complete request.
+  void Answer() {
     worker_->shared_->requests_served.fetch_add(1, std::memory_order_relaxed);
-    keep_alive_ = llhttp_should_keep_alive(&parser_) != 0;
-    http10_ = parser_.http_major == 1 && parser_.http_minor == 0;
-    head_only_ = llhttp_get_method(&parser_) == HTTP_HEAD;
+    keep_alive_ = parser_.keep_alive();
+    http10_ = parser_.http_major() == 1 && parser_.http_minor() == 0;
+    head_only_ = parser_.method() == HTTP_HEAD;
     // An upgrade we do not take leaves the rest of the stream unparseable.
-    if (llhttp_get_upgrade(&parser_) != 0 && route_ != Route::kEcho) {
+    if (parser_.upgrade() && route_ != Route::kEcho) {
       keep_alive_ = false;
     }
 
@@ -666,12 +602,7 @@ class DemoWorker::Connection {
     if (state_ != State::kSleeping && state_ != State::kStreaming) {
       EndRequest();
     }
-    if (state_ != State::kReading) return HPE_PAUSED;
-    if (!keep_alive_) {
-      state_ = State::kClosing;
-      return HPE_PAUSED;
-    }
-    return OutputLength() < kOutputHighBytes ? HPE_OK : HPE_PAUSED;
+    if (state_ == State::kReading && !keep_alive_) state_ = State::kClosing;
   }
 
   void AnswerCompute() {
@@ -794,8 +725,7 @@ class DemoWorker::Connection {
   // RFC 6455 section 4.2.2: the accept value proves the key was read. After
   // the 101 the bytes are echoed as they come, frames unparsed.
   void AnswerEcho() {
-    if (llhttp_get_upgrade(&parser_) == 0 || !upgrade_websocket_ ||
-        websocket_key_.empty()) {
+    if (!parser_.upgrade() || !upgrade_websocket_ || websocket_key_.empty()) {
       WriteAnswer(426, "upgrade to websocket\n", kTextPlain,
                   "Upgrade: websocket\r\n");
       return;
@@ -837,7 +767,7 @@ class DemoWorker::Connection {
     state_ = keep_alive_ ? State::kReading : State::kClosing;
   }
 
-  // A request llhttp or our limits refused: answer and close.
+  // A request the codec or our limits refused: answer and close.
   void Reject(int status) {
     EndRequest();
     keep_alive_ = false;
@@ -907,18 +837,13 @@ class DemoWorker::Connection {
   net::BufferEventPtr bev_;
   net::EventPtr timer_;
   std::unique_ptr<EVP_MD_CTX, MdCtxDeleter> digest_;
-  llhttp_t parser_;
+  net::HttpParser parser_;
   State state_ = State::kReading;
   bool peer_closed_ = false;
   bool aborted_ = false;
   bool in_flight_ = false;  // counted in DemoWorkerShared::in_flight
 
   // The request being read.
-  std::string url_;
-  std::string header_value_;
-  Header header_ = Header::kOther;
-  size_t header_bytes_ = 0;
-  int error_status_ = 0;
   bool expect_continue_ = false;
   bool upgrade_websocket_ = false;
   std::string websocket_key_;

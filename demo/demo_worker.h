@@ -1,7 +1,7 @@
 // The demo compute worker: a small HTTP/1.1 server on one libevent loop, used
 // by `tandem --demo` and, as tandem-worker, by the tests and benchmarks. It
-// parses with llhttp and streams bodies both ways with back-pressure, as tandem
-// does.
+// parses with the proxy's HTTP/1 codec and streams bodies both ways with
+// back-pressure, as tandem does.
 #pragma once
 
 #include <atomic>

@@ -1,10 +1,8 @@
 // One event-loop thread; see loop.h.
 #include "dispatcher/loop.h"
 
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -201,14 +199,14 @@ Loop::~Loop() {
   flush_event_.reset();
   queue_poll_event_.reset();
   accept_retry_event_.reset();
-  message_event_.reset();
-  if (wake_fd_ >= 0) close(wake_fd_);
+  messages_.Reset();
 }
 
 bool Loop::Init(std::string* error) {
   // Only this loop's thread touches its base, so it needs no lock (messages
-  // from other threads arrive through an eventfd); the changelist folds the
-  // add/remove of write interest within one iteration into one epoll_ctl.
+  // from other threads arrive through the queue's eventfd); the changelist
+  // folds the add/remove of write interest within one iteration into one
+  // epoll_ctl.
   event_config* config = event_config_new();
   if (config == nullptr) {
     *error = "cannot create an event base";
@@ -218,23 +216,19 @@ bool Loop::Init(std::string* error) {
   event_config_set_flag(config, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
   base_.reset(event_base_new_with_config(config));
   event_config_free(config);
-  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (!base_ || wake_fd_ < 0) {
+  if (!base_) {
     *error = "cannot create an event base";
     return false;
   }
-  message_event_.reset(
-      event_new(base_.get(), wake_fd_, EV_READ | EV_PERSIST, MessageCb, this));
   tick_event_.reset(event_new(base_.get(), -1, EV_PERSIST, TickCb, this));
   grace_event_.reset(evtimer_new(base_.get(), GraceCb, this));
   flush_event_.reset(evtimer_new(base_.get(), FlushOutcomesCb, this));
   queue_poll_event_.reset(
       event_new(base_.get(), -1, EV_PERSIST, QueuePollCb, this));
   accept_retry_event_.reset(evtimer_new(base_.get(), AcceptRetryCb, this));
-  if (!message_event_ || !tick_event_ || !grace_event_ || !flush_event_ ||
-      !queue_poll_event_ || !accept_retry_event_ ||
+  if (!messages_.Init(base_.get(), this) || !tick_event_ || !grace_event_ ||
+      !flush_event_ || !queue_poll_event_ || !accept_retry_event_ ||
       !deferred_.Init(base_.get()) ||
-      event_add(message_event_.get(), nullptr) != 0 ||
       event_add(tick_event_.get(), &kTickInterval) != 0) {
     *error = "cannot create loop events";
     return false;
@@ -247,29 +241,6 @@ bool Loop::Init(std::string* error) {
 void Loop::Run() {
   event_base_dispatch(base_.get());
   access_log_->Flush();
-}
-
-void Loop::Post(std::function<void(Loop&)> fn) {
-  {
-    std::lock_guard<std::mutex> lock(message_mutex_);
-    messages_.push_back(std::move(fn));
-  }
-  uint64_t one = 1;
-  // The eventfd counter only grows: a failed write means it is already
-  // readable, so the loop wakes anyway.
-  (void)write(wake_fd_, &one, sizeof(one));
-}
-
-void Loop::MessageCb(evutil_socket_t fd, short, void* arg) {
-  auto* self = static_cast<Loop*>(arg);
-  uint64_t count;
-  (void)read(fd, &count, sizeof(count));
-  std::deque<std::function<void(Loop&)>> messages;
-  {
-    std::lock_guard<std::mutex> lock(self->message_mutex_);
-    messages.swap(self->messages_);
-  }
-  for (auto& message : messages) message(*self);
 }
 
 void Loop::ApplyConfig(std::shared_ptr<const conf::Config> config,

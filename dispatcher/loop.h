@@ -11,7 +11,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -26,6 +25,7 @@
 #include "net/deferred_delete.h"
 #include "net/event_ptr.h"
 #include "net/http_parser.h"
+#include "net/message_queue.h"
 #include "net/tls_client.h"
 #include "net/tls_server.h"
 
@@ -147,15 +147,16 @@ class Loop {
   Loop(const Loop&) = delete;
   Loop& operator=(const Loop&) = delete;
 
-  // Creates the event base and message event. Call before Run(), on any
+  // Creates the event base and the message queue. Call before Run(), on any
   // thread. Returns false and sets `error` on failure.
   bool Init(std::string* error);
 
   // The thread body: runs until Stop() or the end of a shutdown.
   void Run();
 
-  // Thread-safe: runs `fn` on this loop's thread.
-  void Post(std::function<void(Loop&)> fn);
+  // Thread-safe: runs `fn` on this loop's thread, after what was posted
+  // before it. Dropped before Init() and once the loop is destroyed.
+  void Post(std::function<void(Loop&)> fn) { messages_.Post(std::move(fn)); }
 
   // Loop thread: serve `config` from now on, accepting on `sockets` (owned
   // from now on; listeners of the previous generation not among them close).
@@ -248,7 +249,6 @@ class Loop {
     bool paused = false;  // disabled by PauseAccepting()
   };
 
-  static void MessageCb(evutil_socket_t, short, void* arg);
   static void AcceptCb(evconnlistener* listener, evutil_socket_t fd,
                        sockaddr* address, int length, void* arg);
   static void AcceptErrorCb(evconnlistener* listener, void* arg);
@@ -275,8 +275,7 @@ class Loop {
   std::shared_ptr<const AccessLogFile> access_log_file_;  // until Init()
   conf::AccessLogFormat access_log_format_;
   net::EventBasePtr base_;
-  net::EventPtr message_event_;
-  int wake_fd_ = -1;
+  net::MessageQueue<Loop> messages_;
   net::EventPtr tick_event_;
   net::EventPtr grace_event_;
   net::EventPtr flush_event_;
@@ -295,8 +294,6 @@ class Loop {
   std::shared_ptr<const std::map<std::pair<std::string, std::string>,
                                  std::shared_ptr<SharedLimits>>>
       limits_;
-  std::mutex message_mutex_;
-  std::deque<std::function<void(Loop&)>> messages_;
   std::unique_ptr<AccessLog> access_log_;
   LoopStats stats_;
   algorithms::Rng rng_;

@@ -1,5 +1,5 @@
 // One backend's active health check; see probe.h. The response is parsed with
-// llhttp and judged as soon as enough of it has arrived.
+// the proxy's HTTP/1 codec and judged as soon as enough of it has arrived.
 #include "health/probe.h"
 
 #include <arpa/inet.h>
@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <new>
 #include <string_view>
@@ -22,26 +23,20 @@
 namespace tandem::health {
 namespace {
 
+using net::EqualsIgnoreCase;
 using net::ErrorText;
+using net::HttpParser;
 using net::ToTimeval;
 
 // A body is searched for `expect_body` within its first 64 KiB, and a response
 // head larger than that is refused rather than buffered.
 constexpr size_t kMaxBodyBytes = 64 * 1024;
 constexpr uint64_t kMaxHeadBytes = 64 * 1024;
+// The head's size is bounded, not its number of fields.
+constexpr size_t kMaxFields = SIZE_MAX;
 constexpr uint32_t kMaxWeightPercent = 1000;
 // Longest expected body quoted in a failure's detail.
 constexpr size_t kMaxQuotedBody = 40;
-
-bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           auto lower = [](char c) {
-             return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-           };
-           return lower(x) == lower(y);
-         });
-}
 
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
@@ -135,6 +130,121 @@ std::string QuoteExpected(const std::string& expected) {
 
 }  // namespace
 
+ProbeResponse::ProbeResponse(const conf::HealthCheck& check)
+    : check_(check), parser_(HttpParser::Type::kResponse, this) {
+  parser_.set_max_head_bytes(kMaxHeadBytes);
+  parser_.set_max_fields(kMaxFields);
+}
+
+void ProbeResponse::Reset() {
+  parser_.Reset();
+  result_ = ProbeResult{};
+  decided_ = false;
+  received_bytes_ = 0;
+  head_complete_ = false;
+  body_.clear();
+}
+
+bool ProbeResponse::Feed(const char* data, size_t length) {
+  if (decided_) return true;
+  received_bytes_ += length;
+  // Every stop but kNeedMore and kError follows a decision: the handler
+  // pauses only once it has decided, and a final message's end decides.
+  size_t used = 0;
+  if (parser_.Execute(data, length, &used) == HttpParser::Result::kError) {
+    Decide(ProbeResult::Failure::kProtocol,
+           parser_.error_reason() == "response head too large"
+               ? "response head over 64 KiB"
+               : "invalid HTTP response");
+  }
+  // Interim heads count too: a backend cannot keep a probe reading heads.
+  if (!head_complete_ && received_bytes_ > kMaxHeadBytes)
+    Decide(ProbeResult::Failure::kProtocol, "response head over 64 KiB");
+  return decided_;
+}
+
+bool ProbeResponse::FinishAtEof() {
+  if (!decided_) (void)parser_.FinishAtEof();
+  return decided_;
+}
+
+HttpParser::HeadAction ProbeResponse::OnHeadComplete(HttpParser& parser) {
+  NoteFeedback(parser.headers());
+  int status = parser.status_code();
+  // 100 Continue and the other interim answers precede the real one; 101 is
+  // final (and unasked for), so it is judged like any other status.
+  if (status < 200 && status != 101) return HttpParser::HeadAction::kContinue;
+  head_complete_ = true;
+  result_.status = status;
+  if (static_cast<uint32_t>(status) < check_.expect_status_min ||
+      static_cast<uint32_t>(status) > check_.expect_status_max) {
+    Decide(ProbeResult::Failure::kStatus,
+           "HTTP " + std::to_string(status) + " (expected " +
+               std::to_string(check_.expect_status_min) + "-" +
+               std::to_string(check_.expect_status_max) + ")");
+    return HttpParser::HeadAction::kPause;
+  }
+  if (check_.expect_body.empty()) {
+    Decide(ProbeResult::Failure::kNone, "HTTP " + std::to_string(status));
+    return HttpParser::HeadAction::kPause;
+  }
+  // A response to HEAD has no body whatever its Content-Length says.
+  return check_.method == "HEAD" ? HttpParser::HeadAction::kSkipBody
+                                 : HttpParser::HeadAction::kContinue;
+}
+
+void ProbeResponse::OnBody(HttpParser&, const char* data, size_t length) {
+  if (decided_) return;
+  const std::string& expected = check_.expect_body;
+  size_t take = std::min(length, kMaxBodyBytes - body_.size());
+  // Search only what is new, plus enough of the old to catch a match that
+  // straddles two pieces.
+  size_t from =
+      body_.size() >= expected.size() ? body_.size() - expected.size() + 1 : 0;
+  body_.append(data, take);
+  if (body_.find(expected, from) != std::string::npos) {
+    Decide(ProbeResult::Failure::kNone,
+           "HTTP " + std::to_string(result_.status));
+  } else if (body_.size() >= kMaxBodyBytes) {
+    Decide(ProbeResult::Failure::kBody,
+           "body lacks " + QuoteExpected(expected) + " in its first 64 KiB");
+  }
+}
+
+void ProbeResponse::OnMessageComplete(HttpParser& parser) {
+  if (!head_complete_) return;  // an interim response
+  NoteFeedback(parser.trailers());
+  // Only a check with an expected body reads on to here, and a match would
+  // have decided it already.
+  Decide(ProbeResult::Failure::kBody,
+         "body lacks " + QuoteExpected(check_.expect_body));
+}
+
+void ProbeResponse::Decide(ProbeResult::Failure failure, std::string detail) {
+  if (decided_) return;
+  decided_ = true;
+  result_.passed = failure == ProbeResult::Failure::kNone;
+  result_.failure = failure;
+  result_.detail = std::move(detail);
+}
+
+void ProbeResponse::NoteFeedback(const net::HeaderList& fields) {
+  // Field by field, in order: a later valid value overrides an earlier one.
+  for (size_t i = 0; i < fields.size(); ++i) {
+    if (EqualsIgnoreCase(fields.name(i), "Tandem-Weight")) {
+      if (auto weight = ParseWeight(fields.value(i)))
+        result_.weight_percent = weight;
+    } else if (EqualsIgnoreCase(fields.name(i), "Tandem-State")) {
+      std::string_view state = Trim(fields.value(i));
+      if (EqualsIgnoreCase(state, "drain")) {
+        result_.drain = true;
+      } else if (EqualsIgnoreCase(state, "up")) {
+        result_.drain = false;
+      }
+    }
+  }
+}
+
 Prober::Prober(event_base* base, const conf::HealthCheck& check,
                const conf::SocketAddress& backend,
                std::shared_ptr<net::TlsClientContext> tls)
@@ -161,15 +271,7 @@ void Prober::Start(Callback done) {
   connected_ = false;
   decided_ = false;
   result_ = ProbeResult{};
-  received_bytes_ = 0;
-  head_complete_ = false;
-  interim_ = false;
-  field_done_ = false;
-  field_.clear();
-  value_.clear();
-  body_.clear();
-  llhttp_init(&parser_, HTTP_RESPONSE, Settings());
-  parser_.data = this;
+  response_.Reset();
   started_ = std::chrono::steady_clock::now();
 
   timeval deadline = ToTimeval(check_.timeout);
@@ -293,10 +395,14 @@ void Prober::OnEvent(short events) {
   } else if (events & BEV_EVENT_EOF) {
     // A body delimited by the connection's end completes here.
     // Otherwise the backend dropped the connection, which is a reset's kin.
-    (void)llhttp_finish(&parser_);
-    Decide(ProbeResult::Failure::kReset,
-           received_bytes_ == 0 ? "connection closed without a response"
-                                : "connection closed mid-response");
+    if (response_.FinishAtEof()) {
+      Decide(response_.result().failure, response_.result().detail);
+    } else {
+      Decide(ProbeResult::Failure::kReset,
+             response_.received_bytes() == 0
+                 ? "connection closed without a response"
+                 : "connection closed mid-response");
+    }
   } else {
     return;
   }
@@ -304,18 +410,9 @@ void Prober::OnEvent(short events) {
 }
 
 bool Prober::Parse(const char* data, size_t length) {
-  received_bytes_ += length;
-  llhttp_errno_t error = llhttp_execute(&parser_, data, length);
-  if (decided_) return true;
-  if (error != HPE_OK) {
-    Decide(ProbeResult::Failure::kProtocol, "invalid HTTP response");
-    return true;
-  }
-  if (!head_complete_ && received_bytes_ > kMaxHeadBytes) {
-    Decide(ProbeResult::Failure::kProtocol, "response head over 64 KiB");
-    return true;
-  }
-  return false;
+  if (!response_.Feed(data, length)) return false;
+  Decide(response_.result().failure, response_.result().detail);
+  return true;
 }
 
 void Prober::Decide(ProbeResult::Failure failure, std::string detail) {
@@ -331,6 +428,10 @@ void Prober::Finish() {
   event_del(deliver_.get());
   running_ = false;
   ProbeResult result = std::move(result_);
+  const ProbeResult& read = response_.result();
+  result.status = read.status;
+  result.weight_percent = read.weight_percent;
+  result.drain = read.drain;
   result.duration = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - started_);
   Callback done = std::move(done_);
@@ -342,38 +443,6 @@ void Prober::Finish() {
 void Prober::Close() {
   bev_.reset();
   event_del(timer_.get());
-}
-
-int Prober::EvaluateHead() {
-  int status = parser_.status_code;
-  result_.status = status;
-  if (status < 0 || static_cast<uint32_t>(status) < check_.expect_status_min ||
-      static_cast<uint32_t>(status) > check_.expect_status_max) {
-    Decide(ProbeResult::Failure::kStatus,
-           "HTTP " + std::to_string(status) + " (expected " +
-               std::to_string(check_.expect_status_min) + "-" +
-               std::to_string(check_.expect_status_max) + ")");
-    return HPE_PAUSED;
-  }
-  if (check_.expect_body.empty()) {
-    Decide(ProbeResult::Failure::kNone, "HTTP " + std::to_string(status));
-    return HPE_PAUSED;
-  }
-  // A response to HEAD has no body whatever its Content-Length says.
-  return check_.method == "HEAD" ? 1 : 0;
-}
-
-void Prober::NoteHeader() {
-  if (EqualsIgnoreCase(field_, "Tandem-Weight")) {
-    if (auto weight = ParseWeight(value_)) result_.weight_percent = weight;
-  } else if (EqualsIgnoreCase(field_, "Tandem-State")) {
-    std::string_view state = Trim(value_);
-    if (EqualsIgnoreCase(state, "drain")) {
-      result_.drain = true;
-    } else if (EqualsIgnoreCase(state, "up")) {
-      result_.drain = false;
-    }
-  }
 }
 
 void Prober::ReadCb(bufferevent*, void* arg) {
@@ -393,102 +462,6 @@ void Prober::TimeoutCb(evutil_socket_t, short, void* arg) {
 
 void Prober::DeliverCb(evutil_socket_t, short, void* arg) {
   static_cast<Prober*>(arg)->Finish();
-}
-
-int Prober::OnHeaderField(llhttp_t* parser, const char* at, size_t length) {
-  auto* self = static_cast<Prober*>(parser->data);
-  if (self->field_done_) {
-    // A name after a value, or after an empty value llhttp reported nothing
-    // for.
-    self->field_.clear();
-    self->value_.clear();
-    self->field_done_ = false;
-  }
-  self->field_.append(at, length);
-  return 0;
-}
-
-int Prober::OnHeaderFieldComplete(llhttp_t* parser) {
-  auto* self = static_cast<Prober*>(parser->data);
-  self->field_done_ = true;
-  self->value_.clear();
-  return 0;
-}
-
-int Prober::OnHeaderValue(llhttp_t* parser, const char* at, size_t length) {
-  static_cast<Prober*>(parser->data)->value_.append(at, length);
-  return 0;
-}
-
-int Prober::OnHeaderValueComplete(llhttp_t* parser) {
-  static_cast<Prober*>(parser->data)->NoteHeader();
-  return 0;
-}
-
-int Prober::OnHeadersComplete(llhttp_t* parser) {
-  auto* self = static_cast<Prober*>(parser->data);
-  int status = parser->status_code;
-  // 100 Continue and the other interim answers precede the real one; 101 is
-  // final (and unasked for), so it is judged like any other status.
-  if (status >= 100 && status < 200 && status != 101) {
-    self->interim_ = true;
-    return 0;
-  }
-  self->head_complete_ = true;
-  return self->EvaluateHead();
-}
-
-int Prober::OnBody(llhttp_t* parser, const char* at, size_t length) {
-  auto* self = static_cast<Prober*>(parser->data);
-  const std::string& expected = self->check_.expect_body;
-  size_t take = std::min(length, kMaxBodyBytes - self->body_.size());
-  // Search only what is new, plus enough of the old to catch a match that
-  // straddles two pieces.
-  size_t from = self->body_.size() >= expected.size()
-                    ? self->body_.size() - expected.size() + 1
-                    : 0;
-  self->body_.append(at, take);
-  if (self->body_.find(expected, from) != std::string::npos) {
-    self->Decide(ProbeResult::Failure::kNone,
-                 "HTTP " + std::to_string(self->result_.status));
-    return HPE_USER;
-  }
-  if (self->body_.size() >= kMaxBodyBytes) {
-    self->Decide(
-        ProbeResult::Failure::kBody,
-        "body lacks " + QuoteExpected(expected) + " in its first 64 KiB");
-    return HPE_USER;
-  }
-  return 0;
-}
-
-int Prober::OnMessageComplete(llhttp_t* parser) {
-  auto* self = static_cast<Prober*>(parser->data);
-  if (self->interim_) {
-    self->interim_ = false;
-    return 0;
-  }
-  // Only a check with an expected body reads on to here, and a match would
-  // have decided it already.
-  self->Decide(ProbeResult::Failure::kBody,
-               "body lacks " + QuoteExpected(self->check_.expect_body));
-  return HPE_PAUSED;
-}
-
-const llhttp_settings_t* Prober::Settings() {
-  static const llhttp_settings_t settings = [] {
-    llhttp_settings_t s;
-    llhttp_settings_init(&s);
-    s.on_header_field = OnHeaderField;
-    s.on_header_field_complete = OnHeaderFieldComplete;
-    s.on_header_value = OnHeaderValue;
-    s.on_header_value_complete = OnHeaderValueComplete;
-    s.on_headers_complete = OnHeadersComplete;
-    s.on_body = OnBody;
-    s.on_message_complete = OnMessageComplete;
-    return s;
-  }();
-  return &settings;
 }
 
 }  // namespace tandem::health

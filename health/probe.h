@@ -5,7 +5,6 @@
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
-#include <llhttp.h>
 
 #include <chrono>
 #include <cstdint>
@@ -15,6 +14,7 @@
 #include <string>
 
 #include "conf/config.h"
+#include "net/http_parser.h"
 #include "net/tls_client.h"
 
 namespace tandem::health {
@@ -42,6 +42,52 @@ struct ProbeResult {
   // "Tandem-State: drain" -> true, "up" -> false (case-insensitive); nullopt
   // when absent or any other value.
   std::optional<bool> drain;
+};
+
+// Reads an HTTP check's response with the proxy's codec and judges it as soon
+// as enough has arrived: the status first, then `expect_body` within the
+// body's first 64 KiB. Feedback headers are read from every head (interim
+// ones too) and from a chunked body's trailers. No I/O; one thread.
+class ProbeResponse : private net::HttpParser::Handler {
+ public:
+  // `check` must outlive this object.
+  explicit ProbeResponse(const conf::HealthCheck& check);
+
+  ProbeResponse(const ProbeResponse&) = delete;
+  ProbeResponse& operator=(const ProbeResponse&) = delete;
+
+  // Forgets the last response, for the next probe.
+  void Reset();
+  // Feeds the response's bytes in order, in pieces of any size; true once
+  // it is judged (then result() holds the verdict and no more bytes are
+  // needed).
+  bool Feed(const char* data, size_t length);
+  // The backend closed the connection: true when that ends a body delimited
+  // by close, which judges it; false when the response is incomplete.
+  bool FinishAtEof();
+
+  bool decided() const { return decided_; }
+  // Bytes fed since Reset().
+  uint64_t received_bytes() const { return received_bytes_; }
+  // What was read: status (0 until a final head arrived), weight_percent and
+  // drain; and once decided(), passed, failure and detail.
+  const ProbeResult& result() const { return result_; }
+
+ private:
+  net::HttpParser::HeadAction OnHeadComplete(net::HttpParser& parser) override;
+  void OnBody(net::HttpParser& parser, const char* data,
+              size_t length) override;
+  void OnMessageComplete(net::HttpParser& parser) override;
+  void Decide(ProbeResult::Failure failure, std::string detail);
+  void NoteFeedback(const net::HeaderList& fields);
+
+  const conf::HealthCheck& check_;
+  net::HttpParser parser_;
+  ProbeResult result_;
+  bool decided_ = false;
+  uint64_t received_bytes_ = 0;
+  bool head_complete_ = false;  // the final (non-1xx) head has arrived
+  std::string body_;            // its first 64 KiB, while expect_body is due
 };
 
 // Probes one backend, at most one probe in flight. Lives on one event loop:
@@ -93,31 +139,18 @@ class Prober {
   void OnConnected();
   void OnRead();
   void OnEvent(short events);
-  // Feeds bytes to the parser; true once the probe has a verdict.
+  // Feeds bytes to the response; true once the probe has a verdict.
   bool Parse(const char* data, size_t length);
-  // Records the outcome; the first one wins. Callers then Finish(), except
-  // inside llhttp callbacks, where finishing would free the bytes being parsed.
+  // Records the outcome; the first one wins. Callers then Finish().
   void Decide(ProbeResult::Failure failure, std::string detail);
   // Tears the connection down and calls the callback (which may destroy us).
   void Finish();
   void Close();
-  // llhttp's on_headers_complete for a final response: 0, 1 (no body) or
-  // HPE_PAUSED once decided.
-  int EvaluateHead();
-  void NoteHeader();
 
   static void ReadCb(bufferevent* bev, void* arg);
   static void EventCb(bufferevent* bev, short events, void* arg);
   static void TimeoutCb(evutil_socket_t fd, short events, void* arg);
   static void DeliverCb(evutil_socket_t fd, short events, void* arg);
-  static int OnHeaderField(llhttp_t* parser, const char* at, size_t length);
-  static int OnHeaderFieldComplete(llhttp_t* parser);
-  static int OnHeaderValue(llhttp_t* parser, const char* at, size_t length);
-  static int OnHeaderValueComplete(llhttp_t* parser);
-  static int OnHeadersComplete(llhttp_t* parser);
-  static int OnBody(llhttp_t* parser, const char* at, size_t length);
-  static int OnMessageComplete(llhttp_t* parser);
-  static const llhttp_settings_t* Settings();
 
   event_base* base_;
 
@@ -133,18 +166,10 @@ class Prober {
   bool running_ = false;
   bool connected_ = false;
   std::chrono::steady_clock::time_point started_;
+  // The outcome (passed, failure, detail); the rest comes from response_.
   ProbeResult result_;
-  bool decided_ = false;  // result_ holds the outcome
-
-  // Response parsing state, reset by Start.
-  llhttp_t parser_{};
-  uint64_t received_bytes_ = 0;
-  bool head_complete_ = false;
-  bool interim_ = false;     // the head being parsed is a 1xx
-  bool field_done_ = false;  // field_ is complete; the next name starts anew
-  std::string field_;
-  std::string value_;
-  std::string body_;
+  bool decided_ = false;            // result_ holds the outcome
+  ProbeResponse response_{check_};  // reset by Start
 };
 
 }  // namespace tandem::health

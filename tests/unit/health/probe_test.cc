@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -539,6 +540,130 @@ TEST_CASE("the callback may start the next probe or destroy the Prober") {
   CHECK(calls == 2);
   CHECK(prober == nullptr);
   CHECK(server.requests().size() == 2);
+}
+
+// ProbeResponse alone: the bytes of a response, fed in pieces, and its verdict.
+
+struct Judged {
+  bool decided = false;
+  ProbeResult result;
+};
+
+// Feeds `response` in pieces of `piece` bytes (0: whole), then the end of
+// the connection when `eof` and still undecided.
+Judged Judge(const std::string& response, const conf::HealthCheck& check,
+             size_t piece = 0, bool eof = false) {
+  ProbeResponse reader(check);
+  reader.Reset();
+  size_t step = piece == 0 ? response.size() : piece;
+  bool decided = false;
+  for (size_t at = 0; at < response.size() && !decided; at += step) {
+    decided =
+        reader.Feed(response.data() + at, std::min(step, response.size() - at));
+  }
+  if (!decided && eof) decided = reader.FinishAtEof();
+  CHECK(decided == reader.decided());
+  return {decided, reader.result()};
+}
+
+TEST_CASE("a response split at every byte is judged as when it came whole") {
+  conf::HealthCheck plain = HttpCheck();
+  conf::HealthCheck body = HttpCheck();
+  body.expect_body = "ok!";
+  conf::HealthCheck head = body;
+  head.method = "HEAD";
+  struct Case {
+    std::string response;
+    const conf::HealthCheck* check;
+    bool eof;
+  };
+  const Case cases[] = {
+      {Response(200), &plain, false},
+      {Response(503, "Tandem-Weight: 25%\r\nTandem-State: drain\r\n"), &plain,
+       false},
+      {"HTTP/1.1 100 Continue\r\n\r\n" + Response(204), &plain, false},
+      {Response(200, "", "all ok!"), &body, false},
+      {Response(200, "", "degraded"), &body, false},
+      {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+       "2\r\nok\r\n1\r\n!\r\n0\r\n\r\n",
+       &body, false},
+      {"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nnot it", &body, true},
+      {"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &head, false},
+      {"SSH-2.0-OpenSSH_9.2\r\n\r\n", &plain, false},
+      {"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", &plain, false},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.response);
+    Judged whole = Judge(c.response, *c.check, 0, c.eof);
+    REQUIRE(whole.decided);
+    for (size_t piece : {size_t{1}, size_t{2}, size_t{7}}) {
+      CAPTURE(piece);
+      Judged split = Judge(c.response, *c.check, piece, c.eof);
+      CHECK(split.decided);
+      CHECK(split.result.passed == whole.result.passed);
+      CHECK(split.result.failure == whole.result.failure);
+      CHECK(split.result.detail == whole.result.detail);
+      CHECK(split.result.status == whole.result.status);
+      CHECK(split.result.weight_percent == whole.result.weight_percent);
+      CHECK(split.result.drain == whole.result.drain);
+    }
+  }
+}
+
+TEST_CASE("a response is judged as soon as enough of it has arrived") {
+  // The status decides at the end of the head; the body never comes.
+  Judged status =
+      Judge("HTTP/1.1 503 Busy\r\nContent-Length: 100\r\n\r\n", HttpCheck());
+  CHECK(status.decided);
+  CHECK(status.result.detail == "HTTP 503 (expected 200-399)");
+
+  // The expected text decides before the body ends.
+  conf::HealthCheck check = HttpCheck();
+  check.expect_body = "ok";
+  Judged match = Judge(
+      "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstatus: ok", check, 1);
+  CHECK(match.decided);
+  CHECK(match.result.passed);
+  CHECK(match.result.detail == "HTTP 200");
+
+  // A response to HEAD has no body, whatever its Content-Length says.
+  check.method = "HEAD";
+  Judged head = Judge("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", check, 1);
+  CHECK(head.decided);
+  CHECK(head.result.failure == Failure::kBody);
+  CHECK(head.result.detail == "body lacks \"ok\"");
+}
+
+TEST_CASE("an incomplete response is not judged, and the end does not end it") {
+  conf::HealthCheck check = HttpCheck();
+  check.expect_body = "ok";
+  Judged short_body =
+      Judge("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nno", check, 0, true);
+  CHECK_FALSE(short_body.decided);
+  CHECK(short_body.result.status == 200);
+  CHECK_FALSE(
+      Judge("HTTP/1.1 200 OK\r\nContent-Le", HttpCheck(), 0, true).decided);
+}
+
+TEST_CASE("feedback is read from interim heads and from trailers too") {
+  Judged interim =
+      Judge("HTTP/1.1 103 Early Hints\r\nTandem-Weight: 40\r\n\r\n" +
+                Response(200, "Tandem-State: up\r\n"),
+            HttpCheck());
+  CHECK(interim.result.passed);
+  CHECK(interim.result.weight_percent == std::optional<uint32_t>(40));
+  CHECK(interim.result.drain == std::optional<bool>(false));
+
+  conf::HealthCheck check = HttpCheck();
+  check.expect_body = "ok";
+  Judged trailers = Judge(
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+      "Tandem-Weight: 10\r\n\r\n2\r\nno\r\n0\r\n"
+      "Tandem-Weight: 20%\r\nTandem-State: drain\r\n\r\n",
+      check, 1);
+  CHECK(trailers.result.failure == Failure::kBody);
+  CHECK(trailers.result.weight_percent == std::optional<uint32_t>(20));
+  CHECK(trailers.result.drain == std::optional<bool>(true));
 }
 
 }  // namespace
