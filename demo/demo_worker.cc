@@ -285,7 +285,11 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
       size_t used = 0;
       switch (parser_.Execute(data, chunk.iov_len, &used)) {
         case net::HttpParser::Result::kNeedMore:
-        case net::HttpParser::Result::kUpgrade:  // the rest is not HTTP
+          break;
+        case net::HttpParser::Result::kUpgrade:
+          // Accepted, the rest is not HTTP (the state left kReading);
+          // refused and answered, HTTP goes on with the next request.
+          if (state_ == State::kReading) parser_.ResumeAfterUpgrade();
           break;
         case net::HttpParser::Result::kComplete:
         case net::HttpParser::Result::kPausedHead:

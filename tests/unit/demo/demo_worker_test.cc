@@ -470,5 +470,16 @@ TEST_CASE("/echo upgrades to WebSocket and echoes every byte") {
   CHECK(plain.Exchange(Get("/echo")).status == 426);
 }
 
+TEST_CASE("a refused upgrade is answered and the next request still parsed") {
+  WorkerThread worker;
+  Client client(worker.port());
+  client.Send(
+      "GET /echo HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\n"
+      "Upgrade: other\r\n\r\n" +
+      Get("/healthz"));
+  CHECK(client.Read().status == 426);
+  CHECK(client.Read().body == "ok\n");
+}
+
 }  // namespace
 }  // namespace tandem::demo
