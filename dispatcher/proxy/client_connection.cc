@@ -872,8 +872,10 @@ void ClientConnection::ParseResponse() {
   if (attempt_.upstream == nullptr) return;
   if (!attempt_.upstream->request_started() &&
       evbuffer_get_length(attempt_.upstream->input()) > 0) {
-    // Bytes that came before any of the request left cannot answer it.
-    FailAttempt(Failure::kInvalid, 502,
+    // Bytes that came before any of the request left cannot answer it, and
+    // the request never reached the backend: like a pooled connection found
+    // closed, it goes on, on a fresh connection.
+    FailAttempt(Failure::kPoolRace, 502,
                 "backend sent a response before the request");
     return;
   }

@@ -57,13 +57,10 @@ void UpstreamConnection::OutputCb(evbuffer*, const evbuffer_cb_info* info,
 }
 
 bool UpstreamConnection::HasUnreadInput() const {
-  if (evbuffer_get_length(input()) > 0) return true;
-  evutil_socket_t fd = bufferevent_getfd(bev_.get());
-  if (fd < 0) return true;
-  char byte;
-  ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  // A byte, an EOF or an error: all of them end the connection's usefulness.
-  return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+  // Bytes still in the kernel are caught when they arrive before the
+  // request's first byte has left (ClientConnection::ParseResponse): no
+  // system call per request here.
+  return evbuffer_get_length(input()) > 0;
 }
 
 void UpstreamConnection::EventCb(bufferevent*, short events, void* arg) {

@@ -67,7 +67,8 @@ class UpstreamConnection {
   static void EventCb(bufferevent* bev, short events, void* arg);
   static void OutputCb(evbuffer* buffer, const evbuffer_cb_info* info,
                        void* arg);
-  // True when the backend sent bytes or closed while the connection was idle.
+  // True when bytes the backend sent while the connection was idle have been
+  // read already.
   bool HasUnreadInput() const;
 
   BackendPool& pool_;
@@ -104,9 +105,9 @@ class BackendPool : public net::TlsSessionSink {
   void StoreSession(SSL_SESSION* session) override;
 
   // An idle connection handed to `user`, most recently used first; nullptr
-  // when none is idle. A connection on which the backend sent anything while
-  // it was idle (a stray response, an EOF not yet seen) is closed instead of
-  // handed out: those bytes must never reach the next exchange.
+  // when none is idle. A connection holding bytes the backend sent while it
+  // was idle is closed instead of handed out: they must never reach the next
+  // exchange (bytes still in the kernel are caught by request_started()).
   UpstreamConnection* TakeIdle(UpstreamUser* user);
 
   // Starts a new connection for `user`, who later gets OnUpstreamConnected
