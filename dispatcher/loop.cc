@@ -188,7 +188,7 @@ Loop::Loop(size_t index, std::shared_ptr<const AccessLogFile> access_log,
 
 Loop::~Loop() {
   health_monitor_ = nullptr;
-  AbortConnections();
+  while (connections_ != nullptr) connections_->Abort();
   listeners_.clear();
   pools_.clear();
   access_log_.reset();
@@ -228,7 +228,6 @@ bool Loop::Init(std::string* error) {
   accept_retry_event_.reset(evtimer_new(base_.get(), AcceptRetryCb, this));
   if (!messages_.Init(base_.get(), this) || !tick_event_ || !grace_event_ ||
       !flush_event_ || !queue_poll_event_ || !accept_retry_event_ ||
-      !deferred_.Init(base_.get()) ||
       event_add(tick_event_.get(), &kTickInterval) != 0) {
     *error = "cannot create loop events";
     return false;
@@ -676,22 +675,13 @@ void Loop::BeginShutdown(std::chrono::milliseconds grace) {
   MaybeFinishShutdown();
 }
 
-int Loop::AbortConnections() {
-  // Outside any connection's callback: what is pending can go now, and each
-  // connection aborted is deleted before the next is looked at.
-  deferred_.Clear();
-  int aborted = 0;
-  while (connections_ != nullptr) {
-    connections_->Abort();
-    deferred_.Clear();
-    ++aborted;
-  }
-  return aborted;
-}
-
 void Loop::GraceCb(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Loop*>(arg);
-  int aborted = self->AbortConnections();
+  int aborted = 0;
+  while (self->connections_ != nullptr) {
+    self->connections_->Abort();
+    ++aborted;
+  }
   if (aborted > 0) {
     net::Log(net::LogLevel::kWarn, "dispatcher",
              "grace period over, connections closed",

@@ -22,7 +22,6 @@
 #include "dispatcher/proxy/stats.h"
 #include "dispatcher/proxy/upstream.h"
 #include "health/snapshot.h"
-#include "net/deferred_delete.h"
 #include "net/event_ptr.h"
 #include "net/http_parser.h"
 #include "net/message_queue.h"
@@ -224,15 +223,8 @@ class Loop {
   void WatchQueue();
   // Loop thread: a slot may have freed up: let queued requests try again.
   void DrainQueue(ClusterRuntime& cluster);
-  // Aborts every connection and deletes it at once; outside callbacks.
-  int AbortConnections();
   // Tick: the memory gauges of LoopStats.
   void SampleMemory();
-  // Deletes `object` once the callbacks running now have returned: the one
-  // way a connection ends (net/deferred_delete.h).
-  void DeferDelete(std::unique_ptr<net::DeferredDeletable> object) {
-    deferred_.Add(std::move(object));
-  }
   void Attach(ClientConnection* connection, Generation* generation);
   void Detach(ClientConnection* connection, Generation* generation);
   // Between requests: the generation and listener a kept-alive connection
@@ -306,8 +298,7 @@ class Loop {
   std::vector<std::unique_ptr<Generation>> retired_;
   std::vector<BoundListener> listeners_;
   std::unordered_map<std::string, std::unique_ptr<BackendPool>>
-      pools_;  // by address
-  net::DeferredDeleteList deferred_;
+      pools_;                                // by address
   ClientConnection* connections_ = nullptr;  // intrusive list head
   LocalGauge open_connections_;
   bool shutting_down_ = false;

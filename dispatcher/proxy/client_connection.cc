@@ -44,6 +44,17 @@ constexpr size_t kMaxIdleRetryBodyBytes = 16 * 1024;
 // The same for the request parser's fields between requests.
 constexpr size_t kMaxIdleParserBytes = 16 * 1024;
 
+// Defers `delete` until the outermost callback on the connection returns, so
+// no member function runs on a freed object.
+class DepthGuard {
+ public:
+  explicit DepthGuard(int* depth) : depth_(depth) { ++*depth_; }
+  ~DepthGuard() { --*depth_; }
+
+ private:
+  int* depth_;
+};
+
 // Runs `parser` over what `input` holds, in place (no copy), draining what it
 // consumed, until it needs more or stops at a message boundary, a paused head
 // or an error. `*consumed` gets the bytes drained.
@@ -157,24 +168,33 @@ ClientConnection::~ClientConnection() {
 }
 
 void ClientConnection::Destroy() {
-  if (destroy_pending_) return;
-  destroy_pending_ = true;
-  // Nothing more reaches this connection; its loop deletes it once the
-  // callbacks running now have returned.
-  bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
-  bufferevent_setcb(bev_.get(), nullptr, nullptr, nullptr, nullptr);
-  event_del(&timer_);
-  Dequeue();  // a queue drained later in this turn must not meet it
-  loop_.DeferDelete(std::unique_ptr<net::DeferredDeletable>(this));
+  if (callback_depth_ > 0) {
+    destroy_pending_ = true;
+    // Stop every event now; the object goes when the callback unwinds.
+    bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
+    event_del(&timer_);
+    return;
+  }
+  DeleteNow();
 }
+
+// Out of line on purpose: inlined into Enter(), the `delete` would be on a
+// path the compiler cannot rule out (callback_depth_ > 0 there) and it would
+// warn of a use after free that never happens.
+[[gnu::noinline]] void ClientConnection::DeleteNow() { delete this; }
 
 // ---- libevent entry points --------------------------------------------------
 
-// Every entry point goes through here: a connection already destroyed in
-// this loop turn (an upstream event queued behind its end, say) ignores it.
+// Every entry point runs its handler under the depth guard: Destroy() inside
+// only marks the connection, which is deleted when the outermost entry point
+// returns (so no member function runs on a freed object).
 template <typename Fn>
 void ClientConnection::Enter(ClientConnection* self, Fn&& handler) {
-  if (!self->destroy_pending_) handler();
+  {
+    DepthGuard guard(&self->callback_depth_);
+    if (!self->destroy_pending_) handler();
+  }
+  if (self->destroy_pending_ && self->callback_depth_ == 0) self->DeleteNow();
 }
 
 void ClientConnection::ReadCb(bufferevent*, void* arg) {
@@ -1403,10 +1423,9 @@ void ClientConnection::CloseWhenIdle() {
 }
 
 void ClientConnection::Abort() {
-  if (destroy_pending_) return;
   exchange_.flags |= kFlagClientReset;
   if (state_ != State::kIdle && state_ != State::kClosing) LogExchange();
-  Destroy();
+  delete this;
 }
 
 uint64_t ClientConnection::BufferedBytes() const {

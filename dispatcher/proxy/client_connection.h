@@ -14,14 +14,12 @@
 #include "dispatcher/loop.h"
 #include "dispatcher/proxy/retry_policy.h"
 #include "dispatcher/proxy/upstream.h"
-#include "net/deferred_delete.h"
 #include "net/event_ptr.h"
 #include "net/http_parser.h"
 
 namespace tandem::dispatcher {
 
-class ClientConnection : public net::DeferredDeletable,
-                         private net::HttpParser::Handler,
+class ClientConnection : private net::HttpParser::Handler,
                          private UpstreamUser {
  public:
   // Takes ownership of `fd`, accepted on `listener` of `generation`.
@@ -140,6 +138,7 @@ class ClientConnection : public net::DeferredDeletable,
   void CloseAfterFlush();
   void FinishClose();
   void Destroy();
+  void DeleteNow();
   // Closes the exchange's upstream side and the client at once (a response
   // cut off mid-body must not look complete).
   void AbortExchange(uint32_t flag);
@@ -162,6 +161,7 @@ class ClientConnection : public net::DeferredDeletable,
   State state_ = State::kIdle;
   std::string client_address_;   // "ip:port"
   size_t client_ip_length_ = 0;  // the "ip" prefix of client_address_
+  int callback_depth_ = 0;
   bool destroy_pending_ = false;
   bool close_when_idle_ = false;
   bool first_request_ = true;
