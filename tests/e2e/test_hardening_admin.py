@@ -252,6 +252,9 @@ class ConnectionLimitTest(AdminTestCase):
         response = read_response(reader)
         self.assertEqual(response.status, 200, response)
 
+        # `extra` holds a slot too until it is closed (or idles out after
+        # IDLE_TIMEOUT, as long as a client's own timeout): close it here.
+        extra.close()
         for client in holders:
             client.close()
         wait_until(lambda: self.tandem.admin("/healthz").status == 200, scaled(10),
