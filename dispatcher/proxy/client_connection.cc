@@ -483,11 +483,7 @@ void ClientConnection::ParseRequest() {
       }
       if (!message_.response_started && state_ == State::kProxying) {
         // The whole request is out: the backend's time to answer starts.
-        auto deadline =
-            std::min(message_.request_done + cluster().config->request_timeout,
-                     std::max(attempt_.start, message_.request_done) +
-                         cluster().config->try_timeout);
-        ArmTimer(deadline - Clock::now());
+        ArmTimer(ResponseDeadline() - Clock::now());
       }
       return;
     case net::HttpParser::Result::kError:
@@ -851,11 +847,7 @@ void ClientConnection::SendRequestHead() {
   }
   if (exchange_.tries > 1 && request_.body_bytes() > 0) ReplayBody();
   if (message_.request_complete) {
-    auto deadline =
-        std::min(message_.request_done + cluster().config->request_timeout,
-                 std::max(attempt_.start, message_.request_done) +
-                     cluster().config->try_timeout);
-    ArmTimer(deadline - Clock::now());
+    ArmTimer(ResponseDeadline() - Clock::now());
     return;
   }
   if (message_.paused_at_head) {
@@ -1198,6 +1190,14 @@ void ClientConnection::ReportOutcome(bool success, Failure failure) {
   if (!attempt_.has_backend) return;
   loop_.ReportOutcome(cluster(), attempt_.backend, success,
                       Traits(failure).health, failure == Failure::kRefused);
+}
+
+Clock::time_point ClientConnection::ResponseDeadline() const {
+  // The request is out: the sooner of request_timeout and this try's
+  // try_timeout.
+  return std::min(message_.request_done + cluster().config->request_timeout,
+                  std::max(attempt_.start, message_.request_done) +
+                      cluster().config->try_timeout);
 }
 
 Clock::time_point ClientConnection::RequestDeadline() const {

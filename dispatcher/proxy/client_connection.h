@@ -118,6 +118,8 @@ class ClientConnection : private net::HttpParser::Handler,
   // When request_timeout ends: counted from the end of the request (its start
   // while it is still arriving).
   std::chrono::steady_clock::time_point RequestDeadline() const;
+  // When the response head must have come, once the whole request is out.
+  std::chrono::steady_clock::time_point ResponseDeadline() const;
   // Tells health/ how the attempt went.
   void ReportOutcome(bool success, Failure failure);
   // The request's hash for ring-hash and maglev, from hash_key.
