@@ -1247,10 +1247,16 @@ void ClientConnection::FailAttempt(Failure failure, int status,
     } else if (failure == Failure::kTimeout) {
       stats->upstream_timeouts.Add();
     }
-    // A pooled connection closing under us says nothing about the backend.
+    // A pooled connection closing under us says nothing about the backend:
+    // it is not reported, and the first time not marked tried either, so
+    // the retry goes to the same backend on a fresh connection and a keyed
+    // request keeps its home. A second race in one exchange does mark it,
+    // so a backend that keeps doing this cannot hold the request in a loop.
     if (failure != Failure::kPoolRace) ReportOutcome(false, failure);
-    exchange_.tried.Insert(attempt_.backend);
+    if (failure != Failure::kPoolRace || exchange_.pool_race_seen)
+      exchange_.tried.Insert(attempt_.backend);
   }
+  if (failure == Failure::kPoolRace) exchange_.pool_race_seen = true;
   exchange_.last_failure = failure;
   if (traits.reached_worker) ++exchange_.reached_failures;
   RetryDecision decision =

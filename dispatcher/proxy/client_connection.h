@@ -205,6 +205,7 @@ class ClientConnection : private net::HttpParser::Handler,
     algorithms::TriedSet tried;
     uint32_t tries = 0;
     uint32_t reached_failures = 0;  // failed tries that reached a worker
+    bool pool_race_seen = false;    // a pooled connection failed a try
     uint32_t flags = 0;             // ExchangeFlag bits
     bool logged = false;
     std::string detail;      // a composed 502 detail, kept alive

@@ -15,6 +15,12 @@ from harness import Client, make_config, response_bytes, scaled, serve_each
 FAST_CHECKS = health_table(kind="http", path="/healthz", interval="200ms", timeout="150ms",
                            rise=1, fall=1)
 NO_CHECKS = health_table(kind="none")
+# For the stickiness cases: a stopped worker refuses at once and is down
+# after two checks, while a survivor must miss two checks of 300 ms in a row
+# to be taken out (with 150 ms and fall = 1, a single slow check on a busy
+# machine can take a survivor out and move its keys).
+STEADY_CHECKS = health_table(kind="http", path="/healthz", interval="300ms", timeout="300ms",
+                             rise=1, fall=2)
 
 
 def send_sequentially(port, count, headers_for=None, target="/"):
@@ -130,7 +136,7 @@ class ConsistentHashTest(FaultTestCase):
         tandem = self.start_tandem(make_config(
             [w.address for w in workers],
             cluster_opts={"algorithm": algorithm, "hash_key": "header:X-User"},
-            extra=FAST_CHECKS))
+            extra=STEADY_CHECKS))
         wait_all_up(tandem)
 
         def user(i):
@@ -151,9 +157,17 @@ class ConsistentHashTest(FaultTestCase):
         moved = [k for k in before if after[k] != before[k]]
         moved_from_survivors = [k for k in moved if before[k] != "w3"]
         on_gone = sum(1 for k in before if before[k] == "w3")
+        # A survivor that left "up" at any time would move its keys for a
+        # reason other than the algorithm: name it in the failure.
+        survivor_changes = {
+            w.name: [t["to"] for t in backend_status(tandem, w.address)["transitions"]][1:]
+            for w in workers[:2]}
         report("consistent " + algorithm, keys=self.KEYS,
                spread=dict(collections.Counter(before.values())), on_removed=on_gone,
-               moved=len(moved), moved_from_survivors=len(moved_from_survivors))
+               moved=len(moved), moved_from_survivors=len(moved_from_survivors),
+               survivor_changes=survivor_changes,
+               retried=[e.line for e in access_entries(tandem) if e.retried][:5])
+        self.assertEqual(survivor_changes, {w.name: [] for w in workers[:2]})
         self.assertNotIn(None, after.values())
         self.assertNotIn("w3", after.values())
         # The removed backend's keys move, most stay put, and of the others

@@ -156,6 +156,43 @@ class StrayBackendBytesTest(TandemTestCase):
         self.assertEqual(response.body, b"second\n")
 
 
+class PoolRaceTest(TandemTestCase):
+    """A pooled connection the backend closes under a request is replaced on
+    the same backend: it says nothing about the backend, and a keyed request
+    keeps its home."""
+
+    def test_a_keyed_request_stays_on_its_backend_after_a_pooled_connection_closes(self):
+        def make_handler(name):
+            first_connection = threading.Lock()
+
+            def handler(connection):
+                # The first connection answers one request, then closes when
+                # the next one arrives, as a backend whose idle timeout fired
+                # just as tandem reused the connection.
+                if first_connection.acquire(blocking=False):
+                    if connection.read_request() is None:
+                        return
+                    connection.send(response_bytes(200, name.encode() + b"\n"))
+                    connection.read_request()
+                    connection.close()
+                    return
+                serve_each(lambda request: response_bytes(200, name.encode() + b"\n"))(connection)
+            return handler
+
+        backends = [self.start_backend(make_handler(name)) for name in ("a", "b")]
+        tandem = self.start_tandem(make_config(
+            [b.address for b in backends],
+            cluster_opts={"algorithm": "ring-hash", "hash_key": "header:X-User"},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+        client = self.client(tandem.port)
+        first = client.get("/", {"Host": "a", "X-User": "alice"})
+        second = client.get("/", {"Host": "a", "X-User": "alice"})
+        self.assertEqual(first.status, 200, first)
+        self.assertEqual(second.status, 200, second)
+        self.assertEqual(second.body, first.body,
+                         "the retry after a pooled connection closed left the key's backend")
+
+
 class InterimResponseLimitTest(TandemTestCase):
     """A backend cannot keep an exchange busy with endless 1xx responses."""
 
