@@ -200,12 +200,14 @@ warm_up_proxies
 
 # Memory first, while the proxies have seen only the warm-up: what 10,000 idle
 # connections add is then not hidden in memory a 1000-connection run left.
+# RSS is read 3 s after the last connection opened, for every proxy alike
+# (tandem parks a connection after a second without a request).
 if ((IDLE_CONNS > 0)); then
   for proxy in $PROXIES; do
     log "memory: $IDLE_CONNS idle keep-alive connections to $proxy"
     run_waited "${LOAD_PIN[@]}" timeout 300 python3 "$TOOL" idle --proxy "$proxy" \
       --port "${PROXY_PORT[$proxy]}" --pid "${PROXY_PID[$proxy]}" \
-      --count "$IDLE_CONNS" >>"$MEMORY_JSONL" || die "idle-connection test of $proxy failed"
+      --count "$IDLE_CONNS" --settle 3 >>"$MEMORY_JSONL" || die "idle-connection test of $proxy failed"
     log "$(tail -1 "$MEMORY_JSONL")"
     sleep 2  # let the proxy close the 10,000 connections
   done

@@ -12,6 +12,7 @@
 
 #include "algorithms/hash.h"
 #include "dispatcher/proxy/client_connection.h"
+#include "dispatcher/proxy/parked_connection.h"
 #include "health/monitor.h"
 #include "net/log.h"
 #include "net/posix.h"
@@ -189,6 +190,7 @@ Loop::Loop(size_t index, std::shared_ptr<const AccessLogFile> access_log,
 Loop::~Loop() {
   health_monitor_ = nullptr;
   while (connections_ != nullptr) connections_->Abort();
+  while (parked_ != nullptr) parked_->Close();
   listeners_.clear();
   pools_.clear();
   access_log_.reset();
@@ -576,10 +578,32 @@ void Loop::Attach(ClientConnection* connection, Generation* generation) {
   open_connections_.Add(1);
 }
 
+void Loop::AttachParked(ParkedConnection* connection, Generation* generation) {
+  ++generation->connections_;
+  connection->next = parked_;
+  connection->prev = nullptr;
+  if (parked_ != nullptr) parked_->prev = connection;
+  parked_ = connection;
+  open_connections_.Add(1);
+  stats_.parked_connections.Add(1);
+}
+
+void Loop::DetachParked(ParkedConnection* connection, Generation* generation) {
+  if (connection->prev != nullptr) connection->prev->next = connection->next;
+  if (connection->next != nullptr) connection->next->prev = connection->prev;
+  if (parked_ == connection) parked_ = connection->next;
+  stats_.parked_connections.Add(-1);
+  Forget(generation);
+}
+
 void Loop::Detach(ClientConnection* connection, Generation* generation) {
   if (connection->prev != nullptr) connection->prev->next = connection->next;
   if (connection->next != nullptr) connection->next->prev = connection->prev;
   if (connections_ == connection) connections_ = connection->next;
+  Forget(generation);
+}
+
+void Loop::Forget(Generation* generation) {
   open_connections_.Add(-1);
   // Its descriptor is free again: try the connections waiting at once.
   if (accept_paused_ && !shutting_down_) ResumeAccepting();
@@ -618,6 +642,7 @@ void Loop::ReleaseGeneration(Generation* generation) {
 void Loop::TickCb(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Loop*>(arg);
   self->SampleMemory();
+  self->ParkIdleConnections();
   if (!self->current_) return;
   // Through the runtime's own pool pointers: a TLS pool is keyed apart from
   // the plain one of the same address.
@@ -637,6 +662,16 @@ void Loop::SampleMemory() {
   for (const auto& parser : spare_parsers_) pooled += parser->HeldBytes();
   stats_.buffered_bytes.Set(static_cast<int64_t>(buffered));
   stats_.pooled_bytes.Set(static_cast<int64_t>(pooled));
+}
+
+void Loop::ParkIdleConnections() {
+  if (shutting_down_) return;
+  const auto now = std::chrono::steady_clock::now();
+  for (ClientConnection* c = connections_; c != nullptr;) {
+    ClientConnection* next = c->next;
+    c->ParkIfIdle(now, kParkAfter);
+    c = next;
+  }
 }
 
 void Loop::BeginShutdown(std::chrono::milliseconds grace) {
@@ -667,6 +702,7 @@ void Loop::BeginShutdown(std::chrono::milliseconds grace) {
     c->CloseWhenIdle();
     c = next;
   }
+  while (parked_ != nullptr) parked_->Close();
   for (auto& [address, pool] : pools_)
     pool->CloseIdle(std::chrono::steady_clock::duration::zero());
   timeval tv = {static_cast<time_t>(grace.count() / 1000),
@@ -691,7 +727,7 @@ void Loop::GraceCb(evutil_socket_t, short, void* arg) {
 }
 
 void Loop::MaybeFinishShutdown() {
-  if (connections_ != nullptr) return;
+  if (connections_ != nullptr || parked_ != nullptr) return;
   for (auto& [address, pool] : pools_)
     pool->CloseIdle(std::chrono::steady_clock::duration::zero());
   event_base_loopexit(base_.get(), nullptr);

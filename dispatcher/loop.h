@@ -35,6 +35,7 @@ class HealthMonitor;
 namespace tandem::dispatcher {
 
 class ClientConnection;
+class ParkedConnection;
 class Loop;
 
 // Counters one backend shares across threads, for its max_inflight and
@@ -225,8 +226,16 @@ class Loop {
   void DrainQueue(ClusterRuntime& cluster);
   // Tick: the memory gauges of LoopStats.
   void SampleMemory();
+  // Tick: plain connections idle between requests for kParkAfter give their
+  // buffers and parser back (ParkedConnection; docs/idle.md).
+  void ParkIdleConnections();
+  static constexpr std::chrono::seconds kParkAfter{1};
+  // A connection of either kind is gone: the counts, and what they free.
+  void Forget(Generation* generation);
   void Attach(ClientConnection* connection, Generation* generation);
   void Detach(ClientConnection* connection, Generation* generation);
+  void AttachParked(ParkedConnection* connection, Generation* generation);
+  void DetachParked(ParkedConnection* connection, Generation* generation);
   // Between requests: the generation and listener a kept-alive connection
   // should serve its next request under (the newest config, when it still
   // has the listener), moving the connection's count over.
@@ -300,6 +309,7 @@ class Loop {
   std::unordered_map<std::string, std::unique_ptr<BackendPool>>
       pools_;                                // by address
   ClientConnection* connections_ = nullptr;  // intrusive list head
+  ParkedConnection* parked_ = nullptr;       // intrusive list head
   LocalGauge open_connections_;
   bool shutting_down_ = false;
 };

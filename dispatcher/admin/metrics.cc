@@ -92,6 +92,10 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
              "Bytes held between exchanges by the loops' spare parsers and "
              "scratch buffers, sampled every second",
              {}, static_cast<double>(stats.pooled_bytes.Get()));
+    b->Gauge("tandem_parked_connections",
+             "Idle client connections holding only their socket and one "
+             "event, their buffers and parser given back",
+             {}, static_cast<double>(stats.parked_connections.Get()));
     for (size_t r = 0; r < stats.accept_pauses.size(); ++r) {
       b->Counter("tandem_accept_pauses_total",
                  "Times a loop thread paused accepting, by what ran short",

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "algorithms/hash.h"
+#include "dispatcher/proxy/parked_connection.h"
 #include "net/http_message.h"
 #include "net/posix.h"
 
@@ -122,24 +123,77 @@ void ClientConnection::Accept(Loop& loop, Generation& generation,
     evutil_closesocket(fd);
     return;
   }
+  (void)length;
   int one = 1;
   (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   new ClientConnection(loop, generation, listener, std::move(bev), address,
-                       length);
+                       nullptr);
+}
+
+bool ClientConnection::Resume(Loop& loop, Generation& generation,
+                              ListenerRuntime& listener, evutil_socket_t fd,
+                              const sockaddr* address,
+                              std::chrono::steady_clock::time_point deadline,
+                              bool first_request) {
+  net::BufferEventPtr bev(
+      bufferevent_socket_new(loop.base(), fd, BEV_OPT_CLOSE_ON_FREE));
+  if (!bev) {
+    evutil_closesocket(fd);
+    return false;
+  }
+  const Resumed resumed{deadline, first_request};
+  new ClientConnection(loop, generation, listener, std::move(bev), address,
+                       &resumed);
+  return true;
+}
+
+bool ClientConnection::ParkIfIdle(Clock::time_point now,
+                                  Clock::duration idle_for) {
+  // Only a plain connection: a TLS one's state lives in its bufferevent.
+  if (listener_->tls || state_ != State::kIdle || request_.message_started() ||
+      callback_depth_ > 0 || destroy_pending_ || close_when_idle_ ||
+      client_eof_ || now - last_activity_ < idle_for) {
+    return false;
+  }
+  bufferevent* bev = bev_.get();
+  if (evbuffer_get_length(bufferevent_get_input(bev)) > 0 ||
+      evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
+    return false;
+  }
+  evutil_socket_t fd = bufferevent_getfd(bev);
+  sockaddr_storage address;
+  socklen_t length = sizeof(address);
+  if (fd < 0 ||
+      getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0 ||
+      !ParkedConnection::Park(loop_, *generation_, *listener_, fd,
+                              reinterpret_cast<const sockaddr*>(&address),
+                              timer_deadline_, first_request_)) {
+    return false;
+  }
+  // The socket is the parked connection's now; the listener still counts it.
+  bufferevent_setfd(bev, -1);
+  parked_ = true;
+  delete this;
+  return true;
 }
 
 ClientConnection::ClientConnection(Loop& loop, Generation& generation,
                                    ListenerRuntime& listener,
                                    net::BufferEventPtr bev,
-                                   const sockaddr* address, int /*length*/)
+                                   const sockaddr* address,
+                                   const Resumed* resumed)
     : loop_(loop),
       generation_(&generation),
       listener_(&listener),
       bev_(std::move(bev)),
       request_(net::HttpParser::Type::kRequest, this) {
   loop_.Attach(this, generation_);
-  listener_->stats->connections_accepted.Add();
-  listener_->stats->connections_open.Add(1);
+  if (resumed == nullptr) {
+    listener_->stats->connections_accepted.Add();
+    listener_->stats->connections_open.Add(1);
+  } else {
+    first_request_ = resumed->first_request;
+  }
   client_address_ = FormatAddress(address, &client_ip_length_);
   request_.set_max_head_bytes(listener_->config->max_header_size_bytes);
   request_.set_max_body_bytes(listener_->config->max_body_size_bytes);
@@ -154,7 +208,11 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
     Destroy();
     return;
   }
-  ArmTimer(listener_->config->client_header_timeout);
+  if (resumed == nullptr) {
+    ArmTimer(listener_->config->client_header_timeout);
+  } else {
+    ArmTimer(std::max(resumed->deadline - Clock::now(), Clock::duration{}));
+  }
 }
 
 ClientConnection::~ClientConnection() {
@@ -163,7 +221,7 @@ ClientConnection::~ClientConnection() {
   Dequeue();
   EndAttempt(false);
   ReleaseClusterCounts();
-  listener_->stats->connections_open.Add(-1);
+  if (!parked_) listener_->stats->connections_open.Add(-1);
   loop_.Detach(this, generation_);
 }
 
@@ -1449,6 +1507,7 @@ uint64_t ClientConnection::BufferedBytes() const {
 // ---- timers ----------------------------------------------------------------
 
 void ClientConnection::ArmTimer(std::chrono::steady_clock::duration delay) {
+  timer_deadline_ = Clock::now() + delay;
   timeval tv = ToTimeval(delay);
   event_add(&timer_, &tv);
 }

@@ -27,6 +27,21 @@ class ClientConnection : private net::HttpParser::Handler,
                      ListenerRuntime& listener, evutil_socket_t fd,
                      const sockaddr* address, int length);
 
+  // A connection parked by ParkIfIdle() becomes readable: takes `fd` back
+  // with a fresh bufferevent, the timer set to `deadline`. False (and `fd`
+  // closed) when that fails.
+  static bool Resume(Loop& loop, Generation& generation,
+                     ListenerRuntime& listener, evutil_socket_t fd,
+                     const sockaddr* address,
+                     std::chrono::steady_clock::time_point deadline,
+                     bool first_request);
+
+  // Tick: a plain connection with no request in progress, nothing buffered
+  // and no request byte for `idle_for` hands its socket to a
+  // ParkedConnection and is deleted. True when it did.
+  bool ParkIfIdle(std::chrono::steady_clock::time_point now,
+                  std::chrono::steady_clock::duration idle_for);
+
   // Shutdown: close now if no request is in progress, else close once the
   // current exchange ends.
   void CloseWhenIdle();
@@ -59,9 +74,16 @@ class ClientConnection : private net::HttpParser::Handler,
 
   using Failure = FailureKind;
 
+  // How a connection resumed from parking goes on.
+  struct Resumed {
+    std::chrono::steady_clock::time_point deadline;
+    bool first_request;
+  };
+
+  // A newly accepted connection (`resumed` null), or a parked one taken back.
   ClientConnection(Loop& loop, Generation& generation,
                    ListenerRuntime& listener, net::BufferEventPtr bev,
-                   const sockaddr* address, int length);
+                   const sockaddr* address, const Resumed* resumed);
   ~ClientConnection() override;
 
   // libevent entry points.
@@ -173,7 +195,9 @@ class ClientConnection : private net::HttpParser::Handler,
   bool reset_on_close_ = false;    // end with an RST, not a FIN
   bool tls_established_ = false;   // the client's TLS handshake completed
   bool client_eof_ = false;        // the client half-closed
+  bool parked_ = false;            // the socket went to a ParkedConnection
   std::chrono::steady_clock::time_point last_activity_;
+  std::chrono::steady_clock::time_point timer_deadline_;  // of timer_
   std::string flags_text_;
 
   // How HTTP/1.1 carries the current request and its response on this

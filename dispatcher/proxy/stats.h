@@ -128,6 +128,8 @@ class LoopStats {
   // bytes its pools hold between exchanges (spare parsers, scratch).
   LocalGauge buffered_bytes;
   LocalGauge pooled_bytes;
+  // Client connections parked between requests (ParkedConnection).
+  LocalGauge parked_connections;
 
   BackendStats* Backend(const std::string& cluster, const std::string& address);
   ClusterStats* Cluster(const std::string& cluster);

@@ -1,0 +1,81 @@
+// A parked client connection; see parked_connection.h.
+#include "dispatcher/proxy/parked_connection.h"
+
+#include <event2/event.h>
+
+#include <cstring>
+
+#include "dispatcher/loop.h"
+#include "dispatcher/proxy/client_connection.h"
+#include "net/posix.h"
+
+namespace tandem::dispatcher {
+
+bool ParkedConnection::Park(Loop& loop, Generation& generation,
+                            ListenerRuntime& listener, evutil_socket_t fd,
+                            const sockaddr* address,
+                            std::chrono::steady_clock::time_point deadline,
+                            bool first_request) {
+  auto* parked = new ParkedConnection(loop, generation, listener, address,
+                                      deadline, first_request);
+  event_assign(&parked->event_, loop.base(), fd, EV_READ, EventCb, parked);
+  auto left = deadline - std::chrono::steady_clock::now();
+  timeval tv = net::ToTimeval(std::max(left, decltype(left)::zero()));
+  if (event_add(&parked->event_, &tv) != 0) {
+    delete parked;
+    return false;
+  }
+  return true;
+}
+
+ParkedConnection::ParkedConnection(
+    Loop& loop, Generation& generation, ListenerRuntime& listener,
+    const sockaddr* address, std::chrono::steady_clock::time_point deadline,
+    bool first_request)
+    : loop_(loop),
+      generation_(&generation),
+      listener_(&listener),
+      deadline_(deadline),
+      first_request_(first_request) {
+  std::memset(&event_, 0, sizeof(event_));
+  std::memset(&address_, 0, sizeof(address_));
+  if (address->sa_family == AF_INET6) {
+    std::memcpy(&address_.v6, address, sizeof(address_.v6));
+  } else {
+    std::memcpy(&address_.v4, address, sizeof(address_.v4));
+  }
+  loop_.AttachParked(this, generation_);
+}
+
+ParkedConnection::~ParkedConnection() {
+  if (event_initialized(&event_)) event_del(&event_);
+  loop_.DetachParked(this, generation_);
+}
+
+void ParkedConnection::Close() {
+  evutil_socket_t fd = event_get_fd(&event_);
+  listener_->stats->connections_open.Add(-1);
+  delete this;
+  if (fd >= 0) evutil_closesocket(fd);
+}
+
+void ParkedConnection::EventCb(evutil_socket_t fd, short what, void* arg) {
+  auto* self = static_cast<ParkedConnection*>(arg);
+  if (!(what & EV_READ)) {
+    // Idle past idle_timeout (or, before a first request,
+    // client_header_timeout): closed as an idle ClientConnection would be.
+    self->Close();
+    return;
+  }
+  // A request (or the client's close) arrived: a ClientConnection takes the
+  // socket and reads it. It attaches before this one detaches, so the
+  // generation is never left without connections in between.
+  if (!ClientConnection::Resume(self->loop_, *self->generation_,
+                                *self->listener_, fd, &self->address_.any,
+                                self->deadline_, self->first_request_)) {
+    self->listener_->stats->connections_open.Add(-1);  // Resume closed fd
+  }
+  delete self;
+}
+
+}  // namespace tandem::dispatcher
