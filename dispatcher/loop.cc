@@ -343,28 +343,48 @@ void Loop::ReportOutcome(ClusterRuntime& cluster, size_t backend, bool success,
   event_active(flush_event_.get(), EV_TIMEOUT, 0);
 }
 
-std::unique_ptr<net::HttpParser> Loop::TakeResponseParser(
-    net::HttpParser::Handler* handler) {
-  if (spare_parsers_.empty()) {
-    return std::make_unique<net::HttpParser>(net::HttpParser::Type::kResponse,
-                                             handler);
-  }
-  std::unique_ptr<net::HttpParser> parser = std::move(spare_parsers_.back());
-  spare_parsers_.pop_back();
+std::unique_ptr<net::HttpParser> Loop::TakeParser(
+    net::HttpParser::Type type, net::HttpParser::Handler* handler) {
+  auto& spare = spare_parsers_[static_cast<size_t>(type)];
+  if (spare.empty()) return std::make_unique<net::HttpParser>(type, handler);
+  std::unique_ptr<net::HttpParser> parser = std::move(spare.back());
+  spare.pop_back();
   parser->set_handler(handler);
   return parser;
 }
 
-void Loop::ReturnResponseParser(std::unique_ptr<net::HttpParser> parser) {
+void Loop::ReturnParser(std::unique_ptr<net::HttpParser> parser) {
+  auto& spare = spare_parsers_[static_cast<size_t>(parser->type())];
   // Enough for the exchanges in flight at once; beyond that, free.
   constexpr size_t kMaxSpare = 1024;
-  if (spare_parsers_.size() >= kMaxSpare) return;
+  if (spare.size() >= kMaxSpare) return;
   parser->set_handler(nullptr);
-  // A large response (trailers, a big head) must not stay resident in the
+  // A large message (trailers, a big head) must not stay resident in the
   // pool: shed what grew past the usual size.
   parser->Reset();
   parser->ShrinkIfLarge(kMaxIdleParserBytes);
-  spare_parsers_.push_back(std::move(parser));
+  parser->set_max_head_bytes(net::kDefaultMaxHeadBytes);
+  parser->set_max_fields(net::kDefaultMaxFields);
+  parser->set_max_body_bytes(0);
+  spare.push_back(std::move(parser));
+}
+
+net::BufferEventPtr Loop::TakeClientBufferEvent(evutil_socket_t fd) {
+  if (spare_bevs_.empty()) {
+    return net::BufferEventPtr(
+        bufferevent_socket_new(base_.get(), fd, BEV_OPT_CLOSE_ON_FREE));
+  }
+  net::BufferEventPtr bev = std::move(spare_bevs_.back());
+  spare_bevs_.pop_back();
+  bufferevent_setfd(bev.get(), fd);
+  return bev;
+}
+
+void Loop::ReturnClientBufferEvent(net::BufferEventPtr bev) {
+  constexpr size_t kMaxSpare = 1024;
+  if (spare_bevs_.size() >= kMaxSpare) return;
+  bufferevent_setcb(bev.get(), nullptr, nullptr, nullptr, nullptr);
+  spare_bevs_.push_back(std::move(bev));
 }
 
 void Loop::WatchQueue() {
@@ -659,7 +679,9 @@ void Loop::SampleMemory() {
   for (const ClientConnection* c = connections_; c != nullptr; c = c->next)
     buffered += c->BufferedBytes();
   uint64_t pooled = scratch_.capacity();
-  for (const auto& parser : spare_parsers_) pooled += parser->HeldBytes();
+  for (const auto& spare : spare_parsers_) {
+    for (const auto& parser : spare) pooled += parser->HeldBytes();
+  }
   stats_.buffered_bytes.Set(static_cast<int64_t>(buffered));
   stats_.pooled_bytes.Set(static_cast<int64_t>(pooled));
 }

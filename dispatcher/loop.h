@@ -214,11 +214,17 @@ class Loop {
   // once when something failed, else a few times a second).
   void ReportOutcome(ClusterRuntime& cluster, size_t backend, bool success,
                      health::TrafficFailure kind, bool refused);
-  // Response parsers are only needed while an exchange runs: a small free
-  // list keeps idle connections light without allocating per request.
-  std::unique_ptr<net::HttpParser> TakeResponseParser(
-      net::HttpParser::Handler* handler);
-  void ReturnResponseParser(std::unique_ptr<net::HttpParser> parser);
+  // Parsers are only needed while a connection reads a message: a free list
+  // per type keeps idle connections light without allocating per request.
+  // A parser taken has its limits at their defaults.
+  std::unique_ptr<net::HttpParser> TakeParser(
+      net::HttpParser::Type type, net::HttpParser::Handler* handler);
+  void ReturnParser(std::unique_ptr<net::HttpParser> parser);
+  // Socket bufferevents for plain client connections, kept between a parked
+  // connection and the next one resumed. Take sets `fd` (closed when the
+  // bufferevent is freed); Return takes one whose fd was set to -1.
+  net::BufferEventPtr TakeClientBufferEvent(evutil_socket_t fd);
+  void ReturnClientBufferEvent(net::BufferEventPtr bev);
   // Loop thread: a request joined `cluster`'s queue; the loop polls queues
   // while any is non-empty (slots free up on other threads too).
   void WatchQueue();
@@ -301,7 +307,8 @@ class Loop {
   static constexpr size_t kMaxScratchBytes = 64 * 1024;
   static constexpr size_t kMaxIdleParserBytes = 16 * 1024;
   std::string scratch_;
-  std::vector<std::unique_ptr<net::HttpParser>> spare_parsers_;
+  std::array<std::vector<std::unique_ptr<net::HttpParser>>, 2> spare_parsers_;
+  std::vector<net::BufferEventPtr> spare_bevs_;
 
   std::unique_ptr<Generation> current_;
   std::vector<std::unique_ptr<Generation>> retired_;

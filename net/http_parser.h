@@ -130,6 +130,7 @@ class HttpParser {
 
   // A parser reused for another connection reports to its new handler.
   void set_handler(Handler* handler) { handler_ = handler; }
+  Type type() const { return type_; }
 
   // The limit of the whole head, and separately of the trailer section
   // (requests: 431, or 414 while still in the target; responses: an error).

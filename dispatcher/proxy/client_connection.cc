@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "algorithms/hash.h"
@@ -104,7 +105,7 @@ std::string FormatAddress(const sockaddr* address, size_t* ip_length) {
 
 void ClientConnection::Accept(Loop& loop, Generation& generation,
                               ListenerRuntime& listener, evutil_socket_t fd,
-                              const sockaddr* address, int length) {
+                              const sockaddr* address, int /*length*/) {
   net::BufferEventPtr bev;
   if (listener.tls) {
     SSL* ssl = listener.tls->NewSsl();
@@ -117,76 +118,102 @@ void ClientConnection::Accept(Loop& loop, Generation& generation,
     // A client closing without close_notify is an ordinary EOF here.
     if (bev) bufferevent_openssl_set_allow_dirty_shutdown(bev.get(), 1);
   } else {
-    bev.reset(bufferevent_socket_new(loop.base(), fd, BEV_OPT_CLOSE_ON_FREE));
+    bev = loop.TakeClientBufferEvent(fd);
   }
   if (!bev) {
     evutil_closesocket(fd);
     return;
   }
-  (void)length;
   int one = 1;
   (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  new ClientConnection(loop, generation, listener, std::move(bev), address,
-                       nullptr);
+  size_t ip_length = 0;
+  std::string text = FormatAddress(address, &ip_length);
+  auto* connection = new ClientConnection(
+      loop, generation, listener, std::move(bev), text, ip_length, nullptr);
+  if (connection->destroy_pending_) connection->DeleteNow();
 }
 
 bool ClientConnection::Resume(Loop& loop, Generation& generation,
                               ListenerRuntime& listener, evutil_socket_t fd,
-                              const sockaddr* address,
-                              std::chrono::steady_clock::time_point deadline,
-                              bool first_request) {
-  net::BufferEventPtr bev(
-      bufferevent_socket_new(loop.base(), fd, BEV_OPT_CLOSE_ON_FREE));
+                              std::string_view address, size_t ip_length,
+                              Clock::time_point deadline, bool first_request) {
+  net::BufferEventPtr bev = loop.TakeClientBufferEvent(fd);
   if (!bev) {
     evutil_closesocket(fd);
     return false;
   }
   const Resumed resumed{deadline, first_request};
-  new ClientConnection(loop, generation, listener, std::move(bev), address,
-                       &resumed);
+  auto* connection = new ClientConnection(
+      loop, generation, listener, std::move(bev), address, ip_length, &resumed);
+  // The socket is readable (or at its end) now: read it here rather than
+  // one loop turn later, when the bufferevent's own event would.
+  Enter(connection, [connection] { connection->ReadResumed(); });
+  return true;
+}
+
+void ClientConnection::ReadResumed() {
+  evutil_socket_t fd = bufferevent_getfd(bev_.get());
+  // A bufferevent's input is frozen at its end except while libevent reads
+  // into it; this read stands in for one of those.
+  evbuffer* input = bufferevent_get_input(bev_.get());
+  evbuffer_unfreeze(input, 0);
+  int n = evbuffer_read(input, fd, static_cast<int>(kMaxSingleRead));
+  evbuffer_freeze(input, 0);
+  if (n > 0) {
+    OnClientRead();
+  } else if (n == 0) {
+    OnClientEvent(BEV_EVENT_READING | BEV_EVENT_EOF);
+  } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    OnClientEvent(BEV_EVENT_READING | BEV_EVENT_ERROR);
+  }
+}
+
+bool ClientConnection::Parkable() const {
+  // Only a plain connection: a TLS one's state lives in its bufferevent.
+  if (listener_->tls || state_ != State::kIdle || request_->message_started() ||
+      destroy_pending_ || close_when_idle_ || client_eof_ ||
+      closing_shutdown_) {
+    return false;
+  }
+  return evbuffer_get_length(bufferevent_get_input(bev_.get())) == 0 &&
+         evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0;
+}
+
+bool ClientConnection::Park() {
+  evutil_socket_t fd = bufferevent_getfd(bev_.get());
+  if (fd < 0 || !ParkedConnection::Park(loop_, *generation_, *listener_, fd,
+                                        client_address_, client_ip_length_,
+                                        timer_deadline_, first_request_)) {
+    return false;
+  }
+  // The socket is the parked connection's now; the listener still counts it,
+  // and the bufferevent goes back to the loop for the next one.
+  bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
+  bufferevent_setfd(bev_.get(), -1);
+  parked_ = true;
+  Destroy();
   return true;
 }
 
 bool ClientConnection::ParkIfIdle(Clock::time_point now,
                                   Clock::duration idle_for) {
-  // Only a plain connection: a TLS one's state lives in its bufferevent.
-  if (listener_->tls || state_ != State::kIdle || request_.message_started() ||
-      callback_depth_ > 0 || destroy_pending_ || close_when_idle_ ||
-      client_eof_ || now - last_activity_ < idle_for) {
+  if (callback_depth_ > 0 || now - last_activity_ < idle_for || !Parkable())
     return false;
-  }
-  bufferevent* bev = bev_.get();
-  if (evbuffer_get_length(bufferevent_get_input(bev)) > 0 ||
-      evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
-    return false;
-  }
-  evutil_socket_t fd = bufferevent_getfd(bev);
-  sockaddr_storage address;
-  socklen_t length = sizeof(address);
-  if (fd < 0 ||
-      getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0 ||
-      !ParkedConnection::Park(loop_, *generation_, *listener_, fd,
-                              reinterpret_cast<const sockaddr*>(&address),
-                              timer_deadline_, first_request_)) {
-    return false;
-  }
-  // The socket is the parked connection's now; the listener still counts it.
-  bufferevent_setfd(bev, -1);
-  parked_ = true;
-  delete this;
-  return true;
+  return Park();
 }
 
 ClientConnection::ClientConnection(Loop& loop, Generation& generation,
                                    ListenerRuntime& listener,
                                    net::BufferEventPtr bev,
-                                   const sockaddr* address,
+                                   std::string_view address, size_t ip_length,
                                    const Resumed* resumed)
     : loop_(loop),
       generation_(&generation),
       listener_(&listener),
       bev_(std::move(bev)),
-      request_(net::HttpParser::Type::kRequest, this) {
+      request_(loop.TakeParser(net::HttpParser::Type::kRequest, this)),
+      client_address_(address),
+      client_ip_length_(ip_length) {
   loop_.Attach(this, generation_);
   if (resumed == nullptr) {
     listener_->stats->connections_accepted.Add();
@@ -194,9 +221,8 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
   } else {
     first_request_ = resumed->first_request;
   }
-  client_address_ = FormatAddress(address, &client_ip_length_);
-  request_.set_max_head_bytes(listener_->config->max_header_size_bytes);
-  request_.set_max_body_bytes(listener_->config->max_body_size_bytes);
+  request_->set_max_head_bytes(listener_->config->max_header_size_bytes);
+  request_->set_max_body_bytes(listener_->config->max_body_size_bytes);
   evtimer_assign(&timer_, loop_.base(), TimerCb, this);
   bufferevent* bev_raw = bev_.get();
   bufferevent_setcb(bev_raw, ReadCb, WriteCb, EventCb, this);
@@ -205,7 +231,8 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
   bufferevent_set_max_single_read(bev_raw, kMaxSingleRead);
   Touch();
   if (bufferevent_enable(bev_raw, EV_READ | EV_WRITE) != 0) {
-    Destroy();
+    // The caller deletes it (a constructor cannot).
+    destroy_pending_ = true;
     return;
   }
   if (resumed == nullptr) {
@@ -217,7 +244,9 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
 
 ClientConnection::~ClientConnection() {
   event_del(&timer_);
-  if (response_) loop_.ReturnResponseParser(std::move(response_));
+  if (response_) loop_.ReturnParser(std::move(response_));
+  loop_.ReturnParser(std::move(request_));
+  if (parked_) loop_.ReturnClientBufferEvent(std::move(bev_));
   Dequeue();
   EndAttempt(false);
   ReleaseClusterCounts();
@@ -321,7 +350,13 @@ void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection,
 }
 
 void ClientConnection::OnClientDrained() {
-  if (state_ == State::kClosing) {
+  if (state_ == State::kIdle) {
+    // The last response is out and no request has begun: the connection
+    // waits for the next one as a ParkedConnection (docs/idle.md). (A new
+    // connection gets here too, at its first writable event: it is parked
+    // by the tick if it stays silent.)
+    if (!first_request_ && Parkable()) Park();
+  } else if (state_ == State::kClosing) {
     if (evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0)
       FinishClose();
   } else if (state_ == State::kTunnel) {
@@ -362,7 +397,7 @@ void ClientConnection::OnClientEvent(short events) {
   } else if (events & BEV_EVENT_EOF) {
     switch (state_) {
       case State::kIdle:
-        if (request_.message_started()) exchange_.flags |= kFlagClientReset;
+        if (request_->message_started()) exchange_.flags |= kFlagClientReset;
         Destroy();
         break;
       case State::kQueued:
@@ -507,12 +542,12 @@ void ClientConnection::OnClientRead() {
 void ClientConnection::ParseRequest() {
   size_t consumed = 0;
   net::HttpParser::Result result =
-      Feed(request_, bufferevent_get_input(bev_.get()), &consumed);
+      Feed(*request_, bufferevent_get_input(bev_.get()), &consumed);
   listener_->stats->bytes_received.Add(consumed);
 
   switch (result) {
     case net::HttpParser::Result::kNeedMore:
-      if (state_ == State::kIdle && request_.message_started() &&
+      if (state_ == State::kIdle && request_->message_started() &&
           !header_timer_armed_) {
         // The head has begun: from now on it must be complete in time.
         header_timer_armed_ = true;
@@ -546,16 +581,16 @@ void ClientConnection::ParseRequest() {
       return;
     case net::HttpParser::Result::kError:
       if (state_ == State::kIdle) {
-        Respond(request_.error_status(),
-                std::string(request_.error_reason()).c_str(), true);
+        Respond(request_->error_status(),
+                std::string(request_->error_reason()).c_str(), true);
       } else {
         // The body broke the rules after part of it went to the backend.
         EndAttempt(false);
         if (message_.response_started) {
           Destroy();
         } else {
-          Respond(request_.error_status(),
-                  std::string(request_.error_reason()).c_str(), true);
+          Respond(request_->error_status(),
+                  std::string(request_->error_reason()).c_str(), true);
         }
       }
       return;
@@ -569,11 +604,11 @@ void ClientConnection::ParseRequest() {
 
 net::HttpParser::HeadAction ClientConnection::OnHeadComplete(
     net::HttpParser& parser) {
-  if (&parser == &request_) {
+  if (&parser == request_.get()) {
     message_.head_pending = true;
     // A request without a body completes at once (an upgrade stops itself);
     // one with a body waits until a backend can take it.
-    return request_.framing() == net::Framing::kNone
+    return request_->framing() == net::Framing::kNone
                ? net::HttpParser::HeadAction::kContinue
                : net::HttpParser::HeadAction::kPause;
   }
@@ -584,7 +619,7 @@ net::HttpParser::HeadAction ClientConnection::OnHeadComplete(
 
 void ClientConnection::OnBody(net::HttpParser& parser, const char* data,
                               size_t length) {
-  if (&parser == &request_) {
+  if (&parser == request_.get()) {
     if (exchange_.body_kept) {
       // Keep a small body so the request can go to another backend.
       if (exchange_.retry_body.size() + length <=
@@ -597,7 +632,7 @@ void ClientConnection::OnBody(net::HttpParser& parser, const char* data,
     }
     if (attempt_.upstream == nullptr) return;
     evbuffer* out = attempt_.upstream->output();
-    if (request_.framing() == net::Framing::kChunked) {
+    if (request_->framing() == net::Framing::kChunked) {
       std::string& header = loop_.scratch();
       net::AppendChunkHeader(length, &header);
       evbuffer_add(out, header.data(), header.size());
@@ -629,11 +664,11 @@ void ClientConnection::OnBody(net::HttpParser& parser, const char* data,
 }
 
 void ClientConnection::OnMessageComplete(net::HttpParser& parser) {
-  if (&parser == &request_) {
+  if (&parser == request_.get()) {
     if (attempt_.upstream != nullptr &&
-        request_.framing() == net::Framing::kChunked) {
+        request_->framing() == net::Framing::kChunked) {
       std::string& tail = loop_.scratch();
-      net::AppendLastChunk(request_.trailers(), &tail);
+      net::AppendLastChunk(request_->trailers(), &tail);
       evbuffer_add(attempt_.upstream->output(), tail.data(), tail.size());
     }
     return;
@@ -658,18 +693,18 @@ void ClientConnection::OnRequestHead() {
   }
   // A reload's limits apply from this request on (its body, its trailers,
   // and the next head).
-  request_.set_max_head_bytes(listener_->config->max_header_size_bytes);
-  request_.set_max_body_bytes(listener_->config->max_body_size_bytes);
+  request_->set_max_head_bytes(listener_->config->max_header_size_bytes);
+  request_->set_max_body_bytes(listener_->config->max_body_size_bytes);
   exchange_.request_start = Clock::now();
-  message_.client_keep_alive = request_.keep_alive();
-  message_.head_request = request_.method() == HTTP_HEAD;
+  message_.client_keep_alive = request_->keep_alive();
+  message_.head_request = request_->method() == HTTP_HEAD;
   event_del(&timer_);
-  if (net::HasUnsupportedExpectation(request_)) {
+  if (net::HasUnsupportedExpectation(*request_)) {
     Respond(417, "only 100-continue is supported", true);
     return;
   }
-  message_.expect_continue = net::ExpectsContinue(request_);
-  message_.upgrade = net::WantsUpgrade(request_);
+  message_.expect_continue = net::ExpectsContinue(*request_);
+  message_.upgrade = net::WantsUpgrade(*request_);
   if (close_when_idle_ || loop_.shutting_down())
     message_.client_keep_alive = false;
   ++cluster().active_requests;
@@ -691,14 +726,14 @@ std::optional<uint64_t> ClientConnection::RequestHash() const {
     case conf::HashKey::Kind::kNone:
       return std::nullopt;
     case conf::HashKey::Kind::kHeader: {
-      auto header = request_.headers().Find(key.name);
+      auto header = request_->headers().Find(key.name);
       if (!header) return std::nullopt;
       value = *header;
       break;
     }
     case conf::HashKey::Kind::kCookie: {
       // Cookie: a=1; b=2 (RFC 6265 §4.2); several Cookie fields may exist.
-      const net::HeaderList& headers = request_.headers();
+      const net::HeaderList& headers = request_->headers();
       for (size_t i = 0; i < headers.size() && value.empty(); ++i) {
         if (!net::EqualsIgnoreCase(headers.name(i), "cookie")) continue;
         std::string_view rest = headers.value(i);
@@ -722,7 +757,7 @@ std::optional<uint64_t> ClientConnection::RequestHash() const {
       value = std::string_view(client_address_).substr(0, client_ip_length_);
       break;
     case conf::HashKey::Kind::kPath: {
-      value = request_.target();
+      value = request_->target();
       size_t query = value.find('?');
       if (query != std::string_view::npos) value = value.substr(0, query);
       break;
@@ -853,7 +888,8 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   ++runtime.inflight[attempt_.backend];
   backend.stats->inflight.Add(1);
   attempt_.start = Clock::now();
-  if (!response_) response_ = loop_.TakeResponseParser(this);
+  if (!response_)
+    response_ = loop_.TakeParser(net::HttpParser::Type::kResponse, this);
   response_->Reset();
   attempt_.interim_responses = 0;
   attempt_.response_bytes_seen = false;
@@ -887,7 +923,7 @@ void ClientConnection::SendRequestHead() {
   forwarding.default_host =
       cluster().backends[attempt_.backend].config->address.text;
   std::string& head = loop_.scratch();
-  net::AppendRequestHead(request_, forwarding, &head);
+  net::AppendRequestHead(*request_, forwarding, &head);
   attempt_.upstream->StartRequest();
   evbuffer_add(attempt_.upstream->output(), head.data(), head.size());
   bufferevent_setwatermark(attempt_.upstream->bev(), EV_WRITE, kOutputLowWater,
@@ -903,14 +939,14 @@ void ClientConnection::SendRequestHead() {
     evbuffer_add(bufferevent_get_output(bev_.get()), kContinue,
                  sizeof(kContinue) - 1);
   }
-  if (exchange_.tries > 1 && request_.body_bytes() > 0) ReplayBody();
+  if (exchange_.tries > 1 && request_->body_bytes() > 0) ReplayBody();
   if (message_.request_complete) {
     ArmTimer(ResponseDeadline() - Clock::now());
     return;
   }
   if (message_.paused_at_head) {
     message_.paused_at_head = false;
-    request_.Resume();
+    request_->Resume();
   }
   ArmTimer(cluster().config->idle_timeout);
   bufferevent_enable(bev_.get(), EV_READ);
@@ -919,7 +955,7 @@ void ClientConnection::SendRequestHead() {
 
 void ClientConnection::ReplayBody() {
   evbuffer* out = attempt_.upstream->output();
-  if (request_.framing() == net::Framing::kChunked) {
+  if (request_->framing() == net::Framing::kChunked) {
     std::string& framed = loop_.scratch();
     if (!exchange_.retry_body.empty())
       net::AppendChunkHeader(exchange_.retry_body.size(), &framed);
@@ -928,7 +964,7 @@ void ClientConnection::ReplayBody() {
     if (!exchange_.retry_body.empty()) evbuffer_add(out, "\r\n", 2);
     if (message_.request_complete) {
       std::string& tail = loop_.scratch();
-      net::AppendLastChunk(request_.trailers(), &tail);
+      net::AppendLastChunk(request_->trailers(), &tail);
       evbuffer_add(out, tail.data(), tail.size());
     }
   } else {
@@ -989,7 +1025,7 @@ void ClientConnection::ParseResponse() {
 
 void ClientConnection::OnResponseHead(net::HttpParser& parser) {
   int status = parser.status_code();
-  int client_minor = request_.http_minor();
+  int client_minor = request_->http_minor();
   std::string& head = loop_.scratch();
   if (status >= 100 && status < 200 && status != 101) {
     if (++attempt_.interim_responses > kMaxInterimResponses) {
@@ -1270,10 +1306,10 @@ RetryInput ClientConnection::RetryFacts(Failure failure,
   input.failure = failure;
   input.response_started = message_.response_started;
   input.deadline_passed = Clock::now() >= RequestDeadline();
-  input.idempotent = net::IsIdempotent(request_);
+  input.idempotent = net::IsIdempotent(*request_);
   input.reached_failures = reached_failures;
   input.retries = runtime.config->retries;
-  input.has_body = request_.body_bytes() > 0;
+  input.has_body = request_->body_bytes() > 0;
   input.body_replayable = exchange_.body_kept;
   // Another eligible backend this request has not tried yet? (The set may
   // have changed since the last try: compare backend by backend.)
@@ -1364,7 +1400,7 @@ void ClientConnection::Respond(int status, const char* detail, bool close,
   if (!message_.client_keep_alive || client_eof_) close = true;
   message_.status = status;
   std::string& out = loop_.scratch();
-  net::AppendSimpleResponse(status, detail, close, request_.http_minor(),
+  net::AppendSimpleResponse(status, detail, close, request_->http_minor(),
                             extra_fields, &out);
   evbuffer_add(bufferevent_get_output(bev_.get()), out.data(), out.size());
   message_.response_body_bytes = out.size() - (out.find("\r\n\r\n") + 4);
@@ -1395,12 +1431,12 @@ void ClientConnection::FinishExchange() {
   bool upgrade_paused = message_.request_upgrade_paused;
   ResetExchange();
   // What one large request made the parser hold goes back to the allocator.
-  request_.ShrinkIfLarge(kMaxIdleParserBytes);
+  request_->ShrinkIfLarge(kMaxIdleParserBytes);
   state_ = State::kIdle;
   if (upgrade_paused) {
-    request_.ResumeAfterUpgrade();
+    request_->ResumeAfterUpgrade();
   } else {
-    request_.Resume();
+    request_->Resume();
   }
   ArmTimer(listener_->config->idle_timeout);
   bufferevent_enable(bev_.get(), EV_READ);
@@ -1410,7 +1446,7 @@ void ClientConnection::FinishExchange() {
 void ClientConnection::ResetExchange() {
   // The response parser is needed only during an exchange: an idle
   // keep-alive connection gives it back to the loop.
-  if (response_) loop_.ReturnResponseParser(std::move(response_));
+  if (response_) loop_.ReturnParser(std::move(response_));
   // The retry body's buffer is kept when it is of the usual size.
   std::string retry_body = std::move(exchange_.retry_body);
   retry_body.clear();
@@ -1427,7 +1463,7 @@ void ClientConnection::ResetExchange() {
 void ClientConnection::AbortExchange(uint32_t flag) {
   exchange_.flags |= flag;
   EndAttempt(false);
-  if (state_ != State::kIdle || request_.message_started()) LogExchange();
+  if (state_ != State::kIdle || request_->message_started()) LogExchange();
   if (message_.response_started && !(flag & kFlagClientReset)) {
     // The backend cut the response: deliver what arrived, then end the
     // connection so the client cannot take it as complete. A close-delimited
@@ -1482,7 +1518,7 @@ void ClientConnection::FinishClose() {
 void ClientConnection::CloseWhenIdle() {
   close_when_idle_ = true;
   Enter(this, [this] {
-    if (state_ == State::kIdle && !request_.message_started()) Destroy();
+    if (state_ == State::kIdle && !request_->message_started()) Destroy();
   });
 }
 
@@ -1495,7 +1531,7 @@ void ClientConnection::Abort() {
 uint64_t ClientConnection::BufferedBytes() const {
   uint64_t bytes = evbuffer_get_length(bufferevent_get_input(bev_.get())) +
                    evbuffer_get_length(bufferevent_get_output(bev_.get())) +
-                   exchange_.retry_body.capacity() + request_.HeldBytes();
+                   exchange_.retry_body.capacity() + request_->HeldBytes();
   if (attempt_.upstream != nullptr) {
     bytes += evbuffer_get_length(attempt_.upstream->input()) +
              evbuffer_get_length(attempt_.upstream->output());
@@ -1517,8 +1553,8 @@ void ClientConnection::OnTimer() {
   const conf::Cluster& config = *cluster().config;
   switch (state_) {
     case State::kIdle:
-      if (request_.message_started() || first_request_) {
-        if (request_.message_started()) {
+      if (request_->message_started() || first_request_) {
+        if (request_->message_started()) {
           exchange_.flags |= kFlagClientTimeout;
           Respond(408, "request head not received in time", true);
         } else {
@@ -1646,12 +1682,13 @@ void ClientConnection::LogExchange() {
   AccessLogEntry entry;
   entry.client = client_address_;
   entry.method =
-      request_.in_head() ? std::string_view("-") : request_.method_name();
-  entry.target = request_.in_head() ? std::string_view("-") : request_.target();
-  entry.http_minor = request_.http_minor();
+      request_->in_head() ? std::string_view("-") : request_->method_name();
+  entry.target =
+      request_->in_head() ? std::string_view("-") : request_->target();
+  entry.http_minor = request_->http_minor();
   entry.status = message_.status;
   entry.bytes_sent = message_.response_body_bytes;
-  entry.bytes_received = request_.body_bytes();
+  entry.bytes_received = request_->body_bytes();
   entry.duration_micros = micros;
   entry.listener = listener_->config->name;
   entry.cluster = runtime.config->name;

@@ -27,18 +27,19 @@ class ClientConnection : private net::HttpParser::Handler,
                      ListenerRuntime& listener, evutil_socket_t fd,
                      const sockaddr* address, int length);
 
-  // A connection parked by ParkIfIdle() becomes readable: takes `fd` back
-  // with a fresh bufferevent, the timer set to `deadline`. False (and `fd`
-  // closed) when that fails.
+  // A parked connection became readable: a ClientConnection takes `fd`
+  // back with a bufferevent from the loop, the timer set to `deadline`, and
+  // reads. False (and `fd` closed) when that fails.
   static bool Resume(Loop& loop, Generation& generation,
                      ListenerRuntime& listener, evutil_socket_t fd,
-                     const sockaddr* address,
+                     std::string_view address, size_t ip_length,
                      std::chrono::steady_clock::time_point deadline,
                      bool first_request);
 
   // Tick: a plain connection with no request in progress, nothing buffered
-  // and no request byte for `idle_for` hands its socket to a
-  // ParkedConnection and is deleted. True when it did.
+  // and no request byte for `idle_for` (a new one that stays silent) is
+  // parked. A connection whose last response is out parks at once. True
+  // when it was parked (and is deleted).
   bool ParkIfIdle(std::chrono::steady_clock::time_point now,
                   std::chrono::steady_clock::duration idle_for);
 
@@ -80,10 +81,13 @@ class ClientConnection : private net::HttpParser::Handler,
     bool first_request;
   };
 
-  // A newly accepted connection (`resumed` null), or a parked one taken back.
+  // A newly accepted connection (`resumed` null), or a parked one taken
+  // back; `address` is the client's "ip:port", its first `ip_length` bytes
+  // the ip. Sets destroy_pending_ when it could not start.
   ClientConnection(Loop& loop, Generation& generation,
                    ListenerRuntime& listener, net::BufferEventPtr bev,
-                   const sockaddr* address, const Resumed* resumed);
+                   std::string_view address, size_t ip_length,
+                   const Resumed* resumed);
   ~ClientConnection() override;
 
   // libevent entry points.
@@ -94,6 +98,12 @@ class ClientConnection : private net::HttpParser::Handler,
   template <typename Fn>
   static void Enter(ClientConnection* self, Fn&& handler);
   void OnClientDrained();
+  // Resume(): the first read, done at once.
+  void ReadResumed();
+  // Idle with nothing buffered either way: the connection may be parked.
+  bool Parkable() const;
+  // Hands the socket to a ParkedConnection and destroys this one.
+  bool Park();
   void OnClientEvent(short events);
   void OnUpstreamEnded(UpstreamConnection& connection, short events);
 
@@ -180,7 +190,7 @@ class ClientConnection : private net::HttpParser::Handler,
   ListenerRuntime* listener_;
   net::BufferEventPtr bev_;
   struct event timer_;
-  net::HttpParser request_;
+  std::unique_ptr<net::HttpParser> request_;   // lent by the loop
   std::unique_ptr<net::HttpParser> response_;  // while an exchange needs one
   State state_ = State::kIdle;
   std::string client_address_;   // "ip:port"

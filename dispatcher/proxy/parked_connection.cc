@@ -3,6 +3,7 @@
 
 #include <event2/event.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "dispatcher/loop.h"
@@ -13,11 +14,11 @@ namespace tandem::dispatcher {
 
 bool ParkedConnection::Park(Loop& loop, Generation& generation,
                             ListenerRuntime& listener, evutil_socket_t fd,
-                            const sockaddr* address,
+                            std::string_view address, size_t ip_length,
                             std::chrono::steady_clock::time_point deadline,
                             bool first_request) {
   auto* parked = new ParkedConnection(loop, generation, listener, address,
-                                      deadline, first_request);
+                                      ip_length, deadline, first_request);
   event_assign(&parked->event_, loop.base(), fd, EV_READ, EventCb, parked);
   auto left = deadline - std::chrono::steady_clock::now();
   timeval tv = net::ToTimeval(std::max(left, decltype(left)::zero()));
@@ -30,20 +31,19 @@ bool ParkedConnection::Park(Loop& loop, Generation& generation,
 
 ParkedConnection::ParkedConnection(
     Loop& loop, Generation& generation, ListenerRuntime& listener,
-    const sockaddr* address, std::chrono::steady_clock::time_point deadline,
-    bool first_request)
+    std::string_view address, size_t ip_length,
+    std::chrono::steady_clock::time_point deadline, bool first_request)
     : loop_(loop),
       generation_(&generation),
       listener_(&listener),
       deadline_(deadline),
+      address_length_(
+          static_cast<uint8_t>(std::min(address.size(), sizeof(address_)))),
+      ip_length_(
+          static_cast<uint8_t>(std::min<size_t>(ip_length, address_length_))),
       first_request_(first_request) {
   std::memset(&event_, 0, sizeof(event_));
-  std::memset(&address_, 0, sizeof(address_));
-  if (address->sa_family == AF_INET6) {
-    std::memcpy(&address_.v6, address, sizeof(address_.v6));
-  } else {
-    std::memcpy(&address_.v4, address, sizeof(address_.v4));
-  }
+  std::memcpy(address_, address.data(), address_length_);
   loop_.AttachParked(this, generation_);
 }
 
@@ -70,9 +70,10 @@ void ParkedConnection::EventCb(evutil_socket_t fd, short what, void* arg) {
   // A request (or the client's close) arrived: a ClientConnection takes the
   // socket and reads it. It attaches before this one detaches, so the
   // generation is never left without connections in between.
-  if (!ClientConnection::Resume(self->loop_, *self->generation_,
-                                *self->listener_, fd, &self->address_.any,
-                                self->deadline_, self->first_request_)) {
+  if (!ClientConnection::Resume(
+          self->loop_, *self->generation_, *self->listener_, fd,
+          std::string_view(self->address_, self->address_length_),
+          self->ip_length_, self->deadline_, self->first_request_)) {
     self->listener_->stats->connections_open.Add(-1);  // Resume closed fd
   }
   delete self;

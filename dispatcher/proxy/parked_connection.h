@@ -8,10 +8,11 @@
 #pragma once
 
 #include <event2/event_struct.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
+#include <event2/util.h>
 
 #include <chrono>
+#include <cstdint>
+#include <string_view>
 
 namespace tandem::dispatcher {
 
@@ -21,19 +22,12 @@ struct ListenerRuntime;
 
 class ParkedConnection {
  public:
-  // The client's address as the connection was accepted with.
-  union Address {
-    sockaddr any;
-    sockaddr_in v4;
-    sockaddr_in6 v6;
-  };
-
   // Takes `fd` (a plain, idle connection whose buffers are empty) and waits
   // for it to become readable until `deadline`. False when the event could
   // not be added: `fd` is then still the caller's.
   static bool Park(Loop& loop, Generation& generation,
                    ListenerRuntime& listener, evutil_socket_t fd,
-                   const sockaddr* address,
+                   std::string_view address, size_t ip_length,
                    std::chrono::steady_clock::time_point deadline,
                    bool first_request);
 
@@ -46,7 +40,8 @@ class ParkedConnection {
 
  private:
   ParkedConnection(Loop& loop, Generation& generation,
-                   ListenerRuntime& listener, const sockaddr* address,
+                   ListenerRuntime& listener, std::string_view address,
+                   size_t ip_length,
                    std::chrono::steady_clock::time_point deadline,
                    bool first_request);
   ~ParkedConnection();
@@ -57,7 +52,10 @@ class ParkedConnection {
   Generation* generation_;
   ListenerRuntime* listener_;
   std::chrono::steady_clock::time_point deadline_;
-  Address address_;
+  // The client's "ip:port" (IPv6 at most 39 + 1 + 5 characters).
+  char address_[46];
+  uint8_t address_length_;
+  uint8_t ip_length_;
   bool first_request_;
 };
 

@@ -1,7 +1,8 @@
-"""Idle client connections: after a second with no request in progress a plain
-connection is parked (it keeps only its socket and one event; docs/idle.md).
-A parked connection serves its next request as any other, keeps its
-timeouts, its client address and its place in shutdown and reload."""
+"""Idle client connections: once its last response is out (or, for a new
+connection, after a second of silence) a plain connection is parked: it keeps
+only its socket and one event (docs/idle.md). A parked connection serves its
+next request as any other, keeps its timeouts, its client address and its
+place in shutdown and reload."""
 
 import signal
 import time
@@ -42,12 +43,23 @@ class ParkedConnectionTest(TandemTestCase):
         for client in clients:
             response = client.get("/")
             self.assertEqual(response.status, 200, response)
-        # Taken back by their requests, and each logged under its own client.
-        self.assertEqual(parked(tandem), 0)
+        # Each was taken back by its request, logged under its own client,
+        # and parked again once answered.
+        wait_parked(tandem, 20)
         wait_until(lambda: len(tandem.access_lines()) >= 40, scaled(5), "40 access lines")
         ports = [c.sock.getsockname()[1] for c in clients]
         logged = [line.split()[1] for line in tandem.access_lines()[20:40]]
         self.assertEqual(sorted(logged), sorted("127.0.0.1:%d" % p for p in ports))
+
+    def test_many_connections_parked_at_once_all_serve_their_next_requests(self):
+        tandem = self.start()
+        clients = [self.client(tandem.port) for _ in range(300)]
+        for round_ in range(3):
+            for client in clients:
+                client.send(build_request("GET", "/", {"Host": "a"}))
+            statuses = [read_response(c.reader, "GET").status for c in clients]
+            self.assertEqual(statuses, [200] * 300, "round %d" % round_)
+            wait_parked(tandem, 300)
 
     def test_pipelined_requests_into_a_parked_connection_are_answered_in_order(self):
         tandem = self.start()
