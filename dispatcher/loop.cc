@@ -662,7 +662,6 @@ void Loop::ReleaseGeneration(Generation* generation) {
 void Loop::TickCb(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Loop*>(arg);
   self->SampleMemory();
-  self->ParkIdleConnections();
   if (!self->current_) return;
   // Through the runtime's own pool pointers: a TLS pool is keyed apart from
   // the plain one of the same address.
@@ -684,16 +683,6 @@ void Loop::SampleMemory() {
   }
   stats_.buffered_bytes.Set(static_cast<int64_t>(buffered));
   stats_.pooled_bytes.Set(static_cast<int64_t>(pooled));
-}
-
-void Loop::ParkIdleConnections() {
-  if (shutting_down_) return;
-  const auto now = std::chrono::steady_clock::now();
-  for (ClientConnection* c = connections_; c != nullptr;) {
-    ClientConnection* next = c->next;
-    c->ParkIfIdle(now, kParkAfter);
-    c = next;
-  }
 }
 
 void Loop::BeginShutdown(std::chrono::milliseconds grace) {

@@ -232,10 +232,6 @@ class Loop {
   void DrainQueue(ClusterRuntime& cluster);
   // Tick: the memory gauges of LoopStats.
   void SampleMemory();
-  // Tick: plain connections idle between requests for kParkAfter give their
-  // buffers and parser back (ParkedConnection; docs/idle.md).
-  void ParkIdleConnections();
-  static constexpr std::chrono::seconds kParkAfter{1};
   // A connection of either kind is gone: the counts, and what they free.
   void Forget(Generation* generation);
   void Attach(ClientConnection* connection, Generation* generation);

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -45,6 +46,11 @@ constexpr uint32_t kMaxInterimResponses = 16;
 constexpr size_t kMaxIdleRetryBodyBytes = 16 * 1024;
 // The same for the request parser's fields between requests.
 constexpr size_t kMaxIdleParserBytes = 16 * 1024;
+// A plain connection with no request in progress for this long is parked
+// (docs/idle.md): long enough that a client sending request after request
+// never pays for it, short enough that a burst of connections going idle
+// does not hold their buffers.
+constexpr auto kParkAfter = std::chrono::milliseconds(50);
 
 // Defers `delete` until the outermost callback on the connection returns, so
 // no member function runs on a freed object.
@@ -183,7 +189,7 @@ bool ClientConnection::Park() {
   evutil_socket_t fd = bufferevent_getfd(bev_.get());
   if (fd < 0 || !ParkedConnection::Park(loop_, *generation_, *listener_, fd,
                                         client_address_, client_ip_length_,
-                                        timer_deadline_, first_request_)) {
+                                        idle_deadline_, first_request_)) {
     return false;
   }
   // The socket is the parked connection's now; the listener still counts it,
@@ -193,13 +199,6 @@ bool ClientConnection::Park() {
   parked_ = true;
   Destroy();
   return true;
-}
-
-bool ClientConnection::ParkIfIdle(Clock::time_point now,
-                                  Clock::duration idle_for) {
-  if (callback_depth_ > 0 || now - last_activity_ < idle_for || !Parkable())
-    return false;
-  return Park();
 }
 
 ClientConnection::ClientConnection(Loop& loop, Generation& generation,
@@ -236,9 +235,15 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
     return;
   }
   if (resumed == nullptr) {
-    ArmTimer(listener_->config->client_header_timeout);
+    ArmIdleTimer(Clock::now() + listener_->config->client_header_timeout);
   } else {
-    ArmTimer(std::max(resumed->deadline - Clock::now(), Clock::duration{}));
+    // Enabling EV_WRITE adds the write event even with nothing to write;
+    // libevent would then call WriteCb once and delete it: two epoll_ctl
+    // calls per resumed request for nothing. Its output is empty, so the
+    // event goes now, in the same loop turn (no system call), and comes
+    // back when the response is written, as on any idle connection.
+    event_del(&bev_raw->ev_write);
+    ArmIdleTimer(resumed->deadline);
   }
 }
 
@@ -350,13 +355,7 @@ void ClientConnection::OnUpstreamClosed(UpstreamConnection& connection,
 }
 
 void ClientConnection::OnClientDrained() {
-  if (state_ == State::kIdle) {
-    // The last response is out and no request has begun: the connection
-    // waits for the next one as a ParkedConnection (docs/idle.md). (A new
-    // connection gets here too, at its first writable event: it is parked
-    // by the tick if it stays silent.)
-    if (!first_request_ && Parkable()) Park();
-  } else if (state_ == State::kClosing) {
+  if (state_ == State::kClosing) {
     if (evbuffer_get_length(bufferevent_get_output(bev_.get())) == 0)
       FinishClose();
   } else if (state_ == State::kTunnel) {
@@ -551,7 +550,9 @@ void ClientConnection::ParseRequest() {
           !header_timer_armed_) {
         // The head has begun: from now on it must be complete in time.
         header_timer_armed_ = true;
-        if (!first_request_) ArmTimer(listener_->config->client_header_timeout);
+        // (Before a first request, the deadline set at the accept holds.)
+        ArmTimer(first_request_ ? idle_deadline_ - Clock::now()
+                                : listener_->config->client_header_timeout);
       }
       break;
     case net::HttpParser::Result::kPausedHead:
@@ -1438,7 +1439,7 @@ void ClientConnection::FinishExchange() {
   } else {
     request_->Resume();
   }
-  ArmTimer(listener_->config->idle_timeout);
+  ArmIdleTimer(Clock::now() + listener_->config->idle_timeout);
   bufferevent_enable(bev_.get(), EV_READ);
   ParseRequest();  // a pipelined request may be waiting
 }
@@ -1542,9 +1543,15 @@ uint64_t ClientConnection::BufferedBytes() const {
 
 // ---- timers ----------------------------------------------------------------
 
+void ClientConnection::ArmIdleTimer(Clock::time_point deadline) {
+  idle_deadline_ = deadline;
+  Clock::duration left = deadline - Clock::now();
+  // A plain connection wakes up early to be parked; a TLS one cannot be.
+  ArmTimer(listener_->tls ? left : std::min<Clock::duration>(left, kParkAfter));
+}
+
 void ClientConnection::ArmTimer(std::chrono::steady_clock::duration delay) {
-  timer_deadline_ = Clock::now() + delay;
-  timeval tv = ToTimeval(delay);
+  timeval tv = ToTimeval(std::max(delay, Clock::duration::zero()));
   event_add(&timer_, &tv);
 }
 
@@ -1553,6 +1560,12 @@ void ClientConnection::OnTimer() {
   const conf::Cluster& config = *cluster().config;
   switch (state_) {
     case State::kIdle:
+      if (!request_->message_started() && now < idle_deadline_) {
+        // Woken early: quiet for kParkAfter, the connection is parked; if it
+        // cannot be yet (output still going out), look again later.
+        if (!Parkable() || !Park()) ArmIdleTimer(idle_deadline_);
+        return;
+      }
       if (request_->message_started() || first_request_) {
         if (request_->message_started()) {
           exchange_.flags |= kFlagClientTimeout;

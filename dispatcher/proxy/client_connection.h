@@ -36,13 +36,6 @@ class ClientConnection : private net::HttpParser::Handler,
                      std::chrono::steady_clock::time_point deadline,
                      bool first_request);
 
-  // Tick: a plain connection with no request in progress, nothing buffered
-  // and no request byte for `idle_for` (a new one that stays silent) is
-  // parked. A connection whose last response is out parks at once. True
-  // when it was parked (and is deleted).
-  bool ParkIfIdle(std::chrono::steady_clock::time_point now,
-                  std::chrono::steady_clock::duration idle_for);
-
   // Shutdown: close now if no request is in progress, else close once the
   // current exchange ends.
   void CloseWhenIdle();
@@ -177,6 +170,8 @@ class ClientConnection : private net::HttpParser::Handler,
   // cut off mid-body must not look complete).
   void AbortExchange(uint32_t flag);
   void ArmTimer(std::chrono::steady_clock::duration delay);
+  // Idle until `deadline`: the timer fires then, or earlier to park.
+  void ArmIdleTimer(std::chrono::steady_clock::time_point deadline);
   void OnTimer();
   void LogExchange();
   bool OutputFull(evbuffer* buffer) const;
@@ -207,7 +202,9 @@ class ClientConnection : private net::HttpParser::Handler,
   bool client_eof_ = false;        // the client half-closed
   bool parked_ = false;            // the socket went to a ParkedConnection
   std::chrono::steady_clock::time_point last_activity_;
-  std::chrono::steady_clock::time_point timer_deadline_;  // of timer_
+  // While idle: when idle_timeout (or, before a first request,
+  // client_header_timeout) ends.
+  std::chrono::steady_clock::time_point idle_deadline_;
   std::string flags_text_;
 
   // How HTTP/1.1 carries the current request and its response on this

@@ -19,7 +19,10 @@ bool ParkedConnection::Park(Loop& loop, Generation& generation,
                             bool first_request) {
   auto* parked = new ParkedConnection(loop, generation, listener, address,
                                       ip_length, deadline, first_request);
-  event_assign(&parked->event_, loop.base(), fd, EV_READ, EventCb, parked);
+  // Persistent, so that it still holds the socket's read interest when the
+  // resumed connection adds its own, and epoll is not told of either.
+  event_assign(&parked->event_, loop.base(), fd, EV_READ | EV_PERSIST, EventCb,
+               parked);
   auto left = deadline - std::chrono::steady_clock::now();
   timeval tv = net::ToTimeval(std::max(left, decltype(left)::zero()));
   if (event_add(&parked->event_, &tv) != 0) {
