@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import resource
+import ssl
 import statistics
 import sys
 import time
@@ -39,8 +40,9 @@ def backend_connections(ports):
     return total
 
 
-async def open_idle(port, count, concurrency, timeout):
-    """Opens `count` connections, each after one answered request."""
+async def open_idle(port, count, concurrency, timeout, ssl_context=None):
+    """Opens `count` connections, each after one answered request (over TLS
+    when `ssl_context` is given)."""
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
     gate = asyncio.Semaphore(concurrency)
     opened, failures = [], []
@@ -49,7 +51,9 @@ async def open_idle(port, count, concurrency, timeout):
         async with gate:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port), timeout)
+                    asyncio.open_connection("127.0.0.1", port, ssl=ssl_context,
+                                            server_hostname="localhost" if ssl_context else None),
+                    timeout)
                 writer.write(request)
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
                 status = int(head.split(b" ", 2)[1])
@@ -81,8 +85,11 @@ def idle_memory(args):
     async def run():
         before = rss_kib(args.pid)
         started = time.monotonic()
+        ssl_context = None
+        if args.tls_ca:
+            ssl_context = ssl.create_default_context(cafile=args.tls_ca)
         opened, failures = await open_idle(args.port, args.count, args.concurrency,
-                                           args.timeout)
+                                           args.timeout, ssl_context)
         open_seconds = time.monotonic() - started
         await asyncio.sleep(args.settle)
         after = rss_kib(args.pid)
@@ -250,6 +257,7 @@ def main():
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--timeout", type=float, default=10)
     p.add_argument("--settle", type=float, default=1)
+    p.add_argument("--tls-ca", help="connect over TLS, trusting this CA file")
     p = sub.add_parser("check-tandem")
     p.add_argument("path")
     p.add_argument("backends", nargs="+")

@@ -37,6 +37,8 @@ Environment (defaults in brackets):
   REPS          repetitions of every (proxy, test) pair [3]
   WARMUP        seconds of wrk per proxy before measuring [2]
   BACKENDS      tandem-worker processes, one thread each [3]
+  IDLE_CONNS    idle TLS keep-alive connections for the memory test, 0 skips
+                it [5000]
   PROXY_CPUS    pin the proxies to these CPUs with taskset, e.g. "0" [no pinning]
   LOAD_CPUS     pin the clients and the backends to these CPUs, e.g. "1" [no pinning]
   RESULTS_DIR   also copy runs.csv and report.md there
@@ -100,10 +102,15 @@ fi
 make_work_dir tls-bench
 mkdir -p "$WORK/runs" "$WORK/logs" "$WORK/pki"
 
+IDLE_CONNS="${IDLE_CONNS:-5000}"
+is_uint "$IDLE_CONNS" || die "IDLE_CONNS must be a number"
 raise_fd_limit
+if ((IDLE_CONNS > 0 && FD_LIMIT < IDLE_CONNS + 1000)); then
+  die "open-file limit $FD_LIMIT is too low for IDLE_CONNS=$IDLE_CONNS"
+fi
 # See write_haproxy_bench_config in lib.sh; HAProxy also stops pooling server
 # connections when a fifth of its descriptors are in use.
-HAPROXY_MAXCONN=12000
+HAPROXY_MAXCONN=$((IDLE_CONNS + 2000 > 12000 ? IDLE_CONNS + 2000 : 12000))
 pin_cpus
 
 # --- certificate --------------------------------------------------------------
@@ -265,6 +272,22 @@ for proxy in $PROXIES; do start_proxy "$proxy"; done
 
 warm_up_proxies
 
+# Memory first, as in proxy_bench.sh: RSS rise over IDLE_CONNS idle TLS
+# keep-alive connections (TLS 1.3, one request each), read 3 s after the last
+# one opened.
+MEMORY_JSONL="$WORK/memory.jsonl"
+if ((IDLE_CONNS > 0)); then
+  for proxy in $PROXIES; do
+    log "memory: $IDLE_CONNS idle TLS keep-alive connections to $proxy"
+    run_waited "${LOAD_PIN[@]}" timeout 600 python3 "$REPO/bench/proxy_bench.py" idle \
+      --proxy "$proxy" --port "${PROXY_PORT[$proxy]}" --pid "${PROXY_PID[$proxy]}" \
+      --count "$IDLE_CONNS" --settle 3 --tls-ca "$WORK/pki/ca.pem" --timeout 60 \
+      >>"$MEMORY_JSONL" || die "idle-connection test of $proxy failed"
+    log "$(tail -1 "$MEMORY_JSONL")"
+    sleep 2
+  done
+fi
+
 # Each repetition runs every test once per proxy, the proxies' order rotated
 # by one per repetition, so that no proxy always runs first.
 for ((rep = 1; rep <= REPS; rep++)); do
@@ -284,6 +307,17 @@ done
 
 python3 "$TOOL" report --runs "$RUNS_CSV" --proxies "$PROXIES" --reps "$REPS" \
   --clients "$HS_CLIENTS" | tee "$WORK/report.md"
+if [[ -s "$MEMORY_JSONL" ]]; then
+  {
+    echo
+    echo "| proxy | idle TLS keep-alive conns | RSS before KiB | RSS after KiB | bytes per idle conn |"
+    echo "|---|---:|---:|---:|---:|"
+    python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    print(f"| {m[\"proxy\"]} | {m[\"connections\"]} | {m[\"rss_before_kib\"]:,} | {m[\"rss_after_kib\"]:,} | {m[\"bytes_per_connection\"]:,} |")' "$MEMORY_JSONL"
+  } | tee -a "$WORK/report.md"
+fi
 {
   echo
   echo "Host: $(nproc) CPUs, $(uname -r); $(openssl version | cut -d' ' -f1-2); key $KEY;" \

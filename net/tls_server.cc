@@ -207,6 +207,9 @@ std::shared_ptr<TlsServerContext> TlsServerContext::Create(
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE |
                                  SSL_OP_NO_COMPRESSION);
+    // An idle connection gives its read and write buffers (about 34 KiB)
+    // back until it has something to read or write (docs/idle.md).
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_use_certificate_chain_file(
             ctx, certificate.cert_file.c_str()) != 1 ||
         SSL_CTX_use_PrivateKey_file(ctx, certificate.key_file.c_str(),
