@@ -7,6 +7,69 @@
 
 namespace tandem::conf {
 
+bool Cidr::Parse(std::string_view text, Cidr* out) {
+  Cidr cidr;
+  cidr.text = std::string(text);
+  const size_t slash = text.find('/');
+  std::string host(text.substr(0, slash));
+  if (inet_pton(AF_INET, host.c_str(), cidr.address) == 1) {
+    cidr.family = AF_INET;
+  } else if (inet_pton(AF_INET6, host.c_str(), cidr.address) == 1) {
+    cidr.family = AF_INET6;
+  } else {
+    return false;
+  }
+  const int bits = cidr.family == AF_INET ? 32 : 128;
+  cidr.prefix = bits;
+  if (slash != std::string_view::npos) {
+    std::string_view digits = text.substr(slash + 1);
+    if (digits.empty() || digits.size() > 3) return false;
+    int prefix = 0;
+    for (char c : digits) {
+      if (c < '0' || c > '9') return false;
+      prefix = prefix * 10 + (c - '0');
+    }
+    if (prefix > bits) return false;
+    cidr.prefix = prefix;
+  }
+  for (int bit = cidr.prefix; bit < bits; ++bit)
+    cidr.address[bit / 8] &= static_cast<uint8_t>(~(0x80 >> (bit % 8)));
+  *out = std::move(cidr);
+  return true;
+}
+
+bool Cidr::Contains(const sockaddr* address) const {
+  const uint8_t* bytes = nullptr;
+  int family = address->sa_family;
+  if (family == AF_INET) {
+    bytes = reinterpret_cast<const uint8_t*>(
+        &reinterpret_cast<const sockaddr_in*>(address)->sin_addr);
+  } else if (family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(address);
+    bytes = in6->sin6_addr.s6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+      family = AF_INET;
+      bytes += 12;
+    }
+  } else {
+    return false;
+  }
+  if (family != this->family) return false;
+  for (int bit = 0; bit < prefix; ++bit) {
+    const uint8_t mask = static_cast<uint8_t>(0x80 >> (bit % 8));
+    if ((bytes[bit / 8] & mask) != (this->address[bit / 8] & mask))
+      return false;
+  }
+  return true;
+}
+
+std::vector<Cidr> Listener::DefaultTrustedProxies() {
+  std::vector<Cidr> blocks(2);
+  Cidr::Parse("127.0.0.0/8", &blocks[0]);
+  Cidr::Parse("::1/128", &blocks[1]);
+  return blocks;
+}
+
 bool SocketAddress::IsLoopback() const {
   if (storage.ss_family == AF_INET) {
     const auto* in = reinterpret_cast<const sockaddr_in*>(&storage);

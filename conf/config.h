@@ -61,6 +61,20 @@ struct Certificate {
   std::string key_file;
 };
 
+// An address block, e.g. "10.0.0.0/8" or "2001:db8::/32".
+struct Cidr {
+  int family = AF_INET;      // AF_INET or AF_INET6
+  uint8_t address[16] = {};  // network order, host bits cleared
+  int prefix = 0;            // bits that must match
+  std::string text;          // as written
+
+  // Parses "ADDRESS/BITS" or a bare address (all bits); false on error.
+  static bool Parse(std::string_view text, Cidr* out);
+  // True when `address` lies in the block; an IPv4-mapped IPv6 address
+  // (::ffff:a.b.c.d) is matched as IPv4.
+  bool Contains(const sockaddr* address) const;
+};
+
 struct Listener {
   std::string name;
   SocketAddress listen;
@@ -78,6 +92,13 @@ struct Listener {
   std::string tls_ciphers;
   // Verify client certificates against these CAs; empty: no client auth.
   std::string client_ca;
+  // PROXY protocol (v1 or v2) required before any other byte, from these
+  // peers only (docs/proxy-protocol.md).
+  bool proxy_protocol = false;
+  std::vector<Cidr> trusted_proxies = DefaultTrustedProxies();
+  Duration proxy_protocol_timeout = std::chrono::seconds(5);
+  // 127.0.0.0/8 and ::1.
+  static std::vector<Cidr> DefaultTrustedProxies();
   bool tls() const { return !certificates.empty(); }
 };
 

@@ -1,8 +1,10 @@
 // [listeners.NAME]: where clients connect, their limits, and TLS with one
 // certificate (tls_cert, tls_key) or several chosen by SNI
 // ([[listeners.NAME.certificates]]).
+#include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "conf/readers.h"
 #include "conf/tls_files.h"
@@ -126,6 +128,43 @@ std::string_view WithoutCertificate(const TableReader&, std::string_view,
   return listener.tls() ? "" : "has no effect without a certificate (tls_cert)";
 }
 
+std::string_view WithoutProxyProtocol(const TableReader&, std::string_view,
+                                      const Listener& listener) {
+  return listener.proxy_protocol ? "" : "has no effect without proxy_protocol";
+}
+
+// trusted_proxies = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+bool ReadTrustedProxies(TableReader& reader, std::string_view key,
+                        Listener& listener) {
+  const toml::array* array = reader.ReadArray(
+      key, "an array of address blocks, e.g. [\"10.0.0.0/8\"]");
+  if (array == nullptr) return false;
+  std::vector<Cidr> blocks;
+  bool good = true;
+  for (size_t i = 0; i < array->size(); ++i) {
+    const toml::node& node = *array->get(i);
+    const std::string where =
+        reader.KeyPath(key) + "[" + std::to_string(i) + "]";
+    const std::optional<std::string_view> text = node.value<std::string_view>();
+    Cidr cidr;
+    if (!text) {
+      reader.context().Error(Where(node.source()), where,
+                             "expected a string, got " + TypeName(node.type()));
+      good = false;
+    } else if (!Cidr::Parse(*text, &cidr)) {
+      reader.context().Error(
+          Where(node.source()), where,
+          "not an address block: \"" + std::string(*text) +
+              "\" (e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or an address)");
+      good = false;
+    } else {
+      blocks.push_back(std::move(cidr));
+    }
+  }
+  if (good) listener.trusted_proxies = std::move(blocks);
+  return good;
+}
+
 std::span<const Key<Listener>> ListenerKeys() {
   static const Key<Listener> keys[] = {
       AddressKey(kListen, &Listener::listen, PortZero::kAllowed)
@@ -148,6 +187,12 @@ std::span<const Key<Listener>> ListenerKeys() {
           .UnusedWhen(WithoutCertificate),
       FileKey("client_ca", &Listener::client_ca, CaFileError)
           .UnusedWhen(WithoutCertificate),
+      BoolKey("proxy_protocol", &Listener::proxy_protocol),
+      CustomKey("trusted_proxies", ReadTrustedProxies)
+          .UnusedWhen(WithoutProxyProtocol),
+      DurationKey("proxy_protocol_timeout", &Listener::proxy_protocol_timeout,
+                  ZeroDuration::kRejected)
+          .UnusedWhen(WithoutProxyProtocol),
   };
   return keys;
 }

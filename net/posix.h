@@ -2,7 +2,10 @@
 // dispatcher/.
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include <chrono>
@@ -17,6 +20,27 @@ inline timeval ToTimeval(std::chrono::nanoseconds d) {
       std::chrono::duration_cast<std::chrono::microseconds>(d).count();
   return {static_cast<time_t>(micros / 1000000),
           static_cast<suseconds_t>(micros % 1000000)};
+}
+
+// "ip:port" of an IPv4 or IPv6 address ("?:0" for another family);
+// `*ip_length` gets the length of the "ip" part.
+inline std::string AddressText(const sockaddr* address, size_t* ip_length) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (address->sa_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(address);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    port = ntohs(in->sin_port);
+  } else if (address->sa_family == AF_INET6) {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(address);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+    port = ntohs(in6->sin6_port);
+  }
+  std::string text = host;
+  *ip_length = text.size();
+  text.push_back(':');
+  text.append(std::to_string(port));
+  return text;
 }
 
 // The text of errno value `error`.

@@ -93,8 +93,9 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
              "scratch buffers, sampled every second",
              {}, static_cast<double>(stats.pooled_bytes.Get()));
     b->Gauge("tandem_parked_connections",
-             "Idle client connections holding only their socket and one "
-             "event, their buffers and parser given back",
+             "Client connections holding only their socket and one event: "
+             "idle ones, their buffers and parser given back, and ones "
+             "waiting for their PROXY protocol header",
              {}, static_cast<double>(stats.parked_connections.Get()));
     for (size_t r = 0; r < stats.accept_pauses.size(); ++r) {
       b->Counter("tandem_accept_pauses_total",
@@ -120,6 +121,13 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                    "TLS handshakes with clients that failed, by reason",
                    {{"listener", listener}, {"reason", kHandshakeFailures[r]}},
                    static_cast<double>(s.tls_handshake_failures[r].Get()));
+      }
+      for (size_t r = 0; r < s.proxy_protocol.size(); ++r) {
+        b->Counter("tandem_proxy_protocol_total",
+                   "Connections on PROXY protocol listeners, by what became "
+                   "of their header",
+                   {{"listener", listener}, {"result", kProxyResults[r]}},
+                   static_cast<double>(s.proxy_protocol[r].Get()));
       }
       b->Counter("tandem_downstream_connections_total",
                  "Client connections accepted", {{"listener", listener}},

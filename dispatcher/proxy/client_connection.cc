@@ -88,55 +88,78 @@ net::HttpParser::Result Feed(net::HttpParser& parser, evbuffer* input,
   return result;
 }
 
-std::string FormatAddress(const sockaddr* address, size_t* ip_length) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  uint16_t port = 0;
-  if (address->sa_family == AF_INET) {
-    auto* in = reinterpret_cast<const sockaddr_in*>(address);
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-    port = ntohs(in->sin_port);
-  } else if (address->sa_family == AF_INET6) {
-    auto* in6 = reinterpret_cast<const sockaddr_in6*>(address);
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-    port = ntohs(in6->sin6_port);
-  }
-  std::string text = host;
-  *ip_length = text.size();
-  text.push_back(':');
-  text.append(std::to_string(port));
-  return text;
-}
-
 }  // namespace
+
+// A bufferevent for a client socket: OpenSSL's, accepting, on a TLS
+// listener; a plain one from the loop's free list otherwise. Null (and `fd`
+// still open) when it cannot be made.
+net::BufferEventPtr ClientConnection::NewBufferEvent(Loop& loop,
+                                                     ListenerRuntime& listener,
+                                                     evutil_socket_t fd) {
+  if (!listener.tls) return loop.TakeClientBufferEvent(fd);
+  net::BufferEventPtr bev;
+  SSL* ssl = listener.tls->NewSsl();
+  if (ssl == nullptr) return bev;
+  bev.reset(bufferevent_openssl_socket_new(
+      loop.base(), fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE));
+  if (!bev) {
+    SSL_free(ssl);
+    return bev;
+  }
+  // A client closing without close_notify is an ordinary EOF here.
+  bufferevent_openssl_set_allow_dirty_shutdown(bev.get(), 1);
+  return bev;
+}
 
 void ClientConnection::Accept(Loop& loop, Generation& generation,
                               ListenerRuntime& listener, evutil_socket_t fd,
                               const sockaddr* address, int /*length*/) {
-  net::BufferEventPtr bev;
-  if (listener.tls) {
-    SSL* ssl = listener.tls->NewSsl();
-    if (ssl != nullptr) {
-      bev.reset(bufferevent_openssl_socket_new(loop.base(), fd, ssl,
-                                               BUFFEREVENT_SSL_ACCEPTING,
-                                               BEV_OPT_CLOSE_ON_FREE));
-      if (!bev) SSL_free(ssl);
+  int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  size_t ip_length = 0;
+  std::string text = net::AddressText(address, &ip_length);
+  const conf::Listener& config = *listener.config;
+  if (config.proxy_protocol) {
+    // The header comes first, and only a trusted proxy may send one
+    // (docs/proxy-protocol.md).
+    const bool trusted = std::any_of(
+        config.trusted_proxies.begin(), config.trusted_proxies.end(),
+        [address](const conf::Cidr& block) { return block.Contains(address); });
+    if (!trusted) {
+      listener.stats->CountProxy(ProxyResult::kUntrusted);
+      evutil_closesocket(fd);
+    } else if (!ParkedConnection::AwaitProxyHeader(loop, generation, listener,
+                                                   fd, text, ip_length)) {
+      evutil_closesocket(fd);
     }
-    // A client closing without close_notify is an ordinary EOF here.
-    if (bev) bufferevent_openssl_set_allow_dirty_shutdown(bev.get(), 1);
-  } else {
-    bev = loop.TakeClientBufferEvent(fd);
+    return;
   }
+  net::BufferEventPtr bev = NewBufferEvent(loop, listener, fd);
   if (!bev) {
     evutil_closesocket(fd);
     return;
   }
-  int one = 1;
-  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  size_t ip_length = 0;
-  std::string text = FormatAddress(address, &ip_length);
   auto* connection = new ClientConnection(
       loop, generation, listener, std::move(bev), text, ip_length, nullptr);
   if (connection->destroy_pending_) connection->DeleteNow();
+}
+
+bool ClientConnection::AcceptAfterProxyHeader(
+    Loop& loop, Generation& generation, ListenerRuntime& listener,
+    evutil_socket_t fd, std::string_view address, size_t ip_length) {
+  net::BufferEventPtr bev = NewBufferEvent(loop, listener, fd);
+  if (!bev) {
+    evutil_closesocket(fd);
+    return false;
+  }
+  // Counted as accepted when its header stage began; the head's deadline
+  // starts now.
+  const Resumed resumed{Clock::now() + listener.config->client_header_timeout,
+                        true};
+  auto* connection = new ClientConnection(
+      loop, generation, listener, std::move(bev), address, ip_length, &resumed);
+  if (connection->destroy_pending_) connection->DeleteNow();
+  return true;
 }
 
 bool ClientConnection::Resume(Loop& loop, Generation& generation,

@@ -27,6 +27,15 @@ class ClientConnection : private net::HttpParser::Handler,
                      ListenerRuntime& listener, evutil_socket_t fd,
                      const sockaddr* address, int length);
 
+  // The PROXY header of a connection accepted on a proxy_protocol listener
+  // has ended: it goes on as accepted from `address` ("ip:port", the first
+  // `ip_length` bytes the ip). False (and `fd` closed) when that fails.
+  static bool AcceptAfterProxyHeader(Loop& loop, Generation& generation,
+                                     ListenerRuntime& listener,
+                                     evutil_socket_t fd,
+                                     std::string_view address,
+                                     size_t ip_length);
+
   // A parked connection became readable: a ClientConnection takes `fd`
   // back with a bufferevent from the loop, the timer set to `deadline`, and
   // reads. False (and `fd` closed) when that fails.
@@ -82,6 +91,9 @@ class ClientConnection : private net::HttpParser::Handler,
                    std::string_view address, size_t ip_length,
                    const Resumed* resumed);
   ~ClientConnection() override;
+  static net::BufferEventPtr NewBufferEvent(Loop& loop,
+                                            ListenerRuntime& listener,
+                                            evutil_socket_t fd);
 
   // libevent entry points.
   static void ReadCb(bufferevent* bev, void* arg);

@@ -12,6 +12,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <string_view>
 
 namespace tandem::dispatcher {
@@ -31,6 +33,16 @@ class ParkedConnection {
                    std::chrono::steady_clock::time_point deadline,
                    bool first_request);
 
+  // A connection accepted on a listener with proxy_protocol, from a trusted
+  // peer `address` ("ip:port"): waits for the PROXY header (at most
+  // proxy_protocol_timeout), takes exactly its bytes from the socket, and
+  // goes on as a ClientConnection from the address the header carries (the
+  // peer's for LOCAL). Counted open from now on. False when the event could
+  // not be added (`fd` is then the caller's).
+  static bool AwaitProxyHeader(Loop& loop, Generation& generation,
+                               ListenerRuntime& listener, evutil_socket_t fd,
+                               std::string_view address, size_t ip_length);
+
   // Closes the socket (shutdown, grace over, loop gone).
   void Close();
 
@@ -46,6 +58,9 @@ class ParkedConnection {
                    bool first_request);
   ~ParkedConnection();
   static void EventCb(evutil_socket_t fd, short what, void* arg);
+  bool Wait(evutil_socket_t fd);
+  // Reads what has come of the PROXY header: goes on, closes, or waits.
+  void ReadProxyHeader(evutil_socket_t fd);
 
   struct event event_;
   Loop& loop_;
@@ -57,6 +72,8 @@ class ParkedConnection {
   uint8_t address_length_;
   uint8_t ip_length_;
   bool first_request_;
+  // Before the PROXY header has ended: its bytes so far; null otherwise.
+  std::unique_ptr<std::string> proxy_header_;
 };
 
 }  // namespace tandem::dispatcher

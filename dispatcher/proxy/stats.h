@@ -101,6 +101,21 @@ inline constexpr const char* kHandshakeFailures[] = {
     "protocol_version",       "plain_http",     "no_shared_cipher",
     "bad_client_certificate", "unexpected_eof", "other"};
 
+// What became of connections on a listener with proxy_protocol: a client's
+// address taken from the header, a LOCAL (or UNKNOWN) header, a malformed
+// header, none within proxy_protocol_timeout, a peer outside trusted_proxies,
+// a peer that closed before its header ended.
+enum class ProxyResult {
+  kProxied,
+  kLocal,
+  kInvalid,
+  kTimeout,
+  kUntrusted,
+  kClosed
+};
+inline constexpr const char* kProxyResults[] = {
+    "proxied", "local", "invalid", "timeout", "untrusted", "closed"};
+
 struct ListenerStats {
   std::array<LocalCounter, 6> requests;  // by StatusClass of the final answer
   LocalCounter tls_handshakes;
@@ -111,6 +126,10 @@ struct ListenerStats {
   LocalGauge accept_paused;  // 1 while this loop's socket does not accept
   LocalCounter bytes_received;
   LocalCounter bytes_sent;
+  std::array<LocalCounter, std::size(kProxyResults)> proxy_protocol;
+  void CountProxy(ProxyResult result) {
+    proxy_protocol[static_cast<size_t>(result)].Add();
+  }
 };
 
 // Why accepting paused (index: Loop's AcceptPauseReason()).

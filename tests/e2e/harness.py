@@ -304,6 +304,8 @@ def toml_value(value):
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     raise TypeError("no TOML form for %r" % (value,))
 
 

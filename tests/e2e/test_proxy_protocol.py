@@ -1,0 +1,161 @@
+"""The PROXY protocol on a listener (proxy_protocol = true): the header's
+address is the client's everywhere (access log, X-Forwarded-For); the header
+may arrive split and slowly; anything else, a header too long, none in time or
+one from an untrusted peer closes the connection and is counted; TLS follows
+the header."""
+
+import socket
+import struct
+import time
+import unittest
+
+from harness import (HttpReader, TandemTestCase, build_request, curl, make_config, read_response,
+                     scaled, wait_until)
+from tlsutil import Pki, client_context
+
+NO_CHECKS = '[clusters.compute.health]\nkind = "none"\n'
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def v2_header(command=0x21, family=0x11, block=None, tlvs=b""):
+    if block is None:  # 192.0.2.1:51000 -> 198.51.100.7:443
+        block = socket.inet_aton("192.0.2.1") + socket.inet_aton("198.51.100.7") + \
+            struct.pack("!HH", 51000, 443)
+    body = block + tlvs
+    return V2_SIGNATURE + bytes([command, family]) + struct.pack("!H", len(body)) + body
+
+
+def proxy_results(tandem):
+    metrics = tandem.metrics()
+    prefix = 'tandem_proxy_protocol_total{listener="web",result="'
+    return {key[len(prefix):-2]: int(value) for key, value in metrics.items()
+            if key.startswith(prefix) and value}
+
+
+class ProxyProtocolTest(TandemTestCase):
+
+    def start(self, **listener):
+        self.backend = self.start_backend()
+        options = {"proxy_protocol": True}
+        options.update(listener)
+        return self.start_tandem(make_config([self.backend.address], listener_opts=options,
+                                             extra=NO_CHECKS))
+
+    def forwarded_for(self):
+        return self.backend.wait_requests(1)[-1].header_all("x-forwarded-for")
+
+    def test_a_v1_header_gives_the_client_address_to_the_log_and_the_backend(self):
+        tandem = self.start()
+        client = self.client(tandem.port)
+        client.send(b"PROXY TCP4 192.0.2.1 198.51.100.7 51000 443\r\n" +
+                    build_request("GET", "/", {"Host": "a"}))
+        self.assertEqual(read_response(client.reader, "GET").status, 200)
+        self.assertEqual(self.forwarded_for(), ["192.0.2.1"])
+        wait_until(lambda: tandem.access_lines(), scaled(5), "an access log line")
+        self.assertEqual(tandem.access_lines()[0].split()[1], "192.0.2.1:51000")
+        self.assertEqual(proxy_results(tandem), {"proxied": 1})
+
+    def test_curl_haproxy_protocol(self):
+        tandem = self.start()
+        result = curl(["--haproxy-protocol", "-o", "/dev/null", "-w", "%{http_code}",
+                       "http://127.0.0.1:%d/" % tandem.port])
+        self.assertEqual(result.stdout, b"200", result.stderr)
+        self.assertEqual(self.forwarded_for(), ["127.0.0.1"])
+
+    def test_a_v2_header_sent_byte_by_byte_then_two_requests(self):
+        tandem = self.start()
+        client = self.client(tandem.port)
+        header = v2_header(tlvs=b"\x05\x00\x03abc")
+        for i in range(len(header)):
+            client.send(header[i:i + 1])
+            time.sleep(0.005)
+        for _ in range(2):
+            client.send(build_request("GET", "/", {"Host": "a"}))
+            self.assertEqual(read_response(client.reader, "GET").status, 200)
+        self.assertEqual(self.forwarded_for(), ["192.0.2.1"])
+        self.assertEqual(proxy_results(tandem), {"proxied": 1})
+
+    def test_a_v2_local_header_keeps_the_peer_address(self):
+        tandem = self.start()
+        client = self.client(tandem.port)
+        client.send(v2_header(command=0x20, family=0x00, block=b"") +
+                    build_request("GET", "/", {"Host": "a"}))
+        self.assertEqual(read_response(client.reader, "GET").status, 200)
+        self.assertEqual(self.forwarded_for(), ["127.0.0.1"])
+        self.assertEqual(proxy_results(tandem), {"local": 1})
+
+    def test_no_header_garbage_and_a_long_line_are_closed_and_counted(self):
+        tandem = self.start()
+        plain = self.client(tandem.port)
+        plain.send(build_request("GET", "/", {"Host": "a"}))
+        self.assertTrue(plain.closed_by_peer(scaled(5)))
+        endless = self.client(tandem.port)
+        endless.send(b"PROXY UNKNOWN " + b"x" * 200)
+        self.assertTrue(endless.closed_by_peer(scaled(5)))
+        bad_v2 = self.client(tandem.port)
+        bad_v2.send(V2_SIGNATURE + b"\x21\x11\x10\x01")  # a 4,097-byte block
+        self.assertTrue(bad_v2.closed_by_peer(scaled(5)))
+        self.assertEqual(self.backend.requests(), [])
+        wait_until(lambda: proxy_results(tandem).get("invalid") == 3, scaled(5),
+                   "three invalid headers counted")
+
+    def test_a_connection_that_sends_no_header_is_closed_at_the_timeout(self):
+        tandem = self.start(proxy_protocol_timeout="1s")
+        silent = [self.client(tandem.port) for _ in range(50)]
+        start = time.monotonic()
+        for client in silent:
+            self.assertTrue(client.closed_by_peer(scaled(5)))
+        self.assertGreaterEqual(time.monotonic() - start, 0.9)
+        # A new connection is still served.
+        client = self.client(tandem.port)
+        client.send(b"PROXY UNKNOWN\r\n" + build_request("GET", "/", {"Host": "a"}))
+        self.assertEqual(read_response(client.reader, "GET").status, 200)
+        wait_until(lambda: proxy_results(tandem) == {"timeout": 50, "local": 1}, scaled(5),
+                   "50 timeouts counted (have %s)" % proxy_results(tandem))
+
+    def test_a_peer_outside_trusted_proxies_is_closed_at_once(self):
+        tandem = self.start(trusted_proxies=["10.0.0.0/8"])
+        client = self.client(tandem.port)
+        client.send(b"PROXY TCP4 192.0.2.1 198.51.100.7 51000 443\r\n" +
+                    build_request("GET", "/", {"Host": "a"}))
+        self.assertTrue(client.closed_by_peer(scaled(2)))
+        self.assertEqual(self.backend.requests(), [])
+        self.assertEqual(proxy_results(tandem), {"untrusted": 1})
+
+    def test_a_bad_trusted_proxies_entry_is_a_config_error(self):
+        tandem_config = make_config(["127.0.0.1:1"], listener_opts={
+            "proxy_protocol": True, "trusted_proxies": ["10.0.0.0/33"]}, extra=NO_CHECKS)
+        with self.assertRaises(RuntimeError) as raised:
+            self.start_tandem(tandem_config)
+        self.assertIn("trusted_proxies[0]", str(raised.exception))
+        self.assertIn("not an address block", str(raised.exception))
+
+
+class ProxyProtocolTlsTest(TandemTestCase):
+    """The header comes before the TLS ClientHello."""
+
+    def test_tls_after_a_v2_header(self):
+        pki = Pki()
+        self.addCleanup(pki.close)
+        pki.ca("ca", "tandem test CA")
+        pki.leaf("server", "ca", "localhost", dns=["localhost"], ips=["127.0.0.1"])
+        backend = self.start_backend()
+        tandem = self.start_tandem(make_config(
+            [backend.address], extra=NO_CHECKS,
+            listener_opts={"proxy_protocol": True, "tls_cert": pki.cert("server"),
+                           "tls_key": pki.key("server")}))
+        raw = socket.create_connection(("127.0.0.1", tandem.port), timeout=scaled(10))
+        self.addCleanup(raw.close)
+        raw.sendall(v2_header())
+        sock = client_context(pki.cert("ca")).wrap_socket(raw, server_hostname="localhost")
+        self.addCleanup(sock.close)
+        sock.sendall(build_request("GET", "/", {"Host": "a"}))
+
+        response = read_response(HttpReader(sock), "GET")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(backend.wait_requests(1)[0].header_all("x-forwarded-for"),
+                         ["192.0.2.1"])
+
+
+if __name__ == "__main__":
+    unittest.main()
