@@ -78,6 +78,8 @@ ProxyParse ParseV1(std::string_view data, ProxyHeader* header, size_t* length,
   }
   if (end + 2 > kMaxProxyV1Bytes)
     return Invalid(error, "v1 header longer than 107 bytes");
+  if (data.substr(0, end).find('\r') != std::string_view::npos)
+    return Invalid(error, "v1 header: CR without LF");
   std::string_view line = data.substr(kV1Prefix.size(), end - kV1Prefix.size());
   header->version = 1;
   *length = end + 2;

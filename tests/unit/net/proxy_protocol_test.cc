@@ -107,6 +107,7 @@ TEST_CASE("a malformed v1 header is refused with a reason") {
       "PROXY TCP4 192.0.2.1 198.51.100.7 -1 443\r\n",       // sign
       "PROXY UDP4 192.0.2.1 198.51.100.7 1 2\r\n",          // protocol
       "PROXY TCP4 192.0.2.1 198.51.100.7 1 2\rx",           // CR alone
+      "PROXY UNKNOWN a\rb\r\n",                             // CR inside
       "PROXI TCP4",                                         // prefix
       "GET / HTTP/1.1\r\n",                                 // no header
   };
