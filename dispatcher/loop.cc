@@ -589,38 +589,51 @@ BackendPool& Loop::PoolFor(const conf::Cluster& cluster,
   return *slot;
 }
 
+namespace {
+
+// The loops' connection lists are intrusive (`next`, `prev` in the node).
+template <typename Node>
+void LinkFront(Node*& head, Node* node) {
+  node->next = head;
+  node->prev = nullptr;
+  if (head != nullptr) head->prev = node;
+  head = node;
+}
+
+template <typename Node>
+void Unlink(Node*& head, Node* node) {
+  if (node->prev != nullptr) node->prev->next = node->next;
+  if (node->next != nullptr) node->next->prev = node->prev;
+  if (head == node) head = node->next;
+}
+
+}  // namespace
+
 void Loop::Attach(ClientConnection* connection, Generation* generation) {
-  ++generation->connections_;
-  connection->next = connections_;
-  connection->prev = nullptr;
-  if (connections_ != nullptr) connections_->prev = connection;
-  connections_ = connection;
-  open_connections_.Add(1);
+  LinkFront(connections_, connection);
+  Count(generation);
 }
 
 void Loop::AttachParked(ParkedConnection* connection, Generation* generation) {
-  ++generation->connections_;
-  connection->next = parked_;
-  connection->prev = nullptr;
-  if (parked_ != nullptr) parked_->prev = connection;
-  parked_ = connection;
-  open_connections_.Add(1);
+  LinkFront(parked_, connection);
   stats_.parked_connections.Add(1);
+  Count(generation);
 }
 
 void Loop::DetachParked(ParkedConnection* connection, Generation* generation) {
-  if (connection->prev != nullptr) connection->prev->next = connection->next;
-  if (connection->next != nullptr) connection->next->prev = connection->prev;
-  if (parked_ == connection) parked_ = connection->next;
+  Unlink(parked_, connection);
   stats_.parked_connections.Add(-1);
   Forget(generation);
 }
 
 void Loop::Detach(ClientConnection* connection, Generation* generation) {
-  if (connection->prev != nullptr) connection->prev->next = connection->next;
-  if (connection->next != nullptr) connection->next->prev = connection->prev;
-  if (connections_ == connection) connections_ = connection->next;
+  Unlink(connections_, connection);
   Forget(generation);
+}
+
+void Loop::Count(Generation* generation) {
+  ++generation->connections_;
+  open_connections_.Add(1);
 }
 
 void Loop::Forget(Generation* generation) {

@@ -232,7 +232,9 @@ class Loop {
   void DrainQueue(ClusterRuntime& cluster);
   // Tick: the memory gauges of LoopStats.
   void SampleMemory();
-  // A connection of either kind is gone: the counts, and what they free.
+  // A connection of either kind came, or is gone: the counts, and what
+  // they free.
+  void Count(Generation* generation);
   void Forget(Generation* generation);
   void Attach(ClientConnection* connection, Generation* generation);
   void Detach(ClientConnection* connection, Generation* generation);
