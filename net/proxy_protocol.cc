@@ -134,19 +134,19 @@ ProxyParse ParseTlvs(const unsigned char* p, size_t size, ProxyHeader* header,
     const char* value = reinterpret_cast<const char*>(p + 3);
     switch (type) {
       case kTlvAlpn:
-        header->alpn.assign(value, value_size);
+        header->tlvs.alpn.assign(value, value_size);
         break;
       case kTlvAuthority:
-        header->authority.assign(value, value_size);
+        header->tlvs.authority.assign(value, value_size);
         break;
       case kTlvUniqueId:
         if (value_size > kMaxUniqueIdBytes)
           return Invalid(error, "v2 header: UNIQUE_ID over 128 bytes");
-        header->unique_id.assign(value, value_size);
+        header->tlvs.unique_id.assign(value, value_size);
         break;
       case kTlvSsl:
         if (value_size < 1) return Invalid(error, "v2 header: empty SSL TLV");
-        header->ssl = (p[3] & 0x01) != 0;  // PP2_CLIENT_SSL
+        header->tlvs.ssl = (p[3] & 0x01) != 0;  // PP2_CLIENT_SSL
         break;
       default:
         break;  // CRC32C, NOOP, NETNS, custom: not needed

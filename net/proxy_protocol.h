@@ -19,6 +19,17 @@ inline constexpr size_t kMaxProxyV1Bytes = 107;
 inline constexpr size_t kMaxProxyV2BlockBytes = 4096;
 inline constexpr size_t kMaxProxyHeaderBytes = 16 + kMaxProxyV2BlockBytes;
 
+// The v2 TLVs tandem keeps for the access log.
+struct ProxyTlvs {
+  std::string alpn;
+  std::string authority;
+  std::string unique_id;
+  bool ssl = false;  // the client spoke TLS to the proxy
+  bool empty() const {
+    return alpn.empty() && authority.empty() && unique_id.empty() && !ssl;
+  }
+};
+
 struct ProxyHeader {
   int version = 0;  // 1 or 2
   // The connection is the proxy's own (v2 LOCAL, a v1 or v2 header for an
@@ -27,11 +38,7 @@ struct ProxyHeader {
   // The original client and the address it connected to (when !local).
   sockaddr_storage source{};
   sockaddr_storage destination{};
-  // v2 TLVs kept for the access log.
-  std::string alpn;
-  std::string authority;
-  std::string unique_id;
-  bool ssl = false;  // the client spoke TLS to the proxy
+  ProxyTlvs tlvs;
 };
 
 enum class ProxyParse {

@@ -100,6 +100,39 @@ void AccessLog::AppendTime() {
   buffer_.append(millis);
 }
 
+// The PROXY v2 TLVs, from the proxy in front (bytes of any value, escaped).
+void AccessLog::AppendProxyText(const net::ProxyTlvs& tlvs) {
+  auto field = [this](const char* name, const std::string& value) {
+    if (value.empty()) return;
+    buffer_.push_back(' ');
+    buffer_.append(name);
+    buffer_.append("=\"");
+    net::AppendEscaped(value, net::Escape::kLogfmt, &buffer_);
+    buffer_.push_back('"');
+  };
+  field("proxy_unique_id", tlvs.unique_id);
+  field("proxy_authority", tlvs.authority);
+  field("proxy_alpn", tlvs.alpn);
+  if (tlvs.ssl) buffer_.append(" proxy_ssl=1");
+}
+
+void AccessLog::AppendProxyJson(const net::ProxyTlvs& tlvs) {
+  buffer_.append(",\"proxy\":{\"ssl\":");
+  buffer_.append(tlvs.ssl ? "true" : "false");
+  auto field = [this](const char* name, const std::string& value) {
+    if (value.empty()) return;
+    buffer_.append(",\"");
+    buffer_.append(name);
+    buffer_.append("\":\"");
+    net::AppendEscaped(value, net::Escape::kJsonAscii, &buffer_);
+    buffer_.push_back('"');
+  };
+  field("unique_id", tlvs.unique_id);
+  field("authority", tlvs.authority);
+  field("alpn", tlvs.alpn);
+  buffer_.push_back('}');
+}
+
 void AccessLog::Write(const AccessLogEntry& e) {
   if (!file_) return;
   char duration[32];
@@ -151,6 +184,7 @@ void AccessLog::Write(const AccessLogEntry& e) {
       buffer_.append(e.trail);
       buffer_.append("\"");
     }
+    if (e.proxy != nullptr) AppendProxyJson(*e.proxy);
     buffer_.append("}\n");
   } else {
     AppendTime();
@@ -187,6 +221,7 @@ void AccessLog::Write(const AccessLogEntry& e) {
       buffer_.append(" failed_tries=");
       buffer_.append(e.trail);
     }
+    if (e.proxy != nullptr) AppendProxyText(*e.proxy);
     buffer_.push_back('\n');
   }
   if (buffer_.size() >= kFlushBytes) {

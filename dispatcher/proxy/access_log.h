@@ -10,6 +10,7 @@
 
 #include "conf/config.h"
 #include "net/event_ptr.h"
+#include "net/proxy_protocol.h"
 
 namespace tandem::dispatcher {
 
@@ -30,6 +31,7 @@ struct AccessLogEntry {
   std::string_view note;   // why a failure was not retried, empty when none
   std::string_view
       trail;  // the failed tries, "backend:CODE,...", empty when none
+  const net::ProxyTlvs* proxy = nullptr;  // from a PROXY v2 header, if any
 };
 
 // Where access log lines go: standard output or a file opened for appending.
@@ -73,6 +75,8 @@ class AccessLog {
  private:
   static void FlushCb(evutil_socket_t, short, void* arg);
   void AppendTime();
+  void AppendProxyText(const net::ProxyTlvs& tlvs);
+  void AppendProxyJson(const net::ProxyTlvs& tlvs);
 
   std::shared_ptr<const AccessLogFile> file_;
   conf::AccessLogFormat format_;

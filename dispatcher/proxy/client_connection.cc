@@ -146,7 +146,8 @@ void ClientConnection::Accept(Loop& loop, Generation& generation,
 
 bool ClientConnection::AcceptAfterProxyHeader(
     Loop& loop, Generation& generation, ListenerRuntime& listener,
-    evutil_socket_t fd, std::string_view address, size_t ip_length) {
+    evutil_socket_t fd, std::string_view address, size_t ip_length,
+    std::unique_ptr<net::ProxyTlvs> tlvs) {
   net::BufferEventPtr bev = NewBufferEvent(loop, listener, fd);
   if (!bev) {
     evutil_closesocket(fd);
@@ -154,8 +155,8 @@ bool ClientConnection::AcceptAfterProxyHeader(
   }
   // Counted as accepted when its header stage began; the head's deadline
   // starts now.
-  const Resumed resumed{Clock::now() + listener.config->client_header_timeout,
-                        true};
+  Resumed resumed{Clock::now() + listener.config->client_header_timeout, true,
+                  std::move(tlvs)};
   auto* connection = new ClientConnection(
       loop, generation, listener, std::move(bev), address, ip_length, &resumed);
   if (connection->destroy_pending_) connection->DeleteNow();
@@ -165,13 +166,14 @@ bool ClientConnection::AcceptAfterProxyHeader(
 bool ClientConnection::Resume(Loop& loop, Generation& generation,
                               ListenerRuntime& listener, evutil_socket_t fd,
                               std::string_view address, size_t ip_length,
-                              Clock::time_point deadline, bool first_request) {
+                              Clock::time_point deadline, bool first_request,
+                              std::unique_ptr<net::ProxyTlvs> tlvs) {
   net::BufferEventPtr bev = loop.TakeClientBufferEvent(fd);
   if (!bev) {
     evutil_closesocket(fd);
     return false;
   }
-  const Resumed resumed{deadline, first_request};
+  Resumed resumed{deadline, first_request, std::move(tlvs)};
   auto* connection = new ClientConnection(
       loop, generation, listener, std::move(bev), address, ip_length, &resumed);
   // The socket is readable (or at its end) now: read it here rather than
@@ -210,9 +212,10 @@ bool ClientConnection::Parkable() const {
 
 bool ClientConnection::Park() {
   evutil_socket_t fd = bufferevent_getfd(bev_.get());
-  if (fd < 0 || !ParkedConnection::Park(loop_, *generation_, *listener_, fd,
-                                        client_address_, client_ip_length_,
-                                        idle_deadline_, first_request_)) {
+  if (fd < 0 ||
+      !ParkedConnection::Park(loop_, *generation_, *listener_, fd,
+                              client_address_, client_ip_length_,
+                              idle_deadline_, first_request_, proxy_tlvs_)) {
     return false;
   }
   // The socket is the parked connection's now; the listener still counts it,
@@ -228,7 +231,7 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
                                    ListenerRuntime& listener,
                                    net::BufferEventPtr bev,
                                    std::string_view address, size_t ip_length,
-                                   const Resumed* resumed)
+                                   Resumed* resumed)
     : loop_(loop),
       generation_(&generation),
       listener_(&listener),
@@ -242,6 +245,7 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
     listener_->stats->connections_open.Add(1);
   } else {
     first_request_ = resumed->first_request;
+    proxy_tlvs_ = std::move(resumed->proxy_tlvs);
   }
   request_->set_max_head_bytes(listener_->config->max_header_size_bytes);
   request_->set_max_body_bytes(listener_->config->max_body_size_bytes);
@@ -1733,6 +1737,7 @@ void ClientConnection::LogExchange() {
   entry.flags = FlagsText();
   entry.note = exchange_.retry_note;
   entry.trail = exchange_.trail;
+  entry.proxy = proxy_tlvs_.get();
   log.Write(entry);
 }
 

@@ -16,6 +16,7 @@
 #include "dispatcher/proxy/upstream.h"
 #include "net/event_ptr.h"
 #include "net/http_parser.h"
+#include "net/proxy_protocol.h"
 
 namespace tandem::dispatcher {
 
@@ -33,8 +34,8 @@ class ClientConnection : private net::HttpParser::Handler,
   static bool AcceptAfterProxyHeader(Loop& loop, Generation& generation,
                                      ListenerRuntime& listener,
                                      evutil_socket_t fd,
-                                     std::string_view address,
-                                     size_t ip_length);
+                                     std::string_view address, size_t ip_length,
+                                     std::unique_ptr<net::ProxyTlvs> tlvs);
 
   // A parked connection became readable: a ClientConnection takes `fd`
   // back with a bufferevent from the loop, the timer set to `deadline`, and
@@ -43,7 +44,7 @@ class ClientConnection : private net::HttpParser::Handler,
                      ListenerRuntime& listener, evutil_socket_t fd,
                      std::string_view address, size_t ip_length,
                      std::chrono::steady_clock::time_point deadline,
-                     bool first_request);
+                     bool first_request, std::unique_ptr<net::ProxyTlvs> tlvs);
 
   // Shutdown: close now if no request is in progress, else close once the
   // current exchange ends.
@@ -81,6 +82,7 @@ class ClientConnection : private net::HttpParser::Handler,
   struct Resumed {
     std::chrono::steady_clock::time_point deadline;
     bool first_request;
+    std::unique_ptr<net::ProxyTlvs> proxy_tlvs;  // moved into the connection
   };
 
   // A newly accepted connection (`resumed` null), or a parked one taken
@@ -89,7 +91,7 @@ class ClientConnection : private net::HttpParser::Handler,
   ClientConnection(Loop& loop, Generation& generation,
                    ListenerRuntime& listener, net::BufferEventPtr bev,
                    std::string_view address, size_t ip_length,
-                   const Resumed* resumed);
+                   Resumed* resumed);
   ~ClientConnection() override;
   static net::BufferEventPtr NewBufferEvent(Loop& loop,
                                             ListenerRuntime& listener,
@@ -213,6 +215,7 @@ class ClientConnection : private net::HttpParser::Handler,
   bool tls_established_ = false;   // the client's TLS handshake completed
   bool client_eof_ = false;        // the client half-closed
   bool parked_ = false;            // the socket went to a ParkedConnection
+  std::unique_ptr<net::ProxyTlvs> proxy_tlvs_;  // from a PROXY v2 header
   std::chrono::steady_clock::time_point last_activity_;
   // While idle: when idle_timeout (or, before a first request,
   // client_header_timeout) ends.

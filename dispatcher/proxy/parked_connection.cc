@@ -19,10 +19,13 @@ bool ParkedConnection::Park(Loop& loop, Generation& generation,
                             ListenerRuntime& listener, evutil_socket_t fd,
                             std::string_view address, size_t ip_length,
                             std::chrono::steady_clock::time_point deadline,
-                            bool first_request) {
+                            bool first_request,
+                            std::unique_ptr<net::ProxyTlvs>& proxy_tlvs) {
   auto* parked = new ParkedConnection(loop, generation, listener, address,
                                       ip_length, deadline, first_request);
-  return parked->Wait(fd);
+  if (!parked->Wait(fd)) return false;  // (deleted)
+  parked->proxy_tlvs_ = std::move(proxy_tlvs);
+  return true;
 }
 
 bool ParkedConnection::AwaitProxyHeader(Loop& loop, Generation& generation,
@@ -108,7 +111,8 @@ void ParkedConnection::EventCb(evutil_socket_t fd, short what, void* arg) {
   if (!ClientConnection::Resume(
           self->loop_, *self->generation_, *self->listener_, fd,
           std::string_view(self->address_, self->address_length_),
-          self->ip_length_, self->deadline_, self->first_request_)) {
+          self->ip_length_, self->deadline_, self->first_request_,
+          std::move(self->proxy_tlvs_))) {
     self->listener_->stats->connections_open.Add(-1);  // Resume closed fd
   }
   delete self;
@@ -163,11 +167,15 @@ void ParkedConnection::ReadProxyHeader(evutil_socket_t fd) {
     text = net::AddressText(reinterpret_cast<const sockaddr*>(&header.source),
                             &ip_length);
   }
+  std::unique_ptr<net::ProxyTlvs> tlvs;
+  if (!header.tlvs.empty())
+    tlvs = std::make_unique<net::ProxyTlvs>(std::move(header.tlvs));
   // Goes on as a connection accepted from that address; it attaches before
   // this one detaches.
   event_del(&event_);
   if (!ClientConnection::AcceptAfterProxyHeader(loop_, *generation_, *listener_,
-                                                fd, text, ip_length)) {
+                                                fd, text, ip_length,
+                                                std::move(tlvs))) {
     listener_->stats->connections_open.Add(-1);
   }
   delete this;

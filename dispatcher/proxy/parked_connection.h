@@ -16,6 +16,8 @@
 #include <string>
 #include <string_view>
 
+#include "net/proxy_protocol.h"
+
 namespace tandem::dispatcher {
 
 class Generation;
@@ -31,7 +33,8 @@ class ParkedConnection {
                    ListenerRuntime& listener, evutil_socket_t fd,
                    std::string_view address, size_t ip_length,
                    std::chrono::steady_clock::time_point deadline,
-                   bool first_request);
+                   bool first_request,
+                   std::unique_ptr<net::ProxyTlvs>& proxy_tlvs);
 
   // A connection accepted on a listener with proxy_protocol, from a trusted
   // peer `address` ("ip:port"): waits for the PROXY header (at most
@@ -74,6 +77,8 @@ class ParkedConnection {
   bool first_request_;
   // Before the PROXY header has ended: its bytes so far; null otherwise.
   std::unique_ptr<std::string> proxy_header_;
+  // What the PROXY v2 header carried for the access log, if anything.
+  std::unique_ptr<net::ProxyTlvs> proxy_tlvs_;
 };
 
 }  // namespace tandem::dispatcher

@@ -4,6 +4,7 @@ may arrive split and slowly; anything else, a header too long, none in time or
 one from an untrusted peer closes the connection and is counted; TLS follows
 the header."""
 
+import json
 import socket
 import struct
 import time
@@ -74,6 +75,26 @@ class ProxyProtocolTest(TandemTestCase):
             self.assertEqual(read_response(client.reader, "GET").status, 200)
         self.assertEqual(self.forwarded_for(), ["192.0.2.1"])
         self.assertEqual(proxy_results(tandem), {"proxied": 1})
+        # The TLV is logged with both requests of the connection.
+        wait_until(lambda: len(tandem.access_lines()) >= 2, scaled(5), "two access log lines")
+        for line in tandem.access_lines()[:2]:
+            self.assertTrue(line.endswith(' proxy_unique_id="abc"'), line)
+
+    def test_v2_tlvs_are_in_the_json_access_log(self):
+        self.backend = self.start_backend()
+        tandem = self.start_tandem(make_config(
+            [self.backend.address], global_opts={"access_log_format": "json"},
+            listener_opts={"proxy_protocol": True}, extra=NO_CHECKS))
+        client = self.client(tandem.port)
+        tlvs = (b"\x01\x00\x02h2" + b"\x02\x00\x0bexample.com" + b"\x05\x00\x04a\"\nb" +
+                b"\x20\x00\x05\x01\x00\x00\x00\x00")
+        client.send(v2_header(tlvs=tlvs) + build_request("GET", "/", {"Host": "a"}))
+        self.assertEqual(read_response(client.reader, "GET").status, 200)
+        wait_until(lambda: tandem.access_lines(), scaled(5), "an access log line")
+        entry = json.loads(tandem.access_lines()[0])
+        self.assertEqual(entry["client"], "192.0.2.1:51000")
+        self.assertEqual(entry["proxy"], {"ssl": True, "unique_id": "a\"\nb",
+                                          "authority": "example.com", "alpn": "h2"})
 
     def test_a_v2_local_header_keeps_the_peer_address(self):
         tandem = self.start()

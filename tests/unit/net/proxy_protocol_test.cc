@@ -145,10 +145,10 @@ TEST_CASE("v2 PROXY over TCP4 with TLVs; every prefix needs more") {
   CHECK_FALSE(p.header.local);
   CHECK(AddressText(p.header.source) == "192.0.2.1:51000");
   CHECK(AddressText(p.header.destination) == "198.51.100.7:443");
-  CHECK(p.header.alpn == "h2");
-  CHECK(p.header.authority == "example.com");
-  CHECK(p.header.unique_id == "req-7");
-  CHECK(p.header.ssl);
+  CHECK(p.header.tlvs.alpn == "h2");
+  CHECK(p.header.tlvs.authority == "example.com");
+  CHECK(p.header.tlvs.unique_id == "req-7");
+  CHECK(p.header.tlvs.ssl);
   CheckPrefixesNeedMore(header);
 }
 
