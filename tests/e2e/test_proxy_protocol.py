@@ -73,6 +73,9 @@ class ProxyProtocolTest(TandemTestCase):
         for _ in range(2):
             client.send(build_request("GET", "/", {"Host": "a"}))
             self.assertEqual(read_response(client.reader, "GET").status, 200)
+            # Parked between the two: what the header said stays with it.
+            wait_until(lambda: tandem.metrics().get("tandem_parked_connections") == 1,
+                       scaled(5), "the connection parked")
         self.assertEqual(self.forwarded_for(), ["192.0.2.1"])
         self.assertEqual(proxy_results(tandem), {"proxied": 1})
         # The TLV is logged with both requests of the connection.
