@@ -1,4 +1,6 @@
 // [global] (process-wide settings) and [admin] (the admin listener).
+#include <sys/stat.h>
+
 #include <cctype>
 #include <fstream>
 #include <iterator>
@@ -50,9 +52,24 @@ bool ReadTokenFile(TableReader& reader, std::string_view key, Admin& admin) {
   }
   std::string token_file;
   if (!reader.ReadFile(key, &token_file)) return false;
-  std::ifstream in(token_file);
-  std::string token((std::istreambuf_iterator<char>(in)),
-                    std::istreambuf_iterator<char>());
+  // Only a regular file, and only a few KiB of it: a FIFO would hang
+  // --check and a reload, /dev/zero would never end.
+  constexpr size_t kMaxTokenFileBytes = 4096;
+  struct stat info;
+  if (stat(token_file.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) {
+    reader.Error(*reader.Find(key), key,
+                 "the token file " + token_file + " is not a regular file");
+    return false;
+  }
+  std::ifstream in(token_file, std::ios::binary);
+  std::string token(kMaxTokenFileBytes + 1, '\0');
+  in.read(token.data(), static_cast<std::streamsize>(token.size()));
+  token.resize(static_cast<size_t>(in.gcount()));
+  if (token.size() > kMaxTokenFileBytes) {
+    reader.Error(*reader.Find(key), key,
+                 "the token file " + token_file + " is over 4 KiB");
+    return false;
+  }
   while (!token.empty() &&
          std::isspace(static_cast<unsigned char>(token.back()))) {
     token.pop_back();

@@ -3,6 +3,7 @@
 #include "conf/load.h"
 
 #include <doctest/doctest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -1694,6 +1695,36 @@ address = "127.0.0.1:9001"
                                  dir.path() + "/t.toml");
   REQUIRE(empty.errors.size() == 1);
   CHECK(empty.errors[0].message.find("is empty") != std::string::npos);
+}
+
+TEST_CASE("a token file is a regular file of at most 4 KiB") {
+  TempDir dir;
+  dir.Write("large", std::string(4097, 'x'));
+  dir.Write("fits", std::string(4096, 'x'));
+  REQUIRE(mkfifo((dir.path() + "/fifo").c_str(), 0600) == 0);
+  auto load = [&](const char* file) {
+    return ParseConfig(std::string("[admin]\ntoken_file = \"") + file + R"("
+[listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "c"
+[clusters.c]
+[[clusters.c.backends]]
+address = "127.0.0.1:9001"
+)",
+                       dir.path() + "/t.toml");
+  };
+  LoadResult large = load("large");
+  REQUIRE(large.errors.size() == 1);
+  CHECK(large.errors[0].message.find("over 4 KiB") != std::string::npos);
+  LoadResult fits = load("fits");
+  REQUIRE(fits.ok());
+  CHECK(fits.config->admin->token.size() == 4096);
+  // Read, a FIFO with no writer would block here for ever.
+  LoadResult fifo = load("fifo");
+  REQUIRE(fifo.errors.size() == 1);
+  CHECK(fifo.errors[0].message.find("not a regular file") != std::string::npos);
+  LoadResult directory = load(".");
+  REQUIRE_FALSE(directory.ok());
 }
 
 }  // namespace tandem::conf
