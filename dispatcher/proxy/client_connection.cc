@@ -2,7 +2,6 @@
 // client_connection.h.
 #include "dispatcher/proxy/client_connection.h"
 
-#include <arpa/inet.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/bufferevent_struct.h>
 #include <netinet/in.h>
@@ -794,6 +793,23 @@ std::optional<uint64_t> ClientConnection::RequestHash() const {
   return algorithms::Hash64(value);
 }
 
+void ClientConnection::EnterQueue(ClusterRuntime& runtime,
+                                  Clock::duration timeout) {
+  state_ = State::kQueued;
+  exchange_.queued = true;
+  runtime.queue.push_back(this);
+  runtime.stats->queued.Add(1);
+  exchange_.queued_since = Clock::now();
+  loop_.WatchQueue();
+  ArmTimer(timeout);
+}
+
+void ClientConnection::RequeueAtFront(ClusterRuntime& runtime) {
+  state_ = State::kQueued;
+  exchange_.queued = true;
+  runtime.queue.push_front(this);
+}
+
 void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
                                     bool other) {
   ClusterRuntime& runtime = cluster();
@@ -835,20 +851,12 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
       exchange_.flags |= kFlagOverflow;
       if (exchange_.from_queue) {
         // Still full: back to the head of the line, the timeout unchanged.
-        state_ = State::kQueued;
-        exchange_.queued = true;
-        runtime.queue.push_front(this);
+        RequeueAtFront(runtime);
         return;
       }
       const uint32_t queue_size = runtime.config->queue_size;
       if (queue_size > 0 && runtime.queue.size() < queue_size && !retry) {
-        state_ = State::kQueued;
-        exchange_.queued = true;
-        runtime.queue.push_back(this);
-        runtime.stats->queued.Add(1);
-        exchange_.queued_since = Clock::now();
-        loop_.WatchQueue();
-        ArmTimer(runtime.config->queue_timeout);
+        EnterQueue(runtime, runtime.config->queue_timeout);
         return;
       }
       RespondBusy("every backend is at its request limit");
@@ -863,9 +871,7 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
       runtime.activating || (retry && runtime.cold_standby);
   if (pick == kNone && standby_may_come) {
     if (exchange_.from_queue) {
-      state_ = State::kQueued;
-      exchange_.queued = true;
-      runtime.queue.push_front(this);
+      RequeueAtFront(runtime);
       return;
     }
     if (runtime.queue.size() <
@@ -878,14 +884,8 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
         if (detail != exchange_.detail.c_str()) exchange_.detail = detail;
       }
       exchange_.waiting_activation = true;
-      state_ = State::kQueued;
-      exchange_.queued = true;
-      runtime.queue.push_back(this);
-      runtime.stats->queued.Add(1);
-      exchange_.queued_since = Clock::now();
-      loop_.WatchQueue();
-      ArmTimer(exchange_.request_start + runtime.config->request_timeout -
-               Clock::now());
+      EnterQueue(runtime, exchange_.request_start +
+                              runtime.config->request_timeout - Clock::now());
       return;
     }
   }

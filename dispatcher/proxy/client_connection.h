@@ -170,6 +170,12 @@ class ClientConnection : private net::HttpParser::Handler,
   // Takes a slot of a limited backend; false when it is full.
   bool TryAcquire(BackendRuntime& backend);
   void Dequeue();
+  // Joins the back of the cluster's queue, waiting at most `timeout`.
+  void EnterQueue(ClusterRuntime& runtime,
+                  std::chrono::steady_clock::duration timeout);
+  // Back to the head of the queue after a turn that found every backend
+  // still full; its wait so far and its timer stand.
+  void RequeueAtFront(ClusterRuntime& runtime);
   // Answers with tandem's own short response; closes when `close` or the
   // request was not read completely.
   void Respond(int status, const char* detail, bool close,

@@ -27,8 +27,9 @@ struct ListenerRuntime;
 class ParkedConnection {
  public:
   // Takes `fd` (a plain, idle connection whose buffers are empty) and waits
-  // for it to become readable until `deadline`. False when the event could
-  // not be added: `fd` is then still the caller's.
+  // for it to become readable until `deadline`, keeping `proxy_tlvs` (moved
+  // from only on success). False when the event could not be added: `fd`
+  // is then still the caller's.
   static bool Park(Loop& loop, Generation& generation,
                    ListenerRuntime& listener, evutil_socket_t fd,
                    std::string_view address, size_t ip_length,
