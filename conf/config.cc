@@ -9,7 +9,6 @@ namespace tandem::conf {
 
 bool Cidr::Parse(std::string_view text, Cidr* out) {
   Cidr cidr;
-  cidr.text = std::string(text);
   const size_t slash = text.find('/');
   std::string host(text.substr(0, slash));
   if (inet_pton(AF_INET, host.c_str(), cidr.address) == 1) {
@@ -34,7 +33,7 @@ bool Cidr::Parse(std::string_view text, Cidr* out) {
   }
   for (int bit = cidr.prefix; bit < bits; ++bit)
     cidr.address[bit / 8] &= static_cast<uint8_t>(~(0x80 >> (bit % 8)));
-  *out = std::move(cidr);
+  *out = cidr;
   return true;
 }
 

@@ -66,7 +66,6 @@ struct Cidr {
   int family = AF_INET;      // AF_INET or AF_INET6
   uint8_t address[16] = {};  // network order, host bits cleared
   int prefix = 0;            // bits that must match
-  std::string text;          // as written
 
   // Parses "ADDRESS/BITS" or a bare address (all bits); false on error.
   static bool Parse(std::string_view text, Cidr* out);
