@@ -111,4 +111,15 @@ const Cluster* Config::FindCluster(std::string_view name) const {
   return it == clusters.end() ? nullptr : &*it;
 }
 
+bool DnsSource::SameLookup(const DnsSource& other) const {
+  if (name != other.name || type != other.type ||
+      servers.size() != other.servers.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < servers.size(); ++i) {
+    if (servers[i].text != other.servers[i].text) return false;
+  }
+  return true;
+}
+
 }  // namespace tandem::conf

@@ -163,6 +163,32 @@ struct Backend {
   uint32_t max_inflight = 0;
   // Connections to this backend across all threads; 0 = no limit.
   uint32_t max_connections = 0;
+  // Where it came from: empty when written in the file, "dns:NAME" when a
+  // DnsSource found it (docs/discovery.md).
+  std::string source;
+  // Gone from its DNS answer: kept draining until the source's hold ends.
+  bool vanished = false;
+};
+
+// A DNS name whose answer gives some of a cluster's backends
+// ([[clusters.NAME.dns]], docs/discovery.md).
+struct DnsSource {
+  enum class Type { kA, kAaaa, kSrv };
+  std::string name;
+  Type type = Type::kA;
+  uint16_t port = 0;  // A and AAAA; SRV records carry their own
+  // What each backend found gets; SRV records carry weight and priority.
+  Backend backend;
+  Duration refresh = std::chrono::seconds(5);  // and never beyond the TTL
+  Duration failure_refresh = std::chrono::seconds(1);
+  Duration hold = std::chrono::seconds(30);
+  std::vector<SocketAddress> servers;  // empty: /etc/resolv.conf
+
+  // "dns:NAME": the source /status shows for what it found.
+  std::string Source() const { return "dns:" + name; }
+  // Whether `other` asks the same question of the same servers, so a reload
+  // can keep what this one found.
+  bool SameLookup(const DnsSource& other) const;
 };
 
 struct Cluster {
@@ -195,6 +221,7 @@ struct Cluster {
   std::optional<Outlier> outlier;
   UpstreamTls tls;
   std::vector<Backend> backends;
+  std::vector<DnsSource> dns;
 };
 
 struct Config {

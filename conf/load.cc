@@ -197,7 +197,8 @@ std::span<const Schema* const> AllSchemas() {
   static const Schema* const schemas[] = {
       &RootSchema(),     &GlobalSchema(),      &AdminSchema(),
       &ListenerSchema(), &CertificateSchema(), &ClusterSchema(),
-      &HealthSchema(),   &OutlierSchema(),     &BackendSchema()};
+      &HealthSchema(),   &OutlierSchema(),     &BackendSchema(),
+      &DnsSchema()};
   return schemas;
 }
 

@@ -15,11 +15,6 @@ constexpr std::string_view kStandby = "standby";
 constexpr std::string_view kActivate = "activate";
 constexpr std::string_view kDeactivate = "deactivate";
 
-constexpr std::pair<std::string_view, Role> kRoles[] = {
-    {"primary", Role::kPrimary}, {"backup", Role::kBackup}};
-constexpr std::pair<std::string_view, Standby> kStandbys[] = {
-    {"hot", Standby::kHot}, {"warm", Standby::kWarm}, {"cold", Standby::kCold}};
-
 std::span<const Key<Backend>> BackendKeys() {
   static const Key<Backend> keys[] = {
       AddressKey(kAddress, &Backend::address, PortZero::kRejected)

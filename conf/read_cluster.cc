@@ -19,6 +19,7 @@ constexpr std::string_view kMinActive = "min_active";
 constexpr std::string_view kTryTimeout = "try_timeout";
 constexpr std::string_view kRequestTimeout = "request_timeout";
 constexpr std::string_view kBackends = "backends";
+constexpr std::string_view kDns = "dns";
 
 constexpr std::pair<std::string_view, Policy> kPolicies[] = {
     {"all-active", Policy::kAllActive},
@@ -137,6 +138,7 @@ std::span<const Key<Cluster>> ClusterKeys() {
       CustomKey("health", ReadHealth),
       CustomKey("outlier", ReadOutlier),
       CustomKey(kBackends, ReadBackends),
+      CustomKey(kDns, ReadDnsSources),
   };
   return keys;
 }
@@ -184,12 +186,14 @@ void CheckCluster(TableReader& reader, Cluster& cluster) {
                      ") must not exceed request_timeout (" +
                      FormatDuration(cluster.request_timeout) + ")");
   }
-  if (!reader.Has(kBackends)) {
+  if (!reader.Has(kBackends) && !reader.Has(kDns)) {
     reader.MissingKey(kBackends, "a cluster needs at least one backend ([[" +
-                                     reader.KeyPath(kBackends) + "]])");
+                                     reader.KeyPath(kBackends) +
+                                     "]]) or a DNS name to find them ([[" +
+                                     reader.KeyPath(kDns) + "]])");
   }
   const size_t backends = cluster.backends.size();
-  if (reader.Good(kMinActive) && backends != 0 &&
+  if (reader.Good(kMinActive) && backends != 0 && cluster.dns.empty() &&
       cluster.min_active > backends) {
     reader.Error(*reader.Find(kMinActive), kMinActive,
                  "min_active = " + std::to_string(cluster.min_active) +

@@ -69,9 +69,20 @@ const Schema& OutlierSchema();
 // cluster's keys declare it before `backends`.
 inline constexpr std::string_view kClusterPolicy = "policy";
 
+inline constexpr std::pair<std::string_view, Role> kRoles[] = {
+    {"primary", Role::kPrimary}, {"backup", Role::kBackup}};
+inline constexpr std::pair<std::string_view, Standby> kStandbys[] = {
+    {"hot", Standby::kHot}, {"warm", Standby::kWarm}, {"cold", Standby::kCold}};
+
 // read_backend.cc: [[clusters.NAME.backends]].
 bool ReadBackends(TableReader& cluster_reader, std::string_view key,
                   Cluster& cluster);
 const Schema& BackendSchema();
+
+// read_dns.cc: [[clusters.NAME.dns]]; the cluster's `policy` and `backends`
+// are read before.
+bool ReadDnsSources(TableReader& cluster_reader, std::string_view key,
+                    Cluster& cluster);
+const Schema& DnsSchema();
 
 }  // namespace tandem::conf

@@ -338,6 +338,8 @@ void Server::Apply(std::shared_ptr<const conf::Config> config,
                    std::shared_ptr<const TlsContexts> tls,
                    std::shared_ptr<const AccessLogFile> access_log) {
   PrepareLimits(*config);
+  tls_ = tls;
+  access_log_ = access_log;
   for (size_t i = 0; i < loops_.size(); ++i) {
     std::vector<ListenSocket> mine;
     for (const conf::Listener& listener : config->listeners) {
@@ -409,6 +411,17 @@ int Server::Run() {
     Log(LogLevel::kError, "dispatcher", error);
     return 1;
   }
+  discovery_event_.reset(
+      event_new(control_base_.get(), -1, 0, DiscoveryCb, this));
+  discovery_ = std::make_unique<Discovery>(control_base_.get(), [this] {
+    event_active(discovery_event_.get(), EV_TIMEOUT, 0);
+  });
+  if (!discovery_->Follow(config, &error)) {
+    Log(LogLevel::kError, "discovery", error);
+    return 1;
+  }
+  file_config_ = result.config;
+  std::shared_ptr<const conf::Config> running = discovery_->Merge(file_config_);
   // Health decides; every loop gets each new snapshot as a message.
   health_ = std::make_unique<health::HealthMonitor>(
       [this](std::shared_ptr<const health::HealthSnapshot> snapshot) {
@@ -417,7 +430,7 @@ int Server::Run() {
         }
       });
   for (auto& loop : loops_) loop->set_health(health_.get());
-  if (!health_->Start(result.config, tls->clusters, &error)) {
+  if (!health_->Start(running, tls->clusters, &error)) {
     Log(LogLevel::kError, "health", error);
     return 1;
   }
@@ -435,8 +448,7 @@ int Server::Run() {
     }
     ApplyAdmin(config.admin, std::move(admin));
   }
-  Apply(result.config, std::move(sockets), std::move(tls),
-        std::move(access_log));
+  Apply(running, std::move(sockets), std::move(tls), std::move(access_log));
 
   // Loop threads leave signals to the main thread's control loop.
   sigset_t all;
@@ -553,8 +565,13 @@ bool Server::ReloadNow(const std::string& trigger,
       errors->push_back(error);
     } else if (admin_moves && !StartAdmin(*next_admin, &admin, &error)) {
       errors->push_back(error);
+    } else if (!discovery_->Follow(*result.config, &error)) {
+      errors->push_back(error);
     } else if (!BindListeners(*result.config, &sockets, &error)) {
       errors->push_back(error);
+      // Back to the running config's names; what they found is kept.
+      std::string ignored;
+      discovery_->Follow(*file_config_, &ignored);
     }
   }
   if (!errors->empty()) {
@@ -580,9 +597,10 @@ bool Server::ReloadNow(const std::string& trigger,
         {{"keys", keys}});
   }
   ApplyAdmin(next.admin, std::move(admin));
-  health_->ApplyConfig(result.config, tls->clusters);
-  Apply(result.config, std::move(sockets), std::move(tls),
-        std::move(access_log));
+  file_config_ = result.config;
+  std::shared_ptr<const conf::Config> running = discovery_->Merge(file_config_);
+  health_->ApplyConfig(running, tls->clusters);
+  Apply(running, std::move(sockets), std::move(tls), std::move(access_log));
   ++reloads_ok_;
   last_reload_.ok = true;
   last_reload_.errors.clear();
@@ -590,7 +608,47 @@ bool Server::ReloadNow(const std::string& trigger,
   return true;
 }
 
-bool Server::Ready() { return ready_ && !draining_; }
+bool Server::Ready() {
+  // Not before every DNS name has been asked once: a cluster found in DNS
+  // has no backend until then.
+  return ready_ && !draining_ && discovery_->Settled();
+}
+
+void Server::DiscoveryCb(evutil_socket_t, short, void* arg) {
+  static_cast<Server*>(arg)->ApplyDiscovered();
+}
+
+namespace {
+
+// Whether the backends of two configs with the same clusters differ in what
+// DNS can change.
+bool SameBackends(const conf::Config& a, const conf::Config& b) {
+  if (a.clusters.size() != b.clusters.size()) return false;
+  for (size_t c = 0; c < a.clusters.size(); ++c) {
+    const auto& x = a.clusters[c].backends;
+    const auto& y = b.clusters[c].backends;
+    if (x.size() != y.size()) return false;
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (x[i].address.text != y[i].address.text ||
+          x[i].weight != y[i].weight || x[i].role != y[i].role ||
+          x[i].vanished != y[i].vanished) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+void Server::ApplyDiscovered() {
+  if (draining_ || !file_config_) return;
+  std::shared_ptr<const conf::Config> running = discovery_->Merge(file_config_);
+  if (SameBackends(*running, *config_)) return;
+  health_->ApplyConfig(running, tls_->clusters);
+  Apply(running, sockets_, tls_, access_log_);
+  Log(LogLevel::kInfo, "discovery", "backends found in DNS applied");
+}
 
 AdminReply Server::Reload() {
   std::vector<std::string> errors;
@@ -711,6 +769,9 @@ std::string Server::StatusJson() {
       if (b > 0) out.push_back(',');
       out.append("{\"address\":");
       AppendJsonString(backend.address.text, &out);
+      out.append(",\"source\":");
+      AppendJsonString(backend.source.empty() ? "config" : backend.source,
+                       &out);
       out.append(",\"role\":");
       AppendJsonString(
           backend.role == conf::Role::kBackup ? "backup" : "primary", &out);
@@ -803,7 +864,32 @@ std::string Server::MetricsText() {
   AddLoopMetrics(loops_, &builder);
   AddProcessMetrics(&builder);
   AddHealthMetrics(&builder);
+  AddDiscoveryMetrics(&builder);
   return builder.Serialize();
+}
+
+void Server::AddDiscoveryMetrics(MetricsBuilder* builder) {
+  for (const Discovery::SourceStatus& source : discovery_->Status()) {
+    const std::vector<prometheus::ClientMetric::Label> labels = {
+        {"cluster", source.cluster}, {"name", source.name}};
+    auto with_result = [&](const char* result) {
+      auto out = labels;
+      out.push_back({"result", result});
+      return out;
+    };
+    builder->Counter("tandem_dns_lookups_total", "DNS lookups, by result",
+                     with_result("ok"), static_cast<double>(source.lookups_ok));
+    builder->Counter("tandem_dns_lookups_total", "DNS lookups, by result",
+                     with_result("failed"),
+                     static_cast<double>(source.lookups_failed));
+    builder->Gauge("tandem_dns_backends",
+                   "Addresses in the name's last good DNS answer", labels,
+                   static_cast<double>(source.current));
+    builder->Gauge("tandem_dns_held_backends",
+                   "Addresses gone from the DNS answer, draining until their "
+                   "hold ends",
+                   labels, static_cast<double>(source.held));
+  }
 }
 
 void Server::AddHealthMetrics(MetricsBuilder* builder) {

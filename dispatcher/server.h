@@ -15,6 +15,7 @@
 #include "dispatcher/admin/admin_server.h"
 #include "dispatcher/admin/metrics.h"
 #include "dispatcher/config_watch.h"
+#include "dispatcher/discovery/discovery.h"
 #include "dispatcher/loop.h"
 #include "dispatcher/systemd.h"
 #include "health/monitor.h"
@@ -55,6 +56,7 @@ class Server : private AdminHandler {
   static void SignalCb(evutil_socket_t signal, short, void* arg);
   static void DrainDelayCb(evutil_socket_t, short, void* arg);
   static void AdminRetireCb(evutil_socket_t, short, void* arg);
+  static void DiscoveryCb(evutil_socket_t, short, void* arg);
 
   conf::LoadResult Load();
   // Binds what `config` listens on that is not bound yet; reuses the rest.
@@ -94,6 +96,10 @@ class Server : private AdminHandler {
   // across reloads for backends that stay.
   void PrepareLimits(const conf::Config& config);
   void AddHealthMetrics(MetricsBuilder* builder);
+  void AddDiscoveryMetrics(MetricsBuilder* builder);
+  // What DNS found changed: the file's config with the new backends goes to
+  // health and the loops, as a reload's would.
+  void ApplyDiscovered();
 
   // AdminHandler.
   bool Ready() override;
@@ -105,7 +111,11 @@ class Server : private AdminHandler {
                            const std::string& action) override;
 
   ServerOptions options_;
+  // What runs: the file's config with what DNS found (docs/discovery.md).
   std::shared_ptr<const conf::Config> config_;
+  std::shared_ptr<const conf::Config> file_config_;  // as loaded
+  std::shared_ptr<const TlsContexts> tls_;
+  std::shared_ptr<const AccessLogFile> access_log_;
   net::EventBasePtr control_base_;
   std::vector<net::EventPtr> signal_events_;
   net::EventPtr drain_delay_event_;
@@ -116,6 +126,9 @@ class Server : private AdminHandler {
   std::unique_ptr<AdminServer> admin_;
   std::vector<std::unique_ptr<AdminServer>> retired_admins_;
   net::EventPtr admin_retire_event_;
+  // Owns events on control_base_, so declared after it.
+  std::unique_ptr<Discovery> discovery_;
+  net::EventPtr discovery_event_;  // coalesces the changes of one turn
   std::unique_ptr<ConfigWatch> watch_;
   std::string loaded_text_;  // the config file as Load() last read it
   std::unique_ptr<SystemdNotifier> systemd_;

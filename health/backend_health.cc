@@ -46,7 +46,7 @@ BackendHealth::BackendHealth(const HealthSettings& settings)
 
 BackendState BackendHealth::Derive(TimePoint now) const {
   if (admin_ == Admin::kDisable) return BackendState::kDisabled;
-  if (admin_ == Admin::kDrain || feedback_drain_)
+  if (admin_ == Admin::kDrain || feedback_drain_ || vanished_)
     return BackendState::kDraining;
   if (ejected_) return BackendState::kEjected;
   if (settings_.checks && checked_ == Checked::kDown)
@@ -216,6 +216,13 @@ void BackendHealth::SetFeedbackDrain(TimePoint now, int64_t wall_ms,
   Update(now, wall_ms,
          drain ? "the worker asked to drain (Tandem-State: drain)"
                : "the worker is ready again (Tandem-State: up)");
+}
+
+void BackendHealth::SetVanished(TimePoint now, int64_t wall_ms, bool vanished,
+                                std::string_view reason) {
+  if (vanished == vanished_) return;
+  vanished_ = vanished;
+  Update(now, wall_ms, reason);
 }
 
 bool BackendHealth::Tick(TimePoint now, int64_t wall_ms) {

@@ -88,6 +88,10 @@ class BackendHealth {
   void Disable(TimePoint now, int64_t wall_ms, std::string_view reason);
   void Enable(TimePoint now, int64_t wall_ms, std::string_view reason);
   void SetFeedbackDrain(TimePoint now, int64_t wall_ms, bool drain);
+  // A backend found in DNS left its answer (it drains until the source's
+  // hold ends), or came back; `reason` names the source.
+  void SetVanished(TimePoint now, int64_t wall_ms, bool vanished,
+                   std::string_view reason);
   void SetFeedbackWeight(std::optional<uint32_t> percent) {
     feedback_weight_ = percent;
   }
@@ -136,6 +140,7 @@ class BackendHealth {
   Checked checked_ = Checked::kUnknown;
   Admin admin_ = Admin::kNone;
   bool feedback_drain_ = false;
+  bool vanished_ = false;
   std::optional<uint32_t> feedback_weight_;
   bool checked_once_ = false;
   uint32_t passes_ = 0;    // consecutive passed checks

@@ -106,11 +106,16 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
   // Backends that stay keep their state machine, history and activation.
   std::map<std::pair<std::string, std::string>, std::unique_ptr<Backend>>
       previous;
+  // Clusters that stay keep their events and panic (a DNS change applies a
+  // config too, and must not wipe the explanation of the last failover).
+  std::map<std::string, std::pair<std::vector<PolicyEvent>, bool>> events;
   for (auto& cluster : clusters_) {
     for (auto& backend : cluster->backends) {
       StopChecks(*backend);
       previous[{cluster->config->name, backend->address}] = std::move(backend);
     }
+    events[cluster->config->name] = {std::move(cluster->events),
+                                     cluster->panic};
   }
   clusters_.clear();
   config_ = std::move(config);
@@ -118,6 +123,12 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
     auto cluster = std::make_unique<Cluster>();
     cluster->monitor = this;
     cluster->config = &cluster_config;
+    auto kept_events = events.find(cluster_config.name);
+    const bool known = kept_events != events.end();
+    if (known) {
+      cluster->events = std::move(kept_events->second.first);
+      cluster->panic = kept_events->second.second;
+    }
     if (cluster_config.tls.enabled) {
       // Checks speak TLS as the data path does, with its context.
       auto it = tls.find(cluster_config.name);
@@ -140,6 +151,16 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
       }
       backend->config = &backend_config;
       backend->cluster = cluster.get();
+      if (!backend_config.source.empty()) {
+        const size_t before = backend->health->transition_count();
+        backend->health->SetVanished(
+            Clock::now(), WallMs(), backend_config.vanished,
+            backend_config.vanished
+                ? "gone from the DNS answer (" + backend_config.source +
+                      "); draining until its hold ends"
+                : "back in the DNS answer (" + backend_config.source + ")");
+        LogTransitions(*cluster, *backend, before);
+      }
       // A cold backup keeps its activation; any other backend forgets it.
       ColdStandbySettings cold =
           ColdStandbySettingsFor(cluster_config, backend_config);
@@ -157,7 +178,7 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
         backend->command = std::make_unique<CommandRunner>(base_);
       cluster->backends.push_back(std::move(backend));
     }
-    if (checks) {
+    if (checks && !known) {
       Log(LogLevel::kInfo, "health",
           "backends take traffic after their first passing check",
           {{"cluster", cluster_config.name},
