@@ -371,7 +371,7 @@ address = "127.0.0.1:9001"
            "t.toml:1:1: threads: unknown key 'threads'; it belongs in [global]",
            "t.toml:7:1: clusters.compute.weight: unknown key 'weight'; it "
            "belongs in "
-           "[[clusters.NAME.backends]]",
+           "[[clusters.NAME.backends]] or [[clusters.NAME.dns]]",
        });
 }
 
@@ -762,7 +762,8 @@ backends = []
 )") == Lines{
            "t.toml:8:1: clusters.compute.backends: a cluster needs at least "
            "one backend "
-           "([[clusters.compute.backends]])",
+           "([[clusters.compute.backends]]) or a DNS name to find them "
+           "([[clusters.compute.dns]])",
            "t.toml:12:12: clusters.empty.backends: a cluster needs at least "
            "one backend",
        });
@@ -1517,19 +1518,22 @@ address = "127.0.0.1:9001"
            "between 100 and 599, got 600",
            "t.toml:6:1: clusters.b.backends: a cluster needs at least one "
            "backend "
-           "([[clusters.b.backends]])",
+           "([[clusters.b.backends]]) or a DNS name to find them "
+           "([[clusters.b.dns]])",
            "t.toml:7:17: clusters.b.health.expect_status: bad status range "
            "\"2xx\"; "
            "expected e.g. 200 or \"200-399\"",
            "t.toml:8:1: clusters.c.backends: a cluster needs at least one "
            "backend "
-           "([[clusters.c.backends]])",
+           "([[clusters.c.backends]]) or a DNS name to find them "
+           "([[clusters.c.dns]])",
            "t.toml:9:17: clusters.c.health.expect_status: bad status range "
            "\"399-200\"; "
            "codes must be between 100 and 599, the lower first",
            "t.toml:10:1: clusters.d.backends: a cluster needs at least one "
            "backend "
-           "([[clusters.d.backends]])",
+           "([[clusters.d.backends]]) or a DNS name to find them "
+           "([[clusters.d.dns]])",
            "t.toml:11:17: clusters.d.health.expect_status: expected a status "
            "code such "
            "as 200 or a range \"200-399\", got array",

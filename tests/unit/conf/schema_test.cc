@@ -43,6 +43,8 @@ constexpr Site kSites[] = {
      "[clusters.compute.outlier]\n@\n"},
     {"[[clusters.NAME.backends]]", "clusters.compute.backends[0]",
      "[[clusters.compute.backends]]\n@\n"},
+    {"[[clusters.NAME.dns]]", "clusters.compute.dns[0]",
+     "[[clusters.compute.dns]]\n@\n"},
 };
 
 const Site* SiteOf(const Schema& schema) {
