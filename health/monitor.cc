@@ -14,6 +14,7 @@
 #include "health/settings.h"
 #include "net/log.h"
 #include "net/posix.h"
+#include "net/proxy_protocol.h"
 
 namespace tandem::health {
 namespace {
@@ -151,16 +152,6 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
       }
       backend->config = &backend_config;
       backend->cluster = cluster.get();
-      if (!backend_config.source.empty()) {
-        const size_t before = backend->health->transition_count();
-        backend->health->SetVanished(
-            Clock::now(), WallMs(), backend_config.vanished,
-            backend_config.vanished
-                ? "gone from the DNS answer (" + backend_config.source +
-                      "); draining until its hold ends"
-                : "back in the DNS answer (" + backend_config.source + ")");
-        LogTransitions(*cluster, *backend, before);
-      }
       // A cold backup keeps its activation; any other backend forgets it.
       ColdStandbySettings cold =
           ColdStandbySettingsFor(cluster_config, backend_config);
@@ -172,7 +163,10 @@ void HealthMonitor::Apply(std::shared_ptr<const conf::Config> config,
       backend->timer = event_new(base_, -1, 0, CheckCb, backend.get());
       if (checks) {
         backend->prober = std::make_unique<Prober>(
-            base_, cluster_config.health, backend_config.address, cluster->tls);
+            base_, cluster_config.health, backend_config.address, cluster->tls,
+            cluster_config.send_proxy != 0
+                ? net::LocalProxyHeader(cluster_config.send_proxy)
+                : std::string());
       }
       if (!backend->command)
         backend->command = std::make_unique<CommandRunner>(base_);
@@ -572,6 +566,36 @@ void HealthMonitor::PublishCb(evutil_socket_t, short, void* arg) {
   self->Publish();
 }
 
+void HealthMonitor::DrainVanished(Cluster& cluster) {
+  const bool checks =
+      cluster.config->health.kind != conf::HealthCheck::Kind::kNone;
+  const auto serves = [&](const Backend& backend) {
+    const BackendState state = backend.health->state();
+    return backend.health->serving() &&
+           !(checks && state == BackendState::kUnknown);
+  };
+  bool others_serve = false;
+  for (const auto& backend : cluster.backends) {
+    if (!backend->config->vanished && serves(*backend)) others_serve = true;
+  }
+  for (auto& backend : cluster.backends) {
+    const conf::Backend& config = *backend->config;
+    if (config.source.empty()) continue;
+    // Gone from DNS, it keeps serving while nothing else can: a replaced
+    // address hands over once its successor has passed a check.
+    const bool drain = config.vanished && others_serve;
+    const size_t before = backend->health->transition_count();
+    backend->health->SetVanished(
+        Clock::now(), WallMs(), drain,
+        drain ? "gone from the DNS answer (" + config.source +
+                    "); draining until its hold ends"
+        : config.vanished ? "gone from the DNS answer (" + config.source +
+                                "), but no other backend serves yet"
+                          : "back in the DNS answer (" + config.source + ")");
+    LogTransitions(cluster, *backend, before);
+  }
+}
+
 void HealthMonitor::Publish() {
   auto now = Clock::now();
   auto snapshot = std::make_shared<HealthSnapshot>();
@@ -579,6 +603,7 @@ void HealthMonitor::Publish() {
   snapshot->config = config_;
   for (auto& cluster_ptr : clusters_) {
     Cluster& cluster = *cluster_ptr;
+    DrainVanished(cluster);
     const conf::Cluster& config = *cluster.config;
     const bool checks = config.health.kind != conf::HealthCheck::Kind::kNone;
     std::vector<algorithms::PolicyBackend> inputs(cluster.backends.size());

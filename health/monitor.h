@@ -125,6 +125,9 @@ class HealthMonitor {
   void Deactivate(Cluster& cluster, Backend& backend);
   void RunCommand(Backend& backend, bool activate);
   void MaybeEject(Cluster& cluster, Backend& backend);
+  // Backends found in DNS that left its answer drain, once another backend
+  // of the cluster serves.
+  void DrainVanished(Cluster& cluster);
   // Reruns the policy of every cluster and publishes (coalesced per loop
   // iteration).
   void MarkDirty();

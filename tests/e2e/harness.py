@@ -262,23 +262,33 @@ class ChildProcess:
 
 
 class Worker(ChildProcess):
-    """A tandem-worker process (demo/demo_worker.h) on an ephemeral port."""
+    """A tandem-worker process (demo/demo_worker.h) on an ephemeral port.
 
-    def __init__(self, name="w1", threads=1):
-        super().__init__([TANDEM_WORKER, "--listen", "127.0.0.1:0", "--name", name,
+    `listen` ("127.0.0.3:0", "127.0.0.3:PORT") puts it on another loopback
+    address, or on a fixed port; `host` and `port` are where it listens.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(self, name="w1", threads=1, listen="127.0.0.1:0"):
+        super().__init__([TANDEM_WORKER, "--listen", listen, "--name", name,
                           "--threads", str(threads)], name="worker-" + name)
         self.worker_name = name
+        self.host = listen.rsplit(":", 1)[0]
         try:
-            _, match = self.stdout.wait_for(r"listening on 127\.0\.0\.1:(\d+)", scaled(15))
+            _, match = self.stdout.wait_for(r"listening on %s:(\d+)" % re.escape(self.host),
+                                            scaled(15))
         except TimeoutError:
             self.kill()
             raise RuntimeError("tandem-worker did not start:\n" + self.output()) from None
         self.port = int(match.group(1))
-        self.address = "127.0.0.1:%d" % self.port
+        self.address = "%s:%d" % (self.host, self.port)
 
     def stats(self):
         """The worker's /stats counters, asked directly (not through tandem)."""
-        response = http_request(self.port, "GET", "/stats")
+        with socket.create_connection((self.host, self.port), timeout=scaled(10)) as sock:
+            sock.sendall(build_request("GET", "/stats", [("Connection", "close")]))
+            response = read_response(HttpReader(sock))
         return json.loads(response.body)
 
     def stop(self, timeout=None):
@@ -1055,8 +1065,8 @@ def serve_once(data, then="close"):
 class TandemTestCase(unittest.TestCase):
     """Helpers that start processes and register their cleanup."""
 
-    def start_worker(self, name="w1", threads=1):
-        worker = Worker(name, threads)
+    def start_worker(self, name="w1", threads=1, listen="127.0.0.1:0"):
+        worker = Worker(name, threads, listen)
         self.addCleanup(worker.close)
         return worker
 
@@ -1071,8 +1081,8 @@ class TandemTestCase(unittest.TestCase):
         return tandem
 
     @classmethod
-    def start_class_worker(cls, name="w1", threads=1):
-        worker = Worker(name, threads)
+    def start_class_worker(cls, name="w1", threads=1, listen="127.0.0.1:0"):
+        worker = Worker(name, threads, listen)
         cls.addClassCleanup(worker.close)
         return worker
 
