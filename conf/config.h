@@ -220,6 +220,9 @@ struct Cluster {
   HealthCheck health;
   std::optional<Outlier> outlier;
   UpstreamTls tls;
+  // The PROXY protocol version sent to backends first (0: none); health
+  // checks send the local form (docs/proxy-protocol.md).
+  int send_proxy = 0;
   std::vector<Backend> backends;
   std::vector<DnsSource> dns;
 };

@@ -32,6 +32,9 @@ constexpr std::pair<std::string_view, algorithms::Algorithm> kAlgorithms[] = {
     {"maglev", algorithms::Algorithm::kMaglev},
     {"random", algorithms::Algorithm::kRandom}};
 
+constexpr std::pair<std::string_view, int> kProxyVersions[] = {{"v1", 1},
+                                                               {"v2", 2}};
+
 bool Hashing(const Cluster& cluster) {
   return cluster.picker.algorithm == algorithms::Algorithm::kRingHash ||
          cluster.picker.algorithm == algorithms::Algorithm::kMaglev;
@@ -135,6 +138,8 @@ std::span<const Key<Cluster>> ClusterKeys() {
       IntegerKey("queue_size", &Cluster::queue_size, 0, 1000000),
       DurationKey("queue_timeout", &Cluster::queue_timeout, kPositive),
       DurationKey("activate_timeout", &Cluster::activate_timeout, kPositive),
+      EnumKey("send_proxy", &Cluster::send_proxy, "PROXY protocol version",
+              kProxyVersions),
       CustomKey("health", ReadHealth),
       CustomKey("outlier", ReadOutlier),
       CustomKey(kBackends, ReadBackends),

@@ -247,8 +247,12 @@ void ProbeResponse::NoteFeedback(const net::HeaderList& fields) {
 
 Prober::Prober(event_base* base, const conf::HealthCheck& check,
                const conf::SocketAddress& backend,
-               std::shared_ptr<net::TlsClientContext> tls)
-    : base_(base), tls_(std::move(tls)), check_(check), target_(backend) {
+               std::shared_ptr<net::TlsClientContext> tls, std::string preamble)
+    : base_(base),
+      tls_(std::move(tls)),
+      check_(check),
+      target_(backend),
+      preamble_(std::move(preamble)) {
   if (check_.port != 0) SetPort(target_, check_.port);
   if (check_.kind == conf::HealthCheck::Kind::kHttp) {
     request_ = check_.method + " " + check_.path +
@@ -320,6 +324,9 @@ int Prober::Connect() {
       close(fd);
       return ENOMEM;
     }
+    if (!preamble_.empty() && !net::SendBeforeHandshake(ssl, preamble_)) {
+      return ENOMEM;  // tls_bev closes the socket
+    }
     bufferevent_openssl_set_allow_dirty_shutdown(tls_bev.get(), 1);
     bufferevent_setcb(tls_bev.get(), ReadCb, nullptr, EventCb, this);
     bev_ = std::move(tls_bev);
@@ -331,6 +338,10 @@ int Prober::Connect() {
     return ENOMEM;
   }
   bufferevent_setcb(bev.get(), ReadCb, nullptr, EventCb, this);
+  if (!preamble_.empty() &&
+      bufferevent_write(bev.get(), preamble_.data(), preamble_.size()) != 0) {
+    return ENOMEM;
+  }
   // With a socket already connecting, libevent waits for it to become
   // writable and reports BEV_EVENT_CONNECTED or BEV_EVENT_ERROR.
   if (bufferevent_socket_connect(bev.get(), nullptr, 0) != 0) return ENOMEM;

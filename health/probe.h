@@ -103,10 +103,12 @@ class Prober {
   // with ":port" when the probed port is not 80. `base` must outlive the
   // Prober. Throws std::bad_alloc when libevent cannot allocate its events.
   // With `tls`, the check speaks TLS with the cluster's settings (the
-  // backend's certificate verified as on the data path).
+  // backend's certificate verified as on the data path). `preamble` (a
+  // PROXY header) is sent first, before any TLS byte.
   Prober(event_base* base, const conf::HealthCheck& check,
          const conf::SocketAddress& backend,
-         std::shared_ptr<net::TlsClientContext> tls = nullptr);
+         std::shared_ptr<net::TlsClientContext> tls = nullptr,
+         std::string preamble = {});
   // Cancels a probe in flight; its callback is not called.
   ~Prober();
 
@@ -157,6 +159,7 @@ class Prober {
   std::shared_ptr<net::TlsClientContext> tls_;
   conf::HealthCheck check_;
   conf::SocketAddress target_;  // the backend's address, check port applied
+  std::string preamble_;
   std::string request_;
 
   EventPtr timer_;    // the whole probe's deadline

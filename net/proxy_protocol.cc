@@ -1,4 +1,4 @@
-// The PROXY protocol parser; see proxy_protocol.h.
+// The PROXY protocol parser and writer; see proxy_protocol.h.
 #include "net/proxy_protocol.h"
 
 #include <arpa/inet.h>
@@ -240,6 +240,90 @@ ProxyParse ParseProxyHeader(std::string_view data, ProxyHeader* header,
   if (std::memcmp(data.data(), kV2Signature, n) != 0)
     return Invalid(error, "not a PROXY header");
   return ParseV2(data, header, length, error);
+}
+
+namespace {
+
+// `address` as IPv6 (IPv4 mapped), port in network order.
+void AsV6(const sockaddr* address, in6_addr* out, uint16_t* port) {
+  if (address->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(address);
+    *out = in6->sin6_addr;
+    *port = in6->sin6_port;
+    return;
+  }
+  const auto* in = reinterpret_cast<const sockaddr_in*>(address);
+  *out = in6_addr{};
+  out->s6_addr[10] = 0xff;
+  out->s6_addr[11] = 0xff;
+  std::memcpy(&out->s6_addr[12], &in->sin_addr, 4);
+  *port = in->sin_port;
+}
+
+void Append16(std::string* out, uint16_t network_order) {
+  out->append(reinterpret_cast<const char*>(&network_order), 2);
+}
+
+}  // namespace
+
+std::string BuildProxyHeader(int version, const sockaddr* source,
+                             const sockaddr* destination) {
+  const bool known =
+      (source->sa_family == AF_INET || source->sa_family == AF_INET6) &&
+      (destination->sa_family == AF_INET || destination->sa_family == AF_INET6);
+  if (!known) return LocalProxyHeader(version);
+  const bool v4 =
+      source->sa_family == AF_INET && destination->sa_family == AF_INET;
+  const auto* src4 = reinterpret_cast<const sockaddr_in*>(source);
+  const auto* dst4 = reinterpret_cast<const sockaddr_in*>(destination);
+  in6_addr src6{};
+  in6_addr dst6{};
+  uint16_t src_port = 0;
+  uint16_t dst_port = 0;
+  if (v4) {
+    src_port = src4->sin_port;
+    dst_port = dst4->sin_port;
+  } else {
+    AsV6(source, &src6, &src_port);
+    AsV6(destination, &dst6, &dst_port);
+  }
+  if (version == 1) {
+    char src[INET6_ADDRSTRLEN];
+    char dst[INET6_ADDRSTRLEN];
+    if (v4) {
+      inet_ntop(AF_INET, &src4->sin_addr, src, sizeof(src));
+      inet_ntop(AF_INET, &dst4->sin_addr, dst, sizeof(dst));
+    } else {
+      inet_ntop(AF_INET6, &src6, src, sizeof(src));
+      inet_ntop(AF_INET6, &dst6, dst, sizeof(dst));
+    }
+    return std::string("PROXY ") + (v4 ? "TCP4 " : "TCP6 ") + src + " " + dst +
+           " " + std::to_string(ntohs(src_port)) + " " +
+           std::to_string(ntohs(dst_port)) + "\r\n";
+  }
+  std::string out(kV2Signature, 12);
+  out.push_back('\x21');                // version 2, PROXY
+  out.push_back(v4 ? '\x11' : '\x21');  // TCP over IPv4 / IPv6
+  Append16(&out, htons(v4 ? 12 : 36));
+  if (v4) {
+    out.append(reinterpret_cast<const char*>(&src4->sin_addr), 4);
+    out.append(reinterpret_cast<const char*>(&dst4->sin_addr), 4);
+  } else {
+    out.append(reinterpret_cast<const char*>(&src6), 16);
+    out.append(reinterpret_cast<const char*>(&dst6), 16);
+  }
+  Append16(&out, src_port);
+  Append16(&out, dst_port);
+  return out;
+}
+
+std::string LocalProxyHeader(int version) {
+  if (version == 1) return "PROXY UNKNOWN\r\n";
+  std::string out(kV2Signature, 12);
+  out.push_back('\x20');  // version 2, LOCAL
+  out.push_back('\x00');  // AF_UNSPEC
+  out.append(2, '\0');    // no address block
+  return out;
 }
 
 }  // namespace tandem::net

@@ -1,7 +1,8 @@
 // The PROXY protocol header (HAProxy's proxy-protocol.txt, versions 1 and 2)
 // that a load balancer in front of tandem sends before any other byte: a pure
 // parser over the bytes received so far, and the rule for how many of them
-// belong to the header (so a reader never takes a byte of what follows).
+// belong to the header (so a reader never takes a byte of what follows); and
+// the headers tandem itself sends to backends.
 #pragma once
 
 #include <sys/socket.h>
@@ -52,5 +53,14 @@ enum class ProxyParse {
 // header: a reader may consume them and no more.
 ProxyParse ParseProxyHeader(std::string_view data, ProxyHeader* header,
                             size_t* length, std::string* error);
+
+// The header tandem sends a backend (version 1 or 2) for a client at
+// `source` that connected to `destination` (IPv4 or IPv6; a mix is sent as
+// IPv6, the IPv4 side mapped). v2 carries no TLV.
+std::string BuildProxyHeader(int version, const sockaddr* source,
+                             const sockaddr* destination);
+// The header of a connection that is tandem's own (health checks): v2
+// LOCAL, v1 "PROXY UNKNOWN".
+std::string LocalProxyHeader(int version);
 
 }  // namespace tandem::net

@@ -129,4 +129,94 @@ std::string TlsFailureText(SSL* ssl, unsigned long error) {
   return text.empty() ? "TLS handshake failed" : text;
 }
 
+namespace {
+
+// A filter BIO that writes its pending bytes to the next BIO before anything
+// else, and passes everything else through.
+struct Preamble {
+  std::string bytes;
+  size_t sent = 0;
+};
+
+int PreambleWrite(BIO* bio, const char* data, int length) {
+  auto* preamble = static_cast<Preamble*>(BIO_get_data(bio));
+  BIO* next = BIO_next(bio);
+  BIO_clear_retry_flags(bio);
+  while (preamble->sent < preamble->bytes.size()) {
+    const int n =
+        BIO_write(next, preamble->bytes.data() + preamble->sent,
+                  static_cast<int>(preamble->bytes.size() - preamble->sent));
+    if (n <= 0) {
+      BIO_copy_next_retry(bio);
+      return n;
+    }
+    preamble->sent += static_cast<size_t>(n);
+  }
+  const int n = BIO_write(next, data, length);
+  BIO_copy_next_retry(bio);
+  return n;
+}
+
+int PreambleRead(BIO* bio, char* data, int length) {
+  BIO_clear_retry_flags(bio);
+  const int n = BIO_read(BIO_next(bio), data, length);
+  BIO_copy_next_retry(bio);
+  return n;
+}
+
+long PreambleCtrl(BIO* bio, int command, long number, void* pointer) {
+  auto* preamble = static_cast<Preamble*>(BIO_get_data(bio));
+  const long below = BIO_ctrl(BIO_next(bio), command, number, pointer);
+  if (command == BIO_CTRL_WPENDING && preamble != nullptr) {
+    return below + static_cast<long>(preamble->bytes.size() - preamble->sent);
+  }
+  return below;
+}
+
+int PreambleDestroy(BIO* bio) {
+  delete static_cast<Preamble*>(BIO_get_data(bio));
+  BIO_set_data(bio, nullptr);
+  return 1;
+}
+
+const BIO_METHOD* PreambleMethod() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m =
+        BIO_meth_new(BIO_get_new_index() | BIO_TYPE_FILTER, "tandem preamble");
+    BIO_meth_set_write(m, PreambleWrite);
+    BIO_meth_set_read(m, PreambleRead);
+    BIO_meth_set_ctrl(m, PreambleCtrl);
+    BIO_meth_set_create(m, [](BIO* bio) {
+      BIO_set_init(bio, 1);
+      return 1;
+    });
+    BIO_meth_set_destroy(m, PreambleDestroy);
+    return m;
+  }();
+  return method;
+}
+
+}  // namespace
+
+bool SendBeforeHandshake(SSL* ssl, std::string bytes) {
+  BIO* socket_bio = SSL_get_wbio(ssl);
+  int fd = -1;
+  if (socket_bio == nullptr || BIO_get_fd(socket_bio, &fd) < 0 || fd < 0) {
+    return false;
+  }
+  BIO* filter = BIO_new(PreambleMethod());
+  if (filter == nullptr) return false;
+  BIO_set_data(filter, new Preamble{std::move(bytes), 0});
+  // A socket BIO of our own under the filter; SSL_set_bio frees libevent's
+  // (which does not close the socket).
+  BIO* under = BIO_new_socket(fd, BIO_NOCLOSE);
+  if (under == nullptr) {
+    BIO_free(filter);
+    return false;
+  }
+  BIO_push(filter, under);
+  SSL_set_bio(ssl, filter, filter);
+  return true;
+}
+
 }  // namespace tandem::net

@@ -47,6 +47,12 @@ class TlsClientContext {
   conf::UpstreamTls settings_;
 };
 
+// Makes `bytes` the first bytes `ssl` writes to its socket, before the
+// ClientHello (a PROXY protocol header): a filter pushed on the socket BIO
+// libevent gave it. Call after the bufferevent has its socket and before the
+// loop runs its handshake. False when `ssl` has no socket BIO.
+bool SendBeforeHandshake(SSL* ssl, std::string bytes);
+
 // Why a TLS connection failed, for logs and 502 bodies: "certificate verify
 // failed: Hostname mismatch", "wrong version number", ...
 // `error` is an OpenSSL error code already taken off the queue (libevent's

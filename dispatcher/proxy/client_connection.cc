@@ -2,6 +2,7 @@
 // client_connection.h.
 #include "dispatcher/proxy/client_connection.h"
 
+#include <arpa/inet.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/bufferevent_struct.h>
 #include <netinet/in.h>
@@ -17,6 +18,7 @@
 #include "dispatcher/proxy/parked_connection.h"
 #include "net/http_message.h"
 #include "net/posix.h"
+#include "net/proxy_protocol.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -923,14 +925,17 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   attempt_.response_bytes_seen = false;
   attempt_.upstream_eof = false;
 
-  attempt_.upstream = backend.pool->TakeIdle(this);
+  std::string preamble;
+  if (runtime.config->send_proxy != 0) preamble = ProxyHeaderOut(runtime);
+  attempt_.upstream = backend.pool->TakeIdle(this, preamble);
   if (attempt_.upstream != nullptr) {
     state_ = State::kProxying;
     SendRequestHead();
     return;
   }
   // Connect() owns the reservation from here, on failure too.
-  attempt_.upstream = backend.pool->Connect(this, attempt_.connection_reserved);
+  attempt_.upstream = backend.pool->Connect(this, attempt_.connection_reserved,
+                                            std::move(preamble));
   attempt_.connection_reserved = false;
   if (attempt_.upstream == nullptr) {
     FailAttempt(Failure::kConnect, 502,
@@ -940,6 +945,37 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   state_ = State::kConnecting;
   auto deadline = attempt_.start + runtime.config->connect_timeout;
   ArmTimer(deadline - Clock::now());
+}
+
+std::string ClientConnection::ProxyHeaderOut(
+    const ClusterRuntime& runtime) const {
+  // The client as tandem knows it (a PROXY header in front included), and
+  // the address it connected to.
+  sockaddr_storage source{};
+  const std::string ip(client_address_.substr(0, client_ip_length_));
+  uint16_t port = 0;
+  if (client_ip_length_ + 1 < client_address_.size()) {
+    port = static_cast<uint16_t>(std::strtoul(
+        client_address_.c_str() + client_ip_length_ + 1, nullptr, 10));
+  }
+  auto* in = reinterpret_cast<sockaddr_in*>(&source);
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&source);
+  if (inet_pton(AF_INET, ip.c_str(), &in->sin_addr) == 1) {
+    in->sin_family = AF_INET;
+    in->sin_port = htons(port);
+  } else if (inet_pton(AF_INET6, ip.c_str(), &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+  }
+  sockaddr_storage destination{};
+  socklen_t length = sizeof(destination);
+  if (getsockname(bufferevent_getfd(bev_.get()),
+                  reinterpret_cast<sockaddr*>(&destination), &length) != 0) {
+    destination.ss_family = AF_UNSPEC;
+  }
+  return net::BuildProxyHeader(runtime.config->send_proxy,
+                               reinterpret_cast<sockaddr*>(&source),
+                               reinterpret_cast<sockaddr*>(&destination));
 }
 
 void ClientConnection::SendRequestHead() {

@@ -134,6 +134,8 @@ class ClientConnection : private net::HttpParser::Handler,
   // client gets if no backend is left; `other`: a different backend is needed.
   void StartAttempt(bool retry = false, int status = 0,
                     const char* detail = nullptr, bool other = true);
+  // The PROXY header (the cluster's send_proxy version) naming this client.
+  std::string ProxyHeaderOut(const ClusterRuntime& runtime) const;
   void SendRequestHead();
   void ParseResponse();
   void OnResponseHead(net::HttpParser& parser);

@@ -116,10 +116,18 @@ void BackendPool::StoreSession(SSL_SESSION* session) {
   session_ = session;
 }
 
-UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user) {
+UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user,
+                                          std::string_view preamble) {
   while (!idle_.empty()) {
-    UpstreamConnection* connection = idle_.back();
-    idle_.pop_back();
+    // Most recently used first; with PROXY headers, the newest of this
+    // client's (the list is bounded by max_idle_connections).
+    size_t at = idle_.size() - 1;
+    while (idle_[at]->preamble_ != preamble) {
+      if (at == 0) return nullptr;
+      --at;
+    }
+    UpstreamConnection* connection = idle_[at];
+    idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(at));
     stats_->idle_connections.Add(-1);
     connection->idle_ = false;
     if (connection->HasUnreadInput()) {
@@ -136,7 +144,8 @@ UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user) {
   return nullptr;
 }
 
-UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
+UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted,
+                                         std::string preamble) {
   // A connection that never came to be gives back the caller's reservation
   // (one that did gives it back in Close()).
   auto fail = [&]() -> UpstreamConnection* {
@@ -164,6 +173,7 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
   bufferevent_set_max_single_read(bev.get(), kMaxSingleRead);
   auto* connection = new UpstreamConnection(*this, std::move(bev));
   connection->tls_generation_ = tls_generation_;
+  connection->preamble_ = std::move(preamble);
   connection->user_ = user;
   connection->since_ = std::chrono::steady_clock::now();
   connection->next_ = head_;
@@ -190,6 +200,20 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted) {
                                  static_cast<int>(address_.length)) != 0) {
     Close(connection);
     return nullptr;
+  }
+  // The PROXY header before anything else: over TLS, before the ClientHello
+  // (the handshake starts from the loop, after this); in plain TCP, ahead of
+  // the request in the output buffer.
+  if (!connection->preamble_.empty()) {
+    const bool placed =
+        tls_ ? net::SendBeforeHandshake(bufferevent_openssl_get_ssl(raw),
+                                        connection->preamble_)
+             : evbuffer_add(connection->output(), connection->preamble_.data(),
+                            connection->preamble_.size()) == 0;
+    if (!placed) {
+      Close(connection);
+      return nullptr;
+    }
   }
   // A connect refused at once (loopback) is reported later without an errno;
   // libevent has then disabled the bufferevent, which tells it apart.

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "conf/config.h"
@@ -80,6 +82,7 @@ class UpstreamConnection {
   bool request_started_ = true;
   evbuffer_cb_entry* output_watch_ = nullptr;  // OutputCb on the output
   uint32_t tls_generation_ = 0;  // the pool's, when this one was made
+  std::string preamble_;         // sent first (a PROXY header), or empty
   int connect_error_ = 0;
   std::chrono::steady_clock::time_point since_;  // connect start, or idle since
   // Intrusive list of every connection of the pool.
@@ -104,17 +107,22 @@ class BackendPool : public net::TlsSessionSink {
                const std::string& settings);
   void StoreSession(SSL_SESSION* session) override;
 
-  // An idle connection handed to `user`, most recently used first; nullptr
-  // when none is idle. A connection holding bytes the backend sent while it
-  // was idle is closed instead of handed out: they must never reach the next
-  // exchange (bytes still in the kernel are caught by request_started()).
-  UpstreamConnection* TakeIdle(UpstreamUser* user);
+  // An idle connection handed to `user`, most recently used first, among
+  // those opened with `preamble` (a PROXY header names one client: such a
+  // connection serves that client only); nullptr when none is idle. A
+  // connection holding bytes the backend sent while it was idle is closed
+  // instead of handed out: they must never reach the next exchange (bytes
+  // still in the kernel are caught by request_started()).
+  UpstreamConnection* TakeIdle(UpstreamUser* user,
+                               std::string_view preamble = {});
 
   // Starts a new connection for `user`, who later gets OnUpstreamConnected
   // or OnUpstreamClosed. nullptr when no socket could be made.
   // `counted`: the caller already counted it against max_connections; the
   // pool gives that count back when the connection closes or cannot be made.
-  UpstreamConnection* Connect(UpstreamUser* user, bool counted = false);
+  // `preamble` (a PROXY header) goes first, before any TLS byte.
+  UpstreamConnection* Connect(UpstreamUser* user, bool counted = false,
+                              std::string preamble = {});
 
   // Takes back a connection whose exchange completed cleanly and keeps it
   // idle; CloseIdle() later trims the pool to `max_idle`.

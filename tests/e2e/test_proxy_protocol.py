@@ -2,7 +2,8 @@
 address is the client's everywhere (access log, X-Forwarded-For); the header
 may arrive split and slowly; anything else, a header too long, none in time or
 one from an untrusted peer closes the connection and is counted; TLS follows
-the header."""
+the header. Cluster send_proxy: tandem's own header to backends names one
+client per backend connection, comes before TLS, and checks send LOCAL."""
 
 import json
 import socket
@@ -11,7 +12,7 @@ import time
 import unittest
 
 from harness import (HttpReader, TandemTestCase, build_request, curl, make_config, read_response,
-                     scaled, wait_until)
+                     response_bytes, scaled, wait_until)
 from tlsutil import Pki, client_context
 
 NO_CHECKS = '[clusters.compute.health]\nkind = "none"\n'
@@ -179,6 +180,177 @@ class ProxyProtocolTlsTest(TandemTestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(backend.wait_requests(1)[0].header_all("x-forwarded-for"),
                          ["192.0.2.1"])
+
+
+# ---- send_proxy: the header tandem writes to backends -------------------------------
+
+
+def read_proxy_header(reader):
+    """Reads one PROXY header (v1 or v2) off a backend connection; returns
+    (version, bytes, source "ip:port" or None for LOCAL/UNKNOWN)."""
+    first = reader.read_exact(5)
+    if first == b"PROXY":
+        line = first + reader.read_line(200)
+        fields = line.decode("ascii").split()
+        if fields[1] == "UNKNOWN":
+            return 1, line, None
+        return 1, line, "%s:%s" % (fields[2], fields[4])
+    head = first + reader.read_exact(7)
+    assert head == V2_SIGNATURE, head
+    command_family = reader.read_exact(4)
+    length = struct.unpack("!H", command_family[2:])[0]
+    block = reader.read_exact(length)
+    data = head + command_family + block
+    if command_family[0] == 0x20:
+        return 2, data, None
+    assert command_family[:2] == b"\x21\x11", command_family
+    source = socket.inet_ntoa(block[0:4])
+    port = struct.unpack("!H", block[8:10])[0]
+    return 2, data, "%s:%d" % (source, port)
+
+
+def proxy_then_serve(headers):
+    """A RawBackend handler: reads the PROXY header every connection must
+    start with (kept in `headers`, one per connection), then answers each
+    request 200, naming the header's source in X-Proxy-Source."""
+
+    def handler(connection):
+        version, data, source = read_proxy_header(connection.reader)
+        with connection.backend.cond:
+            headers.append((connection, version, data, source))
+        while True:
+            request = connection.read_request()
+            if request is None:
+                return
+            connection.send(response_bytes(200, b"ok\n", [("X-Proxy-Source", source or "-")]))
+    return handler
+
+
+def client_from(ip, port):
+    """A keep-alive connection to tandem from the loopback address `ip`."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=scaled(10),
+                                    source_address=(ip, 0))
+    return sock, HttpReader(sock)
+
+
+class SendProxyTest(TandemTestCase):
+    """Cluster send_proxy: each backend connection starts with a PROXY header
+    naming the one client it serves; health checks send the local form."""
+
+    def start(self, version, checks=False):
+        self.headers = []
+        self.backend = self.start_backend(proxy_then_serve(self.headers))
+        extra = NO_CHECKS if not checks else (
+            '[clusters.compute.health]\nkind = "http"\ninterval = "200ms"\n'
+            'timeout = "150ms"\nrise = 1\n')
+        return self.start_tandem(make_config([self.backend.address], extra=extra,
+                                             cluster_opts={"send_proxy": version}))
+
+    def exchange(self, sock, reader):
+        sock.sendall(build_request("GET", "/", {"Host": "a"}))
+        response = read_response(reader, "GET")
+        self.assertEqual(response.status, 200)
+        return response
+
+    def test_v1_and_v2_headers_name_each_client_and_its_connection(self):
+        for version in ("v1", "v2"):
+            with self.subTest(version=version):
+                tandem = self.start(version)
+                clients = [client_from(ip, tandem.port) for ip in ("127.0.0.2", "127.0.0.3")]
+                for sock, _ in clients:
+                    self.addCleanup(sock.close)
+                for _ in range(3):
+                    for sock, reader in clients:
+                        response = self.exchange(sock, reader)
+                        self.assertEqual(response.header("x-proxy-source"),
+                                         "%s:%d" % sock.getsockname())
+                # One backend connection per client, each kept for its requests.
+                self.assertEqual(len(self.headers), 2, self.headers)
+                sock, _ = clients[0]
+                _, _, data, _ = self.headers[0]
+                if version == "v1":
+                    self.assertEqual(data, ("PROXY TCP4 127.0.0.2 127.0.0.1 %d %d\r\n" % (
+                        sock.getsockname()[1], tandem.port)).encode())
+                else:
+                    self.assertEqual(data[:16], V2_SIGNATURE + b"\x21\x11\x00\x0c")
+                    self.assertEqual(len(data), 28)
+                for connection, _, _, source in self.headers:
+                    self.assertEqual(len(connection.requests), 3)
+                    for request in connection.requests:
+                        self.assertEqual(request.header_all("x-forwarded-for"),
+                                         [source.rsplit(":", 1)[0]])
+                tandem.stop()
+
+    def test_pooled_connections_never_carry_another_clients_requests(self):
+        tandem = self.start("v2")
+        sources = ["127.0.4.%d" % i for i in range(1, 41)]
+        answered = 0
+        misattributed = []
+        # Rounds of short keep-alive connections from 40 addresses: backend
+        # connections released to the pool must only be taken again by their
+        # own client connection.
+        for round_ in range(5):
+            clients = [client_from(ip, tandem.port) for ip in sources]
+            for _ in range(2):
+                for sock, reader in clients:
+                    response = self.exchange(sock, reader)
+                    answered += 1
+                    expected = "%s:%d" % sock.getsockname()
+                    if response.header("x-proxy-source") != expected:
+                        misattributed.append((expected, response.header("x-proxy-source")))
+            for sock, _ in clients:
+                sock.close()
+        self.assertEqual(answered, 400)
+        self.assertEqual(misattributed, [])
+        self.assertEqual(len(self.headers), 200)  # one per client connection
+
+    def test_health_checks_send_the_local_form(self):
+        for version, expected in (("v2", V2_SIGNATURE + b"\x20\x00\x00\x00"),
+                                  ("v1", b"PROXY UNKNOWN\r\n")):
+            with self.subTest(version=version):
+                tandem = self.start(version, checks=True)
+                self.backend.wait(lambda b: len(self.headers) >= 2, scaled(10),
+                                  "two health checks")
+                self.assertEqual(self.headers[0][2], expected)
+                self.assertEqual(self.headers[0][3], None)
+                self.assertEqual(self.headers[0][0].requests[0].target, "/healthz")
+                tandem.stop()
+
+
+class SendProxyTlsTest(TandemTestCase):
+    """With tls = true the header goes before the ClientHello: tandem in front
+    of a second tandem that requires the header on a TLS listener."""
+
+    def test_a_tls_backend_reads_the_header_before_its_handshake(self):
+        pki = Pki()
+        self.addCleanup(pki.close)
+        pki.ca("ca", "tandem test CA")
+        pki.leaf("server", "ca", "localhost", dns=["localhost"], ips=["127.0.0.1"])
+        backend = self.start_backend()
+        inner = self.start_tandem(make_config(
+            [backend.address], extra=NO_CHECKS,
+            listener_opts={"proxy_protocol": True, "tls_cert": pki.cert("server"),
+                           "tls_key": pki.key("server")}))
+        outer = self.start_tandem(make_config(
+            ["127.0.0.1:%d" % inner.port],
+            extra='[clusters.compute.health]\nkind = "http"\ninterval = "200ms"\n'
+                  'timeout = "150ms"\nrise = 1\n',
+            cluster_opts={"send_proxy": "v2", "tls": True, "ca_file": pki.cert("ca"),
+                          "sni": "localhost"}))
+        # The outer tandem's checks (LOCAL) pass through the inner one.
+        wait_until(lambda: any(b["state"] == "up" for c in outer.status_json()["clusters"]
+                               for b in c["backends"]), scaled(10), "the inner tandem up")
+        sock, reader = client_from("127.0.0.5", outer.port)
+        self.addCleanup(sock.close)
+        for _ in range(2):
+            sock.sendall(build_request("GET", "/", {"Host": "a"}))
+            self.assertEqual(read_response(reader, "GET").status, 200)
+        requests = [r for r in backend.wait_requests(2) if r.target == "/"]
+        # The inner tandem saw the client through the header, not the outer
+        # tandem's own address.
+        for request in requests:
+            self.assertEqual(request.header_all("x-forwarded-for"), ["127.0.0.5, 127.0.0.5"])
+        self.assertEqual(proxy_results(inner).get("proxied"), 1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 // The PROXY protocol header parser: every valid form, every prefix of one
-// (a header split across TCP segments), and the malformed ones.
+// (a header split across TCP segments), and the malformed ones; and the
+// headers tandem writes, read back by the parser.
 #include "net/proxy_protocol.h"
 
 #include <arpa/inet.h>
@@ -201,6 +202,82 @@ TEST_CASE("a v2 header is bounded at 16 + 4 KiB") {
       V2(0x21, 0x11, kInet4Block + Tlv(0x04, std::string(4096 - 12 - 3, 'p')));
   CHECK(fits.size() == 16 + 4096);
   CHECK(Parse(fits).result == ProxyParse::kDone);
+}
+
+sockaddr_storage Address(const char* ip, uint16_t port) {
+  sockaddr_storage out{};
+  if (std::string_view(ip).find(':') == std::string_view::npos) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&out);
+    in->sin_family = AF_INET;
+    in->sin_port = htons(port);
+    REQUIRE(inet_pton(AF_INET, ip, &in->sin_addr) == 1);
+  } else {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&out);
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    REQUIRE(inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1);
+  }
+  return out;
+}
+
+sockaddr* Sa(sockaddr_storage& address) {
+  return reinterpret_cast<sockaddr*>(&address);
+}
+
+TEST_CASE("the headers tandem sends parse back to the same addresses") {
+  struct Case {
+    const char* source;
+    const char* destination;
+    const char* v1;
+    const char* shown_source;  // as the parser gives it back
+  };
+  const Case cases[] = {
+      {"192.0.2.1", "198.51.100.7",
+       "PROXY TCP4 192.0.2.1 198.51.100.7 51000 443\r\n", "192.0.2.1:51000"},
+      {"2001:db8::1", "2001:db8::2",
+       "PROXY TCP6 2001:db8::1 2001:db8::2 51000 443\r\n", "2001:db8::1:51000"},
+      // A mix goes as IPv6, the IPv4 side mapped.
+      {"192.0.2.1", "2001:db8::2",
+       "PROXY TCP6 ::ffff:192.0.2.1 2001:db8::2 51000 443\r\n",
+       "::ffff:192.0.2.1:51000"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.source, " -> ", c.destination);
+    sockaddr_storage source = Address(c.source, 51000);
+    sockaddr_storage destination = Address(c.destination, 443);
+    const std::string v1 = BuildProxyHeader(1, Sa(source), Sa(destination));
+    CHECK(v1 == c.v1);
+    for (const std::string& header :
+         {v1, BuildProxyHeader(2, Sa(source), Sa(destination))}) {
+      Parsed p = Parse(header + "GET /");
+      REQUIRE(p.result == ProxyParse::kDone);
+      CHECK(p.length == header.size());
+      CHECK_FALSE(p.header.local);
+      CHECK(AddressText(p.header.source) == c.shown_source);
+      CHECK(AddressText(p.header.destination).ends_with(":443"));
+    }
+  }
+  sockaddr_storage v4 = Address("192.0.2.1", 1);
+  CHECK(BuildProxyHeader(2, Sa(v4), Sa(v4)).size() == 16 + 12);
+  sockaddr_storage v6 = Address("::1", 1);
+  CHECK(BuildProxyHeader(2, Sa(v6), Sa(v6)).size() == 16 + 36);
+}
+
+TEST_CASE("tandem's own connections send LOCAL (v2) or UNKNOWN (v1)") {
+  CHECK(LocalProxyHeader(1) == "PROXY UNKNOWN\r\n");
+  const std::string v2 = LocalProxyHeader(2);
+  CHECK(v2 == kSignature + std::string("\x20\x00\x00\x00", 4));
+  for (const std::string& header : {LocalProxyHeader(1), v2}) {
+    Parsed p = Parse(header);
+    REQUIRE(p.result == ProxyParse::kDone);
+    CHECK(p.header.local);
+    CHECK(p.length == header.size());
+  }
+  // An unknown family is sent as tandem's own.
+  sockaddr_storage unknown{};
+  unknown.ss_family = AF_UNIX;
+  sockaddr_storage v4 = Address("192.0.2.1", 1);
+  CHECK(BuildProxyHeader(1, Sa(unknown), Sa(v4)) == "PROXY UNKNOWN\r\n");
 }
 
 }  // namespace
