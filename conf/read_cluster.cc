@@ -32,8 +32,8 @@ constexpr std::pair<std::string_view, algorithms::Algorithm> kAlgorithms[] = {
     {"maglev", algorithms::Algorithm::kMaglev},
     {"random", algorithms::Algorithm::kRandom}};
 
-constexpr std::pair<std::string_view, int> kProxyVersions[] = {{"v1", 1},
-                                                               {"v2", 2}};
+constexpr std::pair<std::string_view, int> kProxyVersions[] = {
+    {"off", 0}, {"v1", 1}, {"v2", 2}};
 
 bool Hashing(const Cluster& cluster) {
   return cluster.picker.algorithm == algorithms::Algorithm::kRingHash ||

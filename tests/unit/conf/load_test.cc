@@ -1653,6 +1653,34 @@ TEST_CASE("Diagnostic::ToString leaves out what is unknown") {
 }
 
 }  // namespace
+TEST_CASE("send_proxy takes off, v1 or v2") {
+  const auto with = [](std::string_view value) {
+    return std::string(R"([listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "compute"
+[clusters.compute]
+send_proxy = )") +
+           std::string(value) +
+           "\n[[clusters.compute.backends]]\naddress = \"127.0.0.1:9001\"\n";
+  };
+  CHECK(Valid(with("\"off\""))->clusters[0].send_proxy == 0);
+  CHECK(Valid(with("\"v1\""))->clusters[0].send_proxy == 1);
+  CHECK(Valid(with("\"v2\""))->clusters[0].send_proxy == 2);
+  CHECK(Valid(R"([listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "compute"
+[[clusters.compute.backends]]
+address = "127.0.0.1:9001"
+)")
+            ->clusters[0]
+            .send_proxy == 0);
+  const std::vector<std::string> errors = Errors(with("\"v3\""));
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0].starts_with(
+      "t.toml:5:14: clusters.compute.send_proxy: unknown PROXY protocol "
+      "version \"v3\""));
+}
+
 }  // namespace tandem::conf
 
 namespace tandem::conf {
