@@ -215,6 +215,10 @@ struct Cluster {
   // Requests waiting for a backend below its max_inflight, per thread.
   uint32_t queue_size = 0;
   Duration queue_timeout = std::chrono::seconds(1);
+  // Hang detection: a backend whose oldest request awaits its response head
+  // far longer than the cluster's recent p99 takes no new request and is
+  // checked at once (docs/retries.md).
+  bool hang_detection = true;
   // Cold standby: how long activate/deactivate may run.
   Duration activate_timeout = std::chrono::seconds(30);
   HealthCheck health;

@@ -138,6 +138,7 @@ std::span<const Key<Cluster>> ClusterKeys() {
       IntegerKey("queue_size", &Cluster::queue_size, 0, 1000000),
       DurationKey("queue_timeout", &Cluster::queue_timeout, kPositive),
       DurationKey("activate_timeout", &Cluster::activate_timeout, kPositive),
+      BoolKey("hang_detection", &Cluster::hang_detection),
       EnumKey("send_proxy", &Cluster::send_proxy, "PROXY protocol version",
               kProxyVersions),
       CustomKey("health", ReadHealth),

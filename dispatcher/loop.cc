@@ -169,7 +169,17 @@ void Generation::ApplyHealth(const health::HealthSnapshot* snapshot) {
         runtime.has_fallback = runtime.has_fallback || reserve[b].eligible;
       }
     }
+    // Backends this loop suspects hung take nothing new, unless that would
+    // leave none.
+    const auto now = std::chrono::steady_clock::now();
+    bool unsuspected = false;
     for (size_t b = 0; b < views.size(); ++b) {
+      unsuspected = unsuspected || (views[b].eligible && views[b].weight > 0 &&
+                                    runtime.backends[b].suspected_until <= now);
+    }
+    for (size_t b = 0; b < views.size(); ++b) {
+      if (unsuspected && runtime.backends[b].suspected_until > now)
+        views[b].eligible = false;
       runtime.backends[b].eligible = views[b].eligible && views[b].weight > 0;
     }
     runtime.picker->Update(views);
@@ -200,6 +210,7 @@ Loop::~Loop() {
   grace_event_.reset();
   flush_event_.reset();
   queue_poll_event_.reset();
+  hang_watch_event_.reset();
   accept_retry_event_.reset();
   messages_.Reset();
 }
@@ -228,9 +239,10 @@ bool Loop::Init(std::string* error) {
   queue_poll_event_.reset(
       event_new(base_.get(), -1, EV_PERSIST, QueuePollCb, this));
   accept_retry_event_.reset(evtimer_new(base_.get(), AcceptRetryCb, this));
+  hang_watch_event_.reset(evtimer_new(base_.get(), HangWatchCb, this));
   if (!messages_.Init(base_.get(), this) || !tick_event_ || !grace_event_ ||
       !flush_event_ || !queue_poll_event_ || !accept_retry_event_ ||
-      event_add(tick_event_.get(), &kTickInterval) != 0) {
+      !hang_watch_event_ || event_add(tick_event_.get(), &kTickInterval) != 0) {
     *error = "cannot create loop events";
     return false;
   }

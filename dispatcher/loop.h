@@ -19,6 +19,7 @@
 #include "algorithms/rng.h"
 #include "conf/config.h"
 #include "dispatcher/proxy/access_log.h"
+#include "dispatcher/proxy/latency_window.h"
 #include "dispatcher/proxy/stats.h"
 #include "dispatcher/proxy/upstream.h"
 #include "health/snapshot.h"
@@ -59,6 +60,13 @@ struct BackendRuntime {
   BackendStats* stats = nullptr;
   std::shared_ptr<SharedLimits> limits;  // null when the backend has no limit
   bool eligible = false;  // the last health snapshot lets it take requests
+  // Requests sent to it that await their response head, oldest first
+  // (intrusive, through ClientConnection): hang detection's view.
+  ClientConnection* awaiting_first = nullptr;
+  ClientConnection* awaiting_last = nullptr;
+  // This loop suspects it hung until then: no new requests (zero: not
+  // suspected). docs/retries.md, "Hang detection".
+  std::chrono::steady_clock::time_point suspected_until{};
 };
 
 // TLS contexts of one config, built once by the server and shared by every
@@ -82,6 +90,8 @@ struct ClusterRuntime {
   std::vector<uint32_t> inflight;  // this thread's requests per backend
   std::vector<OutcomeCounts> outcomes;
   bool outcomes_pending = false;
+  // This thread's recent times from request sent to response head.
+  LatencyWindow head_times;
   uint32_t active_requests = 0;  // this thread's exchanges in progress
   uint32_t active_retries = 0;   // of which retries
   // Envoy's retry budget: retries may be retry_budget of the requests in
@@ -230,6 +240,11 @@ class Loop {
   void WatchQueue();
   // Loop thread: a slot may have freed up: let queued requests try again.
   void DrainQueue(ClusterRuntime& cluster);
+  // Loop thread: a request awaits a response head; the loop looks for hung
+  // backends while any does (Loop::CheckHangs, dispatcher/hang_watch.cc).
+  void WatchHangs() {
+    if (!hang_watch_armed_) ArmHangWatch();
+  }
   // Tick: the memory gauges of LoopStats.
   void SampleMemory();
   // A connection of either kind came, or is gone: the counts, and what
@@ -262,6 +277,15 @@ class Loop {
   static void AcceptRetryCb(evutil_socket_t, short, void* arg);
   static void FlushOutcomesCb(evutil_socket_t, short, void* arg);
   static void QueuePollCb(evutil_socket_t, short, void* arg);
+  static void HangWatchCb(evutil_socket_t, short, void* arg);
+  void ArmHangWatch();
+  // Suspects the backends of `generation` whose oldest request awaiting a
+  // response head is far older than their cluster's recent p99, and retries
+  // what waits on suspected ones; true while there is anything to watch.
+  bool CheckHangs(Generation& generation,
+                  std::chrono::steady_clock::time_point now);
+  // Retries elsewhere the requests awaiting `backend` that may go now.
+  static void RetryAwaiting(BackendRuntime& backend);
   void FlushOutcomes();
   void FlushOutcomes(Generation& generation);
   void OnAccept(evconnlistener* listener, evutil_socket_t fd, sockaddr* address,
@@ -293,6 +317,8 @@ class Loop {
   std::chrono::steady_clock::time_point accept_pause_logged_;
   uint64_t accept_pauses_unlogged_ = 0;
   bool queue_poll_armed_ = false;
+  net::EventPtr hang_watch_event_;
+  bool hang_watch_armed_ = false;
   bool flush_pending_ = false;
   health::HealthMonitor* health_monitor_ = nullptr;
   std::shared_ptr<const health::HealthSnapshot> health_;

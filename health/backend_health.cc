@@ -51,6 +51,8 @@ BackendState BackendHealth::Derive(TimePoint now) const {
   if (ejected_) return BackendState::kEjected;
   if (settings_.checks && checked_ == Checked::kDown)
     return BackendState::kDown;
+  // Checks that say "down" say more than a suspicion.
+  if (hung_) return BackendState::kEjected;
   bool ramping =
       slow_start_since_ && now < *slow_start_since_ + settings_.slow_start;
   if (ramping) return BackendState::kSlowStart;
@@ -98,6 +100,12 @@ void BackendHealth::OnCheckPassed(TimePoint now, int64_t wall_ms,
     checked_ = Checked::kUp;
     reason = std::to_string(passes_) + " consecutive " + settings_.check_name +
              "s passed";
+  }
+  if (hung_) {
+    // A suspected hang ends with the first check that gets an answer.
+    hung_ = false;
+    reason =
+        settings_.check_name + " passed after a suspected hang: " + last_check_;
   }
   if (ejected_ && !ejected_for_5xx_ &&
       ++passes_while_ejected_ >= settings_.rise) {
@@ -218,6 +226,14 @@ void BackendHealth::SetFeedbackDrain(TimePoint now, int64_t wall_ms,
                : "the worker is ready again (Tandem-State: up)");
 }
 
+void BackendHealth::SuspectHung(TimePoint now, int64_t wall_ms,
+                                std::string_view reason) {
+  hung_since_ = now;
+  if (hung_) return;
+  hung_ = true;
+  Update(now, wall_ms, reason);
+}
+
 void BackendHealth::SetVanished(TimePoint now, int64_t wall_ms, bool vanished,
                                 std::string_view reason) {
   if (vanished == vanished_) return;
@@ -227,6 +243,10 @@ void BackendHealth::SetVanished(TimePoint now, int64_t wall_ms, bool vanished,
 
 bool BackendHealth::Tick(TimePoint now, int64_t wall_ms) {
   BackendState before = state_;
+  if (hung_ && !settings_.checks && now >= hung_since_ + kHangEjection) {
+    hung_ = false;
+    Update(now, wall_ms, "no check to wait for; the hang suspicion expired");
+  }
   if (ejected_ && now >= ejected_until_) {
     ejected_ = false;
     last_ejection_end_ = now;
@@ -252,6 +272,7 @@ std::optional<TimePoint> BackendHealth::NextDeadline() const {
     if (!next || t < *next) next = t;
   };
   if (ejected_) consider(ejected_until_);
+  if (hung_ && !settings_.checks) consider(hung_since_ + kHangEjection);
   if (!ejected_ && times_ejected_ > 0)
     consider(last_ejection_end_ + settings_.ejection_time);
   if (slow_start_since_) consider(*slow_start_since_ + settings_.slow_start);

@@ -88,6 +88,11 @@ class BackendHealth {
   void Disable(TimePoint now, int64_t wall_ms, std::string_view reason);
   void Enable(TimePoint now, int64_t wall_ms, std::string_view reason);
   void SetFeedbackDrain(TimePoint now, int64_t wall_ms, bool drain);
+  // The data path suspects it hung (`reason` gives the figures): ejected
+  // until a check passes, or, without checks, for kHangEjection.
+  void SuspectHung(TimePoint now, int64_t wall_ms, std::string_view reason);
+  static constexpr std::chrono::seconds kHangEjection{10};
+  bool hung() const { return hung_; }
   // A backend found in DNS left its answer (it drains until the source's
   // hold ends), or came back; `reason` names the source.
   void SetVanished(TimePoint now, int64_t wall_ms, bool vanished,
@@ -141,6 +146,8 @@ class BackendHealth {
   Admin admin_ = Admin::kNone;
   bool feedback_drain_ = false;
   bool vanished_ = false;
+  bool hung_ = false;
+  TimePoint hung_since_{};
   std::optional<uint32_t> feedback_weight_;
   bool checked_once_ = false;
   uint32_t passes_ = 0;    // consecutive passed checks

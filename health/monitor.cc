@@ -336,6 +336,48 @@ void HealthMonitor::OnReport(const OutcomeBatch& batch) {
   }
 }
 
+void HealthMonitor::ReportHang(std::string cluster, std::string address,
+                               std::string reason) {
+  messages_.Post([cluster = std::move(cluster), address = std::move(address),
+                  reason = std::move(reason)](HealthMonitor& self) {
+    self.OnHang(cluster, address, reason);
+  });
+}
+
+void HealthMonitor::OnHang(const std::string& cluster_name,
+                           const std::string& address,
+                           const std::string& reason) {
+  auto [cluster, backend] = Find(cluster_name, address);
+  if (backend == nullptr) return;
+  if (!backend->health->hung()) {
+    size_t ejected = 0;
+    for (const auto& b : cluster->backends) {
+      if (b->health->state() == BackendState::kEjected) ++ejected;
+    }
+    const uint32_t percent =
+        cluster->config->outlier
+            ? cluster->config->outlier->max_ejection_percent
+            : 50;
+    if (!EjectionAllowed(ejected, cluster->backends.size(), percent)) {
+      Log(LogLevel::kWarn, "health",
+          "hang suspicion not acted on: max_ejection_percent reached",
+          {{"cluster", cluster_name},
+           {"backend", address},
+           {"reason", reason}});
+      return;
+    }
+  }
+  const size_t before = backend->health->transition_count();
+  backend->health->SuspectHung(Clock::now(), WallMs(), reason);
+  LogTransitions(*cluster, *backend, before);
+  if (backend->prober && !backend->prober->running()) {
+    if (backend->timer != nullptr) evtimer_del(backend->timer);
+    backend->check_scheduled = false;
+    RunCheck(*cluster, *backend);
+  }
+  MarkDirty();
+}
+
 void HealthMonitor::MaybeEject(Cluster& cluster, Backend& backend) {
   if (!backend.health->WantsEjection()) return;
   size_t ejected = 0;

@@ -58,6 +58,10 @@ class HealthMonitor {
   void ApplyConfig(std::shared_ptr<const conf::Config> config, ClusterTls tls);
   // Thread-safe: outcomes seen by a loop.
   void Report(OutcomeBatch batch);
+  // Thread-safe: a loop suspects `address` of `cluster` hung (`reason`
+  // gives the figures). It is ejected, within max_ejection_percent (50 %
+  // without an [outlier] table), and checked at once.
+  void ReportHang(std::string cluster, std::string address, std::string reason);
 
   struct ActionResult {
     int status = 200;  // HTTP status for the admin API
@@ -113,6 +117,8 @@ class HealthMonitor {
                                      std::string_view address);
   void Apply(std::shared_ptr<const conf::Config> config, const ClusterTls& tls);
   void OnReport(const OutcomeBatch& batch);
+  void OnHang(const std::string& cluster, const std::string& address,
+              const std::string& reason);
   void Tick();
   void ScheduleCheck(Cluster& cluster, Backend& backend, bool first);
   void RunCheck(Cluster& cluster, Backend& backend);

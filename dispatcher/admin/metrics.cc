@@ -155,7 +155,8 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
       for (size_t r = 0; r < s.retries.size(); ++r) {
         b->Counter("tandem_retries_total",
                    "Tries after a failed one, by what failed",
-                   {{"cluster", cluster}, {"reason", kRetryReasons[r]}},
+                   {{"cluster", cluster},
+                    {"reason", std::string(kFailureTraits[r].retry_reason)}},
                    static_cast<double>(s.retries[r].Get()));
       }
       b->Gauge("tandem_queue_length",
@@ -193,6 +194,10 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
       b->Counter("tandem_backend_timeouts_total",
                  "Backend tries that timed out", labels,
                  static_cast<double>(s.upstream_timeouts.Get()));
+      b->Counter("tandem_backend_hang_suspicions_total",
+                 "Times a loop suspected the backend hung: its oldest request "
+                 "far older than the cluster's recent p99",
+                 labels, static_cast<double>(s.hang_suspicions.Get()));
       b->Counter("tandem_backend_stray_closes_total",
                  "Pooled backend connections closed because the backend sent "
                  "bytes while they were idle",

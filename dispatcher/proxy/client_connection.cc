@@ -918,6 +918,7 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   ++runtime.inflight[attempt_.backend];
   backend.stats->inflight.Add(1);
   attempt_.start = Clock::now();
+  LinkAwaiting();
   if (!response_)
     response_ = loop_.TakeParser(net::HttpParser::Type::kResponse, this);
   response_->Reset();
@@ -945,6 +946,56 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   state_ = State::kConnecting;
   auto deadline = attempt_.start + runtime.config->connect_timeout;
   ArmTimer(deadline - Clock::now());
+}
+
+void ClientConnection::LinkAwaiting() {
+  BackendRuntime& backend = cluster().backends[attempt_.backend];
+  await_prev_ = backend.awaiting_last;
+  await_next_ = nullptr;
+  if (await_prev_ != nullptr) {
+    await_prev_->await_next_ = this;
+  } else {
+    backend.awaiting_first = this;
+  }
+  backend.awaiting_last = this;
+  awaiting_ = true;
+  loop_.WatchHangs();
+}
+
+void ClientConnection::UnlinkAwaiting() {
+  if (!awaiting_) return;
+  BackendRuntime& backend = cluster().backends[attempt_.backend];
+  if (await_prev_ != nullptr) {
+    await_prev_->await_next_ = await_next_;
+  } else {
+    backend.awaiting_first = await_next_;
+  }
+  if (await_next_ != nullptr) {
+    await_next_->await_prev_ = await_prev_;
+  } else {
+    backend.awaiting_last = await_prev_;
+  }
+  await_prev_ = await_next_ = nullptr;
+  awaiting_ = false;
+}
+
+std::optional<Clock::time_point> ClientConnection::AwaitingSince() const {
+  if (!awaiting_ || destroy_pending_ || !message_.request_complete ||
+      message_.response_started) {
+    return std::nullopt;
+  }
+  return std::max(attempt_.start, message_.request_done);
+}
+
+bool ClientConnection::RetryOffHungBackend() {
+  if (state_ != State::kProxying || !AwaitingSince()) return false;
+  const bool reached = Traits(Failure::kHung).reached_worker;
+  RetryInput input = RetryFacts(Failure::kHung,
+                                exchange_.reached_failures + (reached ? 1 : 0));
+  if (DecideRetry(input).action != RetryAction::kRetry) return false;
+  Enter(this,
+        [this] { FailAttempt(Failure::kHung, 504, "backend suspected hung"); });
+  return true;
 }
 
 std::string ClientConnection::ProxyHeaderOut(
@@ -1089,6 +1140,15 @@ void ClientConnection::ParseResponse() {
 
 void ClientConnection::OnResponseHead(net::HttpParser& parser) {
   int status = parser.status_code();
+  if (awaiting_) {
+    // The backend answers: its time to a first head feeds the cluster's p99.
+    if (std::optional<Clock::time_point> since = AwaitingSince()) {
+      cluster().head_times.Add(
+          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
+                                                                *since));
+    }
+    UnlinkAwaiting();
+  }
   int client_minor = request_->http_minor();
   std::string& head = loop_.scratch();
   if (status >= 100 && status < 200 && status != 101) {
@@ -1239,6 +1299,7 @@ void ClientConnection::EndAttempt(bool reusable) {
     }
     attempt_.upstream = nullptr;
   }
+  UnlinkAwaiting();
   if (attempt_.has_backend) {
     attempt_.has_backend = false;
     ClusterRuntime& runtime = cluster();

@@ -61,6 +61,16 @@ class ClientConnection : private net::HttpParser::Handler,
   // directions, the kept retry body, its parsers' fields).
   uint64_t BufferedBytes() const;
 
+  // Hang detection (dispatcher/hang_watch.cc). The next request awaiting a
+  // response head from the same backend, oldest first.
+  ClientConnection* next_awaiting() const { return await_next_; }
+  // Since when this request, sent whole, awaits its response head; nullopt
+  // while it is still being sent.
+  std::optional<std::chrono::steady_clock::time_point> AwaitingSince() const;
+  // Its backend is suspected hung: the request goes to another backend when
+  // a retry is allowed now (true); otherwise it keeps waiting (false).
+  bool RetryOffHungBackend();
+
   // Intrusive list of a loop's connections.
   ClientConnection* next = nullptr;
   ClientConnection* prev = nullptr;
@@ -134,6 +144,9 @@ class ClientConnection : private net::HttpParser::Handler,
   // client gets if no backend is left; `other`: a different backend is needed.
   void StartAttempt(bool retry = false, int status = 0,
                     const char* detail = nullptr, bool other = true);
+  // Joins / leaves its backend's list of requests awaiting a response head.
+  void LinkAwaiting();
+  void UnlinkAwaiting();
   // The PROXY header (the cluster's send_proxy version) naming this client.
   std::string ProxyHeaderOut(const ClusterRuntime& runtime) const;
   void SendRequestHead();
@@ -299,6 +312,10 @@ class ClientConnection : private net::HttpParser::Handler,
   Message message_;
   Exchange exchange_;
   Attempt attempt_;
+  // In its backend's awaiting list (BackendRuntime::awaiting_first).
+  ClientConnection* await_prev_ = nullptr;
+  ClientConnection* await_next_ = nullptr;
+  bool awaiting_ = false;
 };
 
 }  // namespace tandem::dispatcher

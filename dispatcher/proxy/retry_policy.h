@@ -22,6 +22,7 @@ enum class FailureKind : uint8_t {
   kTimeout,   // try_timeout passed without a response head
   kStatus,    // answered 502, 503 or 504
   kInvalid,   // an unparseable response
+  kHung,      // no response head while the backend was suspected hung
 };
 
 // Why an exchange ended badly, for the access log (Envoy's response flags).
@@ -52,7 +53,7 @@ struct FailureTraits {
 };
 
 // One row per FailureKind, in its order.
-inline constexpr std::array<FailureTraits, 7> kFailureTraits = {{
+inline constexpr std::array<FailureTraits, 8> kFailureTraits = {{
     {"UF", "connect_failure", kFlagConnectFailure,
      health::TrafficFailure::kConnect, false},
     {"UF", "connect_refused", kFlagConnectFailure,
@@ -65,6 +66,8 @@ inline constexpr std::array<FailureTraits, 7> kFailureTraits = {{
     {"R5", "status_5xx", 0, health::TrafficFailure::kStatus5xx, true},
     {"UP", "invalid_response", kFlagInvalidResponse,
      health::TrafficFailure::kReset, true},
+    {"HG", "suspected_hang", kFlagUpstreamTimeout,
+     health::TrafficFailure::kTimeout, true},
 }};
 
 inline const FailureTraits& Traits(FailureKind kind) {

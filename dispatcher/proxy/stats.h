@@ -14,6 +14,8 @@
 #include <string>
 #include <utility>
 
+#include "dispatcher/proxy/retry_policy.h"
+
 namespace tandem::dispatcher {
 
 class LocalCounter {
@@ -74,7 +76,8 @@ struct BackendStats {
   LocalCounter connect_failures;
   LocalCounter upstream_resets;
   LocalCounter upstream_timeouts;
-  LocalCounter stray_closes;  // pooled connections that spoke while idle
+  LocalCounter stray_closes;     // pooled connections that spoke while idle
+  LocalCounter hang_suspicions;  // times a loop suspected it hung
   LocalCounter connections_opened;
   LocalCounter connect_micros;  // total connect time, for an average
   LocalGauge inflight;
@@ -82,14 +85,10 @@ struct BackendStats {
   LocalGauge idle_connections;
 };
 
-// Why a request was tried again (index: ClientConnection's Failure).
-inline constexpr const char* kRetryReasons[] = {
-    "connect_failure", "connect_refused", "pooled_connection_closed", "reset",
-    "try_timeout",     "status_5xx",      "invalid_response"};
-
 struct ClusterStats {
   LocalHistogram request_duration;
-  std::array<LocalCounter, std::size(kRetryReasons)> retries;
+  // By the failure that caused them (kFailureTraits' retry_reason).
+  std::array<LocalCounter, kFailureTraits.size()> retries;
   LocalCounter no_backend;
   LocalGauge queued;
   LocalCounter queue_timeouts;

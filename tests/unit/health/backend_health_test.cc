@@ -236,3 +236,57 @@ TEST_CASE("the transition log is bounded") {
 }
 
 }  // namespace tandem::health
+
+namespace tandem::health {
+namespace {
+
+TEST_CASE("a suspected hang ejects until the next check passes") {
+  BackendHealth health(Checked(2, 3));
+  health.OnCheckPassed(kStart, 0, "HTTP 200");
+  health.SuspectHung(kStart, 0, "suspected hung: oldest request 80 ms");
+  CHECK(health.hung());
+  CHECK(health.state() == BackendState::kEjected);
+  CHECK_FALSE(health.serving());
+  CHECK(health.transitions().back().reason ==
+        "suspected hung: oldest request 80 ms");
+  // A second report changes nothing; time alone does not end it.
+  health.SuspectHung(kStart + seconds(1), 0, "suspected hung: again");
+  CHECK(health.transitions().size() == 2);
+  health.Tick(kStart + seconds(60), 0);
+  CHECK(health.state() == BackendState::kEjected);
+  // Failing checks say more: down.
+  for (int i = 0; i < 3; ++i) health.OnCheckFailed(kStart, 0, "timed out");
+  CHECK(health.state() == BackendState::kDown);
+  // The first check that gets an answer ends the suspicion; rise still
+  // applies to "down".
+  health.OnCheckPassed(kStart, 0, "HTTP 200");
+  CHECK_FALSE(health.hung());
+  CHECK(health.state() == BackendState::kDown);
+  health.OnCheckPassed(kStart, 0, "HTTP 200");
+  CHECK(health.state() == BackendState::kUp);
+}
+
+TEST_CASE("a hang suspicion on an up backend ends with one passing check") {
+  BackendHealth health(Checked(2, 3));
+  health.OnCheckPassed(kStart, 0, "HTTP 200");
+  health.SuspectHung(kStart, 0, "suspected hung");
+  health.OnCheckPassed(kStart, 0, "HTTP 200");
+  CHECK(health.state() == BackendState::kUp);
+  CHECK(health.transitions().back().reason ==
+        "HTTP check passed after a suspected hang: HTTP 200");
+}
+
+TEST_CASE("without checks a hang suspicion expires") {
+  BackendHealth health(HealthSettings{});
+  health.SuspectHung(kStart, 0, "suspected hung");
+  CHECK(health.state() == BackendState::kEjected);
+  REQUIRE(health.NextDeadline());
+  CHECK(*health.NextDeadline() == kStart + BackendHealth::kHangEjection);
+  CHECK_FALSE(health.Tick(kStart + seconds(9), 0));
+  CHECK(health.Tick(kStart + BackendHealth::kHangEjection, 0));
+  CHECK(health.state() == BackendState::kUnknown);
+  CHECK(health.serving());
+}
+
+}  // namespace
+}  // namespace tandem::health

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -152,16 +153,19 @@ class NameServer {
 };
 
 struct Fixture {
-  Fixture() : base(event_base_new()), server(base) {}
+  Fixture()
+      : base(event_base_new()), server(std::make_unique<NameServer>(base)) {}
   ~Fixture() {
+    // The resolver's and the server's events go before the base.
     resolver.reset();
-    // The server's event goes before the base.
+    server.reset();
+    event_base_free(base);
   }
   // Runs one lookup to its end (or 10 s).
   DnsAnswer Ask(const std::string& name, DnsType type) {
     if (!resolver) {
       std::string error;
-      resolver = DnsResolver::Create(base, {server.address()}, &error);
+      resolver = DnsResolver::Create(base, {server->address()}, &error);
       REQUIRE(resolver != nullptr);
     }
     std::optional<DnsAnswer> answer;
@@ -179,13 +183,13 @@ struct Fixture {
     return *answer;
   }
   event_base* base;
-  NameServer server;
+  std::unique_ptr<NameServer> server;
   std::unique_ptr<DnsResolver> resolver;
 };
 
 TEST_CASE("an A answer gives its addresses, sorted, and the smallest TTL") {
   Fixture f;
-  f.server.zone[{"w.test", 1}] = {
+  f.server->zone[{"w.test", 1}] = {
       0, {{1, 30, ARecord("10.0.0.2")}, {1, 7, ARecord("10.0.0.1")}}};
   const DnsAnswer answer = f.Ask("w.test.", DnsType::kA);
   CHECK(answer.ok);
@@ -198,13 +202,13 @@ TEST_CASE("an A answer gives its addresses, sorted, and the smallest TTL") {
 
 TEST_CASE("an SRV answer is resolved through its targets") {
   Fixture f;
-  f.server.zone[{"_w._tcp.test", 33}] = {
+  f.server->zone[{"_w._tcp.test", 33}] = {
       0,
       {{33, 20, SrvRecord(10, 1, 8001, "a.test")},
        {33, 9, SrvRecord(20, 3, 8002, "b.test")},
        {33, 20, SrvRecord(10, 1, 8003, "a.test")}}};
-  f.server.zone[{"a.test", 1}] = {0, {{1, 60, ARecord("10.0.0.1")}}};
-  f.server.zone[{"b.test", 1}] = {
+  f.server->zone[{"a.test", 1}] = {0, {{1, 60, ARecord("10.0.0.1")}}};
+  f.server->zone[{"b.test", 1}] = {
       0, {{1, 4, ARecord("10.0.0.2")}, {1, 60, ARecord("10.0.0.3")}}};
   const DnsAnswer answer = f.Ask("_w._tcp.test.", DnsType::kSrv);
   CHECK(answer.ok);
@@ -219,13 +223,13 @@ TEST_CASE("an SRV answer is resolved through its targets") {
   CHECK(answer.records[2].weight == 3);
   CHECK(answer.records[3].ip == "10.0.0.3");
   // Each distinct target asked once, after the SRV question.
-  CHECK(f.server.queries == 3);
+  CHECK(f.server->queries == 3);
 }
 
 TEST_CASE("failures are named and carry no records") {
   Fixture f;
-  f.server.zone[{"broken.test", 1}] = {2, {}};
-  f.server.zone[{"empty.test", 1}] = {0, {}};
+  f.server->zone[{"broken.test", 1}] = {2, {}};
+  f.server->zone[{"empty.test", 1}] = {0, {}};
   DnsAnswer answer = f.Ask("missing.test.", DnsType::kA);
   CHECK_FALSE(answer.ok);
   CHECK(answer.error == "NXDOMAIN");

@@ -29,7 +29,7 @@ constexpr FailureKind kNeverReached[] = {
     FailureKind::kConnect, FailureKind::kRefused, FailureKind::kPoolRace};
 constexpr FailureKind kReached[] = {FailureKind::kReset, FailureKind::kTimeout,
                                     FailureKind::kStatus,
-                                    FailureKind::kInvalid};
+                                    FailureKind::kInvalid, FailureKind::kHung};
 
 TEST_CASE("a failure before the request reached a worker is always retried") {
   for (FailureKind failure : kNeverReached) {
@@ -126,6 +126,8 @@ TEST_CASE("every failure kind has one row of traits") {
   CHECK(Traits(FailureKind::kTimeout).trail_code == "UT");
   CHECK(Traits(FailureKind::kStatus).trail_code == "R5");
   CHECK(Traits(FailureKind::kInvalid).trail_code == "UP");
+  CHECK(Traits(FailureKind::kHung).trail_code == "HG");
+  CHECK(Traits(FailureKind::kHung).health == health::TrafficFailure::kTimeout);
   CHECK(Traits(FailureKind::kRefused).retry_reason == "connect_refused");
   CHECK(Traits(FailureKind::kTimeout).health ==
         health::TrafficFailure::kTimeout);

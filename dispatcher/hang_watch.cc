@@ -1,0 +1,143 @@
+// Hang detection, the loop's part (docs/retries.md, "Hang detection"): a
+// backend whose oldest request awaiting a response head is far older than its
+// cluster's recent p99 on this loop takes no new request here, its requests
+// that may be retried go elsewhere, and health/ is told, which ejects it until
+// a check passes.
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "dispatcher/loop.h"
+#include "dispatcher/proxy/client_connection.h"
+#include "health/monitor.h"
+#include "net/log.h"
+
+namespace tandem::dispatcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// How often the loop looks while requests are in flight.
+constexpr timeval kHangWatchInterval = {0, 10 * 1000};
+// Suspected when the oldest awaiting request is older than this many times
+// the cluster's p99, and than the floor.
+constexpr int64_t kHangFactor = 8;
+constexpr milliseconds kHangFloor{50};
+// A suspicion lasts this long on the loop; health/ decides beyond it.
+constexpr milliseconds kSuspicion{1000};
+// Requests still being sent are passed over, up to this many.
+constexpr int kLookAhead = 8;
+
+// Since when the oldest request of `backend` that has been sent awaits its
+// response head.
+std::optional<Clock::time_point> OldestAwaiting(const BackendRuntime& backend) {
+  int looked = 0;
+  for (const ClientConnection* c = backend.awaiting_first;
+       c != nullptr && looked < kLookAhead; c = c->next_awaiting(), ++looked) {
+    if (std::optional<Clock::time_point> since = c->AwaitingSince())
+      return since;
+  }
+  return std::nullopt;
+}
+
+long long Ms(Clock::duration d) {
+  return std::chrono::duration_cast<milliseconds>(d).count();
+}
+
+}  // namespace
+
+void Loop::ArmHangWatch() {
+  hang_watch_armed_ = true;
+  evtimer_add(hang_watch_event_.get(), &kHangWatchInterval);
+}
+
+void Loop::HangWatchCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Loop*>(arg);
+  self->hang_watch_armed_ = false;
+  const Clock::time_point now = Clock::now();
+  bool watching = self->current_ && self->CheckHangs(*self->current_, now);
+  for (auto& generation : self->retired_) {
+    watching = self->CheckHangs(*generation, now) || watching;
+  }
+  if (watching) self->ArmHangWatch();
+}
+
+void Loop::RetryAwaiting(BackendRuntime& backend) {
+  // A retry moves the connection to another backend's list: step first.
+  ClientConnection* next = nullptr;
+  for (ClientConnection* c = backend.awaiting_first; c != nullptr; c = next) {
+    next = c->next_awaiting();
+    c->RetryOffHungBackend();
+  }
+}
+
+bool Loop::CheckHangs(Generation& generation, Clock::time_point now) {
+  bool watching = false;
+  for (ClusterRuntime& runtime : generation.clusters_) {
+    const conf::Cluster& config = *runtime.config;
+    bool reapply = false;
+    std::vector<size_t> suspected;
+    for (BackendRuntime& backend : runtime.backends) {
+      if (backend.suspected_until != Clock::time_point{} &&
+          now >= backend.suspected_until) {
+        backend.suspected_until = {};
+        reapply = true;
+      }
+      watching = watching || backend.awaiting_first != nullptr ||
+                 backend.suspected_until != Clock::time_point{};
+    }
+    const std::optional<std::chrono::microseconds> p99 =
+        runtime.head_times.p99();
+    if (config.hang_detection && p99) {
+      const Clock::duration threshold =
+          std::max<Clock::duration>(kHangFactor * *p99, kHangFloor);
+      for (size_t b = 0; b < runtime.backends.size(); ++b) {
+        BackendRuntime& backend = runtime.backends[b];
+        if (backend.suspected_until != Clock::time_point{} || !backend.eligible)
+          continue;
+        const std::optional<Clock::time_point> since = OldestAwaiting(backend);
+        if (!since || now - *since <= threshold) continue;
+        // Never the last backend that takes requests.
+        bool other = false;
+        for (size_t o = 0; o < runtime.backends.size() && !other; ++o) {
+          other = o != b && runtime.backends[o].eligible &&
+                  runtime.backends[o].suspected_until == Clock::time_point{};
+        }
+        if (!other) continue;
+        backend.suspected_until = now + kSuspicion;
+        suspected.push_back(b);
+        reapply = true;
+        watching = true;
+        const std::string& address = backend.config->address.text;
+        const std::string reason =
+            "suspected hung: oldest request " +
+            std::to_string(Ms(now - *since)) +
+            " ms without a response head, cluster p99 " +
+            std::to_string(std::max<long long>(Ms(*p99), 0)) + " ms";
+        net::Log(net::LogLevel::kWarn, "proxy", "backend suspected hung",
+                 {{"cluster", config.name},
+                  {"backend", address},
+                  {"oldest_ms", Ms(now - *since)},
+                  {"p99_us", p99->count()},
+                  {"threshold_ms", Ms(threshold)},
+                  {"loop", index_}});
+        backend.stats->hang_suspicions.Add();
+        if (health_monitor_ != nullptr) {
+          health_monitor_->ReportHang(config.name, address, reason);
+        }
+      }
+    }
+    // Eligibility first, so the retries below go elsewhere.
+    if (reapply) generation.ApplyHealth(health_.get());
+    for (BackendRuntime& backend : runtime.backends) {
+      if (backend.suspected_until != Clock::time_point{}) {
+        RetryAwaiting(backend);
+      }
+    }
+  }
+  return watching;
+}
+
+}  // namespace tandem::dispatcher

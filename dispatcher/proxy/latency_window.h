@@ -1,0 +1,53 @@
+// The recent times to response head of one cluster on one loop: the last
+// kSize samples and their 99th percentile, recomputed every kEvery samples.
+// It tells "this backend has kept a request far longer than its peers take"
+// (docs/retries.md, hang detection). No allocation; O(kSize) work every
+// kEvery samples. One loop's thread only.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+namespace tandem::dispatcher {
+
+class LatencyWindow {
+ public:
+  static constexpr size_t kSize = 128;
+  static constexpr size_t kEvery = 32;
+  // No percentile before this many samples.
+  static constexpr size_t kMinSamples = 32;
+
+  void Add(std::chrono::microseconds sample) {
+    const auto us = std::clamp<int64_t>(sample.count(), 0, UINT32_MAX);
+    samples_[added_ % kSize] = static_cast<uint32_t>(us);
+    ++added_;
+    if (added_ >= kMinSamples && added_ % kEvery == 0) Recompute();
+  }
+
+  // nullopt until kMinSamples samples have been added.
+  std::optional<std::chrono::microseconds> p99() const {
+    if (added_ < kMinSamples) return std::nullopt;
+    return std::chrono::microseconds(p99_us_);
+  }
+
+ private:
+  void Recompute() {
+    const size_t n = std::min<size_t>(added_, kSize);
+    std::array<uint32_t, kSize> copy;
+    std::copy_n(samples_.begin(), n, copy.begin());
+    // The smallest sample at or above 99 % of them.
+    const size_t rank = (n * 99 + 99) / 100 - 1;
+    std::nth_element(copy.begin(), copy.begin() + rank, copy.begin() + n);
+    p99_us_ = copy[rank];
+  }
+
+  std::array<uint32_t, kSize> samples_{};
+  uint64_t added_ = 0;
+  uint32_t p99_us_ = 0;
+};
+
+}  // namespace tandem::dispatcher

@@ -1,0 +1,89 @@
+"""Slow and frozen workers with the default configuration (issue "Slow, frozen
+and flaky workers"): hang detection takes a frozen worker out of rotation
+within tens of milliseconds, retries what waited on it, and says why.
+
+Timing goals (p99, throughput per second) are benchmark figures; these tests
+assert what must hold everywhere: no failed request, the frozen worker
+suspected with its figures and ejected until a check passes, the others
+untouched."""
+
+import time
+import unittest
+
+from faults import (FaultTestCase, backend_status, between, by_worker, failures, report,
+                    wait_all_up, wait_state)
+from harness import make_config, scaled, wait_until
+
+# The defaults, but for the check interval a user of a compute cluster would
+# leave alone: only `kind` is chosen.
+DEFAULT_CHECKS = '[clusters.compute.health]\nkind = "http"\n'
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class FrozenWorkerTest(FaultTestCase):
+
+    def start_cluster(self, extra_cluster=None):
+        workers = [self.start_worker("w%d" % i) for i in (1, 2, 3)]
+        tandem = self.start_tandem(make_config([w.address for w in workers],
+                                               cluster_opts=extra_cluster or {},
+                                               extra=DEFAULT_CHECKS))
+        wait_all_up(tandem, scaled(15))
+        return workers, tandem
+
+    def test_a_frozen_worker_is_suspected_at_once_and_costs_no_request(self):
+        workers, tandem = self.start_cluster()
+        load = self.start_load(tandem.port, connections=6, pause=0)
+        load.wait_requests(1000)
+        victim = workers[0]
+        frozen_at = self.freeze(victim)
+        load.wait_requests(1500, timeout=scaled(30))
+        wait_state(tandem, victim.address, ("ejected", "down"), scaled(5))
+        thawed_at = self.thaw(victim)
+        time.sleep(scaled(0.5))
+        outcomes = load.stop()
+
+        backend = backend_status(tandem, victim.address)
+        reasons = [t["reason"] for t in backend["transitions"]]
+        during = between(outcomes, frozen_at, thawed_at)
+        slow = [o for o in during if o.seconds > 1.0]
+        latencies = [o.seconds for o in outcomes]
+        metrics = tandem.metrics()
+        suspicions = sum(v for k, v in metrics.items()
+                         if k.startswith("tandem_backend_hang_suspicions_total") and
+                         victim.address in k)
+        report("frozen worker, defaults", requests=len(outcomes),
+               failed=len(failures(outcomes)), during=len(during),
+               over_1s=len(slow), p99_ms=1000 * percentile(latencies, 0.99),
+               max_ms=1000 * max(latencies), suspicions=int(suspicions),
+               by_worker_during=dict(by_worker(during)))
+        self.assertEqual(failures(outcomes), [])
+        # Suspected with its figures, ejected until a check passes.
+        self.assertTrue(any(r.startswith("suspected hung: oldest request") for r in reasons),
+                        reasons)
+        self.assertGreaterEqual(suspicions, 1)
+        # No request waited for the default try_timeout (30 s) or even a
+        # second: the ones caught on the frozen worker went elsewhere.
+        self.assertEqual(slow, [], slow[:5])
+
+    def test_without_hang_detection_requests_wait_on_the_frozen_worker(self):
+        # The same run with the detection off: the requests caught on the
+        # frozen worker wait (here for a 2 s try_timeout), which is what the
+        # detection removes.
+        workers, tandem = self.start_cluster({"hang_detection": False, "try_timeout": "2s"})
+        load = self.start_load(tandem.port, connections=6, pause=0)
+        load.wait_requests(1000)
+        frozen_at = self.freeze(workers[0])
+        time.sleep(scaled(2.5))
+        thawed_at = self.thaw(workers[0])
+        outcomes = load.stop()
+        slow = [o for o in between(outcomes, frozen_at, thawed_at) if o.seconds > 1.0]
+        self.assertEqual(failures(outcomes), [])
+        self.assertGreater(len(slow), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()

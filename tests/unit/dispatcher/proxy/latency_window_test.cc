@@ -1,0 +1,50 @@
+// Tests of LatencyWindow: no percentile before enough samples, the p99 of the
+// last 128, and old samples leaving the window.
+#include "dispatcher/proxy/latency_window.h"
+
+#include <doctest/doctest.h>
+
+namespace tandem::dispatcher {
+namespace {
+
+using std::chrono::microseconds;
+
+TEST_CASE("no p99 before 32 samples, then the 99th percentile") {
+  LatencyWindow window;
+  for (int i = 1; i <= 31; ++i) window.Add(microseconds(i));
+  CHECK_FALSE(window.p99().has_value());
+  window.Add(microseconds(32));
+  REQUIRE(window.p99().has_value());
+  // Of 1..32, the smallest at or above 99 % of them is 32.
+  CHECK(*window.p99() == microseconds(32));
+  for (int i = 33; i <= 128; ++i) window.Add(microseconds(i));
+  // Of 1..128: rank ceil(126.72) = 127, i.e. the value 127.
+  CHECK(*window.p99() == microseconds(127));
+}
+
+TEST_CASE("the window holds the last 128 samples") {
+  LatencyWindow window;
+  for (int i = 0; i < 128; ++i) window.Add(microseconds(1000000));
+  CHECK(*window.p99() == microseconds(1000000));
+  // 128 fast samples push every slow one out.
+  for (int i = 0; i < 128; ++i) window.Add(microseconds(5));
+  CHECK(*window.p99() == microseconds(5));
+  // One slow sample in 128 is below the 99th percentile's rank; two are not.
+  window.Add(microseconds(900));
+  for (int i = 0; i < 31; ++i) window.Add(microseconds(5));
+  CHECK(*window.p99() == microseconds(5));
+  window.Add(microseconds(900));
+  for (int i = 0; i < 31; ++i) window.Add(microseconds(5));
+  CHECK(*window.p99() == microseconds(900));
+}
+
+TEST_CASE("negative and huge samples are clamped") {
+  LatencyWindow window;
+  for (int i = 0; i < 32; ++i) window.Add(microseconds(-5));
+  CHECK(*window.p99() == microseconds(0));
+  for (int i = 0; i < 128; ++i) window.Add(microseconds(INT64_MAX));
+  CHECK(*window.p99() == microseconds(UINT32_MAX));
+}
+
+}  // namespace
+}  // namespace tandem::dispatcher
