@@ -28,8 +28,8 @@ RetryInput Post(FailureKind failure) {
 constexpr FailureKind kNeverReached[] = {
     FailureKind::kConnect, FailureKind::kRefused, FailureKind::kPoolRace};
 constexpr FailureKind kReached[] = {FailureKind::kReset, FailureKind::kTimeout,
-                                    FailureKind::kStatus,
-                                    FailureKind::kInvalid, FailureKind::kHung};
+                                    FailureKind::kStatus, FailureKind::kInvalid,
+                                    FailureKind::kHung};
 
 TEST_CASE("a failure before the request reached a worker is always retried") {
   for (FailureKind failure : kNeverReached) {
