@@ -199,8 +199,11 @@ struct Cluster {
   uint32_t min_active = 1;
   uint32_t retries = 2;
   Duration connect_timeout = std::chrono::seconds(1);
-  Duration try_timeout =
-      std::chrono::seconds(30);  // defaults to request_timeout
+  // "auto" (the default): derived per try from the cluster's recent time to
+  // response head, for tries that may be retried (docs/retries.md); then
+  // try_timeout holds request_timeout, the ceiling. A duration sets it.
+  bool try_timeout_auto = true;
+  Duration try_timeout = std::chrono::seconds(30);
   Duration request_timeout = std::chrono::seconds(30);
   Duration idle_timeout = std::chrono::seconds(60);
   uint32_t max_idle_connections = 64;  // per backend, per thread

@@ -86,6 +86,21 @@ bool ReadHashKey(TableReader& reader, std::string_view key, Cluster& cluster) {
   return false;
 }
 
+// try_timeout = "auto" or a duration.
+bool ReadTryTimeout(TableReader& reader, std::string_view key,
+                    Cluster& cluster) {
+  const toml::node* node = reader.Find(key);
+  if (node == nullptr) return false;
+  if (node->is_string() && node->as_string()->get() == "auto") {
+    cluster.try_timeout_auto = true;
+    return true;
+  }
+  if (!reader.ReadDuration(key, ZeroDuration::kRejected, &cluster.try_timeout))
+    return false;
+  cluster.try_timeout_auto = false;
+  return true;
+}
+
 std::string BalanceFactorError(const double& factor) {
   if (factor == 0 || factor >= 1.0) return "";
   return "must be 0 (off) or at least 1.0, got " + FormatNumber(factor);
@@ -125,7 +140,7 @@ std::span<const Key<Cluster>> ClusterKeys() {
           .UnusedWhen(NotPrimaryBackup),
       IntegerKey("retries", &Cluster::retries, 0, 10),
       DurationKey("connect_timeout", &Cluster::connect_timeout, kPositive),
-      DurationKey(kTryTimeout, &Cluster::try_timeout, kPositive),
+      CustomKey(kTryTimeout, ReadTryTimeout),
       DurationKey(kRequestTimeout, &Cluster::request_timeout, kPositive),
       DurationKey("idle_timeout", &Cluster::idle_timeout, kPositive),
       IntegerKey("max_idle_connections", &Cluster::max_idle_connections, 0,
@@ -183,8 +198,8 @@ void CheckCluster(TableReader& reader, Cluster& cluster) {
         "algorithm \"" + reader.Find(kAlgorithm)->as_string()->get() +
             "\" needs hash_key: header:NAME, cookie:NAME, source-ip or path");
   }
-  if (!reader.Has(kTryTimeout)) {
-    cluster.try_timeout = cluster.request_timeout;
+  if (cluster.try_timeout_auto) {
+    cluster.try_timeout = cluster.request_timeout;  // the ceiling
   } else if (reader.Good(kTryTimeout) && !reader.Bad(kRequestTimeout) &&
              cluster.try_timeout > cluster.request_timeout) {
     reader.Error(*reader.Find(kTryTimeout), kTryTimeout,

@@ -29,6 +29,10 @@ using net::ToTimeval;
 // Back-pressure marks (bytes queued for the peer): stop reading the other
 // side above the high mark, resume once drained to the low mark.
 constexpr size_t kOutputHighWater = 256 * 1024;
+// try_timeout = "auto": this many times the cluster's recent p99, at least
+// the floor (docs/retries.md).
+constexpr int64_t kAutoTryFactor = 3;
+constexpr std::chrono::milliseconds kAutoTryFloor{1000};
 constexpr size_t kOutputLowWater = 64 * 1024;
 // Client input read ahead while the current request is being served
 // (pipelined requests wait here).
@@ -1414,9 +1418,28 @@ void ClientConnection::ReportOutcome(bool success, Failure failure) {
 Clock::time_point ClientConnection::ResponseDeadline() const {
   // The request is out: the sooner of request_timeout and this try's
   // try_timeout.
-  return std::min(message_.request_done + cluster().config->request_timeout,
-                  std::max(attempt_.start, message_.request_done) +
-                      cluster().config->try_timeout);
+  return std::min(
+      message_.request_done + cluster().config->request_timeout,
+      std::max(attempt_.start, message_.request_done) + TryTimeout());
+}
+
+Clock::duration ClientConnection::TryTimeout() const {
+  const ClusterRuntime& runtime = cluster();
+  const conf::Cluster& config = *runtime.config;
+  if (!config.try_timeout_auto) return config.try_timeout;
+  // "auto": 3 x the cluster's recent p99 on this loop, at least a second,
+  // for a try that could be retried now; a try that could not waits for
+  // request_timeout, as a cut would only turn it into an error.
+  const std::optional<std::chrono::microseconds> p99 = runtime.head_times.p99();
+  if (!p99) return config.request_timeout;
+  const bool reached = Traits(Failure::kTimeout).reached_worker;
+  if (DecideRetry(RetryFacts(Failure::kTimeout,
+                             exchange_.reached_failures + (reached ? 1 : 0)))
+          .action != RetryAction::kRetry) {
+    return config.request_timeout;
+  }
+  return std::clamp<Clock::duration>(kAutoTryFactor * *p99, kAutoTryFloor,
+                                     config.request_timeout);
 }
 
 Clock::time_point ClientConnection::RequestDeadline() const {
@@ -1746,7 +1769,7 @@ void ClientConnection::OnTimer() {
         return;
       }
       auto try_deadline =
-          std::max(attempt_.start, message_.request_done) + config.try_timeout;
+          std::max(attempt_.start, message_.request_done) + TryTimeout();
       if (now >= try_deadline) {
         FailAttempt(Failure::kTimeout, 504,
                     "backend did not answer within try_timeout");

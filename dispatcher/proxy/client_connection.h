@@ -174,6 +174,8 @@ class ClientConnection : private net::HttpParser::Handler,
   std::chrono::steady_clock::time_point RequestDeadline() const;
   // When the response head must have come, once the whole request is out.
   std::chrono::steady_clock::time_point ResponseDeadline() const;
+  // This try's try_timeout: the configured one, or "auto"'s.
+  std::chrono::steady_clock::duration TryTimeout() const;
   // Tells health/ how the attempt went.
   void ReportOutcome(bool success, Failure failure);
   // The request's hash for ring-hash and maglev, from hash_key.

@@ -5,14 +5,15 @@ within tens of milliseconds, retries what waited on it, and says why.
 Timing goals (p99, throughput per second) are benchmark figures; these tests
 assert what must hold everywhere: no failed request, the frozen worker
 suspected with its figures and ejected until a check passes, the others
-untouched."""
+untouched; try_timeout = "auto" cuts a stuck try near a second."""
 
+import threading
 import time
 import unittest
 
-from faults import (FaultTestCase, backend_status, between, by_worker, failures, report,
-                    wait_all_up, wait_state)
-from harness import make_config, scaled, wait_until
+from faults import (FaultTestCase, access_entries, backend_status, between, by_worker,
+                    failures, parallel_gets, report, wait_all_up, wait_state)
+from harness import make_config, response_bytes, scaled, serve_each, wait_until
 
 # The defaults, but for the check interval a user of a compute cluster would
 # leave alone: only `kind` is chosen.
@@ -83,6 +84,69 @@ class FrozenWorkerTest(FaultTestCase):
         slow = [o for o in between(outcomes, frozen_at, thawed_at) if o.seconds > 1.0]
         self.assertEqual(failures(outcomes), [])
         self.assertGreater(len(slow), 0)
+
+
+class AutoTryTimeoutTest(FaultTestCase):
+    """try_timeout = "auto" (the default): a try that may be retried is cut at
+    3 x the cluster's recent p99, at least a second, not at request_timeout."""
+
+    def start_cluster(self, cluster_opts):
+        self.silent = threading.Event()
+        self.release = threading.Event()
+
+        def answer(request):
+            if self.silent.is_set():
+                # Holds the request without a word (as a stuck worker would)
+                # until the test ends.
+                self.release.wait(scaled(30))
+                return None
+            return response_bytes(200, b"ok\n", [("X-Worker", "raw")])
+        self.raw = self.start_backend(serve_each(answer))
+        # Before the backend's own cleanup (last in, first out).
+        self.addCleanup(self.release.set)
+        workers = [self.start_worker("w%d" % i) for i in (1, 2)]
+        options = {"hang_detection": False}
+        options.update(cluster_opts)
+        tandem = self.start_tandem(make_config(
+            [w.address for w in workers] + [self.raw.address], cluster_opts=options,
+            extra=DEFAULT_CHECKS))
+        wait_all_up(tandem, scaled(15))
+        # A p99 to derive the timeout from: 32 answers at least.
+        load = self.start_load(tandem.port, connections=2, max_requests=300)
+        load.wait_done()
+        self.assertEqual(failures(load.outcomes()), [])
+        self.silent.set()
+        return tandem
+
+    def gets(self, tandem, count=6):
+        started = time.time()
+        outcomes = parallel_gets(tandem.port, ["/"] * count, timeout=scaled(40))
+        return outcomes, time.time() - started
+
+    def test_a_stuck_try_is_cut_near_a_second_and_retried(self):
+        tandem = self.start_cluster({})
+        outcomes, seconds = self.gets(tandem)
+
+        def timed_out():
+            return [e for e in access_entries(tandem) if e.failed_tries and
+                    ":UT" in e.failed_tries]
+        try:
+            wait_until(timed_out, scaled(5), "an access log line with a timed-out try")
+        except TimeoutError:
+            pass
+        timed_out = timed_out()
+        report("auto try_timeout", requests=len(outcomes), seconds=seconds,
+               try_timeouts=len(timed_out))
+        self.assertEqual(failures(outcomes), [])
+        self.assertGreater(len(timed_out), 0, "no request went to the silent backend")
+        # Cut at the 1 s floor (the p99 is far below it), not at 30 s.
+        self.assertLess(seconds, scaled(5))
+
+    def test_a_duration_still_wins(self):
+        tandem = self.start_cluster({"try_timeout": "3s"})
+        outcomes, seconds = self.gets(tandem)
+        self.assertEqual(failures(outcomes), [])
+        self.assertGreaterEqual(seconds, 2.9)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,37 @@ address = "127.0.0.1:9001"
   CHECK(config->clusters[0].try_timeout == milliseconds(5'000));
 }
 
+TEST_CASE("try_timeout is \"auto\" unless a duration is given") {
+  const auto with = [](std::string_view line) {
+    return Valid(
+        std::string(R"([listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "compute"
+[clusters.compute]
+request_timeout = "20s"
+)") + std::string(line) +
+        "\n[[clusters.compute.backends]]\naddress = \"127.0.0.1:9001\"\n");
+  };
+  auto config = with("");
+  CHECK(config->clusters[0].try_timeout_auto);
+  CHECK(config->clusters[0].try_timeout == milliseconds(20'000));  // ceiling
+  config = with("try_timeout = \"auto\"");
+  CHECK(config->clusters[0].try_timeout_auto);
+  CHECK(config->clusters[0].try_timeout == milliseconds(20'000));
+  config = with("try_timeout = \"2s\"");
+  CHECK_FALSE(config->clusters[0].try_timeout_auto);
+  CHECK(config->clusters[0].try_timeout == milliseconds(2'000));
+  CHECK(Errors(R"([listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "compute"
+[clusters.compute]
+try_timeout = "soon"
+[[clusters.compute.backends]]
+address = "127.0.0.1:9001"
+)")
+            .size() == 1);
+}
+
 TEST_CASE("a try_timeout longer than request_timeout is an error") {
   CHECK(Errors(R"([listeners.web]
 listen = "127.0.0.1:8080"
