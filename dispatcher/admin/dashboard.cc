@@ -68,7 +68,8 @@ async function refresh(){
         const rate = dt && prev[key] !== undefined ? ((counts[key] - prev[key]) / dt).toFixed(1) : "–";
         const last = b.transitions.length ? b.transitions[b.transitions.length - 1] : null;
         for (const t of b.transitions) events.push({...t, cluster: c.name, address: b.address});
-        html += `<tr data-backend="${esc(b.address)}"><td>${esc(b.address)}</td><td>${esc(b.role)}</td><td>${esc(b.standby ?? "–")}</td>
+        const source = b.source && b.source !== "config" ? `<br><small class="muted">${esc(b.source)}</small>` : "";
+        html += `<tr data-backend="${esc(b.address)}"><td>${esc(b.address)}${source}</td><td>${esc(b.role)}</td><td>${esc(b.standby ?? "–")}</td>
           <td><span class="state ${esc(b.state)}">${esc(b.state)}</span></td><td>${b.active ? "yes" : "no"}</td>
           <td>${esc(b.effective_weight)}/${esc(b.weight)}</td><td>${esc(b.inflight)}</td><td>${rate}</td>
           <td class="reason">${last ? esc(last.reason) : ""}</td>
