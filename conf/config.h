@@ -142,6 +142,14 @@ struct Outlier {
   // Repeated ejections last ejection_time × times ejected, up to this.
   Duration max_ejection_time = std::chrono::seconds(300);
   uint32_t max_ejection_percent = 50;
+  // Success-rate and failure-percentage detection (Envoy's names), judged
+  // every `interval` over what reached the workers. On for every cluster:
+  // without an [outlier] table these defaults apply (docs/health.md).
+  Duration interval = std::chrono::seconds(10);
+  uint32_t success_rate_minimum_hosts = 3;
+  uint32_t success_rate_request_volume = 100;
+  double success_rate_stdev_factor = 1.9;
+  uint32_t failure_percentage_threshold = 85;
 };
 
 struct UpstreamTls {

@@ -183,6 +183,15 @@ std::span<const Key<Outlier>> OutlierKeys() {
       DurationKey(kMaxEjectionTime, &Outlier::max_ejection_time, kPositive),
       IntegerKey("max_ejection_percent", &Outlier::max_ejection_percent, 0,
                  100),
+      DurationKey("interval", &Outlier::interval, kPositive),
+      IntegerKey("success_rate_minimum_hosts",
+                 &Outlier::success_rate_minimum_hosts, 1, 1000),
+      IntegerKey("success_rate_request_volume",
+                 &Outlier::success_rate_request_volume, 1, 100000000),
+      NumberKey("success_rate_stdev_factor",
+                &Outlier::success_rate_stdev_factor, 0.0, 100.0),
+      IntegerKey("failure_percentage_threshold",
+                 &Outlier::failure_percentage_threshold, 0, 100),
   };
   return keys;
 }

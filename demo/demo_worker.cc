@@ -177,6 +177,7 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
   };
   int feedback_weight_ = -2;  // /control/feedback: -2 unchanged, -1 none
   int feedback_state_ = -1;   // -1 unchanged, 0 none, 1 drain, 2 up
+  int fail_percent_ = 100;    // /control/fail: the share that fails
   enum class Route {
     kNotFound,
     kHello,
@@ -374,6 +375,11 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
           status && (*status == 0 || *status >= 200) ? status : std::nullopt,
           "status must be 0 or a number from 200 to 599");
       if (!QueryValue(query, "status")) query_error_ = "status is missing";
+      std::optional<uint64_t> percent =
+          QueryNumber(query, "percent", 100, 1, 100);
+      if (!percent && query_error_.empty())
+        query_error_ = "percent must be a number from 1 to 100";
+      fail_percent_ = static_cast<int>(percent.value_or(100));
     } else if (path == "/control/feedback") {
       // What /healthz tells tandem about this worker's load: weight=N (a
       // percentage, -1 = none) and state=drain|up|none.
@@ -494,11 +500,22 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
 
   // A failure switched on by /control/fail hits everything but the probes
   // and the switches themselves.
+  // Called once per request: it counts the requests a percentage applies to.
   bool Failing() const {
-    return worker_->shared_->fail_status.load(std::memory_order_relaxed) != 0 &&
-           route_ != Route::kHealthz && route_ != Route::kStats &&
-           route_ != Route::kControlHealth && route_ != Route::kControlFail &&
-           route_ != Route::kControlFeedback;
+    DemoWorkerShared& shared = *worker_->shared_;
+    if (shared.fail_status.load(std::memory_order_relaxed) == 0 ||
+        route_ == Route::kHealthz || route_ == Route::kStats ||
+        route_ == Route::kControlHealth || route_ == Route::kControlFail ||
+        route_ == Route::kControlFeedback) {
+      return false;
+    }
+    const uint64_t percent = static_cast<uint64_t>(
+        shared.fail_percent.load(std::memory_order_relaxed));
+    if (percent >= 100) return true;
+    // Request n fails when floor(n × P / 100) steps up: P in every 100.
+    const uint64_t n =
+        shared.fail_counter.fetch_add(1, std::memory_order_relaxed);
+    return (n * percent) / 100 != ((n + 1) * percent) / 100;
   }
 
   // Answers a complete request.
@@ -566,6 +583,8 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
           WriteAnswer(200, body_);
           break;
         case Route::kControlFail:
+          worker_->shared_->fail_percent.store(fail_percent_,
+                                               std::memory_order_relaxed);
           worker_->SetFailStatus(static_cast<int>(number_));
           body_.assign("requests answer ");
           AppendNumber(body_, number_);

@@ -30,8 +30,11 @@ struct DemoWorkerShared {
   std::atomic<uint64_t> connections_accepted{0};
   std::atomic<uint64_t> requests_served{0};
   std::atomic<int> health_status{200};
-  // 0, or the status every request but /healthz, /stats and /control/* gets.
+  // 0, or the status every request but /healthz, /stats and /control/* gets
+  // — or fail_percent of them, spread evenly (every fifth for 20).
   std::atomic<int> fail_status{0};
+  std::atomic<int> fail_percent{100};
+  std::atomic<uint64_t> fail_counter{0};
   // What /healthz reports as load feedback: Tandem-Weight (a percentage;
   // -1 = no header) and Tandem-State (0 none, 1 drain, 2 up).
   std::atomic<int> feedback_weight{-1};
@@ -57,8 +60,10 @@ struct DemoWorkerStart {
 //   POST /control/feedback?weight=N&state=drain|up|none  load feedback that
 //                                 /healthz carries (Tandem-Weight,
 //                                 Tandem-State)
-//   POST /control/fail?status=N   answers N (200..599) to every request but
-//                                 /healthz, /stats and /control/*; 0 restores
+//   POST /control/fail?status=N[&percent=P]  answers N (200..599) to every
+//                                 request but /healthz, /stats and
+//                                 /control/* (or P % of them, 1..100, spread
+//                                 evenly); 0 restores
 //   GET|POST /compute?rounds=N    N rounds of SHA-256 chained over the body
 //   (over
 //                                 the name when there is none); default 1000,

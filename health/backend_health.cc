@@ -187,6 +187,22 @@ void BackendHealth::Eject(TimePoint now, int64_t wall_ms) {
   Update(now, wall_ms, reason);
 }
 
+void BackendHealth::EjectOutlier(TimePoint now, int64_t wall_ms,
+                                 std::string_view reason) {
+  ++times_ejected_;
+  auto duration = std::min(settings_.ejection_time * times_ejected_,
+                           settings_.max_ejection_time);
+  ejected_ = true;
+  ejected_for_5xx_ = true;
+  ejected_until_ = now + duration;
+  passes_while_ejected_ = 0;
+  std::string text =
+      std::string(reason) + "; ejected for " + FormatSeconds(duration);
+  if (times_ejected_ > 1)
+    text += " (ejection #" + std::to_string(times_ejected_) + ")";
+  Update(now, wall_ms, text);
+}
+
 void BackendHealth::DeclineEjection() { traffic_failures_ = 0; }
 
 void BackendHealth::MarkStopped(TimePoint now, int64_t wall_ms,

@@ -79,6 +79,10 @@ class BackendHealth {
   // Ejects for ejection_time × times ejected (capped); the cluster decided
   // that max_ejection_percent allows it.
   void Eject(TimePoint now, int64_t wall_ms);
+  // Ejects for an outlier rate of the last interval (success rate, failure
+  // percentage; `reason` gives the figures), ejection_time × times ejected
+  // as above. Like a 5xx ejection, passing checks do not end it early.
+  void EjectOutlier(TimePoint now, int64_t wall_ms, std::string_view reason);
   // The cluster refused an ejection (too many ejected): counters restart so
   // the backend is judged on fresh failures.
   void DeclineEjection();

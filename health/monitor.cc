@@ -12,6 +12,7 @@
 #include "algorithms/hash.h"
 #include "health/ejection_cap.h"
 #include "health/settings.h"
+#include "health/success_rate.h"
 #include "net/log.h"
 #include "net/posix.h"
 #include "net/proxy_protocol.h"
@@ -317,6 +318,11 @@ void HealthMonitor::OnReport(const OutcomeBatch& batch) {
     }
     if (backend == nullptr) continue;
     backend->health->OnTraffic(report.successes, report.failures, report.kind);
+    backend->rate_successes += report.successes;
+    // A connection that could not be made says nothing of the worker's
+    // answers (health checks judge reachability).
+    if (report.kind != TrafficFailure::kConnect)
+      backend->rate_failures += report.failures;
     if (report.refused) {
       bool was = now < backend->refused_until;
       backend->refused_until = now + kRefusedWindow;
@@ -378,6 +384,47 @@ void HealthMonitor::OnHang(const std::string& cluster_name,
   MarkDirty();
 }
 
+void HealthMonitor::JudgeRates(Cluster& cluster, TimePoint now) {
+  const conf::Outlier outlier =
+      cluster.config->outlier ? *cluster.config->outlier : conf::Outlier{};
+  std::vector<RateSample> samples;
+  for (auto& backend : cluster.backends) {
+    // An ejected, down or draining backend has no say in this interval.
+    const bool judged = backend->health->serving();
+    samples.push_back(
+        judged ? RateSample{backend->rate_successes, backend->rate_failures}
+               : RateSample{});
+    backend->rate_successes = 0;
+    backend->rate_failures = 0;
+  }
+  RateSettings settings;
+  settings.minimum_hosts = outlier.success_rate_minimum_hosts;
+  settings.request_volume = outlier.success_rate_request_volume;
+  settings.stdev_factor = outlier.success_rate_stdev_factor;
+  settings.failure_percentage_threshold = outlier.failure_percentage_threshold;
+  for (const RateOutlier& verdict : RateOutliers(samples, settings)) {
+    Backend& backend = *cluster.backends[verdict.index];
+    size_t ejected = 0;
+    for (const auto& b : cluster.backends) {
+      if (b->health->state() == BackendState::kEjected) ++ejected;
+    }
+    if (!EjectionAllowed(ejected, cluster.backends.size(),
+                         outlier.max_ejection_percent)) {
+      Log(LogLevel::kWarn, "health",
+          "outlier not ejected: max_ejection_percent reached",
+          {{"cluster", cluster.config->name},
+           {"backend", backend.address},
+           {"reason", verdict.reason}});
+      continue;
+    }
+    const size_t before = backend.health->transition_count();
+    backend.health->EjectOutlier(now, WallMs(), verdict.reason);
+    ++backend.ejections;
+    LogTransitions(cluster, backend, before);
+    MarkDirty();
+  }
+}
+
 void HealthMonitor::MaybeEject(Cluster& cluster, Backend& backend) {
   if (!backend.health->WantsEjection()) return;
   size_t ejected = 0;
@@ -418,6 +465,15 @@ void HealthMonitor::Tick() {
   bool transitions = false;
   bool ramp = false;
   for (auto& cluster : clusters_) {
+    const conf::Duration interval = cluster->config->outlier
+                                        ? cluster->config->outlier->interval
+                                        : conf::Outlier{}.interval;
+    if (cluster->rate_since == TimePoint{}) {
+      cluster->rate_since = now;
+    } else if (now - cluster->rate_since >= interval) {
+      JudgeRates(*cluster, now);
+      cluster->rate_since = now;
+    }
     for (auto& backend : cluster->backends) {
       auto deadline = backend->health->NextDeadline();
       if (deadline && *deadline <= now) {

@@ -95,6 +95,9 @@ class HealthMonitor {
     double check_seconds = 0;
     uint64_t ejections = 0;
     std::array<uint64_t, 7> transitions_to{};
+    // Outcomes of the current outlier interval (what reached the worker).
+    uint64_t rate_successes = 0;
+    uint64_t rate_failures = 0;
   };
   struct Cluster {
     HealthMonitor* monitor = nullptr;
@@ -103,6 +106,7 @@ class HealthMonitor {
     bool panic = false;
     std::vector<PolicyEvent> events;
     std::shared_ptr<net::TlsClientContext> tls;  // checks of a TLS cluster
+    TimePoint rate_since{};  // start of the current outlier interval
   };
 
   static void TickCb(evutil_socket_t, short, void* arg);
@@ -131,6 +135,9 @@ class HealthMonitor {
   void Deactivate(Cluster& cluster, Backend& backend);
   void RunCommand(Backend& backend, bool activate);
   void MaybeEject(Cluster& cluster, Backend& backend);
+  // End of an outlier interval: ejects the backends whose success rate or
+  // failure percentage is an outlier (health/success_rate.h), within the cap.
+  void JudgeRates(Cluster& cluster, TimePoint now);
   // Backends found in DNS that left its answer drain, once another backend
   // of the cluster serves.
   void DrainVanished(Cluster& cluster);

@@ -343,6 +343,30 @@ TEST_CASE("/control/fail answers its status to all but probes and switches") {
   CHECK(client.Exchange(Get("/")).status == 200);
 }
 
+TEST_CASE("/control/fail with percent fails that share, spread evenly") {
+  WorkerThread worker;
+  Client client(worker.port());
+  CHECK(client
+            .Exchange("POST /control/fail?status=503&percent=20 HTTP/1.1\r\n"
+                      "Host: test\r\nContent-Length: 0\r\n\r\n")
+            .status == 200);
+  int failed = 0;
+  int longest_run = 0;
+  int run = 0;
+  for (int i = 0; i < 100; ++i) {
+    const bool failing = client.Exchange(Get("/")).status == 503;
+    failed += failing ? 1 : 0;
+    run = failing ? 0 : run + 1;
+    longest_run = std::max(longest_run, run);
+  }
+  CHECK(failed == 20);
+  CHECK(longest_run <= 4);  // one in every five
+  CHECK(client
+            .Exchange("POST /control/fail?status=503&percent=0 HTTP/1.1\r\n"
+                      "Host: test\r\nContent-Length: 0\r\n\r\n")
+            .status == 400);
+}
+
 TEST_CASE("/stats counts the most requests ever in flight at once") {
   WorkerThread worker;
   {
