@@ -80,6 +80,9 @@ struct PickInput {
                                        // backend past its end counts as 0
   const TriedSet* tried = nullptr;     // backends this request already failed
                                        // on; nullptr: none
+  // p2c-ewma: each backend's recent response time (a peak EWMA, in µs); a
+  // backend past its end counts as 0.
+  std::span<const uint32_t> latency_us;
   // In-flight requests over the whole cluster, when the caller keeps that
   // count. Bounded-load hashing needs it; without it, it sums `inflight`
   // over the eligible backends, O(backends) per pick.
@@ -90,10 +93,14 @@ enum class Algorithm {
   kRoundRobin,
   kLeastConn,
   kP2c,
+  kP2cEwma,
   kRingHash,
   kMaglev,
   kRandom
 };
+
+// The algorithm's name as the config writes it ("p2c-ewma").
+const char* AlgorithmName(Algorithm algorithm);
 
 struct PickerOptions {
   Algorithm algorithm = Algorithm::kRoundRobin;

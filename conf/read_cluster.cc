@@ -28,6 +28,7 @@ constexpr std::pair<std::string_view, algorithms::Algorithm> kAlgorithms[] = {
     {"round-robin", algorithms::Algorithm::kRoundRobin},
     {"least-conn", algorithms::Algorithm::kLeastConn},
     {"p2c", algorithms::Algorithm::kP2c},
+    {"p2c-ewma", algorithms::Algorithm::kP2cEwma},
     {"ring-hash", algorithms::Algorithm::kRingHash},
     {"maglev", algorithms::Algorithm::kMaglev},
     {"random", algorithms::Algorithm::kRandom}};

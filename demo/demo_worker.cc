@@ -185,6 +185,7 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
     kControlHealth,
     kControlFail,
     kControlFeedback,
+    kControlDelay,
     kCompute,
     kBytes,
     kSink,
@@ -380,6 +381,11 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
       if (!percent && query_error_.empty())
         query_error_ = "percent must be a number from 1 to 100";
       fail_percent_ = static_cast<int>(percent.value_or(100));
+    } else if (path == "/control/delay") {
+      Allow(Route::kControlDelay, post, "POST, PUT");
+      SetNumber(QueryNumber(query, "ms", 0, 0, 600000),
+                "ms must be a number from 0 to 600000");
+      if (!QueryValue(query, "ms")) query_error_ = "ms is missing";
     } else if (path == "/control/feedback") {
       // What /healthz tells tandem about this worker's load: weight=N (a
       // percentage, -1 = none) and state=drain|up|none.
@@ -506,7 +512,7 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
     if (shared.fail_status.load(std::memory_order_relaxed) == 0 ||
         route_ == Route::kHealthz || route_ == Route::kStats ||
         route_ == Route::kControlHealth || route_ == Route::kControlFail ||
-        route_ == Route::kControlFeedback) {
+        route_ == Route::kControlFeedback || route_ == Route::kControlDelay) {
       return false;
     }
     const uint64_t percent = static_cast<uint64_t>(
@@ -545,9 +551,17 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
         case Route::kNotFound:
           WriteAnswer(404, "not found\n");
           break;
-        case Route::kHello:
-          WriteAnswer(200, worker_->hello_body_);
+        case Route::kHello: {
+          const int delay =
+              worker_->shared_->delay_ms.load(std::memory_order_relaxed);
+          if (delay > 0) {
+            number_ = static_cast<uint64_t>(delay);
+            StartSleep();  // a slow worker: "/" answers after the delay
+          } else {
+            WriteAnswer(200, worker_->hello_body_);
+          }
           break;
+        }
         case Route::kHealthz: {
           int status =
               worker_->shared_->health_status.load(std::memory_order_relaxed);
@@ -580,6 +594,14 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
           body_.assign("healthz answers ");
           AppendNumber(body_, number_);
           body_.push_back('\n');
+          WriteAnswer(200, body_);
+          break;
+        case Route::kControlDelay:
+          worker_->shared_->delay_ms.store(static_cast<int>(number_),
+                                           std::memory_order_relaxed);
+          body_.assign("/ answers after ");
+          AppendNumber(body_, number_);
+          body_.append(" ms\n");
           WriteAnswer(200, body_);
           break;
         case Route::kControlFail:
@@ -716,6 +738,11 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
   }
 
   void AnswerSleep() {
+    if (route_ == Route::kHello) {
+      WriteAnswer(200, worker_->hello_body_);
+      FinishAsync();
+      return;
+    }
     body_.assign("slept ");
     AppendNumber(body_, number_);
     body_.append(" ms\n");

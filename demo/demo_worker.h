@@ -34,6 +34,8 @@ struct DemoWorkerShared {
   // — or fail_percent of them, spread evenly (every fifth for 20).
   std::atomic<int> fail_status{0};
   std::atomic<int> fail_percent{100};
+  // What /control/delay set: "/" answers after this many ms (a slow worker).
+  std::atomic<int> delay_ms{0};
   std::atomic<uint64_t> fail_counter{0};
   // What /healthz reports as load feedback: Tandem-Weight (a percentage;
   // -1 = no header) and Tandem-State (0 none, 1 drain, 2 up).
@@ -64,6 +66,8 @@ struct DemoWorkerStart {
 //                                 request but /healthz, /stats and
 //                                 /control/* (or P % of them, 1..100, spread
 //                                 evenly); 0 restores
+//   POST /control/delay?ms=N      "/" answers after N ms (0..600,000; 0:
+//                                 at once), as a slow worker would
 //   GET|POST /compute?rounds=N    N rounds of SHA-256 chained over the body
 //   (over
 //                                 the name when there is none); default 1000,

@@ -1,4 +1,5 @@
-// Hang detection, the loop's part (docs/retries.md, "Hang detection"): a
+// Hang detection, the loop's part (and the decay of p2c-ewma's latencies,
+// on the same tick) (docs/retries.md, "Hang detection"): a
 // backend whose oldest request awaiting a response head is far older than its
 // cluster's recent p99 on this loop takes no new request here, its requests
 // that may be retried go elsewhere, and health/ is told, which ejects it until
@@ -77,6 +78,14 @@ bool Loop::CheckHangs(Generation& generation, Clock::time_point now) {
   bool watching = false;
   for (ClusterRuntime& runtime : generation.clusters_) {
     const conf::Cluster& config = *runtime.config;
+    if (config.picker.algorithm == algorithms::Algorithm::kP2cEwma) {
+      // Latencies decay while a backend is not picked, so a backend left
+      // aside for being slow is tried again after a while.
+      for (size_t b = 0; b < runtime.backends.size(); ++b) {
+        runtime.latency_us[b] = static_cast<uint32_t>(
+            std::min(runtime.backends[b].latency.Value(now), 4.0e9));
+      }
+    }
     bool reapply = false;
     std::vector<size_t> suspected;
     for (BackendRuntime& backend : runtime.backends) {

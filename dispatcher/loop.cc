@@ -70,6 +70,7 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
     runtime.fallback =
         algorithms::MakePicker(algorithms::PickerOptions{}, loop.rng());
     runtime.inflight.assign(cluster.backends.size(), 0);
+    runtime.latency_us.assign(cluster.backends.size(), 0);
     runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
     std::shared_ptr<net::TlsClientContext> cluster_tls;
     if (auto it = tls.clusters.find(cluster.name); it != tls.clusters.end()) {

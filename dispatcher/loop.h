@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "algorithms/p2c_ewma.h"
 #include "algorithms/picker.h"
 #include "algorithms/rng.h"
 #include "conf/config.h"
@@ -67,6 +68,8 @@ struct BackendRuntime {
   // This loop suspects it hung until then: no new requests (zero: not
   // suspected). docs/retries.md, "Hang detection".
   std::chrono::steady_clock::time_point suspected_until{};
+  // p2c-ewma: this thread's recent response times from it.
+  algorithms::PeakEwma latency;
 };
 
 // TLS contexts of one config, built once by the server and shared by every
@@ -88,6 +91,8 @@ struct ClusterRuntime {
   bool has_fallback = false;
   std::vector<BackendRuntime> backends;
   std::vector<uint32_t> inflight;  // this thread's requests per backend
+  // p2c-ewma: each backend's PeakEwma value in µs, as pickers read it.
+  std::vector<uint32_t> latency_us;
   std::vector<OutcomeCounts> outcomes;
   bool outcomes_pending = false;
   // This thread's recent times from request sent to response head.

@@ -30,24 +30,6 @@ const char* PolicyName(conf::Policy policy) {
                                                 : "all-active";
 }
 
-const char* AlgorithmName(algorithms::Algorithm algorithm) {
-  switch (algorithm) {
-    case algorithms::Algorithm::kRoundRobin:
-      return "round-robin";
-    case algorithms::Algorithm::kLeastConn:
-      return "least-conn";
-    case algorithms::Algorithm::kP2c:
-      return "p2c";
-    case algorithms::Algorithm::kRingHash:
-      return "ring-hash";
-    case algorithms::Algorithm::kMaglev:
-      return "maglev";
-    case algorithms::Algorithm::kRandom:
-      return "random";
-  }
-  return "round-robin";
-}
-
 const char* StandbyName(conf::Standby standby) {
   switch (standby) {
     case conf::Standby::kHot:
@@ -748,7 +730,7 @@ std::string Server::StatusJson() {
     out.append(",\"policy\":");
     AppendJsonString(PolicyName(cluster.policy), &out);
     out.append(",\"algorithm\":");
-    AppendJsonString(AlgorithmName(cluster.picker.algorithm), &out);
+    AppendJsonString(algorithms::AlgorithmName(cluster.picker.algorithm), &out);
     const health::ClusterStatus* status =
         snapshot ? snapshot->Find(cluster.name) : nullptr;
     out.append(",\"panic\":");

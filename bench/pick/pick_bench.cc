@@ -19,23 +19,7 @@ constexpr size_t kKeys = 4096;  // cycled; a power of two for a cheap mask
 
 enum class Variant { kEligible, kDegraded, kBounded };
 
-const char* Name(Algorithm algorithm) {
-  switch (algorithm) {
-    case Algorithm::kRoundRobin:
-      return "round-robin";
-    case Algorithm::kLeastConn:
-      return "least-conn";
-    case Algorithm::kP2c:
-      return "p2c";
-    case Algorithm::kRingHash:
-      return "ring-hash";
-    case Algorithm::kMaglev:
-      return "maglev";
-    case Algorithm::kRandom:
-      return "random";
-  }
-  return "?";
-}
+const char* Name(Algorithm algorithm) { return AlgorithmName(algorithm); }
 
 const char* Name(Variant variant) {
   switch (variant) {

@@ -821,6 +821,7 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   ClusterRuntime& runtime = cluster();
   algorithms::PickInput input;
   input.inflight = runtime.inflight;
+  input.latency_us = runtime.latency_us;
   input.tried = &exchange_.tried;
   if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone)
     input.hash = RequestHash();
@@ -1145,11 +1146,20 @@ void ClientConnection::ParseResponse() {
 void ClientConnection::OnResponseHead(net::HttpParser& parser) {
   int status = parser.status_code();
   if (awaiting_) {
-    // The backend answers: its time to a first head feeds the cluster's p99.
+    // The backend answers: its time to a first head feeds the cluster's p99
+    // (and, for p2c-ewma, the backend's latency).
     if (std::optional<Clock::time_point> since = AwaitingSince()) {
-      cluster().head_times.Add(
-          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
-                                                                *since));
+      const Clock::time_point now = Clock::now();
+      const auto sample =
+          std::chrono::duration_cast<std::chrono::microseconds>(now - *since);
+      ClusterRuntime& runtime = cluster();
+      runtime.head_times.Add(sample);
+      if (runtime.config->picker.algorithm == algorithms::Algorithm::kP2cEwma) {
+        BackendRuntime& backend = runtime.backends[attempt_.backend];
+        backend.latency.Observe(sample, now);
+        runtime.latency_us[attempt_.backend] =
+            static_cast<uint32_t>(std::min(backend.latency.Value(now), 4.0e9));
+      }
     }
     UnlinkAwaiting();
   }

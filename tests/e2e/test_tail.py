@@ -189,6 +189,36 @@ class FlakyWorkerTest(FaultTestCase):
         self.assertEqual(states, ["up", "up", "up"])
 
 
+class SlowWorkerTest(FaultTestCase):
+    """p2c-ewma gives a worker 20 times slower than its peers the share it can
+    serve; round-robin gives it a third of the requests and their latency."""
+
+    def run_cluster(self, algorithm):
+        workers = [self.start_worker("w%d" % i) for i in (1, 2, 3)]
+        tandem = self.start_tandem(make_config([w.address for w in workers],
+                                               cluster_opts={"algorithm": algorithm},
+                                               extra=DEFAULT_CHECKS))
+        wait_all_up(tandem, scaled(15))
+        response = http_request(workers[2].port, "POST", "/control/delay?ms=20", body=b"")
+        self.assertEqual(response.status, 200, response)
+        load = self.start_load(tandem.port, connections=4, duration=4, pause=0)
+        load.wait_done(scaled(30))
+        outcomes = load.outcomes()
+        self.assertEqual(failures(outcomes), [])
+        counts = by_worker(outcomes)
+        share = counts.get("w3", 0) / len(outcomes)
+        latencies = [o.seconds for o in outcomes]
+        report("slow worker, " + algorithm, requests=len(outcomes), w3_share=share,
+               p50_ms=1000 * percentile(latencies, 0.5), p99_ms=1000 * percentile(latencies, 0.99))
+        return share
+
+    def test_p2c_ewma_gives_a_slow_worker_the_share_it_can_serve(self):
+        ewma = self.run_cluster("p2c-ewma")
+        round_robin = self.run_cluster("round-robin")
+        self.assertGreater(round_robin, 0.2)
+        self.assertLess(ewma, 0.1)
+
+
 def worker_control_percent(worker, status, percent):
     response = http_request(worker.port, "POST",
                             "/control/fail?status=%d&percent=%d" % (status, percent), body=b"")

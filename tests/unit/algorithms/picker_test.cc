@@ -28,26 +28,11 @@ using testing::KeyHash;
 using testing::Views;
 
 constexpr Algorithm kAll[] = {Algorithm::kRoundRobin, Algorithm::kLeastConn,
-                              Algorithm::kP2c,        Algorithm::kRingHash,
-                              Algorithm::kMaglev,     Algorithm::kRandom};
+                              Algorithm::kP2c,        Algorithm::kP2cEwma,
+                              Algorithm::kRingHash,   Algorithm::kMaglev,
+                              Algorithm::kRandom};
 
-const char* Name(Algorithm algorithm) {
-  switch (algorithm) {
-    case Algorithm::kRoundRobin:
-      return "round-robin";
-    case Algorithm::kLeastConn:
-      return "least-conn";
-    case Algorithm::kP2c:
-      return "p2c";
-    case Algorithm::kRingHash:
-      return "ring-hash";
-    case Algorithm::kMaglev:
-      return "maglev";
-    case Algorithm::kRandom:
-      return "random";
-  }
-  return "?";
-}
+const char* Name(Algorithm algorithm) { return AlgorithmName(algorithm); }
 
 bool Keyed(Algorithm algorithm) {
   return algorithm == Algorithm::kRingHash || algorithm == Algorithm::kMaglev;
