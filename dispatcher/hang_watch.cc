@@ -108,11 +108,23 @@ bool Loop::CheckHangs(Generation& generation, Clock::time_point now) {
           continue;
         const std::optional<Clock::time_point> since = OldestAwaiting(backend);
         if (!since || now - *since <= threshold) continue;
-        // Never the last backend that takes requests.
+        // Only while another backend that takes requests is doing well: it
+        // answered a request sent after this one's oldest, and none of its
+        // own has waited half the threshold. A cluster slowing down as a
+        // whole (every backend with old requests) suspects nobody; a frozen
+        // backend holding every client (peers idle) is still suspected. The
+        // last backend that takes requests is never suspected.
         bool other = false;
         for (size_t o = 0; o < runtime.backends.size() && !other; ++o) {
-          other = o != b && runtime.backends[o].eligible &&
-                  runtime.backends[o].suspected_until == Clock::time_point{};
+          const BackendRuntime& peer = runtime.backends[o];
+          if (o == b || !peer.eligible ||
+              peer.suspected_until != Clock::time_point{} ||
+              peer.answered_sent_at <= *since) {
+            continue;
+          }
+          const std::optional<Clock::time_point> peer_oldest =
+              OldestAwaiting(peer);
+          other = !peer_oldest || now - *peer_oldest < threshold / 2;
         }
         if (!other) continue;
         backend.suspected_until = now + kSuspicion;

@@ -68,6 +68,10 @@ struct BackendRuntime {
   // This loop suspects it hung until then: no new requests (zero: not
   // suspected). docs/retries.md, "Hang detection".
   std::chrono::steady_clock::time_point suspected_until{};
+  // When the newest request it answered was sent: peers that answer
+  // requests younger than a backend's oldest waiting one are what make that
+  // one suspect (a whole cluster slowing down suspects nobody).
+  std::chrono::steady_clock::time_point answered_sent_at{};
   // p2c-ewma: this thread's recent response times from it.
   algorithms::PeakEwma latency;
 };

@@ -1154,6 +1154,9 @@ void ClientConnection::OnResponseHead(net::HttpParser& parser) {
           std::chrono::duration_cast<std::chrono::microseconds>(now - *since);
       ClusterRuntime& runtime = cluster();
       runtime.head_times.Add(sample);
+      Clock::time_point& answered =
+          runtime.backends[attempt_.backend].answered_sent_at;
+      answered = std::max(answered, *since);
       if (runtime.config->picker.algorithm == algorithms::Algorithm::kP2cEwma) {
         BackendRuntime& backend = runtime.backends[attempt_.backend];
         backend.latency.Observe(sample, now);

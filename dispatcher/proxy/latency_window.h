@@ -1,5 +1,6 @@
 // The recent times to response head of one cluster on one loop: the last
-// kSize samples and their 99th percentile, recomputed every kEvery samples.
+// kSize samples and their 99th percentile, recomputed every kEvery samples
+// and raised at once by a slower sample in between.
 // It tells "this backend has kept a request far longer than its peers take"
 // (docs/retries.md, hang detection). No allocation; O(kSize) work every
 // kEvery samples. One loop's thread only.
@@ -25,7 +26,14 @@ class LatencyWindow {
     const auto us = std::clamp<int64_t>(sample.count(), 0, UINT32_MAX);
     samples_[added_ % kSize] = static_cast<uint32_t>(us);
     ++added_;
-    if (added_ >= kMinSamples && added_ % kEvery == 0) Recompute();
+    if (added_ >= kMinSamples && added_ % kEvery == 0) {
+      Recompute();
+    } else if (static_cast<uint32_t>(us) > p99_us_) {
+      // Between recomputations a slower sample raises the figure at once: a
+      // cluster slowing down as a whole must not look like one backend
+      // hanging while the window catches up.
+      p99_us_ = static_cast<uint32_t>(us);
+    }
   }
 
   // nullopt until kMinSamples samples have been added.

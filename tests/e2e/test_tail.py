@@ -219,6 +219,76 @@ class SlowWorkerTest(FaultTestCase):
         self.assertLess(ewma, 0.1)
 
 
+class ClusterSpikeTest(FaultTestCase):
+    """Every worker turning five times slower (10 ms to 50 ms, one after the
+    other within milliseconds, as a shared cause does) is not a hang:
+    nothing is suspected or ejected and nothing is retried."""
+
+    def set_delay(self, workers, ms):
+        for worker in workers:
+            response = http_request(worker.port, "POST", "/control/delay?ms=%d" % ms, body=b"")
+            self.assertEqual(response.status, 200, response)
+
+    def test_a_whole_cluster_five_times_slower_ejects_and_retries_nothing(self):
+        workers = [self.start_worker("w%d" % i) for i in (1, 2, 3)]
+        tandem = self.start_tandem(make_config([w.address for w in workers],
+                                               extra=DEFAULT_CHECKS))
+        wait_all_up(tandem, scaled(15))
+        self.set_delay(workers, 10)
+        load = self.start_load(tandem.port, connections=6, pause=0)
+        load.wait_requests(300)
+        self.set_delay(workers, 50)
+        time.sleep(scaled(3))
+        self.set_delay(workers, 10)
+        load.wait_requests(300)
+        outcomes = load.stop()
+        states = [backend_status(tandem, w.address)["state"] for w in workers]
+        metrics = tandem.metrics()
+        suspicions = sum(v for k, v in metrics.items()
+                         if k.startswith("tandem_backend_hang_suspicions_total"))
+        retries = sum(v for k, v in metrics.items() if k.startswith("tandem_retries_total"))
+        report("whole cluster 5x slower", requests=len(outcomes),
+               failed=len(failures(outcomes)), states="/".join(states),
+               suspicions=int(suspicions), retries=int(retries))
+        self.assertEqual(failures(outcomes), [])
+        self.assertEqual(states, ["up", "up", "up"])
+        self.assertEqual(suspicions, 0)
+        self.assertEqual(retries, 0)
+
+
+class SimultaneousSpikeTest(FaultTestCase):
+    """Three backends turning 200 ms slow at the same instant (far beyond 8 x
+    their p99): no backend is suspected, because no peer answers a request
+    younger than the oldest one waiting."""
+
+    def test_no_hang_is_suspected_when_no_peer_answers_younger_requests(self):
+        delay = [0.0]
+
+        def answer(request):
+            if delay[0]:
+                time.sleep(delay[0])
+            return response_bytes(200, b"ok\n")
+        backends = [self.start_backend(serve_each(answer)) for _ in range(3)]
+        tandem = self.start_tandem(make_config([b.address for b in backends],
+                                               extra='[clusters.compute.health]\nkind = "none"\n'))
+        load = self.start_load(tandem.port, connections=6, pause=0)
+        load.wait_requests(500)
+        delay[0] = 0.2
+        time.sleep(scaled(2))
+        # Counted before the end of the spike: as it ends, a request still
+        # sleeping while its peers answer fast again is a fair suspect.
+        metrics = tandem.metrics()
+        delay[0] = 0.0
+        load.wait_requests(300)
+        outcomes = load.stop()
+        suspicions = sum(v for k, v in metrics.items()
+                         if k.startswith("tandem_backend_hang_suspicions_total"))
+        report("whole cluster 200 ms at once", requests=len(outcomes),
+               failed=len(failures(outcomes)), suspicions=int(suspicions))
+        self.assertEqual(failures(outcomes), [])
+        self.assertEqual(suspicions, 0)
+
+
 def worker_control_percent(worker, status, percent):
     response = http_request(worker.port, "POST",
                             "/control/fail?status=%d&percent=%d" % (status, percent), body=b"")

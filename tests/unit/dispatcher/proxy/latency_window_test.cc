@@ -38,6 +38,17 @@ TEST_CASE("the window holds the last 128 samples") {
   CHECK(*window.p99() == microseconds(900));
 }
 
+TEST_CASE("a slower sample raises the p99 at once; the next recompute decides") {
+  LatencyWindow window;
+  for (int i = 0; i < 128; ++i) window.Add(microseconds(100));
+  CHECK(*window.p99() == microseconds(100));
+  window.Add(microseconds(200000));
+  CHECK(*window.p99() == microseconds(200000));
+  // At the next recompute one slow sample in 128 is below the rank.
+  for (int i = 0; i < 31; ++i) window.Add(microseconds(100));
+  CHECK(*window.p99() == microseconds(100));
+}
+
 TEST_CASE("negative and huge samples are clamped") {
   LatencyWindow window;
   for (int i = 0; i < 32; ++i) window.Add(microseconds(-5));
