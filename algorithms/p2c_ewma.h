@@ -1,9 +1,10 @@
 // Power of two choices on latency × load (Finagle's and Linkerd's "peak
 // EWMA"): two candidates drawn in proportion to weight, the one with the
 // lower (recent response time + 1 µs) × (in-flight + 1) wins (weights act
-// through the draw: equal costs share in proportion to weight). A slow backend gets a share that matches what it can serve; a new or
-// unmeasured one (latency 0) is tried at once. The latencies come from the
-// caller (PickInput::latency_us), which keeps the peak EWMA (PeakEwma below).
+// through the draw: equal costs share in proportion to weight). A slow backend
+// gets a share that matches what it can serve; a new or unmeasured one (latency
+// 0) is tried at once. The latencies come from the caller
+// (PickInput::latency_us), which keeps the peak EWMA (PeakEwma below).
 #pragma once
 
 #include <chrono>

@@ -38,7 +38,8 @@ TEST_CASE("the window holds the last 128 samples") {
   CHECK(*window.p99() == microseconds(900));
 }
 
-TEST_CASE("a slower sample raises the p99 at once; the next recompute decides") {
+TEST_CASE(
+    "a slower sample raises the p99 at once; the next recompute decides") {
   LatencyWindow window;
   for (int i = 0; i < 128; ++i) window.Add(microseconds(100));
   CHECK(*window.p99() == microseconds(100));
