@@ -11,20 +11,14 @@ void P2c::Update(std::span<const BackendView> backends) {
 }
 
 std::optional<size_t> P2c::Pick(const PickInput& input) {
-  const TriedSet* tried = TriedOf(input);
-  std::optional<size_t> first = sampler_.Draw(rng_, tried);
-  if (!first && tried != nullptr) {
-    tried = nullptr;  // all tried: choose among them
-    first = sampler_.Draw(rng_, nullptr);
-  }
-  if (!first) return std::nullopt;
-  const std::optional<size_t> second = sampler_.Draw(rng_, tried, *first);
-  if (!second) return sampler_.index(*first);
-
-  const size_t a = sampler_.index(*first);
-  const size_t b = sampler_.index(*second);
-  return LessLoaded(InflightAt(input, b), sampler_.weight(*second),
-                    InflightAt(input, a), sampler_.weight(*first))
+  const std::optional<TwoChoices> choices =
+      DrawTwo(sampler_, rng_, TriedOf(input));
+  if (!choices) return std::nullopt;
+  const size_t a = sampler_.index(choices->first);
+  if (!choices->second) return a;
+  const size_t b = sampler_.index(*choices->second);
+  return LessLoaded(InflightAt(input, b), sampler_.weight(*choices->second),
+                    InflightAt(input, a), sampler_.weight(choices->first))
              ? b
              : a;
 }

@@ -25,17 +25,12 @@ void P2cEwma::Update(std::span<const BackendView> backends) {
 }
 
 std::optional<size_t> P2cEwma::Pick(const PickInput& input) {
-  const TriedSet* tried = TriedOf(input);
-  std::optional<size_t> first = sampler_.Draw(rng_, tried);
-  if (!first && tried != nullptr) {
-    tried = nullptr;  // all tried: choose among them
-    first = sampler_.Draw(rng_, nullptr);
-  }
-  if (!first) return std::nullopt;
-  const std::optional<size_t> second = sampler_.Draw(rng_, tried, *first);
-  if (!second) return sampler_.index(*first);
-  const size_t a = sampler_.index(*first);
-  const size_t b = sampler_.index(*second);
+  const std::optional<TwoChoices> choices =
+      DrawTwo(sampler_, rng_, TriedOf(input));
+  if (!choices) return std::nullopt;
+  const size_t a = sampler_.index(choices->first);
+  if (!choices->second) return a;
+  const size_t b = sampler_.index(*choices->second);
   // cost = (latency + 1) × (in-flight + 1); weights act through the draw,
   // so equal costs share in proportion to weight.
   const auto cost = [&](size_t index) {

@@ -100,4 +100,15 @@ std::optional<size_t> WeightedSampler::Draw(Rng& rng, const TriedSet* tried,
   return std::nullopt;  // unreachable: r < open_weight
 }
 
+std::optional<TwoChoices> DrawTwo(const WeightedSampler& sampler, Rng& rng,
+                                  const TriedSet* tried) {
+  std::optional<size_t> first = sampler.Draw(rng, tried);
+  if (!first && tried != nullptr) {
+    tried = nullptr;  // all tried: choose among them
+    first = sampler.Draw(rng, nullptr);
+  }
+  if (!first) return std::nullopt;
+  return TwoChoices{*first, sampler.Draw(rng, tried, *first)};
+}
+
 }  // namespace tandem::algorithms

@@ -49,4 +49,16 @@ class WeightedSampler {
   uint64_t total_weight_ = 0;
 };
 
+// The two candidates of a power-of-two-choices pick (p2c, p2c-ewma): two
+// distinct positions drawn by weight among the untried, or among every
+// pickable backend when all were tried; `second` is empty when only one is
+// left. nullopt when none is pickable.
+struct TwoChoices {
+  size_t first = 0;  // positions in the sampler
+  std::optional<size_t> second;
+};
+[[nodiscard]] std::optional<TwoChoices> DrawTwo(const WeightedSampler& sampler,
+                                                Rng& rng,
+                                                const TriedSet* tried);
+
 }  // namespace tandem::algorithms
