@@ -65,13 +65,6 @@ const Schema& BackendSchema() {
 bool ReadBackends(TableReader& cluster_reader, std::string_view key,
                   Cluster& cluster) {
   const std::string path = cluster_reader.KeyPath(key);
-  const toml::array* array =
-      cluster_reader.ReadArray(key, "an array of tables ([[" + path + "]])");
-  if (array == nullptr) return false;
-  if (array->empty()) {
-    cluster_reader.Error(*array, key, "a cluster needs at least one backend");
-    return false;
-  }
   // Where each backend read came from, parallel to cluster.backends.
   struct Site {
     size_t index = 0;  // in the TOML array
@@ -81,38 +74,32 @@ bool ReadBackends(TableReader& cluster_reader, std::string_view key,
   };
   std::vector<Site> sites;
   size_t primaries = 0;
-  for (size_t i = 0; i < array->size(); ++i) {
-    const toml::node& node = *array->get(i);
-    const std::string entry_path = path + "[" + std::to_string(i) + "]";
-    const toml::table* table = node.as_table();
-    if (table == nullptr) {
-      cluster_reader.context().Error(
-          Where(node.source()), entry_path,
-          "expected a table, got " + TypeName(node.type()));
-      continue;
-    }
-    TableReader reader(cluster_reader.context(), *table, entry_path,
-                       BackendSchema());
-    Backend backend;
-    ReadKeys(reader, BackendKeys(), backend);
-    CheckStandby(reader, backend);
-    if (!reader.Bad(kRole) && backend.role == Role::kPrimary) ++primaries;
-    const Site site{i, reader.Good(kAddress), reader.PositionOf(kAddress),
-                    reader.Find(kRole)};
-    for (size_t j = 0; j < sites.size() && site.address_ok; ++j) {
-      if (sites[j].address_ok &&
-          SameEndpoint(cluster.backends[j].address, backend.address)) {
-        reader.context().Error(site.address, reader.KeyPath(kAddress),
-                               "duplicate backend " + backend.address.text +
-                                   ": same address as " + path + "[" +
-                                   std::to_string(sites[j].index) + "] (line " +
-                                   std::to_string(sites[j].address.line) + ")");
-        break;
-      }
-    }
-    sites.push_back(site);
-    cluster.backends.push_back(std::move(backend));
-  }
+  const bool read = ReadTables(
+      cluster_reader, key, BackendSchema(),
+      "a cluster needs at least one backend",
+      [&](size_t i, TableReader& reader) {
+        Backend backend;
+        ReadKeys(reader, BackendKeys(), backend);
+        CheckStandby(reader, backend);
+        if (!reader.Bad(kRole) && backend.role == Role::kPrimary) ++primaries;
+        const Site site{i, reader.Good(kAddress), reader.PositionOf(kAddress),
+                        reader.Find(kRole)};
+        for (size_t j = 0; j < sites.size() && site.address_ok; ++j) {
+          if (sites[j].address_ok &&
+              SameEndpoint(cluster.backends[j].address, backend.address)) {
+            reader.context().Error(
+                site.address, reader.KeyPath(kAddress),
+                "duplicate backend " + backend.address.text +
+                    ": same address as " + path + "[" +
+                    std::to_string(sites[j].index) + "] (line " +
+                    std::to_string(sites[j].address.line) + ")");
+            break;
+          }
+        }
+        sites.push_back(site);
+        cluster.backends.push_back(std::move(backend));
+      });
+  if (!read) return false;
   if (cluster_reader.Bad(kClusterPolicy)) return true;
   if (cluster.policy == Policy::kAllActive) {
     for (size_t i = 0; i < sites.size(); ++i) {
@@ -129,7 +116,7 @@ bool ReadBackends(TableReader& cluster_reader, std::string_view key,
     }
   } else if (primaries == 0) {
     cluster_reader.Warning(
-        *array, key,
+        *cluster_reader.Find(key), key,
         "primary-backup cluster without a primary: backups always serve");
   }
   return true;

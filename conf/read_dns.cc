@@ -170,42 +170,25 @@ const Schema& DnsSchema() {
 bool ReadDnsSources(TableReader& cluster_reader, std::string_view key,
                     Cluster& cluster) {
   const std::string path = cluster_reader.KeyPath(key);
-  const toml::array* array =
-      cluster_reader.ReadArray(key, "an array of tables ([[" + path + "]])");
-  if (array == nullptr) return false;
-  if (array->empty()) {
-    cluster_reader.Error(*array, key, "name at least one DNS entry");
-    return false;
-  }
   const bool policy_good = !cluster_reader.Bad(kClusterPolicy);
-  for (size_t i = 0; i < array->size(); ++i) {
-    const toml::node& node = *array->get(i);
-    const std::string entry_path = path + "[" + std::to_string(i) + "]";
-    const toml::table* table = node.as_table();
-    if (table == nullptr) {
-      cluster_reader.context().Error(
-          Where(node.source()), entry_path,
-          "expected a table, got " + TypeName(node.type()));
-      continue;
-    }
-    TableReader reader(cluster_reader.context(), *table, entry_path,
-                       DnsSchema());
-    DnsSource source;
-    ReadKeys(reader, DnsKeys(), source);
-    CheckSource(reader, cluster, source, policy_good);
-    source.backend.source = source.Source();
-    for (size_t j = 0; j < cluster.dns.size() && reader.Good(kName); ++j) {
-      if (cluster.dns[j].name == source.name &&
-          cluster.dns[j].type == source.type) {
-        reader.Error(*reader.Find(kName), kName,
-                     "the same name and type as " + path + "[" +
-                         std::to_string(j) + "]");
-        break;
-      }
-    }
-    cluster.dns.push_back(std::move(source));
-  }
-  return true;
+  return ReadTables(
+      cluster_reader, key, DnsSchema(), "name at least one DNS entry",
+      [&](size_t, TableReader& reader) {
+        DnsSource source;
+        ReadKeys(reader, DnsKeys(), source);
+        CheckSource(reader, cluster, source, policy_good);
+        source.backend.source = source.Source();
+        for (size_t j = 0; j < cluster.dns.size() && reader.Good(kName); ++j) {
+          if (cluster.dns[j].name == source.name &&
+              cluster.dns[j].type == source.type) {
+            reader.Error(*reader.Find(kName), kName,
+                         "the same name and type as " + path + "[" +
+                             std::to_string(j) + "]");
+            break;
+          }
+        }
+        cluster.dns.push_back(std::move(source));
+      });
 }
 
 }  // namespace tandem::conf

@@ -52,32 +52,17 @@ bool ReadCertificates(TableReader& reader, std::string_view key,
         *reader.Find(key), key,
         "give either tls_cert and tls_key or [[" + path + "]], not both");
   }
-  const toml::array* array =
-      reader.ReadArray(key, "an array of tables ([[" + path + "]])");
-  if (array == nullptr) return false;
-  if (array->empty()) {
-    reader.Error(*array, key, "needs at least one certificate");
-    return false;
-  }
-  for (size_t i = 0; i < array->size(); ++i) {
-    const toml::node& node = *array->get(i);
-    const std::string entry_path = path + "[" + std::to_string(i) + "]";
-    const toml::table* table = node.as_table();
-    if (table == nullptr) {
-      reader.context().Error(Where(node.source()), entry_path,
-                             "expected a table, got " + TypeName(node.type()));
-      continue;
-    }
-    TableReader entry(reader.context(), *table, entry_path,
-                      CertificateSchema());
-    Certificate certificate;
-    ReadKeys(entry, CertificateKeys(), certificate);
-    if (entry.Good(kCert) && entry.Good(kKey) &&
-        UsablePair(entry, entry.PositionOf(kCert), entry_path, certificate)) {
-      listener.certificates.push_back(std::move(certificate));
-    }
-  }
-  return true;
+  return ReadTables(reader, key, CertificateSchema(),
+                    "needs at least one certificate",
+                    [&](size_t, TableReader& entry) {
+                      Certificate certificate;
+                      ReadKeys(entry, CertificateKeys(), certificate);
+                      if (entry.Good(kCert) && entry.Good(kKey) &&
+                          UsablePair(entry, entry.PositionOf(kCert),
+                                     entry.path(), certificate)) {
+                        listener.certificates.push_back(std::move(certificate));
+                      }
+                    });
 }
 
 // tls_cert and tls_key name one certificate, read as a pair at tls_cert; the

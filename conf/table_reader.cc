@@ -345,4 +345,31 @@ std::vector<std::pair<const toml::key*, const toml::node*>> InFileOrder(
   return entries;
 }
 
+bool ReadTables(
+    TableReader& parent, std::string_view key, const Schema& schema,
+    std::string_view empty,
+    const std::function<void(size_t index, TableReader& reader)>& read) {
+  const std::string path = parent.KeyPath(key);
+  const toml::array* array =
+      parent.ReadArray(key, "an array of tables ([[" + path + "]])");
+  if (array == nullptr) return false;
+  if (array->empty()) {
+    parent.Error(*array, key, std::string(empty));
+    return false;
+  }
+  for (size_t i = 0; i < array->size(); ++i) {
+    const toml::node& node = *array->get(i);
+    const std::string entry_path = path + "[" + std::to_string(i) + "]";
+    const toml::table* table = node.as_table();
+    if (table == nullptr) {
+      parent.context().Error(Where(node.source()), entry_path,
+                             "expected a table, got " + TypeName(node.type()));
+      continue;
+    }
+    TableReader reader(parent.context(), *table, entry_path, schema);
+    read(i, reader);
+  }
+  return true;
+}
+
 }  // namespace tandem::conf

@@ -7,6 +7,7 @@
 #include <toml++/toml.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -106,6 +107,15 @@ class TableReader {
   std::string path_;
   std::vector<std::pair<std::string_view, bool>> read_;  // by Record
 };
+
+// Reads `key` of `parent` as an array of tables ([[path]]): each element
+// that is a table goes to `read(index, reader)` with a reader over it under
+// `schema`; any other element is an error. False when the key is absent or
+// not an array, and when the array is empty (reported with `empty`).
+bool ReadTables(
+    TableReader& parent, std::string_view key, const Schema& schema,
+    std::string_view empty,
+    const std::function<void(size_t index, TableReader& reader)>& read);
 
 // Names appear in admin URLs (/admin/clusters/{cluster}/...) and metric
 // labels: letters, digits, '-', '_' and '.', at most 64.
