@@ -113,6 +113,9 @@ class Load:
         self.kinds = {}
         self.latencies = []
         self.failed_at = []
+        self.fault_at = None  # wall clock, once the fault is injected
+        self.faulty_after = 0  # answers from b1 after the fault
+        self.answers_after = 0
         self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(conns)]
 
     def note_failure(self, kind, at):
@@ -134,6 +137,11 @@ class Load:
                 response = conn.getresponse()
                 response.read()
                 ok = 200 <= response.status < 300
+                if ok and self.fault_at is not None and at >= self.fault_at:
+                    with self.lock:
+                        self.answers_after += 1
+                        if response.getheader("X-Worker") == "b1":
+                            self.faulty_after += 1
                 if response.will_close:
                     conn.close()
                     conn = None
@@ -205,13 +213,51 @@ class Detector:
         return None if self.detected_at is None else self.detected_at - self.fault_at
 
 
+def control(port, path):
+    """POST a tandem-worker control (/control/delay?ms=N, /control/fail?...)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("POST", path, body=b"")
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    if response.status != 200:
+        raise RuntimeError("tandem-worker refused %s: %d" % (path, response.status))
+
+
+SPIKE_BASE_MS, SPIKE_MS, SPIKE_SECONDS = 2, 10, 4
+
+
+def inject(args, ports):
+    """The fault of `args.fault`, on b1 (ports[0]) or, for spike, on all."""
+    if args.fault == "kill":
+        os.kill(args.pid, signal.SIGKILL)
+    elif args.fault == "freeze":
+        os.kill(args.pid, signal.SIGSTOP)
+    elif args.fault == "slow":
+        control(ports[0], "/control/delay?ms=20")
+    elif args.fault == "flaky":
+        control(ports[0], "/control/fail?status=503&percent=20")
+    elif args.fault == "spike":
+        for port in ports:
+            control(port, "/control/delay?ms=%d" % SPIKE_MS)
+        timer = threading.Timer(SPIKE_SECONDS, lambda: [
+            control(port, "/control/delay?ms=%d" % SPIKE_BASE_MS) for port in ports])
+        timer.daemon = True
+        timer.start()
+
+
 def run_load(args):
+    ports = [int(p) for p in args.backend_ports.split()]
+    if args.fault == "spike":
+        for port in ports:
+            control(port, "/control/delay?ms=%d" % SPIKE_BASE_MS)
     load = Load(args.port, args.conns, args.duration, args.timeout)
     detector = Detector(args.kind, args.spec, args.backend)
     load.start()
     time.sleep(args.fault_at)
     fault_at = time.time()
-    os.kill(args.pid, signal.SIGKILL if args.fault == "kill" else signal.SIGSTOP)
+    load.fault_at = fault_at
+    inject(args, ports)
     detector.start(fault_at)
     load.join()
     detection = detector.finish()
@@ -229,10 +275,19 @@ def run_load(args):
         "detection_s": None if detection is None else round(detection, 3),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
         "max_ms": round(latencies[-1] * 1000, 1),
+        "faulty_share": round(load.faulty_after / load.answers_after, 3)
+        if load.answers_after else 0,
     }
     if args.kind == "tandem":
         result["retries"] = tandem_retries(int(args.spec))
+        result["states"] = tandem_states(int(args.spec))
     print(json.dumps(result))
+
+
+def tandem_states(admin_port):
+    """"b1:up b2:up b3:up" as /status says at the end of the run."""
+    return " ".join("b%d:%s" % (i + 1, b["state"])
+                    for i, b in enumerate(tandem_backends(admin_port) or []))
 
 
 def tandem_retries(admin_port):
@@ -251,9 +306,11 @@ def report(args):
     with open(args.results) as f:
         runs = [json.loads(line) for line in f if line.strip()]
     out = ["| scenario | proxy | requests | failed | failed % | detection | p99 ms | max ms "
-           "| failures |",
-           "|---|---|---:|---:|---:|---|---:|---:|---|"]
-    names = {"kill": "kill -9 one of 3", "freeze": "kill -STOP one of 3"}
+           "| b1 share after | failures |",
+           "|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
+    names = {"kill": "kill -9 one of 3", "freeze": "kill -STOP one of 3",
+             "slow": "one of 3 20 ms slower", "flaky": "one of 3: 20 % 503",
+             "spike": "all 3: 2 ms, 10 ms for 4 s"}
     for run in runs:
         if run["proxy"] == "nginx":
             detection = "passive"
@@ -263,14 +320,15 @@ def report(args):
             detection = "%.2f s" % run["detection_s"]
         kinds = ", ".join("%s ×%d" % kv for kv in sorted(run["failure_kinds"].items())) or "-"
         share = 100.0 * run["failed"] / run["requests"] if run["requests"] else 0.0
-        out.append("| %s | %s | %d | %d | %.2f | %s | %.1f | %.1f | %s |" % (
+        out.append("| %s | %s | %d | %d | %.2f | %s | %.1f | %.1f | %.3f | %s |" % (
             names.get(run["scenario"], run["scenario"]), run["proxy"], run["requests"],
-            run["failed"], share, detection, run["p99_ms"], run["max_ms"], kinds))
+            run["failed"], share, detection, run["p99_ms"], run["max_ms"],
+            run.get("faulty_share", 0), kinds))
     print("\n".join(out))
     by = {(r["scenario"], r["proxy"]): r for r in runs}
     verdicts = []
     for scenario in dict.fromkeys(r["scenario"] for r in runs):
-        tandem = by.get((scenario, "tandem"))
+        tandem = by.get((scenario, "tandem")) or by.get((scenario, "tandem-defaults"))
         others = [by[(scenario, p)] for p in ("haproxy", "nginx") if (scenario, p) in by]
         if tandem is None or not others:
             continue
@@ -303,7 +361,9 @@ def main():
     p.add_argument("--backend", required=True,
                    help="the faulty backend: tandem address or HAProxy server name")
     p.add_argument("--pid", type=int, required=True, help="the backend process to fault")
-    p.add_argument("--fault", choices=("kill", "freeze"), required=True)
+    p.add_argument("--fault", choices=("kill", "freeze", "slow", "flaky", "spike"),
+                   required=True)
+    p.add_argument("--backend-ports", default="", help="the backends' ports, b1 first")
     p.add_argument("--fault-at", type=float, default=3)
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--conns", type=int, default=8)

@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
-# Failover side by side: the same crash (kill -9) and freeze (kill -STOP) of
-# one of three tandem-worker backends, under the same load, behind tandem,
-# HAProxy and nginx in one run; see bench/README.md.
+# Failover side by side: the same fault of one of three tandem-worker backends
+# (crash, freeze, 20x slower, 20 % of answers 503) or of all three (5x slower
+# for a while), under the same load, behind tandem (tuned, and with its
+# defaults), HAProxy and nginx in one run; see bench/README.md.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
 usage: bench/fault_bench.sh [--check-config] [--help]
 
-For each scenario (kill -9, kill -STOP of one of three backends) and each
-proxy, starts three fresh tandem-worker backends and the proxy, sends GETs on
-CONNS keep-alive connections for DURATION seconds, injects the fault at
-FAULT_AT seconds, and prints a markdown table: requests, failed requests,
-detection time (tandem: its /status transition; HAProxy: its stats socket;
-nginx: "passive", it has no active checks), p99 and max latency.
+For each scenario and each proxy, starts three fresh tandem-worker backends
+and the proxy, sends GETs on CONNS keep-alive connections for DURATION
+seconds, injects the fault at FAULT_AT seconds, and prints a markdown table:
+requests, failed requests, detection time (tandem: its /status transition;
+HAProxy: its stats socket; nginx: "passive", it has no active checks), p99 and
+max latency, and the share of answers from the faulty backend after the fault.
+
+Scenarios: kill (kill -9 of b1), freeze (kill -STOP of b1), slow (b1 answers
+20 ms late: tandem-worker /control/delay), flaky (b1 answers 503 to 20 % of
+requests: /control/fail?percent=20), spike (every backend answers 2 ms late
+from the start, 10 ms late for 4 s from FAULT_AT). Proxies: tandem (tuned like
+the others: the timeouts and checks below), tandem-defaults (only the backends
+and kind = "http" checks: no timeout, algorithm or outlier key chosen),
+haproxy and nginx (their documented best settings for the job).
 
   --check-config  only write each proxy's config and validate it, then exit
   --help          print this
 
 Environment (defaults in brackets):
-  PROXIES     proxies to run, in this order ["tandem haproxy nginx"]
-  SCENARIOS   faults to inject ["kill freeze"]
+  PROXIES     proxies to run, in this order ["tandem tandem-defaults haproxy nginx"]
+  SCENARIOS   faults to inject ["kill freeze slow flaky spike"]
   TANDEM      the tandem binary [<repo>/build/tandem]
   WORKER      the tandem-worker binary [<repo>/build/tandem-worker]
   DURATION    seconds of load per run [10]
@@ -37,8 +46,8 @@ BENCH=fault_bench
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 readonly TOOL="$REPO/bench/fault_bench.py"
-PROXIES="${PROXIES:-tandem haproxy nginx}"
-SCENARIOS="${SCENARIOS:-kill freeze}"
+PROXIES="${PROXIES:-tandem tandem-defaults haproxy nginx}"
+SCENARIOS="${SCENARIOS:-kill freeze slow flaky spike}"
 DURATION="${DURATION:-10}"
 FAULT_AT="${FAULT_AT:-3}"
 CONNS="${CONNS:-8}"
@@ -56,10 +65,10 @@ readonly BACKENDS=3
 parse_options "$@"
 
 for proxy in $PROXIES; do
-  case "$proxy" in tandem | haproxy | nginx) ;; *) die "unknown proxy $proxy" ;; esac
+  case "$proxy" in tandem | tandem-defaults | haproxy | nginx) ;; *) die "unknown proxy $proxy" ;; esac
 done
 for scenario in $SCENARIOS; do
-  case "$scenario" in kill | freeze) ;; *) die "unknown scenario $scenario" ;; esac
+  case "$scenario" in kill | freeze | slow | flaky | spike) ;; *) die "unknown scenario $scenario" ;; esac
 done
 for value in "$DURATION" "$FAULT_AT" "$CONNS"; do is_uint "$value" || die "not a count: $value"; done
 ((FAULT_AT < DURATION)) || die "FAULT_AT must come before the end of DURATION"
@@ -68,7 +77,7 @@ for value in "$DURATION" "$FAULT_AT" "$CONNS"; do is_uint "$value" || die "not a
 need python3
 need_proxies
 [[ -x "$WORKER" ]] || die "no tandem-worker at $WORKER (build it, or set WORKER)"
-[[ " $PROXIES " != *" tandem "* || -x "$TANDEM" ]] || die "no tandem at $TANDEM (or set TANDEM)"
+[[ " $PROXIES " != *" tandem"* || -x "$TANDEM" ]] || die "no tandem at $TANDEM (or set TANDEM)"
 
 make_work_dir fault-bench
 chmod 755 "$WORK"  # nginx workers run as nobody
@@ -104,7 +113,7 @@ backend workers
     balance roundrobin
     option httpchk GET /healthz
     http-check expect status 200
-    default-server check inter ${CHECK_INTERVAL_MS}ms fastinter ${CHECK_FAST_MS}ms downinter ${CHECK_INTERVAL_MS}ms rise $RISE fall $FALL
+    default-server check inter ${CHECK_INTERVAL_MS}ms fastinter ${CHECK_FAST_MS}ms downinter ${CHECK_INTERVAL_MS}ms rise $RISE fall $FALL observe layer7 error-limit 10 on-error mark-down
 EOF
     haproxy_servers
   } >"$WORK/haproxy.cfg"
@@ -177,12 +186,40 @@ EOF
   } >"$WORK/tandem.toml"
 }
 
+write_tandem_defaults_config() {  # PORT ADMIN_PORT ACCESS_LOG
+  {
+    cat <<EOF
+# fault_bench.sh: tandem with its defaults (try_timeout "auto", hang
+# detection, success-rate outlier detection, round robin); only the checks'
+# kind is chosen.
+[global]
+threads = 1
+access_log = "$3"
+grace_period = "1s"
+
+[admin]
+listen = "127.0.0.1:$2"
+token = "fault-bench"
+
+[listeners.bench]
+listen = "127.0.0.1:$1"
+cluster = "workers"
+
+[clusters.workers]
+
+[clusters.workers.health]
+kind = "http"
+EOF
+    tandem_backends
+  } >"$WORK/tandem.toml"
+}
+
 check_config() {  # PROXY
   local out="$WORK/logs/$1-check.log"
   case "$1" in
     haproxy) haproxy -c -f "$WORK/haproxy.cfg" >"$out" 2>&1 ;;
     nginx) nginx -t -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" >"$out" 2>&1 ;;
-    tandem) "$TANDEM" -c "$WORK/tandem.toml" --check >"$out" 2>&1 ;;
+    tandem | tandem-defaults) "$TANDEM" -c "$WORK/tandem.toml" --check >"$out" 2>&1 ;;
   esac
 }
 
@@ -203,15 +240,19 @@ start_proxy() {  # PROXY TAG
       KIND_SPEC=""
       FAULTY="b1"
       ;;
-    tandem)
+    tandem | tandem-defaults)
       admin="$(python3 "$TOOL" free-port)"
-      write_tandem_config "$PROXY_PORT" "$admin" "$WORK/logs/$2-access.log"
+      if [[ "$proxy" == tandem* ]]; then
+        write_tandem_config "$PROXY_PORT" "$admin" "$WORK/logs/$2-access.log"
+      else
+        write_tandem_defaults_config "$PROXY_PORT" "$admin" "$WORK/logs/$2-access.log"
+      fi
       KIND_SPEC="$admin"
       FAULTY="127.0.0.1:${BACKEND_PORTS[0]}"
       ;;
   esac
-  launch_proxy "$proxy" "$WORK/logs/$2-$proxy.log"
-  python3 "$TOOL" wait-ready --port "$PROXY_PORT" --kind "$proxy" --spec "$KIND_SPEC" --timeout 15 ||
+  launch_proxy "$(kind_of "$proxy")" "$WORK/logs/$2-$proxy.log"
+  python3 "$TOOL" wait-ready --port "$PROXY_PORT" --kind "$(kind_of "$proxy")" --spec "$KIND_SPEC" --timeout 15 ||
     die "$proxy did not serve with every backend up within 15 s: $(tail -5 "$WORK/logs/$2-$proxy.log")"
 }
 
@@ -220,7 +261,12 @@ write_config() {  # PROXY PORT
     haproxy) write_haproxy_config "$2" ;;
     nginx) write_nginx_config "$2" ;;
     tandem) write_tandem_config "$2" "$(python3 "$TOOL" free-port)" "off" ;;
+    tandem-defaults) write_tandem_defaults_config "$2" "$(python3 "$TOOL" free-port)" "off" ;;
   esac
+}
+
+kind_of() {  # PROXY: the program it runs, and what the helper probes it as
+  echo "${1%-defaults}"
 }
 
 # --- main -------------------------------------------------------------------
@@ -241,12 +287,13 @@ for scenario in $SCENARIOS; do
     start_proxy "$proxy" "$tag"
     log "$scenario behind $proxy: ${DURATION}s of load, fault at ${FAULT_AT}s on backend b1 (pid ${BACKEND_PIDS[0]})"
     run_waited timeout "$((DURATION + 30))" python3 "$TOOL" load --scenario "$scenario" \
-      --proxy "$proxy" --port "$PROXY_PORT" --kind "$proxy" --spec "$KIND_SPEC" \
+      --proxy "$proxy" --port "$PROXY_PORT" --kind "$(kind_of "$proxy")" --spec "$KIND_SPEC" \
       --backend "$FAULTY" --pid "${BACKEND_PIDS[0]}" --fault "$scenario" \
+      --backend-ports "${BACKEND_PORTS[*]}" \
       --fault-at "$FAULT_AT" --duration "$DURATION" --conns "$CONNS" >>"$RESULTS" ||
       die "the load against $proxy failed"
     log "$(tail -1 "$RESULTS")"
-    if [[ "$proxy" == tandem ]]; then
+    if [[ "$proxy" == tandem* ]]; then
       # Why tandem's failed requests were not retried, from its access log.
       grep -v ' 200 ' "$WORK/logs/$tag-access.log" | head -5 >&2 || true
     fi
