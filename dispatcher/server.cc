@@ -916,8 +916,16 @@ void Server::AddHealthMetrics(MetricsBuilder* builder) {
             static_cast<double>(
                 backend.transitions_to[static_cast<size_t>(state)]));
       }
-      builder->Counter("tandem_backend_ejections_total", "Outlier ejections",
-                       labels, static_cast<double>(backend.ejections));
+      for (size_t kind = 0; kind < std::size(health::kEjectionKindNames);
+           ++kind) {
+        auto with_reason = labels;
+        with_reason.push_back(
+            {"reason", std::string(health::kEjectionKindNames[kind])});
+        builder->Counter("tandem_backend_ejections_total",
+                         "Outlier ejections, by what called for them",
+                         with_reason,
+                         static_cast<double>(backend.ejections_by[kind]));
+      }
       auto passed = labels;
       passed.push_back({"result", "passed"});
       auto failed = labels;

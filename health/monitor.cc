@@ -374,6 +374,10 @@ void HealthMonitor::OnHang(const std::string& cluster_name,
     }
   }
   const size_t before = backend->health->transition_count();
+  if (!backend->health->hung()) {
+    ++backend->ejections;
+    ++backend->ejections_by[static_cast<size_t>(EjectionKind::kSuspectedHang)];
+  }
   backend->health->SuspectHung(Clock::now(), WallMs(), reason);
   LogTransitions(*cluster, *backend, before);
   if (backend->prober && !backend->prober->running()) {
@@ -420,6 +424,9 @@ void HealthMonitor::JudgeRates(Cluster& cluster, TimePoint now) {
     const size_t before = backend.health->transition_count();
     backend.health->EjectOutlier(now, WallMs(), verdict.reason);
     ++backend.ejections;
+    ++backend.ejections_by[static_cast<size_t>(
+        verdict.failure_percentage ? EjectionKind::kFailurePercentage
+                                   : EjectionKind::kSuccessRate)];
     LogTransitions(cluster, backend, before);
     MarkDirty();
   }
@@ -450,6 +457,8 @@ void HealthMonitor::MaybeEject(Cluster& cluster, Backend& backend) {
   uint64_t before = backend.health->transition_count();
   backend.health->Eject(Clock::now(), WallMs());
   ++backend.ejections;
+  ++backend
+        .ejections_by[static_cast<size_t>(EjectionKind::kConsecutiveFailures)];
   LogTransitions(cluster, backend, before);
   MarkDirty();
 }
@@ -792,6 +801,7 @@ void HealthMonitor::Publish() {
       b.checks_failed = backend.checks_failed;
       b.check_seconds = backend.check_seconds;
       b.ejections = backend.ejections;
+      b.ejections_by = backend.ejections_by;
       b.transitions_to = backend.transitions_to;
       status.backends.push_back(std::move(b));
     }

@@ -94,6 +94,7 @@ class HealthMonitor {
     uint64_t checks_failed = 0;
     double check_seconds = 0;
     uint64_t ejections = 0;
+    std::array<uint64_t, std::size(kEjectionKindNames)> ejections_by{};
     std::array<uint64_t, 7> transitions_to{};
     // Outcomes of the current outlier interval (what reached the worker).
     uint64_t rate_successes = 0;

@@ -18,6 +18,17 @@
 
 namespace tandem::health {
 
+// Why a backend was ejected, for tandem_backend_ejections_total{reason}.
+enum class EjectionKind {
+  kConsecutiveFailures,
+  kSuccessRate,
+  kFailurePercentage,
+  kSuspectedHang
+};
+inline constexpr std::string_view kEjectionKindNames[] = {
+    "consecutive_failures", "success_rate", "failure_percentage",
+    "suspected_hang"};
+
 struct BackendStatus {
   std::string address;
   BackendState state = BackendState::kUnknown;
@@ -34,6 +45,7 @@ struct BackendStatus {
   uint64_t checks_failed = 0;
   double check_seconds = 0;  // total time spent in checks
   uint64_t ejections = 0;
+  std::array<uint64_t, std::size(kEjectionKindNames)> ejections_by{};
   // Transitions by the state entered, indexed by BackendState.
   std::array<uint64_t, 7> transitions_to{};
 };

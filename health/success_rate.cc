@@ -38,11 +38,11 @@ std::vector<RateOutlier> RateOutliers(std::span<const RateSample> samples,
         100.0 * static_cast<double>(s.failures) / static_cast<double>(volume);
     if (settings.failure_percentage_threshold > 0 &&
         failed >= settings.failure_percentage_threshold) {
-      out.push_back(
-          {i, "failure percentage " + Percent(1.0 - own) + " over " +
-                  std::to_string(volume) + " requests, at or above " +
-                  std::to_string(settings.failure_percentage_threshold) +
-                  " %"});
+      out.push_back({i, true,
+                     "failure percentage " + Percent(1.0 - own) + " over " +
+                         std::to_string(volume) + " requests, at or above " +
+                         std::to_string(settings.failure_percentage_threshold) +
+                         " %"});
       continue;
     }
     double sum = 0;
@@ -58,10 +58,11 @@ std::vector<RateOutlier> RateOutliers(std::span<const RateSample> samples,
     const double stdev = std::max(std::sqrt(squares / others), kStdevFloor);
     const double threshold = mean - settings.stdev_factor * stdev;
     if (own < threshold) {
-      out.push_back({i, "success rate " + Percent(own) + " over " +
-                            std::to_string(volume) + " requests, the others " +
-                            Percent(mean) + " (ejected below " +
-                            Percent(threshold) + ")"});
+      out.push_back({i, false,
+                     "success rate " + Percent(own) + " over " +
+                         std::to_string(volume) + " requests, the others " +
+                         Percent(mean) + " (ejected below " +
+                         Percent(threshold) + ")"});
     }
   }
   return out;

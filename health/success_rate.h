@@ -36,7 +36,8 @@ struct RateSettings {
 inline constexpr double kStdevFloor = 0.05;
 
 struct RateOutlier {
-  size_t index = 0;    // into the samples
+  size_t index = 0;                 // into the samples
+  bool failure_percentage = false;  // which rule: else the success rate
   std::string reason;  // "success rate 80.0 % over 1200 requests, ..."
 };
 

@@ -68,6 +68,7 @@ class FrozenWorkerTest(FaultTestCase):
         self.assertTrue(any(r.startswith("suspected hung: oldest request") for r in reasons),
                         reasons)
         self.assertGreaterEqual(suspicions, 1)
+        self.assertEqual(ejections(tandem, victim.address, "suspected_hang"), 1)
         # No request waited for the default try_timeout (30 s) or even a
         # second: the ones caught on the frozen worker went elsewhere.
         self.assertEqual(slow, [], slow[:5])
@@ -179,6 +180,7 @@ class FlakyWorkerTest(FaultTestCase):
         self.assertEqual(failures(outcomes), [])
         self.assertTrue(any(r.startswith("success rate ") and "ejected for" in r
                             for r in reasons), reasons)
+        self.assertEqual(ejections(tandem, workers[1].address, "success_rate"), 1)
         self.assertEqual(others, ["up", "up"])
 
     def test_every_worker_failing_alike_ejects_none(self):
@@ -287,6 +289,13 @@ class SimultaneousSpikeTest(FaultTestCase):
                failed=len(failures(outcomes)), suspicions=int(suspicions))
         self.assertEqual(failures(outcomes), [])
         self.assertEqual(suspicions, 0)
+
+
+def ejections(tandem, address, reason):
+    """tandem_backend_ejections_total of `address` for `reason`."""
+    return sum(v for k, v in tandem.metrics().items()
+               if k.startswith("tandem_backend_ejections_total") and address in k and
+               'reason="%s"' % reason in k)
 
 
 def worker_control_percent(worker, status, percent):
