@@ -148,11 +148,15 @@ EOF
   } >"$WORK/nginx/nginx.conf"
 }
 
-write_tandem_config() {  # PORT ADMIN_PORT ACCESS_LOG
+# tandem with one event-loop thread over three backends, the access log
+# saying why a failed request was not retried. TUNING "tuned": timeouts and
+# checks as the other proxies have them; "defaults": only the checks' kind is
+# chosen (try_timeout "auto", hang detection, success-rate outlier detection,
+# checks every 2 s).
+write_tandem_config() {  # PORT ADMIN_PORT ACCESS_LOG TUNING
   {
     cat <<EOF
-# fault_bench.sh: tandem with one event-loop thread over three backends; the
-# access log says why a failed request was not retried.
+# fault_bench.sh: tandem, $4.
 [global]
 threads = 1
 access_log = "$3"
@@ -167,6 +171,9 @@ listen = "127.0.0.1:$1"
 cluster = "workers"
 
 [clusters.workers]
+EOF
+    if [[ "$4" == tuned ]]; then
+      cat <<EOF
 algorithm = "round-robin"
 retries = $RETRIES
 connect_timeout = "${CONNECT_TIMEOUT_MS}ms"
@@ -182,36 +189,15 @@ timeout = "${CHECK_TIMEOUT_MS}ms"
 rise = $RISE
 fall = $FALL
 EOF
+    else
+      printf '\n[clusters.workers.health]\nkind = "http"\n'
+    fi
     tandem_backends
   } >"$WORK/tandem.toml"
 }
 
-write_tandem_defaults_config() {  # PORT ADMIN_PORT ACCESS_LOG
-  {
-    cat <<EOF
-# fault_bench.sh: tandem with its defaults (try_timeout "auto", hang
-# detection, success-rate outlier detection, round robin); only the checks'
-# kind is chosen.
-[global]
-threads = 1
-access_log = "$3"
-grace_period = "1s"
-
-[admin]
-listen = "127.0.0.1:$2"
-token = "fault-bench"
-
-[listeners.bench]
-listen = "127.0.0.1:$1"
-cluster = "workers"
-
-[clusters.workers]
-
-[clusters.workers.health]
-kind = "http"
-EOF
-    tandem_backends
-  } >"$WORK/tandem.toml"
+tuning_of() {  # PROXY: tandem's config variant
+  [[ "$1" == tandem ]] && echo tuned || echo defaults
 }
 
 check_config() {  # PROXY
@@ -242,11 +228,8 @@ start_proxy() {  # PROXY TAG
       ;;
     tandem | tandem-defaults)
       admin="$(python3 "$TOOL" free-port)"
-      if [[ "$proxy" == tandem* ]]; then
-        write_tandem_config "$PROXY_PORT" "$admin" "$WORK/logs/$2-access.log"
-      else
-        write_tandem_defaults_config "$PROXY_PORT" "$admin" "$WORK/logs/$2-access.log"
-      fi
+      write_tandem_config "$PROXY_PORT" "$admin" "$WORK/logs/$2-access.log" \
+        "$(tuning_of "$proxy")"
       KIND_SPEC="$admin"
       FAULTY="127.0.0.1:${BACKEND_PORTS[0]}"
       ;;
@@ -260,8 +243,8 @@ write_config() {  # PROXY PORT
   case "$1" in
     haproxy) write_haproxy_config "$2" ;;
     nginx) write_nginx_config "$2" ;;
-    tandem) write_tandem_config "$2" "$(python3 "$TOOL" free-port)" "off" ;;
-    tandem-defaults) write_tandem_defaults_config "$2" "$(python3 "$TOOL" free-port)" "off" ;;
+    tandem | tandem-defaults)
+      write_tandem_config "$2" "$(python3 "$TOOL" free-port)" "off" "$(tuning_of "$1")" ;;
   esac
 }
 

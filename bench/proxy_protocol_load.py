@@ -16,6 +16,7 @@
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import socket
@@ -68,14 +69,36 @@ class Backend:
             writer.close()
 
 
-def start_tandem(binary, config_text):
-    directory = tempfile.mkdtemp(prefix="pp-load-")
-    path = os.path.join(directory, "tandem.toml")
-    with open(path, "w") as f:
-        f.write(config_text)
-    log = open(os.path.join(directory, "tandem.log"), "w")
-    process = subprocess.Popen([binary, "-c", path], stdout=log, stderr=log)
-    return process
+@contextlib.contextmanager
+def tandem(binary, port, backend_port, listener="", cluster=""):
+    """tandem on 127.0.0.1:`port` in front of one backend, with `listener`
+    and `cluster` keys added; stopped and its directory removed on exit."""
+    config = """[global]
+threads = 1
+access_log = "off"
+[listeners.web]
+listen = "127.0.0.1:%d"
+cluster = "compute"
+%s
+[clusters.compute]
+%s
+[clusters.compute.health]
+kind = "none"
+[[clusters.compute.backends]]
+address = "127.0.0.1:%d"
+""" % (port, listener, cluster, backend_port)
+    with tempfile.TemporaryDirectory(prefix="pp-load-") as directory:
+        path = os.path.join(directory, "tandem.toml")
+        with open(path, "w") as f:
+            f.write(config)
+        with open(os.path.join(directory, "tandem.log"), "w") as log:
+            process = subprocess.Popen([binary, "-c", path], stdout=log, stderr=log)
+            try:
+                wait_port(port)
+                yield
+            finally:
+                process.terminate()
+                process.wait()
 
 
 def wait_port(port):
@@ -106,24 +129,9 @@ async def client(port, source, count, results):
 async def send_proxy_run(args):
     backend = Backend()
     server = await asyncio.start_server(backend.serve, "127.0.0.1", 0, backlog=4096)
-    backend_port = server.sockets[0].getsockname()[1]
     port = free_port()
-    process = start_tandem(args.tandem, """[global]
-threads = 1
-access_log = "off"
-[listeners.web]
-listen = "127.0.0.1:%d"
-cluster = "compute"
-[clusters.compute]
-send_proxy = "v2"
-max_idle_connections = 1024
-[clusters.compute.health]
-kind = "none"
-[[clusters.compute.backends]]
-address = "127.0.0.1:%d"
-""" % (port, backend_port))
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, wait_port, port)
+    with tandem(args.tandem, port, server.sockets[0].getsockname()[1],
+                cluster='send_proxy = "v2"\nmax_idle_connections = 1024'):
         sources = ["127.1.%d.%d" % (i // 250, i % 250 + 1) for i in range(args.sources)]
         per_connection = max(1, args.requests // args.sources // args.rounds)
         results = {"answered": 0, "misattributed": 0}
@@ -135,35 +143,32 @@ address = "127.0.0.1:%d"
               "%d backend connections (%d client connections)" % (
                   results["answered"], len(sources), elapsed, results["misattributed"],
                   backend.connections, len(sources) * args.rounds))
-    finally:
-        process.terminate()
-        process.wait()
-        server.close()
+    server.close()
+
+
+def reclaimed(sockets):
+    """How many of `sockets` the peer has closed (read end of stream or reset)."""
+    closed = 0
+    for s in sockets:
+        try:
+            closed += s.recv(1) == b""
+        except BlockingIOError:
+            pass
+        except ConnectionError:
+            closed += 1
+        s.close()
+    return closed
 
 
 async def headerless_run(args):
     backend = Backend(headers=False)
     server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
     port = free_port()
-    process = start_tandem(args.tandem, """[global]
-threads = 1
-access_log = "off"
-[listeners.web]
-listen = "127.0.0.1:%d"
-cluster = "compute"
-proxy_protocol = true
-proxy_protocol_timeout = "%ds"
-[clusters.compute]
-[clusters.compute.health]
-kind = "none"
-[[clusters.compute.backends]]
-address = "127.0.0.1:%d"
-""" % (port, args.timeout, server.sockets[0].getsockname()[1]))
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, wait_port, port)
+    with tandem(args.tandem, port, server.sockets[0].getsockname()[1],
+                listener='proxy_protocol = true\nproxy_protocol_timeout = "%ds"' % args.timeout):
         start = time.monotonic()
         sockets = []
-        for i in range(args.idle):
+        for _ in range(args.idle):
             s = socket.socket()
             s.setblocking(False)
             try:
@@ -179,24 +184,12 @@ address = "127.0.0.1:%d"
         served = b"200" in await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
         writer.close()
         await asyncio.sleep(args.timeout + 1 - (time.monotonic() - start))
-        closed = 0
-        for s in sockets:
-            try:
-                data = s.recv(1)
-                closed += data == b""
-            except BlockingIOError:
-                pass
-            except ConnectionError:
-                closed += 1
-            s.close()
+        closed = reclaimed(sockets)
         print("headerless: %d connections opened in %.2f s; %d of them closed by tandem within "
               "timeout + 1 s (%d s); a proxied request meanwhile: %s" % (
                   len(sockets), opened, closed, args.timeout + 1,
                   "served" if served else "NOT served"))
-    finally:
-        process.terminate()
-        process.wait()
-        server.close()
+    server.close()
 
 
 def main():

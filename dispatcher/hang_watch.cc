@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
-#include <vector>
 
 #include "dispatcher/loop.h"
 #include "dispatcher/proxy/client_connection.h"
@@ -41,6 +40,28 @@ std::optional<Clock::time_point> OldestAwaiting(const BackendRuntime& backend) {
       return since;
   }
   return std::nullopt;
+}
+
+// Whether a backend other than `suspect` shows the cluster still answers:
+// it takes requests, is not suspected itself, answered a request sent after
+// `since` (the suspect's oldest), and none of its own has waited half the
+// threshold. A cluster slowing down as a whole (every backend with old
+// requests) has no such peer; a frozen backend holding every client (its
+// peers idle) has one.
+bool PeerDoingWell(const ClusterRuntime& runtime, size_t suspect,
+                   Clock::time_point since, Clock::duration threshold,
+                   Clock::time_point now) {
+  for (size_t o = 0; o < runtime.backends.size(); ++o) {
+    const BackendRuntime& peer = runtime.backends[o];
+    if (o == suspect || !peer.eligible ||
+        peer.suspected_until != Clock::time_point{} ||
+        peer.answered_sent_at <= since) {
+      continue;
+    }
+    const std::optional<Clock::time_point> oldest = OldestAwaiting(peer);
+    if (!oldest || now - *oldest < threshold / 2) return true;
+  }
+  return false;
 }
 
 long long Ms(Clock::duration d) {
@@ -87,7 +108,6 @@ bool Loop::CheckHangs(Generation& generation, Clock::time_point now) {
       }
     }
     bool reapply = false;
-    std::vector<size_t> suspected;
     for (BackendRuntime& backend : runtime.backends) {
       if (backend.suspected_until != Clock::time_point{} &&
           now >= backend.suspected_until) {
@@ -108,27 +128,9 @@ bool Loop::CheckHangs(Generation& generation, Clock::time_point now) {
           continue;
         const std::optional<Clock::time_point> since = OldestAwaiting(backend);
         if (!since || now - *since <= threshold) continue;
-        // Only while another backend that takes requests is doing well: it
-        // answered a request sent after this one's oldest, and none of its
-        // own has waited half the threshold. A cluster slowing down as a
-        // whole (every backend with old requests) suspects nobody; a frozen
-        // backend holding every client (peers idle) is still suspected. The
-        // last backend that takes requests is never suspected.
-        bool other = false;
-        for (size_t o = 0; o < runtime.backends.size() && !other; ++o) {
-          const BackendRuntime& peer = runtime.backends[o];
-          if (o == b || !peer.eligible ||
-              peer.suspected_until != Clock::time_point{} ||
-              peer.answered_sent_at <= *since) {
-            continue;
-          }
-          const std::optional<Clock::time_point> peer_oldest =
-              OldestAwaiting(peer);
-          other = !peer_oldest || now - *peer_oldest < threshold / 2;
-        }
-        if (!other) continue;
+        // The last backend that takes requests is never suspected.
+        if (!PeerDoingWell(runtime, b, *since, threshold, now)) continue;
         backend.suspected_until = now + kSuspicion;
-        suspected.push_back(b);
         reapply = true;
         watching = true;
         const std::string& address = backend.config->address.text;

@@ -101,6 +101,7 @@ class BackendHealth {
   // hold ends), or came back; `reason` names the source.
   void SetVanished(TimePoint now, int64_t wall_ms, bool vanished,
                    std::string_view reason);
+  bool vanished() const { return vanished_; }
   void SetFeedbackWeight(std::optional<uint32_t> percent) {
     feedback_weight_ = percent;
   }

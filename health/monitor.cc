@@ -342,6 +342,30 @@ void HealthMonitor::OnReport(const OutcomeBatch& batch) {
   }
 }
 
+namespace {
+
+// The cluster's [outlier] table, or its defaults: success-rate detection and
+// the ejection cap apply without the table too.
+const conf::Outlier& OutlierOf(const conf::Cluster& cluster) {
+  static const conf::Outlier kDefaults;
+  return cluster.outlier ? *cluster.outlier : kDefaults;
+}
+
+}  // namespace
+
+size_t HealthMonitor::Ejected(const Cluster& cluster) {
+  size_t ejected = 0;
+  for (const auto& b : cluster.backends) {
+    if (b->health->state() == BackendState::kEjected) ++ejected;
+  }
+  return ejected;
+}
+
+bool HealthMonitor::EjectionRoom(const Cluster& cluster) {
+  return EjectionAllowed(Ejected(cluster), cluster.backends.size(),
+                         OutlierOf(*cluster.config).max_ejection_percent);
+}
+
 void HealthMonitor::ReportHang(std::string cluster, std::string address,
                                std::string reason) {
   messages_.Post([cluster = std::move(cluster), address = std::move(address),
@@ -356,15 +380,7 @@ void HealthMonitor::OnHang(const std::string& cluster_name,
   auto [cluster, backend] = Find(cluster_name, address);
   if (backend == nullptr) return;
   if (!backend->health->hung()) {
-    size_t ejected = 0;
-    for (const auto& b : cluster->backends) {
-      if (b->health->state() == BackendState::kEjected) ++ejected;
-    }
-    const uint32_t percent =
-        cluster->config->outlier
-            ? cluster->config->outlier->max_ejection_percent
-            : 50;
-    if (!EjectionAllowed(ejected, cluster->backends.size(), percent)) {
+    if (!EjectionRoom(*cluster)) {
       Log(LogLevel::kWarn, "health",
           "hang suspicion not acted on: max_ejection_percent reached",
           {{"cluster", cluster_name},
@@ -372,12 +388,9 @@ void HealthMonitor::OnHang(const std::string& cluster_name,
            {"reason", reason}});
       return;
     }
-  }
-  const size_t before = backend->health->transition_count();
-  if (!backend->health->hung()) {
-    ++backend->ejections;
     ++backend->ejections_by[static_cast<size_t>(EjectionKind::kSuspectedHang)];
   }
+  const size_t before = backend->health->transition_count();
   backend->health->SuspectHung(Clock::now(), WallMs(), reason);
   LogTransitions(*cluster, *backend, before);
   if (backend->prober && !backend->prober->running()) {
@@ -389,8 +402,7 @@ void HealthMonitor::OnHang(const std::string& cluster_name,
 }
 
 void HealthMonitor::JudgeRates(Cluster& cluster, TimePoint now) {
-  const conf::Outlier outlier =
-      cluster.config->outlier ? *cluster.config->outlier : conf::Outlier{};
+  const conf::Outlier& outlier = OutlierOf(*cluster.config);
   std::vector<RateSample> samples;
   for (auto& backend : cluster.backends) {
     // An ejected, down or draining backend has no say in this interval.
@@ -408,12 +420,7 @@ void HealthMonitor::JudgeRates(Cluster& cluster, TimePoint now) {
   settings.failure_percentage_threshold = outlier.failure_percentage_threshold;
   for (const RateOutlier& verdict : RateOutliers(samples, settings)) {
     Backend& backend = *cluster.backends[verdict.index];
-    size_t ejected = 0;
-    for (const auto& b : cluster.backends) {
-      if (b->health->state() == BackendState::kEjected) ++ejected;
-    }
-    if (!EjectionAllowed(ejected, cluster.backends.size(),
-                         outlier.max_ejection_percent)) {
+    if (!EjectionRoom(cluster)) {
       Log(LogLevel::kWarn, "health",
           "outlier not ejected: max_ejection_percent reached",
           {{"cluster", cluster.config->name},
@@ -423,7 +430,6 @@ void HealthMonitor::JudgeRates(Cluster& cluster, TimePoint now) {
     }
     const size_t before = backend.health->transition_count();
     backend.health->EjectOutlier(now, WallMs(), verdict.reason);
-    ++backend.ejections;
     ++backend.ejections_by[static_cast<size_t>(
         verdict.failure_percentage ? EjectionKind::kFailurePercentage
                                    : EjectionKind::kSuccessRate)];
@@ -434,14 +440,9 @@ void HealthMonitor::JudgeRates(Cluster& cluster, TimePoint now) {
 
 void HealthMonitor::MaybeEject(Cluster& cluster, Backend& backend) {
   if (!backend.health->WantsEjection()) return;
-  size_t ejected = 0;
-  for (const auto& b : cluster.backends) {
-    if (b->health->state() == BackendState::kEjected) ++ejected;
-  }
-  uint32_t percent = cluster.config->outlier
-                         ? cluster.config->outlier->max_ejection_percent
-                         : 0;
-  if (!EjectionAllowed(ejected, cluster.backends.size(), percent)) {
+  if (!EjectionRoom(cluster)) {
+    const size_t ejected = Ejected(cluster);
+    const uint32_t percent = OutlierOf(*cluster.config).max_ejection_percent;
     backend.health->DeclineEjection();
     std::string message = "not ejecting " + backend.address + ": " +
                           std::to_string(ejected) + " of " +
@@ -456,7 +457,6 @@ void HealthMonitor::MaybeEject(Cluster& cluster, Backend& backend) {
   }
   uint64_t before = backend.health->transition_count();
   backend.health->Eject(Clock::now(), WallMs());
-  ++backend.ejections;
   ++backend
         .ejections_by[static_cast<size_t>(EjectionKind::kConsecutiveFailures)];
   LogTransitions(cluster, backend, before);
@@ -474,9 +474,7 @@ void HealthMonitor::Tick() {
   bool transitions = false;
   bool ramp = false;
   for (auto& cluster : clusters_) {
-    const conf::Duration interval = cluster->config->outlier
-                                        ? cluster->config->outlier->interval
-                                        : conf::Outlier{}.interval;
+    const conf::Duration interval = OutlierOf(*cluster->config).interval;
     if (cluster->rate_since == TimePoint{}) {
       cluster->rate_since = now;
     } else if (now - cluster->rate_since >= interval) {
@@ -691,13 +689,14 @@ void HealthMonitor::DrainVanished(Cluster& cluster) {
     // Gone from DNS, it keeps serving while nothing else can: a replaced
     // address hands over once its successor has passed a check.
     const bool drain = config.vanished && others_serve;
+    if (drain == backend->health->vanished()) continue;
     const size_t before = backend->health->transition_count();
     backend->health->SetVanished(
         Clock::now(), WallMs(), drain,
         drain ? "gone from the DNS answer (" + config.source +
                     "); draining until its hold ends"
         : config.vanished ? "gone from the DNS answer (" + config.source +
-                                "), but no other backend serves yet"
+                                "), but no other backend serves"
                           : "back in the DNS answer (" + config.source + ")");
     LogTransitions(cluster, *backend, before);
   }
@@ -800,7 +799,6 @@ void HealthMonitor::Publish() {
       b.checks_passed = backend.checks_passed;
       b.checks_failed = backend.checks_failed;
       b.check_seconds = backend.check_seconds;
-      b.ejections = backend.ejections;
       b.ejections_by = backend.ejections_by;
       b.transitions_to = backend.transitions_to;
       status.backends.push_back(std::move(b));

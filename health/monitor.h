@@ -93,7 +93,6 @@ class HealthMonitor {
     uint64_t checks_passed = 0;
     uint64_t checks_failed = 0;
     double check_seconds = 0;
-    uint64_t ejections = 0;
     std::array<uint64_t, std::size(kEjectionKindNames)> ejections_by{};
     std::array<uint64_t, 7> transitions_to{};
     // Outcomes of the current outlier interval (what reached the worker).
@@ -136,6 +135,10 @@ class HealthMonitor {
   void Deactivate(Cluster& cluster, Backend& backend);
   void RunCommand(Backend& backend, bool activate);
   void MaybeEject(Cluster& cluster, Backend& backend);
+  // How many backends of `cluster` are ejected, and whether its
+  // max_ejection_percent lets one more go.
+  static size_t Ejected(const Cluster& cluster);
+  static bool EjectionRoom(const Cluster& cluster);
   // End of an outlier interval: ejects the backends whose success rate or
   // failure percentage is an outlier (health/success_rate.h), within the cap.
   void JudgeRates(Cluster& cluster, TimePoint now);

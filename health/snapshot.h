@@ -44,7 +44,6 @@ struct BackendStatus {
   uint64_t checks_passed = 0;
   uint64_t checks_failed = 0;
   double check_seconds = 0;  // total time spent in checks
-  uint64_t ejections = 0;
   std::array<uint64_t, std::size(kEjectionKindNames)> ejections_by{};
   // Transitions by the state entered, indexed by BackendState.
   std::array<uint64_t, 7> transitions_to{};

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "net/log.h"
+#include "net/posix.h"
 
 namespace tandem::dispatcher {
 
@@ -40,13 +41,6 @@ net::DnsType TypeOf(conf::DnsSource::Type type) {
       return net::DnsType::kSrv;
   }
   return net::DnsType::kA;
-}
-
-timeval ToTimeval(Clock::duration d) {
-  const auto us = std::max<int64_t>(
-      0, std::chrono::duration_cast<std::chrono::microseconds>(d).count());
-  return timeval{static_cast<time_t>(us / 1000000),
-                 static_cast<suseconds_t>(us % 1000000)};
 }
 
 }  // namespace
@@ -183,11 +177,13 @@ void Discovery::OnAnswer(Source& source, net::DnsAnswer answer) {
 }
 
 void Discovery::Schedule(Source& source) {
-  Clock::time_point at = source.next_lookup;
-  if (std::optional<Clock::time_point> expiry = source.set.NextExpiry()) {
-    at = std::min(at, *expiry);
-  }
-  timeval tv = ToTimeval(at - Clock::now());
+  // The next lookup (none while one is out: its answer schedules the next)
+  // or the first hold to end, whichever comes first.
+  std::optional<Clock::time_point> at = source.set.NextExpiry();
+  if (!source.asking)
+    at = std::min(at.value_or(source.next_lookup), source.next_lookup);
+  if (!at) return;
+  timeval tv = net::ToTimeval(*at - Clock::now());
   evtimer_add(source.timer.get(), &tv);
 }
 
@@ -203,15 +199,8 @@ void Discovery::TimerCb(evutil_socket_t, short, void* arg) {
          {"addresses", source.set.current()},
          {"held", source.set.held()}});
   }
-  if (!source.asking && now >= source.next_lookup) {
-    self.Ask(source);
-  } else if (!source.asking) {
-    self.Schedule(source);
-  } else if (std::optional<Clock::time_point> expiry =
-                 source.set.NextExpiry()) {
-    timeval tv = ToTimeval(*expiry - now);
-    evtimer_add(source.timer.get(), &tv);
-  }
+  if (!source.asking && now >= source.next_lookup) self.Ask(source);
+  self.Schedule(source);
   if (expired) self.changed_();
 }
 

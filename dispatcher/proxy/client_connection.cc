@@ -29,11 +29,11 @@ using net::ToTimeval;
 // Back-pressure marks (bytes queued for the peer): stop reading the other
 // side above the high mark, resume once drained to the low mark.
 constexpr size_t kOutputHighWater = 256 * 1024;
+constexpr size_t kOutputLowWater = 64 * 1024;
 // try_timeout = "auto": this many times the cluster's recent p99, at least
 // the floor (docs/retries.md).
 constexpr int64_t kAutoTryFactor = 3;
 constexpr std::chrono::milliseconds kAutoTryFloor{1000};
-constexpr size_t kOutputLowWater = 64 * 1024;
 // Client input read ahead while the current request is being served
 // (pipelined requests wait here).
 constexpr size_t kClientReadHighWater = 64 * 1024;
@@ -932,7 +932,8 @@ void ClientConnection::StartAttempt(bool retry, int status, const char* detail,
   attempt_.upstream_eof = false;
 
   std::string preamble;
-  if (runtime.config->send_proxy != 0) preamble = ProxyHeaderOut(runtime);
+  if (runtime.config->send_proxy != 0)
+    preamble = ProxyHeaderOut(runtime.config->send_proxy);
   attempt_.upstream = backend.pool->TakeIdle(this, preamble);
   if (attempt_.upstream != nullptr) {
     state_ = State::kProxying;
@@ -993,18 +994,17 @@ std::optional<Clock::time_point> ClientConnection::AwaitingSince() const {
 }
 
 bool ClientConnection::RetryOffHungBackend() {
-  if (state_ != State::kProxying || !AwaitingSince()) return false;
-  const bool reached = Traits(Failure::kHung).reached_worker;
-  RetryInput input = RetryFacts(Failure::kHung,
-                                exchange_.reached_failures + (reached ? 1 : 0));
-  if (DecideRetry(input).action != RetryAction::kRetry) return false;
+  if (state_ != State::kProxying || !AwaitingSince() ||
+      !RetryAllowedNow(Failure::kHung)) {
+    return false;
+  }
   Enter(this,
         [this] { FailAttempt(Failure::kHung, 504, "backend suspected hung"); });
   return true;
 }
 
-std::string ClientConnection::ProxyHeaderOut(
-    const ClusterRuntime& runtime) const {
+const std::string& ClientConnection::ProxyHeaderOut(int version) {
+  if (proxy_header_version_ == version) return proxy_header_out_;
   // The client as tandem knows it (a PROXY header in front included), and
   // the address it connected to.
   sockaddr_storage source{};
@@ -1029,9 +1029,11 @@ std::string ClientConnection::ProxyHeaderOut(
                   reinterpret_cast<sockaddr*>(&destination), &length) != 0) {
     destination.ss_family = AF_UNSPEC;
   }
-  return net::BuildProxyHeader(runtime.config->send_proxy,
-                               reinterpret_cast<sockaddr*>(&source),
-                               reinterpret_cast<sockaddr*>(&destination));
+  proxy_header_out_ =
+      net::BuildProxyHeader(version, reinterpret_cast<sockaddr*>(&source),
+                            reinterpret_cast<sockaddr*>(&destination));
+  proxy_header_version_ = version;
+  return proxy_header_out_;
 }
 
 void ClientConnection::SendRequestHead() {
@@ -1440,17 +1442,9 @@ Clock::duration ClientConnection::TryTimeout() const {
   const ClusterRuntime& runtime = cluster();
   const conf::Cluster& config = *runtime.config;
   if (!config.try_timeout_auto) return config.try_timeout;
-  // "auto": 3 x the cluster's recent p99 on this loop, at least a second,
-  // for a try that could be retried now; a try that could not waits for
-  // request_timeout, as a cut would only turn it into an error.
+  // "auto": 3 x the cluster's recent p99 on this loop, at least a second.
   const std::optional<std::chrono::microseconds> p99 = runtime.head_times.p99();
   if (!p99) return config.request_timeout;
-  const bool reached = Traits(Failure::kTimeout).reached_worker;
-  if (DecideRetry(RetryFacts(Failure::kTimeout,
-                             exchange_.reached_failures + (reached ? 1 : 0)))
-          .action != RetryAction::kRetry) {
-    return config.request_timeout;
-  }
   return std::clamp<Clock::duration>(kAutoTryFactor * *p99, kAutoTryFloor,
                                      config.request_timeout);
 }
@@ -1458,6 +1452,13 @@ Clock::duration ClientConnection::TryTimeout() const {
 Clock::time_point ClientConnection::RequestDeadline() const {
   return std::max(message_.request_done, exchange_.request_start) +
          cluster().config->request_timeout;
+}
+
+bool ClientConnection::RetryAllowedNow(Failure failure) const {
+  const bool reached = Traits(failure).reached_worker;
+  return DecideRetry(RetryFacts(failure,
+                                exchange_.reached_failures + (reached ? 1 : 0)))
+             .action == RetryAction::kRetry;
 }
 
 RetryInput ClientConnection::RetryFacts(Failure failure,
@@ -1784,6 +1785,12 @@ void ClientConnection::OnTimer() {
       auto try_deadline =
           std::max(attempt_.start, message_.request_done) + TryTimeout();
       if (now >= try_deadline) {
+        // "auto" cuts only a try that may be retried: a cut could only turn
+        // the others into errors, so they wait for request_timeout.
+        if (config.try_timeout_auto && !RetryAllowedNow(Failure::kTimeout)) {
+          ArmTimer(request_deadline - now);
+          return;
+        }
         FailAttempt(Failure::kTimeout, 504,
                     "backend did not answer within try_timeout");
         return;

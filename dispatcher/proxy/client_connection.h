@@ -147,8 +147,9 @@ class ClientConnection : private net::HttpParser::Handler,
   // Joins / leaves its backend's list of requests awaiting a response head.
   void LinkAwaiting();
   void UnlinkAwaiting();
-  // The PROXY header (the cluster's send_proxy version) naming this client.
-  std::string ProxyHeaderOut(const ClusterRuntime& runtime) const;
+  // The PROXY header (the cluster's send_proxy version) naming this client;
+  // made once per connection and version, kept in proxy_header_out_.
+  const std::string& ProxyHeaderOut(int version);
   void SendRequestHead();
   void ParseResponse();
   void OnResponseHead(net::HttpParser& parser);
@@ -169,12 +170,15 @@ class ClientConnection : private net::HttpParser::Handler,
   // The retry decision's input after `failure`, with `reached_failures`
   // failed tries that reached a worker (this one included).
   RetryInput RetryFacts(Failure failure, uint32_t reached_failures) const;
+  // Whether a try failing now with `failure` would be retried at once.
+  bool RetryAllowedNow(Failure failure) const;
   // When request_timeout ends: counted from the end of the request (its start
   // while it is still arriving).
   std::chrono::steady_clock::time_point RequestDeadline() const;
   // When the response head must have come, once the whole request is out.
   std::chrono::steady_clock::time_point ResponseDeadline() const;
-  // This try's try_timeout: the configured one, or "auto"'s.
+  // This try's try_timeout: the configured one, or "auto"'s (which applies
+  // only to a try that may be retried when it ends; OnTimer checks that).
   std::chrono::steady_clock::duration TryTimeout() const;
   // Tells health/ how the attempt went.
   void ReportOutcome(bool success, Failure failure);
@@ -239,6 +243,8 @@ class ClientConnection : private net::HttpParser::Handler,
   bool client_eof_ = false;        // the client half-closed
   bool parked_ = false;            // the socket went to a ParkedConnection
   std::unique_ptr<net::ProxyTlvs> proxy_tlvs_;  // from a PROXY v2 header
+  std::string proxy_header_out_;  // send_proxy's header for this client
+  int proxy_header_version_ = 0;  // its version, 0 while none is made
   std::chrono::steady_clock::time_point last_activity_;
   // While idle: when idle_timeout (or, before a first request,
   // client_header_timeout) ends.

@@ -284,11 +284,14 @@ class LoadClient:
     status, a reset, a connection closed without an answer, a refused
     connect, a timeout -- is a failure, kept with what happened.
 
-    Bounded: at most `max_seconds` of load, each request within `timeout`.
+    Bounded: at most `max_seconds` of load, each request within `timeout`;
+    `pause` seconds between a thread's requests.
     """
 
-    def __init__(self, port, keepalive=2, fresh=2, target="/", max_seconds=None, timeout=None):
+    def __init__(self, port, keepalive=2, fresh=2, target="/", max_seconds=None, timeout=None,
+                 pause=0.0):
         self.port = port
+        self.pause = pause
         self.target = target
         self.max_seconds = max_seconds or scaled(60)
         self.timeout = timeout or scaled(10)
@@ -312,7 +315,8 @@ class LoadClient:
     def _running(self):
         return not self._stop.is_set() and time.monotonic() - self._started < self.max_seconds
 
-    def _record(self, kind, response=None, error=None):
+    def _record(self, kind, response=None, error=None, sent=None):
+        """One request's end; `sent` is when it was sent (time.monotonic())."""
         with self.lock:
             self.requests += 1
             if response is not None and response.status == 200:
@@ -325,32 +329,38 @@ class LoadClient:
     def _keepalive_loop(self):
         client = None
         while self._running():
+            sent = time.monotonic()
             try:
                 if client is None:
                     client = Client(self.port, self.timeout)
                 client.request("GET", self.target)
                 response = client.response()
             except (OSError, EOFError, IncompleteMessage, ProtocolError) as e:
-                self._record("keep-alive", error="%s: %s" % (type(e).__name__, e))
+                self._record("keep-alive", error="%s: %s" % (type(e).__name__, e), sent=sent)
                 if client is not None:
                     client.close()
                 client = None
+                self._stop.wait(self.pause)
                 continue
-            self._record("keep-alive", response)
+            self._record("keep-alive", response, sent=sent)
             if (response.header("connection") or "").lower() == "close":
                 client.close()
                 client = None
+            self._stop.wait(self.pause)
         if client is not None:
             client.close()
 
     def _fresh_loop(self):
         while self._running():
+            sent = time.monotonic()
             try:
                 response = http_request(self.port, "GET", self.target, timeout=self.timeout)
             except (OSError, EOFError, IncompleteMessage, ProtocolError) as e:
-                self._record("new-connection", error="%s: %s" % (type(e).__name__, e))
+                self._record("new-connection", error="%s: %s" % (type(e).__name__, e),
+                             sent=sent)
                 continue
-            self._record("new-connection", response)
+            self._record("new-connection", response, sent=sent)
+            self._stop.wait(self.pause)
 
     def wait_requests(self, count, timeout=None):
         """Waits until `count` more requests than now were answered or failed."""

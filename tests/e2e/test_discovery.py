@@ -20,14 +20,13 @@ import shutil
 import signal
 import socket
 import tempfile
-import threading
 import time
 import unittest
 
 from dnsserver import DnsServer
-from harness import (Client, IncompleteMessage, ProtocolError, TandemTestCase, http_request,
-                     make_config, run_tandem, scaled, toml_table, wait_until)
-from ops import admin_post, health_table, scrape, wait_reload_by
+from harness import (TandemTestCase, http_request, make_config, run_tandem, scaled, toml_table,
+                     wait_until)
+from ops import LoadClient, admin_post, health_table, scrape, wait_reload_by
 
 CHECK_INTERVAL = 0.2  # health_table()'s interval
 # Without checks (kind = "none") a backend stays "unknown" and serves, found in
@@ -156,74 +155,22 @@ def dns_backends_gauge(tandem, name="workers.test."):
 # ---- load ----------------------------------------------------------------------------
 
 
-class TimedLoad:
-    """GET / through tandem without pause until stop(): `keepalive` threads each
-    on a keep-alive connection (reopened only after `Connection: close`), `fresh`
-    threads a new connection per request. Every answer that is not a 200 and
-    every connection error is a failure. Each 200 is kept as (sent, answered,
-    worker), in time.monotonic() seconds.
-
-    Bounded: at most `max_seconds` of load, each request within `timeout`.
-    """
+class TimedLoad(LoadClient):
+    """ops.LoadClient (keep-alive and new-connection threads, every answer but
+    a 200 a failure, bounded in time) that also keeps each 200 as (sent,
+    answered, worker), in time.monotonic() seconds, with a 2 ms pause between
+    a thread's requests."""
 
     def __init__(self, port, keepalive=3, fresh=1, max_seconds=60, timeout=None):
-        self.port = port
-        self.max_seconds = scaled(max_seconds)
-        self.timeout = timeout or scaled(10)
-        self.lock = threading.Lock()
+        super().__init__(port, keepalive=keepalive, fresh=fresh,
+                         max_seconds=scaled(max_seconds), timeout=timeout, pause=0.002)
         self.answers = []
-        self.failures = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(True,), daemon=True)
-                         for _ in range(keepalive)]
-        self._threads += [threading.Thread(target=self._run, args=(False,), daemon=True)
-                          for _ in range(fresh)]
-        self._started = None
 
-    def start(self):
-        self._started = time.monotonic()
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _running(self):
-        return not self._stop.is_set() and \
-            time.monotonic() - self._started < self.max_seconds
-
-    def _fail(self, kind, what):
-        with self.lock:
-            self.failures.append("%s at %.3f: %s" % (kind, time.monotonic(), what))
-
-    def _run(self, keepalive):
-        kind = "keep-alive" if keepalive else "new-connection"
-        client = None
-        while self._running():
-            sent = time.monotonic()
-            try:
-                if client is None:
-                    client = Client(self.port, self.timeout)
-                headers = None if keepalive else [("Connection", "close")]
-                client.request("GET", "/", headers)
-                response = client.response()
-            except (OSError, EOFError, IncompleteMessage, ProtocolError) as e:
-                self._fail(kind, "%s: %s" % (type(e).__name__, e))
-                if client is not None:
-                    client.close()
-                client = None
-                time.sleep(0.01)
-                continue
-            answered = time.monotonic()
-            if response.status == 200:
-                with self.lock:
-                    self.answers.append((sent, answered, response.header("x-worker")))
-            else:
-                self._fail(kind, "status %s body %r" % (response.status, response.body[:100]))
-            if not keepalive or (response.header("connection") or "").lower() == "close":
-                client.close()
-                client = None
-            time.sleep(0.002)
-        if client is not None:
-            client.close()
+    def _record(self, kind, response=None, error=None, sent=None):
+        super()._record(kind, response, error, sent)
+        if response is not None and response.status == 200:
+            with self.lock:
+                self.answers.append((sent, time.monotonic(), response.header("x-worker")))
 
     def count(self):
         with self.lock:
@@ -269,12 +216,6 @@ class TimedLoad:
         except TimeoutError as e:
             raise AssertionError("%s; answered since: %s" % (
                 e, dict(self.by_worker(since)))) from None
-
-    def stop(self):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.timeout + scaled(5))
-        return self
 
 
 # ---- test case base ------------------------------------------------------------------
