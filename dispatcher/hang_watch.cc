@@ -9,7 +9,7 @@
 #include <string>
 
 #include "dispatcher/loop.h"
-#include "dispatcher/proxy/client_connection.h"
+#include "dispatcher/proxy/attempt.h"
 #include "health/monitor.h"
 #include "net/log.h"
 
@@ -34,7 +34,7 @@ constexpr int kLookAhead = 8;
 // response head.
 std::optional<Clock::time_point> OldestAwaiting(const BackendRuntime& backend) {
   int looked = 0;
-  for (const ClientConnection* c = backend.awaiting_first;
+  for (const Attempt* c = backend.awaiting_first;
        c != nullptr && looked < kLookAhead; c = c->next_awaiting(), ++looked) {
     if (std::optional<Clock::time_point> since = c->AwaitingSince())
       return since;
@@ -88,8 +88,8 @@ void Loop::HangWatchCb(evutil_socket_t, short, void* arg) {
 
 void Loop::RetryAwaiting(BackendRuntime& backend) {
   // A retry moves the connection to another backend's list: step first.
-  ClientConnection* next = nullptr;
-  for (ClientConnection* c = backend.awaiting_first; c != nullptr; c = next) {
+  Attempt* next = nullptr;
+  for (Attempt* c = backend.awaiting_first; c != nullptr; c = next) {
     next = c->next_awaiting();
     c->RetryOffHungBackend();
   }

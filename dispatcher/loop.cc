@@ -202,6 +202,8 @@ Loop::~Loop() {
   health_monitor_ = nullptr;
   while (connections_ != nullptr) connections_->Abort();
   while (parked_ != nullptr) parked_->Close();
+  DeleteRetired();
+  retire_event_.reset();
   listeners_.clear();
   pools_.clear();
   access_log_.reset();
@@ -241,9 +243,11 @@ bool Loop::Init(std::string* error) {
       event_new(base_.get(), -1, EV_PERSIST, QueuePollCb, this));
   accept_retry_event_.reset(evtimer_new(base_.get(), AcceptRetryCb, this));
   hang_watch_event_.reset(evtimer_new(base_.get(), HangWatchCb, this));
+  retire_event_.reset(event_new(base_.get(), -1, 0, DeleteRetiredCb, this));
   if (!messages_.Init(base_.get(), this) || !tick_event_ || !grace_event_ ||
       !flush_event_ || !queue_poll_event_ || !accept_retry_event_ ||
-      !hang_watch_event_ || event_add(tick_event_.get(), &kTickInterval) != 0) {
+      !hang_watch_event_ || !retire_event_ ||
+      event_add(tick_event_.get(), &kTickInterval) != 0) {
     *error = "cannot create loop events";
     return false;
   }
@@ -410,11 +414,11 @@ void Loop::WatchQueue() {
 
 void Loop::DrainQueue(ClusterRuntime& cluster) {
   while (!cluster.queue.empty()) {
-    ClientConnection* next = cluster.queue.front();
+    Exchange* next = cluster.queue.front();
     if (!next->RetryFromQueue()) break;
   }
   while (!cluster.retry_waiters.empty() && cluster.RetryBudgetLeft()) {
-    ClientConnection* next = cluster.retry_waiters.front();
+    Exchange* next = cluster.retry_waiters.front();
     cluster.retry_waiters.pop_front();
     next->ResumeRetry();
   }
@@ -633,15 +637,28 @@ void Loop::AttachParked(ParkedConnection* connection, Generation* generation) {
   Count(generation);
 }
 
-void Loop::DetachParked(ParkedConnection* connection, Generation* generation) {
+void Loop::Retire(ParkedConnection* connection) {
   Unlink(parked_, connection);
   stats_.parked_connections.Add(-1);
-  Forget(generation);
+  DeferDelete(connection);
 }
 
-void Loop::Detach(ClientConnection* connection, Generation* generation) {
+void Loop::Retire(ClientConnection* connection) {
   Unlink(connections_, connection);
-  Forget(generation);
+  DeferDelete(connection);
+}
+
+void Loop::DeleteRetiredCb(evutil_socket_t, short, void* arg) {
+  static_cast<Loop*>(arg)->DeleteRetired();
+}
+
+void Loop::DeleteRetired() {
+  // A destructor may retire nothing new, but take the list first anyway.
+  while (!retired_objects_.empty()) {
+    auto objects = std::move(retired_objects_);
+    retired_objects_.clear();
+    for (auto& [object, deleter] : objects) deleter(object);
+  }
 }
 
 void Loop::Count(Generation* generation) {

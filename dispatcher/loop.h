@@ -36,7 +36,9 @@ class HealthMonitor;
 
 namespace tandem::dispatcher {
 
+class Attempt;
 class ClientConnection;
+class Exchange;
 class ParkedConnection;
 class Loop;
 
@@ -62,9 +64,9 @@ struct BackendRuntime {
   std::shared_ptr<SharedLimits> limits;  // null when the backend has no limit
   bool eligible = false;  // the last health snapshot lets it take requests
   // Requests sent to it that await their response head, oldest first
-  // (intrusive, through ClientConnection): hang detection's view.
-  ClientConnection* awaiting_first = nullptr;
-  ClientConnection* awaiting_last = nullptr;
+  // (intrusive, through Attempt): hang detection's view.
+  Attempt* awaiting_first = nullptr;
+  Attempt* awaiting_last = nullptr;
   // This loop suspects it hung until then: no new requests (zero: not
   // suspected). docs/retries.md, "Hang detection".
   std::chrono::steady_clock::time_point suspected_until{};
@@ -113,9 +115,9 @@ struct ClusterRuntime {
   bool activating = false;    // a cold backup is being started
   bool cold_standby = false;  // a cold backup could still be started
   // Requests waiting for a backend below its limit, oldest first.
-  std::deque<ClientConnection*> queue;
+  std::deque<Exchange*> queue;
   // Requests whose retry waits for the retry budget, oldest first.
-  std::deque<ClientConnection*> retry_waiters;
+  std::deque<Exchange*> retry_waiters;
   ClusterStats* stats = nullptr;
 };
 
@@ -261,9 +263,13 @@ class Loop {
   void Count(Generation* generation);
   void Forget(Generation* generation);
   void Attach(ClientConnection* connection, Generation* generation);
-  void Detach(ClientConnection* connection, Generation* generation);
   void AttachParked(ParkedConnection* connection, Generation* generation);
-  void DetachParked(ParkedConnection* connection, Generation* generation);
+  // The one lifetime rule for what a loop owns: a connection that ends
+  // (often inside one of its own callbacks) leaves its list at once and is
+  // deleted by the loop once this turn's callbacks are done, as Envoy's
+  // deferredDelete; its destructor then calls Forget().
+  void Retire(ClientConnection* connection);
+  void Retire(ParkedConnection* connection);
   // Between requests: the generation and listener a kept-alive connection
   // should serve its next request under (the newest config, when it still
   // has the listener), moving the connection's count over.
@@ -287,6 +293,15 @@ class Loop {
   static void FlushOutcomesCb(evutil_socket_t, short, void* arg);
   static void QueuePollCb(evutil_socket_t, short, void* arg);
   static void HangWatchCb(evutil_socket_t, short, void* arg);
+  static void DeleteRetiredCb(evutil_socket_t, short, void* arg);
+  void DeleteRetired();
+  template <typename T>
+  void DeferDelete(T* object) {
+    retired_objects_.emplace_back(object,
+                                  [](void* p) { delete static_cast<T*>(p); });
+    if (retired_objects_.size() == 1 && retire_event_)
+      event_active(retire_event_.get(), EV_TIMEOUT, 0);
+  }
   void ArmHangWatch();
   // Suspects the backends of `generation` whose oldest request awaiting a
   // response head is far older than their cluster's recent p99, and retries
@@ -352,6 +367,9 @@ class Loop {
   ParkedConnection* parked_ = nullptr;       // intrusive list head
   LocalGauge open_connections_;
   bool shutting_down_ = false;
+  // Retired objects and how to delete each, until DeleteRetiredCb.
+  std::vector<std::pair<void*, void (*)(void*)>> retired_objects_;
+  net::EventPtr retire_event_;
 };
 
 }  // namespace tandem::dispatcher

@@ -23,7 +23,7 @@ bool ParkedConnection::Park(Loop& loop, Generation& generation,
                             std::unique_ptr<net::ProxyTlvs>& proxy_tlvs) {
   auto* parked = new ParkedConnection(loop, generation, listener, address,
                                       ip_length, deadline, first_request);
-  if (!parked->Wait(fd)) return false;  // (deleted)
+  if (!parked->Wait(fd)) return false;  // (retired)
   parked->proxy_tlvs_ = std::move(proxy_tlvs);
   return true;
 }
@@ -52,7 +52,8 @@ bool ParkedConnection::Wait(evutil_socket_t fd) {
   auto left = deadline_ - std::chrono::steady_clock::now();
   timeval tv = net::ToTimeval(std::max(left, decltype(left)::zero()));
   if (event_add(&event_, &tv) != 0) {
-    delete this;
+    event_del(&event_);
+    loop_.Retire(this);
     return false;
   }
   return true;
@@ -76,15 +77,17 @@ ParkedConnection::ParkedConnection(
   loop_.AttachParked(this, generation_);
 }
 
-ParkedConnection::~ParkedConnection() {
+ParkedConnection::~ParkedConnection() { loop_.Forget(generation_); }
+
+void ParkedConnection::End() {
   if (event_initialized(&event_)) event_del(&event_);
-  loop_.DetachParked(this, generation_);
+  loop_.Retire(this);
 }
 
 void ParkedConnection::Close() {
   evutil_socket_t fd = event_get_fd(&event_);
   listener_->stats->connections_open.Add(-1);
-  delete this;
+  End();
   if (fd >= 0) evutil_closesocket(fd);
 }
 
@@ -115,7 +118,7 @@ void ParkedConnection::EventCb(evutil_socket_t fd, short what, void* arg) {
           std::move(self->proxy_tlvs_))) {
     self->listener_->stats->connections_open.Add(-1);  // Resume closed fd
   }
-  delete self;
+  self->End();
 }
 
 void ParkedConnection::ReadProxyHeader(evutil_socket_t fd) {
@@ -178,7 +181,7 @@ void ParkedConnection::ReadProxyHeader(evutil_socket_t fd) {
                                                 std::move(tlvs))) {
     listener_->stats->connections_open.Add(-1);
   }
-  delete this;
+  End();
 }
 
 }  // namespace tandem::dispatcher

@@ -55,12 +55,15 @@ class ParkedConnection {
   ParkedConnection* prev = nullptr;
 
  private:
+  friend class Loop;  // deletes it (Loop::Retire)
   ParkedConnection(Loop& loop, Generation& generation,
                    ListenerRuntime& listener, std::string_view address,
                    size_t ip_length,
                    std::chrono::steady_clock::time_point deadline,
                    bool first_request);
   ~ParkedConnection();
+  // Stops its event; the loop deletes it after this turn (Loop::Retire).
+  void End();
   static void EventCb(evutil_socket_t fd, short what, void* arg);
   bool Wait(evutil_socket_t fd);
   // Reads what has come of the PROXY header: goes on, closes, or waits.

@@ -1,0 +1,466 @@
+// One try on one backend connection; see attempt.h.
+#include "dispatcher/proxy/attempt.h"
+
+#include <event2/bufferevent_ssl.h>
+#include <openssl/ssl.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "dispatcher/loop.h"
+#include "dispatcher/proxy/exchange.h"
+#include "net/http_io.h"
+#include "net/http_message.h"
+
+namespace tandem::dispatcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Back-pressure marks (bytes queued for the peer): stop reading the other
+// side above the high mark, resume once drained to the low mark.
+constexpr size_t kOutputHighWater = 256 * 1024;
+constexpr size_t kOutputLowWater = 64 * 1024;
+constexpr size_t kMaxSingleRead = 64 * 1024;
+// Interim (1xx) responses one try accepts from a backend; more make the
+// response invalid, so a backend cannot keep an exchange busy with them.
+constexpr uint32_t kMaxInterimResponses = 16;
+
+}  // namespace
+
+Attempt::~Attempt() { Reset(); }
+
+Attempt::Start Attempt::Begin(size_t backend_index) {
+  ClusterRuntime& runtime = exchange_.cluster();
+  Loop& loop = exchange_.loop();
+  BackendRuntime& backend = runtime.backends[backend_index];
+  backend_ = backend_index;
+  has_backend_ = true;
+  ++runtime.inflight[backend_];
+  backend.stats->inflight.Add(1);
+  start_ = Clock::now();
+  LinkAwaiting();
+  if (!response_)
+    response_ = loop.TakeParser(net::HttpParser::Type::kResponse, this);
+  response_->Reset();
+  interim_responses_ = 0;
+  response_bytes_seen_ = false;
+  response_blocked_ = false;
+  upstream_eof_ = false;
+  retry_status_ = 0;
+
+  std::string preamble;
+  if (runtime.config->send_proxy != 0)
+    preamble = exchange_.downstream().ProxyHeader(runtime.config->send_proxy);
+  upstream_ = backend.pool->TakeIdle(this, preamble);
+  if (upstream_ != nullptr) return Start::kSending;
+  // Connect() owns the reservation from here, on failure too.
+  upstream_ =
+      backend.pool->Connect(this, connection_reserved_, std::move(preamble));
+  connection_reserved_ = false;
+  if (upstream_ == nullptr) return Start::kFailed;
+  connecting_ = true;
+  return Start::kConnecting;
+}
+
+bool Attempt::Acquire(BackendRuntime& backend) {
+  if (!backend.limits) return true;
+  const conf::Backend& config = *backend.config;
+  // Takes one unit of `counter` below `limit`, atomically across threads.
+  auto take = [](std::atomic<uint32_t>& counter, uint32_t limit) {
+    uint32_t current = counter.load(std::memory_order_relaxed);
+    do {
+      if (current >= limit) return false;
+    } while (!counter.compare_exchange_weak(current, current + 1,
+                                            std::memory_order_relaxed));
+    return true;
+  };
+  if (config.max_inflight > 0 &&
+      !take(backend.limits->inflight, config.max_inflight)) {
+    return false;
+  }
+  holds_slot_ = config.max_inflight > 0;
+  // Without an idle connection a new one is needed: reserve it now, so two
+  // threads cannot both open the last one.
+  if (config.max_connections > 0 && backend.pool->idle_count() == 0) {
+    if (!take(backend.limits->connections, config.max_connections)) {
+      if (holds_slot_)
+        backend.limits->inflight.fetch_sub(1, std::memory_order_relaxed);
+      holds_slot_ = false;
+      return false;
+    }
+    connection_reserved_ = true;
+  }
+  return true;
+}
+
+bool Attempt::SendHead() {
+  Downstream& downstream = exchange_.downstream();
+  const net::HttpParser& request = downstream.request();
+  net::RequestForwarding forwarding;
+  forwarding.client_ip = downstream.client_ip();
+  forwarding.client_tls = downstream.listener().config->tls();
+  forwarding.upgrade = exchange_.upgrade();
+  forwarding.default_host =
+      exchange_.cluster().backends[backend_].config->address.text;
+  std::string& head = exchange_.loop().scratch();
+  net::AppendRequestHead(request, forwarding, &head);
+  upstream_->StartRequest();
+  evbuffer_add(upstream_->output(), head.data(), head.size());
+  bufferevent* bev = upstream_->bev();
+  bufferevent_setwatermark(bev, EV_WRITE, kOutputLowWater, 0);
+  bufferevent_setwatermark(bev, EV_READ, 0, 0);
+  bufferevent_set_max_single_read(bev, kMaxSingleRead);
+  if (bufferevent_enable(bev, EV_READ | EV_WRITE) != 0) return false;
+  ReplayBody();
+  return true;
+}
+
+void Attempt::ReplayBody() {
+  // A retry: what the body has been so far (kept by the exchange).
+  const net::HttpParser& request = exchange_.downstream().request();
+  if (exchange_.tries() < 2 || request.body_bytes() == 0) return;
+  const std::string& body = exchange_.retry_body();
+  net::FrameBody(request.framing(), body.data(), body.size(),
+                 upstream_->output());
+  if (exchange_.request_complete())
+    net::FrameBodyEnd(request.framing(), request.trailers(),
+                      upstream_->output());
+}
+
+void Attempt::SendBody(const char* data, size_t length) {
+  net::FrameBody(exchange_.downstream().request().framing(), data, length,
+                 upstream_->output());
+}
+
+void Attempt::SendBodyEnd() {
+  const net::HttpParser& request = exchange_.downstream().request();
+  net::FrameBodyEnd(request.framing(), request.trailers(), upstream_->output());
+}
+
+bool Attempt::OutputFull() const {
+  return evbuffer_get_length(upstream_->output()) >= kOutputHighWater;
+}
+
+void Attempt::ResumeResponse() {
+  if (!response_blocked_ || upstream_ == nullptr) return;
+  response_blocked_ = false;
+  exchange_.Touch();
+  bufferevent_enable(upstream_->bev(), EV_READ);
+  ParseResponse();
+}
+
+bool Attempt::Reusable() const {
+  return upstream_ != nullptr && !upstream_eof_ && response_->keep_alive() &&
+         response_->framing() != net::Framing::kUntilClose;
+}
+
+void Attempt::End(bool reusable) {
+  connecting_ = false;
+  if (upstream_ != nullptr) {
+    BackendPool& pool = upstream_->pool();
+    if (reusable && has_backend_) {
+      // At a backend's max_connections, an idle connection kept here would
+      // starve requests waiting on the other threads: close it instead.
+      uint32_t limit =
+          exchange_.cluster().backends[backend_].config->max_connections;
+      if (limit > 0 && pool.shared_connections() >= limit) reusable = false;
+    }
+    if (reusable) {
+      pool.Release(upstream_, exchange_.cluster().config->max_idle_connections);
+    } else {
+      pool.Close(upstream_);
+    }
+    upstream_ = nullptr;
+    ++releases_;
+  }
+  UnlinkAwaiting();
+  if (!has_backend_) return;
+  has_backend_ = false;
+  ClusterRuntime& runtime = exchange_.cluster();
+  BackendRuntime& backend = runtime.backends[backend_];
+  --runtime.inflight[backend_];
+  backend.stats->inflight.Add(-1);
+  if (holds_slot_) {
+    holds_slot_ = false;
+    backend.limits->inflight.fetch_sub(1, std::memory_order_relaxed);
+  }
+  // A slot or a connection is free: the oldest queued request may go.
+  if (backend.limits && !runtime.queue.empty())
+    exchange_.loop().DrainQueue(runtime);
+}
+
+void Attempt::Reset() {
+  End(false);
+  if (response_) exchange_.loop().ReturnParser(std::move(response_));
+}
+
+void Attempt::ReportOutcome(bool success, FailureKind failure) {
+  if (!has_backend_) return;
+  exchange_.loop().ReportOutcome(exchange_.cluster(), backend_, success,
+                                 Traits(failure).health,
+                                 failure == FailureKind::kRefused);
+}
+
+uint64_t Attempt::BufferedBytes() const {
+  uint64_t bytes = response_ ? response_->HeldBytes() : 0;
+  if (upstream_ != nullptr) {
+    bytes += evbuffer_get_length(upstream_->input()) +
+             evbuffer_get_length(upstream_->output());
+  }
+  return bytes;
+}
+
+// ---- hang detection
+// -----------------------------------------------------------
+
+void Attempt::LinkAwaiting() {
+  BackendRuntime& backend = exchange_.cluster().backends[backend_];
+  await_prev_ = backend.awaiting_last;
+  await_next_ = nullptr;
+  if (await_prev_ != nullptr) {
+    await_prev_->await_next_ = this;
+  } else {
+    backend.awaiting_first = this;
+  }
+  backend.awaiting_last = this;
+  awaiting_ = true;
+  exchange_.loop().WatchHangs();
+}
+
+void Attempt::UnlinkAwaiting() {
+  if (!awaiting_) return;
+  BackendRuntime& backend = exchange_.cluster().backends[backend_];
+  if (await_prev_ != nullptr) {
+    await_prev_->await_next_ = await_next_;
+  } else {
+    backend.awaiting_first = await_next_;
+  }
+  if (await_next_ != nullptr) {
+    await_next_->await_prev_ = await_prev_;
+  } else {
+    backend.awaiting_last = await_prev_;
+  }
+  await_prev_ = await_next_ = nullptr;
+  awaiting_ = false;
+}
+
+std::optional<Clock::time_point> Attempt::AwaitingSince() const {
+  if (!awaiting_ || !exchange_.request_complete() ||
+      exchange_.response_started()) {
+    return std::nullopt;
+  }
+  return std::max(start_, exchange_.request_done());
+}
+
+bool Attempt::RetryOffHungBackend() { return exchange_.RetryOffHungBackend(); }
+
+void Attempt::SampleHeadTime() {
+  std::optional<Clock::time_point> since = AwaitingSince();
+  if (!since) return;
+  const Clock::time_point now = Clock::now();
+  const auto sample =
+      std::chrono::duration_cast<std::chrono::microseconds>(now - *since);
+  ClusterRuntime& runtime = exchange_.cluster();
+  BackendRuntime& backend = runtime.backends[backend_];
+  runtime.head_times.Add(sample);
+  backend.answered_sent_at = std::max(backend.answered_sent_at, *since);
+  if (runtime.config->picker.algorithm == algorithms::Algorithm::kP2cEwma) {
+    backend.latency.Observe(sample, now);
+    runtime.latency_us[backend_] =
+        static_cast<uint32_t>(std::min(backend.latency.Value(now), 4.0e9));
+  }
+}
+
+// ---- the backend connection's events ----------------------------------------
+
+void Attempt::OnUpstreamConnected(UpstreamConnection&) {
+  if (!connecting_) return;
+  connecting_ = false;
+  exchange_.OnConnected();
+}
+
+void Attempt::OnUpstreamRead(UpstreamConnection&) {
+  exchange_.Touch();
+  if (exchange_.tunnel()) {
+    exchange_.downstream().TunnelBackendRead();
+  } else {
+    ParseResponse();
+  }
+}
+
+void Attempt::OnUpstreamDrained(UpstreamConnection&) {
+  if (exchange_.tunnel()) {
+    exchange_.Touch();
+    exchange_.downstream().TunnelBackendDrained();
+  } else {
+    exchange_.OnUpstreamDrained();
+  }
+}
+
+void Attempt::OnUpstreamClosed(UpstreamConnection& connection, short events) {
+  if (&connection != upstream_) return;  // no longer this try's
+  if (connecting_) {
+    connecting_ = false;
+    SSL* ssl = bufferevent_openssl_get_ssl(connection.bev());
+    unsigned long tls_error =
+        ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
+    if (ssl != nullptr &&
+        (tls_error != 0 || SSL_get_verify_result(ssl) != X509_V_OK)) {
+      // A handshake failure says why: a wrong name, an unknown CA...
+      std::string& detail = exchange_.detail();
+      detail = "TLS handshake with backend failed: " +
+               net::TlsFailureText(ssl, tls_error);
+      while (bufferevent_get_openssl_error(connection.bev()) != 0) {
+      }
+      exchange_.FailAttempt(FailureKind::kConnect, 502, detail.c_str());
+    } else {
+      bool refused = connection.connect_error() == ECONNREFUSED;
+      exchange_.FailAttempt(
+          refused ? FailureKind::kRefused : FailureKind::kConnect, 502,
+          refused ? "connection to backend refused"
+                  : "connection to backend failed");
+    }
+    return;
+  }
+  if (exchange_.tunnel()) {
+    exchange_.downstream().TunnelBackendClosed(events);
+    return;
+  }
+  if (!exchange_.sending()) return;
+  upstream_eof_ = true;
+  const uint32_t releases = releases_;
+  if (evbuffer_get_length(connection.input()) > 0 && !response_blocked_)
+    ParseResponse();
+  if (releases != releases_) {
+    // ParseResponse finished or failed the try.
+  } else if (exchange_.response_started()) {
+    if ((events & BEV_EVENT_EOF) && !response_blocked_ &&
+        response_->FinishAtEof()) {
+      // A close-delimited body ended: complete, but not reusable.
+      exchange_.OnResponseComplete();
+    } else if (!response_blocked_) {
+      ReportOutcome(false, FailureKind::kReset);
+      exchange_.Abort(kFlagUpstreamReset);
+    }
+  } else if (!response_bytes_seen_ && connection.reused() &&
+             exchange_.tries() <= exchange_.cluster().backends.size() +
+                                      exchange_.cluster().config->retries) {
+    // A pooled connection the backend had closed while idle: the request
+    // never reached it.
+    exchange_.FailAttempt(FailureKind::kPoolRace, 502,
+                          "backend closed the connection");
+  } else {
+    exchange_.FailAttempt(FailureKind::kReset, 502,
+                          (events & BEV_EVENT_ERROR)
+                              ? "connection to backend reset"
+                              : "backend closed the connection");
+  }
+}
+
+// ---- the response
+// ---------------------------------------------------------------
+
+void Attempt::ParseResponse() {
+  if (upstream_ == nullptr) return;
+  if (!upstream_->request_started() &&
+      evbuffer_get_length(upstream_->input()) > 0) {
+    // Bytes that came before any of the request left cannot answer it, and
+    // the request never reached the backend: like a pooled connection found
+    // closed, it goes on, on a fresh connection.
+    exchange_.FailAttempt(FailureKind::kPoolRace, 502,
+                          "backend sent a response before the request");
+    return;
+  }
+  size_t consumed = 0;
+  net::HttpParser::Result result =
+      net::Feed(*response_, upstream_->input(), &consumed);
+  if (consumed > 0) response_bytes_seen_ = true;
+  switch (result) {
+    case net::HttpParser::Result::kNeedMore:
+      if (exchange_.downstream().ResponseOutputFull()) {
+        response_blocked_ = true;
+        bufferevent_disable(upstream_->bev(), EV_READ);
+      }
+      return;
+    case net::HttpParser::Result::kComplete:
+    case net::HttpParser::Result::kPausedHead:
+      exchange_.OnResponseComplete();
+      return;
+    case net::HttpParser::Result::kUpgrade:
+      if (response_->status_code() == 101 && exchange_.upgrade()) {
+        exchange_.EnterTunnel();
+      } else {
+        exchange_.OnResponseComplete();
+      }
+      return;
+    case net::HttpParser::Result::kError:
+      if (retry_status_ != 0) {
+        int status = retry_status_;
+        retry_status_ = 0;
+        exchange_.AddFlags(kFlagRetried5xx);
+        exchange_.FailAttempt(FailureKind::kStatus, status,
+                              "backend answered with an error");
+      } else if (!exchange_.response_started()) {
+        exchange_.FailAttempt(FailureKind::kInvalid, 502,
+                              "invalid response from backend");
+      } else {
+        ReportOutcome(false, FailureKind::kInvalid);
+        exchange_.Abort(kFlagInvalidResponse);
+      }
+      return;
+  }
+}
+
+net::HttpParser::HeadAction Attempt::OnHeadComplete(net::HttpParser& parser) {
+  OnResponseHead(parser);
+  return exchange_.head_request() ? net::HttpParser::HeadAction::kSkipBody
+                                  : net::HttpParser::HeadAction::kContinue;
+}
+
+void Attempt::OnResponseHead(net::HttpParser& parser) {
+  if (awaiting_) {
+    SampleHeadTime();
+    UnlinkAwaiting();
+  }
+  const int status = parser.status_code();
+  Downstream& downstream = exchange_.downstream();
+  if (status >= 100 && status < 200 && status != 101) {
+    if (++interim_responses_ > kMaxInterimResponses) {
+      parser.Reject(502, "too many interim responses");
+      return;
+    }
+    downstream.SendInterim(parser);
+    return;
+  }
+  if (status == 101 && !exchange_.upgrade()) {
+    parser.Reject(502, "backend switched protocols unasked");
+    return;
+  }
+  if (const char* why = downstream.CannotCarry(parser)) {
+    parser.Reject(502, why);
+    return;
+  }
+  if ((status == 502 || status == 503 || status == 504) &&
+      exchange_.WouldRetryStatus()) {
+    // Another backend may do better: drop this answer and try there. When
+    // no retry is possible the backend's own answer is relayed instead.
+    retry_status_ = status;
+    parser.Reject(status, "retrying");
+    return;
+  }
+  ReportOutcome(status < 500, FailureKind::kStatus);
+  exchange_.OnResponseHead(parser);
+}
+
+void Attempt::OnBody(net::HttpParser&, const char* data, size_t length) {
+  exchange_.OnResponseBody(data, length);
+}
+
+void Attempt::OnMessageComplete(net::HttpParser& parser) {
+  const int status = parser.status_code();
+  if (status >= 100 && status < 200 && status != 101) return;  // interim
+  exchange_.OnResponseEnd(parser.trailers());
+}
+
+}  // namespace tandem::dispatcher

@@ -1,0 +1,802 @@
+// One request and its response; see exchange.h. The retry rules are
+// docs/retries.md, the deadlines docs/limits.md.
+#include "dispatcher/proxy/exchange.h"
+
+#include <algorithm>
+
+#include "algorithms/hash.h"
+#include "dispatcher/loop.h"
+#include "net/http_message.h"
+#include "net/posix.h"
+
+namespace tandem::dispatcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// try_timeout = "auto": this many times the cluster's recent p99, at least
+// the floor (docs/retries.md).
+constexpr int64_t kAutoTryFactor = 3;
+constexpr std::chrono::milliseconds kAutoTryFloor{1000};
+// A retry body kept past this capacity is freed when its exchange ends, so
+// one large upload does not stay resident on an idle connection.
+constexpr size_t kMaxIdleRetryBodyBytes = 16 * 1024;
+
+}  // namespace
+
+Exchange::Exchange(Loop& loop, Downstream& downstream)
+    : loop_(loop), downstream_(downstream) {
+  evtimer_assign(&timer_, loop_.base(), TimerCb, this);
+}
+
+Exchange::~Exchange() { Cancel(); }
+
+ClusterRuntime& Exchange::cluster() const {
+  return *downstream_.listener().cluster;
+}
+
+// ---- from the downstream -----------------------------------------------
+
+void Exchange::Begin(bool complete, bool at_upgrade) {
+  const net::HttpParser& request = downstream_.request();
+  state_.request_start = Clock::now();
+  if (complete) {
+    state_.request_complete = true;
+    state_.request_done = state_.request_start;
+    state_.stopped_at_upgrade = at_upgrade;
+  }
+  state_.head_request = request.method() == HTTP_HEAD;
+  phase_ = Phase::kConnecting;
+  Touch();
+  if (net::HasUnsupportedExpectation(request)) {
+    Respond(417, "only 100-continue is supported", true);
+    return;
+  }
+  state_.upgrade = net::WantsUpgrade(request);
+  ++cluster().active_requests;
+  state_.counted_request = true;
+  Route();
+}
+
+void Exchange::OnRequestBody(const char* data, size_t length) {
+  if (state_.body_kept) {
+    // Keep a small body so the request can go to another backend.
+    if (state_.retry_body.size() + length <=
+        cluster().config->retry_buffer_bytes) {
+      state_.retry_body.append(data, length);
+    } else {
+      state_.body_kept = false;
+      std::string().swap(state_.retry_body);
+    }
+  }
+  if (attempt_.upstream() != nullptr) attempt_.SendBody(data, length);
+}
+
+void Exchange::OnRequestComplete(bool at_upgrade) {
+  if (attempt_.upstream() != nullptr && phase_ == Phase::kProxying)
+    attempt_.SendBodyEnd();
+  state_.request_complete = true;
+  state_.request_done = Clock::now();
+  state_.stopped_at_upgrade = at_upgrade;
+  if (state_.response_complete) {
+    Finish();
+    return;
+  }
+  if (!state_.response_started && phase_ == Phase::kProxying) {
+    // The whole request is out: the backend's time to answer starts.
+    ArmTimer(ResponseDeadline() - Clock::now());
+  }
+}
+
+void Exchange::OnRequestError(int status, const char* reason) {
+  // The body broke the rules after part of it went to the backend.
+  attempt_.End(false);
+  if (state_.response_started) {
+    Log();
+    downstream_.ExchangeEnded(Downstream::End::kDestroy);
+    return;
+  }
+  Respond(status, reason, true);
+}
+
+void Exchange::Reject(int status, const char* detail, uint32_t flag) {
+  state_.flags |= flag;
+  Respond(status, detail, true);
+}
+
+void Exchange::OnDownstreamDrained() {
+  if (phase_ == Phase::kProxying) attempt_.ResumeResponse();
+}
+
+void Exchange::Abort(uint32_t flag) {
+  state_.flags |= flag;
+  attempt_.End(false);
+  if (phase_ != Phase::kIdle || downstream_.request().message_started()) Log();
+  if (state_.response_started && !(flag & kFlagClientReset)) {
+    // The backend cut the response: deliver what arrived, then end the
+    // connection so the client cannot take it as complete.
+    downstream_.ExchangeEnded(Downstream::End::kCutOff);
+    return;
+  }
+  downstream_.ExchangeEnded(Downstream::End::kDestroy);
+}
+
+void Exchange::EndTunnel(Downstream::End end) {
+  attempt_.End(false);
+  Log();
+  downstream_.ExchangeEnded(end);
+}
+
+void Exchange::Cancel() {
+  event_del(&timer_);
+  Dequeue();
+  attempt_.End(false);
+  ReleaseClusterCounts();
+  phase_ = Phase::kDone;
+}
+
+void Exchange::Reset() {
+  event_del(&timer_);
+  attempt_.Reset();
+  // The retry body's buffer is kept when it is of the usual size.
+  std::string retry_body = std::move(state_.retry_body);
+  retry_body.clear();
+  if (retry_body.capacity() > kMaxIdleRetryBodyBytes)
+    std::string().swap(retry_body);
+  state_ = {};
+  state_.retry_body = std::move(retry_body);
+  phase_ = Phase::kIdle;
+}
+
+uint64_t Exchange::BufferedBytes() const {
+  return state_.retry_body.capacity() + attempt_.BufferedBytes();
+}
+
+// ---- routing ----------------------------------------------------------------
+
+std::optional<uint64_t> Exchange::RequestHash() const {
+  const conf::HashKey& key = cluster().config->hash_key;
+  const net::HttpParser& request = downstream_.request();
+  std::string_view value;
+  switch (key.kind) {
+    case conf::HashKey::Kind::kNone:
+      return std::nullopt;
+    case conf::HashKey::Kind::kHeader: {
+      auto header = request.headers().Find(key.name);
+      if (!header) return std::nullopt;
+      value = *header;
+      break;
+    }
+    case conf::HashKey::Kind::kCookie: {
+      // Cookie: a=1; b=2 (RFC 6265 §4.2); several Cookie fields may exist.
+      const net::HeaderList& headers = request.headers();
+      for (size_t i = 0; i < headers.size() && value.empty(); ++i) {
+        if (!net::EqualsIgnoreCase(headers.name(i), "cookie")) continue;
+        std::string_view rest = headers.value(i);
+        while (!rest.empty()) {
+          size_t semi = rest.find(';');
+          std::string_view pair = rest.substr(0, semi);
+          while (!pair.empty() && pair.front() == ' ') pair.remove_prefix(1);
+          size_t eq = pair.find('=');
+          if (eq != std::string_view::npos && pair.substr(0, eq) == key.name) {
+            value = pair.substr(eq + 1);
+            break;
+          }
+          if (semi == std::string_view::npos) break;
+          rest.remove_prefix(semi + 1);
+        }
+      }
+      if (value.empty()) return std::nullopt;
+      break;
+    }
+    case conf::HashKey::Kind::kSourceIp:
+      value = downstream_.client_ip();
+      break;
+    case conf::HashKey::Kind::kPath: {
+      value = request.target();
+      size_t query = value.find('?');
+      if (query != std::string_view::npos) value = value.substr(0, query);
+      break;
+    }
+  }
+  return algorithms::Hash64(value);
+}
+
+void Exchange::EnterQueue(ClusterRuntime& runtime, Clock::duration timeout) {
+  phase_ = Phase::kQueued;
+  state_.queued = true;
+  runtime.queue.push_back(this);
+  runtime.stats->queued.Add(1);
+  state_.queued_since = Clock::now();
+  loop_.WatchQueue();
+  ArmTimer(timeout);
+}
+
+void Exchange::RequeueAtFront(ClusterRuntime& runtime) {
+  phase_ = Phase::kQueued;
+  state_.queued = true;
+  runtime.queue.push_front(this);
+}
+
+void Exchange::Route(bool retry, int status, const char* detail, bool other) {
+  ClusterRuntime& runtime = cluster();
+  algorithms::PickInput input;
+  input.inflight = runtime.inflight;
+  input.latency_us = runtime.latency_us;
+  input.tried = &state_.tried;
+  if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone)
+    input.hash = RequestHash();
+  constexpr size_t kNone = SIZE_MAX;
+  size_t pick = runtime.picker->Pick(input).value_or(kNone);
+  if (pick != kNone && retry && other && state_.tried.Contains(pick))
+    pick = kNone;
+  if (pick == kNone && retry && runtime.has_fallback) {
+    // Every eligible backend failed this request (typically: refused, before
+    // health/ has counted to `fall`): a healthy backup in reserve is better
+    // than an error.
+    pick = runtime.fallback->Pick(input).value_or(kNone);
+    if (pick != kNone && state_.tried.Contains(pick)) pick = kNone;
+  }
+  if (pick != kNone && runtime.has_limits &&
+      !attempt_.Acquire(runtime.backends[pick])) {
+    // Full: look for another backend below its limit, treating the full ones
+    // as tried for this pick only.
+    algorithms::TriedSet skip = state_.tried;
+    size_t full = pick;
+    pick = kNone;
+    for (size_t n = 0; n < runtime.backends.size(); ++n) {
+      skip.Insert(full);
+      input.tried = &skip;
+      size_t candidate = runtime.picker->Pick(input).value_or(kNone);
+      if (candidate == kNone || skip.Contains(candidate)) break;
+      if (attempt_.Acquire(runtime.backends[candidate])) {
+        pick = candidate;
+        break;
+      }
+      full = candidate;
+    }
+    if (pick == kNone) {
+      state_.flags |= kFlagOverflow;
+      if (state_.from_queue) {
+        // Still full: back to the head of the line, the timeout unchanged.
+        RequeueAtFront(runtime);
+        return;
+      }
+      const uint32_t queue_size = runtime.config->queue_size;
+      if (queue_size > 0 && runtime.queue.size() < queue_size && !retry) {
+        EnterQueue(runtime, runtime.config->queue_timeout);
+        return;
+      }
+      RespondBusy("every backend is at its request limit");
+      return;
+    }
+  }
+  // A cold backup is starting for want of backends, or every eligible backend
+  // failed a retryable request and a cold backup stands by: wait (within
+  // request_timeout) for health/ to bring it in rather than failing requests
+  // it will serve. (A retry got here only if DecideRetry allowed it.)
+  const bool standby_may_come =
+      runtime.activating || (retry && runtime.cold_standby);
+  if (pick == kNone && standby_may_come) {
+    if (state_.from_queue) {
+      RequeueAtFront(runtime);
+      return;
+    }
+    if (runtime.queue.size() <
+        std::max<size_t>(runtime.config->queue_size, 1024)) {
+      if (retry) {
+        // Resumed as the retry it is (RetryFromQueue): the backends it
+        // already failed on stay excluded, and this answer stands if none
+        // comes.
+        state_.pending_status = status;
+        if (detail != state_.detail.c_str()) state_.detail = detail;
+      }
+      state_.waiting_activation = true;
+      EnterQueue(runtime, state_.request_start +
+                              runtime.config->request_timeout - Clock::now());
+      return;
+    }
+  }
+  if (pick == kNone) {
+    if (retry) {
+      state_.retry_note = "no other backend";
+      Respond(status, detail, !state_.request_complete);
+      return;
+    }
+    state_.flags |= kFlagNoBackend;
+    runtime.stats->no_backend.Add();
+    Respond(503, "no eligible backend", !state_.request_complete);
+    return;
+  }
+  StartAttempt(pick);
+}
+
+void Exchange::StartAttempt(size_t pick) {
+  ClusterRuntime& runtime = cluster();
+  state_.last_backend = runtime.backends[pick].config;
+  state_.last_backend_index = pick;
+  if (++state_.tries > 1) {
+    state_.flags |= kFlagRetried;
+    runtime.stats->retries[static_cast<size_t>(state_.last_failure)].Add();
+    if (!state_.counted_retry) {
+      state_.counted_retry = true;
+      ++runtime.active_retries;
+    }
+  }
+  phase_ = Phase::kConnecting;
+  switch (attempt_.Begin(pick)) {
+    case Attempt::Start::kSending:
+      SendRequest();
+      return;
+    case Attempt::Start::kConnecting:
+      ArmTimer(attempt_.start() + runtime.config->connect_timeout -
+               Clock::now());
+      return;
+    case Attempt::Start::kFailed:
+      FailAttempt(FailureKind::kConnect, 502,
+                  "cannot open a connection to the backend");
+      return;
+  }
+}
+
+void Exchange::OnConnected() {
+  if (phase_ != Phase::kConnecting) return;
+  SendRequest();
+}
+
+void Exchange::SendRequest() {
+  phase_ = Phase::kProxying;
+  if (!attempt_.SendHead()) {
+    FailAttempt(FailureKind::kConnect, 502,
+                "cannot use the backend connection");
+    return;
+  }
+  if (state_.request_complete) {
+    ArmTimer(ResponseDeadline() - Clock::now());
+  } else {
+    ArmTimer(cluster().config->idle_timeout);
+  }
+  downstream_.ContinueRequest();
+}
+
+void Exchange::OnUpstreamDrained() {
+  if (phase_ == Phase::kProxying) downstream_.RequestDrained();
+}
+
+// ---- the queue and the retry budget ------------------------------------
+
+void Exchange::Dequeue() {
+  if (phase_ == Phase::kRetryWait) {
+    auto& waiters = cluster().retry_waiters;
+    auto it = std::find(waiters.begin(), waiters.end(), this);
+    if (it != waiters.end()) waiters.erase(it);
+  }
+  if (!state_.queued) return;
+  state_.queued = false;
+  cluster().stats->queued.Add(-1);
+  cluster().stats->queue_wait.Observe(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
+                                                            state_.queued_since)
+          .count()));
+  auto& queue = cluster().queue;
+  auto it = std::find(queue.begin(), queue.end(), this);
+  if (it != queue.end()) queue.erase(it);
+}
+
+bool Exchange::RetryFromQueue() {
+  // Leaves the queue for this try; Route() puts it back at the head when
+  // every backend is still full (its timer, armed when it joined, stands).
+  ClusterRuntime& runtime = cluster();
+  const Clock::time_point since = state_.queued_since;
+  runtime.queue.erase(
+      std::find(runtime.queue.begin(), runtime.queue.end(), this));
+  state_.queued = false;
+  state_.from_queue = true;
+  phase_ = Phase::kConnecting;
+  if (state_.tries > 0) {
+    Route(true, state_.pending_status, state_.detail.c_str());
+  } else {
+    Route();
+  }
+  // Still from_queue only when put back: the exchange may have ended, and
+  // the connection's next one begun, inside Route().
+  if (state_.queued && state_.from_queue) {
+    state_.from_queue = false;
+    return false;
+  }
+  state_.from_queue = false;
+  runtime.stats->queued.Add(-1);
+  runtime.stats->queue_wait.Observe(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
+                                                            since)
+          .count()));
+  return true;
+}
+
+void Exchange::ResumeRetry() {
+  event_del(&timer_);
+  phase_ = Phase::kConnecting;
+  Route(true, state_.pending_status, state_.detail.c_str(), true);
+}
+
+void Exchange::RespondBusy(const char* detail) {
+  cluster().stats->no_backend.Add();
+  Respond(503, detail, false, "Retry-After: 1\r\n");
+}
+
+// ---- deadlines and the retry decision --------------------------------------
+
+Clock::time_point Exchange::ResponseDeadline() const {
+  // The request is out: the sooner of request_timeout and this try's
+  // try_timeout.
+  return std::min(
+      state_.request_done + cluster().config->request_timeout,
+      std::max(attempt_.start(), state_.request_done) + TryTimeout());
+}
+
+Clock::duration Exchange::TryTimeout() const {
+  const ClusterRuntime& runtime = cluster();
+  const conf::Cluster& config = *runtime.config;
+  if (!config.try_timeout_auto) return config.try_timeout;
+  // "auto": 3 x the cluster's recent p99 on this loop, at least a second.
+  const std::optional<std::chrono::microseconds> p99 = runtime.head_times.p99();
+  if (!p99) return config.request_timeout;
+  return std::clamp<Clock::duration>(kAutoTryFactor * *p99, kAutoTryFloor,
+                                     config.request_timeout);
+}
+
+Clock::time_point Exchange::RequestDeadline() const {
+  return std::max(state_.request_done, state_.request_start) +
+         cluster().config->request_timeout;
+}
+
+bool Exchange::RetryAllowedNow(FailureKind failure) const {
+  const bool reached = Traits(failure).reached_worker;
+  return DecideRetry(
+             RetryFacts(failure, state_.reached_failures + (reached ? 1 : 0)))
+             .action == RetryAction::kRetry;
+}
+
+bool Exchange::WouldRetryStatus() const {
+  // This answer is a failed try that reached a worker: count it.
+  return DecideRetry(
+             RetryFacts(FailureKind::kStatus, state_.reached_failures + 1))
+             .action != RetryAction::kGiveUp;
+}
+
+RetryInput Exchange::RetryFacts(FailureKind failure,
+                                uint32_t reached_failures) const {
+  const ClusterRuntime& runtime = cluster();
+  const net::HttpParser& request = downstream_.request();
+  RetryInput input;
+  input.failure = failure;
+  input.response_started = state_.response_started;
+  input.deadline_passed = Clock::now() >= RequestDeadline();
+  input.idempotent = net::IsIdempotent(request);
+  input.reached_failures = reached_failures;
+  input.retries = runtime.config->retries;
+  input.has_body = request.body_bytes() > 0;
+  input.body_replayable = state_.body_kept;
+  // Another eligible backend this request has not tried yet? (The set may
+  // have changed since the last try: compare backend by backend.)
+  input.other_backend = runtime.has_fallback || runtime.cold_standby;
+  for (size_t b = 0; b < runtime.backends.size() && !input.other_backend; ++b) {
+    input.other_backend = runtime.backends[b].eligible &&
+                          !state_.tried.Contains(b) &&
+                          !(attempt_.on() && b == attempt_.backend());
+  }
+  input.budget_left = state_.counted_retry || runtime.RetryBudgetLeft();
+  return input;
+}
+
+bool Exchange::RetryOffHungBackend() {
+  if (phase_ != Phase::kProxying || !attempt_.AwaitingSince() ||
+      !RetryAllowedNow(FailureKind::kHung)) {
+    return false;
+  }
+  FailAttempt(FailureKind::kHung, 504, "backend suspected hung");
+  return true;
+}
+
+void Exchange::FailAttempt(FailureKind failure, int status,
+                           const char* detail) {
+  const FailureTraits& traits = Traits(failure);
+  state_.flags |= traits.flag;
+  ClusterRuntime& runtime = cluster();
+  if (attempt_.on()) {
+    const BackendRuntime& backend = runtime.backends[attempt_.backend()];
+    if (!state_.trail.empty()) state_.trail.push_back(',');
+    state_.trail.append(backend.config->address.text);
+    state_.trail.push_back(':');
+    state_.trail.append(traits.trail_code);
+    BackendStats* stats = backend.stats;
+    if (failure == FailureKind::kConnect || failure == FailureKind::kRefused) {
+      stats->connect_failures.Add();
+    } else if (failure == FailureKind::kReset ||
+               failure == FailureKind::kPoolRace) {
+      stats->upstream_resets.Add();
+    } else if (failure == FailureKind::kTimeout) {
+      stats->upstream_timeouts.Add();
+    }
+    // A pooled connection closing under us says nothing about the backend:
+    // it is not reported, and the first time not marked tried either, so
+    // the retry goes to the same backend on a fresh connection and a keyed
+    // request keeps its home. A second race in one exchange does mark it,
+    // so a backend that keeps doing this cannot hold the request in a loop.
+    if (failure != FailureKind::kPoolRace)
+      attempt_.ReportOutcome(false, failure);
+    if (failure != FailureKind::kPoolRace || state_.pool_race_seen)
+      state_.tried.Insert(attempt_.backend());
+  }
+  if (failure == FailureKind::kPoolRace) state_.pool_race_seen = true;
+  state_.last_failure = failure;
+  if (traits.reached_worker) ++state_.reached_failures;
+  RetryDecision decision =
+      DecideRetry(RetryFacts(failure, state_.reached_failures));
+  if (decision.action == RetryAction::kWaitForBudget) {
+    // Too many retries in flight: wait for one to finish, within
+    // request_timeout, so a burst of timeouts on one frozen worker is not
+    // turned into errors while the cluster is not hammered either.
+    attempt_.End(false);
+    auto deadline = RequestDeadline();
+    if (Clock::now() < deadline) {
+      state_.pending_status = status;
+      if (detail != state_.detail.c_str()) state_.detail = detail;
+      phase_ = Phase::kRetryWait;
+      runtime.retry_waiters.push_back(this);
+      loop_.WatchQueue();
+      ArmTimer(deadline - Clock::now());
+      return;
+    }
+    decision = {RetryAction::kGiveUp, "retry budget spent"};
+  }
+  const bool same_backend_ok = failure == FailureKind::kPoolRace;
+  if (failure == FailureKind::kPoolRace && attempt_.upstream() != nullptr) {
+    // The backend closed an idle connection under us; its other idle ones
+    // (a restart, a crash) are likely gone too: don't try them one by one.
+    attempt_.upstream()->pool().CloseIdle(Clock::duration::zero());
+  }
+  attempt_.End(false);
+  if (decision.action == RetryAction::kRetry) {
+    phase_ = Phase::kConnecting;
+    Route(true, status, detail, !same_backend_ok);
+    return;
+  }
+  state_.retry_note = decision.reason;
+  Respond(status, detail, !state_.request_complete);
+}
+
+// ---- the response
+// -------------------------------------------------------------
+
+void Exchange::OnResponseHead(const net::HttpParser& response) {
+  state_.status = response.status_code();
+  downstream_.SendResponseHead(response);
+  state_.response_started = true;
+  // From here on only silence ends the exchange.
+  Touch();
+  ArmTimer(cluster().config->idle_timeout);
+}
+
+void Exchange::OnResponseBody(const char* data, size_t length) {
+  state_.response_body_bytes += length;
+  downstream_.SendResponseBody(data, length);
+}
+
+void Exchange::OnResponseEnd(const net::HeaderList& trailers) {
+  downstream_.SendResponseEnd(trailers);
+  state_.response_complete = true;
+}
+
+void Exchange::OnResponseComplete() {
+  if (!state_.request_complete) {
+    // The backend answered before the request ended (an early 413, say): the
+    // backend connection can't be reused and the client's is closed.
+    attempt_.End(false);
+    Log();
+    downstream_.ExchangeEnded(Downstream::End::kClose);
+    return;
+  }
+  Finish();
+}
+
+void Exchange::EnterTunnel() {
+  phase_ = Phase::kTunnel;
+  Touch();
+  ArmTimer(cluster().config->idle_timeout);
+  downstream_.StartTunnel();
+}
+
+void Exchange::Respond(int status, const char* detail, bool close,
+                       std::string_view extra_fields) {
+  if (state_.response_started) {
+    Abort(0);
+    return;
+  }
+  attempt_.End(false);
+  if (!state_.request_complete) close = true;
+  const Downstream::LocalReply reply =
+      downstream_.SendLocalResponse(status, detail, close, extra_fields);
+  state_.status = status;
+  state_.response_body_bytes = reply.body_bytes;
+  state_.response_started = true;
+  state_.response_complete = true;
+  if (reply.close) {
+    Log();
+    downstream_.ExchangeEnded(Downstream::End::kClose);
+    return;
+  }
+  Finish();
+}
+
+void Exchange::Finish() {
+  attempt_.End(attempt_.Reusable() && state_.response_complete &&
+               state_.request_complete && !state_.stopped_at_upgrade);
+  Log();
+  downstream_.ExchangeEnded(Downstream::End::kNext);
+}
+
+// ---- timers
+// -------------------------------------------------------------------
+
+void Exchange::ArmTimer(Clock::duration delay) {
+  timeval tv = net::ToTimeval(std::max(delay, Clock::duration::zero()));
+  event_add(&timer_, &tv);
+}
+
+void Exchange::TimerCb(evutil_socket_t, short, void* arg) {
+  static_cast<Exchange*>(arg)->OnTimer();
+}
+
+void Exchange::OnTimer() {
+  Clock::time_point now = Clock::now();
+  const conf::Cluster& config = *cluster().config;
+  switch (phase_) {
+    case Phase::kIdle:
+    case Phase::kDone:
+      return;
+    case Phase::kRetryWait:
+      Dequeue();
+      state_.retry_note = "retry budget spent until request_timeout";
+      Respond(state_.pending_status, state_.detail.c_str(),
+              !state_.request_complete);
+      return;
+    case Phase::kQueued:
+      Dequeue();
+      cluster().stats->queue_timeouts.Add();
+      if (state_.waiting_activation) {
+        state_.flags |= kFlagNoBackend;
+        Respond(503,
+                "no eligible backend (a cold backup did not come up in time)",
+                !state_.request_complete);
+      } else {
+        RespondBusy("no backend slot freed up within queue_timeout");
+      }
+      return;
+    case Phase::kConnecting:
+      state_.flags |= kFlagUpstreamTimeout;
+      FailAttempt(FailureKind::kConnect, 502,
+                  "connection to backend timed out");
+      return;
+    case Phase::kProxying: {
+      if (!state_.request_complete || state_.response_started) {
+        auto idle_for = now - last_activity_;
+        if (idle_for < config.idle_timeout) {
+          ArmTimer(config.idle_timeout - idle_for);
+          return;
+        }
+        if (!state_.response_started) {
+          state_.flags |= kFlagClientTimeout;
+          Respond(408, "request body not received in time", true);
+        } else {
+          Abort(kFlagUpstreamTimeout);
+        }
+        return;
+      }
+      auto request_deadline = RequestDeadline();
+      if (now >= request_deadline) {
+        // The whole budget is spent: DecideRetry allows no retry.
+        FailAttempt(FailureKind::kTimeout, 504,
+                    "backend did not answer within request_timeout");
+        return;
+      }
+      auto try_deadline =
+          std::max(attempt_.start(), state_.request_done) + TryTimeout();
+      if (now >= try_deadline) {
+        // "auto" cuts only a try that may be retried: a cut could only turn
+        // the others into errors, so they wait for request_timeout.
+        if (config.try_timeout_auto &&
+            !RetryAllowedNow(FailureKind::kTimeout)) {
+          ArmTimer(request_deadline - now);
+          return;
+        }
+        FailAttempt(FailureKind::kTimeout, 504,
+                    "backend did not answer within try_timeout");
+        return;
+      }
+      ArmTimer(std::min(request_deadline, try_deadline) - now);
+      return;
+    }
+    case Phase::kTunnel: {
+      auto idle_for = now - last_activity_;
+      if (idle_for < config.idle_timeout) {
+        ArmTimer(config.idle_timeout - idle_for);
+        return;
+      }
+      EndTunnel(Downstream::End::kDestroy);
+      return;
+    }
+  }
+}
+
+// ---- accounting
+// ---------------------------------------------------------------
+
+void Exchange::ReleaseClusterCounts() {
+  if (!state_.counted_request && !state_.counted_retry) return;
+  ClusterRuntime& runtime = cluster();
+  if (state_.counted_request) --runtime.active_requests;
+  if (state_.counted_retry) --runtime.active_retries;
+  state_.counted_request = state_.counted_retry = false;
+}
+
+std::string_view Exchange::FlagsText() {
+  flags_text_.clear();
+  for (size_t bit = 0; bit < kExchangeFlagNames.size(); ++bit) {
+    if ((state_.flags & (1u << bit)) == 0) continue;
+    if (!flags_text_.empty()) flags_text_.push_back(',');
+    flags_text_.append(kExchangeFlagNames[bit]);
+  }
+  return flags_text_;
+}
+
+void Exchange::Log() {
+  ReleaseClusterCounts();
+  event_del(&timer_);
+  if (state_.logged) return;
+  state_.logged = true;
+  phase_ = Phase::kDone;
+  auto now = Clock::now();
+  if (state_.request_start.time_since_epoch().count() == 0)
+    state_.request_start = now;
+  uint64_t micros = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          now - state_.request_start)
+          .count());
+  ListenerRuntime& listener = downstream_.listener();
+  ClusterRuntime& runtime = *listener.cluster;
+  listener.stats->requests[StatusClass(state_.status)].Add();
+  listener.stats->bytes_sent.Add(state_.response_body_bytes);
+  runtime.stats->request_duration.Observe(micros);
+  if (state_.last_backend != nullptr) {
+    runtime.backends[state_.last_backend_index]
+        .stats->responses[StatusClass(state_.status)]
+        .Add();
+  }
+  AccessLog& log = loop_.access_log();
+  if (!log.enabled()) return;
+  const net::HttpParser& request = downstream_.request();
+  AccessLogEntry entry;
+  entry.client = downstream_.client_address();
+  entry.method =
+      request.in_head() ? std::string_view("-") : request.method_name();
+  entry.target = request.in_head() ? std::string_view("-") : request.target();
+  entry.http_minor = request.http_minor();
+  entry.status = state_.status;
+  entry.bytes_sent = state_.response_body_bytes;
+  entry.bytes_received = request.body_bytes();
+  entry.duration_micros = micros;
+  entry.listener = listener.config->name;
+  entry.cluster = runtime.config->name;
+  entry.backend = state_.last_backend != nullptr
+                      ? std::string_view(state_.last_backend->address.text)
+                      : std::string_view();
+  entry.tries = state_.tries;
+  entry.flags = FlagsText();
+  entry.note = state_.retry_note;
+  entry.trail = state_.trail;
+  entry.proxy = downstream_.proxy_tlvs();
+  log.Write(entry);
+}
+
+}  // namespace tandem::dispatcher
