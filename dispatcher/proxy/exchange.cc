@@ -218,8 +218,9 @@ void Exchange::RequeueAtFront(ClusterRuntime& runtime) {
   runtime.queue.push_front(this);
 }
 
-void Exchange::Route(bool retry, int status, const char* detail, bool other) {
+void Exchange::Route(const Retry* again) {
   ClusterRuntime& runtime = cluster();
+  const bool retry = again != nullptr;
   algorithms::PickInput input;
   input.inflight = runtime.inflight;
   input.latency_us = runtime.latency_us;
@@ -228,7 +229,8 @@ void Exchange::Route(bool retry, int status, const char* detail, bool other) {
     input.hash = RequestHash();
   constexpr size_t kNone = SIZE_MAX;
   size_t pick = runtime.picker->Pick(input).value_or(kNone);
-  if (pick != kNone && retry && other && state_.tried.Contains(pick))
+  if (pick != kNone && retry && again->other_backend &&
+      state_.tried.Contains(pick))
     pick = kNone;
   if (pick == kNone && retry && runtime.has_fallback) {
     // Every eligible backend failed this request (typically: refused, before
@@ -288,8 +290,9 @@ void Exchange::Route(bool retry, int status, const char* detail, bool other) {
         // Resumed as the retry it is (RetryFromQueue): the backends it
         // already failed on stay excluded, and this answer stands if none
         // comes.
-        state_.pending_status = status;
-        if (detail != state_.detail.c_str()) state_.detail = detail;
+        state_.pending_status = again->status;
+        if (again->detail != state_.detail.c_str())
+          state_.detail = again->detail;
       }
       state_.waiting_activation = true;
       EnterQueue(runtime, state_.request_start +
@@ -300,7 +303,7 @@ void Exchange::Route(bool retry, int status, const char* detail, bool other) {
   if (pick == kNone) {
     if (retry) {
       state_.retry_note = "no other backend";
-      Respond(status, detail, !state_.request_complete);
+      Respond(again->status, again->detail, !state_.request_complete);
       return;
     }
     state_.flags |= kFlagNoBackend;
@@ -394,7 +397,8 @@ bool Exchange::RetryFromQueue() {
   state_.from_queue = true;
   phase_ = Phase::kConnecting;
   if (state_.tries > 0) {
-    Route(true, state_.pending_status, state_.detail.c_str());
+    const Retry again{state_.pending_status, state_.detail.c_str()};
+    Route(&again);
   } else {
     Route();
   }
@@ -416,7 +420,8 @@ bool Exchange::RetryFromQueue() {
 void Exchange::ResumeRetry() {
   event_del(&timer_);
   phase_ = Phase::kConnecting;
-  Route(true, state_.pending_status, state_.detail.c_str(), true);
+  const Retry again{state_.pending_status, state_.detail.c_str()};
+  Route(&again);
 }
 
 void Exchange::RespondBusy(const char* detail) {
@@ -559,7 +564,8 @@ void Exchange::FailAttempt(FailureKind failure, int status,
   attempt_.End(false);
   if (decision.action == RetryAction::kRetry) {
     phase_ = Phase::kConnecting;
-    Route(true, status, detail, !same_backend_ok);
+    const Retry again{status, detail, !same_backend_ok};
+    Route(&again);
     return;
   }
   state_.retry_note = decision.reason;

@@ -183,10 +183,16 @@ class Exchange {
     kDone,        // answered and logged
   };
 
-  // `retry`: an earlier try failed with `status`/`detail`, which the client
-  // gets if no backend is left; `other`: a different backend is needed.
-  void Route(bool retry = false, int status = 0, const char* detail = nullptr,
-             bool other = true);
+  // A retry: what the client gets if no backend is left, and whether it
+  // must go to a backend this request has not failed on.
+  struct Retry {
+    int status = 0;
+    const char* detail = nullptr;
+    bool other_backend = true;
+  };
+  // Picks a backend (or queues, or answers) for the first try, or for a
+  // retry when `retry` is set.
+  void Route(const Retry* retry = nullptr);
   void StartAttempt(size_t backend);
   void SendRequest();
   // The request's hash for ring-hash and maglev, from hash_key.
