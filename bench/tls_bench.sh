@@ -315,7 +315,7 @@ if [[ -s "$MEMORY_JSONL" ]]; then
     python3 -c 'import json, sys
 for line in open(sys.argv[1]):
     m = json.loads(line)
-    print(f"| {m[\"proxy\"]} | {m[\"connections\"]} | {m[\"rss_before_kib\"]:,} | {m[\"rss_after_kib\"]:,} | {m[\"bytes_per_connection\"]:,} |")' "$MEMORY_JSONL"
+    print("| {proxy} | {connections} | {rss_before_kib:,} | {rss_after_kib:,} | {bytes_per_connection:,} |".format(**m))' "$MEMORY_JSONL"
   } | tee -a "$WORK/report.md"
 fi
 {

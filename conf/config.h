@@ -230,6 +230,10 @@ struct Cluster {
   // far longer than the cluster's recent p99 takes no new request and is
   // checked at once (docs/retries.md).
   bool hang_detection = true;
+  // Hedging: an idempotent request whose response head is later than the
+  // cluster's recent p95 gets a second try on another backend; the first
+  // head wins and the other try is cancelled (docs/retries.md).
+  bool hedge = false;
   // Cold standby: how long activate/deactivate may run.
   Duration activate_timeout = std::chrono::seconds(30);
   HealthCheck health;

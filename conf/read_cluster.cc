@@ -155,6 +155,7 @@ std::span<const Key<Cluster>> ClusterKeys() {
       DurationKey("queue_timeout", &Cluster::queue_timeout, kPositive),
       DurationKey("activate_timeout", &Cluster::activate_timeout, kPositive),
       BoolKey("hang_detection", &Cluster::hang_detection),
+      BoolKey("hedge", &Cluster::hedge),
       EnumKey("send_proxy", &Cluster::send_proxy, "PROXY protocol version",
               kProxyVersions),
       CustomKey("health", ReadHealth),

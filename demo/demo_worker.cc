@@ -178,6 +178,7 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
   int feedback_weight_ = -2;  // /control/feedback: -2 unchanged, -1 none
   int feedback_state_ = -1;   // -1 unchanged, 0 none, 1 drain, 2 up
   int fail_percent_ = 100;    // /control/fail: the share that fails
+  int delay_percent_ = 100;   // /control/delay: the share delayed
   enum class Route {
     kNotFound,
     kHello,
@@ -386,6 +387,11 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
       SetNumber(QueryNumber(query, "ms", 0, 0, 600000),
                 "ms must be a number from 0 to 600000");
       if (!QueryValue(query, "ms")) query_error_ = "ms is missing";
+      std::optional<uint64_t> percent =
+          QueryNumber(query, "percent", 100, 1, 100);
+      if (!percent && query_error_.empty())
+        query_error_ = "percent must be a number from 1 to 100";
+      delay_percent_ = static_cast<int>(percent.value_or(100));
     } else if (path == "/control/feedback") {
       // What /healthz tells tandem about this worker's load: weight=N (a
       // percentage, -1 = none) and state=drain|up|none.
@@ -524,6 +530,18 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
     return (n * percent) / 100 != ((n + 1) * percent) / 100;
   }
 
+  // Whether this "/" request is one of the delayed share (called once per
+  // request, as Failing()).
+  bool Delayed() const {
+    DemoWorkerShared& shared = *worker_->shared_;
+    const uint64_t percent = static_cast<uint64_t>(
+        shared.delay_percent.load(std::memory_order_relaxed));
+    if (percent >= 100) return true;
+    const uint64_t n =
+        shared.delay_counter.fetch_add(1, std::memory_order_relaxed);
+    return (n * percent) / 100 != ((n + 1) * percent) / 100;
+  }
+
   // Answers a complete request.
   void Answer() {
     worker_->shared_->requests_served.fetch_add(1, std::memory_order_relaxed);
@@ -554,7 +572,7 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
         case Route::kHello: {
           const int delay =
               worker_->shared_->delay_ms.load(std::memory_order_relaxed);
-          if (delay > 0) {
+          if (delay > 0 && Delayed()) {
             number_ = static_cast<uint64_t>(delay);
             StartSleep();  // a slow worker: "/" answers after the delay
           } else {
@@ -597,11 +615,19 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
           WriteAnswer(200, body_);
           break;
         case Route::kControlDelay:
+          worker_->shared_->delay_percent.store(delay_percent_,
+                                                std::memory_order_relaxed);
           worker_->shared_->delay_ms.store(static_cast<int>(number_),
                                            std::memory_order_relaxed);
           body_.assign("/ answers after ");
           AppendNumber(body_, number_);
-          body_.append(" ms\n");
+          body_.append(" ms");
+          if (delay_percent_ < 100) {
+            body_.append(" (");
+            AppendNumber(body_, static_cast<uint64_t>(delay_percent_));
+            body_.append(" % of requests)");
+          }
+          body_.push_back('\n');
           WriteAnswer(200, body_);
           break;
         case Route::kControlFail:

@@ -36,6 +36,9 @@ struct DemoWorkerShared {
   std::atomic<int> fail_percent{100};
   // What /control/delay set: "/" answers after this many ms (a slow worker).
   std::atomic<int> delay_ms{0};
+  // /control/delay: the share of "/" requests delayed, spread evenly.
+  std::atomic<int> delay_percent{100};
+  std::atomic<uint64_t> delay_counter{0};
   std::atomic<uint64_t> fail_counter{0};
   // What /healthz reports as load feedback: Tandem-Weight (a percentage;
   // -1 = no header) and Tandem-State (0 none, 1 drain, 2 up).

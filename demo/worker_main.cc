@@ -49,7 +49,7 @@ Prints "listening on ADDRESS:PORT" once it accepts connections, and exits 0 on
 SIGTERM or SIGINT.
 
 Endpoints: GET / | GET /healthz | POST /control/health?status=N |
-POST /control/fail?status=N | GET|POST /compute?rounds=N | GET /bytes?n=N[&chunked=1] | POST|PUT /sink |
+POST /control/fail?status=N[&percent=P] | POST /control/delay?ms=N[&percent=P] | GET|POST /compute?rounds=N | GET /bytes?n=N[&chunked=1] | POST|PUT /sink |
 GET /status/CODE | GET /sleep?ms=N | GET /stats | GET /echo (WebSocket upgrade)
 )";
 

@@ -159,6 +159,13 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                     {"reason", std::string(kFailureTraits[r].retry_reason)}},
                    static_cast<double>(s.retries[r].Get()));
       }
+      for (size_t r = 0; r < s.hedges.size(); ++r) {
+        b->Counter("tandem_hedges_total",
+                   "Hedges: second tries raced against a slow first one, by "
+                   "which answered first (or a racing try failed)",
+                   {{"cluster", cluster}, {"result", kHedgeResults[r]}},
+                   static_cast<double>(s.hedges[r].Get()));
+      }
       b->Gauge("tandem_queue_length",
                "Requests waiting for a backend below its limit",
                {{"cluster", cluster}}, static_cast<double>(s.queued.Get()));

@@ -253,7 +253,9 @@ std::optional<Clock::time_point> Attempt::AwaitingSince() const {
   return std::max(start_, exchange_.request_done());
 }
 
-bool Attempt::RetryOffHungBackend() { return exchange_.RetryOffHungBackend(); }
+bool Attempt::RetryOffHungBackend() {
+  return exchange_.RetryOffHungBackend(*this);
+}
 
 void Attempt::SampleHeadTime() {
   std::optional<Clock::time_point> since = AwaitingSince();
@@ -277,7 +279,7 @@ void Attempt::SampleHeadTime() {
 void Attempt::OnUpstreamConnected(UpstreamConnection&) {
   if (!connecting_) return;
   connecting_ = false;
-  exchange_.OnConnected();
+  exchange_.OnConnected(*this);
 }
 
 void Attempt::OnUpstreamRead(UpstreamConnection&) {
@@ -313,11 +315,11 @@ void Attempt::OnUpstreamClosed(UpstreamConnection& connection, short events) {
                net::TlsFailureText(ssl, tls_error);
       while (bufferevent_get_openssl_error(connection.bev()) != 0) {
       }
-      exchange_.FailAttempt(FailureKind::kConnect, 502, detail.c_str());
+      exchange_.FailAttempt(*this, FailureKind::kConnect, 502, detail.c_str());
     } else {
       bool refused = connection.connect_error() == ECONNREFUSED;
       exchange_.FailAttempt(
-          refused ? FailureKind::kRefused : FailureKind::kConnect, 502,
+          *this, refused ? FailureKind::kRefused : FailureKind::kConnect, 502,
           refused ? "connection to backend refused"
                   : "connection to backend failed");
     }
@@ -348,10 +350,10 @@ void Attempt::OnUpstreamClosed(UpstreamConnection& connection, short events) {
                                       exchange_.cluster().config->retries) {
     // A pooled connection the backend had closed while idle: the request
     // never reached it.
-    exchange_.FailAttempt(FailureKind::kPoolRace, 502,
+    exchange_.FailAttempt(*this, FailureKind::kPoolRace, 502,
                           "backend closed the connection");
   } else {
-    exchange_.FailAttempt(FailureKind::kReset, 502,
+    exchange_.FailAttempt(*this, FailureKind::kReset, 502,
                           (events & BEV_EVENT_ERROR)
                               ? "connection to backend reset"
                               : "backend closed the connection");
@@ -368,7 +370,7 @@ void Attempt::ParseResponse() {
     // Bytes that came before any of the request left cannot answer it, and
     // the request never reached the backend: like a pooled connection found
     // closed, it goes on, on a fresh connection.
-    exchange_.FailAttempt(FailureKind::kPoolRace, 502,
+    exchange_.FailAttempt(*this, FailureKind::kPoolRace, 502,
                           "backend sent a response before the request");
     return;
   }
@@ -399,10 +401,10 @@ void Attempt::ParseResponse() {
         int status = retry_status_;
         retry_status_ = 0;
         exchange_.AddFlags(kFlagRetried5xx);
-        exchange_.FailAttempt(FailureKind::kStatus, status,
+        exchange_.FailAttempt(*this, FailureKind::kStatus, status,
                               "backend answered with an error");
       } else if (!exchange_.response_started()) {
-        exchange_.FailAttempt(FailureKind::kInvalid, 502,
+        exchange_.FailAttempt(*this, FailureKind::kInvalid, 502,
                               "invalid response from backend");
       } else {
         ReportOutcome(false, FailureKind::kInvalid);
@@ -430,7 +432,8 @@ void Attempt::OnResponseHead(net::HttpParser& parser) {
       parser.Reject(502, "too many interim responses");
       return;
     }
-    downstream.SendInterim(parser);
+    // (While a hedge races, neither try speaks for the exchange yet.)
+    if (exchange_.Owns(*this)) downstream.SendInterim(parser);
     return;
   }
   if (status == 101 && !exchange_.upgrade()) {
@@ -442,7 +445,7 @@ void Attempt::OnResponseHead(net::HttpParser& parser) {
     return;
   }
   if ((status == 502 || status == 503 || status == 504) &&
-      exchange_.WouldRetryStatus()) {
+      exchange_.WouldRetryStatus(*this)) {
     // Another backend may do better: drop this answer and try there. When
     // no retry is possible the backend's own answer is relayed instead.
     retry_status_ = status;
@@ -450,7 +453,7 @@ void Attempt::OnResponseHead(net::HttpParser& parser) {
     return;
   }
   ReportOutcome(status < 500, FailureKind::kStatus);
-  exchange_.OnResponseHead(parser);
+  exchange_.OnResponseHead(*this, parser);
 }
 
 void Attempt::OnBody(net::HttpParser&, const char* data, size_t length) {

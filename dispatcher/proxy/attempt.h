@@ -61,6 +61,7 @@ class Attempt : private UpstreamUser, private net::HttpParser::Handler {
   void ReportOutcome(bool success, FailureKind failure);
 
   bool on() const { return has_backend_; }
+  bool connecting() const { return connecting_; }
   size_t backend() const { return backend_; }
   UpstreamConnection* upstream() const { return upstream_; }
   std::chrono::steady_clock::time_point start() const { return start_; }

@@ -32,12 +32,13 @@ Exchange::Exchange(Loop& loop, Downstream& downstream)
 Exchange::~Exchange() { Cancel(); }
 
 ClusterRuntime& Exchange::cluster() const {
-  return *downstream_.listener().cluster;
+  return cluster_ != nullptr ? *cluster_ : *downstream_.listener().cluster;
 }
 
 // ---- from the downstream -----------------------------------------------
 
 void Exchange::Begin(bool complete, bool at_upgrade) {
+  cluster_ = downstream_.listener().cluster;
   const net::HttpParser& request = downstream_.request();
   state_.request_start = Clock::now();
   if (complete) {
@@ -69,12 +70,12 @@ void Exchange::OnRequestBody(const char* data, size_t length) {
       std::string().swap(state_.retry_body);
     }
   }
-  if (attempt_.upstream() != nullptr) attempt_.SendBody(data, length);
+  if (attempt_->upstream() != nullptr) attempt_->SendBody(data, length);
 }
 
 void Exchange::OnRequestComplete(bool at_upgrade) {
-  if (attempt_.upstream() != nullptr && phase_ == Phase::kProxying)
-    attempt_.SendBodyEnd();
+  if (attempt_->upstream() != nullptr && phase_ == Phase::kProxying)
+    attempt_->SendBodyEnd();
   state_.request_complete = true;
   state_.request_done = Clock::now();
   state_.stopped_at_upgrade = at_upgrade;
@@ -84,13 +85,13 @@ void Exchange::OnRequestComplete(bool at_upgrade) {
   }
   if (!state_.response_started && phase_ == Phase::kProxying) {
     // The whole request is out: the backend's time to answer starts.
-    ArmTimer(ResponseDeadline() - Clock::now());
+    ArmHeadTimer(Clock::now());
   }
 }
 
 void Exchange::OnRequestError(int status, const char* reason) {
   // The body broke the rules after part of it went to the backend.
-  attempt_.End(false);
+  EndTries();
   if (state_.response_started) {
     Log();
     downstream_.ExchangeEnded(Downstream::End::kDestroy);
@@ -100,17 +101,18 @@ void Exchange::OnRequestError(int status, const char* reason) {
 }
 
 void Exchange::Reject(int status, const char* detail, uint32_t flag) {
+  cluster_ = downstream_.listener().cluster;
   state_.flags |= flag;
   Respond(status, detail, true);
 }
 
 void Exchange::OnDownstreamDrained() {
-  if (phase_ == Phase::kProxying) attempt_.ResumeResponse();
+  if (phase_ == Phase::kProxying) attempt_->ResumeResponse();
 }
 
 void Exchange::Abort(uint32_t flag) {
   state_.flags |= flag;
-  attempt_.End(false);
+  EndTries();
   if (phase_ != Phase::kIdle || downstream_.request().message_started()) Log();
   if (state_.response_started && !(flag & kFlagClientReset)) {
     // The backend cut the response: deliver what arrived, then end the
@@ -122,7 +124,7 @@ void Exchange::Abort(uint32_t flag) {
 }
 
 void Exchange::EndTunnel(Downstream::End end) {
-  attempt_.End(false);
+  EndTries();
   Log();
   downstream_.ExchangeEnded(end);
 }
@@ -130,14 +132,21 @@ void Exchange::EndTunnel(Downstream::End end) {
 void Exchange::Cancel() {
   event_del(&timer_);
   Dequeue();
-  attempt_.End(false);
+  EndTries();
   ReleaseClusterCounts();
   phase_ = Phase::kDone;
 }
 
+void Exchange::EndTries() {
+  first_.End(false);
+  second_.End(false);
+}
+
 void Exchange::Reset() {
   event_del(&timer_);
-  attempt_.Reset();
+  first_.Reset();
+  second_.Reset();
+  attempt_ = &first_;
   // The retry body's buffer is kept when it is of the usual size.
   std::string retry_body = std::move(state_.retry_body);
   retry_body.clear();
@@ -149,7 +158,8 @@ void Exchange::Reset() {
 }
 
 uint64_t Exchange::BufferedBytes() const {
-  return state_.retry_body.capacity() + attempt_.BufferedBytes();
+  return state_.retry_body.capacity() + first_.BufferedBytes() +
+         second_.BufferedBytes();
 }
 
 // ---- routing ----------------------------------------------------------------
@@ -240,7 +250,7 @@ void Exchange::Route(const Retry* again) {
     if (pick != kNone && state_.tried.Contains(pick)) pick = kNone;
   }
   if (pick != kNone && runtime.has_limits &&
-      !attempt_.Acquire(runtime.backends[pick])) {
+      !attempt_->Acquire(runtime.backends[pick])) {
     // Full: look for another backend below its limit, treating the full ones
     // as tried for this pick only.
     algorithms::TriedSet skip = state_.tried;
@@ -251,7 +261,7 @@ void Exchange::Route(const Retry* again) {
       input.tried = &skip;
       size_t candidate = runtime.picker->Pick(input).value_or(kNone);
       if (candidate == kNone || skip.Contains(candidate)) break;
-      if (attempt_.Acquire(runtime.backends[candidate])) {
+      if (attempt_->Acquire(runtime.backends[candidate])) {
         pick = candidate;
         break;
       }
@@ -327,35 +337,42 @@ void Exchange::StartAttempt(size_t pick) {
     }
   }
   phase_ = Phase::kConnecting;
-  switch (attempt_.Begin(pick)) {
+  switch (attempt_->Begin(pick)) {
     case Attempt::Start::kSending:
       SendRequest();
       return;
     case Attempt::Start::kConnecting:
-      ArmTimer(attempt_.start() + runtime.config->connect_timeout -
+      ArmTimer(attempt_->start() + runtime.config->connect_timeout -
                Clock::now());
       return;
     case Attempt::Start::kFailed:
-      FailAttempt(FailureKind::kConnect, 502,
+      FailAttempt(*attempt_, FailureKind::kConnect, 502,
                   "cannot open a connection to the backend");
       return;
   }
 }
 
-void Exchange::OnConnected() {
+void Exchange::OnConnected(Attempt& attempt) {
+  if (&attempt != attempt_) {
+    // A hedge: the request is whole, it goes out as it is.
+    if (!attempt.SendHead())
+      FailAttempt(attempt, FailureKind::kConnect, 502,
+                  "cannot use the backend connection");
+    return;
+  }
   if (phase_ != Phase::kConnecting) return;
   SendRequest();
 }
 
 void Exchange::SendRequest() {
   phase_ = Phase::kProxying;
-  if (!attempt_.SendHead()) {
-    FailAttempt(FailureKind::kConnect, 502,
+  if (!attempt_->SendHead()) {
+    FailAttempt(*attempt_, FailureKind::kConnect, 502,
                 "cannot use the backend connection");
     return;
   }
   if (state_.request_complete) {
-    ArmTimer(ResponseDeadline() - Clock::now());
+    ArmHeadTimer(Clock::now());
   } else {
     ArmTimer(cluster().config->idle_timeout);
   }
@@ -364,6 +381,77 @@ void Exchange::SendRequest() {
 
 void Exchange::OnUpstreamDrained() {
   if (phase_ == Phase::kProxying) downstream_.RequestDrained();
+}
+
+// ---- hedging
+// --------------------------------------------------------------------
+
+std::optional<Clock::time_point> Exchange::HedgeDue() const {
+  const ClusterRuntime& runtime = cluster();
+  if (!runtime.config->hedge || state_.hedged || phase_ != Phase::kProxying ||
+      !state_.request_complete || state_.response_started || state_.upgrade ||
+      !attempt_->on() || attempt_->connecting() || Other(*attempt_).on()) {
+    return std::nullopt;
+  }
+  const std::optional<std::chrono::microseconds> p95 = runtime.head_times.p95();
+  if (!p95) return std::nullopt;
+  // A hedge is a retry before the fact: only where a failed try would be
+  // retried (idempotent, a replayable body, tries and retry budget left,
+  // another backend).
+  if (!RetryAllowedNow(FailureKind::kTimeout)) return std::nullopt;
+  return std::max(attempt_->start(), state_.request_done) + *p95;
+}
+
+void Exchange::StartHedge() {
+  state_.hedged = true;
+  ClusterRuntime& runtime = cluster();
+  Attempt& hedge = Other(*attempt_);
+  algorithms::TriedSet skip = state_.tried;
+  skip.Insert(attempt_->backend());
+  algorithms::PickInput input;
+  input.inflight = runtime.inflight;
+  input.latency_us = runtime.latency_us;
+  input.tried = &skip;
+  if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone)
+    input.hash = RequestHash();
+  const std::optional<size_t> pick = runtime.picker->Pick(input);
+  if (!pick || skip.Contains(*pick)) return;
+  if (runtime.has_limits && !hedge.Acquire(runtime.backends[*pick])) return;
+  state_.flags |= kFlagHedged;
+  ++state_.tries;
+  if (!state_.counted_retry) {
+    state_.counted_retry = true;
+    ++runtime.active_retries;
+  }
+  switch (hedge.Begin(*pick)) {
+    case Attempt::Start::kSending:
+      if (!hedge.SendHead())
+        FailAttempt(hedge, FailureKind::kConnect, 502,
+                    "cannot use the backend connection");
+      return;
+    case Attempt::Start::kConnecting:
+      return;  // ArmHeadTimer() covers its connect deadline
+    case Attempt::Start::kFailed:
+      FailAttempt(hedge, FailureKind::kConnect, 502,
+                  "cannot open a connection to the backend");
+      return;
+  }
+}
+
+void Exchange::ArmHeadTimer(Clock::time_point now) {
+  const conf::Cluster& config = *cluster().config;
+  const Clock::duration try_timeout = TryTimeout();
+  Clock::time_point next = RequestDeadline();
+  for (const Attempt* attempt : {&first_, &second_}) {
+    if (!attempt->on()) continue;
+    next =
+        std::min(next, attempt->connecting()
+                           ? attempt->start() + config.connect_timeout
+                           : std::max(attempt->start(), state_.request_done) +
+                                 try_timeout);
+  }
+  if (const auto due = HedgeDue()) next = std::min(next, *due);
+  ArmTimer(next - now);
 }
 
 // ---- the queue and the retry budget ------------------------------------
@@ -431,14 +519,6 @@ void Exchange::RespondBusy(const char* detail) {
 
 // ---- deadlines and the retry decision --------------------------------------
 
-Clock::time_point Exchange::ResponseDeadline() const {
-  // The request is out: the sooner of request_timeout and this try's
-  // try_timeout.
-  return std::min(
-      state_.request_done + cluster().config->request_timeout,
-      std::max(attempt_.start(), state_.request_done) + TryTimeout());
-}
-
 Clock::duration Exchange::TryTimeout() const {
   const ClusterRuntime& runtime = cluster();
   const conf::Cluster& config = *runtime.config;
@@ -462,7 +542,9 @@ bool Exchange::RetryAllowedNow(FailureKind failure) const {
              .action == RetryAction::kRetry;
 }
 
-bool Exchange::WouldRetryStatus() const {
+bool Exchange::WouldRetryStatus(const Attempt& attempt) const {
+  // A hedge still racing may do better.
+  if (Other(attempt).on()) return true;
   // This answer is a failed try that reached a worker: count it.
   return DecideRetry(
              RetryFacts(FailureKind::kStatus, state_.reached_failures + 1))
@@ -488,28 +570,29 @@ RetryInput Exchange::RetryFacts(FailureKind failure,
   for (size_t b = 0; b < runtime.backends.size() && !input.other_backend; ++b) {
     input.other_backend = runtime.backends[b].eligible &&
                           !state_.tried.Contains(b) &&
-                          !(attempt_.on() && b == attempt_.backend());
+                          !(first_.on() && b == first_.backend()) &&
+                          !(second_.on() && b == second_.backend());
   }
   input.budget_left = state_.counted_retry || runtime.RetryBudgetLeft();
   return input;
 }
 
-bool Exchange::RetryOffHungBackend() {
-  if (phase_ != Phase::kProxying || !attempt_.AwaitingSince() ||
-      !RetryAllowedNow(FailureKind::kHung)) {
+bool Exchange::RetryOffHungBackend(Attempt& attempt) {
+  if (phase_ != Phase::kProxying || !attempt.AwaitingSince() ||
+      (!Other(attempt).on() && !RetryAllowedNow(FailureKind::kHung))) {
     return false;
   }
-  FailAttempt(FailureKind::kHung, 504, "backend suspected hung");
+  FailAttempt(attempt, FailureKind::kHung, 504, "backend suspected hung");
   return true;
 }
 
-void Exchange::FailAttempt(FailureKind failure, int status,
+void Exchange::FailAttempt(Attempt& attempt, FailureKind failure, int status,
                            const char* detail) {
   const FailureTraits& traits = Traits(failure);
   state_.flags |= traits.flag;
   ClusterRuntime& runtime = cluster();
-  if (attempt_.on()) {
-    const BackendRuntime& backend = runtime.backends[attempt_.backend()];
+  if (attempt.on()) {
+    const BackendRuntime& backend = runtime.backends[attempt.backend()];
     if (!state_.trail.empty()) state_.trail.push_back(',');
     state_.trail.append(backend.config->address.text);
     state_.trail.push_back(':');
@@ -529,20 +612,32 @@ void Exchange::FailAttempt(FailureKind failure, int status,
     // request keeps its home. A second race in one exchange does mark it,
     // so a backend that keeps doing this cannot hold the request in a loop.
     if (failure != FailureKind::kPoolRace)
-      attempt_.ReportOutcome(false, failure);
+      attempt.ReportOutcome(false, failure);
     if (failure != FailureKind::kPoolRace || state_.pool_race_seen)
-      state_.tried.Insert(attempt_.backend());
+      state_.tried.Insert(attempt.backend());
   }
   if (failure == FailureKind::kPoolRace) state_.pool_race_seen = true;
   state_.last_failure = failure;
   if (traits.reached_worker) ++state_.reached_failures;
+  Attempt& other = Other(attempt);
+  if (other.on()) {
+    // A hedge race: the other try is still out and carries the request on.
+    attempt.End(false);
+    if (&attempt == attempt_) {
+      attempt_ = &other;
+      if (other.connecting()) phase_ = Phase::kConnecting;
+    }
+    runtime.stats->hedges[kHedgeFailed].Add();
+    ArmHeadTimer(Clock::now());
+    return;
+  }
   RetryDecision decision =
       DecideRetry(RetryFacts(failure, state_.reached_failures));
   if (decision.action == RetryAction::kWaitForBudget) {
     // Too many retries in flight: wait for one to finish, within
     // request_timeout, so a burst of timeouts on one frozen worker is not
     // turned into errors while the cluster is not hammered either.
-    attempt_.End(false);
+    attempt.End(false);
     auto deadline = RequestDeadline();
     if (Clock::now() < deadline) {
       state_.pending_status = status;
@@ -556,12 +651,13 @@ void Exchange::FailAttempt(FailureKind failure, int status,
     decision = {RetryAction::kGiveUp, "retry budget spent"};
   }
   const bool same_backend_ok = failure == FailureKind::kPoolRace;
-  if (failure == FailureKind::kPoolRace && attempt_.upstream() != nullptr) {
+  if (failure == FailureKind::kPoolRace && attempt.upstream() != nullptr) {
     // The backend closed an idle connection under us; its other idle ones
     // (a restart, a crash) are likely gone too: don't try them one by one.
-    attempt_.upstream()->pool().CloseIdle(Clock::duration::zero());
+    attempt.upstream()->pool().CloseIdle(Clock::duration::zero());
   }
-  attempt_.End(false);
+  attempt.End(false);
+  attempt_ = &attempt;
   if (decision.action == RetryAction::kRetry) {
     phase_ = Phase::kConnecting;
     const Retry again{status, detail, !same_backend_ok};
@@ -575,7 +671,22 @@ void Exchange::FailAttempt(FailureKind failure, int status,
 // ---- the response
 // -------------------------------------------------------------
 
-void Exchange::OnResponseHead(const net::HttpParser& response) {
+void Exchange::OnResponseHead(Attempt& attempt,
+                              const net::HttpParser& response) {
+  Attempt& other = Other(attempt);
+  if (other.on()) {
+    // The first head ends a hedge race; the other try is cancelled, and
+    // neither health nor the access log's failed tries hear of it.
+    other.End(false);
+    cluster()
+        .stats->hedges[&attempt == attempt_ ? kHedgeLost : kHedgeWon]
+        .Add();
+  }
+  if (&attempt != attempt_) {
+    attempt_ = &attempt;
+    state_.last_backend = cluster().backends[attempt.backend()].config;
+    state_.last_backend_index = attempt.backend();
+  }
   state_.status = response.status_code();
   downstream_.SendResponseHead(response);
   state_.response_started = true;
@@ -598,7 +709,7 @@ void Exchange::OnResponseComplete() {
   if (!state_.request_complete) {
     // The backend answered before the request ended (an early 413, say): the
     // backend connection can't be reused and the client's is closed.
-    attempt_.End(false);
+    EndTries();
     Log();
     downstream_.ExchangeEnded(Downstream::End::kClose);
     return;
@@ -619,7 +730,7 @@ void Exchange::Respond(int status, const char* detail, bool close,
     Abort(0);
     return;
   }
-  attempt_.End(false);
+  EndTries();
   if (!state_.request_complete) close = true;
   const Downstream::LocalReply reply =
       downstream_.SendLocalResponse(status, detail, close, extra_fields);
@@ -636,8 +747,8 @@ void Exchange::Respond(int status, const char* detail, bool close,
 }
 
 void Exchange::Finish() {
-  attempt_.End(attempt_.Reusable() && state_.response_complete &&
-               state_.request_complete && !state_.stopped_at_upgrade);
+  attempt_->End(attempt_->Reusable() && state_.response_complete &&
+                state_.request_complete && !state_.stopped_at_upgrade);
   Log();
   downstream_.ExchangeEnded(Downstream::End::kNext);
 }
@@ -681,7 +792,7 @@ void Exchange::OnTimer() {
       return;
     case Phase::kConnecting:
       state_.flags |= kFlagUpstreamTimeout;
-      FailAttempt(FailureKind::kConnect, 502,
+      FailAttempt(*attempt_, FailureKind::kConnect, 502,
                   "connection to backend timed out");
       return;
     case Phase::kProxying: {
@@ -699,28 +810,45 @@ void Exchange::OnTimer() {
         }
         return;
       }
-      auto request_deadline = RequestDeadline();
-      if (now >= request_deadline) {
+      if (now >= RequestDeadline()) {
         // The whole budget is spent: DecideRetry allows no retry.
-        FailAttempt(FailureKind::kTimeout, 504,
+        Attempt& hedge = Other(*attempt_);
+        if (hedge.on()) hedge.End(false);
+        FailAttempt(*attempt_, FailureKind::kTimeout, 504,
                     "backend did not answer within request_timeout");
         return;
       }
-      auto try_deadline =
-          std::max(attempt_.start(), state_.request_done) + TryTimeout();
-      if (now >= try_deadline) {
-        // "auto" cuts only a try that may be retried: a cut could only turn
-        // the others into errors, so they wait for request_timeout.
-        if (config.try_timeout_auto &&
-            !RetryAllowedNow(FailureKind::kTimeout)) {
-          ArmTimer(request_deadline - now);
-          return;
-        }
-        FailAttempt(FailureKind::kTimeout, 504,
+      // A hedge racing the first try has deadlines of its own.
+      Attempt& hedge = Other(*attempt_);
+      if (hedge.on() && hedge.connecting() &&
+          now >= hedge.start() + config.connect_timeout) {
+        state_.flags |= kFlagUpstreamTimeout;
+        FailAttempt(hedge, FailureKind::kConnect, 502,
+                    "connection to backend timed out");
+        return;
+      }
+      if (hedge.on() &&
+          now >= std::max(hedge.start(), state_.request_done) + TryTimeout()) {
+        FailAttempt(hedge, FailureKind::kTimeout, 504,
                     "backend did not answer within try_timeout");
         return;
       }
-      ArmTimer(std::min(request_deadline, try_deadline) - now);
+      if (now >=
+          std::max(attempt_->start(), state_.request_done) + TryTimeout()) {
+        // "auto" cuts only a try that may be retried (or is raced): a cut
+        // could only turn the others into errors, so they wait for
+        // request_timeout.
+        if (config.try_timeout_auto && !hedge.on() &&
+            !RetryAllowedNow(FailureKind::kTimeout)) {
+          ArmTimer(RequestDeadline() - now);
+          return;
+        }
+        FailAttempt(*attempt_, FailureKind::kTimeout, 504,
+                    "backend did not answer within try_timeout");
+        return;
+      }
+      if (const auto due = HedgeDue(); due && now >= *due) StartHedge();
+      ArmHeadTimer(now);
       return;
     }
     case Phase::kTunnel: {

@@ -125,22 +125,29 @@ class Exchange {
   // The retry budget has room again: the waiting retry goes now.
   void ResumeRetry();
 
-  // ---- from its attempt ------------------------------------------------
-  void OnConnected();
-  void FailAttempt(FailureKind failure, int status, const char* detail);
-  // A 502/503/504 answer: true when a retry would be made (the answer is
-  // then dropped).
-  bool WouldRetryStatus() const;
-  // The response head came and passed: tell the client.
-  void OnResponseHead(const net::HttpParser& response);
+  // ---- from its attempts -----------------------------------------------
+  // (Two tries are out at once only while a hedge races the first one.)
+  void OnConnected(Attempt& attempt);
+  void FailAttempt(Attempt& attempt, FailureKind failure, int status,
+                   const char* detail);
+  // A 502/503/504 answer from `attempt`: true when a retry would be made,
+  // or another try is still out (the answer is then dropped).
+  bool WouldRetryStatus(const Attempt& attempt) const;
+  // Whether `attempt` speaks for the exchange now: no other try races it.
+  bool Owns(const Attempt& attempt) const {
+    return &attempt == attempt_ && !Other(attempt).on();
+  }
+  // The response head came from `attempt` and passed: it wins any race, and
+  // the client is told.
+  void OnResponseHead(Attempt& attempt, const net::HttpParser& response);
   void OnResponseBody(const char* data, size_t length);
   void OnResponseEnd(const net::HeaderList& trailers);
   void OnResponseComplete();
   void EnterTunnel();
   // The backend connection drained: more request body may go.
   void OnUpstreamDrained();
-  // Retries off a backend suspected hung when allowed now.
-  bool RetryOffHungBackend();
+  // Retries `attempt` off a backend suspected hung when allowed now.
+  bool RetryOffHungBackend(Attempt& attempt);
 
   // ---- what it is ------------------------------------------------------
   bool started() const { return phase_ != Phase::kIdle; }
@@ -163,10 +170,11 @@ class Exchange {
   bool upgrade() const { return state_.upgrade; }
   // The backend connection holds as much output as it should.
   bool UpstreamOutputFull() const {
-    return attempt_.upstream() != nullptr && attempt_.OutputFull();
+    return attempt_->upstream() != nullptr && attempt_->OutputFull();
   }
-  Attempt& attempt() { return attempt_; }
-  const Attempt& attempt() const { return attempt_; }
+  // The try that carries the request (and, once it started, the response).
+  Attempt& attempt() { return *attempt_; }
+  const Attempt& attempt() const { return *attempt_; }
   Loop& loop() const { return loop_; }
   Downstream& downstream() const { return downstream_; }
   ClusterRuntime& cluster() const;
@@ -195,6 +203,21 @@ class Exchange {
   void Route(const Retry* retry = nullptr);
   void StartAttempt(size_t backend);
   void SendRequest();
+  Attempt& Other(const Attempt& attempt) {
+    return &attempt == &first_ ? second_ : first_;
+  }
+  const Attempt& Other(const Attempt& attempt) const {
+    return &attempt == &first_ ? second_ : first_;
+  }
+  // Ends every try (the exchange is over).
+  void EndTries();
+  // Hedging (docs/retries.md): when the one try out may get a second one,
+  // and when that is due (nullopt: never).
+  std::optional<std::chrono::steady_clock::time_point> HedgeDue() const;
+  void StartHedge();
+  // Awaiting a response head: the timer for the nearest deadline of every
+  // try out, the request's, and a hedge's.
+  void ArmHeadTimer(std::chrono::steady_clock::time_point now);
   // The request's hash for ring-hash and maglev, from hash_key.
   std::optional<uint64_t> RequestHash() const;
   void EnterQueue(ClusterRuntime& runtime,
@@ -222,6 +245,9 @@ class Exchange {
 
   Loop& loop_;
   Downstream& downstream_;
+  // The listener's cluster as of Begin() (a reload's new one from the next
+  // request on); null before the first.
+  ClusterRuntime* cluster_ = nullptr;
   struct event timer_;
   Phase phase_ = Phase::kIdle;
   std::chrono::steady_clock::time_point last_activity_;
@@ -248,6 +274,7 @@ class Exchange {
     bool queued = false;              // in cluster().queue
     bool from_queue = false;          // Route() called for a queued request
     bool waiting_activation = false;  // queued until a cold backup is up
+    bool hedged = false;              // a hedge was sent
     bool head_request = false;
     bool upgrade = false;             // the request asks for a protocol switch
     bool stopped_at_upgrade = false;  // its parser stopped at the switch
@@ -262,7 +289,11 @@ class Exchange {
     std::chrono::steady_clock::time_point request_done;
   };
   State state_;
-  Attempt attempt_{*this};
+  // Two tries, for a hedge to race the first; attempt_ is the one that
+  // carries the request (and the response once it started).
+  Attempt first_{*this};
+  Attempt second_{*this};
+  Attempt* attempt_ = &first_;
 };
 
 }  // namespace tandem::dispatcher

@@ -41,21 +41,31 @@ class LatencyWindow {
     if (added_ < kMinSamples) return std::nullopt;
     return std::chrono::microseconds(p99_us_);
   }
+  // The 95th percentile as of the last recomputation (hedging's delay);
+  // nullopt until kMinSamples samples have been added.
+  std::optional<std::chrono::microseconds> p95() const {
+    if (added_ < kMinSamples) return std::nullopt;
+    return std::chrono::microseconds(p95_us_);
+  }
 
  private:
   void Recompute() {
     const size_t n = std::min<size_t>(added_, kSize);
     std::array<uint32_t, kSize> copy;
     std::copy_n(samples_.begin(), n, copy.begin());
-    // The smallest sample at or above 99 % of them.
+    // The smallest sample at or above 99 % (95 %) of them.
     const size_t rank = (n * 99 + 99) / 100 - 1;
     std::nth_element(copy.begin(), copy.begin() + rank, copy.begin() + n);
     p99_us_ = copy[rank];
+    const size_t rank95 = (n * 95 + 99) / 100 - 1;
+    std::nth_element(copy.begin(), copy.begin() + rank95, copy.begin() + rank);
+    p95_us_ = copy[rank95];
   }
 
   std::array<uint32_t, kSize> samples_{};
   uint64_t added_ = 0;
   uint32_t p99_us_ = 0;
+  uint32_t p95_us_ = 0;
 };
 
 }  // namespace tandem::dispatcher

@@ -37,11 +37,12 @@ enum ExchangeFlag : uint32_t {
   kFlagClientTimeout = 1 << 7,    // DT: client too slow
   kFlagRetried5xx = 1 << 8,       // R5: a 502/503/504 answer was retried
   kFlagOverflow = 1 << 9,         // UO: every backend at its limit
+  kFlagHedged = 1 << 10,          // HD: a hedge raced the first try
 };
 
 // The access-log names of the flags, in bit order.
-inline constexpr std::array<std::string_view, 10> kExchangeFlagNames = {
-    "UH", "UF", "UT", "UC", "DC", "UP", "RT", "DT", "R5", "UO"};
+inline constexpr std::array<std::string_view, 11> kExchangeFlagNames = {
+    "UH", "UF", "UT", "UC", "DC", "UP", "RT", "DT", "R5", "UO", "HD"};
 
 // Everything the rest of tandem says about one failure kind.
 struct FailureTraits {

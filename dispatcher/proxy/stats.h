@@ -85,10 +85,16 @@ struct BackendStats {
   LocalGauge idle_connections;
 };
 
+// What became of a hedge (docs/retries.md): it answered first, the first try
+// answered first, or one of the two racing tries failed and the other went on.
+enum HedgeResult : size_t { kHedgeWon, kHedgeLost, kHedgeFailed };
+inline constexpr const char* kHedgeResults[] = {"won", "lost", "failed"};
+
 struct ClusterStats {
   LocalHistogram request_duration;
   // By the failure that caused them (kFailureTraits' retry_reason).
   std::array<LocalCounter, kFailureTraits.size()> retries;
+  std::array<LocalCounter, std::size(kHedgeResults)> hedges;
   LocalCounter no_backend;
   LocalGauge queued;
   LocalCounter queue_timeouts;

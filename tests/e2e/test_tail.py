@@ -291,6 +291,76 @@ class SimultaneousSpikeTest(FaultTestCase):
         self.assertEqual(suspicions, 0)
 
 
+class HedgeTest(FaultTestCase):
+    """hedge = true: a request whose response head is later than the
+    cluster's p95 gets a second try on another backend, the first head wins,
+    and the try that lost is neither a failure nor a health event. One
+    worker of three delays 6 % of its requests by 300 ms (pauses, not a
+    fault: 2 % of all requests); hang detection is off so that only hedging
+    acts. (Were every worker to pause, their evenly spaced delays would fall
+    on the same moments under round-robin, and a hedge would often meet a
+    pause too.)"""
+
+    SLOW = 0.25  # seconds: a request this slow waited out a delayed worker
+
+    def run_cluster(self, hedge):
+        workers = [self.start_worker("w%d" % i) for i in (1, 2, 3)]
+        tandem = self.start_tandem(make_config(
+            [w.address for w in workers],
+            cluster_opts={"hedge": hedge, "hang_detection": False,
+                          "algorithm": "round-robin"},
+            extra=DEFAULT_CHECKS))
+        wait_all_up(tandem, scaled(15))
+        response = http_request(workers[0].port, "POST", "/control/delay?ms=300&percent=6",
+                                body=b"")
+        self.assertEqual(response.status, 200, response)
+        load = self.start_load(tandem.port, connections=4, duration=5, pause=0)
+        load.wait_done(scaled(40))
+        outcomes = load.outcomes()
+        metrics = tandem.metrics()
+        hedges = {result: sum(v for k, v in metrics.items()
+                              if k.startswith("tandem_hedges_total") and
+                              'result="%s"' % result in k)
+                  for result in ("won", "lost", "failed")}
+        slow = [o for o in outcomes if o.seconds >= self.SLOW]
+        latencies = [o.seconds for o in outcomes]
+        states = [backend_status(tandem, w.address)["state"] for w in workers]
+        report("2 %% of requests 300 ms late, hedge=%s" % hedge, requests=len(outcomes),
+               failed=len(failures(outcomes)), slow=len(slow),
+               p99_ms=1000 * percentile(latencies, 0.99),
+               p999_ms=1000 * percentile(latencies, 0.999), states="/".join(states),
+               **{"hedges_" + k: int(v) for k, v in hedges.items()})
+        self.assertEqual(failures(outcomes), [])
+        self.assertEqual(states, ["up", "up", "up"])
+        return outcomes, slow, hedges, tandem
+
+    def test_a_hedge_takes_the_tail_and_the_losing_try_is_no_failure(self):
+        plain, plain_slow, plain_hedges, _ = self.run_cluster(False)
+        hedged, hedged_slow, hedges, tandem = self.run_cluster(True)
+        # Without hedging about 2 % of the requests wait out a delay.
+        self.assertGreater(len(plain_slow), len(plain) // 100, len(plain_slow))
+        self.assertEqual(sum(plain_hedges.values()), 0)
+        # With it, a delayed request is answered by another worker: the few
+        # left are those whose hedge was delayed too (or found no room).
+        self.assertLess(len(hedged_slow) * 5, len(plain_slow),
+                        (len(hedged_slow), len(plain_slow)))
+        self.assertGreater(hedges["won"], 0, hedges)
+        # The try that lost was cancelled, not failed: no failed tries in the
+        # access log of the hedged requests, no ejection, no retry counted.
+        entries = access_entries(tandem)
+        hedged_entries = [e for e in entries if "HD" in e.flags]
+        self.assertGreater(len(hedged_entries), 0)
+        self.assertTrue(all(e.status == 200 and e.tries == 2 for e in hedged_entries),
+                        [e.line for e in hedged_entries if e.status != 200 or e.tries != 2][:3])
+        lost = [e for e in hedged_entries if e.failed_tries]
+        self.assertEqual(len(lost), 0, [e.line for e in lost][:3])
+        metrics = tandem.metrics()
+        self.assertEqual(sum(v for k, v in metrics.items()
+                             if k.startswith("tandem_backend_ejections_total")), 0)
+        self.assertEqual(sum(v for k, v in metrics.items()
+                             if k.startswith("tandem_retries_total")), 0)
+
+
 def ejections(tandem, address, reason):
     """tandem_backend_ejections_total of `address` for `reason`."""
     return sum(v for k, v in tandem.metrics().items()

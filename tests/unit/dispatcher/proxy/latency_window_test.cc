@@ -22,6 +22,26 @@ TEST_CASE("no p99 before 32 samples, then the 99th percentile") {
   CHECK(*window.p99() == microseconds(127));
 }
 
+TEST_CASE("the 95th percentile, for hedging's delay") {
+  LatencyWindow window;
+  for (int i = 1; i <= 31; ++i) window.Add(microseconds(i));
+  CHECK_FALSE(window.p95().has_value());
+  for (int i = 32; i <= 128; ++i) window.Add(microseconds(i));
+  // Of 1..128: rank ceil(121.6) = 122, i.e. the value 122.
+  REQUIRE(window.p95().has_value());
+  CHECK(*window.p95() == microseconds(122));
+  // 5 slow samples in 128 stay above it; 7 do not (rank 122 of 128).
+  LatencyWindow rare;
+  for (int i = 0; i < 123; ++i) rare.Add(microseconds(100));
+  for (int i = 0; i < 5; ++i) rare.Add(microseconds(500000));
+  CHECK(*rare.p95() == microseconds(100));
+  CHECK(*rare.p99() == microseconds(500000));
+  LatencyWindow often;
+  for (int i = 0; i < 121; ++i) often.Add(microseconds(100));
+  for (int i = 0; i < 7; ++i) often.Add(microseconds(500000));
+  CHECK(*often.p95() == microseconds(500000));
+}
+
 TEST_CASE("the window holds the last 128 samples") {
   LatencyWindow window;
   for (int i = 0; i < 128; ++i) window.Add(microseconds(1000000));
