@@ -228,7 +228,10 @@ SPIKE_BASE_MS, SPIKE_MS, SPIKE_SECONDS = 2, 10, 4
 
 
 def inject(args, ports):
-    """The fault of `args.fault`, on b1 (ports[0]) or, for spike, on all."""
+    """The fault of `args.fault`, on b1 (ports[0]) or, for spike, on all;
+    none for "none" (the baseline)."""
+    if args.fault == "none":
+        return
     if args.fault == "kill":
         os.kill(args.pid, signal.SIGKILL)
     elif args.fault == "freeze":
@@ -308,7 +311,7 @@ def report(args):
     out = ["| scenario | proxy | requests | failed | failed % | detection | p99 ms | max ms "
            "| b1 share after | failures |",
            "|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
-    names = {"kill": "kill -9 one of 3", "freeze": "kill -STOP one of 3",
+    names = {"none": "no fault", "kill": "kill -9 one of 3", "freeze": "kill -STOP one of 3",
              "slow": "one of 3 20 ms slower", "flaky": "one of 3: 20 % 503",
              "spike": "all 3: 2 ms, 10 ms for 4 s"}
     for run in runs:
@@ -361,7 +364,7 @@ def main():
     p.add_argument("--backend", required=True,
                    help="the faulty backend: tandem address or HAProxy server name")
     p.add_argument("--pid", type=int, required=True, help="the backend process to fault")
-    p.add_argument("--fault", choices=("kill", "freeze", "slow", "flaky", "spike"),
+    p.add_argument("--fault", choices=("none", "kill", "freeze", "slow", "flaky", "spike"),
                    required=True)
     p.add_argument("--backend-ports", default="", help="the backends' ports, b1 first")
     p.add_argument("--fault-at", type=float, default=3)

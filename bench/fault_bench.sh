@@ -16,7 +16,7 @@ requests, failed requests, detection time (tandem: its /status transition;
 HAProxy: its stats socket; nginx: "passive", it has no active checks), p99 and
 max latency, and the share of answers from the faulty backend after the fault.
 
-Scenarios: kill (kill -9 of b1), freeze (kill -STOP of b1), slow (b1 answers
+Scenarios: none (no fault: the baseline), kill (kill -9 of b1), freeze (kill -STOP of b1), slow (b1 answers
 20 ms late: tandem-worker /control/delay), flaky (b1 answers 503 to 20 % of
 requests: /control/fail?percent=20), spike (every backend answers 2 ms late
 from the start, 10 ms late for 4 s from FAULT_AT). Proxies: tandem (tuned like
@@ -37,6 +37,8 @@ Environment (defaults in brackets):
   CONNS       client connections [8]
   RESULTS_DIR also copy results.jsonl and report.md there
   KEEP        1 keeps the temporary directory (configs, logs)
+  DEFAULTS_ALGORITHM  give tandem-defaults this algorithm (to compare
+              candidates for the default; the report names it) [none]
 EOF
 }
 
@@ -53,6 +55,7 @@ FAULT_AT="${FAULT_AT:-3}"
 CONNS="${CONNS:-8}"
 RESULTS_DIR="${RESULTS_DIR:-}"
 KEEP="${KEEP:-0}"
+DEFAULTS_ALGORITHM="${DEFAULTS_ALGORITHM:-}"
 TANDEM="${TANDEM:-$REPO/build/tandem}"
 WORKER="${WORKER:-$REPO/build/tandem-worker}"
 
@@ -68,7 +71,7 @@ for proxy in $PROXIES; do
   case "$proxy" in tandem | tandem-defaults | haproxy | nginx) ;; *) die "unknown proxy $proxy" ;; esac
 done
 for scenario in $SCENARIOS; do
-  case "$scenario" in kill | freeze | slow | flaky | spike) ;; *) die "unknown scenario $scenario" ;; esac
+  case "$scenario" in none | kill | freeze | slow | flaky | spike) ;; *) die "unknown scenario $scenario" ;; esac
 done
 for value in "$DURATION" "$FAULT_AT" "$CONNS"; do is_uint "$value" || die "not a count: $value"; done
 ((FAULT_AT < DURATION)) || die "FAULT_AT must come before the end of DURATION"
@@ -190,6 +193,9 @@ rise = $RISE
 fall = $FALL
 EOF
     else
+      if [[ -n "$DEFAULTS_ALGORITHM" ]]; then
+        printf 'algorithm = "%s"\n' "$DEFAULTS_ALGORITHM"
+      fi
       printf '\n[clusters.workers.health]\nkind = "http"\n'
     fi
     tandem_backends
@@ -248,6 +254,14 @@ write_config() {  # PROXY PORT
   esac
 }
 
+label_of() {  # PROXY: its name in the report
+  if [[ "$1" == tandem-defaults && -n "$DEFAULTS_ALGORITHM" ]]; then
+    echo "$1/$DEFAULTS_ALGORITHM"
+  else
+    echo "$1"
+  fi
+}
+
 kind_of() {  # PROXY: the program it runs, and what the helper probes it as
   echo "${1%-defaults}"
 }
@@ -270,7 +284,7 @@ for scenario in $SCENARIOS; do
     start_proxy "$proxy" "$tag"
     log "$scenario behind $proxy: ${DURATION}s of load, fault at ${FAULT_AT}s on backend b1 (pid ${BACKEND_PIDS[0]})"
     run_waited timeout "$((DURATION + 30))" python3 "$TOOL" load --scenario "$scenario" \
-      --proxy "$proxy" --port "$PROXY_PORT" --kind "$(kind_of "$proxy")" --spec "$KIND_SPEC" \
+      --proxy "$(label_of "$proxy")" --port "$PROXY_PORT" --kind "$(kind_of "$proxy")" --spec "$KIND_SPEC" \
       --backend "$FAULTY" --pid "${BACKEND_PIDS[0]}" --fault "$scenario" \
       --backend-ports "${BACKEND_PORTS[*]}" \
       --fault-at "$FAULT_AT" --duration "$DURATION" --conns "$CONNS" >>"$RESULTS" ||
