@@ -521,12 +521,17 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
         route_ == Route::kControlFeedback || route_ == Route::kControlDelay) {
       return false;
     }
-    const uint64_t percent = static_cast<uint64_t>(
-        shared.fail_percent.load(std::memory_order_relaxed));
+    return InShare(shared.fail_percent, shared.fail_counter);
+  }
+
+  // Whether the next request counted by `counter` is among `percent` of
+  // them, spread evenly: request n is when floor(n × P / 100) steps up.
+  static bool InShare(const std::atomic<int>& percent_setting,
+                      std::atomic<uint64_t>& counter) {
+    const uint64_t percent =
+        static_cast<uint64_t>(percent_setting.load(std::memory_order_relaxed));
     if (percent >= 100) return true;
-    // Request n fails when floor(n × P / 100) steps up: P in every 100.
-    const uint64_t n =
-        shared.fail_counter.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t n = counter.fetch_add(1, std::memory_order_relaxed);
     return (n * percent) / 100 != ((n + 1) * percent) / 100;
   }
 
@@ -534,12 +539,7 @@ class DemoWorker::Connection : private net::HttpParser::Handler {
   // request, as Failing()).
   bool Delayed() const {
     DemoWorkerShared& shared = *worker_->shared_;
-    const uint64_t percent = static_cast<uint64_t>(
-        shared.delay_percent.load(std::memory_order_relaxed));
-    if (percent >= 100) return true;
-    const uint64_t n =
-        shared.delay_counter.fetch_add(1, std::memory_order_relaxed);
-    return (n * percent) / 100 != ((n + 1) * percent) / 100;
+    return InShare(shared.delay_percent, shared.delay_counter);
   }
 
   // Answers a complete request.

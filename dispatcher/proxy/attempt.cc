@@ -9,6 +9,7 @@
 
 #include "dispatcher/loop.h"
 #include "dispatcher/proxy/exchange.h"
+#include "dispatcher/proxy/watermarks.h"
 #include "net/http_io.h"
 #include "net/http_message.h"
 
@@ -17,11 +18,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Back-pressure marks (bytes queued for the peer): stop reading the other
-// side above the high mark, resume once drained to the low mark.
-constexpr size_t kOutputHighWater = 256 * 1024;
-constexpr size_t kOutputLowWater = 64 * 1024;
-constexpr size_t kMaxSingleRead = 64 * 1024;
 // Interim (1xx) responses one try accepts from a backend; more make the
 // response invalid, so a backend cannot keep an exchange busy with them.
 constexpr uint32_t kMaxInterimResponses = 16;

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "dispatcher/proxy/parked_connection.h"
+#include "dispatcher/proxy/watermarks.h"
 #include "net/http_io.h"
 #include "net/http_message.h"
 #include "net/posix.h"
@@ -23,14 +24,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Back-pressure marks (bytes queued for the client): stop reading the
-// backend above the high mark, resume once drained to the low mark.
-constexpr size_t kOutputHighWater = 256 * 1024;
-constexpr size_t kOutputLowWater = 64 * 1024;
 // Client input read ahead while the current request is being served
 // (pipelined requests wait here).
 constexpr size_t kClientReadHighWater = 64 * 1024;
-constexpr size_t kMaxSingleRead = 64 * 1024;
 // How long a closing connection waits for the client to read the last
 // response and close its side (lingering close, as nginx's lingering_time).
 constexpr auto kLingerTime = std::chrono::seconds(2);
