@@ -225,6 +225,15 @@ struct Cluster {
   uint64_t retry_buffer_bytes = 64 * 1024;
   // Requests waiting for a backend below its max_inflight, per thread.
   uint32_t queue_size = 0;
+  // Circuit breakers across threads (Envoy's thresholds; 0 = no limit):
+  // requests in flight to backends, requests waiting in the queue, retries
+  // in flight (docs/retries.md, "Circuit breakers").
+  uint32_t max_requests = 0;
+  uint32_t max_pending = 0;
+  uint32_t max_retries_in_flight = 0;
+  bool has_breakers() const {
+    return max_requests > 0 || max_pending > 0 || max_retries_in_flight > 0;
+  }
   Duration queue_timeout = std::chrono::seconds(1);
   // Hang detection: a backend whose oldest request awaits its response head
   // far longer than the cluster's recent p99 takes no new request and is

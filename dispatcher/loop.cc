@@ -72,6 +72,8 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
     runtime.inflight.assign(cluster.backends.size(), 0);
     runtime.latency_us.assign(cluster.backends.size(), 0);
     runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
+    if (cluster.has_breakers())
+      runtime.breakers = loop.LimitsFor(cluster.name, "");
     std::shared_ptr<net::TlsClientContext> cluster_tls;
     if (auto it = tls.clusters.find(cluster.name); it != tls.clusters.end()) {
       cluster_tls = it->second;

@@ -47,7 +47,21 @@ class Loop;
 struct SharedLimits {
   std::atomic<uint32_t> inflight{0};
   std::atomic<uint32_t> connections{0};
+  // A cluster's circuit breakers (its entry has an empty address).
+  std::atomic<uint32_t> requests{0};
+  std::atomic<uint32_t> pending{0};
+  std::atomic<uint32_t> retries{0};
 };
+
+// Takes one unit of `counter` below `limit`, atomically across threads.
+inline bool TakeShared(std::atomic<uint32_t>& counter, uint32_t limit) {
+  uint32_t current = counter.load(std::memory_order_relaxed);
+  do {
+    if (current >= limit) return false;
+  } while (!counter.compare_exchange_weak(current, current + 1,
+                                          std::memory_order_relaxed));
+  return true;
+}
 
 // Outcomes seen on one backend since the last report to health/.
 struct OutcomeCounts {
@@ -109,8 +123,16 @@ struct ClusterRuntime {
   // flight, but never fewer than 3 at once.
   bool RetryBudgetLeft() const {
     double budget = std::max(3.0, config->retry_budget * active_requests);
-    return active_retries + 1 <= budget;
+    return active_retries + 1 <= budget && !RetryBreakerFull();
   }
+  // max_retries_in_flight is reached across threads.
+  bool RetryBreakerFull() const {
+    return breakers && config->max_retries_in_flight > 0 &&
+           breakers->retries.load(std::memory_order_relaxed) >=
+               config->max_retries_in_flight;
+  }
+  // The cluster's circuit breakers, shared by every loop (null: none).
+  std::shared_ptr<SharedLimits> breakers;
   bool has_limits = false;    // some backend has max_inflight/max_connections
   bool activating = false;    // a cold backup is being started
   bool cold_standby = false;  // a cold backup could still be started

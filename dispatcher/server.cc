@@ -276,10 +276,16 @@ void Server::PrepareLimits(const conf::Config& config) {
   auto limits = std::make_shared<std::map<std::pair<std::string, std::string>,
                                           std::shared_ptr<SharedLimits>>>();
   for (const conf::Cluster& cluster : config.clusters) {
-    for (const conf::Backend& backend : cluster.backends) {
-      if (backend.max_inflight == 0 && backend.max_connections == 0) continue;
-      std::pair<std::string, std::string> key{cluster.name,
-                                              backend.address.text};
+    // The cluster's own entry (an empty address) holds its circuit breakers.
+    for (size_t b = 0; b <= cluster.backends.size(); ++b) {
+      const bool own = b == cluster.backends.size();
+      if (own ? !cluster.has_breakers()
+              : cluster.backends[b].max_inflight == 0 &&
+                    cluster.backends[b].max_connections == 0) {
+        continue;
+      }
+      std::pair<std::string, std::string> key{
+          cluster.name, own ? std::string() : cluster.backends[b].address.text};
       std::shared_ptr<SharedLimits> shared;
       if (limits_) {
         auto it = limits_->find(key);

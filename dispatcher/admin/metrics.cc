@@ -166,6 +166,13 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                    {{"cluster", cluster}, {"result", kHedgeResults[r]}},
                    static_cast<double>(s.hedges[r].Get()));
       }
+      for (size_t l = 0; l < s.breaker_overflows.size(); ++l) {
+        b->Counter("tandem_circuit_breaker_overflows_total",
+                   "Requests a circuit breaker made wait or turned away, by "
+                   "limit",
+                   {{"cluster", cluster}, {"limit", kBreakerLimits[l]}},
+                   static_cast<double>(s.breaker_overflows[l].Get()));
+      }
       b->Gauge("tandem_queue_length",
                "Requests waiting for a backend below its limit",
                {{"cluster", cluster}}, static_cast<double>(s.queued.Get()));

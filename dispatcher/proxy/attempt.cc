@@ -62,24 +62,15 @@ Attempt::Start Attempt::Begin(size_t backend_index) {
 bool Attempt::Acquire(BackendRuntime& backend) {
   if (!backend.limits) return true;
   const conf::Backend& config = *backend.config;
-  // Takes one unit of `counter` below `limit`, atomically across threads.
-  auto take = [](std::atomic<uint32_t>& counter, uint32_t limit) {
-    uint32_t current = counter.load(std::memory_order_relaxed);
-    do {
-      if (current >= limit) return false;
-    } while (!counter.compare_exchange_weak(current, current + 1,
-                                            std::memory_order_relaxed));
-    return true;
-  };
   if (config.max_inflight > 0 &&
-      !take(backend.limits->inflight, config.max_inflight)) {
+      !TakeShared(backend.limits->inflight, config.max_inflight)) {
     return false;
   }
   holds_slot_ = config.max_inflight > 0;
   // Without an idle connection a new one is needed: reserve it now, so two
   // threads cannot both open the last one.
   if (config.max_connections > 0 && backend.pool->idle_count() == 0) {
-    if (!take(backend.limits->connections, config.max_connections)) {
+    if (!TakeShared(backend.limits->connections, config.max_connections)) {
       if (holds_slot_)
         backend.limits->inflight.fetch_sub(1, std::memory_order_relaxed);
       holds_slot_ = false;
@@ -151,6 +142,26 @@ bool Attempt::Reusable() const {
          response_->framing() != net::Framing::kUntilClose;
 }
 
+bool Attempt::AcquireRequest(ClusterRuntime& runtime) {
+  if (holds_request_ || !runtime.breakers ||
+      runtime.config->max_requests == 0) {
+    return true;
+  }
+  if (!TakeShared(runtime.breakers->requests, runtime.config->max_requests))
+    return false;
+  holds_request_ = true;
+  return true;
+}
+
+void Attempt::ReleaseRequest(bool drain) {
+  if (!holds_request_) return;
+  holds_request_ = false;
+  ClusterRuntime& runtime = exchange_.cluster();
+  runtime.breakers->requests.fetch_sub(1, std::memory_order_relaxed);
+  // A request slot is free: the oldest queued request may go.
+  if (drain && !runtime.queue.empty()) exchange_.loop().DrainQueue(runtime);
+}
+
 void Attempt::End(bool reusable) {
   connecting_ = false;
   if (upstream_ != nullptr) {
@@ -171,6 +182,7 @@ void Attempt::End(bool reusable) {
     ++releases_;
   }
   UnlinkAwaiting();
+  ReleaseRequest(true);
   if (!has_backend_) return;
   has_backend_ = false;
   ClusterRuntime& runtime = exchange_.cluster();

@@ -18,6 +18,7 @@ namespace tandem::dispatcher {
 
 class Exchange;
 struct BackendRuntime;
+struct ClusterRuntime;
 
 class Attempt : private UpstreamUser, private net::HttpParser::Handler {
  public:
@@ -38,6 +39,11 @@ class Attempt : private UpstreamUser, private net::HttpParser::Handler {
   // Takes a slot of a limited backend (and a connection when none is
   // idle); false when it is full. The next Begin() owns what was taken.
   bool Acquire(BackendRuntime& backend);
+  // Takes one of the cluster's max_requests (across threads) for this try;
+  // false when they are all taken. End() gives it back.
+  bool AcquireRequest(ClusterRuntime& runtime);
+  // Gives it back; `drain` lets the oldest queued request try at once.
+  void ReleaseRequest(bool drain);
   // Writes the request head (and, for a retry, the body so far); false when
   // the connection cannot be used.
   bool SendHead();
@@ -113,6 +119,7 @@ class Attempt : private UpstreamUser, private net::HttpParser::Handler {
   bool upstream_eof_ = false;         // the backend closed its side
   bool holds_slot_ = false;           // counted in the backend's inflight
   bool connection_reserved_ = false;  // a new connection already counted
+  bool holds_request_ = false;        // one of the cluster's max_requests
   uint32_t interim_responses_ = 0;    // 1xx heads so far
   // Bumped whenever a connection is let go: a handler that parsed can tell
   // that the try it ran for has ended (and another may have begun).

@@ -213,6 +213,16 @@ std::optional<uint64_t> Exchange::RequestHash() const {
 }
 
 void Exchange::EnterQueue(ClusterRuntime& runtime, Clock::duration timeout) {
+  attempt_->ReleaseRequest(false);
+  if (runtime.breakers && runtime.config->max_pending > 0) {
+    if (!TakeShared(runtime.breakers->pending, runtime.config->max_pending)) {
+      state_.flags |= kFlagCircuitBreaker;
+      runtime.stats->breaker_overflows[kBreakerPending].Add();
+      RespondBusy("the cluster's queue is at max_pending");
+      return;
+    }
+    state_.counted_pending = true;
+  }
   phase_ = Phase::kQueued;
   state_.queued = true;
   runtime.queue.push_back(this);
@@ -223,14 +233,46 @@ void Exchange::EnterQueue(ClusterRuntime& runtime, Clock::duration timeout) {
 }
 
 void Exchange::RequeueAtFront(ClusterRuntime& runtime) {
+  attempt_->ReleaseRequest(false);
+  if (runtime.breakers && runtime.config->max_pending > 0 &&
+      !state_.counted_pending) {
+    // Still counted as waiting (RetryFromQueue gave the count back for its
+    // turn): the limit was checked when it joined.
+    runtime.breakers->pending.fetch_add(1, std::memory_order_relaxed);
+    state_.counted_pending = true;
+  }
   phase_ = Phase::kQueued;
   state_.queued = true;
   runtime.queue.push_front(this);
 }
 
+void Exchange::Overflow(ClusterRuntime& runtime, bool retry,
+                        const char* detail) {
+  if (state_.from_queue) {
+    // Still full: back to the head of the line, the timeout unchanged.
+    RequeueAtFront(runtime);
+    return;
+  }
+  const uint32_t queue_size = runtime.config->queue_size;
+  if (queue_size > 0 && runtime.queue.size() < queue_size && !retry) {
+    EnterQueue(runtime, runtime.config->queue_timeout);
+    return;
+  }
+  RespondBusy(detail);
+}
+
 void Exchange::Route(const Retry* again) {
   ClusterRuntime& runtime = cluster();
   const bool retry = again != nullptr;
+  if (!attempt_->AcquireRequest(runtime)) {
+    // The cluster's circuit breaker: max_requests in flight across threads.
+    // (Counted once per request, not at each turn it takes from the queue.)
+    if (!state_.from_queue)
+      runtime.stats->breaker_overflows[kBreakerRequests].Add();
+    state_.flags |= kFlagCircuitBreaker;
+    Overflow(runtime, retry, "the cluster is at max_requests");
+    return;
+  }
   algorithms::PickInput input;
   input.inflight = runtime.inflight;
   input.latency_us = runtime.latency_us;
@@ -269,17 +311,7 @@ void Exchange::Route(const Retry* again) {
     }
     if (pick == kNone) {
       state_.flags |= kFlagOverflow;
-      if (state_.from_queue) {
-        // Still full: back to the head of the line, the timeout unchanged.
-        RequeueAtFront(runtime);
-        return;
-      }
-      const uint32_t queue_size = runtime.config->queue_size;
-      if (queue_size > 0 && runtime.queue.size() < queue_size && !retry) {
-        EnterQueue(runtime, runtime.config->queue_timeout);
-        return;
-      }
-      RespondBusy("every backend is at its request limit");
+      Overflow(runtime, retry, "every backend is at its request limit");
       return;
     }
   }
@@ -331,10 +363,7 @@ void Exchange::StartAttempt(size_t pick) {
   if (++state_.tries > 1) {
     state_.flags |= kFlagRetried;
     runtime.stats->retries[static_cast<size_t>(state_.last_failure)].Add();
-    if (!state_.counted_retry) {
-      state_.counted_retry = true;
-      ++runtime.active_retries;
-    }
+    CountRetry(runtime);
   }
   phase_ = Phase::kConnecting;
   switch (attempt_->Begin(pick)) {
@@ -416,13 +445,14 @@ void Exchange::StartHedge() {
     input.hash = RequestHash();
   const std::optional<size_t> pick = runtime.picker->Pick(input);
   if (!pick || skip.Contains(*pick)) return;
-  if (runtime.has_limits && !hedge.Acquire(runtime.backends[*pick])) return;
+  if (!hedge.AcquireRequest(runtime)) return;
+  if (runtime.has_limits && !hedge.Acquire(runtime.backends[*pick])) {
+    hedge.ReleaseRequest(false);
+    return;
+  }
   state_.flags |= kFlagHedged;
   ++state_.tries;
-  if (!state_.counted_retry) {
-    state_.counted_retry = true;
-    ++runtime.active_retries;
-  }
+  CountRetry(runtime);
   switch (hedge.Begin(*pick)) {
     case Attempt::Start::kSending:
       if (!hedge.SendHead())
@@ -464,6 +494,10 @@ void Exchange::Dequeue() {
   }
   if (!state_.queued) return;
   state_.queued = false;
+  if (state_.counted_pending) {
+    cluster().breakers->pending.fetch_sub(1, std::memory_order_relaxed);
+    state_.counted_pending = false;
+  }
   cluster().stats->queued.Add(-1);
   cluster().stats->queue_wait.Observe(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
@@ -482,6 +516,10 @@ bool Exchange::RetryFromQueue() {
   runtime.queue.erase(
       std::find(runtime.queue.begin(), runtime.queue.end(), this));
   state_.queued = false;
+  if (state_.counted_pending) {
+    runtime.breakers->pending.fetch_sub(1, std::memory_order_relaxed);
+    state_.counted_pending = false;
+  }
   state_.from_queue = true;
   phase_ = Phase::kConnecting;
   if (state_.tries > 0) {
@@ -637,6 +675,10 @@ void Exchange::FailAttempt(Attempt& attempt, FailureKind failure, int status,
     // Too many retries in flight: wait for one to finish, within
     // request_timeout, so a burst of timeouts on one frozen worker is not
     // turned into errors while the cluster is not hammered either.
+    if (runtime.RetryBreakerFull()) {
+      state_.flags |= kFlagCircuitBreaker;
+      runtime.stats->breaker_overflows[kBreakerRetries].Add();
+    }
     attempt.End(false);
     auto deadline = RequestDeadline();
     if (Clock::now() < deadline) {
@@ -866,12 +908,32 @@ void Exchange::OnTimer() {
 // ---- accounting
 // ---------------------------------------------------------------
 
+void Exchange::CountRetry(ClusterRuntime& runtime) {
+  if (state_.counted_retry) return;
+  state_.counted_retry = true;
+  ++runtime.active_retries;
+  if (runtime.breakers && runtime.config->max_retries_in_flight > 0) {
+    // Checked by RetryBudgetLeft() before: another thread may pass the limit
+    // by one at the same instant.
+    runtime.breakers->retries.fetch_add(1, std::memory_order_relaxed);
+    state_.counted_shared_retry = true;
+  }
+}
+
 void Exchange::ReleaseClusterCounts() {
-  if (!state_.counted_request && !state_.counted_retry) return;
+  if (!state_.counted_request && !state_.counted_retry &&
+      !state_.counted_pending) {
+    return;
+  }
   ClusterRuntime& runtime = cluster();
   if (state_.counted_request) --runtime.active_requests;
   if (state_.counted_retry) --runtime.active_retries;
+  if (state_.counted_shared_retry)
+    runtime.breakers->retries.fetch_sub(1, std::memory_order_relaxed);
+  if (state_.counted_pending)
+    runtime.breakers->pending.fetch_sub(1, std::memory_order_relaxed);
   state_.counted_request = state_.counted_retry = false;
+  state_.counted_shared_retry = state_.counted_pending = false;
 }
 
 std::string_view Exchange::FlagsText() {

@@ -223,6 +223,9 @@ class Exchange {
   void EnterQueue(ClusterRuntime& runtime,
                   std::chrono::steady_clock::duration timeout);
   void RequeueAtFront(ClusterRuntime& runtime);
+  // Every backend (or the cluster's max_requests) is full: wait in the
+  // queue when there is room, else 503 with Retry-After.
+  void Overflow(ClusterRuntime& runtime, bool retry, const char* detail);
   void Dequeue();
   // The retry decision's input after `failure`, with `reached_failures`.
   RetryInput RetryFacts(FailureKind failure, uint32_t reached_failures) const;
@@ -238,6 +241,9 @@ class Exchange {
   // Logs once, and leaves the cluster's in-flight and retry counts.
   void Log();
   void ReleaseClusterCounts();
+  // The exchange turns into a retry: counted against the retry budget and
+  // max_retries_in_flight.
+  void CountRetry(ClusterRuntime& runtime);
   std::string_view FlagsText();
   void ArmTimer(std::chrono::steady_clock::duration delay);
   static void TimerCb(evutil_socket_t, short, void* arg);
@@ -269,12 +275,14 @@ class Exchange {
     std::string trail;       // failed tries: "backend:CODE ..." for the log
     std::string retry_body;  // request body kept for a retry
     bool body_kept = true;   // retry_body holds the whole body so far
-    bool counted_request = false;     // in cluster().active_requests
-    bool counted_retry = false;       // in cluster().active_retries
-    bool queued = false;              // in cluster().queue
-    bool from_queue = false;          // Route() called for a queued request
-    bool waiting_activation = false;  // queued until a cold backup is up
-    bool hedged = false;              // a hedge was sent
+    bool counted_request = false;       // in cluster().active_requests
+    bool counted_retry = false;         // in cluster().active_retries
+    bool queued = false;                // in cluster().queue
+    bool from_queue = false;            // Route() called for a queued request
+    bool waiting_activation = false;    // queued until a cold backup is up
+    bool hedged = false;                // a hedge was sent
+    bool counted_pending = false;       // in the cluster's shared max_pending
+    bool counted_shared_retry = false;  // in its shared max_retries_in_flight
     bool head_request = false;
     bool upgrade = false;             // the request asks for a protocol switch
     bool stopped_at_upgrade = false;  // its parser stopped at the switch

@@ -38,11 +38,12 @@ enum ExchangeFlag : uint32_t {
   kFlagRetried5xx = 1 << 8,       // R5: a 502/503/504 answer was retried
   kFlagOverflow = 1 << 9,         // UO: every backend at its limit
   kFlagHedged = 1 << 10,          // HD: a hedge raced the first try
+  kFlagCircuitBreaker = 1 << 11,  // CB: a circuit breaker was reached
 };
 
 // The access-log names of the flags, in bit order.
-inline constexpr std::array<std::string_view, 11> kExchangeFlagNames = {
-    "UH", "UF", "UT", "UC", "DC", "UP", "RT", "DT", "R5", "UO", "HD"};
+inline constexpr std::array<std::string_view, 12> kExchangeFlagNames = {
+    "UH", "UF", "UT", "UC", "DC", "UP", "RT", "DT", "R5", "UO", "HD", "CB"};
 
 // Everything the rest of tandem says about one failure kind.
 struct FailureTraits {

@@ -90,11 +90,21 @@ struct BackendStats {
 enum HedgeResult : size_t { kHedgeWon, kHedgeLost, kHedgeFailed };
 inline constexpr const char* kHedgeResults[] = {"won", "lost", "failed"};
 
+// Which circuit breaker turned a request away or made it wait.
+enum BreakerLimit : size_t {
+  kBreakerRequests,
+  kBreakerPending,
+  kBreakerRetries
+};
+inline constexpr const char* kBreakerLimits[] = {"max_requests", "max_pending",
+                                                 "max_retries_in_flight"};
+
 struct ClusterStats {
   LocalHistogram request_duration;
   // By the failure that caused them (kFailureTraits' retry_reason).
   std::array<LocalCounter, kFailureTraits.size()> retries;
   std::array<LocalCounter, std::size(kHedgeResults)> hedges;
+  std::array<LocalCounter, std::size(kBreakerLimits)> breaker_overflows;
   LocalCounter no_backend;
   LocalGauge queued;
   LocalCounter queue_timeouts;

@@ -178,6 +178,36 @@ address = "127.0.0.1:9001"
             .size() == 1);
 }
 
+TEST_CASE("circuit breakers, hedging: off by default, read when given") {
+  const auto with = [](std::string_view lines) {
+    return std::string(R"([listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "compute"
+[clusters.compute]
+)") + std::string(lines) +
+           "\n[[clusters.compute.backends]]\naddress = \"127.0.0.1:9001\"\n";
+  };
+  auto config = Valid(with(""));
+  const Cluster* cluster = &config->clusters[0];
+  CHECK(cluster->max_requests == 0);
+  CHECK(cluster->max_pending == 0);
+  CHECK(cluster->max_retries_in_flight == 0);
+  CHECK_FALSE(cluster->has_breakers());
+  CHECK_FALSE(cluster->hedge);
+  config = Valid(
+      with("max_requests = 100\nmax_pending = 20\nmax_retries_in_flight = 5\n"
+           "hedge = true"));
+  cluster = &config->clusters[0];
+  CHECK(cluster->max_requests == 100);
+  CHECK(cluster->max_pending == 20);
+  CHECK(cluster->max_retries_in_flight == 5);
+  CHECK(cluster->has_breakers());
+  CHECK(cluster->hedge);
+  CHECK(Errors(with("max_requests = -1")).size() == 1);
+  CHECK(Errors(with("max_pending = \"many\"")).size() == 1);
+  CHECK(Errors(with("hedge = \"yes\"")).size() == 1);
+}
+
 TEST_CASE("a try_timeout longer than request_timeout is an error") {
   CHECK(Errors(R"([listeners.web]
 listen = "127.0.0.1:8080"
