@@ -231,6 +231,10 @@ struct Cluster {
   uint32_t max_requests = 0;
   uint32_t max_pending = 0;
   uint32_t max_retries_in_flight = 0;
+  // The request header giving a request's priority (high, normal, low, or
+  // 0-7 with 0 the highest); empty: every request is "normal". Higher ones
+  // wait ahead in the queue and push lower ones out of a full queue.
+  std::string priority_header;
   bool has_breakers() const {
     return max_requests > 0 || max_pending > 0 || max_retries_in_flight > 0;
   }

@@ -87,6 +87,19 @@ bool ReadHashKey(TableReader& reader, std::string_view key, Cluster& cluster) {
   return false;
 }
 
+// A header name.
+bool ReadPriorityHeader(TableReader& reader, std::string_view key,
+                        Cluster& cluster) {
+  std::string text;
+  if (!reader.ReadString(key, &text)) return false;
+  if (!ValidToken(text)) {
+    reader.Error(*reader.Find(key), key, "bad header name '" + text + "'");
+    return false;
+  }
+  cluster.priority_header = std::move(text);
+  return true;
+}
+
 // try_timeout = "auto" or a duration.
 bool ReadTryTimeout(TableReader& reader, std::string_view key,
                     Cluster& cluster) {
@@ -152,6 +165,7 @@ std::span<const Key<Cluster>> ClusterKeys() {
       SizeKey("retry_buffer", &Cluster::retry_buffer_bytes, 0,
               64 * 1024 * 1024),
       IntegerKey("queue_size", &Cluster::queue_size, 0, 1000000),
+      CustomKey("priority_header", ReadPriorityHeader),
       IntegerKey("max_requests", &Cluster::max_requests, 0, 10000000),
       IntegerKey("max_pending", &Cluster::max_pending, 0, 10000000),
       IntegerKey("max_retries_in_flight", &Cluster::max_retries_in_flight, 0,

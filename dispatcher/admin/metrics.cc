@@ -173,6 +173,13 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                    {{"cluster", cluster}, {"limit", kBreakerLimits[l]}},
                    static_cast<double>(s.breaker_overflows[l].Get()));
       }
+      for (size_t p = 0; p < s.shed.size(); ++p) {
+        b->Counter("tandem_shed_total",
+                   "Queued requests answered 503 to make room for one of "
+                   "higher priority, by their priority (0 highest, 7 lowest)",
+                   {{"cluster", cluster}, {"priority", std::to_string(p)}},
+                   static_cast<double>(s.shed[p].Get()));
+      }
       b->Gauge("tandem_queue_length",
                "Requests waiting for a backend below its limit",
                {{"cluster", cluster}}, static_cast<double>(s.queued.Get()));

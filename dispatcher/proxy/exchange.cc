@@ -54,6 +54,12 @@ void Exchange::Begin(bool complete, bool at_upgrade) {
     return;
   }
   state_.upgrade = net::WantsUpgrade(request);
+  const std::string& priority_header = cluster().config->priority_header;
+  if (!priority_header.empty()) {
+    if (auto value = request.headers().Find(priority_header)) {
+      state_.priority = ParsePriority(*value).value_or(kNormalPriority);
+    }
+  }
   ++cluster().active_requests;
   state_.counted_request = true;
   Route();
@@ -215,7 +221,9 @@ std::optional<uint64_t> Exchange::RequestHash() const {
 void Exchange::EnterQueue(ClusterRuntime& runtime, Clock::duration timeout) {
   attempt_->ReleaseRequest(false);
   if (runtime.breakers && runtime.config->max_pending > 0) {
-    if (!TakeShared(runtime.breakers->pending, runtime.config->max_pending)) {
+    if (!TakeShared(runtime.breakers->pending, runtime.config->max_pending) &&
+        !(ShedLower(runtime) &&
+          TakeShared(runtime.breakers->pending, runtime.config->max_pending))) {
       state_.flags |= kFlagCircuitBreaker;
       runtime.stats->breaker_overflows[kBreakerPending].Add();
       RespondBusy("the cluster's queue is at max_pending");
@@ -225,7 +233,7 @@ void Exchange::EnterQueue(ClusterRuntime& runtime, Clock::duration timeout) {
   }
   phase_ = Phase::kQueued;
   state_.queued = true;
-  runtime.queue.push_back(this);
+  JoinQueue(runtime, false);
   runtime.stats->queued.Add(1);
   state_.queued_since = Clock::now();
   loop_.WatchQueue();
@@ -243,7 +251,7 @@ void Exchange::RequeueAtFront(ClusterRuntime& runtime) {
   }
   phase_ = Phase::kQueued;
   state_.queued = true;
-  runtime.queue.push_front(this);
+  JoinQueue(runtime, true);
 }
 
 void Exchange::Overflow(ClusterRuntime& runtime, bool retry,
@@ -254,11 +262,40 @@ void Exchange::Overflow(ClusterRuntime& runtime, bool retry,
     return;
   }
   const uint32_t queue_size = runtime.config->queue_size;
-  if (queue_size > 0 && runtime.queue.size() < queue_size && !retry) {
+  if (queue_size > 0 && !retry &&
+      (runtime.queue.size() < queue_size || ShedLower(runtime))) {
     EnterQueue(runtime, runtime.config->queue_timeout);
     return;
   }
   RespondBusy(detail);
+}
+
+void Exchange::JoinQueue(ClusterRuntime& runtime, bool ahead_of_equals) {
+  auto& queue = runtime.queue;
+  auto it = queue.end();
+  if (!runtime.config->priority_header.empty()) {
+    it = std::find_if(queue.begin(), queue.end(), [&](const Exchange* other) {
+      return ahead_of_equals ? other->priority() >= state_.priority
+                             : other->priority() > state_.priority;
+    });
+  } else if (ahead_of_equals) {
+    it = queue.begin();
+  }
+  queue.insert(it, this);
+}
+
+bool Exchange::ShedLower(ClusterRuntime& runtime) {
+  auto& queue = runtime.queue;
+  for (auto it = queue.rbegin(); it != queue.rend(); ++it) {
+    Exchange* victim = *it;
+    if (victim->priority() <= state_.priority) continue;
+    victim->Dequeue();
+    runtime.stats->shed[victim->priority()].Add();
+    victim->state_.flags |= kFlagOverflow;
+    victim->RespondBusy("shed for a request of higher priority");
+    return true;
+  }
+  return false;
 }
 
 void Exchange::Route(const Retry* again) {

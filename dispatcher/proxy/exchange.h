@@ -15,6 +15,7 @@
 
 #include "algorithms/picker.h"
 #include "dispatcher/proxy/attempt.h"
+#include "dispatcher/proxy/priority.h"
 #include "dispatcher/proxy/retry_policy.h"
 #include "net/http_parser.h"
 #include "net/proxy_protocol.h"
@@ -168,6 +169,7 @@ class Exchange {
   std::string& detail() { return state_.detail; }
   void AddFlags(uint32_t flags) { state_.flags |= flags; }
   bool upgrade() const { return state_.upgrade; }
+  uint8_t priority() const { return state_.priority; }
   // The backend connection holds as much output as it should.
   bool UpstreamOutputFull() const {
     return attempt_->upstream() != nullptr && attempt_->OutputFull();
@@ -226,6 +228,12 @@ class Exchange {
   // Every backend (or the cluster's max_requests) is full: wait in the
   // queue when there is room, else 503 with Retry-After.
   void Overflow(ClusterRuntime& runtime, bool retry, const char* detail);
+  // A full queue: the newest waiting request of a lower priority than this
+  // one is answered 503 and leaves it; false when there is none.
+  bool ShedLower(ClusterRuntime& runtime);
+  // Where this request stands in the queue: behind every request of its
+  // priority or higher (`ahead_of_equals`: in front of its equals).
+  void JoinQueue(ClusterRuntime& runtime, bool ahead_of_equals);
   void Dequeue();
   // The retry decision's input after `failure`, with `reached_failures`.
   RetryInput RetryFacts(FailureKind failure, uint32_t reached_failures) const;
@@ -275,14 +283,15 @@ class Exchange {
     std::string trail;       // failed tries: "backend:CODE ..." for the log
     std::string retry_body;  // request body kept for a retry
     bool body_kept = true;   // retry_body holds the whole body so far
-    bool counted_request = false;       // in cluster().active_requests
-    bool counted_retry = false;         // in cluster().active_retries
-    bool queued = false;                // in cluster().queue
-    bool from_queue = false;            // Route() called for a queued request
-    bool waiting_activation = false;    // queued until a cold backup is up
-    bool hedged = false;                // a hedge was sent
-    bool counted_pending = false;       // in the cluster's shared max_pending
-    bool counted_shared_retry = false;  // in its shared max_retries_in_flight
+    bool counted_request = false;        // in cluster().active_requests
+    bool counted_retry = false;          // in cluster().active_retries
+    bool queued = false;                 // in cluster().queue
+    bool from_queue = false;             // Route() called for a queued request
+    bool waiting_activation = false;     // queued until a cold backup is up
+    bool hedged = false;                 // a hedge was sent
+    uint8_t priority = kNormalPriority;  // from priority_header
+    bool counted_pending = false;        // in the cluster's shared max_pending
+    bool counted_shared_retry = false;   // in its shared max_retries_in_flight
     bool head_request = false;
     bool upgrade = false;             // the request asks for a protocol switch
     bool stopped_at_upgrade = false;  // its parser stopped at the switch

@@ -105,6 +105,8 @@ struct ClusterStats {
   std::array<LocalCounter, kFailureTraits.size()> retries;
   std::array<LocalCounter, std::size(kHedgeResults)> hedges;
   std::array<LocalCounter, std::size(kBreakerLimits)> breaker_overflows;
+  // Queued requests answered 503 for one of higher priority, by priority.
+  std::array<LocalCounter, 8> shed;
   LocalCounter no_backend;
   LocalGauge queued;
   LocalCounter queue_timeouts;

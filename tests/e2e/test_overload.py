@@ -5,6 +5,8 @@ it has room) up to queue_timeout, else gets 503 with Retry-After, and its
 access-log line is flagged CB."""
 
 import collections
+import threading
+import time
 import unittest
 
 from faults import FaultTestCase, access_entries, parallel_gets, report, wait_access_count
@@ -108,6 +110,54 @@ class MaxRetriesInFlightTest(FaultTestCase):
         self.assertEqual(len(waited), 1, [e.line for e in access_entries(tandem)])
         self.assertEqual(waited[0].tries, 2)
         self.assertGreaterEqual(overflows(tandem, "max_retries_in_flight"), 1)
+
+
+class PriorityTest(FaultTestCase):
+    """priority_header: a request of higher priority waits ahead of lower
+    ones, and pushes the newest lower one out of a full queue."""
+
+    def test_high_priority_goes_first_and_low_is_shed_from_a_full_queue(self):
+        worker = self.start_worker("w1", threads=2)
+        tandem = self.start_tandem(make_config(
+            [worker.address],
+            cluster_opts={"max_requests": 1, "queue_size": 2, "queue_timeout": "5s",
+                          "priority_header": "X-Priority"},
+            extra=NO_CHECKS))
+        results = {}
+
+        def send(name, priority, ms):
+            sent = time.monotonic()
+            response = http_request(tandem.port, "GET", "/sleep?ms=%d" % ms,
+                                    headers={"X-Priority": priority}, timeout=scaled(20))
+            results[name] = (response.status, sent, time.monotonic(),
+                             response.header("retry-after"))
+
+        threads = []
+        # One request holds the only slot; two low ones fill the queue; a
+        # high one comes last.
+        for name, priority, ms in (("first", "normal", 600), ("low1", "low", 100),
+                                   ("low2", "7", 100), ("high", "high", 100)):
+            thread = threading.Thread(target=send, args=(name, priority, ms), daemon=True)
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.1)
+        for thread in threads:
+            thread.join(scaled(20))
+        report("priorities", **{k: "%d/%.3f" % (v[0], v[2] - v[1]) for k, v in results.items()})
+        self.assertEqual(results["first"][0], 200)
+        self.assertEqual(results["high"][0], 200)
+        self.assertEqual(results["low1"][0], 200)
+        # The newest low one made room for the high one, at once.
+        status, sent, done, retry_after = results["low2"]
+        self.assertEqual(status, 503)
+        self.assertRegex(retry_after or "", r"^\d+$")
+        self.assertLess(done - results["high"][1], 0.3)
+        # The high one went before the low one that had waited longer.
+        self.assertLess(results["high"][2], results["low1"][2])
+        metrics = tandem.metrics()
+        shed = {k: v for k, v in metrics.items() if k.startswith("tandem_shed_total") and v}
+        self.assertEqual(list(shed.values()), [1.0], shed)
+        self.assertIn('priority="7"', list(shed)[0])
 
 
 if __name__ == "__main__":

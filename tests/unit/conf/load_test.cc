@@ -206,6 +206,11 @@ cluster = "compute"
   CHECK(Errors(with("max_requests = -1")).size() == 1);
   CHECK(Errors(with("max_pending = \"many\"")).size() == 1);
   CHECK(Errors(with("hedge = \"yes\"")).size() == 1);
+  CHECK(Valid(with(""))->clusters[0].priority_header.empty());
+  CHECK(Valid(with("priority_header = \"X-Priority\""))
+            ->clusters[0]
+            .priority_header == "X-Priority");
+  CHECK(Errors(with("priority_header = \"X Priority\"")).size() == 1);
 }
 
 TEST_CASE("a try_timeout longer than request_timeout is an error") {
