@@ -74,6 +74,21 @@ struct Cidr {
   bool Contains(const sockaddr* address) const;
 };
 
+// [listeners.NAME.rate_limit] / [clusters.NAME.rate_limit]: token buckets
+// of `burst` refilled at `rate` per second, one per key, for the whole
+// process (docs/retries.md, "Rate limits").
+struct RateLimit {
+  enum class Key { kSourceIp, kHeader, kGlobal };
+  double rate = 0;   // requests per second, > 0
+  double burst = 0;  // bucket size; 0 = rate (at least 1)
+  Key key = Key::kSourceIp;
+  std::string header;  // for kHeader
+  uint32_t max_keys = 100000;
+  bool dry_run = false;  // count, never answer 429
+  double bucket() const { return burst > 0 ? burst : std::max(rate, 1.0); }
+  bool operator==(const RateLimit&) const = default;
+};
+
 struct Listener {
   std::string name;
   SocketAddress listen;
@@ -96,6 +111,7 @@ struct Listener {
   bool proxy_protocol = false;
   std::vector<Cidr> trusted_proxies = DefaultTrustedProxies();
   Duration proxy_protocol_timeout = std::chrono::seconds(5);
+  std::optional<RateLimit> rate_limit;
   // 127.0.0.0/8 and ::1.
   static std::vector<Cidr> DefaultTrustedProxies();
   bool tls() const { return !certificates.empty(); }
@@ -235,6 +251,7 @@ struct Cluster {
   // 0-7 with 0 the highest); empty: every request is "normal". Higher ones
   // wait ahead in the queue and push lower ones out of a full queue.
   std::string priority_header;
+  std::optional<RateLimit> rate_limit;
   bool has_breakers() const {
     return max_requests > 0 || max_pending > 0 || max_retries_in_flight > 0;
   }

@@ -194,11 +194,18 @@ LoadResult Load(std::string_view text, std::string_view source_name) {
 }  // namespace
 
 std::span<const Schema* const> AllSchemas() {
-  static const Schema* const schemas[] = {
-      &RootSchema(),     &GlobalSchema(),      &AdminSchema(),
-      &ListenerSchema(), &CertificateSchema(), &ClusterSchema(),
-      &HealthSchema(),   &OutlierSchema(),     &BackendSchema(),
-      &DnsSchema()};
+  static const Schema* const schemas[] = {&RootSchema(),
+                                          &GlobalSchema(),
+                                          &AdminSchema(),
+                                          &ListenerSchema(),
+                                          &CertificateSchema(),
+                                          &ClusterSchema(),
+                                          &HealthSchema(),
+                                          &OutlierSchema(),
+                                          &BackendSchema(),
+                                          &DnsSchema(),
+                                          &ListenerRateLimitSchema(),
+                                          &ClusterRateLimitSchema()};
   return schemas;
 }
 

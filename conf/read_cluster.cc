@@ -11,6 +11,16 @@
 #include "conf/tls_files.h"
 
 namespace tandem::conf {
+
+bool ValidToken(std::string_view name) {
+  if (name.empty()) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) !=
+               std::string_view::npos;
+  });
+}
+
 namespace {
 
 constexpr std::string_view kAlgorithm = "algorithm";
@@ -39,16 +49,6 @@ constexpr std::pair<std::string_view, int> kProxyVersions[] = {
 bool Hashing(const Cluster& cluster) {
   return cluster.picker.algorithm == algorithms::Algorithm::kRingHash ||
          cluster.picker.algorithm == algorithms::Algorithm::kMaglev;
-}
-
-// RFC 9110 token characters, the syntax of header and cookie names.
-bool ValidToken(std::string_view name) {
-  if (name.empty()) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) ||
-           std::string_view("!#$%&'*+-.^_`|~").find(c) !=
-               std::string_view::npos;
-  });
 }
 
 // header:NAME, cookie:NAME, source-ip or path.
@@ -137,6 +137,13 @@ std::string_view NotPrimaryBackup(const TableReader& reader, std::string_view,
   return "meaningful for policy = \"primary-backup\" only";
 }
 
+// [clusters.NAME.rate_limit].
+bool ReadClusterRateLimit(TableReader& reader, std::string_view key,
+                          Cluster& cluster) {
+  return ReadRateLimit(reader, key, ClusterRateLimitSchema(),
+                       cluster.rate_limit);
+}
+
 std::span<const Key<Cluster>> ClusterKeys() {
   using algorithms::PickerOptions;
   constexpr auto kPositive = ZeroDuration::kRejected;
@@ -166,6 +173,7 @@ std::span<const Key<Cluster>> ClusterKeys() {
               64 * 1024 * 1024),
       IntegerKey("queue_size", &Cluster::queue_size, 0, 1000000),
       CustomKey("priority_header", ReadPriorityHeader),
+      CustomKey("rate_limit", ReadClusterRateLimit),
       IntegerKey("max_requests", &Cluster::max_requests, 0, 10000000),
       IntegerKey("max_pending", &Cluster::max_pending, 0, 10000000),
       IntegerKey("max_retries_in_flight", &Cluster::max_retries_in_flight, 0,

@@ -150,6 +150,13 @@ bool ReadTrustedProxies(TableReader& reader, std::string_view key,
   return good;
 }
 
+// [listeners.NAME.rate_limit].
+bool ReadListenerRateLimit(TableReader& reader, std::string_view key,
+                           Listener& listener) {
+  return ReadRateLimit(reader, key, ListenerRateLimitSchema(),
+                       listener.rate_limit);
+}
+
 std::span<const Key<Listener>> ListenerKeys() {
   static const Key<Listener> keys[] = {
       AddressKey(kListen, &Listener::listen, PortZero::kAllowed)
@@ -173,6 +180,7 @@ std::span<const Key<Listener>> ListenerKeys() {
       FileKey("client_ca", &Listener::client_ca, CaFileError)
           .UnusedWhen(WithoutCertificate),
       BoolKey("proxy_protocol", &Listener::proxy_protocol),
+      CustomKey("rate_limit", ReadListenerRateLimit),
       CustomKey("trusted_proxies", ReadTrustedProxies)
           .UnusedWhen(WithoutProxyProtocol),
       DurationKey("proxy_protocol_timeout", &Listener::proxy_protocol_timeout,

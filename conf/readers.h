@@ -79,6 +79,14 @@ bool ReadBackends(TableReader& cluster_reader, std::string_view key,
                   Cluster& cluster);
 const Schema& BackendSchema();
 
+// read_rate_limit.cc: a listener's or a cluster's [*.rate_limit].
+bool ReadRateLimit(TableReader& parent, std::string_view key,
+                   const Schema& schema, std::optional<RateLimit>& limit);
+const Schema& ListenerRateLimitSchema();
+const Schema& ClusterRateLimitSchema();
+// RFC 9110 token characters (header and cookie names).
+bool ValidToken(std::string_view name);
+
 // read_dns.cc: [[clusters.NAME.dns]]; the cluster's `policy` and `backends`
 // are read before.
 bool ReadDnsSources(TableReader& cluster_reader, std::string_view key,

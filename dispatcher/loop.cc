@@ -74,6 +74,11 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
     runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
     if (cluster.has_breakers())
       runtime.breakers = loop.LimitsFor(cluster.name, "");
+    if (cluster.rate_limit) {
+      runtime.rate = loop.RateLimitFor("rate:cluster", cluster.name,
+                                       config_->global.threads);
+      runtime.rate.stats = &runtime.stats->rate;
+    }
     std::shared_ptr<net::TlsClientContext> cluster_tls;
     if (auto it = tls.clusters.find(cluster.name); it != tls.clusters.end()) {
       cluster_tls = it->second;
@@ -109,6 +114,11 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
     }
     listeners_[l].cluster = &clusters_[listener.cluster_index];
     listeners_[l].stats = loop.stats().Listener(listener.name);
+    if (listener.rate_limit) {
+      listeners_[l].rate = loop.RateLimitFor("rate:listener", listener.name,
+                                             config_->global.threads);
+      listeners_[l].rate.stats = &listeners_[l].stats->rate;
+    }
   }
 }
 
@@ -327,6 +337,17 @@ void Loop::ApplyHealth(std::shared_ptr<const health::HealthSnapshot> snapshot) {
   health_ = std::move(snapshot);
   if (current_) current_->ApplyHealth(health_.get());
   for (auto& generation : retired_) generation->ApplyHealth(health_.get());
+}
+
+RateLimitRuntime Loop::RateLimitFor(const std::string& kind,
+                                    const std::string& name, size_t threads) {
+  RateLimitRuntime rate;
+  rate.shared = LimitsFor(kind, name);
+  if (rate.shared->rate_limiter) {
+    rate.lease =
+        std::make_unique<RateLease>(*rate.shared->rate_limiter, threads);
+  }
+  return rate;
 }
 
 std::shared_ptr<SharedLimits> Loop::LimitsFor(

@@ -21,6 +21,7 @@
 #include "conf/config.h"
 #include "dispatcher/proxy/access_log.h"
 #include "dispatcher/proxy/latency_window.h"
+#include "dispatcher/proxy/rate_limiter.h"
 #include "dispatcher/proxy/stats.h"
 #include "dispatcher/proxy/upstream.h"
 #include "health/snapshot.h"
@@ -51,6 +52,16 @@ struct SharedLimits {
   std::atomic<uint32_t> requests{0};
   std::atomic<uint32_t> pending{0};
   std::atomic<uint32_t> retries{0};
+  // A rate limit's buckets (its entry is keyed "rate:cluster" or
+  // "rate:listener" and the name); set before the entry is shared.
+  std::shared_ptr<RateLimiter> rate_limiter;
+};
+
+// A listener's or cluster's rate limit on one loop (docs/retries.md).
+struct RateLimitRuntime {
+  std::shared_ptr<SharedLimits> shared;  // holds the RateLimiter
+  std::unique_ptr<RateLease> lease;      // null: no limit
+  RateLimitStats* stats = nullptr;
 };
 
 // Takes one unit of `counter` below `limit`, atomically across threads.
@@ -133,6 +144,7 @@ struct ClusterRuntime {
   }
   // The cluster's circuit breakers, shared by every loop (null: none).
   std::shared_ptr<SharedLimits> breakers;
+  RateLimitRuntime rate;
   bool has_limits = false;    // some backend has max_inflight/max_connections
   bool activating = false;    // a cold backup is being started
   bool cold_standby = false;  // a cold backup could still be started
@@ -148,6 +160,7 @@ struct ListenerRuntime {
   std::shared_ptr<net::TlsServerContext> tls;  // null: plain HTTP
   ClusterRuntime* cluster = nullptr;
   ListenerStats* stats = nullptr;
+  RateLimitRuntime rate;
 };
 
 // One configuration as one loop uses it. Connections accepted under it keep
@@ -242,6 +255,10 @@ class Loop {
   // before a config is applied.
   std::shared_ptr<SharedLimits> LimitsFor(const std::string& cluster,
                                           const std::string& address) const;
+  // A rate limit's shared buckets ("rate:cluster" or "rate:listener" and
+  // the name) with this loop's lease of them.
+  RateLimitRuntime RateLimitFor(const std::string& kind,
+                                const std::string& name, size_t threads);
 
   // Wiring, before Run(): where outcomes go, and the shared limit counters.
   void set_health(health::HealthMonitor* monitor) { health_monitor_ = monitor; }

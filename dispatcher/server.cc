@@ -295,6 +295,28 @@ void Server::PrepareLimits(const conf::Config& config) {
       (*limits)[key] = std::move(shared);
     }
   }
+  // Rate limits: an entry of its own each, made with its limiter and never
+  // changed once shared; kept while the limit's settings stay the same.
+  const auto rate_entry = [&](const std::string& kind, const std::string& name,
+                              const std::optional<conf::RateLimit>& limit) {
+    if (!limit) return;
+    std::pair<std::string, std::string> key{kind, name};
+    if (limits_) {
+      auto it = limits_->find(key);
+      if (it != limits_->end() && it->second->rate_limiter &&
+          it->second->rate_limiter->config() == *limit) {
+        (*limits)[key] = it->second;
+        return;
+      }
+    }
+    auto shared = std::make_shared<SharedLimits>();
+    shared->rate_limiter = std::make_shared<RateLimiter>(*limit);
+    (*limits)[key] = std::move(shared);
+  };
+  for (const conf::Listener& listener : config.listeners)
+    rate_entry("rate:listener", listener.name, listener.rate_limit);
+  for (const conf::Cluster& cluster : config.clusters)
+    rate_entry("rate:cluster", cluster.name, cluster.rate_limit);
   limits_ = std::move(limits);
 }
 
@@ -849,6 +871,16 @@ std::string Server::MetricsText() {
                 {}, last_reload_.restart_required.empty() ? 0 : 1);
   builder.Gauge("tandem_ready", "1 while tandem accepts traffic (/readyz)", {},
                 Ready() ? 1 : 0);
+  if (limits_) {
+    for (const auto& [key, shared] : *limits_) {
+      if (!shared->rate_limiter) continue;
+      // "rate:listener" or "rate:cluster", and the name.
+      builder.Gauge("tandem_rate_limit_keys",
+                    "Keys a rate limit tracks now (at most its max_keys)",
+                    {{key.first.substr(5), key.second}},
+                    static_cast<double>(shared->rate_limiter->keys()));
+    }
+  }
   AddLoopMetrics(loops_, &builder);
   AddProcessMetrics(&builder);
   AddHealthMetrics(&builder);

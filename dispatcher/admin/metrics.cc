@@ -140,6 +140,12 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                "of descriptors or memory",
                {{"listener", listener}},
                static_cast<double>(s.accept_paused.Get()));
+      for (size_t r = 0; r < s.rate.results.size(); ++r) {
+        b->Counter("tandem_rate_limit_requests_total",
+                   "Requests a rate limit looked at, by what it said",
+                   {{"listener", listener}, {"result", kRateResults[r]}},
+                   static_cast<double>(s.rate.results[r].Get()));
+      }
       b->Counter("tandem_downstream_received_bytes_total",
                  "Bytes received from clients", {{"listener", listener}},
                  static_cast<double>(s.bytes_received.Get()));
@@ -172,6 +178,12 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                    "limit",
                    {{"cluster", cluster}, {"limit", kBreakerLimits[l]}},
                    static_cast<double>(s.breaker_overflows[l].Get()));
+      }
+      for (size_t r = 0; r < s.rate.results.size(); ++r) {
+        b->Counter("tandem_rate_limit_requests_total",
+                   "Requests a rate limit looked at, by what it said",
+                   {{"cluster", cluster}, {"result", kRateResults[r]}},
+                   static_cast<double>(s.rate.results[r].Get()));
       }
       for (size_t p = 0; p < s.shed.size(); ++p) {
         b->Counter("tandem_shed_total",

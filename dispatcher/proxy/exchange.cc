@@ -3,6 +3,7 @@
 #include "dispatcher/proxy/exchange.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "algorithms/hash.h"
 #include "dispatcher/loop.h"
@@ -60,6 +61,7 @@ void Exchange::Begin(bool complete, bool at_upgrade) {
       state_.priority = ParsePriority(*value).value_or(kNormalPriority);
     }
   }
+  if (!PassRateLimits()) return;
   ++cluster().active_requests;
   state_.counted_request = true;
   Route();
@@ -216,6 +218,50 @@ std::optional<uint64_t> Exchange::RequestHash() const {
     }
   }
   return algorithms::Hash64(value);
+}
+
+bool Exchange::PassRateLimits() {
+  for (RateLimitRuntime* rate :
+       {&downstream_.listener().rate, &cluster().rate}) {
+    if (!rate->lease) continue;
+    const conf::RateLimit& limit = rate->shared->rate_limiter->config();
+    std::string_view key;
+    switch (limit.key) {
+      case conf::RateLimit::Key::kGlobal:
+        break;
+      case conf::RateLimit::Key::kSourceIp:
+        key = downstream_.client_ip();
+        break;
+      case conf::RateLimit::Key::kHeader: {
+        // A request without the header is not limited by it.
+        auto value = downstream_.request().headers().Find(limit.header);
+        if (!value) continue;
+        key = *value;
+        break;
+      }
+    }
+    const RateLease::Decision decision =
+        rate->lease->Allow(key, state_.request_start);
+    if (decision.allowed) {
+      rate->stats->results[kRateAllowed].Add();
+      continue;
+    }
+    state_.flags |= kFlagRateLimited;
+    if (limit.dry_run) {
+      rate->stats->results[kRateDryRun].Add();
+      continue;
+    }
+    rate->stats->results[kRateLimited].Add();
+    // Whole seconds until a token is due, at least one.
+    const auto seconds = std::max<int64_t>(
+        1, static_cast<int64_t>(std::ceil(
+               std::chrono::duration<double>(decision.wait).count())));
+    const std::string fields =
+        "Retry-After: " + std::to_string(seconds) + "\r\n";
+    Respond(429, "rate limit exceeded", false, fields);
+    return false;
+  }
+  return true;
 }
 
 void Exchange::EnterQueue(ClusterRuntime& runtime, Clock::duration timeout) {

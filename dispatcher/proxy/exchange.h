@@ -204,6 +204,9 @@ class Exchange {
   // retry when `retry` is set.
   void Route(const Retry* retry = nullptr);
   void StartAttempt(size_t backend);
+  // The listener's and the cluster's rate limits: false when one refused
+  // the request (it was answered 429 with Retry-After).
+  bool PassRateLimits();
   void SendRequest();
   Attempt& Other(const Attempt& attempt) {
     return &attempt == &first_ ? second_ : first_;

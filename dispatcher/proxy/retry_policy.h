@@ -39,11 +39,13 @@ enum ExchangeFlag : uint32_t {
   kFlagOverflow = 1 << 9,         // UO: every backend at its limit
   kFlagHedged = 1 << 10,          // HD: a hedge raced the first try
   kFlagCircuitBreaker = 1 << 11,  // CB: a circuit breaker was reached
+  kFlagRateLimited = 1 << 12,     // RL: over a rate limit (dry_run too)
 };
 
 // The access-log names of the flags, in bit order.
-inline constexpr std::array<std::string_view, 12> kExchangeFlagNames = {
-    "UH", "UF", "UT", "UC", "DC", "UP", "RT", "DT", "R5", "UO", "HD", "CB"};
+inline constexpr std::array<std::string_view, 13> kExchangeFlagNames = {
+    "UH", "UF", "UT", "UC", "DC", "UP", "RT",
+    "DT", "R5", "UO", "HD", "CB", "RL"};
 
 // Everything the rest of tandem says about one failure kind.
 struct FailureTraits {

@@ -99,6 +99,14 @@ enum BreakerLimit : size_t {
 inline constexpr const char* kBreakerLimits[] = {"max_requests", "max_pending",
                                                  "max_retries_in_flight"};
 
+// What a rate limit said: allowed, refused (429), or over the limit in
+// dry_run (counted only).
+enum RateResult : size_t { kRateAllowed, kRateLimited, kRateDryRun };
+inline constexpr const char* kRateResults[] = {"allowed", "limited", "dry_run"};
+struct RateLimitStats {
+  std::array<LocalCounter, std::size(kRateResults)> results;
+};
+
 struct ClusterStats {
   LocalHistogram request_duration;
   // By the failure that caused them (kFailureTraits' retry_reason).
@@ -107,6 +115,7 @@ struct ClusterStats {
   std::array<LocalCounter, std::size(kBreakerLimits)> breaker_overflows;
   // Queued requests answered 503 for one of higher priority, by priority.
   std::array<LocalCounter, 8> shed;
+  RateLimitStats rate;
   LocalCounter no_backend;
   LocalGauge queued;
   LocalCounter queue_timeouts;
@@ -135,6 +144,7 @@ inline constexpr const char* kProxyResults[] = {
 
 struct ListenerStats {
   std::array<LocalCounter, 6> requests;  // by StatusClass of the final answer
+  RateLimitStats rate;
   LocalCounter tls_handshakes;
   std::array<LocalCounter, std::size(kHandshakeFailures)>
       tls_handshake_failures;

@@ -5,6 +5,7 @@ it has room) up to queue_timeout, else gets 503 with Retry-After, and its
 access-log line is flagged CB."""
 
 import collections
+import socket
 import threading
 import time
 import unittest
@@ -158,6 +159,146 @@ class PriorityTest(FaultTestCase):
         shed = {k: v for k, v in metrics.items() if k.startswith("tandem_shed_total") and v}
         self.assertEqual(list(shed.values()), [1.0], shed)
         self.assertIn('priority="7"', list(shed)[0])
+
+
+def get_from(port, source="127.0.0.1", headers=None, keep=None):
+    """GET / from `source` (an address of 127.0.0.0/8); returns (status,
+    Retry-After or None). `keep`: a socket to send on again (keep-alive)."""
+    lines = ["GET / HTTP/1.1", "Host: tandem"]
+    lines += ["%s: %s" % kv for kv in (headers or {}).items()]
+    sock = socket.create_connection(("127.0.0.1", port), timeout=scaled(10),
+                                    source_address=(source, 0))
+    try:
+        sock.sendall(("\r\n".join(lines + ["Connection: close", "", ""])).encode())
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    retry_after = None
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "retry-after":
+            retry_after = value.strip()
+    return status, retry_after
+
+
+def rate_results(tandem, scope):
+    """tandem_rate_limit_requests_total of the `scope` ("listener" or
+    "cluster") by result."""
+    return {r: sum(v for k, v in tandem.metrics().items()
+                   if k.startswith("tandem_rate_limit_requests_total") and
+                   '%s=' % scope in k and 'result="%s"' % r in k)
+            for r in ("allowed", "limited", "dry_run")}
+
+
+class RateLimitTest(FaultTestCase):
+
+    def start(self, listener=None, cluster=None, threads=1):
+        worker = self.start_worker("w1", threads=2)
+        extra = NO_CHECKS
+        if listener:
+            extra += "\n[listeners.web.rate_limit]\n" + "".join(
+                "%s = %s\n" % kv for kv in listener.items())
+        if cluster:
+            extra += "\n[clusters.compute.rate_limit]\n" + "".join(
+                "%s = %s\n" % kv for kv in cluster.items())
+        return self.start_tandem(make_config([worker.address], extra=extra,
+                                             global_opts={"threads": threads}))
+
+    def test_a_global_limit_answers_429_with_retry_after_past_its_burst(self):
+        tandem = self.start(listener={"rate": 5, "burst": 10, "key": '"global"'})
+        started = time.monotonic()
+        results = [get_from(tandem.port) for _ in range(30)]
+        elapsed = time.monotonic() - started
+        allowed = sum(1 for status, _ in results if status == 200)
+        limited = [(status, after) for status, after in results if status == 429]
+        report("global 5/s burst 10", allowed=allowed, limited=len(limited), seconds=elapsed)
+        self.assertEqual(allowed + len(limited), 30, results)
+        # The burst, and what the rate refilled meanwhile.
+        self.assertGreaterEqual(allowed, 10)
+        self.assertLessEqual(allowed, 10 + int(5 * elapsed) + 1)
+        for _, after in limited:
+            self.assertRegex(after or "", r"^[1-9]\d*$")
+        counts = rate_results(tandem, "listener")
+        self.assertEqual(counts, {"allowed": allowed, "limited": len(limited), "dry_run": 0})
+        wait_access_count(tandem, 30)
+        flagged = [e for e in access_entries(tandem) if "RL" in e.flags]
+        self.assertEqual(len(flagged), len(limited))
+        self.assertTrue(all(e.status == 429 for e in flagged))
+
+    def test_each_source_address_has_its_own_bucket(self):
+        tandem = self.start(cluster={"rate": 1, "burst": 3})
+        first = [get_from(tandem.port, "127.0.0.1")[0] for _ in range(6)]
+        second = [get_from(tandem.port, "127.0.0.2")[0] for _ in range(3)]
+        report("source-ip 1/s burst 3", first=first, second=second)
+        self.assertEqual(first[:3], [200] * 3)
+        self.assertIn(429, first[3:])
+        self.assertEqual(second, [200] * 3)
+        self.assertEqual(rate_results(tandem, "cluster")["limited"], first.count(429))
+
+    def test_a_header_key_limits_each_value_and_not_requests_without_it(self):
+        tandem = self.start(cluster={"rate": 1, "burst": 2, "key": '"header:X-User"',
+                                     "max_keys": 10})
+        alice = [get_from(tandem.port, headers={"X-User": "alice"})[0] for _ in range(4)]
+        bob = [get_from(tandem.port, headers={"X-User": "bob"})[0] for _ in range(2)]
+        nobody = [get_from(tandem.port)[0] for _ in range(5)]
+        for n in range(30):
+            get_from(tandem.port, headers={"X-User": "user%d" % n})
+        keys = sum(v for k, v in tandem.metrics().items()
+                   if k.startswith("tandem_rate_limit_keys"))
+        report("header:X-User 1/s burst 2", alice=alice, bob=bob, nobody=nobody, keys=keys)
+        self.assertEqual(alice[:2], [200, 200])
+        self.assertIn(429, alice[2:])
+        self.assertEqual(bob, [200, 200])
+        self.assertEqual(nobody, [200] * 5)
+        # 32 users seen, at most max_keys tracked.
+        self.assertEqual(keys, 10)
+
+    def test_dry_run_counts_and_flags_but_answers(self):
+        tandem = self.start(listener={"rate": 1, "burst": 1, "key": '"global"',
+                                      "dry_run": "true"})
+        statuses = [get_from(tandem.port)[0] for _ in range(8)]
+        counts = rate_results(tandem, "listener")
+        report("dry_run", statuses=statuses, counts=counts)
+        self.assertEqual(statuses, [200] * 8)
+        self.assertGreaterEqual(counts["dry_run"], 6)
+        self.assertEqual(counts["limited"], 0)
+        wait_access_count(tandem, 8)
+        self.assertEqual(len([e for e in access_entries(tandem) if "RL" in e.flags]),
+                         counts["dry_run"])
+
+    def test_one_limit_for_the_process_across_threads(self):
+        # Two loop threads, four clients well over the rate for 2 s: what is
+        # allowed is the burst plus the rate over that time.
+        tandem = self.start(listener={"rate": 100, "burst": 20, "key": '"global"'},
+                            threads=2)
+        stop = time.monotonic() + 2.0
+        counts = collections.Counter()
+        lock = threading.Lock()
+
+        def client():
+            while time.monotonic() < stop:
+                status, _ = get_from(tandem.port)
+                with lock:
+                    counts[status] += 1
+        started = time.monotonic()
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(scaled(30))
+        elapsed = time.monotonic() - started
+        expected = 20 + 100 * elapsed
+        report("global 100/s, 2 threads", statuses=dict(counts), expected=expected,
+               ratio=counts[200] / expected)
+        self.assertGreater(counts[429], counts[200])  # well over the rate
+        self.assertLess(abs(counts[200] - expected) / expected, 0.1, counts)
 
 
 if __name__ == "__main__":

@@ -213,6 +213,54 @@ cluster = "compute"
   CHECK(Errors(with("priority_header = \"X Priority\"")).size() == 1);
 }
 
+TEST_CASE("rate limits on a listener and a cluster") {
+  const std::string base = R"([listeners.web]
+listen = "127.0.0.1:8080"
+cluster = "compute"
+[clusters.compute]
+[[clusters.compute.backends]]
+address = "127.0.0.1:9001"
+)";
+  auto config = Valid(base);
+  CHECK_FALSE(config->listeners[0].rate_limit.has_value());
+  CHECK_FALSE(config->clusters[0].rate_limit.has_value());
+  config = Valid(base + R"([listeners.web.rate_limit]
+rate = 50
+[clusters.compute.rate_limit]
+rate = 2.5
+burst = 10
+key = "header:X-User"
+max_keys = 1000
+dry_run = true
+)");
+  REQUIRE(config->listeners[0].rate_limit.has_value());
+  const conf::RateLimit& listener = *config->listeners[0].rate_limit;
+  CHECK(listener.rate == 50);
+  CHECK(listener.bucket() == 50);  // burst defaults to the rate
+  CHECK(listener.key == conf::RateLimit::Key::kSourceIp);
+  CHECK(listener.max_keys == 100000);
+  CHECK_FALSE(listener.dry_run);
+  REQUIRE(config->clusters[0].rate_limit.has_value());
+  const conf::RateLimit& cluster = *config->clusters[0].rate_limit;
+  CHECK(cluster.bucket() == 10);
+  CHECK(cluster.key == conf::RateLimit::Key::kHeader);
+  CHECK(cluster.header == "X-User");
+  CHECK(cluster.max_keys == 1000);
+  CHECK(cluster.dry_run);
+  CHECK(Errors(base + "[clusters.compute.rate_limit]\nburst = 5\n").size() ==
+        1);
+  CHECK(Errors(base + "[clusters.compute.rate_limit]\nrate = 0\n").size() == 1);
+  CHECK(Errors(base +
+               "[clusters.compute.rate_limit]\nrate = 1\nkey = \"cookie:a\"\n")
+            .size() == 1);
+  CHECK(Errors(base +
+               "[clusters.compute.rate_limit]\nrate = 1\nkey = \"header:\"\n")
+            .size() == 1);
+  CHECK(
+      Errors(base + "[listeners.web.rate_limit]\nrate = 1\nrat = 2\n").size() ==
+      1);
+}
+
 TEST_CASE("a try_timeout longer than request_timeout is an error") {
   CHECK(Errors(R"([listeners.web]
 listen = "127.0.0.1:8080"

@@ -45,6 +45,10 @@ constexpr Site kSites[] = {
      "[[clusters.compute.backends]]\n@\n"},
     {"[[clusters.NAME.dns]]", "clusters.compute.dns[0]",
      "[[clusters.compute.dns]]\n@\n"},
+    {"[listeners.NAME.rate_limit]", "listeners.web.rate_limit",
+     "[listeners.web.rate_limit]\n@\n"},
+    {"[clusters.NAME.rate_limit]", "clusters.compute.rate_limit",
+     "[clusters.compute.rate_limit]\n@\n"},
 };
 
 const Site* SiteOf(const Schema& schema) {
