@@ -6,11 +6,12 @@
 #include <functional>
 #include <thread>
 
+#include "algorithms/hash.h"
+
 namespace tandem::dispatcher {
 
-RateLimiter::Bucket& RateLimiter::Find(std::string_view key,
-                                       Clock::time_point now) {
-  auto it = buckets_.find(std::string(key));
+RateLimiter::Bucket& RateLimiter::Find(uint64_t key, Clock::time_point now) {
+  auto it = buckets_.find(key);
   if (it != buckets_.end()) {
     recent_.splice(recent_.begin(), recent_, it->second.recent);
     return it->second;
@@ -21,7 +22,7 @@ RateLimiter::Bucket& RateLimiter::Find(std::string_view key,
     buckets_.erase(recent_.back());
     recent_.pop_back();
   }
-  recent_.emplace_front(key);
+  recent_.push_front(key);
   Bucket& bucket = buckets_[recent_.front()];
   bucket.tokens = config_.bucket();
   bucket.at = now;
@@ -29,13 +30,13 @@ RateLimiter::Bucket& RateLimiter::Find(std::string_view key,
   return bucket;
 }
 
-uint32_t RateLimiter::Take(std::string_view key, Clock::time_point now,
-                           uint32_t want, Clock::duration* wait,
-                           std::string_view returned_key, uint32_t returned) {
+uint32_t RateLimiter::Take(uint64_t key, Clock::time_point now, uint32_t want,
+                           Clock::duration* wait, uint64_t returned_key,
+                           uint32_t returned) {
   std::lock_guard<std::mutex> lock(mutex_);
   const double size = config_.bucket();
   if (returned > 0) {
-    auto it = buckets_.find(std::string(returned_key));
+    auto it = buckets_.find(returned_key);
     if (it != buckets_.end())
       it->second.tokens = std::min(size, it->second.tokens + returned);
   }
@@ -71,8 +72,9 @@ RateLease::RateLease(RateLimiter& limiter, size_t threads) : limiter_(limiter) {
 
 RateLease::Decision RateLease::Allow(std::string_view key,
                                      Clock::time_point now) {
-  Slot& slot = slots_[std::hash<std::string_view>()(key) % slots_.size()];
-  const bool mine = slot.used && slot.key == key;
+  const uint64_t hash = algorithms::Hash64(key);
+  Slot& slot = slots_[hash % slots_.size()];
+  const bool mine = slot.used && slot.key == hash;
   if (mine && slot.tokens > 0) {
     --slot.tokens;
     return {};
@@ -82,11 +84,10 @@ RateLease::Decision RateLease::Allow(std::string_view key,
   // Back to the shared bucket: what another key held in this slot goes back
   // with the same lock.
   Clock::duration wait{};
-  const uint32_t taken = limiter_.Take(key, now, lease_, &wait,
-                                       mine ? std::string_view() : slot.key,
+  const uint32_t taken = limiter_.Take(hash, now, lease_, &wait, slot.key,
                                        mine || !slot.used ? 0 : slot.tokens);
   if (!mine) {
-    slot.key.assign(key);
+    slot.key = hash;
     slot.used = true;
   }
   if (taken == 0) {

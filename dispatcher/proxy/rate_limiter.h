@@ -4,7 +4,8 @@
 // RateLimiter is shared by every loop thread behind a mutex; each loop takes
 // tokens from it in leases (RateLease), so a thread locks once per lease, not
 // once per request, and a key it has just found empty is refused locally
-// until a token is due.
+// until a token is due. Keys are kept as their 64-bit hash (XXH64), so a
+// key's size costs nothing however long the header value it came from.
 #pragma once
 
 #include <array>
@@ -30,8 +31,8 @@ class RateLimiter {
   // Takes up to `want` whole tokens of `key` at `now` and returns how many
   // it took; when none, `*wait` is how long until one is due. Gives back
   // `returned` tokens of `returned_key` first (a lease let go). Any thread.
-  uint32_t Take(std::string_view key, Clock::time_point now, uint32_t want,
-                Clock::duration* wait, std::string_view returned_key = {},
+  uint32_t Take(uint64_t key, Clock::time_point now, uint32_t want,
+                Clock::duration* wait, uint64_t returned_key = 0,
                 uint32_t returned = 0);
   // Keys tracked now (at most max_keys). Any thread.
   size_t keys() const;
@@ -41,14 +42,14 @@ class RateLimiter {
   struct Bucket {
     double tokens = 0;
     Clock::time_point at;
-    std::list<std::string>::iterator recent;  // into recent_
+    std::list<uint64_t>::iterator recent;  // into recent_
   };
-  Bucket& Find(std::string_view key, Clock::time_point now);
+  Bucket& Find(uint64_t key, Clock::time_point now);
 
   const conf::RateLimit config_;
   mutable std::mutex mutex_;
-  std::unordered_map<std::string, Bucket> buckets_;
-  std::list<std::string> recent_;  // most recently used first
+  std::unordered_map<uint64_t, Bucket> buckets_;
+  std::list<uint64_t> recent_;  // most recently used first
 };
 
 // One loop's leases of one RateLimiter: a small table of keys with the
@@ -66,7 +67,7 @@ class RateLease {
 
  private:
   struct Slot {
-    std::string key;
+    uint64_t key = 0;
     uint32_t tokens = 0;
     Clock::time_point refused_until{};
     bool used = false;

@@ -24,37 +24,36 @@ TEST_CASE("a bucket gives its burst, then the rate, refilled when looked at") {
   RateLimiter limiter(Limit(10, 5));
   const Clock::time_point t0 = Clock::now();
   Clock::duration wait{};
-  CHECK(limiter.Take("a", t0, 100, &wait) == 5);
-  CHECK(limiter.Take("a", t0, 1, &wait) == 0);
+  CHECK(limiter.Take(1, t0, 100, &wait) == 5);
+  CHECK(limiter.Take(1, t0, 1, &wait) == 0);
   // 1 token is due after 100 ms at 10/s.
   CHECK(wait == std::chrono::duration_cast<Clock::duration>(milliseconds(100)));
-  CHECK(limiter.Take("a", t0 + milliseconds(250), 100, &wait) == 2);
+  CHECK(limiter.Take(1, t0 + milliseconds(250), 100, &wait) == 2);
   // Never more than the burst, however long it waited.
-  CHECK(limiter.Take("a", t0 + std::chrono::hours(1), 100, &wait) == 5);
+  CHECK(limiter.Take(1, t0 + std::chrono::hours(1), 100, &wait) == 5);
   // Another key has its own bucket.
-  CHECK(limiter.Take("b", t0, 100, &wait) == 5);
+  CHECK(limiter.Take(2, t0, 100, &wait) == 5);
   CHECK(limiter.keys() == 2);
 }
 
 TEST_CASE("without a burst the bucket holds one second of the rate") {
   RateLimiter limiter(Limit(3, 0));
   Clock::duration wait{};
-  CHECK(limiter.Take("a", Clock::now(), 100, &wait) == 3);
+  CHECK(limiter.Take(1, Clock::now(), 100, &wait) == 3);
   RateLimiter slow(Limit(0.5, 0));  // at least one token
-  CHECK(slow.Take("a", Clock::now(), 100, &wait) == 1);
+  CHECK(slow.Take(1, Clock::now(), 100, &wait) == 1);
 }
 
 TEST_CASE("past max_keys the least recently used key is forgotten") {
   RateLimiter limiter(Limit(1, 1, 3));
   const Clock::time_point t0 = Clock::now();
   Clock::duration wait{};
-  for (std::string key : {"a", "b", "c"})
-    CHECK(limiter.Take(key, t0, 1, &wait) == 1);
-  CHECK(limiter.Take("a", t0, 1, &wait) == 0);  // a is the most recent now
-  CHECK(limiter.Take("d", t0, 1, &wait) == 1);  // b goes
+  for (uint64_t key : {1, 2, 3}) CHECK(limiter.Take(key, t0, 1, &wait) == 1);
+  CHECK(limiter.Take(1, t0, 1, &wait) == 0);  // 1 is the most recent now
+  CHECK(limiter.Take(4, t0, 1, &wait) == 1);  // 2 goes
   CHECK(limiter.keys() == 3);
-  CHECK(limiter.Take("a", t0, 1, &wait) == 0);  // kept, still empty
-  CHECK(limiter.Take("b", t0, 1, &wait) == 1);  // forgotten: full again
+  CHECK(limiter.Take(1, t0, 1, &wait) == 0);  // kept, still empty
+  CHECK(limiter.Take(2, t0, 1, &wait) == 1);  // forgotten: full again
   CHECK(limiter.keys() == 3);
 }
 
