@@ -80,6 +80,21 @@ std::string MetricsBuilder::Serialize() const {
   return prometheus::TextSerializer().Serialize(families);
 }
 
+namespace {
+
+// A listener's or a cluster's rate limit: what it said, by result.
+void AddRateLimitMetrics(MetricsBuilder* b, const std::string& label,
+                         const std::string& name, const RateLimitStats& rate) {
+  for (size_t r = 0; r < rate.results.size(); ++r) {
+    b->Counter("tandem_rate_limit_requests_total",
+               "Requests a rate limit looked at, by what it said",
+               {{label, name}, {"result", kRateResults[r]}},
+               static_cast<double>(rate.results[r].Get()));
+  }
+}
+
+}  // namespace
+
 void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                     MetricsBuilder* b) {
   for (const auto& loop : loops) {
@@ -140,12 +155,7 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                "of descriptors or memory",
                {{"listener", listener}},
                static_cast<double>(s.accept_paused.Get()));
-      for (size_t r = 0; r < s.rate.results.size(); ++r) {
-        b->Counter("tandem_rate_limit_requests_total",
-                   "Requests a rate limit looked at, by what it said",
-                   {{"listener", listener}, {"result", kRateResults[r]}},
-                   static_cast<double>(s.rate.results[r].Get()));
-      }
+      AddRateLimitMetrics(b, "listener", listener, s.rate);
       b->Counter("tandem_downstream_received_bytes_total",
                  "Bytes received from clients", {{"listener", listener}},
                  static_cast<double>(s.bytes_received.Get()));
@@ -179,12 +189,7 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                    {{"cluster", cluster}, {"limit", kBreakerLimits[l]}},
                    static_cast<double>(s.breaker_overflows[l].Get()));
       }
-      for (size_t r = 0; r < s.rate.results.size(); ++r) {
-        b->Counter("tandem_rate_limit_requests_total",
-                   "Requests a rate limit looked at, by what it said",
-                   {{"cluster", cluster}, {"result", kRateResults[r]}},
-                   static_cast<double>(s.rate.results[r].Get()));
-      }
+      AddRateLimitMetrics(b, "cluster", cluster, s.rate);
       for (size_t p = 0; p < s.shed.size(); ++p) {
         b->Counter("tandem_shed_total",
                    "Queued requests answered 503 to make room for one of "
