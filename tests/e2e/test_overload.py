@@ -273,6 +273,27 @@ class RateLimitTest(FaultTestCase):
         self.assertEqual(len([e for e in access_entries(tandem) if "RL" in e.flags]),
                          counts["dry_run"])
 
+    def test_a_reload_keeps_the_buckets_of_an_unchanged_limit(self):
+        worker = self.start_worker("w1", threads=2)
+
+        def text(burst):
+            # One token every 20 s: nothing refills while the test runs.
+            return make_config([worker.address], extra=NO_CHECKS + (
+                '\n[listeners.web.rate_limit]\nrate = 0.05\nburst = %d\n'
+                'key = "global"\n' % burst))
+        tandem = self.start_tandem(text(3))
+        first = [get_from(tandem.port)[0] for _ in range(4)]
+        self.assertTrue(tandem.reload(text(3)))
+        same = get_from(tandem.port)[0]
+        self.assertTrue(tandem.reload(text(5)))
+        changed = [get_from(tandem.port)[0] for _ in range(6)]
+        report("reload and rate limit", first=first, same=same, changed=changed)
+        self.assertEqual(first, [200, 200, 200, 429])
+        # The same settings: the empty bucket stays empty.
+        self.assertEqual(same, 429)
+        # Other settings: new buckets, full.
+        self.assertEqual(changed, [200] * 5 + [429])
+
     def test_one_limit_for_the_process_across_threads(self):
         # Two loop threads, four clients well over the rate for 2 s: what is
         # allowed is the burst plus the rate over that time.
