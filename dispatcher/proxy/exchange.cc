@@ -36,7 +36,7 @@ ClusterRuntime& Exchange::cluster() const {
   return cluster_ != nullptr ? *cluster_ : *downstream_.listener().cluster;
 }
 
-// ---- from the downstream -----------------------------------------------
+// ---- from the downstream ---------------------------------------------------
 
 void Exchange::Begin(bool complete, bool at_upgrade) {
   cluster_ = downstream_.listener().cluster;
@@ -163,6 +163,9 @@ void Exchange::Reset() {
   state_ = {};
   state_.retry_body = std::move(retry_body);
   phase_ = Phase::kIdle;
+  // The next request takes the cluster of its own listener (after a reload,
+  // this one's generation may be gone).
+  cluster_ = nullptr;
 }
 
 uint64_t Exchange::BufferedBytes() const {
@@ -170,7 +173,7 @@ uint64_t Exchange::BufferedBytes() const {
          second_.BufferedBytes();
 }
 
-// ---- routing ----------------------------------------------------------------
+// ---- routing ---------------------------------------------------------------
 
 std::optional<uint64_t> Exchange::RequestHash() const {
   const conf::HashKey& key = cluster().config->hash_key;
@@ -218,6 +221,17 @@ std::optional<uint64_t> Exchange::RequestHash() const {
     }
   }
   return algorithms::Hash64(value);
+}
+
+algorithms::PickInput Exchange::PickInputFor(
+    const ClusterRuntime& runtime, const algorithms::TriedSet* tried) const {
+  algorithms::PickInput input;
+  input.inflight = runtime.inflight;
+  input.latency_us = runtime.latency_us;
+  input.tried = tried;
+  if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone)
+    input.hash = RequestHash();
+  return input;
 }
 
 bool Exchange::PassRateLimits() {
@@ -356,12 +370,7 @@ void Exchange::Route(const Retry* again) {
     Overflow(runtime, retry, "the cluster is at max_requests");
     return;
   }
-  algorithms::PickInput input;
-  input.inflight = runtime.inflight;
-  input.latency_us = runtime.latency_us;
-  input.tried = &state_.tried;
-  if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone)
-    input.hash = RequestHash();
+  algorithms::PickInput input = PickInputFor(runtime, &state_.tried);
   constexpr size_t kNone = SIZE_MAX;
   size_t pick = runtime.picker->Pick(input).value_or(kNone);
   if (pick != kNone && retry && again->other_backend &&
@@ -495,8 +504,7 @@ void Exchange::OnUpstreamDrained() {
   if (phase_ == Phase::kProxying) downstream_.RequestDrained();
 }
 
-// ---- hedging
-// --------------------------------------------------------------------
+// ---- hedging ---------------------------------------------------------------
 
 std::optional<Clock::time_point> Exchange::HedgeDue() const {
   const ClusterRuntime& runtime = cluster();
@@ -511,7 +519,7 @@ std::optional<Clock::time_point> Exchange::HedgeDue() const {
   // retried (idempotent, a replayable body, tries and retry budget left,
   // another backend).
   if (!RetryAllowedNow(FailureKind::kTimeout)) return std::nullopt;
-  return std::max(attempt_->start(), state_.request_done) + *p95;
+  return TryDeadline(*attempt_, *p95);
 }
 
 void Exchange::StartHedge() {
@@ -520,13 +528,8 @@ void Exchange::StartHedge() {
   Attempt& hedge = Other(*attempt_);
   algorithms::TriedSet skip = state_.tried;
   skip.Insert(attempt_->backend());
-  algorithms::PickInput input;
-  input.inflight = runtime.inflight;
-  input.latency_us = runtime.latency_us;
-  input.tried = &skip;
-  if (runtime.config->hash_key.kind != conf::HashKey::Kind::kNone)
-    input.hash = RequestHash();
-  const std::optional<size_t> pick = runtime.picker->Pick(input);
+  const std::optional<size_t> pick =
+      runtime.picker->Pick(PickInputFor(runtime, &skip));
   if (!pick || skip.Contains(*pick)) return;
   if (!hedge.AcquireRequest(runtime)) return;
   if (runtime.has_limits && !hedge.Acquire(runtime.backends[*pick])) {
@@ -557,17 +560,15 @@ void Exchange::ArmHeadTimer(Clock::time_point now) {
   Clock::time_point next = RequestDeadline();
   for (const Attempt* attempt : {&first_, &second_}) {
     if (!attempt->on()) continue;
-    next =
-        std::min(next, attempt->connecting()
-                           ? attempt->start() + config.connect_timeout
-                           : std::max(attempt->start(), state_.request_done) +
-                                 try_timeout);
+    next = std::min(next, attempt->connecting()
+                              ? attempt->start() + config.connect_timeout
+                              : TryDeadline(*attempt, try_timeout));
   }
   if (const auto due = HedgeDue()) next = std::min(next, *due);
   ArmTimer(next - now);
 }
 
-// ---- the queue and the retry budget ------------------------------------
+// ---- the queue and the retry budget ----------------------------------------
 
 void Exchange::Dequeue() {
   if (phase_ == Phase::kRetryWait) {
@@ -576,19 +577,26 @@ void Exchange::Dequeue() {
     if (it != waiters.end()) waiters.erase(it);
   }
   if (!state_.queued) return;
+  ClusterRuntime& runtime = cluster();
+  auto it = std::find(runtime.queue.begin(), runtime.queue.end(), this);
+  if (it != runtime.queue.end()) runtime.queue.erase(it);
+  LeftQueue(runtime, state_.queued_since);
+}
+
+void Exchange::LeftQueue(ClusterRuntime& runtime, Clock::time_point since) {
   state_.queued = false;
-  if (state_.counted_pending) {
-    cluster().breakers->pending.fetch_sub(1, std::memory_order_relaxed);
-    state_.counted_pending = false;
-  }
-  cluster().stats->queued.Add(-1);
-  cluster().stats->queue_wait.Observe(static_cast<uint64_t>(
+  ReleasePending(runtime);
+  runtime.stats->queued.Add(-1);
+  runtime.stats->queue_wait.Observe(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
-                                                            state_.queued_since)
+                                                            since)
           .count()));
-  auto& queue = cluster().queue;
-  auto it = std::find(queue.begin(), queue.end(), this);
-  if (it != queue.end()) queue.erase(it);
+}
+
+void Exchange::ReleasePending(ClusterRuntime& runtime) {
+  if (!state_.counted_pending) return;
+  state_.counted_pending = false;
+  runtime.breakers->pending.fetch_sub(1, std::memory_order_relaxed);
 }
 
 bool Exchange::RetryFromQueue() {
@@ -599,10 +607,7 @@ bool Exchange::RetryFromQueue() {
   runtime.queue.erase(
       std::find(runtime.queue.begin(), runtime.queue.end(), this));
   state_.queued = false;
-  if (state_.counted_pending) {
-    runtime.breakers->pending.fetch_sub(1, std::memory_order_relaxed);
-    state_.counted_pending = false;
-  }
+  ReleasePending(runtime);
   state_.from_queue = true;
   phase_ = Phase::kConnecting;
   if (state_.tries > 0) {
@@ -618,11 +623,7 @@ bool Exchange::RetryFromQueue() {
     return false;
   }
   state_.from_queue = false;
-  runtime.stats->queued.Add(-1);
-  runtime.stats->queue_wait.Observe(static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
-                                                            since)
-          .count()));
+  LeftQueue(runtime, since);
   return true;
 }
 
@@ -649,6 +650,12 @@ Clock::duration Exchange::TryTimeout() const {
   if (!p99) return config.request_timeout;
   return std::clamp<Clock::duration>(kAutoTryFactor * *p99, kAutoTryFloor,
                                      config.request_timeout);
+}
+
+Clock::time_point Exchange::TryDeadline(const Attempt& attempt,
+                                        Clock::duration try_timeout) const {
+  // From when both the try began and the whole request was out.
+  return std::max(attempt.start(), state_.request_done) + try_timeout;
 }
 
 Clock::time_point Exchange::RequestDeadline() const {
@@ -793,8 +800,7 @@ void Exchange::FailAttempt(Attempt& attempt, FailureKind failure, int status,
   Respond(status, detail, !state_.request_complete);
 }
 
-// ---- the response
-// -------------------------------------------------------------
+// ---- the response ----------------------------------------------------------
 
 void Exchange::OnResponseHead(Attempt& attempt,
                               const net::HttpParser& response) {
@@ -878,8 +884,7 @@ void Exchange::Finish() {
   downstream_.ExchangeEnded(Downstream::End::kNext);
 }
 
-// ---- timers
-// -------------------------------------------------------------------
+// ---- timers ----------------------------------------------------------------
 
 void Exchange::ArmTimer(Clock::duration delay) {
   timeval tv = net::ToTimeval(std::max(delay, Clock::duration::zero()));
@@ -952,14 +957,13 @@ void Exchange::OnTimer() {
                     "connection to backend timed out");
         return;
       }
-      if (hedge.on() &&
-          now >= std::max(hedge.start(), state_.request_done) + TryTimeout()) {
+      const Clock::duration try_timeout = TryTimeout();
+      if (hedge.on() && now >= TryDeadline(hedge, try_timeout)) {
         FailAttempt(hedge, FailureKind::kTimeout, 504,
                     "backend did not answer within try_timeout");
         return;
       }
-      if (now >=
-          std::max(attempt_->start(), state_.request_done) + TryTimeout()) {
+      if (now >= TryDeadline(*attempt_, try_timeout)) {
         // "auto" cuts only a try that may be retried (or is raced): a cut
         // could only turn the others into errors, so they wait for
         // request_timeout.
@@ -988,8 +992,7 @@ void Exchange::OnTimer() {
   }
 }
 
-// ---- accounting
-// ---------------------------------------------------------------
+// ---- accounting ------------------------------------------------------------
 
 void Exchange::CountRetry(ClusterRuntime& runtime) {
   if (state_.counted_retry) return;
@@ -1013,10 +1016,9 @@ void Exchange::ReleaseClusterCounts() {
   if (state_.counted_retry) --runtime.active_retries;
   if (state_.counted_shared_retry)
     runtime.breakers->retries.fetch_sub(1, std::memory_order_relaxed);
-  if (state_.counted_pending)
-    runtime.breakers->pending.fetch_sub(1, std::memory_order_relaxed);
+  ReleasePending(runtime);
   state_.counted_request = state_.counted_retry = false;
-  state_.counted_shared_retry = state_.counted_pending = false;
+  state_.counted_shared_retry = false;
 }
 
 std::string_view Exchange::FlagsText() {

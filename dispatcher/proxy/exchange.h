@@ -151,7 +151,6 @@ class Exchange {
   bool RetryOffHungBackend(Attempt& attempt);
 
   // ---- what it is ------------------------------------------------------
-  bool started() const { return phase_ != Phase::kIdle; }
   // The request goes to a backend's connection now (its body may flow).
   bool sending() const { return phase_ == Phase::kProxying; }
   bool tunnel() const { return phase_ == Phase::kTunnel; }
@@ -160,7 +159,6 @@ class Exchange {
     return state_.request_done;
   }
   bool response_started() const { return state_.response_started; }
-  bool response_complete() const { return state_.response_complete; }
   bool head_request() const { return state_.head_request; }
   uint32_t tries() const { return state_.tries; }
   // The request body so far, kept for a retry.
@@ -238,11 +236,22 @@ class Exchange {
   // priority or higher (`ahead_of_equals`: in front of its equals).
   void JoinQueue(ClusterRuntime& runtime, bool ahead_of_equals);
   void Dequeue();
+  // It is out of the queue (the caller took it out): counts and wait time.
+  void LeftQueue(ClusterRuntime& runtime,
+                 std::chrono::steady_clock::time_point since);
+  // Gives back its place in the cluster's max_pending, if it holds one.
+  void ReleasePending(ClusterRuntime& runtime);
   // The retry decision's input after `failure`, with `reached_failures`.
   RetryInput RetryFacts(FailureKind failure, uint32_t reached_failures) const;
   bool RetryAllowedNow(FailureKind failure) const;
   std::chrono::steady_clock::time_point RequestDeadline() const;
-  std::chrono::steady_clock::time_point ResponseDeadline() const;
+  // When `attempt` times out with `try_timeout`.
+  std::chrono::steady_clock::time_point TryDeadline(
+      const Attempt& attempt,
+      std::chrono::steady_clock::duration try_timeout) const;
+  // What the picker is asked, with `tried` the backends it must avoid.
+  algorithms::PickInput PickInputFor(const ClusterRuntime& runtime,
+                                     const algorithms::TriedSet* tried) const;
   std::chrono::steady_clock::duration TryTimeout() const;
   // tandem's own answer; closes when `close` or the request is not whole.
   void Respond(int status, const char* detail, bool close,

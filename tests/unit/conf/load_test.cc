@@ -214,13 +214,7 @@ cluster = "compute"
 }
 
 TEST_CASE("rate limits on a listener and a cluster") {
-  const std::string base = R"([listeners.web]
-listen = "127.0.0.1:8080"
-cluster = "compute"
-[clusters.compute]
-[[clusters.compute.backends]]
-address = "127.0.0.1:9001"
-)";
+  const std::string base(kMinimal);
   auto config = Valid(base);
   CHECK_FALSE(config->listeners[0].rate_limit.has_value());
   CHECK_FALSE(config->clusters[0].rate_limit.has_value());
