@@ -260,6 +260,23 @@ class RateLimitTest(FaultTestCase):
         # 32 users seen, at most max_keys tracked.
         self.assertEqual(keys, 10)
 
+    def test_long_header_keys_cost_no_memory_of_their_own(self):
+        # 2,000 users, each named by 32 KiB: kept as they came, the keys
+        # alone would hold 64 MiB.
+        tandem = self.start(cluster={"rate": 1000, "key": '"header:X-User"'})
+        get_from(tandem.port, headers={"X-User": "warm-up"})
+        before = tandem.memory_kib("VmRSS")
+        for n in range(2000):
+            name = ("%05d" % n) * (32 * 1024 // 5)
+            self.assertEqual(get_from(tandem.port, headers={"X-User": name})[0], 200)
+        grown = tandem.memory_kib("VmRSS") - before
+        keys = sum(v for k, v in tandem.metrics().items()
+                   if k.startswith("tandem_rate_limit_keys"))
+        report("2,000 keys of 32 KiB", rss_growth_kib=grown, keys=keys)
+        self.assertEqual(keys, 2001)
+        # (Under ASan its 16 MiB quarantine of freed blocks counts too.)
+        self.assertLess(grown, 32 * 1024)
+
     def test_dry_run_counts_and_flags_but_answers(self):
         tandem = self.start(listener={"rate": 1, "burst": 1, "key": '"global"',
                                       "dry_run": "true"})
