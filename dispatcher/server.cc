@@ -767,6 +767,30 @@ std::string Server::StatusJson() {
       out.append(",\"serving\":" + std::to_string(status->serving) +
                  ",\"min_active\":" + std::to_string(cluster.min_active));
     }
+    // The most requests the cluster sends to its backends at once
+    // (docs/dashboard.md): max_requests, or the sum of the backends'
+    // max_inflight when every backend has one, whichever is lower; null
+    // when neither bounds it.
+    uint64_t by_backends = 0;
+    bool every_backend_bounded = !cluster.backends.empty();
+    for (const conf::Backend& backend : cluster.backends) {
+      if (backend.max_inflight == 0) every_backend_bounded = false;
+      by_backends += backend.max_inflight;
+    }
+    const char* limit_from = "unlimited";
+    uint64_t limit = 0;
+    if (cluster.max_requests > 0) {
+      limit_from = "max_requests";
+      limit = cluster.max_requests;
+    }
+    if (every_backend_bounded && (limit == 0 || by_backends < limit)) {
+      limit_from = "max_inflight";
+      limit = by_backends;
+    }
+    out.append(",\"concurrency_limit\":");
+    out.append(limit > 0 ? std::to_string(limit) : "null");
+    out.append(",\"concurrency_limit_from\":");
+    AppendJsonString(limit_from, &out);
     out.append(",\"backends\":[");
     for (size_t b = 0; b < cluster.backends.size(); ++b) {
       const conf::Backend& backend = cluster.backends[b];
