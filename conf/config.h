@@ -112,6 +112,15 @@ struct Listener {
   std::vector<Cidr> trusted_proxies = DefaultTrustedProxies();
   Duration proxy_protocol_timeout = std::chrono::seconds(5);
   std::optional<RateLimit> rate_limit;
+  // Which protocols it serves (docs/http2.md): HTTP/1.1, and HTTP/2 as
+  // "h2" by ALPN on a TLS listener or "h2c" by prior knowledge on a plain
+  // one. `protocols` unset: both.
+  bool http1 = true;
+  bool http2 = true;
+  std::string h2_name;  // "h2" or "h2c" as protocols names it, for its check
+  uint32_t h2_max_concurrent_streams = 100;
+  uint64_t h2_initial_window_size = 64 * 1024;
+  uint64_t h2_max_streams_per_connection = 0;  // 0 = no limit
   // 127.0.0.0/8 and ::1.
   static std::vector<Cidr> DefaultTrustedProxies();
   bool tls() const { return !certificates.empty(); }

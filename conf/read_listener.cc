@@ -113,6 +113,11 @@ std::string_view WithoutCertificate(const TableReader&, std::string_view,
   return listener.tls() ? "" : "has no effect without a certificate (tls_cert)";
 }
 
+std::string_view WithoutHttp2(const TableReader&, std::string_view,
+                              const Listener& listener) {
+  return listener.http2 ? "" : "has no effect without HTTP/2 in protocols";
+}
+
 std::string_view WithoutProxyProtocol(const TableReader&, std::string_view,
                                       const Listener& listener) {
   return listener.proxy_protocol ? "" : "has no effect without proxy_protocol";
@@ -147,6 +152,46 @@ bool ReadTrustedProxies(TableReader& reader, std::string_view key,
     }
   }
   if (good) listener.trusted_proxies = std::move(blocks);
+  return good;
+}
+
+// protocols = ["h2", "http/1.1"] (TLS) or ["http/1.1", "h2c"] (plain);
+// whether h2 and h2c fit the listener is checked once every key is read.
+bool ReadProtocols(TableReader& reader, std::string_view key,
+                   Listener& listener) {
+  const toml::array* array = reader.ReadArray(
+      key, "an array of protocols, e.g. [\"http/1.1\", \"h2c\"]");
+  if (array == nullptr) return false;
+  bool good = true;
+  listener.http1 = false;
+  listener.http2 = false;
+  for (size_t i = 0; i < array->size(); ++i) {
+    const toml::node& node = *array->get(i);
+    const std::string where =
+        reader.KeyPath(key) + "[" + std::to_string(i) + "]";
+    const std::optional<std::string_view> text = node.value<std::string_view>();
+    if (text && *text == "http/1.1") {
+      listener.http1 = true;
+    } else if (text && (*text == "h2" || *text == "h2c")) {
+      listener.http2 = true;
+      listener.h2_name = *text;
+    } else {
+      reader.context().Error(
+          Where(node.source()), where,
+          text ? "unknown protocol \"" + std::string(*text) +
+                     "\" (\"http/1.1\", \"h2\" or \"h2c\")"
+               : "expected a string, got " + TypeName(node.type()));
+      good = false;
+    }
+  }
+  if (good && !listener.http1 && !listener.http2) {
+    reader.Error(*array, key, "a listener needs at least one protocol");
+    good = false;
+  }
+  if (!good) {
+    listener.http1 = listener.http2 = true;
+    listener.h2_name.clear();
+  }
   return good;
 }
 
@@ -186,6 +231,17 @@ std::span<const Key<Listener>> ListenerKeys() {
       DurationKey("proxy_protocol_timeout", &Listener::proxy_protocol_timeout,
                   ZeroDuration::kRejected)
           .UnusedWhen(WithoutProxyProtocol),
+      CustomKey("protocols", ReadProtocols),
+      IntegerKey("h2_max_concurrent_streams",
+                 &Listener::h2_max_concurrent_streams, 1, 1 << 20)
+          .UnusedWhen(WithoutHttp2),
+      SizeKey("h2_initial_window_size", &Listener::h2_initial_window_size, 1024,
+              (uint64_t{1} << 31) - 1)
+          .UnusedWhen(WithoutHttp2),
+      IntegerKey("h2_max_streams_per_connection",
+                 &Listener::h2_max_streams_per_connection, 0,
+                 (int64_t{1} << 31) - 1)
+          .UnusedWhen(WithoutHttp2),
   };
   return keys;
 }
@@ -197,6 +253,16 @@ void ReadListener(LoadContext& context, const std::string& path,
   Listener listener;
   listener.name = name;
   ReadKeys(reader, ListenerKeys(), listener);
+  // "h2" is HTTP/2 by ALPN, only on TLS; "h2c" by prior knowledge, only on
+  // plain HTTP (a TLS listener never looks for the preface).
+  if (listener.h2_name == "h2" && !listener.tls()) {
+    reader.Error(
+        *table.get("protocols"), "protocols",
+        "\"h2\" needs TLS (tls_cert); a plain listener serves \"h2c\"");
+  } else if (listener.h2_name == "h2c" && listener.tls()) {
+    reader.Error(*table.get("protocols"), "protocols",
+                 "\"h2c\" is HTTP/2 without TLS; a TLS listener serves \"h2\"");
+  }
   if (reader.Good(kListen)) {
     document.listener_sites.push_back(
         {path, listener.listen, reader.PositionOf(kListen)});

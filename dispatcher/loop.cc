@@ -649,7 +649,7 @@ void Unlink(Node*& head, Node* node) {
 
 }  // namespace
 
-void Loop::Attach(ClientConnection* connection, Generation* generation) {
+void Loop::Attach(FrontConnection* connection, Generation* generation) {
   LinkFront(connections_, connection);
   Count(generation);
 }
@@ -666,7 +666,7 @@ void Loop::Retire(ParkedConnection* connection) {
   DeferDelete(connection);
 }
 
-void Loop::Retire(ClientConnection* connection) {
+void Loop::Retire(FrontConnection* connection) {
   Unlink(connections_, connection);
   DeferDelete(connection);
 }
@@ -693,14 +693,17 @@ void Loop::Forget(Generation* generation) {
   open_connections_.Add(-1);
   // Its descriptor is free again: try the connections waiting at once.
   if (accept_paused_ && !shutting_down_) ResumeAccepting();
-  if (--generation->connections_ == 0 && generation != current_.get()) {
-    ReleaseGeneration(generation);
-  }
+  Release(generation);
   if (shutting_down_) MaybeFinishShutdown();
 }
 
-void Loop::Rebind(ClientConnection*, Generation** generation,
-                  ListenerRuntime** listener) {
+void Loop::Release(Generation* generation) {
+  if (--generation->connections_ == 0 && generation != current_.get()) {
+    ReleaseGeneration(generation);
+  }
+}
+
+void Loop::Rebind(Generation** generation, ListenerRuntime** listener) {
   Generation* old = *generation;
   if (!current_ || old == current_.get()) return;
   const std::string& name = (*listener)->config->name;
@@ -741,7 +744,7 @@ void Loop::TickCb(evutil_socket_t, short, void* arg) {
 
 void Loop::SampleMemory() {
   uint64_t buffered = 0;
-  for (const ClientConnection* c = connections_; c != nullptr; c = c->next)
+  for (const FrontConnection* c = connections_; c != nullptr; c = c->next)
     buffered += c->BufferedBytes();
   uint64_t pooled = scratch_.capacity();
   for (const auto& spare : spare_parsers_) {
@@ -774,8 +777,8 @@ void Loop::BeginShutdown(std::chrono::milliseconds grace) {
     }
   }
   listeners_.clear();
-  for (ClientConnection* c = connections_; c != nullptr;) {
-    ClientConnection* next = c->next;
+  for (FrontConnection* c = connections_; c != nullptr;) {
+    FrontConnection* next = c->next;
     c->CloseWhenIdle();
     c = next;
   }

@@ -38,8 +38,8 @@ class HealthMonitor;
 namespace tandem::dispatcher {
 
 class Attempt;
-class ClientConnection;
 class Exchange;
+class FrontConnection;
 class ParkedConnection;
 class Loop;
 
@@ -301,19 +301,22 @@ class Loop {
   // they free.
   void Count(Generation* generation);
   void Forget(Generation* generation);
-  void Attach(ClientConnection* connection, Generation* generation);
+  void Attach(FrontConnection* connection, Generation* generation);
   void AttachParked(ParkedConnection* connection, Generation* generation);
   // The one lifetime rule for what a loop owns: a connection that ends
   // (often inside one of its own callbacks) leaves its list at once and is
   // deleted by the loop once this turn's callbacks are done, as Envoy's
   // deferredDelete; its destructor then calls Forget().
-  void Retire(ClientConnection* connection);
+  void Retire(FrontConnection* connection);
   void Retire(ParkedConnection* connection);
   // Between requests: the generation and listener a kept-alive connection
   // should serve its next request under (the newest config, when it still
   // has the listener), moving the connection's count over.
-  void Rebind(ClientConnection* connection, Generation** generation,
-              ListenerRuntime** listener);
+  void Rebind(Generation** generation, ListenerRuntime** listener);
+  // An HTTP/2 stream keeps the generation it began under until it ends,
+  // while its connection may move on to a newer one.
+  void Hold(Generation* generation) { ++generation->connections_; }
+  void Release(Generation* generation);
 
  private:
   struct BoundListener {
@@ -401,9 +404,9 @@ class Loop {
   std::vector<std::unique_ptr<Generation>> retired_;
   std::vector<BoundListener> listeners_;
   std::unordered_map<std::string, std::unique_ptr<BackendPool>>
-      pools_;                                // by address
-  ClientConnection* connections_ = nullptr;  // intrusive list head
-  ParkedConnection* parked_ = nullptr;       // intrusive list head
+      pools_;                               // by address
+  FrontConnection* connections_ = nullptr;  // intrusive list head
+  ParkedConnection* parked_ = nullptr;      // intrusive list head
   LocalGauge open_connections_;
   bool shutting_down_ = false;
   // Retired objects and how to delete each, until DeleteRetiredCb.

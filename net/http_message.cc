@@ -70,7 +70,9 @@ uint64_t HashName(std::string_view name) {
 // that are removed anyway.
 class ConnectionNamed {
  public:
-  ConnectionNamed(const HeaderList& headers, HeadWriteStats* stats) {
+  ConnectionNamed(const HeaderList& headers, HeadWriteStats* stats,
+                  std::vector<bool>& named)
+      : named_(named) {
     bool other_names = false;
     ForEachConnectionName(headers, [&](std::string_view name) {
       if (!IsHopByHop(name) && !EqualsIgnoreCase(name, "close"))
@@ -116,10 +118,6 @@ class ConnectionNamed {
     });
   }
 
-  bool operator()(size_t field) const {
-    return !named_.empty() && named_[field];
-  }
-
  private:
   static constexpr uint32_t kNone = UINT32_MAX;
 
@@ -148,8 +146,21 @@ class ConnectionNamed {
     return EqualsIgnoreCase(a, b);
   }
 
-  std::vector<bool> named_;
+  std::vector<bool>& named_;
 };
+
+}  // namespace
+
+HopFields::HopFields(const HeaderList& headers, HeadWriteStats* stats)
+    : headers_(headers) {
+  ConnectionNamed(headers, stats, named_);
+}
+
+bool HopFields::operator()(size_t i) const {
+  return IsHopByHop(headers_.name(i)) || (!named_.empty() && named_[i]);
+}
+
+namespace {
 
 // Splits an absolute-form target into authority and origin-form path.
 void SplitAbsoluteForm(std::string_view target, std::string_view* authority,
@@ -239,7 +250,7 @@ void AppendRequestHead(const HttpParser& request,
     AppendField("Host", forwarding.default_host, out);
   }
 
-  const ConnectionNamed named(headers, stats);
+  const HopFields named(headers, stats);
   std::string_view xff_first;
   bool xff_seen = false;
   bool forwarded_seen = false;
@@ -369,10 +380,10 @@ void AppendResponseHead(const HttpParser& response, const ResponsePlan& plan,
   out->append(response.reason());
   out->append("\r\n");
   const bool switching = status == 101;
-  const ConnectionNamed named(headers, stats);
+  const HopFields named(headers, stats);
   for (size_t i = 0; i < headers.size(); ++i) {
     std::string_view name = headers.name(i);
-    if (IsHopByHop(name) || named(i)) continue;
+    if (named(i)) continue;
     AppendField(name, headers.value(i), out);
   }
   if (switching) {
@@ -503,9 +514,13 @@ void AppendSimpleResponse(int status, std::string_view detail, bool close,
     out->append("Connection: keep-alive\r\n");
   }
   out->append("\r\n");
+  AppendSimpleBody(status, detail, out);
+}
+
+void AppendSimpleBody(int status, std::string_view detail, std::string* out) {
   AppendNumber(static_cast<uint64_t>(status), out);
   out->push_back(' ');
-  out->append(phrase);
+  out->append(ReasonPhrase(status));
   if (!detail.empty()) {
     out->append(": ");
     out->append(detail);

@@ -5,6 +5,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "net/http_parser.h"
 
@@ -33,6 +34,23 @@ bool IsIdempotent(const HttpParser& request);
 struct HeadWriteStats {
   // Comparisons of a field name with a name the Connection fields list.
   uint64_t name_comparisons = 0;
+};
+
+// Which fields of a head end at this hop: the hop-by-hop ones tandem
+// removes or rewrites (RFC 9110 §7.6.1: Connection, Keep-Alive, TE,
+// Upgrade, Transfer-Encoding, Content-Length...) and those its Connection
+// fields name. The work is the number of fields plus the names Connection
+// lists, never their product.
+class HopFields {
+ public:
+  explicit HopFields(const HeaderList& headers,
+                     HeadWriteStats* stats = nullptr);
+  // Whether field `i` of the head stops here.
+  bool operator()(size_t i) const;
+
+ private:
+  const HeaderList& headers_;
+  std::vector<bool> named_;  // empty: Connection names nothing else
 };
 
 // Appends to `out` the request head for the request `request` holds: HTTP/1.1,
@@ -70,6 +88,9 @@ void AppendSimpleResponse(int status, std::string_view detail, bool close,
 void AppendSimpleResponse(int status, std::string_view detail, bool close,
                           int client_minor, std::string_view extra_fields,
                           std::string* out);
+
+// The body of tandem's own answers: "<status> <phrase>: <detail>\n".
+void AppendSimpleBody(int status, std::string_view detail, std::string* out);
 
 // The reason phrase for `status` ("Bad Gateway"), or "" when unknown.
 std::string_view ReasonPhrase(int status);

@@ -3,9 +3,12 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace tandem::net {
 namespace {
@@ -324,6 +327,34 @@ std::string LocalProxyHeader(int version) {
   out.push_back('\x00');  // AF_UNSPEC
   out.append(2, '\0');    // no address block
   return out;
+}
+
+std::string BuildProxyHeaderFor(int version, std::string_view address,
+                                size_t ip_length, int fd) {
+  sockaddr_storage source{};
+  const std::string ip(address.substr(0, ip_length));
+  uint16_t port = 0;
+  if (ip_length + 1 < address.size()) {
+    port = static_cast<uint16_t>(std::strtoul(
+        std::string(address.substr(ip_length + 1)).c_str(), nullptr, 10));
+  }
+  auto* in = reinterpret_cast<sockaddr_in*>(&source);
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&source);
+  if (inet_pton(AF_INET, ip.c_str(), &in->sin_addr) == 1) {
+    in->sin_family = AF_INET;
+    in->sin_port = htons(port);
+  } else if (inet_pton(AF_INET6, ip.c_str(), &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+  }
+  sockaddr_storage destination{};
+  socklen_t length = sizeof(destination);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&destination), &length) !=
+      0) {
+    destination.ss_family = AF_UNSPEC;
+  }
+  return BuildProxyHeader(version, reinterpret_cast<sockaddr*>(&source),
+                          reinterpret_cast<sockaddr*>(&destination));
 }
 
 }  // namespace tandem::net

@@ -59,6 +59,11 @@ ProxyParse ParseProxyHeader(std::string_view data, ProxyHeader* header,
 // IPv6, the IPv4 side mapped). v2 carries no TLV.
 std::string BuildProxyHeader(int version, const sockaddr* source,
                              const sockaddr* destination);
+// The same for a client connection: the client as tandem knows it
+// (`address` "ip:port", its first `ip_length` bytes the ip; a PROXY header
+// in front already applied) and the address socket `fd` was accepted on.
+std::string BuildProxyHeaderFor(int version, std::string_view address,
+                                size_t ip_length, int fd);
 // The header of a connection that is tandem's own (health checks): v2
 // LOCAL, v1 "PROXY UNKNOWN".
 std::string LocalProxyHeader(int version);

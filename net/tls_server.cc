@@ -114,14 +114,27 @@ int TicketKeyCb(SSL*, unsigned char key_name[16], unsigned char* iv,
   return found;
 }
 
+// ALPN protocol lists in server preference order, by what a listener serves.
+const unsigned char kAlpnHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+const unsigned char kAlpnH2[] = {2, 'h', '2'};
+const unsigned char kAlpnBoth[] = {2,   'h', '2', 8,   'h', 't',
+                                   't', 'p', '/', '1', '.', '1'};
+
+struct AlpnList {
+  const unsigned char* data;
+  unsigned int length;
+};
+const AlpnList kAlpnLists[] = {{kAlpnHttp11, sizeof(kAlpnHttp11)},
+                               {kAlpnH2, sizeof(kAlpnH2)},
+                               {kAlpnBoth, sizeof(kAlpnBoth)}};
+
 int AlpnSelectCb(SSL*, const unsigned char** out, unsigned char* out_length,
-                 const unsigned char* in, unsigned int in_length, void*) {
-  // tandem speaks HTTP/1.1 to clients; with no overlap the handshake goes on
-  // without ALPN, as nginx does.
-  static const unsigned char kHttp11[] = {8,   'h', 't', 't', 'p',
-                                          '/', '1', '.', '1'};
+                 const unsigned char* in, unsigned int in_length, void* arg) {
+  // With no overlap the handshake goes on without ALPN, as nginx does (the
+  // connection then speaks HTTP/1.1, or closes if the listener has none).
+  const auto* list = static_cast<const AlpnList*>(arg);
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, out_length, kHttp11, sizeof(kHttp11), in,
+  if (SSL_select_next_proto(&selected, out_length, list->data, list->length, in,
                             in_length) != OPENSSL_NPN_NEGOTIATED) {
     return SSL_TLSEXT_ERR_NOACK;
   }
@@ -219,7 +232,9 @@ std::shared_ptr<TlsServerContext> TlsServerContext::Create(
                ": " + LastError();
       return nullptr;
     }
-    SSL_CTX_set_alpn_select_cb(ctx, AlpnSelectCb, nullptr);
+    const AlpnList* alpn =
+        &kAlpnLists[listener.http2 ? (listener.http1 ? 2 : 1) : 0];
+    SSL_CTX_set_alpn_select_cb(ctx, AlpnSelectCb, const_cast<AlpnList*>(alpn));
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketKeyCb);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     static const unsigned char kSessionContext[] = "tandem";

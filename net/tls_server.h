@@ -1,7 +1,8 @@
 // TLS termination for a listener (OpenSSL 3): one SSL_CTX per certificate,
 // chosen by SNI (the first is the default), TLS 1.2 and 1.3 with Mozilla's
-// "intermediate" ciphers, ALPN http/1.1, session tickets under keys that
-// rotate, and optional client-certificate verification.
+// "intermediate" ciphers, ALPN (h2 and http/1.1, as the listener serves),
+// session tickets under keys that rotate, and optional client-certificate
+// verification.
 #pragma once
 
 #include <openssl/ssl.h>

@@ -144,6 +144,24 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                    {{"listener", listener}, {"result", kProxyResults[r]}},
                    static_cast<double>(s.proxy_protocol[r].Get()));
       }
+      b->Counter("tandem_h2_connections_total",
+                 "Client connections that spoke HTTP/2",
+                 {{"listener", listener}},
+                 static_cast<double>(s.h2_connections.Get()));
+      b->Counter("tandem_h2_streams_total", "HTTP/2 streams begun by clients",
+                 {{"listener", listener}},
+                 static_cast<double>(s.h2_streams.Get()));
+      b->Counter("tandem_h2_resets_received_total",
+                 "RST_STREAM frames received from HTTP/2 clients",
+                 {{"listener", listener}},
+                 static_cast<double>(s.h2_resets_received.Get()));
+      for (size_t r = 0; r < s.h2_errors.size(); ++r) {
+        b->Counter("tandem_h2_goaway_total",
+                   "HTTP/2 connections tandem ended, by the error code of its "
+                   "GOAWAY (or flood / bad_preface: dropped without one)",
+                   {{"listener", listener}, {"reason", kH2Errors[r]}},
+                   static_cast<double>(s.h2_errors[r].Get()));
+      }
       b->Counter("tandem_downstream_connections_total",
                  "Client connections accepted", {{"listener", listener}},
                  static_cast<double>(s.connections_accepted.Get()));

@@ -147,8 +147,8 @@ void AccessLog::Write(const AccessLogEntry& e) {
     net::AppendEscaped(e.method, net::Escape::kJsonAscii, &buffer_);
     buffer_.append("\",\"target\":\"");
     net::AppendEscaped(e.target, net::Escape::kJsonAscii, &buffer_);
-    buffer_.append("\",\"protocol\":\"HTTP/1.");
-    AppendNumber(static_cast<uint64_t>(e.http_minor), &buffer_);
+    buffer_.append("\",\"protocol\":\"");
+    buffer_.append(e.protocol);
     buffer_.append("\",\"status\":");
     AppendNumber(static_cast<uint64_t>(e.status), &buffer_);
     buffer_.append(",\"bytes_sent\":");
@@ -194,8 +194,8 @@ void AccessLog::Write(const AccessLogEntry& e) {
     net::AppendEscaped(e.method, net::Escape::kLogfmt, &buffer_);
     buffer_.push_back(' ');
     net::AppendEscaped(e.target, net::Escape::kLogfmt, &buffer_);
-    buffer_.append(" HTTP/1.");
-    AppendNumber(static_cast<uint64_t>(e.http_minor), &buffer_);
+    buffer_.push_back(' ');
+    buffer_.append(e.protocol);
     buffer_.append("\" ");
     AppendNumber(static_cast<uint64_t>(e.status), &buffer_);
     buffer_.push_back(' ');

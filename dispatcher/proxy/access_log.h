@@ -18,7 +18,7 @@ struct AccessLogEntry {
   std::string_view client;  // "ip:port"
   std::string_view method;
   std::string_view target;
-  int http_minor = 1;
+  std::string_view protocol = "HTTP/1.1";
   int status = 0;               // 0: no response was sent
   uint64_t bytes_sent = 0;      // response body bytes to the client
   uint64_t bytes_received = 0;  // request body bytes from the client

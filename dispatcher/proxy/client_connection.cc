@@ -1,7 +1,6 @@
 // One HTTP/1.1 client connection; see client_connection.h.
 #include "dispatcher/proxy/client_connection.h"
 
-#include <arpa/inet.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/bufferevent_struct.h>
 #include <netinet/in.h>
@@ -13,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "dispatcher/proxy/h2_connection.h"
 #include "dispatcher/proxy/parked_connection.h"
 #include "dispatcher/proxy/watermarks.h"
 #include "net/http_io.h"
@@ -38,6 +38,8 @@ constexpr size_t kMaxIdleParserBytes = 16 * 1024;
 // never pays for it, short enough that a burst of connections going idle
 // does not hold their buffers.
 constexpr auto kParkAfter = std::chrono::milliseconds(50);
+// What an HTTP/2 client sends first (RFC 9113 §3.4).
+constexpr char kH2Preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 bool Full(evbuffer* buffer) {
   return evbuffer_get_length(buffer) >= kOutputHighWater;
@@ -207,7 +209,7 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
 void ClientConnection::Destroy() {
   if (destroyed_) return;
   destroyed_ = true;
-  bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
+  if (bev_) bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
   event_del(&timer_);
   exchange_.Cancel();
   loop_.Retire(this);
@@ -219,7 +221,7 @@ ClientConnection::~ClientConnection() {
   exchange_.Reset();
   loop_.ReturnParser(std::move(request_));
   if (parked_) loop_.ReturnClientBufferEvent(std::move(bev_));
-  if (!parked_) listener_->stats->connections_open.Add(-1);
+  if (!parked_ && !handed_over_) listener_->stats->connections_open.Add(-1);
   loop_.Forget(generation_);
 }
 
@@ -231,6 +233,42 @@ bool ClientConnection::Parkable() const {
   }
   return evbuffer_get_length(input()) == 0 &&
          evbuffer_get_length(output()) == 0;
+}
+
+ClientConnection::Protocol ClientConnection::ProtocolOf() {
+  const conf::Listener& config = *listener_->config;
+  if (listener_->tls) {
+    // ALPN chose (h2 only when the listener serves it).
+    const unsigned char* alpn = nullptr;
+    unsigned int length = 0;
+    if (SSL* ssl = bufferevent_openssl_get_ssl(bev_.get()))
+      SSL_get0_alpn_selected(ssl, &alpn, &length);
+    if (length == 2 && std::memcmp(alpn, "h2", 2) == 0) return Protocol::kHttp2;
+    return config.http1 ? Protocol::kHttp1 : Protocol::kNone;
+  }
+  if (!config.http2) return Protocol::kHttp1;
+  // HTTP/2 by prior knowledge: the preface comes first (never looked for on
+  // TLS, where only ALPN says h2).
+  const size_t length =
+      std::min(evbuffer_get_length(input()), sizeof(kH2Preface) - 1);
+  if (length == 0) return Protocol::kUnknown;
+  const auto* data =
+      reinterpret_cast<const char*>(evbuffer_pullup(input(), length));
+  if (std::memcmp(data, kH2Preface, length) != 0)
+    return config.http1 ? Protocol::kHttp1 : Protocol::kNone;
+  return length == sizeof(kH2Preface) - 1 ? Protocol::kHttp2
+                                          : Protocol::kUnknown;
+}
+
+void ClientConnection::HandToHttp2() {
+  // The H2Connection takes the socket, its buffers and the counts.
+  event_del(&timer_);
+  bufferevent_setcb(bev_.get(), nullptr, nullptr, nullptr, nullptr);
+  handed_over_ = true;
+  H2Connection::Start(loop_, *generation_, *listener_, std::move(bev_),
+                      client_address_, client_ip_length_,
+                      std::move(proxy_tlvs_));
+  Destroy();
 }
 
 bool ClientConnection::Park() {
@@ -368,6 +406,11 @@ void ClientConnection::OnClientEvent(short events) {
     // The TLS handshake with the client is done.
     tls_established_ = true;
     listener_->stats->tls_handshakes.Add();
+    if (ProtocolOf() == Protocol::kHttp2) {
+      HandToHttp2();
+    } else if (ProtocolOf() == Protocol::kNone) {
+      Destroy();
+    }
   } else if (listener_->tls && !tls_established_ &&
              (events & (BEV_EVENT_ERROR | BEV_EVENT_EOF))) {
     // A failed handshake (old protocol, plain HTTP, no shared cipher...):
@@ -419,6 +462,21 @@ void ClientConnection::OnClientEvent(short events) {
 // ---- the request codec -----------------------------------------------------
 
 void ClientConnection::ParseRequest() {
+  if (first_request_ && state_ == State::kIdle &&
+      !request_->message_started()) {
+    switch (ProtocolOf()) {
+      case Protocol::kHttp1:
+        break;
+      case Protocol::kUnknown:
+        return;  // more bytes will tell
+      case Protocol::kHttp2:
+        HandToHttp2();
+        return;
+      case Protocol::kNone:
+        Destroy();  // a protocol the listener does not serve
+        return;
+    }
+  }
   size_t consumed = 0;
   net::HttpParser::Result result = net::Feed(*request_, input(), &consumed);
   listener_->stats->bytes_received.Add(consumed);
@@ -488,7 +546,7 @@ void ClientConnection::OnMessageComplete(net::HttpParser&) {
 void ClientConnection::OnRequestHead(bool complete) {
   // A reload since the last request: this one follows the new config.
   ListenerStats* old_stats = listener_->stats;
-  loop_.Rebind(this, &generation_, &listener_);
+  loop_.Rebind(&generation_, &listener_);
   if (listener_->stats != old_stats) {
     old_stats->connections_open.Add(-1);
     listener_->stats->connections_open.Add(1);
@@ -592,35 +650,12 @@ Downstream::LocalReply ClientConnection::SendLocalResponse(
 }
 
 const std::string& ClientConnection::ProxyHeader(int version) {
-  if (proxy_header_version_ == version) return proxy_header_out_;
-  // The client as tandem knows it (a PROXY header in front included), and
-  // the address it connected to.
-  sockaddr_storage source{};
-  const std::string ip(client_ip());
-  uint16_t port = 0;
-  if (client_ip_length_ + 1 < client_address_.size()) {
-    port = static_cast<uint16_t>(std::strtoul(
-        client_address_.c_str() + client_ip_length_ + 1, nullptr, 10));
+  if (proxy_header_version_ != version) {
+    proxy_header_out_ =
+        net::BuildProxyHeaderFor(version, client_address_, client_ip_length_,
+                                 bufferevent_getfd(bev_.get()));
+    proxy_header_version_ = version;
   }
-  auto* in = reinterpret_cast<sockaddr_in*>(&source);
-  auto* in6 = reinterpret_cast<sockaddr_in6*>(&source);
-  if (inet_pton(AF_INET, ip.c_str(), &in->sin_addr) == 1) {
-    in->sin_family = AF_INET;
-    in->sin_port = htons(port);
-  } else if (inet_pton(AF_INET6, ip.c_str(), &in6->sin6_addr) == 1) {
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(port);
-  }
-  sockaddr_storage destination{};
-  socklen_t length = sizeof(destination);
-  if (getsockname(bufferevent_getfd(bev_.get()),
-                  reinterpret_cast<sockaddr*>(&destination), &length) != 0) {
-    destination.ss_family = AF_UNSPEC;
-  }
-  proxy_header_out_ =
-      net::BuildProxyHeader(version, reinterpret_cast<sockaddr*>(&source),
-                            reinterpret_cast<sockaddr*>(&destination));
-  proxy_header_version_ = version;
   return proxy_header_out_;
 }
 

@@ -15,13 +15,15 @@
 
 #include "dispatcher/loop.h"
 #include "dispatcher/proxy/exchange.h"
+#include "dispatcher/proxy/front_connection.h"
 #include "net/event_ptr.h"
 #include "net/http_parser.h"
 #include "net/proxy_protocol.h"
 
 namespace tandem::dispatcher {
 
-class ClientConnection final : private net::HttpParser::Handler,
+class ClientConnection final : public FrontConnection,
+                               private net::HttpParser::Handler,
                                private Downstream {
  public:
   // Takes ownership of `fd`, accepted on `listener` of `generation`.
@@ -47,23 +49,13 @@ class ClientConnection final : private net::HttpParser::Handler,
                      std::chrono::steady_clock::time_point deadline,
                      bool first_request, std::unique_ptr<net::ProxyTlvs> tlvs);
 
-  // Shutdown: close now if no request is in progress, else close once the
-  // current exchange ends.
-  void CloseWhenIdle();
-  // Grace period over: close at once (the exchange is logged as DC).
-  void Abort();
-
-  // Bytes this connection holds in buffers now (client and backend, both
-  // directions, the kept retry body, its parsers' fields).
-  uint64_t BufferedBytes() const;
-
-  // Intrusive list of a loop's connections.
-  ClientConnection* next = nullptr;
-  ClientConnection* prev = nullptr;
+  // FrontConnection. BufferedBytes: client and backend, both directions,
+  // the kept retry body, its parsers' fields.
+  void CloseWhenIdle() override;
+  void Abort() override;
+  uint64_t BufferedBytes() const override;
 
  private:
-  friend class Loop;  // deletes it (Loop::DeferDelete)
-
   enum class State : uint8_t {
     kIdle,      // waiting for a request head (or its rest)
     kExchange,  // a request is being served
@@ -114,6 +106,12 @@ class ClientConnection final : private net::HttpParser::Handler,
   bool Parkable() const;
   // Hands the socket to a ParkedConnection and destroys this one.
   bool Park();
+  // What the client speaks, from ALPN or its first bytes (kUnknown: too few
+  // bytes yet; kNone: nothing this listener serves).
+  enum class Protocol : uint8_t { kHttp1, kHttp2, kUnknown, kNone };
+  Protocol ProtocolOf();
+  // An H2Connection takes the socket and this one is destroyed.
+  void HandToHttp2();
 
   // The request codec.
   void ParseRequest();
@@ -129,6 +127,9 @@ class ClientConnection final : private net::HttpParser::Handler,
   std::string_view client_address() const override { return client_address_; }
   std::string_view client_ip() const override {
     return std::string_view(client_address_).substr(0, client_ip_length_);
+  }
+  std::string_view protocol() const override {
+    return request_->http_minor() == 0 ? "HTTP/1.0" : "HTTP/1.1";
   }
   const net::ProxyTlvs* proxy_tlvs() const override {
     return proxy_tlvs_.get();
@@ -188,6 +189,7 @@ class ClientConnection final : private net::HttpParser::Handler,
   bool tls_established_ = false;   // the client's TLS handshake completed
   bool client_eof_ = false;        // the client half-closed
   bool parked_ = false;            // the socket went to a ParkedConnection
+  bool handed_over_ = false;       // the socket went to an H2Connection
 
   // How HTTP/1.1 carries the current request and its response on this
   // connection; `message_ = {}` when the next request begins.

@@ -1062,7 +1062,7 @@ void Exchange::Log() {
   entry.method =
       request.in_head() ? std::string_view("-") : request.method_name();
   entry.target = request.in_head() ? std::string_view("-") : request.target();
-  entry.http_minor = request.http_minor();
+  entry.protocol = downstream_.protocol();
   entry.status = state_.status;
   entry.bytes_sent = state_.response_body_bytes;
   entry.bytes_received = request.body_bytes();

@@ -3,7 +3,7 @@
 // budget, deadlines, the retry decision, its tries on backends (Attempt)
 // and its access-log record. It talks to the client only through
 // Downstream, so an HTTP/1.1 connection (ClientConnection) carries one
-// exchange at a time and an HTTP/2 stream could carry one the same way.
+// exchange at a time and an HTTP/2 stream (H2Stream) one each.
 #pragma once
 
 #include <event2/event_struct.h>
@@ -48,6 +48,8 @@ class Downstream {
   virtual const net::HttpParser& request() const = 0;
   virtual std::string_view client_address() const = 0;  // "ip:port"
   virtual std::string_view client_ip() const = 0;
+  // "HTTP/1.1", "HTTP/1.0" or "HTTP/2.0", for the access log.
+  virtual std::string_view protocol() const = 0;
   virtual const net::ProxyTlvs* proxy_tlvs() const = 0;
   // send_proxy's header naming this client (made once, then kept).
   virtual const std::string& ProxyHeader(int version) = 0;

@@ -142,6 +142,19 @@ enum class ProxyResult {
 inline constexpr const char* kProxyResults[] = {
     "proxied", "local", "invalid", "timeout", "untrusted", "closed"};
 
+// Why tandem ended or refused an HTTP/2 connection: the error code of the
+// GOAWAY it sent, or a session dropped without one (a flood of frames that
+// must be answered, a preface that is not HTTP/2's).
+enum class H2Error : uint8_t {
+  kNoError,
+  kProtocol,
+  kEnhanceYourCalm,
+  kFlood,
+  kBadPreface
+};
+inline constexpr const char* kH2Errors[] = {
+    "no_error", "protocol_error", "enhance_your_calm", "flood", "bad_preface"};
+
 struct ListenerStats {
   std::array<LocalCounter, 6> requests;  // by StatusClass of the final answer
   RateLimitStats rate;
@@ -156,6 +169,13 @@ struct ListenerStats {
   std::array<LocalCounter, std::size(kProxyResults)> proxy_protocol;
   void CountProxy(ProxyResult result) {
     proxy_protocol[static_cast<size_t>(result)].Add();
+  }
+  LocalCounter h2_connections;      // connections that spoke HTTP/2
+  LocalCounter h2_streams;          // streams begun by clients
+  LocalCounter h2_resets_received;  // RST_STREAM frames from clients
+  std::array<LocalCounter, std::size(kH2Errors)> h2_errors;
+  void CountH2Error(H2Error error) {
+    h2_errors[static_cast<size_t>(error)].Add();
   }
 };
 

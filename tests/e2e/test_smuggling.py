@@ -250,7 +250,24 @@ class RejectedRequestsTest(TandemTestCase):
     def test_an_absolute_form_target_with_userinfo_gets_400(self):
         self.assertRejected(b"GET http://user@a/a HTTP/1.1\r\nHost: a\r\n\r\n" + SMUGGLED, 400)
 
-    def test_an_http2_preface_gets_400(self):
+    def test_an_http2_preface_followed_by_http11_reaches_nothing(self):
+        # The preface makes the connection HTTP/2 (h2c by prior knowledge,
+        # docs/http2.md): what follows is not a frame, so tandem answers with
+        # its SETTINGS and a GOAWAY(PROTOCOL_ERROR) and closes; no request
+        # reaches the backend.
+        client = self.client(self.tandem.port, timeout=scaled(5))
+        client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SMUGGLED)
+        rest = client.read_until_close()
+        self.assertEqual(rest[3:4], b"\x04", rest)  # a SETTINGS frame first
+        goaway = rest.find(b"\x07\x00\x00\x00\x00\x00")
+        self.assertGreater(goaway, 0, rest)
+        self.assertEqual(rest[goaway + 10:goaway + 14], b"\x00\x00\x00\x01", rest)
+        self.assertOnlySentinelReached()
+
+    def test_an_http2_preface_gets_400_where_only_http11_is_served(self):
+        self.tandem.close()
+        self.tandem = self.start_tandem(make_config(
+            [self.backend.address], listener_opts={"protocols": ["http/1.1"]}))
         self.assertRejected(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SMUGGLED, 400)
 
     def test_connect_gets_501(self):

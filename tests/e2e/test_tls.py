@@ -125,6 +125,7 @@ class ListenerTlsTest(TandemTestCase):
       narrow  tls_ciphers = one TLS 1.2 suite
       mtls    client_ca
       scan    an RSA certificate, for sslscan
+      h1only  protocols = ["http/1.1"]: ALPN never says h2
     """
 
     @classmethod
@@ -136,6 +137,7 @@ class ListenerTlsTest(TandemTestCase):
                               **cert_pair("default"))
         extra += tls_listener("mtls", client_ca=PKI.cert("ca"), **cert_pair("default"))
         extra += tls_listener("scan", **cert_pair("scan"))
+        extra += tls_listener("h1only", protocols=["http/1.1"], **cert_pair("default"))
         cls.tandem = cls.start_class_tandem(make_config([cls.backend.address], extra=extra))
         cls.port = cls.tandem.port
 
@@ -152,7 +154,7 @@ class ListenerTlsTest(TandemTestCase):
         result = self.curl_https("default.example.test", ["--cacert", PKI.cert("ca")])
         self.assertEqual(result.returncode, 0, result.stderr)
         body, _, summary = result.stdout.decode().rpartition("\n")
-        self.assertEqual(summary, "200 1.1 0")
+        self.assertEqual(summary, "200 2 0")  # curl takes h2 by ALPN
         self.assertEqual(body, "ok\n")
         # The test CA is not in the system store: without --cacert curl refuses.
         refused = self.curl_https("default.example.test")
@@ -276,22 +278,34 @@ class ListenerTlsTest(TandemTestCase):
             self.assertEqual(client.sock.cipher()[0], "ECDHE-ECDSA-AES256-GCM-SHA384")
             self.assertEqual(client.get("/").status, 200)
 
-    def test_alpn_selects_http11_and_an_h2_only_client_still_connects(self):
-        offers = {("h2", "http/1.1"): "http/1.1", ("http/1.1",): "http/1.1", ("h2",): None}
+    def test_alpn_prefers_h2_and_an_http11_client_still_connects(self):
+        # h2 is chosen when offered (docs/http2.md), HTTP/1.1 otherwise.
+        offers = {("h2", "http/1.1"): "h2", ("http/1.1",): "http/1.1", (): None}
         for offer, selected in offers.items():
             with self.subTest(offer=offer):
-                context = client_context(PKI.cert("ca"), alpn=offer)
+                context = client_context(PKI.cert("ca"), alpn=offer or None)
                 with TlsClient(self.port, context, "default.example.test") as client:
-                    # An h2-only client: the handshake completes without ALPN
-                    # (no_application_protocol would be allowed too, but tandem,
-                    # as nginx, goes on); it then speaks HTTP/1.1 or leaves.
                     self.assertEqual(client.sock.selected_alpn_protocol(), selected)
-                    self.assertEqual(client.get("/").status, 200)
-        result = s_client(self.port, ["-alpn", "h2", "-servername", "default.example.test"],
-                          input=REQUEST_CLOSE)
-        self.assertIn("No ALPN negotiated", result.stdout)
+                    if selected != "h2":
+                        self.assertEqual(client.get("/").status, 200)
         result = s_client(self.port, ["-alpn", "h2,http/1.1",
                                       "-servername", "default.example.test"],
+                          input=REQUEST_CLOSE)
+        self.assertIn("ALPN protocol: h2", result.stdout)
+        result = s_client(self.port, ["-alpn", "http/1.1",
+                                      "-servername", "default.example.test"],
+                          input=REQUEST_CLOSE)
+        self.assertIn("ALPN protocol: http/1.1", result.stdout)
+
+    def test_alpn_offers_only_http11_when_the_listener_serves_only_it(self):
+        port = self.tandem.ports["h1only"]
+        # An h2-only client: the handshake completes without ALPN (as nginx
+        # does); it then speaks HTTP/1.1 or leaves.
+        result = s_client(port, ["-alpn", "h2", "-servername", "default.example.test"],
+                          input=REQUEST_CLOSE)
+        self.assertIn("No ALPN negotiated", result.stdout)
+        result = s_client(port, ["-alpn", "h2,http/1.1",
+                                             "-servername", "default.example.test"],
                           input=REQUEST_CLOSE)
         self.assertIn("ALPN protocol: http/1.1", result.stdout)
 
@@ -329,7 +343,7 @@ class ListenerTlsTest(TandemTestCase):
         result = self.curl_https("default.example.test", cacert + [
             "--cert", PKI.cert("client"), "--key", PKI.key("client")], port)
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertTrue(result.stdout.decode().endswith("\n200 1.1 0"), result.stdout)
+        self.assertTrue(result.stdout.decode().endswith("\n200 2 0"), result.stdout)
         for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
             with self.subTest(version=version.name):
                 signed = client_context(PKI.cert("ca"), cert=PKI.cert("client"),
