@@ -255,6 +255,35 @@ dry_run = true
       1);
 }
 
+TEST_CASE("protocols: HTTP/2 by default, h2 only on TLS, h2c only plain") {
+  const std::string listener =
+      "[listeners.web]\nlisten = \"127.0.0.1:8080\"\ncluster = \"compute\"\n";
+  const std::string cluster =
+      "[clusters.compute]\n[[clusters.compute.backends]]\naddress = "
+      "\"127.0.0.1:9001\"\n";
+  auto config = Valid(listener + cluster);
+  CHECK(config->listeners[0].http1);
+  CHECK(config->listeners[0].http2);
+  CHECK(config->listeners[0].h2_max_concurrent_streams == 100);
+  CHECK(config->listeners[0].h2_initial_window_size == 65536);
+  CHECK(config->listeners[0].h2_max_streams_per_connection == 0);
+  config = Valid(listener + "protocols = [\"http/1.1\"]\n" + cluster);
+  CHECK(config->listeners[0].http1);
+  CHECK_FALSE(config->listeners[0].http2);
+  config = Valid(listener +
+                 "protocols = [\"h2c\"]\nh2_initial_window_size = "
+                 "\"1MiB\"\n" +
+                 cluster);
+  CHECK_FALSE(config->listeners[0].http1);
+  CHECK(config->listeners[0].http2);
+  CHECK(config->listeners[0].h2_initial_window_size == 1048576);
+  CHECK(Errors(listener + "protocols = [\"h2\"]\n" + cluster).size() == 1);
+  CHECK(Errors(listener + "protocols = []\n" + cluster).size() == 1);
+  CHECK(Errors(listener + "protocols = [\"spdy\"]\n" + cluster).size() == 1);
+  CHECK(Errors(listener + "h2_max_concurrent_streams = 0\n" + cluster).size() ==
+        1);
+}
+
 TEST_CASE("a try_timeout longer than request_timeout is an error") {
   CHECK(Errors(R"([listeners.web]
 listen = "127.0.0.1:8080"
