@@ -127,6 +127,7 @@ struct Listener {
 };
 
 enum class Policy { kAllActive, kPrimaryBackup };
+enum class UpstreamProtocol { kHttp1, kH2, kH2c };
 enum class Role { kPrimary, kBackup };
 enum class Standby { kHot, kWarm, kCold };
 
@@ -179,6 +180,7 @@ struct Outlier {
 
 struct UpstreamTls {
   bool enabled = false;
+  bool alpn_h2 = false;     // offer h2 by ALPN (protocol = "h2")
   std::string ca_file;      // empty: the system store
   std::string sni;          // empty: the backend address's host
   std::string verify_name;  // empty: the sni value
@@ -281,6 +283,11 @@ struct Cluster {
   // The PROXY protocol version sent to backends first (0: none); health
   // checks send the local form (docs/proxy-protocol.md).
   int send_proxy = 0;
+  // What tandem speaks to the backends (docs/http2.md): HTTP/1.1, or
+  // HTTP/2 over TLS ("h2") or cleartext with prior knowledge ("h2c"), whose
+  // requests share a few multiplexed connections.
+  UpstreamProtocol protocol = UpstreamProtocol::kHttp1;
+  uint64_t max_requests_per_connection = 0;  // 0 = no limit
   std::vector<Backend> backends;
   std::vector<DnsSource> dns;
 };

@@ -34,6 +34,10 @@ constexpr std::string_view kDns = "dns";
 constexpr std::pair<std::string_view, Policy> kPolicies[] = {
     {"all-active", Policy::kAllActive},
     {"primary-backup", Policy::kPrimaryBackup}};
+constexpr std::pair<std::string_view, UpstreamProtocol> kProtocols[] = {
+    {"http1", UpstreamProtocol::kHttp1},
+    {"h2", UpstreamProtocol::kH2},
+    {"h2c", UpstreamProtocol::kH2c}};
 constexpr std::pair<std::string_view, algorithms::Algorithm> kAlgorithms[] = {
     {"round-robin", algorithms::Algorithm::kRoundRobin},
     {"least-conn", algorithms::Algorithm::kLeastConn},
@@ -184,6 +188,10 @@ std::span<const Key<Cluster>> ClusterKeys() {
       BoolKey("hedge", &Cluster::hedge),
       EnumKey("send_proxy", &Cluster::send_proxy, "PROXY protocol version",
               kProxyVersions),
+      EnumKey("protocol", &Cluster::protocol, "protocol", kProtocols),
+      IntegerKey("max_requests_per_connection",
+                 &Cluster::max_requests_per_connection, 0,
+                 (int64_t{1} << 31) - 1),
       CustomKey("health", ReadHealth),
       CustomKey("outlier", ReadOutlier),
       CustomKey(kBackends, ReadBackends),
@@ -235,6 +243,16 @@ void CheckCluster(TableReader& reader, Cluster& cluster) {
                      ") must not exceed request_timeout (" +
                      FormatDuration(cluster.request_timeout) + ")");
   }
+  if (cluster.protocol == UpstreamProtocol::kH2 && !cluster.tls.enabled) {
+    reader.Error(*reader.Find("protocol"), "protocol",
+                 "\"h2\" is HTTP/2 over TLS and needs tls = true; \"h2c\" is "
+                 "HTTP/2 without TLS");
+  } else if (cluster.protocol == UpstreamProtocol::kH2c &&
+             cluster.tls.enabled) {
+    reader.Error(*reader.Find("protocol"), "protocol",
+                 "\"h2c\" is HTTP/2 without TLS; with tls = true use \"h2\"");
+  }
+  cluster.tls.alpn_h2 = cluster.protocol == UpstreamProtocol::kH2;
   if (!reader.Has(kBackends) && !reader.Has(kDns)) {
     reader.MissingKey(kBackends, "a cluster needs at least one backend ([[" +
                                      reader.KeyPath(kBackends) +

@@ -608,9 +608,13 @@ BackendPool& Loop::PoolFor(const conf::Cluster& cluster,
   // are not handed to another's requests.
   std::string key = backend.address.text;
   if (tls) key += "|tls|" + cluster.name;
+  const bool http2 = cluster.protocol != conf::UpstreamProtocol::kHttp1;
+  if (http2) key += "|h2|" + cluster.name;
   auto& slot = pools_[key];
   if (!slot)
     slot = std::make_unique<BackendPool>(base_.get(), backend.address, stats);
+  if (http2)
+    slot->set_http2(tls != nullptr, cluster.max_requests_per_connection);
   std::string settings;
   if (tls) {
     // What the context verifies and sends; a CA file counts by its contents'

@@ -1,6 +1,7 @@
 // HTTP/2 messages in and out of the HTTP/1.1 model; see h2_message.h.
 #include "net/h2_message.h"
 
+#include <algorithm>
 #include <charconv>
 
 namespace tandem::net {
@@ -107,14 +108,14 @@ void H2RequestTrailers::Write(std::string* out) const {
 
 // ---- responses ---------------------------------------------------------
 
-void H2ResponseFields::Clear() {
+void H2Fields::Clear() {
   storage_.clear();
   spans_.clear();
   nva_.clear();
 }
 
-void H2ResponseFields::Add(std::string_view name, std::string_view value,
-                           bool lowercase) {
+void H2Fields::Add(std::string_view name, std::string_view value,
+                   bool lowercase) {
   Span span{storage_.size(), name.size(), 0, value.size()};
   storage_.append(name);
   if (lowercase) {
@@ -128,7 +129,7 @@ void H2ResponseFields::Add(std::string_view name, std::string_view value,
   spans_.push_back(span);
 }
 
-void H2ResponseFields::Finish() {
+void H2Fields::Finish() {
   nva_.resize(spans_.size());
   for (size_t i = 0; i < spans_.size(); ++i) {
     const Span& span = spans_[i];
@@ -138,7 +139,7 @@ void H2ResponseFields::Finish() {
   }
 }
 
-void H2ResponseFields::Build(const HttpParser& response, bool head_request) {
+void H2Fields::Build(const HttpParser& response, bool head_request) {
   Clear();
   char status[8];
   auto [end, ec] =
@@ -163,7 +164,37 @@ void H2ResponseFields::Build(const HttpParser& response, bool head_request) {
   Finish();
 }
 
-void H2ResponseFields::BuildStatus(int status) {
+void H2Fields::BuildRequest(const HttpParser& request, std::string_view scheme,
+                            std::string_view default_authority) {
+  Clear();
+  const HeaderList& headers = request.headers();
+  Add(":method", request.method_name(), false);
+  Add(":scheme", scheme, false);
+  Add(":authority", headers.Find("host").value_or(default_authority), false);
+  Add(":path", request.target(), false);
+  const HopFields hop(headers);
+  for (size_t i = 0; i < headers.size(); ++i) {
+    const std::string_view name = headers.name(i);
+    if (EqualsIgnoreCase(name, "te")) {
+      if (HasToken(headers.value(i), "trailers")) Add("te", "trailers", false);
+      continue;
+    }
+    if (hop(i) || EqualsIgnoreCase(name, "host") ||
+        EqualsIgnoreCase(name, "http2-settings")) {
+      continue;
+    }
+    Add(name, headers.value(i), true);
+  }
+  if (request.framing() == Framing::kContentLength) {
+    char number[24];
+    auto [end, ec] = std::to_chars(number, number + sizeof(number),
+                                   request.content_length());
+    Add("content-length", std::string_view(number, end - number), false);
+  }
+  Finish();
+}
+
+void H2Fields::BuildStatus(int status) {
   Clear();
   char number[8];
   auto [end, ec] = std::to_chars(number, number + sizeof(number), status);
@@ -171,9 +202,8 @@ void H2ResponseFields::BuildStatus(int status) {
   Finish();
 }
 
-void H2ResponseFields::BuildLocal(int status, std::string_view content_type,
-                                  uint64_t content_length,
-                                  std::string_view fields) {
+void H2Fields::BuildLocal(int status, std::string_view content_type,
+                          uint64_t content_length, std::string_view fields) {
   Clear();
   char number[24];
   auto [end, ec] = std::to_chars(number, number + sizeof(number), status);
@@ -198,7 +228,7 @@ void H2ResponseFields::BuildLocal(int status, std::string_view content_type,
   Finish();
 }
 
-void H2ResponseFields::BuildTrailers(const HeaderList& trailers) {
+void H2Fields::BuildTrailers(const HeaderList& trailers) {
   Clear();
   for (size_t i = 0; i < trailers.size(); ++i) {
     if (!IsTrailerForbidden(trailers.name(i)))
@@ -207,7 +237,7 @@ void H2ResponseFields::BuildTrailers(const HeaderList& trailers) {
   Finish();
 }
 
-void H2ResponseFields::BuildGrpcStatus(int code, std::string_view message) {
+void H2Fields::BuildGrpcStatus(int code, std::string_view message) {
   Clear();
   Add(":status", "200", false);
   Add("content-type", "application/grpc", false);
@@ -251,6 +281,38 @@ int GrpcStatusFor(int status, bool overload) {
     default:
       return kInternal;
   }
+}
+
+std::optional<std::chrono::nanoseconds> ParseGrpcTimeout(
+    std::string_view value) {
+  if (value.size() < 2 || value.size() > 9) return std::nullopt;
+  int64_t amount = 0;
+  const char* end = value.data() + value.size() - 1;
+  auto [ptr, ec] = std::from_chars(value.data(), end, amount);
+  if (ec != std::errc() || ptr != end || amount < 0) return std::nullopt;
+  using std::chrono::nanoseconds;
+  switch (*end) {
+    case 'H':
+      return std::chrono::hours(amount);
+    case 'M':
+      return std::chrono::minutes(amount);
+    case 'S':
+      return std::chrono::seconds(amount);
+    case 'm':
+      return std::chrono::milliseconds(amount);
+    case 'u':
+      return std::chrono::microseconds(amount);
+    case 'n':
+      return nanoseconds(amount);
+    default:
+      return std::nullopt;
+  }
+}
+
+std::string FormatGrpcTimeout(std::chrono::nanoseconds left) {
+  // Milliseconds, rounded up so a little time left never reads as none.
+  const int64_t ms = std::max<int64_t>(1, (left.count() + 999'999) / 1'000'000);
+  return std::to_string(std::min<int64_t>(ms, 99'999'999)) + "m";
 }
 
 }  // namespace tandem::net

@@ -9,7 +9,9 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -75,12 +77,17 @@ class H2RequestTrailers {
   std::string fields_;
 };
 
-// The fields of a HEADERS frame for an HTTP/1.1 response head, with the
+// The fields of a HEADERS frame made from an HTTP/1.1 head, with the
 // storage they point into (names lowercased). Hop-by-hop fields and those
-// Connection names are left out; Content-Length is kept when the response
+// Connection names are left out; Content-Length is kept when the message
 // had one (RFC 9113 §8.2.2).
-class H2ResponseFields {
+class H2Fields {
  public:
+  // A request as tandem forwards it to an HTTP/2 backend (`request` holds
+  // the head tandem wrote, origin-form): :method, :scheme, :authority from
+  // Host (else `default_authority`), :path; TE only as "trailers".
+  void BuildRequest(const HttpParser& request, std::string_view scheme,
+                    std::string_view default_authority);
   // `response` as the response parser holds it; `head_request`: the answer
   // to a HEAD (its Content-Length describes a GET's).
   void Build(const HttpParser& response, bool head_request);
@@ -117,5 +124,11 @@ class H2ResponseFields {
 // overload or rate limit 8 RESOURCE_EXHAUSTED (`overload`: the answer
 // carries Retry-After), others 13 INTERNAL or 3 INVALID_ARGUMENT.
 int GrpcStatusFor(int status, bool overload);
+
+// A grpc-timeout value ("100m", "5S": at most 8 digits and one of H M S m u
+// n); nullopt when malformed. And the value tandem forwards for `left`.
+std::optional<std::chrono::nanoseconds> ParseGrpcTimeout(
+    std::string_view value);
+std::string FormatGrpcTimeout(std::chrono::nanoseconds left);
 
 }  // namespace tandem::net

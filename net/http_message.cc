@@ -265,7 +265,9 @@ void AppendRequestHead(const HttpParser& request,
       continue;
     }
     if (EqualsIgnoreCase(name, "host") || EqualsIgnoreCase(name, "expect") ||
-        EqualsIgnoreCase(name, "x-forwarded-proto") || named(i)) {
+        EqualsIgnoreCase(name, "x-forwarded-proto") || named(i) ||
+        (!forwarding.grpc_timeout.empty() &&
+         EqualsIgnoreCase(name, "grpc-timeout"))) {
       continue;
     }
     if (EqualsIgnoreCase(name, "x-forwarded-for")) {
@@ -320,6 +322,8 @@ void AppendRequestHead(const HttpParser& request,
     if (v6) out->append("]\"");
     out->append(forwarding.client_tls ? ";proto=https\r\n" : ";proto=http\r\n");
   }
+  if (!forwarding.grpc_timeout.empty())
+    AppendField("grpc-timeout", forwarding.grpc_timeout, out);
   AppendField("X-Forwarded-Proto", forwarding.client_tls ? "https" : "http",
               out);
   AppendFraming(request.framing(), request.content_length(),

@@ -18,6 +18,8 @@ struct RequestForwarding {
   // Host for a request that has none (HTTP/1.0): HTTP/1.1 to the backend
   // needs one; the backend's own address, as nginx's $proxy_host.
   std::string_view default_host;
+  // A gRPC deadline's time left ("250m"): replaces the client's grpc-timeout.
+  std::string_view grpc_timeout;
 };
 
 // Whether `request` carries "Expect: 100-continue" (HTTP/1.1 only; 1.0

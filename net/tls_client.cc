@@ -59,7 +59,12 @@ std::shared_ptr<TlsClientContext> TlsClientContext::Create(
                      nullptr);
   static const unsigned char kAlpn[] = {8,   'h', 't', 't', 'p',
                                         '/', '1', '.', '1'};
-  SSL_CTX_set_alpn_protos(ctx, kAlpn, sizeof(kAlpn));
+  static const unsigned char kAlpnH2[] = {2, 'h', '2'};
+  if (settings.alpn_h2) {
+    SSL_CTX_set_alpn_protos(ctx, kAlpnH2, sizeof(kAlpnH2));
+  } else {
+    SSL_CTX_set_alpn_protos(ctx, kAlpn, sizeof(kAlpn));
+  }
   // Sessions are resumed per backend: the pools keep them (client side
   // caching is off in OpenSSL unless asked for).
   SSL_CTX_set_session_cache_mode(

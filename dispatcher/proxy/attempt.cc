@@ -10,6 +10,7 @@
 #include "dispatcher/loop.h"
 #include "dispatcher/proxy/exchange.h"
 #include "dispatcher/proxy/watermarks.h"
+#include "net/h2_message.h"
 #include "net/http_io.h"
 #include "net/http_message.h"
 
@@ -90,6 +91,13 @@ bool Attempt::SendHead() {
   forwarding.upgrade = exchange_.upgrade();
   forwarding.default_host =
       exchange_.cluster().backends[backend_].config->address.text;
+  std::string grpc_timeout;
+  if (exchange_.grpc_deadline() != Clock::time_point{}) {
+    // The worker is told the time the client has left.
+    grpc_timeout =
+        net::FormatGrpcTimeout(exchange_.grpc_deadline() - Clock::now());
+    forwarding.grpc_timeout = grpc_timeout;
+  }
   std::string& head = exchange_.loop().scratch();
   net::AppendRequestHead(request, forwarding, &head);
   upstream_->StartRequest();

@@ -7,6 +7,7 @@
 
 #include "algorithms/hash.h"
 #include "dispatcher/loop.h"
+#include "net/h2_message.h"
 #include "net/http_message.h"
 #include "net/posix.h"
 
@@ -55,6 +56,18 @@ void Exchange::Begin(bool complete, bool at_upgrade) {
     return;
   }
   state_.upgrade = net::WantsUpgrade(request);
+  if (auto timeout = request.headers().Find("grpc-timeout")) {
+    if (auto type = request.headers().Find("content-type");
+        type && type->substr(0, 16) == "application/grpc") {
+      if (auto left = net::ParseGrpcTimeout(*timeout)) {
+        state_.grpc_deadline =
+            state_.request_start +
+            std::min<Clock::duration>(
+                std::chrono::duration_cast<Clock::duration>(*left),
+                cluster().config->request_timeout);
+      }
+    }
+  }
   const std::string& priority_header = cluster().config->priority_header;
   if (!priority_header.empty()) {
     if (auto value = request.headers().Find(priority_header)) {
@@ -659,8 +672,13 @@ Clock::time_point Exchange::TryDeadline(const Attempt& attempt,
 }
 
 Clock::time_point Exchange::RequestDeadline() const {
-  return std::max(state_.request_done, state_.request_start) +
-         cluster().config->request_timeout;
+  const Clock::time_point deadline =
+      std::max(state_.request_done, state_.request_start) +
+      cluster().config->request_timeout;
+  // A gRPC client's own deadline, when it is sooner (docs/http2.md).
+  return state_.grpc_deadline != Clock::time_point{}
+             ? std::min(deadline, state_.grpc_deadline)
+             : deadline;
 }
 
 bool Exchange::RetryAllowedNow(FailureKind failure) const {

@@ -160,6 +160,10 @@ class Exchange {
   std::chrono::steady_clock::time_point request_done() const {
     return state_.request_done;
   }
+  // When a gRPC client's deadline passes (zero: it set none).
+  std::chrono::steady_clock::time_point grpc_deadline() const {
+    return state_.grpc_deadline;
+  }
   bool response_started() const { return state_.response_started; }
   bool head_request() const { return state_.head_request; }
   uint32_t tries() const { return state_.tries; }
@@ -318,6 +322,8 @@ class Exchange {
     std::chrono::steady_clock::time_point queued_since;
     std::chrono::steady_clock::time_point request_start;
     std::chrono::steady_clock::time_point request_done;
+    // A gRPC request's grpc-timeout, capped by request_timeout (zero: none).
+    std::chrono::steady_clock::time_point grpc_deadline;
   };
   State state_;
   // Two tries, for a hedge to race the first; attempt_ is the one that

@@ -159,8 +159,8 @@ void H2Connection::CloseWhenIdle() {
   // The notice says no new stream may begin; the final GOAWAY, once a round
   // trip shows the client has it, names the last stream taken (RFC 9113
   // §6.8). Streams begun before it finish within the grace period.
+  // (Its PING goes once the notice is out: OnFrameSend.)
   nghttp2_submit_shutdown_notice(session_);
-  nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, kDrainPing);
   timeval tv = net::ToTimeval(kDrainPingWait);
   event_add(&timer_, &tv);
   Send();
@@ -502,12 +502,21 @@ int H2Connection::OnFrameSend(nghttp2_session*, const nghttp2_frame* frame,
                               void* arg) {
   auto* self = static_cast<H2Connection*>(arg);
   if (frame->hd.type == NGHTTP2_GOAWAY) {
+    if (self->draining_ && !self->goaway_sent_ &&
+        frame->goaway.last_stream_id == INT32_MAX) {
+      // The shutdown notice went out: the PING's answer shows it arrived.
+      nghttp2_submit_ping(self->session_, NGHTTP2_FLAG_NONE, kDrainPing);
+    }
     switch (frame->goaway.error_code) {
       case NGHTTP2_NO_ERROR:
         self->listener_->stats->CountH2Error(H2Error::kNoError);
         break;
       case NGHTTP2_ENHANCE_YOUR_CALM:
         self->listener_->stats->CountH2Error(H2Error::kEnhanceYourCalm);
+        break;
+      case NGHTTP2_INTERNAL_ERROR:
+        // (nghttp2's stream reset rate limit, rapid reset, ends so.)
+        self->listener_->stats->CountH2Error(H2Error::kInternal);
         break;
       default:
         self->listener_->stats->CountH2Error(H2Error::kProtocol);

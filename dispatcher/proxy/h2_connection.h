@@ -50,7 +50,7 @@ class H2Connection final : public FrontConnection {
   const net::ProxyTlvs* proxy_tlvs() const { return proxy_tlvs_.get(); }
   const std::string& ProxyHeader(int version);
   // Fields of a frame being submitted (nghttp2 copies them).
-  net::H2ResponseFields& fields() { return fields_; }
+  net::H2Fields& fields() { return fields_; }
   // Frames wait in the session: they go out once this turn's callbacks are
   // done (never from inside a stream's call: nghttp2 may close streams while
   // sending).
@@ -122,7 +122,7 @@ class H2Connection final : public FrontConnection {
   std::unique_ptr<net::ProxyTlvs> proxy_tlvs_;
   std::string proxy_header_out_;
   int proxy_header_version_ = 0;
-  net::H2ResponseFields fields_;
+  net::H2Fields fields_;
   // Streams open, and those nghttp2 closed, deleted after its call returns.
   H2Stream* streams_ = nullptr;
   std::vector<H2Stream*> closed_;

@@ -181,7 +181,7 @@ void H2Stream::RejectHead(int status, const char* reason) {
 void H2Stream::ContinueRequest() {
   if (expect_continue_ && !continue_sent_) {
     continue_sent_ = true;
-    net::H2ResponseFields& fields = connection_.fields();
+    net::H2Fields& fields = connection_.fields();
     fields.BuildStatus(100);
     nghttp2_submit_headers(connection_.session(), NGHTTP2_FLAG_NONE, id_,
                            nullptr, fields.data(), fields.size(), nullptr);
@@ -226,7 +226,7 @@ const char* H2Stream::CannotCarry(const net::HttpParser& response) const {
 void H2Stream::SendInterim(const net::HttpParser& response) {
   // tandem sends its own 100 Continue; 103 Early Hints go on.
   if (response.status_code() == 100 || closed_) return;
-  net::H2ResponseFields& fields = connection_.fields();
+  net::H2Fields& fields = connection_.fields();
   fields.Build(response, false);
   nghttp2_submit_headers(connection_.session(), NGHTTP2_FLAG_NONE, id_, nullptr,
                          fields.data(), fields.size(), nullptr);
@@ -235,7 +235,7 @@ void H2Stream::SendInterim(const net::HttpParser& response) {
 
 void H2Stream::SubmitHead(bool no_body) {
   response_submitted_ = true;
-  net::H2ResponseFields& fields = connection_.fields();
+  net::H2Fields& fields = connection_.fields();
   nghttp2_data_provider provider;
   provider.source.ptr = this;
   provider.read_callback = ReadResponse;
@@ -248,8 +248,12 @@ void H2Stream::SendResponseHead(const net::HttpParser& response) {
   if (closed_) return;
   connection_.fields().Build(response, exchange_.head_request());
   const int status = response.status_code();
-  const bool no_body =
-      exchange_.head_request() || status == 204 || status == 304;
+  // No body: the HEADERS frame ends the stream (a gRPC Trailers-Only
+  // answer must come so, its status in that one frame).
+  const bool no_body = exchange_.head_request() || status == 204 ||
+                       status == 304 ||
+                       (response.framing() == net::Framing::kContentLength &&
+                        response.content_length() == 0);
   if (no_body) response_ended_ = true;
   SubmitHead(no_body);
 }
@@ -298,7 +302,7 @@ ssize_t H2Stream::ReadResponse(nghttp2_session* session, int32_t,
     *data_flags |= NGHTTP2_DATA_FLAG_EOF;
     if (self->has_trailers_) {
       *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-      net::H2ResponseFields& fields = self->connection_.fields();
+      net::H2Fields& fields = self->connection_.fields();
       fields.BuildTrailers(self->response_trailers_);
       nghttp2_submit_trailer(session, self->id_, fields.data(), fields.size());
     }
@@ -318,7 +322,7 @@ Downstream::LocalReply H2Stream::SendLocalResponse(
   // (`close` ends only this stream: OnResponseSent resets what the client
   // still sends.)
   if (closed_) return {close, 0};
-  net::H2ResponseFields& fields = connection_.fields();
+  net::H2Fields& fields = connection_.fields();
   response_ended_ = true;
   if (head_.grpc()) {
     // A gRPC client reads the outcome from grpc-status, not from the HTTP

@@ -149,11 +149,13 @@ enum class H2Error : uint8_t {
   kNoError,
   kProtocol,
   kEnhanceYourCalm,
+  kInternal,
   kFlood,
   kBadPreface
 };
 inline constexpr const char* kH2Errors[] = {
-    "no_error", "protocol_error", "enhance_your_calm", "flood", "bad_preface"};
+    "no_error",       "protocol_error", "enhance_your_calm",
+    "internal_error", "flood",          "bad_preface"};
 
 struct ListenerStats {
   std::array<LocalCounter, 6> requests;  // by StatusClass of the final answer

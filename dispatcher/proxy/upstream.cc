@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "dispatcher/proxy/h2_upstream.h"
+
 namespace tandem::dispatcher {
 namespace {
 
@@ -96,7 +98,8 @@ BackendPool::BackendPool(event_base* base, const conf::SocketAddress& address,
     : base_(base), address_(address), stats_(stats) {}
 
 BackendPool::~BackendPool() {
-  while (head_ != nullptr) Close(head_);
+  h2_.reset();
+  while (head_ != nullptr) CloseSocket(head_);
   if (session_ != nullptr) SSL_SESSION_free(session_);
 }
 
@@ -116,8 +119,21 @@ void BackendPool::StoreSession(SSL_SESSION* session) {
   session_ = session;
 }
 
+void BackendPool::set_http2(bool tls, uint64_t max_requests_per_connection) {
+  if (h2_) {
+    h2_->set_max_requests_per_connection(max_requests_per_connection);
+  } else {
+    h2_ = std::make_unique<H2Upstream>(*this, tls, max_requests_per_connection);
+  }
+}
+
+size_t BackendPool::idle_count() const {
+  return h2_ ? h2_->free_streams() : idle_.size();
+}
+
 UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user,
                                           std::string_view preamble) {
+  if (h2_) return h2_->OpenStream(user, std::string(preamble), false);
   while (!idle_.empty()) {
     // Most recently used first; with PROXY headers, the newest of this
     // client's (the list is bounded by max_idle_connections).
@@ -146,6 +162,15 @@ UpstreamConnection* BackendPool::TakeIdle(UpstreamUser* user,
 
 UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted,
                                          std::string preamble) {
+  if (!h2_) return ConnectSocket(user, counted, std::move(preamble));
+  // A stream's session counts its own connection when it makes one.
+  if (counted && shared_connections_)
+    shared_connections_->fetch_sub(1, std::memory_order_relaxed);
+  return h2_->OpenStream(user, preamble, true);
+}
+
+UpstreamConnection* BackendPool::ConnectSocket(UpstreamUser* user, bool counted,
+                                               std::string preamble) {
   // A connection that never came to be gives back the caller's reservation
   // (one that did gives it back in Close()).
   auto fail = [&]() -> UpstreamConnection* {
@@ -223,6 +248,10 @@ UpstreamConnection* BackendPool::Connect(UpstreamUser* user, bool counted,
 }
 
 void BackendPool::Release(UpstreamConnection* connection, uint32_t max_idle) {
+  if (connection->h2_stream_ != nullptr) {
+    h2_->CloseStream(connection);  // the stream is over
+    return;
+  }
   // Beyond max_idle only connections that stay idle are closed (CloseIdle),
   // so a burst of concurrency does not churn connections on every request.
   if (max_idle == 0 || !connection->connected_ ||
@@ -242,6 +271,14 @@ void BackendPool::Release(UpstreamConnection* connection, uint32_t max_idle) {
 }
 
 void BackendPool::Close(UpstreamConnection* connection) {
+  if (connection->h2_stream_ != nullptr) {
+    h2_->CloseStream(connection);
+    return;
+  }
+  CloseSocket(connection);
+}
+
+void BackendPool::CloseSocket(UpstreamConnection* connection) {
   if (connection->idle_) {
     idle_.erase(std::find(idle_.begin(), idle_.end(), connection));
     stats_->idle_connections.Add(-1);
@@ -265,6 +302,7 @@ void BackendPool::Close(UpstreamConnection* connection) {
 
 void BackendPool::CloseIdle(std::chrono::steady_clock::duration max_age,
                             size_t keep) {
+  if (h2_) h2_->CloseIdle(max_age);
   auto now = std::chrono::steady_clock::now();
   // idle_ is oldest first: stop at the first one young enough.
   while (!idle_.empty()) {
@@ -274,13 +312,13 @@ void BackendPool::CloseIdle(std::chrono::steady_clock::duration max_age,
     bool surplus =
         idle_.size() > keep && now - oldest->since_ >= std::chrono::seconds(1);
     if (!too_old && !surplus) break;
-    Close(oldest);
+    CloseSocket(oldest);
   }
 }
 
 void BackendPool::OnIdleEvent(UpstreamConnection* connection) {
   // An idle connection has nothing to say: data or EOF both end it.
-  Close(connection);
+  CloseSocket(connection);
 }
 
 }  // namespace tandem::dispatcher

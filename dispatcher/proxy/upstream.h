@@ -19,6 +19,9 @@
 namespace tandem::dispatcher {
 
 class BackendPool;
+class H2Session;
+class H2Upstream;
+class H2UpstreamStream;
 class UpstreamConnection;
 
 // Whoever is using an upstream connection for an exchange receives its events.
@@ -61,6 +64,8 @@ class UpstreamConnection {
 
  private:
   friend class BackendPool;
+  friend class H2UpstreamStream;  // makes the try's end of a stream
+  friend class H2Upstream;
   UpstreamConnection(BackendPool& pool, net::BufferEventPtr bev);
   ~UpstreamConnection();
 
@@ -83,6 +88,8 @@ class UpstreamConnection {
   evbuffer_cb_entry* output_watch_ = nullptr;  // OutputCb on the output
   uint32_t tls_generation_ = 0;  // the pool's, when this one was made
   std::string preamble_;         // sent first (a PROXY header), or empty
+  // An HTTP/2 stream's end of a bufferevent pair (null: a socket).
+  H2UpstreamStream* h2_stream_ = nullptr;
   int connect_error_ = 0;
   std::chrono::steady_clock::time_point since_;  // connect start, or idle since
   // Intrusive list of every connection of the pool.
@@ -99,6 +106,10 @@ class BackendPool : public net::TlsSessionSink {
   BackendPool& operator=(const BackendPool&) = delete;
 
   const conf::SocketAddress& address() const { return address_; }
+  // HTTP/2 to this backend (cluster protocol h2 or h2c): requests become
+  // streams of shared connections (H2Upstream); the calls below take and
+  // give back streams instead of connections.
+  void set_http2(bool tls, uint64_t max_requests_per_connection);
   // TLS to this backend (null: plain TCP); new connections use it and resume
   // the last session the backend issued. When `settings` (what the context
   // verifies and sends) differ from the last call's, connections and the
@@ -136,7 +147,8 @@ class BackendPool : public net::TlsSessionSink {
   void CloseIdle(std::chrono::steady_clock::duration max_age,
                  size_t keep = SIZE_MAX);
 
-  size_t idle_count() const { return idle_.size(); }
+  // Requests that could go at once without a new connection.
+  size_t idle_count() const;
   // Connections across threads, for a max_connections limit (null: none).
   // The max_connections counter this pool's connections count in (null: no
   // limit). A reload that adds, removes or replaces it moves the connections
@@ -158,7 +170,13 @@ class BackendPool : public net::TlsSessionSink {
 
  private:
   friend class UpstreamConnection;
+  friend class H2Session;         // its connection is a socket of the pool
+  friend class H2UpstreamStream;  // its pair is made on the pool's base
   void OnIdleEvent(UpstreamConnection* connection);
+  // A socket connection (HTTP/1.1, or an HTTP/2 session's), and its end.
+  UpstreamConnection* ConnectSocket(UpstreamUser* user, bool counted,
+                                    std::string preamble);
+  void CloseSocket(UpstreamConnection* connection);
 
   event_base* base_;
   conf::SocketAddress address_;
@@ -171,6 +189,7 @@ class BackendPool : public net::TlsSessionSink {
   std::vector<UpstreamConnection*> idle_;  // oldest first
   UpstreamConnection* head_ = nullptr;
   size_t count_ = 0;
+  std::unique_ptr<H2Upstream> h2_;  // null: HTTP/1.1
 };
 
 }  // namespace tandem::dispatcher

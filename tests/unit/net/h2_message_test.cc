@@ -25,7 +25,7 @@ std::string Field(const nghttp2_nv& nv) {
          std::string(reinterpret_cast<const char*>(nv.value), nv.valuelen);
 }
 
-std::string Fields(const H2ResponseFields& fields) {
+std::string Fields(const H2Fields& fields) {
   std::string out;
   for (size_t i = 0; i < fields.size(); ++i)
     out += Field(fields.data()[i]) + "\n";
@@ -157,7 +157,7 @@ TEST_CASE("response fields: hop-by-hop gone, names lowercase, length kept") {
   size_t used = 0;
   REQUIRE(parser.Execute(text.data(), text.size(), &used) ==
           HttpParser::Result::kPausedHead);
-  H2ResponseFields fields;
+  H2Fields fields;
   fields.Build(parser, false);
   CHECK(Fields(fields) ==
         ":status: 200\ncontent-type: text/plain\ncontent-length: 3\n");
@@ -171,13 +171,13 @@ TEST_CASE("a chunked response has no content-length in HTTP/2") {
   size_t used = 0;
   REQUIRE(parser.Execute(text.data(), text.size(), &used) ==
           HttpParser::Result::kPausedHead);
-  H2ResponseFields fields;
+  H2Fields fields;
   fields.Build(parser, false);
   CHECK(Fields(fields) == ":status: 200\nx-a: b\n");
 }
 
 TEST_CASE("tandem's own answers, plain and gRPC") {
-  H2ResponseFields fields;
+  H2Fields fields;
   fields.BuildLocal(503, "text/plain; charset=utf-8", 42, "Retry-After: 1\r\n");
   CHECK(Fields(fields) ==
         ":status: 503\ncontent-type: text/plain; charset=utf-8\n"
@@ -193,6 +193,24 @@ TEST_CASE("tandem's own answers, plain and gRPC") {
   CHECK(GrpcStatusFor(502, false) == 14);
   CHECK(GrpcStatusFor(431, false) == 3);
   CHECK(GrpcStatusFor(500, false) == 13);
+}
+
+TEST_CASE("grpc-timeout: parsed with its unit, forwarded in milliseconds") {
+  using namespace std::chrono;
+  CHECK(ParseGrpcTimeout("100m") == milliseconds(100));
+  CHECK(ParseGrpcTimeout("5S") == seconds(5));
+  CHECK(ParseGrpcTimeout("2H") == hours(2));
+  CHECK(ParseGrpcTimeout("1M") == minutes(1));
+  CHECK(ParseGrpcTimeout("7u") == microseconds(7));
+  CHECK(ParseGrpcTimeout("9n") == nanoseconds(9));
+  CHECK_FALSE(ParseGrpcTimeout("100").has_value());
+  CHECK_FALSE(ParseGrpcTimeout("m").has_value());
+  CHECK_FALSE(ParseGrpcTimeout("123456789m").has_value());  // 9 digits
+  CHECK_FALSE(ParseGrpcTimeout("-1S").has_value());
+  CHECK_FALSE(ParseGrpcTimeout("1x").has_value());
+  CHECK(FormatGrpcTimeout(milliseconds(250)) == "250m");
+  CHECK(FormatGrpcTimeout(microseconds(1)) == "1m");
+  CHECK(FormatGrpcTimeout(hours(100000)) == "99999999m");
 }
 
 }  // namespace tandem::net

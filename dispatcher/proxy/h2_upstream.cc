@@ -1,0 +1,762 @@
+// HTTP/2 to one backend; see h2_upstream.h.
+#include "dispatcher/proxy/h2_upstream.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+#include "net/h2_message.h"
+#include "net/http_io.h"
+#include "net/http_message.h"
+
+namespace tandem::dispatcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Request body a stream holds for its frames before the try's bytes are
+// read no more (the try's output then fills and its client is paused).
+constexpr size_t kBodyHighWater = 64 * 1024;
+constexpr size_t kBodyLowWater = 16 * 1024;
+// Streams a session takes before the backend's SETTINGS say how many.
+constexpr uint32_t kAssumedStreams = 100;
+// Each stream's response window, and the connection's.
+constexpr int32_t kStreamWindow = 256 * 1024;
+constexpr int32_t kConnectionWindow = 16 * 1024 * 1024;
+constexpr size_t kSessionHighWater = 256 * 1024;
+
+}  // namespace
+
+// One backend connection carrying streams.
+class H2Session final : private UpstreamUser {
+ public:
+  H2Session(H2Upstream& owner, std::string preamble)
+      : owner_(owner), preamble_(std::move(preamble)) {}
+  ~H2Session() override;
+
+  // Connects; false when no connection could be made.
+  bool Start();
+  bool ready() const { return ready_; }
+  bool closed() const { return closed_; }
+  // Streams it could still take (0 once it is going away).
+  size_t capacity() const;
+  const std::string& preamble() const { return preamble_; }
+  bool idle_since(Clock::time_point* since) const {
+    *since = idle_since_;
+    return streams_.empty();
+  }
+  nghttp2_session* session() const { return session_; }
+  H2Upstream& owner() const { return owner_; }
+
+  H2UpstreamStream* AddStream(UpstreamUser* user);
+  void RemoveStream(H2UpstreamStream* stream);
+  // A stream submitted a request.
+  void CountRequest();
+  // Frames wait: they go out from the session's own event.
+  void ScheduleSend();
+  // A stream wants its try's bytes read again.
+  void ScheduleParse(H2UpstreamStream* stream);
+  // Ends the session: streams told, its connection closed, freed later.
+  void Close();
+  // GOAWAY(NO_ERROR) and close once the streams are done.
+  void Terminate();
+
+ private:
+  void OnUpstreamConnected(UpstreamConnection& connection) override;
+  void OnUpstreamRead(UpstreamConnection& connection) override;
+  void OnUpstreamDrained(UpstreamConnection& connection) override;
+  void OnUpstreamClosed(UpstreamConnection& connection, short events) override;
+  static void SendCb(evutil_socket_t, short, void* arg);
+  void Send();
+  H2UpstreamStream* StreamOf(int32_t id) const {
+    return static_cast<H2UpstreamStream*>(
+        nghttp2_session_get_stream_user_data(session_, id));
+  }
+  static nghttp2_session_callbacks* Callbacks();
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame,
+                      const uint8_t* name, size_t name_length,
+                      const uint8_t* value, size_t value_length, uint8_t,
+                      void* arg);
+  static int OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
+                         void* arg);
+  static int OnFrameSend(nghttp2_session*, const nghttp2_frame* frame,
+                         void* arg);
+  static int OnDataChunk(nghttp2_session*, uint8_t, int32_t stream_id,
+                         const uint8_t* data, size_t length, void* arg);
+  static int OnStreamClose(nghttp2_session*, int32_t stream_id,
+                           uint32_t error_code, void* arg);
+
+  H2Upstream& owner_;
+  std::string preamble_;
+  UpstreamConnection* raw_ = nullptr;  // the backend connection
+  nghttp2_session* session_ = nullptr;
+  net::EventPtr send_event_;
+  std::vector<H2UpstreamStream*> streams_;
+  std::vector<H2UpstreamStream*> parse_;  // streams to read again
+  uint64_t requests_ = 0;
+  Clock::time_point idle_since_ = Clock::now();
+  bool ready_ = false;
+  bool going_away_ = false;  // GOAWAY received, or max requests reached
+  bool closed_ = false;
+};
+
+// One stream: the try's HTTP/1.1 bytes in, frames out, and back.
+class H2UpstreamStream final : private net::HttpParser::Handler {
+ public:
+  H2UpstreamStream(H2Session& session, UpstreamUser* user, bool ready);
+  ~H2UpstreamStream() override;
+
+  UpstreamConnection* end() const { return end_; }
+  // The session is ready: the try may write its request.
+  void OnSessionReady();
+  // The session could not be made (`error`: why, as errno).
+  void OnSessionFailed(int error);
+  // The session ended under the stream (`reached`: the backend may have the
+  // request).
+  void OnSessionClosed(bool reached);
+  void Detach() { session_ = nullptr; }
+
+  // From the session's callbacks.
+  void OnField(std::string_view name, std::string_view value);
+  void OnHeaders(bool end_stream);
+  void OnData(const uint8_t* data, size_t length);
+  void OnEndStream();
+  void OnHeadersSent() { headers_sent_ = true; }
+  void OnClose(uint32_t error_code);
+  // Reads what the try wrote (the session's parse event).
+  void Parse();
+
+ private:
+  static void ReadCb(bufferevent*, void* arg);
+  static void OutputCb(evbuffer*, const evbuffer_cb_info* info, void* arg);
+  static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buffer,
+                          size_t length, uint32_t* data_flags,
+                          nghttp2_data_source* source, void*);
+  // net::HttpParser::Handler, for the try's request.
+  net::HttpParser::HeadAction OnHeadComplete(net::HttpParser&) override;
+  void OnBody(net::HttpParser&, const char* data, size_t length) override;
+  void OnMessageComplete(net::HttpParser&) override;
+  void Submit();
+  // The stream is over for the try: what was written reaches it, then EOF
+  // (`never_reached`: the try may go to another connection, even a POST).
+  void Finish(bool never_reached);
+  evbuffer* out() const { return bufferevent_get_output(bev_); }
+
+  H2Session* session_;
+  UpstreamConnection* end_ = nullptr;  // the try's end of the pair
+  bufferevent* bev_ = nullptr;         // this end
+  net::HttpParser request_{net::HttpParser::Type::kRequest, this};
+  net::EvbufferPtr body_{evbuffer_new()};
+  std::string lines_;  // response fields as "name: value\r\n"
+  int32_t id_ = -1;
+  int status_ = 0;
+  uint64_t unconsumed_ = 0;  // DATA bytes whose window was not given back
+  bool has_length_ = false;
+  bool chunked_ = false;
+  bool final_seen_ = false;
+  bool request_done_ = false;
+  bool deferred_ = false;
+  bool headers_sent_ = false;
+  bool finished_ = false;
+};
+
+// ---- H2Upstream ---------------------------------------------------------
+
+H2Upstream::H2Upstream(BackendPool& pool, bool tls,
+                       uint64_t max_requests_per_connection)
+    : pool_(pool),
+      tls_(tls),
+      max_requests_per_connection_(max_requests_per_connection) {}
+
+H2Upstream::~H2Upstream() {
+  for (auto& session : sessions_) session->Close();
+  DeleteRetired();
+}
+
+void H2Upstream::DeleteRetired() { retired_.clear(); }
+
+void H2Upstream::Retire(H2Session* session) {
+  auto it =
+      std::find_if(sessions_.begin(), sessions_.end(),
+                   [session](const auto& s) { return s.get() == session; });
+  if (it == sessions_.end()) return;
+  retired_.push_back(std::move(*it));
+  sessions_.erase(it);
+}
+
+UpstreamConnection* H2Upstream::OpenStream(UpstreamUser* user,
+                                           const std::string& preamble,
+                                           bool connect) {
+  DeleteRetired();
+  H2Session* best = nullptr;
+  for (auto& session : sessions_) {
+    if (session->closed() || session->preamble() != preamble ||
+        session->capacity() == 0 || (!connect && !session->ready())) {
+      continue;
+    }
+    if (best == nullptr || (session->ready() && !best->ready())) {
+      best = session.get();
+    }
+  }
+  if (best == nullptr) {
+    if (!connect) return nullptr;
+    sessions_.push_back(std::make_unique<H2Session>(*this, preamble));
+    best = sessions_.back().get();
+    if (!best->Start()) {
+      best->Close();
+      return nullptr;
+    }
+  }
+  H2UpstreamStream* stream = best->AddStream(user);
+  return stream != nullptr ? stream->end() : nullptr;
+}
+
+void H2Upstream::CloseStream(UpstreamConnection* connection) {
+  H2UpstreamStream* stream = connection->h2_stream_;
+  delete stream;  // frees `connection` too
+}
+
+void H2Upstream::CloseIdle(Clock::duration max_age) {
+  DeleteRetired();
+  const Clock::time_point now = Clock::now();
+  std::vector<H2Session*> idle;
+  for (auto& session : sessions_) {
+    Clock::time_point since;
+    if (session->idle_since(&since) &&
+        (max_age.count() == 0 || now - since >= max_age)) {
+      idle.push_back(session.get());
+    }
+  }
+  for (H2Session* session : idle) session->Terminate();
+}
+
+size_t H2Upstream::free_streams() const {
+  size_t free = 0;
+  for (const auto& session : sessions_) {
+    if (session->ready()) free += session->capacity();
+  }
+  return free;
+}
+
+// ---- H2Session ----------------------------------------------------------
+
+H2Session::~H2Session() {
+  if (session_ != nullptr) nghttp2_session_del(session_);
+}
+
+bool H2Session::Start() {
+  nghttp2_option* option = nullptr;
+  if (nghttp2_option_new(&option) != 0) return false;
+  nghttp2_option_set_no_auto_window_update(option, 1);
+  nghttp2_option_set_no_closed_streams(option, 1);
+  nghttp2_option_set_peer_max_concurrent_streams(option, kAssumedStreams);
+  const int rv =
+      nghttp2_session_client_new2(&session_, Callbacks(), this, option);
+  nghttp2_option_del(option);
+  if (rv != 0) {
+    session_ = nullptr;
+    return false;
+  }
+  const nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
+  };
+  nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings,
+                          std::size(settings));
+  nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
+                                        kConnectionWindow);
+  BackendPool& pool = owner_.pool();
+  send_event_.reset(event_new(pool.base_, -1, 0, SendCb, this));
+  raw_ = pool.ConnectSocket(this, false, preamble_);
+  return raw_ != nullptr && send_event_ != nullptr;
+}
+
+size_t H2Session::capacity() const {
+  if (going_away_ || closed_) return 0;
+  uint32_t limit = kAssumedStreams;
+  if (session_ != nullptr && ready_) {
+    limit = std::min<uint32_t>(
+        nghttp2_session_get_remote_settings(
+            session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS),
+        10000);
+  }
+  size_t free = streams_.size() >= limit ? 0 : limit - streams_.size();
+  const uint64_t max = owner_.max_requests_per_connection();
+  if (max > 0) {
+    const uint64_t begun = requests_ + streams_.size();
+    free = begun >= max ? 0 : std::min<uint64_t>(free, max - begun);
+  }
+  return free;
+}
+
+H2UpstreamStream* H2Session::AddStream(UpstreamUser* user) {
+  auto* stream = new H2UpstreamStream(*this, user, ready_);
+  if (stream->end() == nullptr) {
+    delete stream;
+    return nullptr;
+  }
+  streams_.push_back(stream);
+  return stream;
+}
+
+void H2Session::RemoveStream(H2UpstreamStream* stream) {
+  streams_.erase(std::remove(streams_.begin(), streams_.end(), stream),
+                 streams_.end());
+  parse_.erase(std::remove(parse_.begin(), parse_.end(), stream), parse_.end());
+  if (streams_.empty()) {
+    idle_since_ = Clock::now();
+    if (going_away_) Terminate();
+  }
+}
+
+void H2Session::CountRequest() {
+  ++requests_;
+  const uint64_t max = owner_.max_requests_per_connection();
+  if (max > 0 && requests_ >= max) going_away_ = true;  // no new stream
+}
+
+void H2Session::ScheduleSend() {
+  if (send_event_ && !closed_) event_active(send_event_.get(), EV_TIMEOUT, 0);
+}
+
+void H2Session::ScheduleParse(H2UpstreamStream* stream) {
+  if (std::find(parse_.begin(), parse_.end(), stream) == parse_.end())
+    parse_.push_back(stream);
+  ScheduleSend();
+}
+
+void H2Session::SendCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<H2Session*>(arg);
+  std::vector<H2UpstreamStream*> parse;
+  parse.swap(self->parse_);
+  for (H2UpstreamStream* stream : parse) stream->Parse();
+  self->Send();
+}
+
+void H2Session::Send() {
+  if (closed_ || !ready_ || raw_ == nullptr) return;
+  evbuffer* out = raw_->output();
+  while (evbuffer_get_length(out) < kSessionHighWater) {
+    const uint8_t* data = nullptr;
+    const ssize_t n = nghttp2_session_mem_send(session_, &data);
+    if (n < 0) {
+      Close();
+      return;
+    }
+    if (n == 0) break;
+    evbuffer_add(out, data, static_cast<size_t>(n));
+  }
+  if (!nghttp2_session_want_read(session_) &&
+      !nghttp2_session_want_write(session_) && evbuffer_get_length(out) == 0)
+    Close();
+}
+
+void H2Session::Terminate() {
+  if (closed_) return;
+  going_away_ = true;
+  if (!ready_ || !streams_.empty()) {
+    if (!ready_) Close();
+    return;  // closes when its last stream goes (RemoveStream)
+  }
+  nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
+  Send();
+  Close();
+}
+
+void H2Session::Close() {
+  if (closed_) return;
+  closed_ = true;
+  going_away_ = true;
+  std::vector<H2UpstreamStream*> streams;
+  streams.swap(streams_);
+  for (H2UpstreamStream* stream : streams) {
+    stream->Detach();
+    if (ready_) {
+      stream->OnSessionClosed(true);
+    } else {
+      stream->OnSessionFailed(raw_ != nullptr ? raw_->connect_error() : 0);
+    }
+  }
+  if (raw_ != nullptr) {
+    owner_.pool().CloseSocket(raw_);
+    raw_ = nullptr;
+  }
+  owner_.Retire(this);
+}
+
+void H2Session::OnUpstreamConnected(UpstreamConnection& connection) {
+  if (SSL* ssl = bufferevent_openssl_get_ssl(connection.bev())) {
+    const unsigned char* alpn = nullptr;
+    unsigned int length = 0;
+    SSL_get0_alpn_selected(ssl, &alpn, &length);
+    if (length != 2 || std::memcmp(alpn, "h2", 2) != 0) {
+      // The backend does not speak HTTP/2 over this TLS connection.
+      Close();
+      return;
+    }
+  }
+  bufferevent_setwatermark(connection.bev(), EV_WRITE, 64 * 1024, 0);
+  ready_ = true;
+  std::vector<H2UpstreamStream*> streams = streams_;
+  for (H2UpstreamStream* stream : streams) stream->OnSessionReady();
+  Send();
+}
+
+void H2Session::OnUpstreamRead(UpstreamConnection& connection) {
+  evbuffer* in = connection.input();
+  while (evbuffer_get_length(in) > 0 && !closed_) {
+    evbuffer_iovec piece;
+    if (evbuffer_peek(in, -1, nullptr, &piece, 1) < 1) break;
+    const ssize_t n = nghttp2_session_mem_recv(
+        session_, static_cast<const uint8_t*>(piece.iov_base), piece.iov_len);
+    if (n < 0) {
+      Close();
+      return;
+    }
+    evbuffer_drain(in, static_cast<size_t>(n));
+  }
+  Send();
+}
+
+void H2Session::OnUpstreamDrained(UpstreamConnection&) { Send(); }
+
+void H2Session::OnUpstreamClosed(UpstreamConnection& connection, short) {
+  if (&connection == raw_) Close();
+}
+
+// nghttp2 callbacks.
+
+int H2Session::OnHeader(nghttp2_session*, const nghttp2_frame* frame,
+                        const uint8_t* name, size_t name_length,
+                        const uint8_t* value, size_t value_length, uint8_t,
+                        void* arg) {
+  auto* self = static_cast<H2Session*>(arg);
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id)) {
+    stream->OnField({reinterpret_cast<const char*>(name), name_length},
+                    {reinterpret_cast<const char*>(value), value_length});
+  }
+  return 0;
+}
+
+int H2Session::OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
+                           void* arg) {
+  auto* self = static_cast<H2Session*>(arg);
+  const bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+  switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+      if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id))
+        stream->OnHeaders(end);
+      break;
+    case NGHTTP2_DATA:
+      if (frame->data.padlen > 0) {
+        nghttp2_session_consume(session, frame->hd.stream_id,
+                                frame->data.padlen);
+      }
+      if (end) {
+        if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id))
+          stream->OnEndStream();
+      }
+      break;
+    case NGHTTP2_GOAWAY:
+      // Streams above its last id are closed by nghttp2 as refused (never
+      // reached: retried on another connection); the rest finish.
+      self->going_away_ = true;
+      break;
+    default:
+      break;
+  }
+  return 0;
+}
+
+int H2Session::OnFrameSend(nghttp2_session*, const nghttp2_frame* frame,
+                           void* arg) {
+  auto* self = static_cast<H2Session*>(arg);
+  if (frame->hd.type == NGHTTP2_HEADERS) {
+    if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id))
+      stream->OnHeadersSent();
+  }
+  return 0;
+}
+
+int H2Session::OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
+                           const uint8_t* data, size_t length, void* arg) {
+  auto* self = static_cast<H2Session*>(arg);
+  nghttp2_session_consume_connection(session, length);
+  if (H2UpstreamStream* stream = self->StreamOf(stream_id)) {
+    stream->OnData(data, length);
+  } else {
+    nghttp2_session_consume_stream(session, stream_id, length);
+  }
+  return 0;
+}
+
+int H2Session::OnStreamClose(nghttp2_session*, int32_t stream_id,
+                             uint32_t error_code, void* arg) {
+  auto* self = static_cast<H2Session*>(arg);
+  if (H2UpstreamStream* stream = self->StreamOf(stream_id)) {
+    nghttp2_session_set_stream_user_data(self->session_, stream_id, nullptr);
+    stream->OnClose(error_code);
+  }
+  return 0;
+}
+
+nghttp2_session_callbacks* H2Session::Callbacks() {
+  static nghttp2_session_callbacks* const callbacks = [] {
+    nghttp2_session_callbacks* c = nullptr;
+    nghttp2_session_callbacks_new(&c);
+    nghttp2_session_callbacks_set_on_header_callback(c, OnHeader);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(c, OnFrameRecv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(c, OnFrameSend);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, OnDataChunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(c, OnStreamClose);
+    return c;
+  }();
+  return callbacks;
+}
+
+// ---- H2UpstreamStream -----------------------------------------------------
+
+H2UpstreamStream::H2UpstreamStream(H2Session& session, UpstreamUser* user,
+                                   bool ready)
+    : session_(&session) {
+  BackendPool& pool = session.owner().pool();
+  bufferevent* pair[2] = {nullptr, nullptr};
+  if (bufferevent_pair_new(pool.base_,
+                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS,
+                           pair) != 0) {
+    return;
+  }
+  bev_ = pair[1];
+  end_ = new UpstreamConnection(pool, net::BufferEventPtr(pair[0]));
+  end_->h2_stream_ = this;
+  end_->user_ = user;
+  end_->connected_ = ready;
+  end_->since_ = Clock::now();
+  bufferevent_setcb(pair[0], UpstreamConnection::ReadCb,
+                    UpstreamConnection::WriteCb, UpstreamConnection::EventCb,
+                    end_);
+  end_->output_watch_ = evbuffer_add_cb(bufferevent_get_output(pair[0]),
+                                        UpstreamConnection::OutputCb, end_);
+  bufferevent_setcb(bev_, ReadCb, nullptr, nullptr, this);
+  // The try's bytes come in only while the body waiting for frames is small.
+  bufferevent_setwatermark(bev_, EV_READ, 0, kBodyHighWater);
+  evbuffer_add_cb(out(), OutputCb, this);
+  bufferevent_enable(bev_, EV_READ | EV_WRITE);
+  request_.set_max_head_bytes(4 * 1024 * 1024);
+  request_.set_max_fields(100000);
+}
+
+H2UpstreamStream::~H2UpstreamStream() {
+  if (session_ != nullptr) {
+    if (id_ > 0) {
+      nghttp2_session_set_stream_user_data(session_->session(), id_, nullptr);
+      if (!finished_) {
+        nghttp2_submit_rst_stream(session_->session(), NGHTTP2_FLAG_NONE, id_,
+                                  NGHTTP2_CANCEL);
+        session_->ScheduleSend();
+      }
+    }
+    session_->RemoveStream(this);
+  }
+  if (bev_ != nullptr) bufferevent_free(bev_);
+  delete end_;
+}
+
+void H2UpstreamStream::OnSessionReady() {
+  end_->connected_ = true;
+  bufferevent_trigger_event(end_->bev(), BEV_EVENT_CONNECTED,
+                            BEV_TRIG_DEFER_CALLBACKS);
+}
+
+void H2UpstreamStream::OnSessionFailed(int error) {
+  end_->connect_error_ = error != 0 ? error : ECONNREFUSED;
+  bufferevent_trigger_event(end_->bev(), BEV_EVENT_ERROR,
+                            BEV_TRIG_DEFER_CALLBACKS);
+}
+
+void H2UpstreamStream::OnSessionClosed(bool reached) {
+  Finish(!reached || !headers_sent_);
+}
+
+void H2UpstreamStream::Finish(bool never_reached) {
+  if (finished_) return;
+  finished_ = true;
+  // A refused stream never reached the backend: the try treats it as a
+  // pooled connection found closed (retried, on another connection).
+  if (never_reached && status_ == 0) end_->reused_ = true;
+  bufferevent_flush(bev_, EV_WRITE, BEV_FINISHED);
+}
+
+void H2UpstreamStream::ReadCb(bufferevent*, void* arg) {
+  static_cast<H2UpstreamStream*>(arg)->Parse();
+}
+
+void H2UpstreamStream::Parse() {
+  if (session_ == nullptr || finished_) return;
+  if (evbuffer_get_length(body_.get()) >= kBodyHighWater) return;
+  size_t consumed = 0;
+  const net::HttpParser::Result result =
+      net::Feed(request_, bufferevent_get_input(bev_), &consumed);
+  if (result == net::HttpParser::Result::kError) Finish(id_ <= 0);
+}
+
+net::HttpParser::HeadAction H2UpstreamStream::OnHeadComplete(net::HttpParser&) {
+  Submit();
+  return net::HttpParser::HeadAction::kContinue;
+}
+
+void H2UpstreamStream::Submit() {
+  net::H2Fields fields;
+  fields.BuildRequest(request_, session_->owner().tls() ? "https" : "http",
+                      session_->owner().pool().address().text);
+  nghttp2_data_provider provider;
+  provider.source.ptr = this;
+  provider.read_callback = ReadBody;
+  const bool body = request_.framing() != net::Framing::kNone;
+  id_ = nghttp2_submit_request(session_->session(), nullptr, fields.data(),
+                               fields.size(), body ? &provider : nullptr, this);
+  if (id_ < 0) {
+    Finish(true);
+    return;
+  }
+  session_->CountRequest();
+  session_->ScheduleSend();
+}
+
+void H2UpstreamStream::OnBody(net::HttpParser&, const char* data,
+                              size_t length) {
+  evbuffer_add(body_.get(), data, length);
+  if (deferred_ && id_ > 0) {
+    deferred_ = false;
+    nghttp2_session_resume_data(session_->session(), id_);
+    session_->ScheduleSend();
+  }
+}
+
+void H2UpstreamStream::OnMessageComplete(net::HttpParser&) {
+  request_done_ = true;
+  if (deferred_ && id_ > 0) {
+    deferred_ = false;
+    nghttp2_session_resume_data(session_->session(), id_);
+    session_->ScheduleSend();
+  }
+}
+
+ssize_t H2UpstreamStream::ReadBody(nghttp2_session* session, int32_t,
+                                   uint8_t* buffer, size_t length,
+                                   uint32_t* data_flags,
+                                   nghttp2_data_source* source, void*) {
+  auto* self = static_cast<H2UpstreamStream*>(source->ptr);
+  evbuffer* body = self->body_.get();
+  const int n = evbuffer_remove(body, buffer, length);
+  if (evbuffer_get_length(body) == 0 && self->request_done_) {
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    const net::HeaderList& trailers = self->request_.trailers();
+    if (!trailers.empty()) {
+      *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      net::H2Fields fields;
+      fields.BuildTrailers(trailers);
+      nghttp2_submit_trailer(session, self->id_, fields.data(), fields.size());
+    }
+  } else if (n <= 0) {
+    self->deferred_ = true;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  if (evbuffer_get_length(body) < kBodyLowWater &&
+      evbuffer_get_length(bufferevent_get_input(self->bev_)) > 0) {
+    self->session_->ScheduleParse(self);
+  }
+  return n < 0 ? 0 : n;
+}
+
+void H2UpstreamStream::OnField(std::string_view name, std::string_view value) {
+  if (name == ":status") {
+    int status = 0;
+    std::from_chars(value.data(), value.data() + value.size(), status);
+    if (!final_seen_) status_ = status;
+    return;
+  }
+  if (name.empty() || name[0] == ':') return;
+  if (name == "content-length") has_length_ = true;
+  lines_.append(name);
+  lines_.append(": ");
+  lines_.append(value);
+  lines_.append("\r\n");
+}
+
+void H2UpstreamStream::OnHeaders(bool end_stream) {
+  std::string text;
+  if (final_seen_) {
+    // Trailers: the end of a chunked body carries them.
+    if (chunked_) {
+      text = "0\r\n" + lines_ + "\r\n";
+      chunked_ = false;
+    }
+  } else {
+    text = "HTTP/1.1 " + std::to_string(status_) + " ";
+    text.append(net::ReasonPhrase(status_));
+    text.append("\r\n");
+    text.append(lines_);
+    const bool interim = status_ >= 100 && status_ < 200;
+    if (!interim) {
+      final_seen_ = true;
+      if (!has_length_) {
+        if (end_stream) {
+          text.append("content-length: 0\r\n");
+        } else if (status_ != 204 && status_ != 304) {
+          text.append("transfer-encoding: chunked\r\n");
+          chunked_ = true;
+        }
+      }
+    }
+    text.append("\r\n");
+  }
+  lines_.clear();
+  has_length_ = false;
+  evbuffer_add(out(), text.data(), text.size());
+  if (end_stream) OnEndStream();
+}
+
+void H2UpstreamStream::OnData(const uint8_t* data, size_t length) {
+  unconsumed_ += length;
+  net::FrameBody(
+      chunked_ ? net::Framing::kChunked : net::Framing::kContentLength,
+      reinterpret_cast<const char*>(data), length, out());
+}
+
+void H2UpstreamStream::OnEndStream() {
+  if (chunked_) {
+    evbuffer_add(out(), "0\r\n\r\n", 5);
+    chunked_ = false;
+  }
+}
+
+void H2UpstreamStream::OutputCb(evbuffer*, const evbuffer_cb_info* info,
+                                void* arg) {
+  // The try read response bytes: the stream's window opens by as much.
+  auto* self = static_cast<H2UpstreamStream*>(arg);
+  if (info->n_deleted == 0 || self->session_ == nullptr || self->id_ <= 0)
+    return;
+  const uint64_t credit =
+      std::min<uint64_t>(info->n_deleted, self->unconsumed_);
+  if (credit == 0) return;
+  self->unconsumed_ -= credit;
+  nghttp2_session_consume_stream(self->session_->session(), self->id_, credit);
+  self->session_->ScheduleSend();
+}
+
+void H2UpstreamStream::OnClose(uint32_t error_code) {
+  const bool never_reached =
+      error_code == NGHTTP2_REFUSED_STREAM || !headers_sent_;
+  id_ = -1;
+  Finish(never_reached && status_ == 0);
+}
+
+}  // namespace tandem::dispatcher
