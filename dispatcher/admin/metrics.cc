@@ -240,6 +240,10 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                    "the client",
                    with_class, static_cast<double>(s.responses[c].Get()));
       }
+      b->Histogram("tandem_backend_request_duration_seconds",
+                   "Time from a request head to the end of its response, for "
+                   "exchanges that ended on this backend",
+                   labels, s.request_duration);
       b->Counter("tandem_backend_connect_failures_total",
                  "Failed connects to a backend", labels,
                  static_cast<double>(s.connect_failures.Get()));

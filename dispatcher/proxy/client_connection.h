@@ -128,6 +128,7 @@ class ClientConnection final : public FrontConnection,
   std::string_view client_ip() const override {
     return std::string_view(client_address_).substr(0, client_ip_length_);
   }
+  bool grpc() const override { return false; }  // gRPC needs HTTP/2
   std::string_view protocol() const override {
     return request_->http_minor() == 0 ? "HTTP/1.0" : "HTTP/1.1";
   }

@@ -56,9 +56,8 @@ void Exchange::Begin(bool complete, bool at_upgrade) {
     return;
   }
   state_.upgrade = net::WantsUpgrade(request);
-  if (auto timeout = request.headers().Find("grpc-timeout")) {
-    if (auto type = request.headers().Find("content-type");
-        type && type->substr(0, 16) == "application/grpc") {
+  if (downstream_.grpc()) {
+    if (auto timeout = request.headers().Find("grpc-timeout")) {
       if (auto left = net::ParseGrpcTimeout(*timeout)) {
         state_.grpc_deadline =
             state_.request_start +
@@ -1068,9 +1067,9 @@ void Exchange::Log() {
   listener.stats->bytes_sent.Add(state_.response_body_bytes);
   runtime.stats->request_duration.Observe(micros);
   if (state_.last_backend != nullptr) {
-    runtime.backends[state_.last_backend_index]
-        .stats->responses[StatusClass(state_.status)]
-        .Add();
+    BackendStats& backend = *runtime.backends[state_.last_backend_index].stats;
+    backend.responses[StatusClass(state_.status)].Add();
+    backend.request_duration.Observe(micros);
   }
   AccessLog& log = loop_.access_log();
   if (!log.enabled()) return;

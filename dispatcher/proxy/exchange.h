@@ -50,6 +50,8 @@ class Downstream {
   virtual std::string_view client_ip() const = 0;
   // "HTTP/1.1", "HTTP/1.0" or "HTTP/2.0", for the access log.
   virtual std::string_view protocol() const = 0;
+  // A gRPC call (HTTP/2, content-type application/grpc...).
+  virtual bool grpc() const = 0;
   virtual const net::ProxyTlvs* proxy_tlvs() const = 0;
   // send_proxy's header naming this client (made once, then kept).
   virtual const std::string& ProxyHeader(int version) = 0;

@@ -324,7 +324,7 @@ Downstream::LocalReply H2Stream::SendLocalResponse(
   if (closed_) return {close, 0};
   net::H2Fields& fields = connection_.fields();
   response_ended_ = true;
-  if (head_.grpc()) {
+  if (grpc()) {
     // A gRPC client reads the outcome from grpc-status, not from the HTTP
     // status (Trailers-Only: one HEADERS frame that ends the stream).
     const bool overload =

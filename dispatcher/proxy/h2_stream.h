@@ -89,6 +89,7 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
   std::string_view client_address() const override;
   std::string_view client_ip() const override;
   std::string_view protocol() const override { return "HTTP/2.0"; }
+  bool grpc() const override { return head_.grpc(); }
   const net::ProxyTlvs* proxy_tlvs() const override;
   const std::string& ProxyHeader(int version) override;
   void ContinueRequest() override;

@@ -73,6 +73,8 @@ inline size_t StatusClass(int status) {
 
 struct BackendStats {
   std::array<LocalCounter, 6> responses;  // by StatusClass
+  // Request head to the end of the response, for exchanges that ended here.
+  LocalHistogram request_duration;
   LocalCounter connect_failures;
   LocalCounter upstream_resets;
   LocalCounter upstream_timeouts;

@@ -1,0 +1,308 @@
+#!/usr/bin/python3
+"""HTTP/2 front ends side by side: tandem, HAProxy and nginx (one thread or
+process each) in front of the same HTTP/1.1 tandem-worker backends, driven
+by h2load (nghttp2-client) over h2c (prior knowledge) and over TLS (ALPN
+h2), in alternating rounds. Prints per mode the median requests/s, p99 and
+proxy CPU microseconds per request, and tandem's ratios to the others.
+
+Environment (defaults in brackets):
+  PROXIES     proxies, in this order ["tandem haproxy nginx"]
+  MODES       "h2c" (plain, prior knowledge) and/or "h2" (TLS, ALPN) ["h2c h2"]
+  CONNS       h2load clients [100]        STREAMS  streams per client [10]
+  DURATION    seconds per run [10]        REPS     rounds [3]
+  WARMUP      seconds of load before the rounds [2]
+  BACKENDS    tandem-worker processes [3]
+  PROXY_CPUS  taskset CPUs for the proxies, e.g. "0" [none]
+  LOAD_CPUS   taskset CPUs for h2load and the backends, e.g. "1" [none]
+  TANDEM, WORKER  binaries [<repo>/build/tandem, <repo>/build/tandem-worker]
+  RESULTS_DIR also write runs.csv and report.md there
+See bench/README.md.
+"""
+
+import csv
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import cpu_ticks, free_port  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = os.environ.get
+PROXIES = ENV("PROXIES", "tandem haproxy nginx").split()
+MODES = ENV("MODES", "h2c h2").split()
+CONNS = int(ENV("CONNS", "100"))
+STREAMS = int(ENV("STREAMS", "10"))
+DURATION = int(ENV("DURATION", "10"))
+REPS = int(ENV("REPS", "3"))
+WARMUP = int(ENV("WARMUP", "2"))
+BACKENDS = int(ENV("BACKENDS", "3"))
+PROXY_CPUS = ENV("PROXY_CPUS", "")
+LOAD_CPUS = ENV("LOAD_CPUS", "")
+TANDEM = ENV("TANDEM", os.path.join(REPO, "build", "tandem"))
+WORKER = ENV("WORKER", os.path.join(REPO, "build", "tandem-worker"))
+RESULTS_DIR = ENV("RESULTS_DIR", "")
+
+
+def pinned(cpus, argv):
+    return (["taskset", "-c", cpus] + argv) if cpus else argv
+
+
+def log(message):
+    print("h2_bench: " + message, file=sys.stderr, flush=True)
+
+
+def wait_port(port, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listens on %d" % port)
+
+
+class Bench:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="h2-bench-")
+        os.chmod(self.dir, 0o755)  # nginx workers run as nobody
+        self.procs = []
+        self.backends = []
+        self.cert = os.path.join(self.dir, "cert.pem")
+        self.key = os.path.join(self.dir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", self.key,
+                        "-out", self.cert, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        with open(os.path.join(self.dir, "combined.pem"), "w") as out:
+            out.write(open(self.cert).read() + open(self.key).read())
+
+    def start(self, argv, name, cpus):
+        logf = open(os.path.join(self.dir, name + ".log"), "w")
+        proc = subprocess.Popen(pinned(cpus, argv), stdout=logf, stderr=subprocess.STDOUT,
+                                cwd=self.dir)
+        self.procs.append(proc)
+        return proc
+
+    def start_backends(self):
+        for i in range(BACKENDS):
+            port = free_port()
+            self.start([WORKER, "--listen", "127.0.0.1:%d" % port, "--name", "w%d" % i],
+                       "worker%d" % i, LOAD_CPUS)
+            wait_port(port)
+            self.backends.append(port)
+
+    # ---- configs ---------------------------------------------------------
+
+    def tandem(self, port, tls):
+        lines = ["[global]", "threads = 1", 'access_log = "off"', 'grace_period = "1s"', "",
+                 "[listeners.bench]", 'listen = "127.0.0.1:%d"' % port,
+                 'cluster = "workers"', 'idle_timeout = "120s"']
+        if tls:
+            lines += ['tls_cert = "%s"' % self.cert, 'tls_key = "%s"' % self.key]
+        lines += ["", "[clusters.workers]", 'algorithm = "round-robin"',
+                  "max_idle_connections = 64", "[clusters.workers.health]", 'kind = "none"']
+        for b in self.backends:
+            lines += ["[[clusters.workers.backends]]", 'address = "127.0.0.1:%d"' % b]
+        path = os.path.join(self.dir, "tandem-%d.toml" % port)
+        open(path, "w").write("\n".join(lines) + "\n")
+        return [TANDEM, "-c", path]
+
+    def haproxy(self, port, tls):
+        bind = ("ssl crt %s alpn h2,http/1.1" % os.path.join(self.dir, "combined.pem")
+                if tls else "proto h2")
+        servers = "\n".join("    server w%d 127.0.0.1:%d" % (i, b)
+                            for i, b in enumerate(self.backends))
+        text = f"""global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse safe
+    timeout connect 1s
+    timeout client 120s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 120s
+frontend bench
+    bind 127.0.0.1:{port} {bind}
+    default_backend workers
+backend workers
+    balance roundrobin
+{servers}
+"""
+        path = os.path.join(self.dir, "haproxy-%d.cfg" % port)
+        open(path, "w").write(text)
+        return ["haproxy", "-f", path]
+
+    def nginx(self, port, tls):
+        d = os.path.join(self.dir, "nginx-%d" % port)
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+        servers = "\n".join("        server 127.0.0.1:%d;" % b for b in self.backends)
+        listen = (f"listen 127.0.0.1:{port} ssl http2;\n        ssl_certificate {self.cert};"
+                  f"\n        ssl_certificate_key {self.key};" if tls
+                  else f"listen 127.0.0.1:{port} http2;")
+        text = f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_timeout 120s;
+    keepalive_requests 100000000;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream workers {{
+{servers}
+        keepalive 64;
+    }}
+    server {{
+        {listen}
+        location / {{
+            proxy_pass http://workers;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+        path = os.path.join(d, "nginx.conf")
+        open(path, "w").write(text)
+        return ["nginx", "-p", d + "/", "-c", path, "-e", os.path.join(d, "error.log")]
+
+    def start_proxy(self, proxy, mode):
+        port = free_port()
+        argv = getattr(self, proxy)(port, mode == "h2")
+        name = "%s-%s" % (proxy, mode)
+        proc = self.start(argv, name, PROXY_CPUS)
+        try:
+            wait_port(port)
+        except RuntimeError:
+            raise RuntimeError("%s did not start: %s" % (
+                name, open(os.path.join(self.dir, name + ".log")).read()[-2000:])) from None
+        return port, proc
+
+    # ---- one run -----------------------------------------------------------
+
+    def h2load(self, port, mode, duration, log_file=None):
+        url = ("https" if mode == "h2" else "http") + "://127.0.0.1:%d/" % port
+        argv = ["h2load", "-c", str(CONNS), "-m", str(STREAMS), "-t", "1",
+                "-D", str(duration), url]
+        if log_file:
+            argv += ["--log-file", log_file]
+        out = subprocess.run(pinned(LOAD_CPUS, argv), capture_output=True, text=True,
+                             timeout=duration + 60).stdout
+        done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, "
+                         r"(\d+) failed, (\d+) errored", out)
+        if not done:
+            raise RuntimeError("h2load said:\n" + out)
+        return int(done.group(3)), int(done.group(4)) + int(done.group(5)), out
+
+    def run(self, proxy, mode, port, proc, rep):
+        log_file = os.path.join(self.dir, "log-%s-%s-%d.tsv" % (proxy, mode, rep))
+        before = cpu_ticks(proc.pid)
+        start = time.monotonic()
+        ok, failed, _ = self.h2load(port, mode, DURATION, log_file)
+        elapsed = time.monotonic() - start
+        ticks = cpu_ticks(proc.pid) - before
+        durations = sorted(int(line.split("\t")[2]) for line in open(log_file)
+                           if line.count("\t") >= 2)
+        os.unlink(log_file)
+        p99 = durations[int(len(durations) * 0.99) - 1] if durations else 0
+        cpu_us = ticks * 1e6 / os.sysconf("SC_CLK_TCK")
+        return {"proxy": proxy, "mode": mode, "rep": rep, "requests": ok, "failed": failed,
+                "rps": round(ok / DURATION, 1), "p99_us": p99,
+                "cpu_us_per_req": round(cpu_us / max(ok, 1), 2),
+                "elapsed_s": round(elapsed, 2)}
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def report(rows):
+    lines = ["| mode | proxy | req/s | p99 ms | CPU µs/req | failed |", "|---|---|---:|---:|---:|---:|"]
+    med = {}
+    for mode in MODES:
+        for proxy in PROXIES:
+            runs = [r for r in rows if r["proxy"] == proxy and r["mode"] == mode]
+            if not runs:
+                continue
+            m = {k: statistics.median(r[k] for r in runs)
+                 for k in ("rps", "p99_us", "cpu_us_per_req")}
+            m["failed"] = sum(r["failed"] for r in runs)
+            med[(mode, proxy)] = m
+            lines.append(f"| {mode} | {proxy} | {m['rps']:,.0f} | {m['p99_us'] / 1000:.2f} | "
+                         f"{m['cpu_us_per_req']:.1f} | {m['failed']} |")
+    lines.append("")
+    for mode in MODES:
+        t = med.get((mode, "tandem"))
+        for other in PROXIES:
+            o = med.get((mode, other))
+            if t and o and other != "tandem":
+                lines.append(f"{mode}: tandem / {other}: req/s {t['rps'] / o['rps']:.2f}, "
+                             f"p99 {t['p99_us'] / max(o['p99_us'], 1):.2f}, "
+                             f"CPU/req {t['cpu_us_per_req'] / o['cpu_us_per_req']:.2f}")
+    return "\n".join(lines)
+
+
+def main():
+    for tool in ("h2load", "taskset") + tuple(p for p in PROXIES if p != "tandem"):
+        if not shutil.which(tool):
+            sys.exit("h2_bench: %s is not installed" % tool)
+    bench = Bench()
+    rows = []
+    try:
+        bench.start_backends()
+        running = {}
+        for proxy in PROXIES:
+            for mode in MODES:
+                running[(proxy, mode)] = bench.start_proxy(proxy, mode)
+                port, _ = running[(proxy, mode)]
+                bench.h2load(port, mode, WARMUP)
+        for rep in range(REPS):
+            for mode in MODES:
+                for proxy in PROXIES:
+                    port, proc = running[(proxy, mode)]
+                    row = bench.run(proxy, mode, port, proc, rep)
+                    log(str(row))
+                    rows.append(row)
+    finally:
+        bench.close()
+    text = report(rows)
+    header = ("h2load -c%d -m%d -D%d, %d rounds, proxies pinned to %s, load to %s" %
+              (CONNS, STREAMS, DURATION, REPS, PROXY_CPUS or "-", LOAD_CPUS or "-"))
+    print(header + "\n\n" + text)
+    if RESULTS_DIR:
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        with open(os.path.join(RESULTS_DIR, "runs.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            writer.writeheader()
+            writer.writerows(rows)
+        open(os.path.join(RESULTS_DIR, "report.md"), "w").write(header + "\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
