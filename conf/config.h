@@ -138,8 +138,10 @@ struct HashKey {
 };
 
 struct HealthCheck {
-  enum class Kind { kNone, kTcp, kHttp };
+  enum class Kind { kNone, kTcp, kHttp, kGrpc };
   Kind kind = Kind::kNone;
+  // kGrpc: the service asked about (grpc.health.v1); empty: the server.
+  std::string service;
   std::string method = "GET";
   std::string path = "/healthz";
   std::string host;         // Host of HTTP checks; empty: the backend's host

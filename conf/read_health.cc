@@ -22,6 +22,7 @@ constexpr auto kPositive = ZeroDuration::kRejected;
 constexpr std::pair<std::string_view, HealthCheck::Kind> kHealthKinds[] = {
     {"http", HealthCheck::Kind::kHttp},
     {"tcp", HealthCheck::Kind::kTcp},
+    {"grpc", HealthCheck::Kind::kGrpc},
     {"none", HealthCheck::Kind::kNone}};
 
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
@@ -36,10 +37,20 @@ std::string_view NotChecking(const TableReader& reader, std::string_view,
 // A key of HTTP checks only, given with another kind.
 std::string_view NotHttp(const TableReader& reader, std::string_view key,
                          const HealthCheck& health) {
-  if (reader.Bad(kKind) || health.kind != HealthCheck::Kind::kTcp) {
+  if (reader.Bad(kKind) || (health.kind != HealthCheck::Kind::kTcp &&
+                            health.kind != HealthCheck::Kind::kGrpc)) {
     return NotChecking(reader, key, health);
   }
-  return "has no effect with kind = \"tcp\"";
+  return health.kind == HealthCheck::Kind::kTcp
+             ? "has no effect with kind = \"tcp\""
+             : "has no effect with kind = \"grpc\"";
+}
+
+// A key of gRPC checks only, given with another kind.
+std::string_view NotGrpc(const TableReader& reader, std::string_view,
+                         const HealthCheck& health) {
+  if (reader.Bad(kKind) || health.kind == HealthCheck::Kind::kGrpc) return "";
+  return "has no effect unless kind = \"grpc\"";
 }
 
 std::string PathError(const std::string& path) {
@@ -126,6 +137,7 @@ std::span<const Key<HealthCheck>> HealthKeys() {
       StringKey("path", &H::path, PathError).UnusedWhen(NotHttp),
       StringKey("host", &H::host, HostError).UnusedWhen(NotHttp),
       StringKey("expect_body", &H::expect_body).UnusedWhen(NotHttp),
+      StringKey("service", &H::service).UnusedWhen(NotGrpc),
       IntegerKey("port", &H::port, 1, 65535).UnusedWhen(NotChecking),
       DurationKey(kInterval, &H::interval, kPositive).UnusedWhen(NotChecking),
       DurationKey(kTimeout, &H::timeout, kPositive).UnusedWhen(NotChecking),

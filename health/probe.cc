@@ -351,6 +351,23 @@ int Prober::Connect() {
 
 void Prober::OnConnected() {
   connected_ = true;
+  if (check_.kind == conf::HealthCheck::Kind::kGrpc) {
+    grpc_ = std::make_unique<GrpcCheck>();
+    std::string out;
+    if (!grpc_->Start(HostHeader(check_, target_), tls_ != nullptr,
+                      check_.service)) {
+      Decide(ProbeResult::Failure::kConnect, "cannot start the gRPC call");
+      Finish();
+      return;
+    }
+    grpc_->Output(&out);
+    if (bufferevent_write(bev_.get(), out.data(), out.size()) != 0 ||
+        bufferevent_enable(bev_.get(), EV_READ | EV_WRITE) != 0) {
+      Decide(ProbeResult::Failure::kConnect, "cannot send the request");
+      Finish();
+    }
+    return;
+  }
   if (check_.kind != conf::HealthCheck::Kind::kHttp) {
     Decide(ProbeResult::Failure::kNone, "connected");
     Finish();
@@ -421,6 +438,19 @@ void Prober::OnEvent(short events) {
 }
 
 bool Prober::Parse(const char* data, size_t length) {
+  if (grpc_) {
+    const bool decided =
+        grpc_->Feed(reinterpret_cast<const uint8_t*>(data), length);
+    std::string out;
+    grpc_->Output(&out);  // acknowledgements, window updates
+    if (!out.empty()) bufferevent_write(bev_.get(), out.data(), out.size());
+    if (!decided) return false;
+    result_.status = grpc_->http_status();
+    Decide(grpc_->passed() ? ProbeResult::Failure::kNone
+                           : ProbeResult::Failure::kStatus,
+           "gRPC " + grpc_->detail());
+    return true;
+  }
   if (!response_.Feed(data, length)) return false;
   Decide(response_.result().failure, response_.result().detail);
   return true;
@@ -440,7 +470,7 @@ void Prober::Finish() {
   running_ = false;
   ProbeResult result = std::move(result_);
   const ProbeResult& read = response_.result();
-  result.status = read.status;
+  if (result.status == 0) result.status = read.status;  // (gRPC: set already)
   result.weight_percent = read.weight_percent;
   result.drain = read.drain;
   result.duration = std::chrono::duration_cast<std::chrono::microseconds>(
@@ -453,6 +483,7 @@ void Prober::Finish() {
 
 void Prober::Close() {
   bev_.reset();
+  grpc_.reset();
   event_del(timer_.get());
 }
 

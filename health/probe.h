@@ -1,6 +1,7 @@
-// One backend's active health check: a TCP connect or an HTTP request on a
-// fresh connection, bounded by one timeout, as HAProxy's tcp-check/httpchk
-// (src/check.c), with agent-check style load feedback in the response headers.
+// One backend's active health check: a TCP connect, an HTTP request or the
+// gRPC health call (health/grpc_check.h) on a fresh connection, bounded by one
+// timeout, as HAProxy's tcp-check/httpchk (src/check.c), with agent-check style
+// load feedback in the response headers.
 #pragma once
 
 #include <event2/bufferevent.h>
@@ -14,6 +15,7 @@
 #include <string>
 
 #include "conf/config.h"
+#include "health/grpc_check.h"
 #include "net/http_parser.h"
 #include "net/tls_client.h"
 
@@ -171,8 +173,9 @@ class Prober {
   std::chrono::steady_clock::time_point started_;
   // The outcome (passed, failure, detail); the rest comes from response_.
   ProbeResult result_;
-  bool decided_ = false;            // result_ holds the outcome
-  ProbeResponse response_{check_};  // reset by Start
+  bool decided_ = false;             // result_ holds the outcome
+  ProbeResponse response_{check_};   // reset by Start
+  std::unique_ptr<GrpcCheck> grpc_;  // kind grpc: the call of this probe
 };
 
 }  // namespace tandem::health

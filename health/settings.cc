@@ -9,9 +9,17 @@ HealthSettings HealthSettingsFor(const conf::Cluster& cluster) {
   settings.rise = cluster.health.rise;
   settings.fall = cluster.health.fall;
   settings.slow_start = cluster.slow_start;
-  settings.check_name = cluster.health.kind == conf::HealthCheck::Kind::kTcp
-                            ? "TCP check"
-                            : "HTTP check";
+  switch (cluster.health.kind) {
+    case conf::HealthCheck::Kind::kTcp:
+      settings.check_name = "TCP check";
+      break;
+    case conf::HealthCheck::Kind::kGrpc:
+      settings.check_name = "gRPC check";
+      break;
+    default:
+      settings.check_name = "HTTP check";
+      break;
+  }
   if (cluster.outlier) {
     settings.consecutive_failures = cluster.outlier->consecutive_failures;
     settings.ejection_time = cluster.outlier->ejection_time;
