@@ -26,6 +26,11 @@ constexpr size_t kBodyHighWater = 64 * 1024;
 constexpr size_t kBodyLowWater = 16 * 1024;
 // Streams a session takes before the backend's SETTINGS say how many.
 constexpr uint32_t kAssumedStreams = 100;
+// An idle session is PINGed after this quiet time (checked once a loop
+// tick); one whose PING is not answered within kPingTimeout is closed, so
+// the next request does not find a connection the worker dropped silently.
+constexpr auto kPingAfter = std::chrono::seconds(1);
+constexpr auto kPingTimeout = std::chrono::seconds(2);
 // Each stream's response window, and the connection's.
 constexpr int32_t kStreamWindow = 256 * 1024;
 constexpr int32_t kConnectionWindow = 16 * 1024 * 1024;
@@ -66,6 +71,9 @@ class H2Session final : private UpstreamUser {
   void Close();
   // GOAWAY(NO_ERROR) and close once the streams are done.
   void Terminate();
+  // Liveness while idle: a PING after kPingAfter of quiet, the session
+  // closed when it goes unanswered for kPingTimeout.
+  void CheckLiveness(Clock::time_point now);
 
  private:
   void OnUpstreamConnected(UpstreamConnection& connection) override;
@@ -101,6 +109,8 @@ class H2Session final : private UpstreamUser {
   std::vector<H2UpstreamStream*> parse_;  // streams to read again
   uint64_t requests_ = 0;
   Clock::time_point idle_since_ = Clock::now();
+  Clock::time_point heard_at_ = Clock::now();  // the worker's last bytes
+  Clock::time_point ping_sent_at_{};           // zero: none outstanding
   bool ready_ = false;
   bool going_away_ = false;  // GOAWAY received, or max requests reached
   bool closed_ = false;
@@ -234,6 +244,9 @@ void H2Upstream::CloseIdle(Clock::duration max_age) {
     }
   }
   for (H2Session* session : idle) session->Terminate();
+  std::vector<H2Session*> all;
+  for (auto& session : sessions_) all.push_back(session.get());
+  for (H2Session* session : all) session->CheckLiveness(now);
 }
 
 size_t H2Upstream::free_streams() const {
@@ -357,6 +370,19 @@ void H2Session::Send() {
     Close();
 }
 
+void H2Session::CheckLiveness(Clock::time_point now) {
+  if (closed_ || !ready_) return;
+  if (ping_sent_at_ != Clock::time_point{}) {
+    if (now - ping_sent_at_ >= kPingTimeout) Close();  // silently gone
+    return;
+  }
+  if (streams_.empty() && now - heard_at_ >= kPingAfter) {
+    nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, nullptr);
+    ping_sent_at_ = now;
+    ScheduleSend();
+  }
+}
+
 void H2Session::Terminate() {
   if (closed_) return;
   going_away_ = true;
@@ -410,6 +436,7 @@ void H2Session::OnUpstreamConnected(UpstreamConnection& connection) {
 
 void H2Session::OnUpstreamRead(UpstreamConnection& connection) {
   evbuffer* in = connection.input();
+  heard_at_ = Clock::now();
   while (evbuffer_get_length(in) > 0 && !closed_) {
     evbuffer_iovec piece;
     if (evbuffer_peek(in, -1, nullptr, &piece, 1) < 1) break;
@@ -463,6 +490,9 @@ int H2Session::OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
         if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id))
           stream->OnEndStream();
       }
+      break;
+    case NGHTTP2_PING:
+      if (frame->hd.flags & NGHTTP2_FLAG_ACK) self->ping_sent_at_ = {};
       break;
     case NGHTTP2_GOAWAY:
       // Streams above its last id are closed by nghttp2 as refused (never
