@@ -180,6 +180,16 @@ struct Outlier {
   uint32_t failure_percentage_threshold = 85;
 };
 
+// [clusters.NAME.adaptive]: a gradient concurrency limiter's bounds
+// (docs/retries.md, "Adaptive concurrency").
+struct AdaptiveConcurrency {
+  uint32_t min_limit = 3;
+  uint32_t max_limit = 1000;
+  double sample = 0.5;  // the quantile of each window's RTTs ("p50")
+  double jitter = 0.1;  // of the interval between minRTT measurements
+  bool operator==(const AdaptiveConcurrency&) const = default;
+};
+
 struct UpstreamTls {
   bool enabled = false;
   bool alpn_h2 = false;     // offer h2 by ALPN (protocol = "h2")
@@ -265,8 +275,13 @@ struct Cluster {
   // wait ahead in the queue and push lower ones out of a full queue.
   std::string priority_header;
   std::optional<RateLimit> rate_limit;
+  // concurrency = "adaptive": tries in flight follow the workers' latency
+  // (below max_requests when that is set too).
+  bool concurrency_adaptive = false;
+  AdaptiveConcurrency adaptive;
   bool has_breakers() const {
-    return max_requests > 0 || max_pending > 0 || max_retries_in_flight > 0;
+    return max_requests > 0 || max_pending > 0 || max_retries_in_flight > 0 ||
+           concurrency_adaptive;
   }
   Duration queue_timeout = std::chrono::seconds(1);
   // Hang detection: a backend whose oldest request awaits its response head

@@ -205,7 +205,8 @@ std::span<const Schema* const> AllSchemas() {
                                           &BackendSchema(),
                                           &DnsSchema(),
                                           &ListenerRateLimitSchema(),
-                                          &ClusterRateLimitSchema()};
+                                          &ClusterRateLimitSchema(),
+                                          &AdaptiveSchema()};
   return schemas;
 }
 

@@ -34,6 +34,8 @@ constexpr std::string_view kDns = "dns";
 constexpr std::pair<std::string_view, Policy> kPolicies[] = {
     {"all-active", Policy::kAllActive},
     {"primary-backup", Policy::kPrimaryBackup}};
+constexpr std::pair<std::string_view, bool> kConcurrency[] = {
+    {"fixed", false}, {"adaptive", true}};
 constexpr std::pair<std::string_view, UpstreamProtocol> kProtocols[] = {
     {"http1", UpstreamProtocol::kHttp1},
     {"h2", UpstreamProtocol::kH2},
@@ -148,6 +150,19 @@ bool ReadClusterRateLimit(TableReader& reader, std::string_view key,
                        cluster.rate_limit);
 }
 
+// [clusters.NAME.adaptive].
+bool ReadClusterAdaptive(TableReader& reader, std::string_view key,
+                         Cluster& cluster) {
+  return ReadAdaptive(reader, key, cluster.adaptive);
+}
+
+std::string_view NotAdaptive(const TableReader&, std::string_view,
+                             const Cluster& cluster) {
+  return cluster.concurrency_adaptive
+             ? ""
+             : "has no effect without concurrency = \"adaptive\"";
+}
+
 std::span<const Key<Cluster>> ClusterKeys() {
   using algorithms::PickerOptions;
   constexpr auto kPositive = ZeroDuration::kRejected;
@@ -179,6 +194,9 @@ std::span<const Key<Cluster>> ClusterKeys() {
       CustomKey("priority_header", ReadPriorityHeader),
       CustomKey("rate_limit", ReadClusterRateLimit),
       IntegerKey("max_requests", &Cluster::max_requests, 0, 10000000),
+      EnumKey("concurrency", &Cluster::concurrency_adaptive, "concurrency",
+              kConcurrency),
+      CustomKey("adaptive", ReadClusterAdaptive).UnusedWhen(NotAdaptive),
       IntegerKey("max_pending", &Cluster::max_pending, 0, 10000000),
       IntegerKey("max_retries_in_flight", &Cluster::max_retries_in_flight, 0,
                  10000000),

@@ -84,6 +84,11 @@ bool ReadRateLimit(TableReader& parent, std::string_view key,
                    const Schema& schema, std::optional<RateLimit>& limit);
 const Schema& ListenerRateLimitSchema();
 const Schema& ClusterRateLimitSchema();
+// [clusters.NAME.adaptive] (in read_rate_limit.cc, with the other overload
+// tables).
+const Schema& AdaptiveSchema();
+bool ReadAdaptive(TableReader& parent, std::string_view key,
+                  AdaptiveConcurrency& adaptive);
 // RFC 9110 token characters (header and cookie names).
 bool ValidToken(std::string_view name);
 

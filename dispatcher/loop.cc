@@ -72,8 +72,10 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
     runtime.inflight.assign(cluster.backends.size(), 0);
     runtime.latency_us.assign(cluster.backends.size(), 0);
     runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
-    if (cluster.has_breakers())
+    if (cluster.has_breakers()) {
       runtime.breakers = loop.LimitsFor(cluster.name, "");
+      if (runtime.breakers) runtime.adaptive = runtime.breakers->adaptive.get();
+    }
     if (cluster.rate_limit) {
       runtime.rate = loop.RateLimitFor("rate:cluster", cluster.name,
                                        config_->global.threads);

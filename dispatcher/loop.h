@@ -20,6 +20,7 @@
 #include "algorithms/rng.h"
 #include "conf/config.h"
 #include "dispatcher/proxy/access_log.h"
+#include "dispatcher/proxy/adaptive_limiter.h"
 #include "dispatcher/proxy/latency_window.h"
 #include "dispatcher/proxy/rate_limiter.h"
 #include "dispatcher/proxy/stats.h"
@@ -55,6 +56,9 @@ struct SharedLimits {
   // A rate limit's buckets (its entry is keyed "rate:cluster" or
   // "rate:listener" and the name); set before the entry is shared.
   std::shared_ptr<RateLimiter> rate_limiter;
+  // A cluster's adaptive concurrency limiter (its own entry); set before
+  // the entry is shared.
+  std::shared_ptr<AdaptiveLimiter> adaptive;
 };
 
 // A listener's or cluster's rate limit on one loop (docs/retries.md).
@@ -144,6 +148,20 @@ struct ClusterRuntime {
   }
   // The cluster's circuit breakers, shared by every loop (null: none).
   std::shared_ptr<SharedLimits> breakers;
+  // concurrency = "adaptive": the limiter (in breakers), and this loop's
+  // samples not yet handed to it.
+  AdaptiveLimiter* adaptive = nullptr;
+  std::vector<uint32_t> adaptive_samples;
+  std::chrono::steady_clock::time_point adaptive_window{};
+  // The limit on tries in flight across threads now (0: none).
+  uint32_t RequestLimit() const {
+    uint32_t limit = config->max_requests;
+    if (adaptive != nullptr) {
+      const uint32_t now = adaptive->limit();
+      if (limit == 0 || now < limit) limit = now;
+    }
+    return limit;
+  }
   RateLimitRuntime rate;
   bool has_limits = false;    // some backend has max_inflight/max_connections
   bool activating = false;    // a cold backup is being started

@@ -291,7 +291,26 @@ void Server::PrepareLimits(const conf::Config& config) {
         auto it = limits_->find(key);
         if (it != limits_->end()) shared = it->second;
       }
-      if (!shared) shared = std::make_shared<SharedLimits>();
+      // An adaptive limiter is made with its entry and kept while its
+      // settings stay the same (its limit and minRTT carry over a reload).
+      const bool adaptive = own && cluster.concurrency_adaptive;
+      if (shared &&
+          (adaptive ? !shared->adaptive ||
+                          shared->adaptive->config() != cluster.adaptive
+                    : shared->adaptive != nullptr)) {
+        shared.reset();
+      }
+      if (!shared) {
+        shared = std::make_shared<SharedLimits>();
+        if (adaptive) {
+          shared->adaptive = std::make_shared<AdaptiveLimiter>(
+              cluster.adaptive,
+              std::hash<std::string>{}(cluster.name) ^
+                  static_cast<uint64_t>(std::chrono::steady_clock::now()
+                                            .time_since_epoch()
+                                            .count()));
+        }
+      }
       (*limits)[key] = std::move(shared);
     }
   }
@@ -787,6 +806,17 @@ std::string Server::StatusJson() {
       limit_from = "max_inflight";
       limit = by_backends;
     }
+    if (cluster.concurrency_adaptive && limits_) {
+      // The adaptive limit now (below max_requests when that is lower).
+      auto it = limits_->find({cluster.name, std::string()});
+      if (it != limits_->end() && it->second->adaptive) {
+        const uint64_t adaptive = it->second->adaptive->limit();
+        if (limit == 0 || adaptive < limit) {
+          limit = adaptive;
+          limit_from = "adaptive";
+        }
+      }
+    }
     out.append(",\"concurrency_limit\":");
     out.append(limit > 0 ? std::to_string(limit) : "null");
     out.append(",\"concurrency_limit_from\":");
@@ -897,6 +927,23 @@ std::string Server::MetricsText() {
                 Ready() ? 1 : 0);
   if (limits_) {
     for (const auto& [key, shared] : *limits_) {
+      if (shared->adaptive) {
+        // The cluster's own entry: (name, "").
+        builder.Gauge("tandem_adaptive_concurrency_limit",
+                      "The adaptive concurrency limit on tries in flight now",
+                      {{"cluster", key.first}},
+                      static_cast<double>(shared->adaptive->limit()));
+        builder.Gauge("tandem_adaptive_min_rtt_seconds",
+                      "The adaptive limiter's last minRTT measurement (0: "
+                      "none yet)",
+                      {{"cluster", key.first}},
+                      shared->adaptive->min_rtt_us() / 1e6);
+        builder.Gauge("tandem_adaptive_measuring",
+                      "1 while the adaptive limiter measures minRTT (the limit "
+                      "at min_limit, requests over it queued)",
+                      {{"cluster", key.first}},
+                      shared->adaptive->measuring() ? 1 : 0);
+      }
       if (!shared->rate_limiter) continue;
       // "rate:listener" or "rate:cluster", and the name.
       builder.Gauge("tandem_rate_limit_keys",

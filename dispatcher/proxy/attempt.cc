@@ -151,12 +151,10 @@ bool Attempt::Reusable() const {
 }
 
 bool Attempt::AcquireRequest(ClusterRuntime& runtime) {
-  if (holds_request_ || !runtime.breakers ||
-      runtime.config->max_requests == 0) {
-    return true;
-  }
-  if (!TakeShared(runtime.breakers->requests, runtime.config->max_requests))
-    return false;
+  if (holds_request_ || !runtime.breakers) return true;
+  const uint32_t limit = runtime.RequestLimit();
+  if (limit == 0) return true;
+  if (!TakeShared(runtime.breakers->requests, limit)) return false;
   holds_request_ = true;
   return true;
 }
@@ -282,6 +280,17 @@ void Attempt::SampleHeadTime() {
   ClusterRuntime& runtime = exchange_.cluster();
   BackendRuntime& backend = runtime.backends[backend_];
   runtime.head_times.Add(sample);
+  if (runtime.adaptive != nullptr) {
+    // A window at a time to the limiter: one lock per window, not per try.
+    runtime.adaptive_samples.push_back(
+        static_cast<uint32_t>(std::min<int64_t>(sample.count(), UINT32_MAX)));
+    if (runtime.adaptive_samples.size() >= AdaptiveLimiter::kWindowSamples ||
+        now - runtime.adaptive_window >= AdaptiveLimiter::kWindow) {
+      runtime.adaptive->Update(runtime.adaptive_samples, now);
+      runtime.adaptive_samples.clear();
+      runtime.adaptive_window = now;
+    }
+  }
   backend.answered_sent_at = std::max(backend.answered_sent_at, *since);
   if (runtime.config->picker.algorithm == algorithms::Algorithm::kP2cEwma) {
     backend.latency.Observe(sample, now);

@@ -333,7 +333,13 @@ void Exchange::Overflow(ClusterRuntime& runtime, bool retry,
     RequeueAtFront(runtime);
     return;
   }
-  const uint32_t queue_size = runtime.config->queue_size;
+  uint32_t queue_size = runtime.config->queue_size;
+  if (queue_size == 0 && runtime.adaptive != nullptr &&
+      runtime.adaptive->measuring()) {
+    // While minRTT is measured the limit stands at its floor for a moment:
+    // requests over it wait rather than get 503 (envoy#8337).
+    queue_size = runtime.config->adaptive.max_limit;
+  }
   if (queue_size > 0 && !retry &&
       (runtime.queue.size() < queue_size || ShedLower(runtime))) {
     EnterQueue(runtime, runtime.config->queue_timeout);
@@ -374,12 +380,20 @@ void Exchange::Route(const Retry* again) {
   ClusterRuntime& runtime = cluster();
   const bool retry = again != nullptr;
   if (!attempt_->AcquireRequest(runtime)) {
-    // The cluster's circuit breaker: max_requests in flight across threads.
-    // (Counted once per request, not at each turn it takes from the queue.)
-    if (!state_.from_queue)
-      runtime.stats->breaker_overflows[kBreakerRequests].Add();
-    state_.flags |= kFlagCircuitBreaker;
-    Overflow(runtime, retry, "the cluster is at max_requests");
+    // The cluster's circuit breaker: max_requests in flight across threads,
+    // or the adaptive limit below it. (Counted once per request, not at each
+    // turn it takes from the queue.)
+    const bool adaptive =
+        runtime.RequestLimit() != runtime.config->max_requests;
+    if (!state_.from_queue) {
+      runtime.stats
+          ->breaker_overflows[adaptive ? kBreakerAdaptive : kBreakerRequests]
+          .Add();
+    }
+    state_.flags |= adaptive ? kFlagAdaptive : kFlagCircuitBreaker;
+    Overflow(runtime, retry,
+             adaptive ? "the cluster is at its adaptive concurrency limit"
+                      : "the cluster is at max_requests");
     return;
   }
   algorithms::PickInput input = PickInputFor(runtime, &state_.tried);

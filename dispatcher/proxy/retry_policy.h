@@ -40,12 +40,13 @@ enum ExchangeFlag : uint32_t {
   kFlagHedged = 1 << 10,          // HD: a hedge raced the first try
   kFlagCircuitBreaker = 1 << 11,  // CB: a circuit breaker was reached
   kFlagRateLimited = 1 << 12,     // RL: over a rate limit (dry_run too)
+  kFlagAdaptive = 1 << 13,        // AC: over the adaptive concurrency limit
 };
 
 // The access-log names of the flags, in bit order.
-inline constexpr std::array<std::string_view, 13> kExchangeFlagNames = {
+inline constexpr std::array<std::string_view, 14> kExchangeFlagNames = {
     "UH", "UF", "UT", "UC", "DC", "UP", "RT",
-    "DT", "R5", "UO", "HD", "CB", "RL"};
+    "DT", "R5", "UO", "HD", "CB", "RL", "AC"};
 
 // Everything the rest of tandem says about one failure kind.
 struct FailureTraits {

@@ -96,10 +96,11 @@ inline constexpr const char* kHedgeResults[] = {"won", "lost", "failed"};
 enum BreakerLimit : size_t {
   kBreakerRequests,
   kBreakerPending,
-  kBreakerRetries
+  kBreakerRetries,
+  kBreakerAdaptive,  // the adaptive concurrency limit
 };
-inline constexpr const char* kBreakerLimits[] = {"max_requests", "max_pending",
-                                                 "max_retries_in_flight"};
+inline constexpr const char* kBreakerLimits[] = {
+    "max_requests", "max_pending", "max_retries_in_flight", "adaptive"};
 
 // What a rate limit said: allowed, refused (429), or over the limit in
 // dry_run (counted only).

@@ -2,7 +2,8 @@
 max_requests in flight to the backends, max_pending waiting in the queue and
 max_retries_in_flight retries; over them a request waits in the queue (when
 it has room) up to queue_timeout, else gets 503 with Retry-After, and its
-access-log line is flagged CB."""
+access-log line is flagged CB. With concurrency = "adaptive" the limit
+follows the workers' latency, and its refusals are flagged AC."""
 
 import collections
 import socket
@@ -60,6 +61,72 @@ class MaxRequestsTest(FaultTestCase):
         wait_access_count(tandem, 6)
         self.assertEqual(len([e for e in access_entries(tandem) if "CB" in e.flags]), 4)
         self.assertEqual(overflows(tandem, "max_requests"), 4)
+
+
+def gauge(tandem, name):
+    return next((v for k, v in tandem.metrics().items()
+                 if k.startswith(name + "{")), None)
+
+
+def load_loop(port, target, clients, seconds):
+    """`clients` threads sending `target` one after another on new
+    connections for `seconds`; returns the statuses (and failures) seen."""
+    statuses = collections.Counter()
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def run():
+        while time.monotonic() < deadline:
+            try:
+                status = http_request(port, "GET", target, timeout=scaled(10)).status
+            except (OSError, EOFError) as e:
+                status = type(e).__name__
+            with lock:
+                statuses[status] += 1
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + scaled(20))
+    return statuses
+
+
+class AdaptiveConcurrencyTest(FaultTestCase):
+
+    def test_the_limit_grows_on_fast_workers_and_falls_when_they_slow_down(self):
+        workers = [self.start_worker("w%d" % i, threads=2) for i in (1, 2)]
+        extra = NO_CHECKS + '[clusters.compute.adaptive]\nmin_limit = 3\nmax_limit = 100\n'
+        tandem = self.start_tandem(make_config(
+            [w.address for w in workers], global_opts={"threads": 2},
+            cluster_opts={"concurrency": "adaptive"}, extra=extra))
+        # Fast workers: minRTT is measured (the limit at 3, requests over it
+        # waiting, not refused), then the limit grows past the 16 clients.
+        fast = load_loop(tandem.port, "/", 16, 2.5)
+        limit = gauge(tandem, "tandem_adaptive_concurrency_limit")
+        min_rtt = gauge(tandem, "tandem_adaptive_min_rtt_seconds")
+        report("adaptive, fast workers", statuses=dict(fast), limit=limit, min_rtt=min_rtt)
+        self.assertEqual(set(fast), {200}, fast)
+        self.assertGreaterEqual(limit, 16)
+        self.assertTrue(0 < min_rtt <= 0.05, min_rtt)
+        # Every worker 20× slower: the limit falls to its floor, and the
+        # requests over it are refused at once with Retry-After, flagged AC.
+        for worker in workers:
+            self.assertEqual(http_request(worker.port, "POST", "/control/delay?ms=200",
+                                          body=b"").status, 200)
+        start = len(tandem.access_lines())
+        slow = load_loop(tandem.port, "/", 16, 2.5)
+        limit_after = gauge(tandem, "tandem_adaptive_concurrency_limit")
+        report("adaptive, slow workers", statuses=dict(slow), limit=limit_after)
+        self.assertLessEqual(limit_after, 6)
+        self.assertGreater(slow[503], 0, slow)
+        self.assertGreater(slow[200], 0, slow)
+        wait_access_count(tandem, sum(slow.values()), start)
+        refused = [e for e in access_entries(tandem, start) if e.status == 503]
+        self.assertTrue(refused and all("AC" in e.flags for e in refused), refused[:3])
+        self.assertGreater(overflows(tandem, "adaptive"), 0)
+        self.assertEqual(tandem.status_json()["clusters"][0]["concurrency_limit_from"],
+                         "adaptive")
 
 
 class MaxPendingTest(FaultTestCase):

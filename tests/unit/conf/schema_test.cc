@@ -49,6 +49,8 @@ constexpr Site kSites[] = {
      "[listeners.web.rate_limit]\n@\n"},
     {"[clusters.NAME.rate_limit]", "clusters.compute.rate_limit",
      "[clusters.compute.rate_limit]\n@\n"},
+    {"[clusters.NAME.adaptive]", "clusters.compute.adaptive",
+     "[clusters.compute.adaptive]\n@\n"},
 };
 
 const Site* SiteOf(const Schema& schema) {
