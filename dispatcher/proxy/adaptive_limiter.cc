@@ -8,8 +8,11 @@ namespace tandem::dispatcher {
 namespace {
 
 // A sample this much above minRTT still counts as "no queueing" (Envoy's
-// min_rtt buffer): the limit grows while samples stay within it.
+// min_rtt buffer): the limit grows while samples stay within it. At least
+// kMinBufferUs: with sub-millisecond workers, the scheduling noise of a busy
+// host alone would otherwise read as queueing and halve the limit.
 constexpr double kRttBuffer = 0.25;
+constexpr double kMinBufferUs = 1000;
 
 }  // namespace
 
@@ -88,8 +91,9 @@ void AdaptiveLimiter::Update(std::vector<uint32_t>& samples,
   const double sample = Quantile(samples);
   // Gradient: 2 when the workers answer as fast as ever (room to grow),
   // down to 0.5 when requests queue in them.
-  const double gradient = std::clamp(
-      static_cast<double>(min_rtt_us_) * (1.0 + kRttBuffer) / sample, 0.5, 2.0);
+  const double unqueued =
+      std::max(min_rtt_us_ * (1.0 + kRttBuffer), min_rtt_us_ + kMinBufferUs);
+  const double gradient = std::clamp(unqueued / sample, 0.5, 2.0);
   const double grown = gradient * exact_limit_;
   exact_limit_ = std::clamp(grown + std::sqrt(grown),
                             static_cast<double>(config_.min_limit),

@@ -104,4 +104,18 @@ TEST_CASE("minRTT is measured again after about 30 s, then the limit returns") {
   CHECK(again.limit() == 50);
 }
 
+TEST_CASE(
+    "with sub-millisecond workers, a millisecond of noise is no queueing") {
+  conf::AdaptiveConcurrency config;
+  AdaptiveLimiter limiter(config, 4);
+  Clock::time_point now{};
+  Feed(limiter, 200, 2, &now);  // minRTT 0.2 ms
+  REQUIRE(limiter.min_rtt_us() == 200);
+  const uint32_t before = limiter.limit();
+  Feed(limiter, 900, 3, &now);  // 4.5 × minRTT, but within 1 ms of it
+  CHECK(limiter.limit() > before);
+  Feed(limiter, 5'000, 3, &now);  // 5 ms: queueing
+  CHECK(limiter.limit() < before);
+}
+
 }  // namespace tandem::dispatcher
