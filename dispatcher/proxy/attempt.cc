@@ -376,7 +376,9 @@ void Attempt::OnUpstreamClosed(UpstreamConnection& connection, short events) {
     // A pooled connection the backend had closed while idle: the request
     // never reached it.
     exchange_.FailAttempt(*this, FailureKind::kPoolRace, 502,
-                          "backend closed the connection");
+                          connection.h2_refused()
+                              ? "backend refused the HTTP/2 stream"
+                              : "backend closed the connection");
   } else {
     exchange_.FailAttempt(*this, FailureKind::kReset, 502,
                           (events & BEV_EVENT_ERROR)

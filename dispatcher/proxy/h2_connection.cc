@@ -163,6 +163,7 @@ void H2Connection::CloseWhenIdle() {
   nghttp2_submit_shutdown_notice(session_);
   timeval tv = net::ToTimeval(kDrainPingWait);
   event_add(&timer_, &tv);
+  armed_for_ = Clock::time_point::min();
   Send();
 }
 
@@ -312,18 +313,23 @@ void H2Connection::ArmTimer() {
   if (destroyed_ || (draining_ && !goaway_sent_)) return;
   const conf::Listener& config = *listener_->config;
   Clock::time_point deadline = Clock::time_point::max();
-  bool any = false;
-  for (const H2Stream* s = streams_; s != nullptr; s = s->next) {
-    any = true;
-    if (!s->head_done())
-      deadline = std::min(deadline, s->began() + config.client_header_timeout);
-    if (s->lingering())
-      deadline = std::min(deadline, s->ended_at() + config.idle_timeout);
-  }
-  if (!any) {
+  if (streams_ == nullptr) {
     deadline = idle_since_ + (first_stream_ ? config.client_header_timeout
                                             : config.idle_timeout);
+  } else if (heads_waiting_ > 0 || lingering_ > 0) {
+    // Only then is a stream's own deadline due: the usual case (every head
+    // in, exchanges running on their own timers) walks no stream.
+    for (const H2Stream* s = streams_; s != nullptr; s = s->next) {
+      if (!s->head_done()) {
+        deadline =
+            std::min(deadline, s->began() + config.client_header_timeout);
+      }
+      if (s->lingering())
+        deadline = std::min(deadline, s->ended_at() + config.idle_timeout);
+    }
   }
+  if (deadline == armed_for_) return;  // the timer stands as it should
+  armed_for_ = deadline;
   if (deadline == Clock::time_point::max()) {
     event_del(&timer_);
     return;
@@ -334,6 +340,7 @@ void H2Connection::ArmTimer() {
 }
 
 void H2Connection::OnTimer() {
+  armed_for_ = Clock::time_point::min();  // no longer pending
   if (draining_ && !goaway_sent_) {
     GoAway(NGHTTP2_NO_ERROR);  // the PING did not come back in time
     return;
@@ -373,6 +380,7 @@ void H2Connection::GoAway(uint32_t code) {
     // Whatever the client does, the connection ends after idle_timeout.
     timeval tv = net::ToTimeval(listener_->config->idle_timeout);
     event_add(&timer_, &tv);
+    armed_for_ = Clock::time_point::min();  // set here, not by ArmTimer
   }
 }
 
@@ -393,6 +401,7 @@ int H2Connection::OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
     old_stats->connections_open.Add(-1);
     self->listener_->stats->connections_open.Add(1);
   }
+  ++self->heads_waiting_;
   auto* stream = new H2Stream(*self, id);
   nghttp2_session_set_stream_user_data(self->session_, id, stream);
   LinkFront(self->streams_, stream);
@@ -492,6 +501,8 @@ int H2Connection::OnStreamClose(nghttp2_session*, int32_t stream_id,
   if (stream == nullptr) return 0;
   nghttp2_session_set_stream_user_data(self->session_, stream_id, nullptr);
   Unlink(self->streams_, stream);
+  if (!stream->head_done()) --self->heads_waiting_;
+  if (stream->lingering()) --self->lingering_;
   stream->OnClose(error_code);
   self->closed_.push_back(stream);
   if (self->streams_ == nullptr) self->idle_since_ = Clock::now();

@@ -128,6 +128,13 @@ class H2Connection final : public FrontConnection {
   std::vector<H2Stream*> closed_;
   std::vector<int32_t> drained_;  // stream ids whose exchange awaits room
   uint64_t streams_begun_ = 0;
+  // Streams whose head is not all in, and streams whose exchange ended but
+  // whose response is not all out: only these need the timer to walk them.
+  uint32_t heads_waiting_ = 0;
+  uint32_t lingering_ = 0;
+  // The deadline the timer is armed for (max: disarmed; min: unknown).
+  std::chrono::steady_clock::time_point armed_for_ =
+      std::chrono::steady_clock::time_point::min();
   std::chrono::steady_clock::time_point idle_since_;
   bool first_stream_ = true;  // client_header_timeout until one begins
   bool send_scheduled_ = false;

@@ -61,6 +61,7 @@ void H2Stream::AddTrailer(std::string_view name, std::string_view value) {
 
 void H2Stream::OnHead(bool end_stream) {
   head_done_ = true;
+  --connection_.heads_waiting_;
   end_stream_ = end_stream;
   std::string& text = connection_.loop().scratch();
   if (!head_.Write(end_stream, &text, &chunked_)) {
@@ -358,6 +359,7 @@ void H2Stream::Reset(uint32_t code) {
 }
 
 void H2Stream::ExchangeEnded(End end) {
+  if (!exchange_ended_ && !closed_) ++connection_.lingering_;
   exchange_ended_ = true;
   ended_at_ = std::chrono::steady_clock::now();
   // Request body nobody will read: its window opens for the rest.

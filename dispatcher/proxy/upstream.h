@@ -51,6 +51,9 @@ class UpstreamConnection {
   // closed by the backend while idle, so a failure is worth one more try).
   bool reused() const { return reused_; }
   bool connected() const { return connected_; }
+  // An HTTP/2 stream's end whose stream never reached the backend (refused,
+  // above a GOAWAY's last id, or its connection failed first).
+  bool h2_refused() const { return h2_stream_ != nullptr && reused_; }
   // Why the connect failed (ECONNREFUSED, ETIMEDOUT...), 0 when unknown.
   int connect_error() const { return connect_error_; }
   // Replaces the user; used when an exchange hands the connection over.
