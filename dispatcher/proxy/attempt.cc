@@ -380,10 +380,11 @@ void Attempt::OnUpstreamClosed(UpstreamConnection& connection, short events) {
                               ? "backend refused the HTTP/2 stream"
                               : "backend closed the connection");
   } else {
-    exchange_.FailAttempt(*this, FailureKind::kReset, 502,
-                          (events & BEV_EVENT_ERROR)
-                              ? "connection to backend reset"
-                              : "backend closed the connection");
+    exchange_.FailAttempt(
+        *this, FailureKind::kReset, 502,
+        connection.h2_refused()      ? "backend refused the HTTP/2 stream"
+        : (events & BEV_EVENT_ERROR) ? "connection to backend reset"
+                                     : "backend closed the connection");
   }
 }
 
