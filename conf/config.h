@@ -112,6 +112,9 @@ struct Listener {
   std::vector<Cidr> trusted_proxies = DefaultTrustedProxies();
   Duration proxy_protocol_timeout = std::chrono::seconds(5);
   std::optional<RateLimit> rate_limit;
+  // Its requests' priority in a cluster's queue when they name none in the
+  // cluster's priority_header (0 highest .. 7 lowest; "normal" is 4).
+  uint8_t priority = 4;
   // Which protocols it serves (docs/http2.md): HTTP/1.1, and HTTP/2 as
   // "h2" by ALPN on a TLS listener or "h2c" by prior knowledge on a plain
   // one. `protocols` unset: both.

@@ -1,12 +1,13 @@
 // A request's priority for the queue (docs/retries.md, "Priorities"): 0 is
-// the highest, 7 the lowest; "high", "normal" and "low" are 0, 4 and 7.
+// the highest, 7 the lowest; "high", "normal" and "low" are 0, 4 and 7. As a
+// header's value (priority_header) and as a listener's `priority`.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string_view>
 
-namespace tandem::dispatcher {
+namespace tandem::conf {
 
 inline constexpr uint8_t kHighPriority = 0;
 inline constexpr uint8_t kNormalPriority = 4;
@@ -32,4 +33,4 @@ inline std::optional<uint8_t> ParsePriority(std::string_view value) {
   return std::nullopt;
 }
 
-}  // namespace tandem::dispatcher
+}  // namespace tandem::conf

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "conf/priority.h"
 #include "conf/readers.h"
 #include "conf/tls_files.h"
 
@@ -195,6 +196,22 @@ bool ReadProtocols(TableReader& reader, std::string_view key,
   return good;
 }
 
+// priority = "high" | "normal" | "low" | "0".."7".
+bool ReadListenerPriority(TableReader& reader, std::string_view key,
+                          Listener& listener) {
+  std::string text;
+  if (!reader.ReadString(key, &text)) return false;
+  const std::optional<uint8_t> priority = ParsePriority(text);
+  if (!priority) {
+    reader.Error(*reader.Find(key), key,
+                 "unknown priority \"" + text +
+                     "\"; expected high, normal, low or 0-7 (0 the highest)");
+    return false;
+  }
+  listener.priority = *priority;
+  return true;
+}
+
 // [listeners.NAME.rate_limit].
 bool ReadListenerRateLimit(TableReader& reader, std::string_view key,
                            Listener& listener) {
@@ -232,6 +249,7 @@ std::span<const Key<Listener>> ListenerKeys() {
                   ZeroDuration::kRejected)
           .UnusedWhen(WithoutProxyProtocol),
       CustomKey("protocols", ReadProtocols),
+      CustomKey("priority", ReadListenerPriority),
       IntegerKey("h2_max_concurrent_streams",
                  &Listener::h2_max_concurrent_streams, 1, 1 << 20)
           .UnusedWhen(WithoutHttp2),

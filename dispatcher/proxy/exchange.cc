@@ -67,10 +67,12 @@ void Exchange::Begin(bool complete, bool at_upgrade) {
       }
     }
   }
+  // The listener's priority, unless the request names its own.
+  state_.priority = downstream_.listener().config->priority;
   const std::string& priority_header = cluster().config->priority_header;
   if (!priority_header.empty()) {
     if (auto value = request.headers().Find(priority_header)) {
-      state_.priority = ParsePriority(*value).value_or(kNormalPriority);
+      state_.priority = conf::ParsePriority(*value).value_or(state_.priority);
     }
   }
   if (!PassRateLimits()) return;
@@ -521,7 +523,7 @@ void Exchange::SendRequest() {
   if (state_.request_complete) {
     ArmHeadTimer(Clock::now());
   } else {
-    ArmTimer(cluster().config->idle_timeout);
+    ArmIdleTimer();
   }
   downstream_.ContinueRequest();
 }
@@ -854,7 +856,7 @@ void Exchange::OnResponseHead(Attempt& attempt,
   state_.response_started = true;
   // From here on only silence ends the exchange.
   Touch();
-  ArmTimer(cluster().config->idle_timeout);
+  ArmIdleTimer();
 }
 
 void Exchange::OnResponseBody(const char* data, size_t length) {
@@ -917,6 +919,25 @@ void Exchange::Finish() {
 
 // ---- timers ----------------------------------------------------------------
 
+std::optional<Clock::time_point> Exchange::IdleDeadline() const {
+  if (downstream_.grpc()) {
+    // A streaming call may be quiet for long (docs/http2.md): only its own
+    // deadline, when it set one, ends it.
+    if (state_.grpc_deadline == Clock::time_point{}) return std::nullopt;
+    return state_.grpc_deadline;
+  }
+  return last_activity_ + cluster().config->idle_timeout;
+}
+
+void Exchange::ArmIdleTimer() {
+  const std::optional<Clock::time_point> deadline = IdleDeadline();
+  if (deadline) {
+    ArmTimer(*deadline - Clock::now());
+  } else {
+    event_del(&timer_);
+  }
+}
+
 void Exchange::ArmTimer(Clock::duration delay) {
   timeval tv = net::ToTimeval(std::max(delay, Clock::duration::zero()));
   event_add(&timer_, &tv);
@@ -958,9 +979,10 @@ void Exchange::OnTimer() {
       return;
     case Phase::kProxying: {
       if (!state_.request_complete || state_.response_started) {
-        auto idle_for = now - last_activity_;
-        if (idle_for < config.idle_timeout) {
-          ArmTimer(config.idle_timeout - idle_for);
+        const std::optional<Clock::time_point> idle_end = IdleDeadline();
+        if (!idle_end) return;  // a gRPC call without a deadline
+        if (now < *idle_end) {
+          ArmTimer(*idle_end - now);
           return;
         }
         if (!state_.response_started) {

@@ -14,8 +14,8 @@
 #include <string_view>
 
 #include "algorithms/picker.h"
+#include "conf/priority.h"
 #include "dispatcher/proxy/attempt.h"
-#include "dispatcher/proxy/priority.h"
 #include "dispatcher/proxy/retry_policy.h"
 #include "net/http_parser.h"
 #include "net/proxy_protocol.h"
@@ -274,6 +274,10 @@ class Exchange {
   void CountRetry(ClusterRuntime& runtime);
   std::string_view FlagsText();
   void ArmTimer(std::chrono::steady_clock::duration delay);
+  // When silence ends the exchange while a body streams: idle_timeout after
+  // the last byte; for a gRPC call its deadline, or never (nullopt).
+  std::optional<std::chrono::steady_clock::time_point> IdleDeadline() const;
+  void ArmIdleTimer();
   static void TimerCb(evutil_socket_t, short, void* arg);
   void OnTimer();
 
@@ -303,15 +307,15 @@ class Exchange {
     std::string trail;       // failed tries: "backend:CODE ..." for the log
     std::string retry_body;  // request body kept for a retry
     bool body_kept = true;   // retry_body holds the whole body so far
-    bool counted_request = false;        // in cluster().active_requests
-    bool counted_retry = false;          // in cluster().active_retries
-    bool queued = false;                 // in cluster().queue
-    bool from_queue = false;             // Route() called for a queued request
-    bool waiting_activation = false;     // queued until a cold backup is up
-    bool hedged = false;                 // a hedge was sent
-    uint8_t priority = kNormalPriority;  // from priority_header
-    bool counted_pending = false;        // in the cluster's shared max_pending
-    bool counted_shared_retry = false;   // in its shared max_retries_in_flight
+    bool counted_request = false;     // in cluster().active_requests
+    bool counted_retry = false;       // in cluster().active_retries
+    bool queued = false;              // in cluster().queue
+    bool from_queue = false;          // Route() called for a queued request
+    bool waiting_activation = false;  // queued until a cold backup is up
+    bool hedged = false;              // a hedge was sent
+    uint8_t priority = conf::kNormalPriority;  // listener, priority_header
+    bool counted_pending = false;       // in the cluster's shared max_pending
+    bool counted_shared_retry = false;  // in its shared max_retries_in_flight
     bool head_request = false;
     bool upgrade = false;             // the request asks for a protocol switch
     bool stopped_at_upgrade = false;  // its parser stopped at the switch

@@ -199,6 +199,27 @@ class GrpcCallsTest(TandemTestCase):
 # ---- 3: grpc-timeout ---------------------------------------------------------------------
 
 
+class StreamingIdleTest(TandemTestCase):
+    """A streaming call has no idle timeout (docs/http2.md): one quiet for
+    longer than the cluster's idle_timeout goes on."""
+
+    def test_a_bidi_call_quiet_past_idle_timeout_goes_on(self):
+        worker = start_grpc_worker(self, "w1")
+        tandem = self.start_tandem(make_config(
+            [worker.address], cluster_opts=dict(H2C, idle_timeout="1s")))
+        client = grpc_client(self, tandem.port)
+
+        def messages():
+            yield b"a"
+            time.sleep(2.5)
+            yield b"b"
+
+        started = time.monotonic()
+        replies = list(client.upper(messages(), timeout=20))
+        self.assertEqual(replies, [b"A", b"B"])
+        self.assertGreaterEqual(time.monotonic() - started, 2.4)
+
+
 class GrpcTimeoutTest(TandemTestCase):
 
     @classmethod

@@ -232,6 +232,44 @@ class PriorityTest(FaultTestCase):
         self.assertIn('priority="7"', list(shed)[0])
 
 
+class ListenerPriorityTest(FaultTestCase):
+    """A listener's `priority` is its requests' priority when they name none:
+    a "low" batch listener's request is shed from a full queue for a normal
+    one from the main listener."""
+
+    def test_a_low_listener_request_is_shed_for_a_normal_one(self):
+        worker = self.start_worker("w1", threads=2)
+        extra = NO_CHECKS + ('[listeners.batch]\nlisten = "127.0.0.1:0"\n'
+                             'cluster = "compute"\npriority = "low"\n')
+        tandem = self.start_tandem(make_config(
+            [worker.address],
+            cluster_opts={"max_requests": 1, "queue_size": 1, "queue_timeout": "5s",
+                          "priority_header": "X-Priority"},
+            extra=extra))
+        results = {}
+
+        def send(name, port, ms):
+            response = http_request(port, "GET", "/sleep?ms=%d" % ms, timeout=scaled(20))
+            results[name] = response.status
+
+        threads = []
+        for name, port, ms in (("first", tandem.port, 500),
+                               ("batch", tandem.ports["batch"], 100),
+                               ("main", tandem.port, 100)):
+            thread = threading.Thread(target=send, args=(name, port, ms), daemon=True)
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.1)
+        for thread in threads:
+            thread.join(scaled(20))
+        report("listener priority", **results)
+        self.assertEqual(results, {"first": 200, "batch": 503, "main": 200})
+        shed = {k: v for k, v in tandem.metrics().items()
+                if k.startswith("tandem_shed_total") and v}
+        self.assertEqual(list(shed.values()), [1.0], shed)
+        self.assertIn('priority="7"', list(shed)[0])
+
+
 def get_from(port, source="127.0.0.1", headers=None, keep=None):
     """GET / from `source` (an address of 127.0.0.0/8); returns (status,
     Retry-After or None). `keep`: a socket to send on again (keep-alive)."""

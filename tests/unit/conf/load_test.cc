@@ -282,6 +282,14 @@ TEST_CASE("protocols: HTTP/2 by default, h2 only on TLS, h2c only plain") {
   CHECK(Errors(listener + "protocols = [\"spdy\"]\n" + cluster).size() == 1);
   CHECK(Errors(listener + "h2_max_concurrent_streams = 0\n" + cluster).size() ==
         1);
+  CHECK(config->listeners[0].priority == 4);
+  CHECK(Valid(listener + "priority = \"low\"\n" + cluster)
+            ->listeners[0]
+            .priority == 7);
+  CHECK(
+      Valid(listener + "priority = \"1\"\n" + cluster)->listeners[0].priority ==
+      1);
+  CHECK(Errors(listener + "priority = \"urgent\"\n" + cluster).size() == 1);
 }
 
 TEST_CASE("a try_timeout longer than request_timeout is an error") {

@@ -1,9 +1,9 @@
 // Tests of ParsePriority: the names, the digits, and everything else.
-#include "dispatcher/proxy/priority.h"
+#include "conf/priority.h"
 
 #include <doctest/doctest.h>
 
-namespace tandem::dispatcher {
+namespace tandem::conf {
 namespace {
 
 TEST_CASE("a priority is a name or a digit from 0 (highest) to 7") {
@@ -27,4 +27,4 @@ TEST_CASE("anything else names no priority") {
 }
 
 }  // namespace
-}  // namespace tandem::dispatcher
+}  // namespace tandem::conf
