@@ -1,17 +1,36 @@
-"""Helpers shared by the benchmark scripts' python helpers: free ports, process
-CPU and RSS from /proc, the runs CSV, and the subcommands that print them.
+"""Helpers shared by the benchmark scripts' python helpers: free ports, waiting
+for a port, pinning with taskset, process CPU and RSS from /proc, the runs
+CSV, and the subcommands that print them.
 Standard library only."""
 
 import argparse
 import csv
 import os
 import socket
+import time
 
 
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pinned(cpus, argv):
+    """`argv` run on `cpus` (taskset), or as it is when `cpus` is empty."""
+    return (["taskset", "-c", cpus] + argv) if cpus else argv
+
+
+def wait_port(port, timeout=10):
+    """Waits until something accepts on 127.0.0.1:`port`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listens on %d" % port)
 
 
 def stat_fields(pid):

@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cpu_ticks, free_port  # noqa: E402
+from benchlib import cpu_ticks, free_port, pinned, wait_port  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ.get
@@ -51,23 +50,8 @@ WORKER = ENV("WORKER", os.path.join(REPO, "build", "tandem-worker"))
 RESULTS_DIR = ENV("RESULTS_DIR", "")
 
 
-def pinned(cpus, argv):
-    return (["taskset", "-c", cpus] + argv) if cpus else argv
-
-
 def log(message):
     print("h2_bench: " + message, file=sys.stderr, flush=True)
-
-
-def wait_port(port, timeout=10):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("nothing listens on %d" % port)
 
 
 class Bench:

@@ -62,7 +62,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cpu_ticks, free_port  # noqa: E402
+from benchlib import cpu_ticks, free_port, pinned, wait_port  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ.get
@@ -342,23 +342,8 @@ def gen_main(port, rate, warmup, duration, timeout, max_conns, seed):
 
 # ---- the orchestration ----------------------------------------------------
 
-def pinned(cpus, argv):
-    return (["taskset", "-c", cpus] + argv) if cpus else argv
-
-
 def log(message):
     print("overload_bench: " + message, file=sys.stderr, flush=True)
-
-
-def wait_port(port, timeout=10):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("nothing listens on %d" % port)
 
 
 def quantile(sorted_values, q):

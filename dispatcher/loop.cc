@@ -11,6 +11,7 @@
 #include <random>
 
 #include "algorithms/hash.h"
+#include "dispatcher/intrusive_list.h"
 #include "dispatcher/proxy/client_connection.h"
 #include "dispatcher/proxy/parked_connection.h"
 #include "health/monitor.h"
@@ -634,26 +635,6 @@ BackendPool& Loop::PoolFor(const conf::Cluster& cluster,
   slot->set_tls(tls, settings);
   return *slot;
 }
-
-namespace {
-
-// The loops' connection lists are intrusive (`next`, `prev` in the node).
-template <typename Node>
-void LinkFront(Node*& head, Node* node) {
-  node->next = head;
-  node->prev = nullptr;
-  if (head != nullptr) head->prev = node;
-  head = node;
-}
-
-template <typename Node>
-void Unlink(Node*& head, Node* node) {
-  if (node->prev != nullptr) node->prev->next = node->next;
-  if (node->next != nullptr) node->next->prev = node->prev;
-  if (head == node) head = node->next;
-}
-
-}  // namespace
 
 void Loop::Attach(FrontConnection* connection, Generation* generation) {
   LinkFront(connections_, connection);

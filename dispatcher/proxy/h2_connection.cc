@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "dispatcher/intrusive_list.h"
 #include "dispatcher/proxy/h2_stream.h"
 #include "dispatcher/proxy/watermarks.h"
 #include "net/log.h"
@@ -22,22 +23,6 @@ using Clock = std::chrono::steady_clock;
 // before it sends the final GOAWAY anyway.
 constexpr auto kDrainPingWait = std::chrono::seconds(1);
 constexpr uint8_t kDrainPing[8] = {'t', 'a', 'n', 'd', 'e', 'm', 'd', 'r'};
-
-template <typename Node>
-void LinkFront(Node*& head, Node* node) {
-  node->next = head;
-  node->prev = nullptr;
-  if (head != nullptr) head->prev = node;
-  head = node;
-}
-
-template <typename Node>
-void Unlink(Node*& head, Node* node) {
-  if (node->prev != nullptr) node->prev->next = node->next;
-  if (node->next != nullptr) node->next->prev = node->prev;
-  if (head == node) head = node->next;
-  node->next = node->prev = nullptr;
-}
 
 }  // namespace
 
@@ -494,8 +479,8 @@ int H2Connection::OnDataChunk(nghttp2_session* session, uint8_t,
   return 0;
 }
 
-int H2Connection::OnStreamClose(nghttp2_session*, int32_t stream_id,
-                                uint32_t error_code, void* arg) {
+int H2Connection::OnStreamClose(nghttp2_session*, int32_t stream_id, uint32_t,
+                                void* arg) {
   auto* self = static_cast<H2Connection*>(arg);
   H2Stream* stream = self->StreamOf(stream_id);
   if (stream == nullptr) return 0;
@@ -503,7 +488,7 @@ int H2Connection::OnStreamClose(nghttp2_session*, int32_t stream_id,
   Unlink(self->streams_, stream);
   if (!stream->head_done()) --self->heads_waiting_;
   if (stream->lingering()) --self->lingering_;
-  stream->OnClose(error_code);
+  stream->Abort();
   self->closed_.push_back(stream);
   if (self->streams_ == nullptr) self->idle_since_ = Clock::now();
   return 0;

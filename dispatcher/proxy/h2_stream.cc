@@ -385,17 +385,9 @@ void H2Stream::OnResponseSent() {
   if (!end_stream_) Reset(NGHTTP2_NO_ERROR);
 }
 
-void H2Stream::OnClose(uint32_t error_code) {
-  closed_ = true;
-  if (!exchange_ended_ && begun_) {
-    // The client reset the stream, or the connection ends under it.
-    (void)error_code;
-    exchange_.Abort(kFlagClientReset);
-  }
-  exchange_ended_ = true;
-}
-
 void H2Stream::Abort() {
+  // The client reset the stream, nghttp2 closed it, or the connection ends
+  // under it: a request in progress ends as DC.
   closed_ = true;
   if (!exchange_ended_ && begun_) exchange_.Abort(kFlagClientReset);
   exchange_ended_ = true;

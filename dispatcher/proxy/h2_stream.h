@@ -38,8 +38,7 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
   void OnData(const uint8_t* data, size_t length);
   // The request ended (after DATA or trailers).
   void OnEndStream();
-  // nghttp2 closed the stream (`error_code` from a reset, or NO_ERROR).
-  void OnClose(uint32_t error_code);
+
   // The response's last frame went out.
   void OnResponseSent();
   // The response buffer has room again.
@@ -49,7 +48,8 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
                               uint8_t* buffer, size_t length,
                               uint32_t* data_flags, nghttp2_data_source* source,
                               void*);
-  // Grace period over or the connection failed: the exchange ends (DC).
+  // nghttp2 closed the stream, or the connection ends: a request still in
+  // progress ends (DC).
   void Abort();
 
   int32_t id() const { return id_; }
