@@ -314,13 +314,15 @@ class DashboardBrowserTest(TandemTestCase):
         drawn(svgs["rejections"], "503", nonzero=True)
         drawn(svgs["rejections"], "429", nonzero=True)
         drawn(svgs["p99"], "p99", nonzero=True)
-        # The p99 shown comes from the cluster's histogram: between 20 ms
-        # (the slow requests' sleep) and the 10 s of the last finite bound.
+        # The p99 shown comes from the cluster's histogram, over the last
+        # poll's requests: tandem's own 429/503 answers count too, so a last
+        # window of mostly refusals may show well under the 20 ms sleep (a
+        # CI run saw 0.495 ms); never above the 10 s of the last finite bound.
         (p99,) = [re.fullmatch(r"p99 latency ([0-9.]+) (ms|s)", t) for t in titles
                   if t.startswith("p99")]
         self.assertIsNotNone(p99, titles)
         seconds = float(p99.group(1)) / (1000 if p99.group(2) == "ms" else 1)
-        self.assertTrue(0.01 <= seconds <= 10, titles)
+        self.assertTrue(0 < seconds <= 10, titles)
 
         rows = {row.attrs["data-backend"]: row for row in cluster.find_all("tr")
                 if "data-backend" in row.attrs}

@@ -629,6 +629,45 @@ class FaultTest(TandemTestCase):
         self.assertLess(len(failed), 0.05 * len(calls), text)
 
 
+    def test_a_hundred_reloads_under_load_lose_no_call(self):
+        # Each reload changes the cluster (its retries), so every stream after
+        # it runs under a new config generation while older ones finish.
+        addresses = [w.address for w in self.workers]
+        configs = [make_config(addresses, cluster_opts=dict(H2C, retries=r)) for r in (2, 3)]
+        reloads = []
+
+        span = []
+
+        def reload_loop():
+            span.append(time.monotonic())
+            for i in range(100):
+                reloads.append(self.tandem.reload(configs[i % 2]))
+                time.sleep(0.05)  # spread over the load
+            span.append(time.monotonic())
+
+        thread = threading.Thread(target=reload_loop, daemon=True)
+        started = []
+
+        def fault(elapsed):
+            if not started:
+                started.append(elapsed)
+                thread.start()
+
+        calls = LoadRun(self.tandem.port, self.RATE, 8).run(fault)
+        thread.join(scaled(60))
+        failed, text = self.summary(calls, "100 reloads")
+        print("reloads: %d in %.1f s, all accepted: %s" % (
+            len(reloads), span[-1] - span[0], all(reloads)))
+        self.assertEqual(len(reloads), 100)
+        # They were spread over the load (8 s of calls).
+        self.assertTrue(4 < span[-1] - span[0] < 8, span)
+        reloaded = [line for line in self.tandem.stderr.lines() if 'msg="config reloaded"' in line]
+        self.assertGreaterEqual(len(reloaded), 100)
+        self.assertTrue(all(reloads))
+        self.assertEqual(failed, [], text)
+        self.assertEqual(len(calls), self.RATE * 8)
+
+
 # ---- 7: h2 over TLS --------------------------------------------------------------------------
 
 
