@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts' python helpers: free ports, waiting
-for a port, pinning with taskset, process CPU and RSS from /proc, the runs
+for a port, pinning with taskset, nginx's directories, process CPU and RSS from /proc, the runs
 CSV, and the subcommands that print them.
 Standard library only."""
 
@@ -31,6 +31,23 @@ def wait_port(port, timeout=10):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("nothing listens on %d" % port)
+
+
+def nginx_dir(parent, name):
+    """A directory for one nginx instance's files, readable by its workers
+    (they run as nobody)."""
+    d = os.path.join(parent, name)
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    return d
+
+
+def nginx_temp_paths(d):
+    """nginx's temporary directories, all under `d`: the lines of an http
+    block (indented four spaces), so nothing is written outside it."""
+    return "\n    ".join("%s_temp_path %s/%s;" % (kind, d, where) for kind, where in (
+        ("client_body", "body"), ("proxy", "proxy"), ("fastcgi", "fastcgi"),
+        ("uwsgi", "uwsgi"), ("scgi", "scgi")))
 
 
 def stat_fields(pid):

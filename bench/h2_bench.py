@@ -31,7 +31,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cpu_ticks, free_port, pinned, wait_port  # noqa: E402
+from benchlib import (cpu_ticks, free_port, nginx_dir, nginx_temp_paths, pinned,  # noqa: E402
+                      wait_port)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ.get
@@ -130,9 +131,7 @@ backend workers
         return ["haproxy", "-f", path]
 
     def nginx(self, port, tls):
-        d = os.path.join(self.dir, "nginx-%d" % port)
-        os.makedirs(d, exist_ok=True)
-        os.chmod(d, 0o755)
+        d = nginx_dir(self.dir, "nginx-%d" % port)
         servers = "\n".join("        server 127.0.0.1:%d;" % b for b in self.backends)
         listen = (f"listen 127.0.0.1:{port} ssl http2;\n        ssl_certificate {self.cert};"
                   f"\n        ssl_certificate_key {self.key};" if tls
@@ -146,11 +145,7 @@ http {{
     access_log off;
     keepalive_timeout 120s;
     keepalive_requests 100000000;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+    {nginx_temp_paths(d)}
     upstream workers {{
 {servers}
         keepalive 64;

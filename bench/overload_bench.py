@@ -62,7 +62,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cpu_ticks, free_port, pinned, wait_port  # noqa: E402
+from benchlib import (cpu_ticks, free_port, nginx_dir, nginx_temp_paths, pinned,  # noqa: E402
+                      wait_port)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ.get
@@ -455,9 +456,7 @@ backend workers
         return ["haproxy", "-f", self.write("haproxy-%s.cfg" % kind, text)]
 
     def nginx(self, port, kind):
-        d = os.path.join(self.dir, "nginx-%s" % kind)
-        os.makedirs(d, exist_ok=True)
-        os.chmod(d, 0o755)
+        d = nginx_dir(self.dir, "nginx-%s" % kind)
         servers = "\n".join("        server 127.0.0.1:%d;" % b for b in self.workers)
         if kind == "overload":
             zone = "limit_conn_zone $binary_remote_addr zone=slots:1m;"
@@ -476,11 +475,7 @@ http {{
     access_log off;
     keepalive_timeout 120s;
     keepalive_requests 100000000;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+    {nginx_temp_paths(d)}
     {zone}
     upstream workers {{
 {servers}

@@ -37,21 +37,6 @@ const char* StatusName(int status) {
   }
 }
 
-nghttp2_session_callbacks* Callbacks(
-    nghttp2_on_header_callback on_header,
-    nghttp2_on_data_chunk_recv_callback on_data,
-    nghttp2_on_stream_close_callback on_close) {
-  static nghttp2_session_callbacks* const callbacks = [&] {
-    nghttp2_session_callbacks* c = nullptr;
-    nghttp2_session_callbacks_new(&c);
-    nghttp2_session_callbacks_set_on_header_callback(c, on_header);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, on_data);
-    nghttp2_session_callbacks_set_on_stream_close_callback(c, on_close);
-    return c;
-  }();
-  return callbacks;
-}
-
 }  // namespace
 
 std::string GrpcHealthRequest(std::string_view service) {
@@ -110,15 +95,25 @@ int GrpcServingStatus(std::string_view message) {
   return status;
 }
 
+nghttp2_session_callbacks* GrpcCheck::Callbacks() {
+  static nghttp2_session_callbacks* const callbacks = [] {
+    nghttp2_session_callbacks* c = nullptr;
+    nghttp2_session_callbacks_new(&c);
+    nghttp2_session_callbacks_set_on_header_callback(c, OnHeader);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, OnDataChunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(c, OnStreamClose);
+    return c;
+  }();
+  return callbacks;
+}
+
 GrpcCheck::~GrpcCheck() {
   if (session_ != nullptr) nghttp2_session_del(session_);
 }
 
 bool GrpcCheck::Start(std::string_view authority, bool tls,
                       std::string_view service) {
-  if (nghttp2_session_client_new(
-          &session_, Callbacks(OnHeader, OnDataChunk, OnStreamClose), this) !=
-      0) {
+  if (nghttp2_session_client_new(&session_, Callbacks(), this) != 0) {
     session_ = nullptr;
     return false;
   }

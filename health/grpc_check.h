@@ -42,6 +42,7 @@ class GrpcCheck {
   int http_status() const { return http_status_; }
 
  private:
+  static nghttp2_session_callbacks* Callbacks();  // one set for every check
   static int OnHeader(nghttp2_session*, const nghttp2_frame* frame,
                       const uint8_t* name, size_t name_length,
                       const uint8_t* value, size_t value_length, uint8_t,

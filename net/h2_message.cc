@@ -10,23 +10,6 @@ namespace {
 // What SETTINGS_MAX_HEADER_LIST_SIZE counts for one field (RFC 9113 §6.5.2).
 constexpr uint64_t kFieldOverhead = 32;
 
-void AppendLine(std::string_view name, std::string_view value,
-                std::string* out) {
-  out->append(name);
-  out->append(": ");
-  out->append(value);
-  out->append("\r\n");
-}
-
-bool IsTrailerForbidden(std::string_view name) {
-  // Framing, routing and connection fields never come as trailers
-  // (RFC 9110 §6.5.1); nghttp2 already refused connection-specific ones.
-  return EqualsIgnoreCase(name, "content-length") ||
-         EqualsIgnoreCase(name, "host") ||
-         EqualsIgnoreCase(name, "transfer-encoding") ||
-         EqualsIgnoreCase(name, "te") || EqualsIgnoreCase(name, "trailer");
-}
-
 }  // namespace
 
 // ---- requests ----------------------------------------------------------
@@ -59,7 +42,7 @@ void H2RequestHead::Add(std::string_view name, std::string_view value) {
   if (name == "content-length") content_length_ = true;
   if (name == "content-type" && value.substr(0, 16) == "application/grpc")
     grpc_ = true;
-  AppendLine(name, value, &fields_);
+  AppendField(name, value, &fields_);
 }
 
 bool H2RequestHead::Write(bool end_stream, std::string* out, bool* chunked) {
@@ -83,9 +66,9 @@ bool H2RequestHead::Write(bool end_stream, std::string* out, bool* chunked) {
     out->append(path_);
   }
   out->append(" HTTP/1.1\r\n");
-  if (!authority.empty()) AppendLine("host", authority, out);
+  if (!authority.empty()) AppendField("host", authority, out);
   out->append(fields_);
-  if (!cookies_.empty()) AppendLine("cookie", cookies_, out);
+  if (!cookies_.empty()) AppendField("cookie", cookies_, out);
   if (!end_stream && !content_length_) {
     out->append("transfer-encoding: chunked\r\n");
     *chunked = true;
@@ -96,8 +79,8 @@ bool H2RequestHead::Write(bool end_stream, std::string* out, bool* chunked) {
 
 void H2RequestTrailers::Add(std::string_view name, std::string_view value) {
   bytes_ += name.size() + value.size() + kFieldOverhead;
-  if (too_large() || IsTrailerForbidden(name) || name[0] == ':') return;
-  AppendLine(name, value, &fields_);
+  if (too_large() || name[0] == ':' || DroppedFromTrailers(name)) return;
+  AppendField(name, value, &fields_);
 }
 
 void H2RequestTrailers::Write(std::string* out) const {
@@ -231,7 +214,7 @@ void H2Fields::BuildLocal(int status, std::string_view content_type,
 void H2Fields::BuildTrailers(const HeaderList& trailers) {
   Clear();
   for (size_t i = 0; i < trailers.size(); ++i) {
-    if (!IsTrailerForbidden(trailers.name(i)))
+    if (!DroppedFromTrailers(trailers.name(i)))
       Add(trailers.name(i), trailers.value(i), true);
   }
   Finish();

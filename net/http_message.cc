@@ -15,36 +15,6 @@ void AppendNumber(uint64_t value, std::string* out) {
   out->append(buffer, end);
 }
 
-void AppendField(std::string_view name, std::string_view value,
-                 std::string* out) {
-  out->append(name);
-  out->append(": ");
-  out->append(value);
-  out->append("\r\n");
-}
-
-// Whether `name` is one of the hop-by-hop fields RFC 9110 §7.6.1 removes,
-// or one tandem always rewrites itself.
-bool IsHopByHop(std::string_view name) {
-  switch (name.size()) {
-    case 2:
-      return EqualsIgnoreCase(name, "te");
-    case 7:
-      return EqualsIgnoreCase(name, "upgrade");
-    case 10:
-      return EqualsIgnoreCase(name, "connection") ||
-             EqualsIgnoreCase(name, "keep-alive");
-    case 14:
-      return EqualsIgnoreCase(name, "content-length");
-    case 16:
-      return EqualsIgnoreCase(name, "proxy-connection");
-    case 17:
-      return EqualsIgnoreCase(name, "transfer-encoding");
-    default:
-      return false;
-  }
-}
-
 // A case-insensitive FNV-1a hash with a per-process seed, so that names
 // chosen to collide cannot be prepared in advance.
 uint64_t HashName(std::string_view name) {
@@ -150,6 +120,38 @@ class ConnectionNamed {
 };
 
 }  // namespace
+
+void AppendField(std::string_view name, std::string_view value,
+                 std::string* out) {
+  out->append(name);
+  out->append(": ");
+  out->append(value);
+  out->append("\r\n");
+}
+
+bool IsHopByHop(std::string_view name) {
+  switch (name.size()) {
+    case 2:
+      return EqualsIgnoreCase(name, "te");
+    case 7:
+      return EqualsIgnoreCase(name, "upgrade");
+    case 10:
+      return EqualsIgnoreCase(name, "connection") ||
+             EqualsIgnoreCase(name, "keep-alive");
+    case 14:
+      return EqualsIgnoreCase(name, "content-length");
+    case 16:
+      return EqualsIgnoreCase(name, "proxy-connection");
+    case 17:
+      return EqualsIgnoreCase(name, "transfer-encoding");
+    default:
+      return false;
+  }
+}
+
+bool DroppedFromTrailers(std::string_view name) {
+  return IsHopByHop(name) || EqualsIgnoreCase(name, "host");
+}
 
 HopFields::HopFields(const HeaderList& headers, HeadWriteStats* stats)
     : headers_(headers) {
@@ -543,8 +545,7 @@ void AppendLastChunk(const HeaderList& trailers, std::string* out) {
   out->append("0\r\n");
   for (size_t i = 0; i < trailers.size(); ++i) {
     std::string_view name = trailers.name(i);
-    // Framing and routing fields are not allowed in trailers (RFC 9110 §6.5.1).
-    if (IsHopByHop(name) || EqualsIgnoreCase(name, "host")) continue;
+    if (DroppedFromTrailers(name)) continue;
     AppendField(name, trailers.value(i), out);
   }
   out->append("\r\n");

@@ -38,6 +38,17 @@ struct HeadWriteStats {
   uint64_t name_comparisons = 0;
 };
 
+// Appends the field line "name: value\r\n" to `out`.
+void AppendField(std::string_view name, std::string_view value,
+                 std::string* out);
+// Whether `name` is one of the hop-by-hop fields RFC 9110 §7.6.1 removes,
+// or one tandem always rewrites itself (Content-Length, Transfer-Encoding).
+bool IsHopByHop(std::string_view name);
+// Whether a trailer field `name` is left out when tandem forwards trailers:
+// framing, routing and connection fields (RFC 9110 §6.5.1; HTTP/2 allows no
+// connection-specific field at all).
+bool DroppedFromTrailers(std::string_view name);
+
 // Which fields of a head end at this hop: the hop-by-hop ones tandem
 // removes or rewrites (RFC 9110 §7.6.1: Connection, Keep-Alive, TE,
 // Upgrade, Transfer-Encoding, Content-Length...) and those its Connection

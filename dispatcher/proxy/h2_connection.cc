@@ -256,12 +256,12 @@ void H2Connection::Send() {
   }
   DeleteClosed();
   if (destroyed_) return;
-  // Exchanges waiting for room in their response buffers go on.
-  std::vector<int32_t> drained;
-  drained.swap(drained_);
-  for (int32_t id : drained) {
-    if (H2Stream* stream = StreamOf(id)) stream->OnDrained();
+  // Exchanges waiting for room in their response buffers go on (the list
+  // keeps its capacity: no allocation per stream).
+  for (size_t i = 0; i < drained_.size(); ++i) {
+    if (H2Stream* stream = StreamOf(drained_[i])) stream->OnDrained();
   }
+  drained_.clear();
   if (!nghttp2_session_want_read(session_) &&
       !nghttp2_session_want_write(session_) && evbuffer_get_length(out) == 0) {
     // GOAWAY went out and every stream is done, or the session failed.
@@ -287,9 +287,10 @@ H2Stream* H2Connection::StreamOf(int32_t stream_id) const {
 }
 
 void H2Connection::DeleteClosed() {
-  std::vector<H2Stream*> closed;
-  closed.swap(closed_);
-  for (H2Stream* stream : closed) delete stream;
+  // By index: a stream's destructor may not close another, but if it did,
+  // that one would be deleted in this pass too.
+  for (size_t i = 0; i < closed_.size(); ++i) delete closed_[i];
+  closed_.clear();
 }
 
 // ---- timers and the end ----------------------------------------------------
@@ -336,6 +337,7 @@ void H2Connection::OnTimer() {
     if (!s->head_done() && now >= s->began() + config.client_header_timeout) {
       // A head that does not end (HEADERS without its CONTINUATION).
       GoAway(NGHTTP2_NO_ERROR);
+      Send();
       Destroy();
       return;
     }
@@ -360,7 +362,8 @@ void H2Connection::GoAway(uint32_t code) {
   nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
                         nghttp2_session_get_last_proc_stream_id(session_), code,
                         nullptr, 0);
-  Send();
+  // Never sent from here: this may run inside nghttp2's own callbacks.
+  ScheduleSend();
   if (!destroyed_) {
     // Whatever the client does, the connection ends after idle_timeout.
     timeval tv = net::ToTimeval(listener_->config->idle_timeout);
@@ -397,8 +400,7 @@ int H2Connection::OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
     // The last stream this connection takes: the client opens another one.
     self->GoAway(NGHTTP2_NO_ERROR);
   }
-  self->ArmTimer();
-  return 0;
+  return 0;  // (the timer is armed once the read is done: OnRead → Send)
 }
 
 int H2Connection::OnHeader(nghttp2_session*, const nghttp2_frame* frame,
@@ -429,7 +431,6 @@ int H2Connection::OnFrameRecv(nghttp2_session* session,
       const bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
       if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         stream->OnHead(end);
-        self->ArmTimer();
       } else if (end) {
         stream->OnEndStream();  // after its trailers
       }

@@ -287,7 +287,7 @@ void H2Stream::SendResponseEnd(const net::HeaderList& trailers) {
 
 bool H2Stream::ResponseOutputFull() const {
   const bool full = evbuffer_get_length(out_.get()) >= kStreamOutputHighWater;
-  if (full) const_cast<H2Stream*>(this)->full_reported_ = true;
+  if (full) full_reported_ = true;  // ReadResponse says when it drained
   return full;
 }
 

@@ -136,8 +136,8 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
   bool response_submitted_ = false;
   bool response_ended_ = false;  // every body byte is in out_
   bool has_trailers_ = false;
-  bool data_deferred_ = false;  // the data source said DEFERRED
-  bool full_reported_ = false;  // ResponseOutputFull said so
+  bool data_deferred_ = false;          // the data source said DEFERRED
+  mutable bool full_reported_ = false;  // ResponseOutputFull said so
   bool exchange_ended_ = false;
   bool closed_ = false;  // nghttp2 closed the stream
   Exchange exchange_;

@@ -184,6 +184,25 @@ class MaxRetriesInFlightTest(FaultTestCase):
         self.assertGreaterEqual(overflows(tandem, "max_retries_in_flight"), 1)
 
 
+def staggered(send, calls):
+    """send(*args) for each args of `calls`, each in its own thread, started
+    0.1 s apart (so they reach tandem in that order); waits for them all."""
+    threads = []
+    for args in calls:
+        thread = threading.Thread(target=send, args=args, daemon=True)
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join(scaled(20))
+
+
+def shed_counts(tandem):
+    """{series: value} of tandem_shed_total's non-zero series."""
+    return {k: v for k, v in tandem.metrics().items()
+            if k.startswith("tandem_shed_total") and v}
+
+
 class PriorityTest(FaultTestCase):
     """priority_header: a request of higher priority waits ahead of lower
     ones, and pushes the newest lower one out of a full queue."""
@@ -204,17 +223,10 @@ class PriorityTest(FaultTestCase):
             results[name] = (response.status, sent, time.monotonic(),
                              response.header("retry-after"))
 
-        threads = []
         # One request holds the only slot; two low ones fill the queue; a
         # high one comes last.
-        for name, priority, ms in (("first", "normal", 600), ("low1", "low", 100),
-                                   ("low2", "7", 100), ("high", "high", 100)):
-            thread = threading.Thread(target=send, args=(name, priority, ms), daemon=True)
-            thread.start()
-            threads.append(thread)
-            time.sleep(0.1)
-        for thread in threads:
-            thread.join(scaled(20))
+        staggered(send, (("first", "normal", 600), ("low1", "low", 100),
+                         ("low2", "7", 100), ("high", "high", 100)))
         report("priorities", **{k: "%d/%.3f" % (v[0], v[2] - v[1]) for k, v in results.items()})
         self.assertEqual(results["first"][0], 200)
         self.assertEqual(results["high"][0], 200)
@@ -226,8 +238,7 @@ class PriorityTest(FaultTestCase):
         self.assertLess(done - results["high"][1], 0.3)
         # The high one went before the low one that had waited longer.
         self.assertLess(results["high"][2], results["low1"][2])
-        metrics = tandem.metrics()
-        shed = {k: v for k, v in metrics.items() if k.startswith("tandem_shed_total") and v}
+        shed = shed_counts(tandem)
         self.assertEqual(list(shed.values()), [1.0], shed)
         self.assertIn('priority="7"', list(shed)[0])
 
@@ -252,20 +263,11 @@ class ListenerPriorityTest(FaultTestCase):
             response = http_request(port, "GET", "/sleep?ms=%d" % ms, timeout=scaled(20))
             results[name] = response.status
 
-        threads = []
-        for name, port, ms in (("first", tandem.port, 500),
-                               ("batch", tandem.ports["batch"], 100),
-                               ("main", tandem.port, 100)):
-            thread = threading.Thread(target=send, args=(name, port, ms), daemon=True)
-            thread.start()
-            threads.append(thread)
-            time.sleep(0.1)
-        for thread in threads:
-            thread.join(scaled(20))
+        staggered(send, (("first", tandem.port, 500), ("batch", tandem.ports["batch"], 100),
+                         ("main", tandem.port, 100)))
         report("listener priority", **results)
         self.assertEqual(results, {"first": 200, "batch": 503, "main": 200})
-        shed = {k: v for k, v in tandem.metrics().items()
-                if k.startswith("tandem_shed_total") and v}
+        shed = shed_counts(tandem)
         self.assertEqual(list(shed.values()), [1.0], shed)
         self.assertIn('priority="7"', list(shed)[0])
 
