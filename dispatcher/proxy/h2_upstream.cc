@@ -163,7 +163,8 @@ class H2UpstreamStream final : private net::HttpParser::Handler {
   bufferevent* bev_ = nullptr;         // this end
   net::HttpParser request_{net::HttpParser::Type::kRequest, this};
   net::EvbufferPtr body_{evbuffer_new()};
-  std::string lines_;  // response fields as "name: value\r\n"
+  std::string lines_;         // response fields as "name: value\r\n"
+  uint64_t lines_bytes_ = 0;  // what the fields came to, kept or not
   int32_t id_ = -1;
   int status_ = 0;
   uint64_t unconsumed_ = 0;  // DATA bytes whose window was not given back
@@ -386,12 +387,11 @@ void H2Session::CheckLiveness(Clock::time_point now) {
 void H2Session::Terminate() {
   if (closed_) return;
   going_away_ = true;
-  if (!ready_ || !streams_.empty()) {
-    if (!ready_) Close();
-    return;  // closes when its last stream goes (RemoveStream)
+  if (!streams_.empty()) return;  // closes when its last stream goes
+  if (ready_) {
+    nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
+    Send();
   }
-  nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
-  Send();
   Close();
 }
 
@@ -714,14 +714,28 @@ void H2UpstreamStream::OnField(std::string_view name, std::string_view value) {
     return;
   }
   if (name.empty() || name[0] == ':') return;
+  // Kept only up to the response parser's own limit: HPACK lets a few bytes
+  // on the wire stand for a field of kilobytes (a bomb of references to one
+  // big table entry), and the parser would refuse the head anyway.
+  lines_bytes_ += name.size() + value.size() + 4;
+  if (lines_bytes_ > net::kDefaultMaxHeadBytes) return;
   if (name == "content-length") has_length_ = true;
-  lines_.append(name);
-  lines_.append(": ");
-  lines_.append(value);
-  lines_.append("\r\n");
+  net::AppendField(name, value, &lines_);
 }
 
 void H2UpstreamStream::OnHeaders(bool end_stream) {
+  if (finished_) return;  // the try has its answer, or its end
+  if (lines_bytes_ > net::kDefaultMaxHeadBytes) {
+    // Too large to carry: the stream ends here, and the try sees its
+    // backend close without an answer (502).
+    if (session_ != nullptr && id_ > 0) {
+      nghttp2_submit_rst_stream(session_->session(), NGHTTP2_FLAG_NONE, id_,
+                                NGHTTP2_CANCEL);
+      session_->ScheduleSend();
+    }
+    Finish(false);
+    return;
+  }
   std::string text;
   if (final_seen_) {
     // Trailers: the end of a chunked body carries them.
@@ -749,12 +763,14 @@ void H2UpstreamStream::OnHeaders(bool end_stream) {
     text.append("\r\n");
   }
   lines_.clear();
+  lines_bytes_ = 0;
   has_length_ = false;
   evbuffer_add(out(), text.data(), text.size());
   if (end_stream) OnEndStream();
 }
 
 void H2UpstreamStream::OnData(const uint8_t* data, size_t length) {
+  if (finished_) return;
   unconsumed_ += length;
   net::FrameBody(
       chunked_ ? net::Framing::kChunked : net::Framing::kContentLength,
@@ -762,6 +778,7 @@ void H2UpstreamStream::OnData(const uint8_t* data, size_t length) {
 }
 
 void H2UpstreamStream::OnEndStream() {
+  if (finished_) return;
   if (chunked_) {
     evbuffer_add(out(), "0\r\n\r\n", 5);
     chunked_ = false;

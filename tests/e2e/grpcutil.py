@@ -174,7 +174,8 @@ class H2ServerConnection:
 
     Every request is answered 200 (or NNN for /status/NNN) with JSON naming
     the connection, stream, method, path, request fields and body size;
-    /big/N answers N bytes; /stall... is never answered. `goaway_after` N: once N streams have begun on
+    /big/N answers N bytes; /bomb/N answers N copies of a 4 KB field (an
+    HPACK bomb); /stall... is never answered. `goaway_after` N: once N streams have begun on
     the connection (and 100 ms more for further ones to come), a GOAWAY with
     the N-th stream's id is sent, the streams up to it are answered, the
     others never, and the connection is closed when the answered ones are
@@ -340,6 +341,10 @@ class H2ServerConnection:
             ctype = "application/json"
         headers = [(":status", str(status)), ("content-type", ctype),
                    ("content-length", str(len(body))), ("x-h2-server", self.server.name)]
+        if path.startswith("/bomb/"):
+            # An HPACK bomb: one 4 KB field, then N one-byte references to it
+            # in the dynamic table (about N bytes on the wire, N × 4 KB decoded).
+            headers += [("x-bomb", "a" * 4000)] * int(path.split("/")[2])
         self.conn.send_headers(stream_id, headers, end_stream=not body)
         if body:
             self.pending[stream_id] = bytearray(body)

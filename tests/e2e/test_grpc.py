@@ -308,6 +308,19 @@ class H2WorkerTest(TandemTestCase):
         return response, (json.loads(response.body)
                           if response.header("content-type") == "application/json" else None)
 
+    def test_an_hpack_bomb_from_the_worker_is_refused_without_growing_memory(self):
+        # 40,000 references to one 4 KB field: ~40 KB on the wire, 160 MB
+        # decoded. tandem keeps no more of a response head than its limit.
+        self.assertTrue(self.tandem.reset_peak_rss())
+        before = self.tandem.memory_kib("VmHWM")
+        response, _ = self.request("GET", "/bomb/40000")
+        grown = self.tandem.memory_kib("VmHWM") - before
+        print("\nHPACK bomb: %d, peak RSS grew %d KiB" % (response.status, grown))
+        self.assertEqual(response.status, 502)
+        self.assertLess(grown, 32 * 1024)
+        # The worker and the cluster go on.
+        self.assertEqual(self.request("GET", "/after-bomb")[0].status, 200)
+
     def test_the_request_arrives_without_hop_by_hop_fields(self):
         response, seen = self.request("GET", "/some/path?q=1&r=%20", [
             ("Connection", "keep-alive, X-Hop"), ("Keep-Alive", "timeout=5"), ("X-Hop", "1"),

@@ -875,6 +875,33 @@ class FrameTest(TandemTestCase):
         self.assertEqual(client.goaways, [])
         self.assertFalse(client.closed)
 
+    def test_an_hpack_bomb_is_431_and_costs_no_memory(self):
+        # 40,000 references to one 4 KB field: ~44 KB on the wire (HEADERS
+        # and three CONTINUATION frames), 160 MB decoded. tandem counts the
+        # fields past the limit and keeps none of them.
+        client = self.h2("strict")
+        client.round_trip()
+        self.assertTrue(self.tandem.reset_peak_rss())
+        before = self.tandem.memory_kib("VmHWM")
+        stream_id = client.next_id
+        client.next_id += 2
+        client.streams[stream_id] = H2Stream(stream_id)
+        block = client.encoder.encode(
+            [(":method", "GET"), (":scheme", "http"), (":authority", "example.test"),
+             (":path", "/bomb")] + [("x-bomb", "a" * 4000)] * 40000)
+        pieces = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+        self.assertLessEqual(len(pieces), 8)  # within nghttp2's CONTINUATION limit
+        frames = [HeadersFrame(stream_id, data=pieces[0], flags=["END_STREAM"])]
+        frames += [ContinuationFrame(stream_id, data=piece) for piece in pieces[1:]]
+        frames[-1].flags.add("END_HEADERS")
+        client.send_frames(*frames)
+        stream = client.wait_done(stream_id)
+        grown = self.tandem.memory_kib("VmHWM") - before
+        print("\nHPACK bomb from a client: %s, peak RSS grew %d KiB" % (stream.status, grown))
+        self.assertEqual(stream.status, 431, stream)
+        self.assertLess(grown, 32 * 1024)
+        self.assertEqual(client.get("/still-open").status, 200)
+
     def test_a_body_over_max_body_size_is_413(self):
         client = self.h2("strict")
         client.round_trip()
