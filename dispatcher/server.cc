@@ -9,8 +9,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <mutex>
 
 #include "net/escape.h"
 #include "net/log.h"
@@ -148,6 +151,9 @@ std::string HostOf(const conf::SocketAddress& address) {
 // How long a moved or removed admin listener still answers on connections
 // already open: enough for the reply to the reload call itself.
 constexpr timeval kAdminRetireDelay = {1, 0};
+
+// The longest a reload waits for the loops to take the new config.
+constexpr std::chrono::milliseconds kApplyWait{2000};
 
 }  // namespace
 
@@ -369,17 +375,29 @@ void Server::Apply(std::shared_ptr<const conf::Config> config,
   PrepareLimits(*config);
   tls_ = tls;
   access_log_ = access_log;
+  // A reload is logged (and answered) once every loop serves the new config,
+  // so a request sent after "config reloaded" sees it. A loop only runs
+  // non-blocking work, so this wait is short; it is bounded all the same.
+  struct Applied {
+    std::mutex mutex;
+    std::condition_variable done;
+    size_t left;
+  };
+  auto applied = std::make_shared<Applied>();
+  applied->left = loops_.size();
   for (size_t i = 0; i < loops_.size(); ++i) {
     std::vector<ListenSocket> mine;
     for (const conf::Listener& listener : config->listeners) {
       mine.push_back({listener.name, sockets.at(SocketKey(listener))[i]});
     }
     auto apply = [config, mine = std::move(mine), limits = limits_, tls,
-                  access_log](Loop& loop) mutable {
+                  access_log, applied](Loop& loop) mutable {
       loop.SetAccessLog(std::move(access_log),
                         config->global.access_log_format);
       loop.set_limits(std::move(limits));
       loop.ApplyConfig(config, std::move(mine), tls);
+      std::lock_guard<std::mutex> lock(applied->mutex);
+      if (--applied->left == 0) applied->done.notify_one();
     };
     if (threads_.empty()) {
       // Start-up: the loops do not run yet, so the config is in place
@@ -387,6 +405,14 @@ void Server::Apply(std::shared_ptr<const conf::Config> config,
       apply(*loops_[i]);
     } else {
       loops_[i]->Post(std::move(apply));
+    }
+  }
+  {
+    std::unique_lock<std::mutex> lock(applied->mutex);
+    if (!applied->done.wait_for(lock, kApplyWait,
+                                [&] { return applied->left == 0; })) {
+      Log(LogLevel::kWarn, "conf", "a loop has not taken the new config yet",
+          {{"waited_ms", kApplyWait.count()}});
     }
   }
   sockets_ = std::move(sockets);
