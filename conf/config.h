@@ -295,6 +295,11 @@ struct Cluster {
   // cluster's recent p95 gets a second try on another backend; the first
   // head wins and the other try is cancelled (docs/retries.md).
   bool hedge = false;
+  // Slow-backend avoidance: a backend answering several times slower than
+  // the fastest of the cluster is passed over by the picks and probed about
+  // once a second (docs/algorithms.md). Not for ring-hash, maglev and
+  // p2c-ewma, which pick by key or by latency themselves.
+  bool avoid_slow_backends = true;
   // Cold standby: how long activate/deactivate may run.
   Duration activate_timeout = std::chrono::seconds(30);
   HealthCheck health;

@@ -204,6 +204,7 @@ std::span<const Key<Cluster>> ClusterKeys() {
       DurationKey("activate_timeout", &Cluster::activate_timeout, kPositive),
       BoolKey("hang_detection", &Cluster::hang_detection),
       BoolKey("hedge", &Cluster::hedge),
+      BoolKey("avoid_slow_backends", &Cluster::avoid_slow_backends),
       EnumKey("send_proxy", &Cluster::send_proxy, "PROXY protocol version",
               kProxyVersions),
       EnumKey("protocol", &Cluster::protocol, "protocol", kProtocols),

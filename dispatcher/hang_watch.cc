@@ -1,9 +1,9 @@
-// Hang detection, the loop's part (and the decay of p2c-ewma's latencies,
-// on the same tick) (docs/retries.md, "Hang detection"): a
-// backend whose oldest request awaiting a response head is far older than its
-// cluster's recent p99 on this loop takes no new request here, its requests
-// that may be retried go elsewhere, and health/ is told, which ejects it until
-// a check passes.
+// Hang detection, the loop's part (and, on the same tick, the decay of
+// p2c-ewma's latencies and which backends are passed over as slow)
+// (docs/retries.md, "Hang detection"): a backend whose oldest request awaiting
+// a response head is far older than its cluster's recent p99 on this loop takes
+// no new request here, its requests that may be retried go elsewhere, and
+// health/ is told, which ejects it until a check passes.
 #include <algorithm>
 #include <chrono>
 #include <string>
@@ -27,6 +27,9 @@ constexpr int64_t kHangFactor = 8;
 constexpr milliseconds kHangFloor{50};
 // A suspicion lasts this long on the loop; health/ decides beyond it.
 constexpr milliseconds kSuspicion{1000};
+// A request that waited past the threshold on one backend and was answered
+// by another at least this many times faster makes the first suspect.
+constexpr int64_t kPromptFactor = 4;
 // Requests still being sent are passed over, up to this many.
 constexpr int kLookAhead = 8;
 
@@ -107,6 +110,7 @@ bool Loop::CheckHangs(Generation& generation, Clock::time_point now) {
             std::min(runtime.backends[b].latency.Value(now), 4.0e9));
       }
     }
+    if (runtime.avoid_slow) UpdateSlow(runtime, now);
     bool reapply = false;
     for (BackendRuntime& backend : runtime.backends) {
       if (backend.suspected_until != Clock::time_point{} &&
@@ -130,26 +134,20 @@ bool Loop::CheckHangs(Generation& generation, Clock::time_point now) {
         if (!since || now - *since <= threshold) continue;
         // The last backend that takes requests is never suspected.
         if (!PeerDoingWell(runtime, b, *since, threshold, now)) continue;
-        backend.suspected_until = now + kSuspicion;
         reapply = true;
         watching = true;
-        const std::string& address = backend.config->address.text;
-        const std::string reason =
-            "suspected hung: oldest request " +
-            std::to_string(Ms(now - *since)) +
-            " ms without a response head, cluster p99 " +
-            std::to_string(std::max<long long>(Ms(*p99), 0)) + " ms";
         net::Log(net::LogLevel::kWarn, "proxy", "backend suspected hung",
                  {{"cluster", config.name},
-                  {"backend", address},
+                  {"backend", backend.config->address.text},
                   {"oldest_ms", Ms(now - *since)},
                   {"p99_us", p99->count()},
                   {"threshold_ms", Ms(threshold)},
                   {"loop", index_}});
-        backend.stats->hang_suspicions.Add();
-        if (health_monitor_ != nullptr) {
-          health_monitor_->ReportHang(config.name, address, reason);
-        }
+        Suspect(runtime, backend, now,
+                "suspected hung: oldest request " +
+                    std::to_string(Ms(now - *since)) +
+                    " ms without a response head, cluster p99 " +
+                    std::to_string(std::max<long long>(Ms(*p99), 0)) + " ms");
       }
     }
     // Eligibility first, so the retries below go elsewhere.
@@ -161,6 +159,96 @@ bool Loop::CheckHangs(Generation& generation, Clock::time_point now) {
     }
   }
   return watching;
+}
+
+void Loop::Suspect(ClusterRuntime& runtime, BackendRuntime& backend,
+                   Clock::time_point now, const std::string& reason) {
+  backend.suspected_until = now + kSuspicion;
+  backend.stats->hang_suspicions.Add();
+  if (health_monitor_ != nullptr) {
+    health_monitor_->ReportHang(runtime.config->name,
+                                backend.config->address.text, reason);
+  }
+}
+
+void Loop::SuspectUnanswered(ClusterRuntime& runtime, size_t suspect,
+                             Clock::duration waited, size_t answered_by,
+                             Clock::duration answered_in) {
+  const conf::Cluster& config = *runtime.config;
+  BackendRuntime& backend = runtime.backends[suspect];
+  if (!config.hang_detection ||
+      backend.suspected_until != Clock::time_point{} || !backend.eligible) {
+    return;
+  }
+  const std::optional<std::chrono::microseconds> p99 = runtime.head_times.p99();
+  if (!p99 ||
+      waited <= std::max<Clock::duration>(kHangFactor * *p99, kHangFloor) ||
+      answered_in * kPromptFactor > waited) {
+    return;
+  }
+  // The generation the request runs under (a reload may have followed).
+  Generation* generation =
+      current_ && current_->Holds(runtime) ? current_.get() : nullptr;
+  for (auto& g : retired_) {
+    if (g->Holds(runtime)) generation = g.get();
+  }
+  if (generation == nullptr) return;
+  const Clock::time_point now = Clock::now();
+  const std::string& other = runtime.backends[answered_by].config->address.text;
+  net::Log(net::LogLevel::kWarn, "proxy", "backend suspected hung",
+           {{"cluster", config.name},
+            {"backend", backend.config->address.text},
+            {"unanswered_ms", Ms(waited)},
+            {"answered_by", other},
+            {"answered_ms", Ms(answered_in)},
+            {"p99_us", p99->count()},
+            {"loop", index_}});
+  Suspect(runtime, backend, now,
+          "suspected hung: a request waited " + std::to_string(Ms(waited)) +
+              " ms on it without a response head; " + other +
+              " answered it in " + std::to_string(Ms(answered_in)) + " ms");
+  generation->ApplyHealth(health_.get());
+  RetryAwaiting(backend);
+  if (!hang_watch_armed_) ArmHangWatch();
+}
+
+void Loop::UpdateSlow(ClusterRuntime& runtime, Clock::time_point now) {
+  for (size_t b = 0; b < runtime.backends.size(); ++b)
+    runtime.slow_views[b].eligible = runtime.backends[b].eligible;
+  runtime.slow_count =
+      algorithms::FindSlow(runtime.slow_views, runtime.slow_next);
+  if (runtime.slow_next == runtime.slow) return;
+  uint32_t fastest = UINT32_MAX;
+  for (const algorithms::SlowView& v : runtime.slow_views) {
+    if (v.eligible && v.estimate.measured())
+      fastest = std::min(fastest, v.estimate.value_us());
+  }
+  for (size_t b = 0; b < runtime.backends.size(); ++b) {
+    if (runtime.slow_next[b] == runtime.slow[b]) continue;
+    BackendRuntime& backend = runtime.backends[b];
+    const uint32_t median = runtime.slow_views[b].estimate.value_us();
+    if (runtime.slow_next[b]) {
+      backend.slow_since = now;
+      backend.slow_probe_at = now;
+      net::Log(net::LogLevel::kWarn, "proxy", "backend passed over as slow",
+               {{"cluster", runtime.config->name},
+                {"backend", backend.config->address.text},
+                {"median_us", median},
+                {"fastest_us", fastest},
+                {"loop", index_}});
+    } else {
+      net::Log(net::LogLevel::kInfo, "proxy",
+               "backend no longer passed over as slow",
+               {{"cluster", runtime.config->name},
+                {"backend", backend.config->address.text},
+                {"median_us", median},
+                {"fastest_us", fastest},
+                {"after_ms", Ms(now - backend.slow_since)},
+                {"loop", index_}});
+      backend.slow_since = {};
+    }
+  }
+  runtime.slow.swap(runtime.slow_next);
 }
 
 }  // namespace tandem::dispatcher

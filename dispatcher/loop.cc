@@ -72,6 +72,16 @@ Generation::Generation(Loop& loop, std::shared_ptr<const conf::Config> config,
         algorithms::MakePicker(algorithms::PickerOptions{}, loop.rng());
     runtime.inflight.assign(cluster.backends.size(), 0);
     runtime.latency_us.assign(cluster.backends.size(), 0);
+    const algorithms::Algorithm algorithm = cluster.picker.algorithm;
+    runtime.avoid_slow = cluster.avoid_slow_backends &&
+                         algorithm != algorithms::Algorithm::kRingHash &&
+                         algorithm != algorithms::Algorithm::kMaglev &&
+                         algorithm != algorithms::Algorithm::kP2cEwma;
+    if (runtime.avoid_slow) {
+      runtime.slow_views.resize(cluster.backends.size());
+      runtime.slow.assign(cluster.backends.size(), 0);
+      runtime.slow_next.assign(cluster.backends.size(), 0);
+    }
     runtime.outcomes.assign(cluster.backends.size(), OutcomeCounts{});
     if (cluster.has_breakers()) {
       runtime.breakers = loop.LimitsFor(cluster.name, "");

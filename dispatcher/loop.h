@@ -18,6 +18,7 @@
 #include "algorithms/p2c_ewma.h"
 #include "algorithms/picker.h"
 #include "algorithms/rng.h"
+#include "algorithms/slow_backends.h"
 #include "conf/config.h"
 #include "dispatcher/proxy/access_log.h"
 #include "dispatcher/proxy/adaptive_limiter.h"
@@ -105,6 +106,10 @@ struct BackendRuntime {
   std::chrono::steady_clock::time_point answered_sent_at{};
   // p2c-ewma: this thread's recent response times from it.
   algorithms::PeakEwma latency;
+  // Slow-backend avoidance: passed over since (zero: it is not), and when a
+  // request last went to it while passed over (a probe).
+  std::chrono::steady_clock::time_point slow_since{};
+  std::chrono::steady_clock::time_point slow_probe_at{};
 };
 
 // TLS contexts of one config, built once by the server and shared by every
@@ -128,6 +133,14 @@ struct ClusterRuntime {
   std::vector<uint32_t> inflight;  // this thread's requests per backend
   // p2c-ewma: each backend's PeakEwma value in µs, as pickers read it.
   std::vector<uint32_t> latency_us;
+  // Slow-backend avoidance (off: avoid_slow false): each backend's recent
+  // times to response head on this thread, which of them the picks pass
+  // over, and how many.
+  bool avoid_slow = false;
+  std::vector<algorithms::SlowView> slow_views;
+  std::vector<uint8_t> slow;
+  std::vector<uint8_t> slow_next;  // the tick's scratch
+  size_t slow_count = 0;
   std::vector<OutcomeCounts> outcomes;
   bool outcomes_pending = false;
   // This thread's recent times from request sent to response head.
@@ -194,6 +207,10 @@ class Generation {
   // snapshot does not know take traffic only when their cluster has no
   // active checks.
   void ApplyHealth(const health::HealthSnapshot* snapshot);
+  bool Holds(const ClusterRuntime& runtime) const {
+    return !clusters_.empty() && &runtime >= clusters_.data() &&
+           &runtime < clusters_.data() + clusters_.size();
+  }
   ListenerRuntime& listener(size_t index) { return listeners_[index]; }
   ClusterRuntime& cluster(size_t index) { return clusters_[index]; }
   size_t cluster_count() const { return clusters_.size(); }
@@ -313,6 +330,15 @@ class Loop {
   void WatchHangs() {
     if (!hang_watch_armed_) ArmHangWatch();
   }
+  // Loop thread: a request waited `waited` on backend `suspect` of `runtime`
+  // without a response head, then `answered_by` answered it in
+  // `answered_in`. Past the hang threshold, and much faster elsewhere, that
+  // makes `suspect` suspected hung (dispatcher/hang_watch.cc): with few
+  // requests in flight nothing else would show it.
+  void SuspectUnanswered(ClusterRuntime& runtime, size_t suspect,
+                         std::chrono::steady_clock::duration waited,
+                         size_t answered_by,
+                         std::chrono::steady_clock::duration answered_in);
   // Tick: the memory gauges of LoopStats.
   void SampleMemory();
   // A connection of either kind came, or is gone: the counts, and what
@@ -370,6 +396,14 @@ class Loop {
                   std::chrono::steady_clock::time_point now);
   // Retries elsewhere the requests awaiting `backend` that may go now.
   static void RetryAwaiting(BackendRuntime& backend);
+  // Takes `backend` out of this loop's picks for a while and tells health/.
+  void Suspect(ClusterRuntime& runtime, BackendRuntime& backend,
+               std::chrono::steady_clock::time_point now,
+               const std::string& reason);
+  // Which backends of `runtime` the picks pass over as slow (logged when
+  // that changes).
+  void UpdateSlow(ClusterRuntime& runtime,
+                  std::chrono::steady_clock::time_point now);
   void FlushOutcomes();
   void FlushOutcomes(Generation& generation);
   void OnAccept(evconnlistener* listener, evutil_socket_t fd, sockaddr* address,

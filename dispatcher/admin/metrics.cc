@@ -258,6 +258,10 @@ void AddLoopMetrics(const std::vector<std::unique_ptr<Loop>>& loops,
                  "Times a loop suspected the backend hung: its oldest request "
                  "far older than the cluster's recent p99",
                  labels, static_cast<double>(s.hang_suspicions.Get()));
+      b->Counter("tandem_backend_passed_over_slow_total",
+                 "Requests a pick sent elsewhere because the backend answers "
+                 "several times slower than the fastest of its cluster",
+                 labels, static_cast<double>(s.passed_over_slow.Get()));
       b->Counter("tandem_backend_stray_closes_total",
                  "Pooled backend connections closed because the backend sent "
                  "bytes while they were idle",

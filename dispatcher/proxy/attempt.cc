@@ -277,6 +277,7 @@ void Attempt::SampleHeadTime() {
   const Clock::time_point now = Clock::now();
   const auto sample =
       std::chrono::duration_cast<std::chrono::microseconds>(now - *since);
+  exchange_.HeadArrived(backend_, sample);
   ClusterRuntime& runtime = exchange_.cluster();
   BackendRuntime& backend = runtime.backends[backend_];
   runtime.head_times.Add(sample);
@@ -292,6 +293,10 @@ void Attempt::SampleHeadTime() {
     }
   }
   backend.answered_sent_at = std::max(backend.answered_sent_at, *since);
+  if (runtime.avoid_slow) {
+    runtime.slow_views[backend_].estimate.Observe(sample,
+                                                  runtime.slow[backend_] != 0);
+  }
   if (runtime.config->picker.algorithm == algorithms::Algorithm::kP2cEwma) {
     backend.latency.Observe(sample, now);
     runtime.latency_us[backend_] =

@@ -248,6 +248,33 @@ algorithms::PickInput Exchange::PickInputFor(
   return input;
 }
 
+void Exchange::HeadArrived(size_t backend, std::chrono::microseconds after) {
+  const size_t suspect = state_.unanswered_backend;
+  if (suspect == SIZE_MAX || suspect == backend) return;
+  state_.unanswered_backend = SIZE_MAX;
+  loop_.SuspectUnanswered(cluster(), suspect, state_.unanswered_for, backend,
+                          after);
+}
+
+size_t Exchange::PassOverSlow(ClusterRuntime& runtime,
+                              algorithms::PickInput input, size_t pick) {
+  BackendRuntime& slow = runtime.backends[pick];
+  const Clock::time_point now = Clock::now();
+  if (now - slow.slow_probe_at >= algorithms::kSlowProbeInterval) {
+    slow.slow_probe_at = now;  // a probe: its answer refreshes the estimate
+    return pick;
+  }
+  algorithms::TriedSet skip = state_.tried;
+  for (size_t b = 0; b < runtime.slow.size(); ++b) {
+    if (runtime.slow[b]) skip.Insert(b);
+  }
+  input.tried = &skip;
+  const std::optional<size_t> other = runtime.picker->Pick(input);
+  if (!other || skip.Contains(*other)) return pick;
+  slow.stats->passed_over_slow.Add();
+  return *other;
+}
+
 bool Exchange::PassRateLimits() {
   for (RateLimitRuntime* rate :
        {&downstream_.listener().rate, &cluster().rate}) {
@@ -401,6 +428,8 @@ void Exchange::Route(const Retry* again) {
   algorithms::PickInput input = PickInputFor(runtime, &state_.tried);
   constexpr size_t kNone = SIZE_MAX;
   size_t pick = runtime.picker->Pick(input).value_or(kNone);
+  if (pick != kNone && runtime.slow_count > 0 && runtime.slow[pick])
+    pick = PassOverSlow(runtime, input, pick);
   if (pick != kNone && retry && again->other_backend &&
       state_.tried.Contains(pick))
     pick = kNone;
@@ -766,6 +795,10 @@ void Exchange::FailAttempt(Attempt& attempt, FailureKind failure, int status,
       stats->upstream_resets.Add();
     } else if (failure == FailureKind::kTimeout) {
       stats->upstream_timeouts.Add();
+      if (std::optional<Clock::time_point> since = attempt.AwaitingSince()) {
+        state_.unanswered_backend = attempt.backend();
+        state_.unanswered_for = Clock::now() - *since;
+      }
     }
     // A pooled connection closing under us says nothing about the backend:
     // it is not reported, and the first time not marked tried either, so

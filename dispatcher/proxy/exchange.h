@@ -184,6 +184,10 @@ class Exchange {
   Attempt& attempt() { return *attempt_; }
   const Attempt& attempt() const { return *attempt_; }
   Loop& loop() const { return loop_; }
+  // A try's response head came from `backend`, `after` its request was
+  // sent. When an earlier try of this request was cut waiting on another
+  // backend, that one may be hung (Loop::SuspectUnanswered).
+  void HeadArrived(size_t backend, std::chrono::microseconds after);
   Downstream& downstream() const { return downstream_; }
   ClusterRuntime& cluster() const;
   uint64_t BufferedBytes() const;
@@ -258,6 +262,11 @@ class Exchange {
       const Attempt& attempt,
       std::chrono::steady_clock::duration try_timeout) const;
   // What the picker is asked, with `tried` the backends it must avoid.
+  // `pick` is passed over as slow: another backend the picker chooses with
+  // the slow ones treated as tried, or `pick` when none is left or a probe
+  // is due.
+  size_t PassOverSlow(ClusterRuntime& runtime, algorithms::PickInput input,
+                      size_t pick);
   algorithms::PickInput PickInputFor(const ClusterRuntime& runtime,
                                      const algorithms::TriedSet* tried) const;
   std::chrono::steady_clock::duration TryTimeout() const;
@@ -297,7 +306,11 @@ class Exchange {
     uint32_t tries = 0;
     uint32_t reached_failures = 0;  // failed tries that reached a worker
     bool pool_race_seen = false;    // a pooled connection failed a try
-    uint32_t flags = 0;             // ExchangeFlag bits
+    // The last try cut by its timeout without a response head: its backend
+    // (SIZE_MAX: none) and how long the request had waited on it.
+    size_t unanswered_backend = SIZE_MAX;
+    std::chrono::steady_clock::duration unanswered_for{};
+    uint32_t flags = 0;  // ExchangeFlag bits
     bool logged = false;
     std::string detail;      // a composed 502 detail, kept alive
     int pending_status = 0;  // answer if a waiting retry never goes

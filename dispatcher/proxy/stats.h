@@ -78,8 +78,9 @@ struct BackendStats {
   LocalCounter connect_failures;
   LocalCounter upstream_resets;
   LocalCounter upstream_timeouts;
-  LocalCounter stray_closes;     // pooled connections that spoke while idle
-  LocalCounter hang_suspicions;  // times a loop suspected it hung
+  LocalCounter stray_closes;      // pooled connections that spoke while idle
+  LocalCounter hang_suspicions;   // times a loop suspected it hung
+  LocalCounter passed_over_slow;  // picks that went elsewhere: it is slow
   LocalCounter connections_opened;
   LocalCounter connect_micros;  // total connect time, for an average
   LocalGauge inflight;

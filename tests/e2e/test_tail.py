@@ -9,13 +9,15 @@ untouched; try_timeout = "auto" cuts a stuck try near a second; a worker
 failing a fifth of its requests is ejected by success rate, a cluster
 failing alike is not."""
 
+import re
 import threading
 import time
 import unittest
 
 from faults import (FaultTestCase, access_entries, backend_status, between, by_worker,
                     failures, parallel_gets, report, wait_all_up, wait_state)
-from harness import http_request, make_config, response_bytes, scaled, serve_each, wait_until
+from harness import (http_request, make_config, parse_logfmt, response_bytes, scaled, serve_each,
+                     wait_until)
 
 # The defaults, but for the check interval a user of a compute cluster would
 # leave alone: only `kind` is chosen.
@@ -72,6 +74,37 @@ class FrozenWorkerTest(FaultTestCase):
         # No request waited for the default try_timeout (30 s) or even a
         # second: the ones caught on the frozen worker went elsewhere.
         self.assertEqual(slow, [], slow[:5])
+
+    def test_one_request_at_a_time_a_frozen_worker_costs_one_try_timeout(self):
+        # With one request in flight nothing waits beside the one caught on
+        # the frozen worker, so its age alone says nothing; the same request
+        # answered at once by another worker after its try was cut does.
+        workers, tandem = self.start_cluster()
+        load = self.start_load(tandem.port, connections=1, pause=0.005)
+        load.wait_requests(200)
+        victim = workers[0]
+        frozen_at = self.freeze(victim)
+        time.sleep(scaled(5))
+        thawed_at = self.thaw(victim)
+        outcomes = load.stop()
+
+        during = between(outcomes, frozen_at, thawed_at)
+        slow = [o for o in during if o.seconds > 0.5]
+        backend = backend_status(tandem, victim.address)
+        reasons = [t["reason"] for t in backend["transitions"]]
+        report("frozen worker, one request at a time", requests=len(outcomes),
+               failed=len(failures(outcomes)), during=len(during),
+               over_500ms=len(slow), slow_ms=[round(1000 * o.seconds) for o in slow],
+               by_worker_during=dict(by_worker(during)))
+        self.assertEqual(failures(outcomes), [])
+        self.assertTrue(any(re.match(r"suspected hung: a request waited \d+ ms on it without a "
+                                     r"response head; 127\.0\.0\.1:\d+ answered it in \d+ ms",
+                                     r) for r in reasons), reasons)
+        self.assertEqual(ejections(tandem, victim.address, "suspected_hang"), 1)
+        # The one request caught on it when it froze waited for the try
+        # timeout ("auto": 1 s here); none after it.
+        self.assertEqual(len(slow), 1, [o.seconds for o in slow])
+        self.assertGreater(len(during), 100)
 
     def test_without_hang_detection_requests_wait_on_the_frozen_worker(self):
         # The same run with the detection off: the requests caught on the
@@ -192,13 +225,15 @@ class FlakyWorkerTest(FaultTestCase):
 
 
 class SlowWorkerTest(FaultTestCase):
-    """p2c-ewma gives a worker 20 times slower than its peers the share it can
-    serve; round-robin gives it a third of the requests and their latency."""
+    """A worker 20 times slower than its peers gets the share it can serve
+    with the default config (round-robin passing over slow backends) and with
+    p2c-ewma; plain round-robin gives it a third of the requests and their
+    latency."""
 
-    def run_cluster(self, algorithm):
+    def run_cluster(self, cluster_opts, check=None):
         workers = [self.start_worker("w%d" % i) for i in (1, 2, 3)]
         tandem = self.start_tandem(make_config([w.address for w in workers],
-                                               cluster_opts={"algorithm": algorithm},
+                                               cluster_opts=cluster_opts,
                                                extra=DEFAULT_CHECKS))
         wait_all_up(tandem, scaled(15))
         response = http_request(workers[2].port, "POST", "/control/delay?ms=20", body=b"")
@@ -210,14 +245,37 @@ class SlowWorkerTest(FaultTestCase):
         counts = by_worker(outcomes)
         share = counts.get("w3", 0) / len(outcomes)
         latencies = [o.seconds for o in outcomes]
-        report("slow worker, " + algorithm, requests=len(outcomes), w3_share=share,
-               p50_ms=1000 * percentile(latencies, 0.5), p99_ms=1000 * percentile(latencies, 0.99))
+        report("slow worker, %s" % (cluster_opts or "defaults"), requests=len(outcomes),
+               w3_share=share, p50_ms=1000 * percentile(latencies, 0.5),
+               p99_ms=1000 * percentile(latencies, 0.99))
+        if check:
+            check(tandem, workers)
         return share
 
+    def test_the_default_config_passes_over_a_slow_worker(self):
+        def check(tandem, workers):
+            # Said with its figures, and counted.
+            index, _ = tandem.stderr.wait_for(r'msg="backend passed over as slow".*backend=%s'
+                                              % re.escape(workers[2].address), scaled(5))
+            line = tandem.stderr.lines()[index]
+            fields = parse_logfmt(line)
+            self.assertGreaterEqual(int(fields["median_us"]), 15000, line)
+            self.assertLess(int(fields["fastest_us"]), 5000, line)
+            metrics = tandem.metrics()
+            passed = sum(v for k, v in metrics.items()
+                         if k.startswith("tandem_backend_passed_over_slow_total")
+                         and workers[2].address in k)
+            self.assertGreater(passed, 100)
+
+        defaults = self.run_cluster({}, check)
+        plain = self.run_cluster({"avoid_slow_backends": False})
+        self.assertGreater(plain, 0.2)
+        # It still gets its probes (about one a second per loop) and the
+        # requests sent before it was seen slow.
+        self.assertLess(defaults, 0.02)
+
     def test_p2c_ewma_gives_a_slow_worker_the_share_it_can_serve(self):
-        ewma = self.run_cluster("p2c-ewma")
-        round_robin = self.run_cluster("round-robin")
-        self.assertGreater(round_robin, 0.2)
+        ewma = self.run_cluster({"algorithm": "p2c-ewma"})
         self.assertLess(ewma, 0.1)
 
 

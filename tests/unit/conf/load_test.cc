@@ -194,15 +194,17 @@ cluster = "compute"
   CHECK(cluster->max_retries_in_flight == 0);
   CHECK_FALSE(cluster->has_breakers());
   CHECK_FALSE(cluster->hedge);
+  CHECK(cluster->avoid_slow_backends);
   config = Valid(
       with("max_requests = 100\nmax_pending = 20\nmax_retries_in_flight = 5\n"
-           "hedge = true"));
+           "hedge = true\navoid_slow_backends = false"));
   cluster = &config->clusters[0];
   CHECK(cluster->max_requests == 100);
   CHECK(cluster->max_pending == 20);
   CHECK(cluster->max_retries_in_flight == 5);
   CHECK(cluster->has_breakers());
   CHECK(cluster->hedge);
+  CHECK_FALSE(cluster->avoid_slow_backends);
   CHECK(Errors(with("max_requests = -1")).size() == 1);
   CHECK(Errors(with("max_pending = \"many\"")).size() == 1);
   CHECK(Errors(with("hedge = \"yes\"")).size() == 1);
