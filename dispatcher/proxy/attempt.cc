@@ -477,15 +477,22 @@ void Attempt::OnResponseHead(net::HttpParser& parser) {
     parser.Reject(502, why);
     return;
   }
-  if ((status == 502 || status == 503 || status == 504) &&
+  // A gRPC worker's UNAVAILABLE in its response head (Trailers-Only: no
+  // message was sent) is its 503.
+  const int retry_as =
+      status == 200 && downstream.grpc() &&
+              parser.headers().Find("grpc-status") == std::string_view("14")
+          ? 503
+          : status;
+  if ((retry_as == 502 || retry_as == 503 || retry_as == 504) &&
       exchange_.WouldRetryStatus(*this)) {
     // Another backend may do better: drop this answer and try there. When
     // no retry is possible the backend's own answer is relayed instead.
-    retry_status_ = status;
-    parser.Reject(status, "retrying");
+    retry_status_ = retry_as;
+    parser.Reject(retry_as, "retrying");
     return;
   }
-  ReportOutcome(status < 500, FailureKind::kStatus);
+  ReportOutcome(retry_as < 500, FailureKind::kStatus);
   exchange_.OnResponseHead(*this, parser);
 }
 

@@ -37,8 +37,8 @@ import unittest
 
 from harness import (BYTES_PATTERN, MIB, Deadline, HttpReader, IncompleteMessage, ProtocolError,
                      TandemTestCase, chunked_body, curl, make_config, read_request,
-                     refused_address, require_tool, run_tandem, scaled, toml_table, wait_until,
-                     write_file)
+                     refused_address, require_tool, run_tandem, scaled, serve_each, toml_table,
+                     wait_until, write_file)
 
 from hpack import Decoder, Encoder
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
@@ -1134,6 +1134,38 @@ class GrpcTest(TandemTestCase):
         plain = client.get("/plain")
         self.assertIn(plain.status, (502, 503), plain)
         self.assertIsNone(plain.header("grpc-status"))
+
+
+    def test_a_workers_unavailable_is_retried_as_its_503(self):
+        # A worker's UNAVAILABLE in its response head (Trailers-Only: no
+        # message sent) is retried elsewhere as a 503 would be: for an
+        # idempotent call; a POST that reached the worker gets it relayed.
+        def answer(grpc_status):
+            head = ("HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+                    "grpc-status: %d\r\ngrpc-message: busy\r\ncontent-length: 0\r\n\r\n"
+                    % grpc_status).encode()
+            return serve_each(lambda request: head)
+        busy = self.start_backend(answer(14))
+        good = self.start_backend(answer(0))
+        tandem = self.start_tandem(make_config([busy.address, good.address],
+                                               listener_opts=H2C))
+        client = H2Client(tandem.port)
+        self.addCleanup(client.close)
+        grpc_fields = [("content-type", "application/grpc"), ("te", "trailers")]
+
+        def statuses(method):
+            found = []
+            for _ in range(4):
+                stream = client.wait_done(client.request(method, "/pkg.Svc/Method", grpc_fields,
+                                                         body=b"\x00\x00\x00\x00\x00"))
+                self.assertEqual(stream.status, 200, stream)
+                found.append(stream.header("grpc-status"))
+            return found
+        # Round-robin sends every other call to the busy worker first.
+        self.assertEqual(statuses("PUT"), ["0"] * 4)
+        tandem.wait_access_line(r'"PUT /pkg\.Svc/Method HTTP/2\.0" 200 .*R5.*failed_tries=%s:R5'
+                                % re.escape(busy.address))
+        self.assertEqual(sorted(statuses("POST")), ["0", "0", "14", "14"])
 
 
 # ---- reload --------------------------------------------------------------------------------------
