@@ -1,13 +1,16 @@
 """Helpers shared by the benchmark scripts' python helpers: free ports, waiting
-for a port, pinning with taskset, nginx's directories, process CPU and RSS from /proc, the runs
-CSV, and the subcommands that print them.
+for a port, pinning with taskset, the connections tandem-worker backends
+accepted, nginx's directories, process CPU and RSS from /proc, the runs CSV,
+and the subcommands that print them.
 Standard library only."""
 
 import argparse
 import csv
+import json
 import os
 import socket
 import time
+import urllib.request
 
 
 def free_port():
@@ -31,6 +34,16 @@ def wait_port(port, timeout=10):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("nothing listens on %d" % port)
+
+
+def backend_connections(ports):
+    """Connections the tandem-worker backends accepted so far, summed (from
+    their GET /stats, whose own connection is counted too)."""
+    total = 0
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as r:
+            total += json.load(r)["connections_accepted"]
+    return total
 
 
 def nginx_dir(parent, name):

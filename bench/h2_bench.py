@@ -1,17 +1,28 @@
 #!/usr/bin/python3
 """HTTP/2 front ends side by side: tandem, HAProxy and nginx (one thread or
-process each) in front of the same HTTP/1.1 tandem-worker backends, driven
-by h2load (nghttp2-client) over h2c (prior knowledge) and over TLS (ALPN
-h2), in alternating rounds. Prints per mode the median requests/s, p99 and
-proxy CPU microseconds per request, and tandem's ratios to the others.
+process each), driven by h2load (nghttp2-client) in alternating rounds, in
+three modes:
+
+  h2c   client h2c (prior knowledge) to the proxy, HTTP/1.1 to tandem-worker
+        backends
+  h2    client TLS with ALPN h2 to the proxy, HTTP/1.1 to the same backends
+  h2h2  client h2c to the proxy and HTTP/2 (h2c, prior knowledge) from the
+        proxy to nginx backends that answer GET / as tandem-worker does
+        (tandem: cluster protocol = "h2c"; HAProxy: server ... proto h2;
+        nginx: grpc_pass, its only HTTP/2 upstream, which carries one request
+        per upstream connection at a time)
+
+Prints per mode the median requests/s, p99, proxy CPU microseconds per request
+and backend connections opened per run, and tandem's ratios to the others.
 
 Environment (defaults in brackets):
   PROXIES     proxies, in this order ["tandem haproxy nginx"]
-  MODES       "h2c" (plain, prior knowledge) and/or "h2" (TLS, ALPN) ["h2c h2"]
+  MODES       any of "h2c", "h2", "h2h2" ["h2c h2 h2h2"]
   CONNS       h2load clients [100]        STREAMS  streams per client [10]
   DURATION    seconds per run [10]        REPS     rounds [3]
   WARMUP      seconds of load before the rounds [2]
-  BACKENDS    tandem-worker processes [3]
+  BACKENDS    backends: tandem-worker processes (h2c, h2) and nginx h2c
+              processes of one worker each (h2h2) [3]
   PROXY_CPUS  taskset CPUs for the proxies, e.g. "0" [none]
   LOAD_CPUS   taskset CPUs for h2load and the backends, e.g. "1" [none]
   TANDEM, WORKER  binaries [<repo>/build/tandem, <repo>/build/tandem-worker]
@@ -29,15 +40,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (cpu_ticks, free_port, nginx_dir, nginx_temp_paths, pinned,  # noqa: E402
-                      wait_port)
+from benchlib import (backend_connections, cpu_ticks, free_port, nginx_dir,  # noqa: E402
+                      nginx_temp_paths, pinned, wait_port)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ.get
 PROXIES = ENV("PROXIES", "tandem haproxy nginx").split()
-MODES = ENV("MODES", "h2c h2").split()
+MODES = ENV("MODES", "h2c h2 h2h2").split()
 CONNS = int(ENV("CONNS", "100"))
 STREAMS = int(ENV("STREAMS", "10"))
 DURATION = int(ENV("DURATION", "10"))
@@ -49,6 +61,11 @@ LOAD_CPUS = ENV("LOAD_CPUS", "")
 TANDEM = ENV("TANDEM", os.path.join(REPO, "build", "tandem"))
 WORKER = ENV("WORKER", os.path.join(REPO, "build", "tandem-worker"))
 RESULTS_DIR = ENV("RESULTS_DIR", "")
+ALL_MODES = ("h2c", "h2", "h2h2")
+NGINX_H2H2_NOTE = ("h2h2: nginx forwards with grpc_pass (ngx_http_grpc_module, its only HTTP/2 "
+                   "upstream): each request takes an upstream connection of its own until it "
+                   "is answered, kept alive afterwards (keepalive 64), so its backend "
+                   "connections column counts the connections that churned")
 
 
 def log(message):
@@ -60,7 +77,9 @@ class Bench:
         self.dir = tempfile.mkdtemp(prefix="h2-bench-")
         os.chmod(self.dir, 0o755)  # nginx workers run as nobody
         self.procs = []
-        self.backends = []
+        self.backends = []      # tandem-worker ports (HTTP/1.1)
+        self.h2_backends = []   # nginx h2c ports
+        self.h2_stats = []      # their stub_status ports (HTTP/1.1)
         self.cert = os.path.join(self.dir, "cert.pem")
         self.key = os.path.join(self.dir, "key.pem")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
@@ -86,27 +105,89 @@ class Bench:
             wait_port(port)
             self.backends.append(port)
 
+    def start_h2_backends(self):
+        """nginx processes of one worker each, speaking h2c (prior knowledge)
+        and answering GET / as tandem-worker does (same status, body, X-Worker
+        and Content-Type; nginx adds Server and Date). keepalive_requests is
+        lifted, else nginx ends an HTTP/2 connection after 1000 streams; a
+        second, HTTP/1.1 port serves stub_status for the accepted-connection
+        count."""
+        for i in range(BACKENDS):
+            port, stats = free_port(), free_port()
+            d = nginx_dir(self.dir, "backend-h2-%d" % i)
+            text = f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_timeout 120s;
+    keepalive_requests 100000000;
+    {nginx_temp_paths(d)}
+    server {{
+        listen 127.0.0.1:{port} http2;
+        default_type "text/plain; charset=utf-8";
+        location / {{
+            add_header X-Worker w{i};
+            return 200 "hello from w{i}\\n";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{stats};
+        location = /stats {{ stub_status; }}
+    }}
+}}
+"""
+            path = os.path.join(d, "nginx.conf")
+            open(path, "w").write(text)
+            self.start(["nginx", "-p", d + "/", "-c", path, "-e", os.path.join(d, "error.log")],
+                       "backend-h2-%d" % i, LOAD_CPUS)
+            wait_port(port)
+            wait_port(stats)
+            self.h2_backends.append(port)
+            self.h2_stats.append(stats)
+
+    def backend_connections(self, mode):
+        """Connections the mode's backends accepted so far, the one each
+        backend accepted for this reading included."""
+        if mode != "h2h2":
+            return backend_connections(self.backends)
+        total = 0
+        for port in self.h2_stats:
+            with urllib.request.urlopen("http://127.0.0.1:%d/stats" % port, timeout=2) as r:
+                # "Active connections: N\nserver accepts handled requests\n A H R\n..."
+                total += int(r.read().decode().split("\n")[2].split()[0])
+        return total
+
     # ---- configs ---------------------------------------------------------
 
-    def tandem(self, port, tls):
+    def tandem(self, port, mode):
         lines = ["[global]", "threads = 1", 'access_log = "off"', 'grace_period = "1s"', "",
                  "[listeners.bench]", 'listen = "127.0.0.1:%d"' % port,
                  'cluster = "workers"', 'idle_timeout = "120s"']
-        if tls:
+        if mode == "h2":
             lines += ['tls_cert = "%s"' % self.cert, 'tls_key = "%s"' % self.key]
         lines += ["", "[clusters.workers]", 'algorithm = "round-robin"',
-                  "max_idle_connections = 64", "[clusters.workers.health]", 'kind = "none"']
-        for b in self.backends:
+                  "max_idle_connections = 64"]
+        if mode == "h2h2":
+            lines += ['protocol = "h2c"']
+        lines += ["[clusters.workers.health]", 'kind = "none"']
+        for b in self.backends_for(mode):
             lines += ["[[clusters.workers.backends]]", 'address = "127.0.0.1:%d"' % b]
         path = os.path.join(self.dir, "tandem-%d.toml" % port)
         open(path, "w").write("\n".join(lines) + "\n")
         return [TANDEM, "-c", path]
 
-    def haproxy(self, port, tls):
+    def backends_for(self, mode):
+        return self.h2_backends if mode == "h2h2" else self.backends
+
+    def haproxy(self, port, mode):
         bind = ("ssl crt %s alpn h2,http/1.1" % os.path.join(self.dir, "combined.pem")
-                if tls else "proto h2")
-        servers = "\n".join("    server w%d 127.0.0.1:%d" % (i, b)
-                            for i, b in enumerate(self.backends))
+                if mode == "h2" else "proto h2")
+        proto = " proto h2" if mode == "h2h2" else ""
+        servers = "\n".join("    server w%d 127.0.0.1:%d%s" % (i, b, proto)
+                            for i, b in enumerate(self.backends_for(mode)))
         text = f"""global
     nbthread 1
     maxconn 4000
@@ -130,12 +211,18 @@ backend workers
         open(path, "w").write(text)
         return ["haproxy", "-f", path]
 
-    def nginx(self, port, tls):
+    def nginx(self, port, mode):
         d = nginx_dir(self.dir, "nginx-%d" % port)
-        servers = "\n".join("        server 127.0.0.1:%d;" % b for b in self.backends)
+        servers = "\n".join("        server 127.0.0.1:%d;" % b for b in self.backends_for(mode))
         listen = (f"listen 127.0.0.1:{port} ssl http2;\n        ssl_certificate {self.cert};"
-                  f"\n        ssl_certificate_key {self.key};" if tls
+                  f"\n        ssl_certificate_key {self.key};" if mode == "h2"
                   else f"listen 127.0.0.1:{port} http2;")
+        if mode == "h2h2":
+            forward = "grpc_pass grpc://workers;"
+        else:
+            forward = """proxy_pass http://workers;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";"""
         text = f"""worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
@@ -153,9 +240,7 @@ http {{
     server {{
         {listen}
         location / {{
-            proxy_pass http://workers;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            {forward}
         }}
     }}
 }}
@@ -166,7 +251,7 @@ http {{
 
     def start_proxy(self, proxy, mode):
         port = free_port()
-        argv = getattr(self, proxy)(port, mode == "h2")
+        argv = getattr(self, proxy)(port, mode)
         name = "%s-%s" % (proxy, mode)
         proc = self.start(argv, name, PROXY_CPUS)
         try:
@@ -194,11 +279,17 @@ http {{
 
     def run(self, proxy, mode, port, proc, rep):
         log_file = os.path.join(self.dir, "log-%s-%s-%d.tsv" % (proxy, mode, rep))
+        # The backends are shared: connections the previous run left in their
+        # accept queues (nginx's grpc_pass opens thousands) must not count here.
+        time.sleep(1)
+        conns_before = self.backend_connections(mode)
         before = cpu_ticks(proc.pid)
         start = time.monotonic()
         ok, failed, _ = self.h2load(port, mode, DURATION, log_file)
         elapsed = time.monotonic() - start
         ticks = cpu_ticks(proc.pid) - before
+        # less the connections of the second reading
+        conns = self.backend_connections(mode) - conns_before - BACKENDS
         durations = sorted(int(line.split("\t")[2]) for line in open(log_file)
                            if line.count("\t") >= 2)
         os.unlink(log_file)
@@ -207,7 +298,7 @@ http {{
         return {"proxy": proxy, "mode": mode, "rep": rep, "requests": ok, "failed": failed,
                 "rps": round(ok / DURATION, 1), "p99_us": p99,
                 "cpu_us_per_req": round(cpu_us / max(ok, 1), 2),
-                "elapsed_s": round(elapsed, 2)}
+                "backend_conns": conns, "elapsed_s": round(elapsed, 2)}
 
     def close(self):
         for proc in self.procs:
@@ -222,7 +313,8 @@ http {{
 
 
 def report(rows):
-    lines = ["| mode | proxy | req/s | p99 ms | CPU µs/req | failed |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| mode | proxy | req/s | p99 ms | CPU µs/req | backend conns opened | failed |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     med = {}
     for mode in MODES:
         for proxy in PROXIES:
@@ -230,11 +322,12 @@ def report(rows):
             if not runs:
                 continue
             m = {k: statistics.median(r[k] for r in runs)
-                 for k in ("rps", "p99_us", "cpu_us_per_req")}
+                 for k in ("rps", "p99_us", "cpu_us_per_req", "backend_conns")}
             m["failed"] = sum(r["failed"] for r in runs)
             med[(mode, proxy)] = m
             lines.append(f"| {mode} | {proxy} | {m['rps']:,.0f} | {m['p99_us'] / 1000:.2f} | "
-                         f"{m['cpu_us_per_req']:.1f} | {m['failed']} |")
+                         f"{m['cpu_us_per_req']:.1f} | {m['backend_conns']:,.0f} | "
+                         f"{m['failed']} |")
     lines.append("")
     for mode in MODES:
         t = med.get((mode, "tandem"))
@@ -244,17 +337,30 @@ def report(rows):
                 lines.append(f"{mode}: tandem / {other}: req/s {t['rps'] / o['rps']:.2f}, "
                              f"p99 {t['p99_us'] / max(o['p99_us'], 1):.2f}, "
                              f"CPU/req {t['cpu_us_per_req'] / o['cpu_us_per_req']:.2f}")
+    if "h2h2" in MODES and "nginx" in PROXIES:
+        lines += ["", NGINX_H2H2_NOTE]
     return "\n".join(lines)
 
 
 def main():
-    for tool in ("h2load", "taskset") + tuple(p for p in PROXIES if p != "tandem"):
+    unknown = [m for m in MODES if m not in ALL_MODES]
+    if unknown:
+        sys.exit("h2_bench: unknown mode %s (modes: %s)" % (" ".join(unknown), " ".join(ALL_MODES)))
+    needed = set(p for p in PROXIES if p != "tandem") | {"h2load", "taskset"}
+    if "h2h2" in MODES:
+        needed.add("nginx")  # the h2c backends
+    for tool in sorted(needed):
         if not shutil.which(tool):
             sys.exit("h2_bench: %s is not installed" % tool)
+    if "h2h2" in MODES and "nginx" in PROXIES:
+        log(NGINX_H2H2_NOTE)
     bench = Bench()
     rows = []
     try:
-        bench.start_backends()
+        if set(MODES) & {"h2c", "h2"}:
+            bench.start_backends()
+        if "h2h2" in MODES:
+            bench.start_h2_backends()
         running = {}
         for proxy in PROXIES:
             for mode in MODES:

@@ -14,7 +14,7 @@ import time
 import tomllib
 import urllib.request
 
-from benchlib import command_parser, read_runs, rss_kib, run_common
+from benchlib import backend_connections, command_parser, read_runs, rss_kib, run_common
 
 
 def wait_http(port, timeout):
@@ -29,15 +29,6 @@ def wait_http(port, timeout):
             pass
         time.sleep(0.1)
     return False
-
-
-def backend_connections(ports):
-    """Connections the tandem-worker backends accepted so far, summed."""
-    total = 0
-    for port in ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as r:
-            total += json.load(r)["connections_accepted"]
-    return total
 
 
 async def open_idle(port, count, concurrency, timeout, ssl_context=None):
