@@ -421,8 +421,8 @@ int H2Connection::OnHeader(nghttp2_session*, const nghttp2_frame* frame,
   return 0;
 }
 
-int H2Connection::OnFrameRecv(nghttp2_session* session,
-                              const nghttp2_frame* frame, void* arg) {
+int H2Connection::OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
+                              void* arg) {
   auto* self = static_cast<H2Connection*>(arg);
   switch (frame->hd.type) {
     case NGHTTP2_HEADERS: {
@@ -437,11 +437,12 @@ int H2Connection::OnFrameRecv(nghttp2_session* session,
       break;
     }
     case NGHTTP2_DATA: {
-      // Padding counts against the windows too; nobody consumes it.
-      if (frame->data.padlen > 0) {
-        nghttp2_session_consume(session, frame->hd.stream_id,
-                                frame->data.padlen);
-      }
+      // Padding counts against the windows, and nghttp2 consumes it itself
+      // as it reads it (Pad Length field included), automatic WINDOW_UPDATE
+      // off or not: consumed here again, the windows would open by the
+      // padding once more per frame, and a client sending frames of more
+      // padding than body could upload without bound to a backend that
+      // reads nothing.
       if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
         if (H2Stream* stream = self->StreamOf(frame->hd.stream_id))
           stream->OnEndStream();

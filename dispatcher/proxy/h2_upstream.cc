@@ -156,6 +156,9 @@ class H2UpstreamStream final : private net::HttpParser::Handler {
   // The stream is over for the try: what was written reaches it, then EOF
   // (`never_reached`: the try may go to another connection, even a POST).
   void Finish(bool never_reached);
+  // The response cannot be carried: the stream is reset (CANCEL) and the try
+  // sees its backend close (502, or a cut response).
+  void Cancel();
   evbuffer* out() const { return bufferevent_get_output(bev_); }
 
   H2Session* session_;
@@ -163,8 +166,9 @@ class H2UpstreamStream final : private net::HttpParser::Handler {
   bufferevent* bev_ = nullptr;         // this end
   net::HttpParser request_{net::HttpParser::Type::kRequest, this};
   net::EvbufferPtr body_{evbuffer_new()};
-  std::string lines_;         // response fields as "name: value\r\n"
-  uint64_t lines_bytes_ = 0;  // what the fields came to, kept or not
+  std::string lines_;           // response fields as "name: value\r\n"
+  uint64_t lines_bytes_ = 0;    // what the fields came to, kept or not
+  uint64_t interim_bytes_ = 0;  // what the interim (1xx) heads came to
   int32_t id_ = -1;
   int status_ = 0;
   uint64_t unconsumed_ = 0;  // DATA bytes whose window was not given back
@@ -325,7 +329,12 @@ void H2Session::RemoveStream(H2UpstreamStream* stream) {
   parse_.erase(std::remove(parse_.begin(), parse_.end(), stream), parse_.end());
   if (streams_.empty()) {
     idle_since_ = Clock::now();
-    if (going_away_) Terminate();
+    // A session that can take no stream (going away, or the worker's
+    // SETTINGS_MAX_CONCURRENT_STREAMS is 0) ends with its last one: kept
+    // idle, it would only hold a socket until idle_timeout, and a worker
+    // allowing no stream gets each request on a new connection (its HEADERS
+    // leave before the worker's SETTINGS come), one more held per request.
+    if (going_away_ || (ready_ && capacity() == 0)) Terminate();
   }
 }
 
@@ -472,7 +481,7 @@ int H2Session::OnHeader(nghttp2_session*, const nghttp2_frame* frame,
   return 0;
 }
 
-int H2Session::OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
+int H2Session::OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
                            void* arg) {
   auto* self = static_cast<H2Session*>(arg);
   const bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
@@ -482,10 +491,12 @@ int H2Session::OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
         stream->OnHeaders(end);
       break;
     case NGHTTP2_DATA:
-      if (frame->data.padlen > 0) {
-        nghttp2_session_consume(session, frame->hd.stream_id,
-                                frame->data.padlen);
-      }
+      // Padding is not consumed here: nghttp2 consumes it itself as it
+      // reads it (Pad Length field included), automatic WINDOW_UPDATE off or
+      // not. Consumed twice, the windows would open by the padding once
+      // more per frame, and a worker sending frames of more padding than
+      // body could keep its stream window open while the try reads nothing:
+      // the response buffered without bound.
       if (end) {
         if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id))
           stream->OnEndStream();
@@ -723,17 +734,19 @@ void H2UpstreamStream::OnField(std::string_view name, std::string_view value) {
   net::AppendField(name, value, &lines_);
 }
 
+void H2UpstreamStream::Cancel() {
+  if (session_ != nullptr && id_ > 0) {
+    nghttp2_submit_rst_stream(session_->session(), NGHTTP2_FLAG_NONE, id_,
+                              NGHTTP2_CANCEL);
+    session_->ScheduleSend();
+  }
+  Finish(false);
+}
+
 void H2UpstreamStream::OnHeaders(bool end_stream) {
   if (finished_) return;  // the try has its answer, or its end
   if (lines_bytes_ > net::kDefaultMaxHeadBytes) {
-    // Too large to carry: the stream ends here, and the try sees its
-    // backend close without an answer (502).
-    if (session_ != nullptr && id_ > 0) {
-      nghttp2_submit_rst_stream(session_->session(), NGHTTP2_FLAG_NONE, id_,
-                                NGHTTP2_CANCEL);
-      session_->ScheduleSend();
-    }
-    Finish(false);
+    Cancel();  // too large to carry
     return;
   }
   std::string text;
@@ -761,6 +774,18 @@ void H2UpstreamStream::OnHeaders(bool end_stream) {
       }
     }
     text.append("\r\n");
+    // HEADERS frames are not flow-controlled: interim heads go to the try
+    // however little it reads (it stops while its client is slow), and
+    // HPACK lets a few bytes on the wire stand for a head of 64 KiB. So all
+    // of a stream's interim heads together are kept only up to one head's
+    // limit; past it the stream is reset. (A try takes 16 of them at most.)
+    if (interim) {
+      interim_bytes_ += text.size();
+      if (interim_bytes_ > net::kDefaultMaxHeadBytes) {
+        Cancel();
+        return;
+      }
+    }
   }
   lines_.clear();
   lines_bytes_ = 0;
