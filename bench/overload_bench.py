@@ -20,7 +20,8 @@ MAX_CONNS; past it the request counts as failed, "unsent"). A request written
 more than 5 ms after its due time counts as late (reported as "late %": when
 it is high, the generator did not keep its schedule). No answer within
 TIMEOUT s is a failure. Each request carries x-priority: high (10 %), normal
-(60 %) or low (30 %), drawn from a seeded random generator.
+(60 %) or low (30 %) by default (PRIORITY_MIX), drawn from a seeded random
+generator.
 
 Scenarios (SCENARIOS, in this order):
   tandem-adaptive  concurrency = "adaptive", priority_header, queue_size/queue_timeout
@@ -35,6 +36,8 @@ Environment (defaults in brackets):
               "unloaded" p99 the 3x goal compares with
   WORKERS [2]  SLOTS [4]  SERVICE_MS [25]
   QUEUE_SIZE  tandem queue_size [WORKERS x SLOTS]
+  PRIORITY_MIX  percent high/normal/low ["10/60/30"]; at 10x load, high must
+              stay under capacity (e.g. "5/55/40") for its goal to be reachable
   QUEUE_TIMEOUT_MS  tandem queue_timeout and HAProxy "timeout queue" [100]
   DURATION    measured seconds per run [15]    WARMUP  seconds before [2]
   TIMEOUT     per-request timeout, s [5]       MAX_CONNS generator connections [6000]
@@ -78,6 +81,10 @@ DURATION = float(ENV("DURATION", "15"))
 WARMUP = float(ENV("WARMUP", "2"))
 TIMEOUT = float(ENV("TIMEOUT", "5"))
 MAX_CONNS = int(ENV("MAX_CONNS", "6000"))
+# Shares of high/normal/low priority requests, in percent.
+MIX = [float(x) for x in ENV("PRIORITY_MIX", "10/60/30").split("/")]
+if len(MIX) != 3 or abs(sum(MIX) - 100) > 1e-6:
+    sys.exit("overload_bench: PRIORITY_MIX must be three shares adding up to 100, e.g. 10/60/30")
 RATE_LIMIT = float(ENV("RATE_LIMIT", "100"))
 RL_PROXIES = ENV("RL_PROXIES", "tandem haproxy nginx").split()
 PROXY_CPUS = ENV("PROXY_CPUS", "")
@@ -226,7 +233,8 @@ class Generator:
         self.max_conns = max_conns
         rnd = random.Random(seed)
         self.n = int(rate * (warmup + duration))
-        self.prio = [0 if r < 0.1 else (1 if r < 0.7 else 2)
+        high, normal = MIX[0] / 100, (MIX[0] + MIX[1]) / 100
+        self.prio = [0 if r < high else (1 if r < normal else 2)
                      for r in (rnd.random() for _ in range(self.n))]
         self.requests = [("GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: overload\r\n"
                           "x-priority: %s\r\n\r\n" % p).encode() for p in PRIORITIES]
@@ -618,9 +626,10 @@ def main():
         bench.close()
     header = ("overload_bench: %d workers x %d slots x %g ms = capacity %.0f req/s; "
               "queue %d, queue timeout %d ms; %g s measured after %g s warm-up; timeout %g s; "
-              "priorities 10/60/30 %% high/normal/low; proxy on CPUs %s, generator and workers "
+              "priorities %s %% high/normal/low; proxy on CPUs %s, generator and workers "
               "on %s" % (WORKERS, SLOTS, SERVICE_MS, CAPACITY, QUEUE_SIZE, QUEUE_TIMEOUT_MS,
-                         DURATION, WARMUP, TIMEOUT, PROXY_CPUS or "-", LOAD_CPUS or "-"))
+                         DURATION, WARMUP, TIMEOUT, "/".join("%g" % m for m in MIX),
+                         PROXY_CPUS or "-", LOAD_CPUS or "-"))
     text = header + "\n\n" + fmt_table(rows) + "\n\n" + goals(rows)
     print(text)
     if RESULTS_DIR:

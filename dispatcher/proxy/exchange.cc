@@ -23,6 +23,12 @@ constexpr std::chrono::milliseconds kAutoTryFloor{1000};
 // A retry body kept past this capacity is freed when its exchange ends, so
 // one large upload does not stay resident on an idle connection.
 constexpr size_t kMaxIdleRetryBodyBytes = 16 * 1024;
+// A request above normal priority may join a queue full of its equals and
+// betters up to this many times queue_size: queue_size keeps the wait of
+// normal and low requests short, and high ones, arriving in bursts, would
+// otherwise be turned away while a slot frees every few milliseconds
+// (docs/retries.md, "Priorities").
+constexpr size_t kHighQueueFactor = 4;
 
 }  // namespace
 
@@ -370,7 +376,9 @@ void Exchange::Overflow(ClusterRuntime& runtime, bool retry,
     queue_size = runtime.config->adaptive.max_limit;
   }
   if (queue_size > 0 && !retry &&
-      (runtime.queue.size() < queue_size || ShedLower(runtime))) {
+      (runtime.queue.size() < queue_size || ShedLower(runtime) ||
+       (state_.priority < conf::kNormalPriority &&
+        runtime.queue.size() < kHighQueueFactor * queue_size))) {
     EnterQueue(runtime, runtime.config->queue_timeout);
     return;
   }

@@ -243,6 +243,35 @@ class PriorityTest(FaultTestCase):
         self.assertIn('priority="7"', list(shed)[0])
 
 
+    def test_high_requests_may_wait_past_a_full_queue_normal_ones_not(self):
+        # queue_size 1: one normal request may wait; high ones may wait up to
+        # 4 x queue_size, so a burst of three is served rather than refused.
+        worker = self.start_worker("w1", threads=2)
+        tandem = self.start_tandem(make_config(
+            [worker.address],
+            cluster_opts={"max_requests": 1, "queue_size": 1, "queue_timeout": "5s",
+                          "priority_header": "X-Priority"},
+            extra=NO_CHECKS))
+        results = {}
+
+        def send(name, priority, ms):
+            response = http_request(tandem.port, "GET", "/sleep?ms=%d" % ms,
+                                    headers={"X-Priority": priority}, timeout=scaled(20))
+            results[name] = response.status
+
+        staggered(send, (("first", "normal", 1000), ("high1", "high", 50), ("high2", "0", 50),
+                         ("high3", "high", 50), ("normal", "normal", 50),
+                         ("high4", "high", 50), ("high5", "high", 50)))
+        report("burst of high", **results)
+        self.assertEqual(results["first"], 200)
+        # The normal one found the queue full of high ones: refused.
+        self.assertEqual(results["normal"], 503)
+        for name in ("high1", "high2", "high3", "high4"):
+            self.assertEqual(results[name], 200, results)
+        # Past 4 x queue_size even a high one is refused.
+        self.assertEqual(results["high5"], 503, results)
+
+
 class ListenerPriorityTest(FaultTestCase):
     """A listener's `priority` is its requests' priority when they name none:
     a "low" batch listener's request is shed from a full queue for a normal
