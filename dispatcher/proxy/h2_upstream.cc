@@ -26,6 +26,8 @@ constexpr size_t kBodyHighWater = 64 * 1024;
 constexpr size_t kBodyLowWater = 16 * 1024;
 // Streams a session takes before the backend's SETTINGS say how many.
 constexpr uint32_t kAssumedStreams = 100;
+// The highest stream id (2^31 - 1).
+constexpr uint32_t kLastStreamId = 0x7fffffff;
 // An idle session is PINGed after this quiet time (checked once a loop
 // tick); one whose PING is not answered within kPingTimeout is closed, so
 // the next request does not find a connection the worker dropped silently.
@@ -112,7 +114,8 @@ class H2Session final : private UpstreamUser {
   Clock::time_point heard_at_ = Clock::now();  // the worker's last bytes
   Clock::time_point ping_sent_at_{};           // zero: none outstanding
   bool ready_ = false;
-  bool going_away_ = false;  // GOAWAY received, or max requests reached
+  // GOAWAY received, max requests reached, or stream ids about to run out
+  bool going_away_ = false;
   bool closed_ = false;
 };
 
@@ -342,6 +345,11 @@ void H2Session::CountRequest() {
   ++requests_;
   const uint64_t max = owner_.max_requests_per_connection();
   if (max > 0 && requests_ >= max) going_away_ = true;  // no new stream
+  // Client stream ids are odd and end at 2^31 - 1 (RFC 9113 5.1.1): past
+  // that a connection opens no stream, so the next request goes elsewhere
+  // rather than failing here (about 10^9 requests on one connection).
+  if (nghttp2_session_get_next_stream_id(session_) >= kLastStreamId)
+    going_away_ = true;
 }
 
 void H2Session::ScheduleSend() {
