@@ -106,12 +106,15 @@ class Load:
     def __init__(self, port, conns, seconds, timeout):
         self.port = port
         self.timeout = timeout
-        self.end = time.monotonic() + seconds
+        self.begin = time.monotonic()
+        self.end = self.begin + seconds
+        self.seconds = seconds
         self.lock = threading.Lock()
         self.requests = 0
         self.failed = 0
         self.kinds = {}
         self.latencies = []
+        self.done_at = []  # seconds into the run each successful answer came
         self.failed_at = []
         self.fault_at = None  # wall clock, once the fault is injected
         self.faulty_after = 0  # answers from b1 after the fault
@@ -147,6 +150,9 @@ class Load:
                     conn = None
                 if not ok:
                     self.note_failure("status %d" % response.status, at)
+                else:
+                    with self.lock:
+                        self.done_at.append(time.monotonic() - self.begin)
             except (OSError, http.client.HTTPException) as e:
                 self.note_failure(type(e).__name__, at)
                 if conn is not None:
@@ -267,6 +273,16 @@ def run_load(args):
     if args.fault == "freeze":
         os.kill(args.pid, signal.SIGCONT)
     latencies = sorted(load.latencies) or [0.0]
+
+    def quantile(q):
+        return round(latencies[max(0, int(len(latencies) * q) - 1)] * 1000, 1)
+    # Successful answers per whole second of the run (the last, partial one
+    # left out), and the worst second against the median one.
+    per_second = [0] * max(1, int(args.duration))
+    for t in load.done_at:
+        if int(t) < len(per_second):
+            per_second[int(t)] += 1
+    usual = sorted(per_second)[len(per_second) // 2] or 1
     result = {
         "scenario": args.scenario,
         "proxy": args.proxy,
@@ -276,8 +292,12 @@ def run_load(args):
         "failed_window_s": round(max(load.failed_at) - min(load.failed_at), 3)
         if load.failed_at else 0,
         "detection_s": None if detection is None else round(detection, 3),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
+        "p50_ms": quantile(0.5),
+        "p99_ms": quantile(0.99),
+        "p999_ms": quantile(0.999),
         "max_ms": round(latencies[-1] * 1000, 1),
+        "per_second": per_second,
+        "worst_second": round(min(per_second) / usual, 2),
         "faulty_share": round(load.faulty_after / load.answers_after, 3)
         if load.answers_after else 0,
     }
@@ -308,9 +328,9 @@ def tandem_retries(admin_port):
 def report(args):
     with open(args.results) as f:
         runs = [json.loads(line) for line in f if line.strip()]
-    out = ["| scenario | proxy | requests | failed | failed % | detection | p99 ms | max ms "
-           "| b1 share after | failures |",
-           "|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
+    out = ["| scenario | proxy | requests | failed | failed % | detection | p50 ms | p99 ms "
+           "| p99.9 ms | max ms | worst second | b1 share after | failures |",
+           "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     names = {"none": "no fault", "kill": "kill -9 one of 3", "freeze": "kill -STOP one of 3",
              "slow": "one of 3 20 ms slower", "flaky": "one of 3: 20 % 503",
              "spike": "all 3: 2 ms, 10 ms for 4 s"}
@@ -323,11 +343,18 @@ def report(args):
             detection = "%.2f s" % run["detection_s"]
         kinds = ", ".join("%s ×%d" % kv for kv in sorted(run["failure_kinds"].items())) or "-"
         share = 100.0 * run["failed"] / run["requests"] if run["requests"] else 0.0
-        out.append("| %s | %s | %d | %d | %.2f | %s | %.1f | %.1f | %.3f | %s |" % (
+        out.append("| %s | %s | %d | %d | %.2f | %s | %s | %.1f | %s | %.1f | %s | %.3f | %s |" % (
             names.get(run["scenario"], run["scenario"]), run["proxy"], run["requests"],
-            run["failed"], share, detection, run["p99_ms"], run["max_ms"],
+            run["failed"], share, detection, run.get("p50_ms", "-"), run["p99_ms"],
+            run.get("p999_ms", "-"), run["max_ms"], run.get("worst_second", "-"),
             run.get("faulty_share", 0), kinds))
     print("\n".join(out))
+    print("\n\"worst second\": the fewest answers in one second of the run over the median "
+          "second's. Answers per second:\n")
+    for run in runs:
+        if "per_second" in run:
+            print("- %s, %s: %s" % (names.get(run["scenario"], run["scenario"]), run["proxy"],
+                                    " ".join(str(n) for n in run["per_second"])))
     by = {(r["scenario"], r["proxy"]): r for r in runs}
     verdicts = []
     for scenario in dict.fromkeys(r["scenario"] for r in runs):

@@ -19,6 +19,9 @@ Environment (defaults in brackets):
   PROXIES     proxies, in this order ["tandem haproxy nginx"]
   MODES       any of "h2c", "h2", "h2h2" ["h2c h2 h2h2"]
   CONNS       h2load clients [100]        STREAMS  streams per client [10]
+  IDLE        idle backend connections kept: tandem max_idle_connections
+              (per backend), nginx keepalive (in all); HAProxy keeps all by
+              default [CONNS x STREAMS]
   DURATION    seconds per run [10]        REPS     rounds [3]
   WARMUP      seconds of load before the rounds [2]
   BACKENDS    backends: tandem-worker processes (h2c, h2) and nginx h2c
@@ -52,6 +55,11 @@ PROXIES = ENV("PROXIES", "tandem haproxy nginx").split()
 MODES = ENV("MODES", "h2c h2 h2h2").split()
 CONNS = int(ENV("CONNS", "100"))
 STREAMS = int(ENV("STREAMS", "10"))
+# Idle backend connections tandem (per backend) and nginx (in all) keep;
+# HAProxy keeps every one by default. With CONNS x STREAMS requests in flight
+# and fewer kept, every burst of answers closes connections the next burst
+# opens again.
+IDLE = int(ENV("IDLE", str(CONNS * STREAMS)))
 DURATION = int(ENV("DURATION", "10"))
 REPS = int(ENV("REPS", "3"))
 WARMUP = int(ENV("WARMUP", "2"))
@@ -64,7 +72,7 @@ RESULTS_DIR = ENV("RESULTS_DIR", "")
 ALL_MODES = ("h2c", "h2", "h2h2")
 NGINX_H2H2_NOTE = ("h2h2: nginx forwards with grpc_pass (ngx_http_grpc_module, its only HTTP/2 "
                    "upstream): each request takes an upstream connection of its own until it "
-                   "is answered, kept alive afterwards (keepalive 64), so its backend "
+                   "is answered, kept alive afterwards (keepalive IDLE), so its backend "
                    "connections column counts the connections that churned")
 
 
@@ -169,7 +177,7 @@ http {{
         if mode == "h2":
             lines += ['tls_cert = "%s"' % self.cert, 'tls_key = "%s"' % self.key]
         lines += ["", "[clusters.workers]", 'algorithm = "round-robin"',
-                  "max_idle_connections = 64"]
+                  "max_idle_connections = %d" % IDLE]
         if mode == "h2h2":
             lines += ['protocol = "h2c"']
         lines += ["[clusters.workers.health]", 'kind = "none"']
@@ -235,7 +243,7 @@ http {{
     {nginx_temp_paths(d)}
     upstream workers {{
 {servers}
-        keepalive 64;
+        keepalive {IDLE};
     }}
     server {{
         {listen}
