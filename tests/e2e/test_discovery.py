@@ -390,10 +390,9 @@ class ScaleTest(DiscoveryTestCase):
                    "the replaced address to be removed")
         load.wait_past(changed + self.TTL + 1 + SLACK, 100)
         load.stop()
+        # (A failure reads "KIND WALLCLOCK: what"; assertNoFailures shows them.)
         report("replace", requests=load.count(), failures=len(load.failures),
-               new_after=first - changed, old_last=(load.last_sent("old") or 0) - changed,
-               first_failure=(float(load.failures[0].split(" at ")[1].split(":")[0]) - changed
-                              if load.failures else -1.0))
+               new_after=first - changed, old_last=(load.last_sent("old") or 0) - changed)
         self.assertNoFailures(load, "A -> B (the change at %.3f)" % changed)
         self.assertLessEqual(first - changed, self.TTL + 1 + CHECK_INTERVAL + SLACK)
         self.assertLess(load.last_sent("old"), changed + self.TTL + 1 + SLACK)
