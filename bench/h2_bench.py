@@ -70,6 +70,22 @@ TANDEM = ENV("TANDEM", os.path.join(REPO, "build", "tandem"))
 WORKER = ENV("WORKER", os.path.join(REPO, "build", "tandem-worker"))
 RESULTS_DIR = ENV("RESULTS_DIR", "")
 ALL_MODES = ("h2c", "h2", "h2h2")
+
+
+def nginx_prologue(d):
+    """The start of every nginx config here, up to inside `http {`: one
+    process, keep-alive without a request limit, files under `d`."""
+    return f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_timeout 120s;
+    keepalive_requests 100000000;
+    {nginx_temp_paths(d)}
+"""
 NGINX_H2H2_NOTE = ("h2h2: nginx forwards with grpc_pass (ngx_http_grpc_module, its only HTTP/2 "
                    "upstream): each request takes an upstream connection of its own until it "
                    "is answered, kept alive afterwards (keepalive IDLE), so its backend "
@@ -123,17 +139,7 @@ class Bench:
         for i in range(BACKENDS):
             port, stats = free_port(), free_port()
             d = nginx_dir(self.dir, "backend-h2-%d" % i)
-            text = f"""worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    keepalive_timeout 120s;
-    keepalive_requests 100000000;
-    {nginx_temp_paths(d)}
-    server {{
+            text = nginx_prologue(d) + f"""    server {{
         listen 127.0.0.1:{port} http2;
         default_type "text/plain; charset=utf-8";
         location / {{
@@ -231,17 +237,7 @@ backend workers
             forward = """proxy_pass http://workers;
             proxy_http_version 1.1;
             proxy_set_header Connection "";"""
-        text = f"""worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    keepalive_timeout 120s;
-    keepalive_requests 100000000;
-    {nginx_temp_paths(d)}
-    upstream workers {{
+        text = nginx_prologue(d) + f"""    upstream workers {{
 {servers}
         keepalive {IDLE};
     }}

@@ -54,11 +54,15 @@ import unittest
 
 from hpack import Decoder, Encoder
 
-from harness import (Client, Deadline, IncompleteMessage, TandemTestCase, make_config,
-                     open_descriptors, scaled, wait_until)
+from harness import (SANITIZED, Client, Deadline, IncompleteMessage, TandemTestCase,
+                     make_config, open_descriptors, scaled, wait_until)
 from test_http2 import H2Client
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# What tandem's RSS may grow by where the defence holds (AddressSanitizer's
+# quarantine keeps freed buffers resident: 11-30 MiB seen). Without the
+# defences these tests grew it by 90-300 MB.
+GROWTH_KIB = (64 if SANITIZED else 4) * 1024
 
 # Frame types and flags (RFC 9113 §6).
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
@@ -1199,7 +1203,7 @@ class InterimBombTest(WorkerFaultCase):
         peak = self.tandem.memory_kib("VmHWM") - rss
         print("\n%d interim heads of 60 KB in %d KB: tandem's peak RSS grew %d KiB" % (
             INTERIM_BOMB, INTERIM_BOMB * 26 // 1000, peak))
-        self.assertLess(peak, 4 * 1024)
+        self.assertLess(peak, GROWTH_KIB)
         with Client(self.tandem.port) as client:
             self.assert_ok(client.get("/ok/after-bomb"), "/ok/after-bomb")
 
@@ -1282,14 +1286,16 @@ class EndlessBodyTest(WorkerFaultCase):
         peak = self.tandem.memory_kib("VmHWM") - rss
         print("\nendless body to a %s that does not read: the worker sent %.1f MiB, "
               "tandem's peak RSS grew %d KiB" % (what, sent / MIB, peak))
-        self.assertLess(peak, 4 * 1024)
+        self.assertLess(peak, GROWTH_KIB)
         leave(handle)
         self.worker.wait_event(lambda e: e[0] == "rst" and e[2] == stream.id and
                                e[1] == stream.connection.number and e[3] == CANCEL,
                                scaled(5), "RST_STREAM(CANCEL) of the endless stream")
         self.assertEqual(self.goaways_on(stream.connection.number), [])
         self.access_line(path, start, "200")
-        after = wait_until(lambda: (lambda v: v if v - rss < 2 * 1024 else None)(
+        # (Under AddressSanitizer freed memory stays resident a while.)
+        back_kib = GROWTH_KIB if SANITIZED else 2 * 1024
+        after = wait_until(lambda: (lambda v: v if v - rss < back_kib else None)(
             self.tandem.memory_kib("VmRSS")), scaled(5), "the memory back")
         print("after it left: RSS %+d KiB" % (after - rss))
 
@@ -1359,7 +1365,7 @@ class EndlessBodyTest(WorkerFaultCase):
         self.assertEqual(self.goaways_on(stream.connection.number), [])
         peak = self.tandem.memory_kib("VmHWM") - rss
         print("\n%d MiB ignoring the window: tandem's peak RSS grew %d KiB" % (FLOOD // MIB, peak))
-        self.assertLess(peak, 4 * 1024)
+        self.assertLess(peak, GROWTH_KIB)
 
 
 class PaddedRequestBodyTest(TandemTestCase):
@@ -1414,7 +1420,7 @@ class PaddedRequestBodyTest(TandemTestCase):
         print("\npadded upload to a backend that reads nothing: %.1f MiB of body taken, "
               "tandem's RSS grew %d KiB" % (sent / MIB, grown))
         self.assertLess(sent, 32 * MIB)
-        self.assertLess(grown, 4 * 1024)
+        self.assertLess(grown, GROWTH_KIB)
 
 
 if __name__ == "__main__":

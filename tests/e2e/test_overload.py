@@ -203,6 +203,18 @@ def shed_counts(tandem):
             if k.startswith("tandem_shed_total") and v}
 
 
+def priority_sender(tandem, results):
+    """send(name, priority, ms): a GET of /sleep?ms=MS with X-Priority, its
+    (status, sent, done, Retry-After) kept in results[name]."""
+    def send(name, priority, ms):
+        sent = time.monotonic()
+        response = http_request(tandem.port, "GET", "/sleep?ms=%d" % ms,
+                                headers={"X-Priority": priority}, timeout=scaled(20))
+        results[name] = (response.status, sent, time.monotonic(),
+                         response.header("retry-after"))
+    return send
+
+
 class PriorityTest(FaultTestCase):
     """priority_header: a request of higher priority waits ahead of lower
     ones, and pushes the newest lower one out of a full queue."""
@@ -215,17 +227,9 @@ class PriorityTest(FaultTestCase):
                           "priority_header": "X-Priority"},
             extra=NO_CHECKS))
         results = {}
-
-        def send(name, priority, ms):
-            sent = time.monotonic()
-            response = http_request(tandem.port, "GET", "/sleep?ms=%d" % ms,
-                                    headers={"X-Priority": priority}, timeout=scaled(20))
-            results[name] = (response.status, sent, time.monotonic(),
-                             response.header("retry-after"))
-
         # One request holds the only slot; two low ones fill the queue; a
         # high one comes last.
-        staggered(send, (("first", "normal", 600), ("low1", "low", 100),
+        staggered(priority_sender(tandem, results), (("first", "normal", 600), ("low1", "low", 100),
                          ("low2", "7", 100), ("high", "high", 100)))
         report("priorities", **{k: "%d/%.3f" % (v[0], v[2] - v[1]) for k, v in results.items()})
         self.assertEqual(results["first"][0], 200)
@@ -252,16 +256,12 @@ class PriorityTest(FaultTestCase):
             cluster_opts={"max_requests": 1, "queue_size": 1, "queue_timeout": "5s",
                           "priority_header": "X-Priority"},
             extra=NO_CHECKS))
-        results = {}
-
-        def send(name, priority, ms):
-            response = http_request(tandem.port, "GET", "/sleep?ms=%d" % ms,
-                                    headers={"X-Priority": priority}, timeout=scaled(20))
-            results[name] = response.status
-
-        staggered(send, (("first", "normal", 1000), ("high1", "high", 50), ("high2", "0", 50),
-                         ("high3", "high", 50), ("normal", "normal", 50),
-                         ("high4", "high", 50), ("high5", "high", 50)))
+        found = {}
+        staggered(priority_sender(tandem, found),
+                  (("first", "normal", 1000), ("high1", "high", 50), ("high2", "0", 50),
+                   ("high3", "high", 50), ("normal", "normal", 50), ("high4", "high", 50),
+                   ("high5", "high", 50)))
+        results = {name: found[name][0] for name in found}
         report("burst of high", **results)
         self.assertEqual(results["first"], 200)
         # The normal one found the queue full of high ones: refused.
