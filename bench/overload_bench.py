@@ -39,6 +39,8 @@ Environment (defaults in brackets):
   PRIORITY_MIX  percent high/normal/low ["10/60/30"]; at 10x load, high must
               stay under capacity (e.g. "5/55/40") for its goal to be reachable
   QUEUE_TIMEOUT_MS  tandem queue_timeout and HAProxy "timeout queue" [100]
+  ADAPTIVE_SAMPLE  tandem-adaptive's [clusters.X.adaptive] sample, e.g. "p90"
+              [tandem's default, p50]
   DURATION    measured seconds per run [15]    WARMUP  seconds before [2]
   TIMEOUT     per-request timeout, s [5]       MAX_CONNS generator connections [6000]
   RATE_LIMIT  the rate-limit runs' limit, req/s [100] (offered 10x; "0" skips)
@@ -77,6 +79,7 @@ SLOTS = int(ENV("SLOTS", "4"))
 SERVICE_MS = float(ENV("SERVICE_MS", "25"))
 QUEUE_SIZE = int(ENV("QUEUE_SIZE", str(WORKERS * SLOTS)))
 QUEUE_TIMEOUT_MS = int(ENV("QUEUE_TIMEOUT_MS", "100"))
+ADAPTIVE_SAMPLE = ENV("ADAPTIVE_SAMPLE", "")  # [clusters.X.adaptive] sample
 DURATION = float(ENV("DURATION", "15"))
 WARMUP = float(ENV("WARMUP", "2"))
 TIMEOUT = float(ENV("TIMEOUT", "5"))
@@ -420,6 +423,8 @@ class Bench:
         if kind == "adaptive":
             lines += ['concurrency = "adaptive"']
         lines += ["[clusters.workers.health]", 'kind = "none"']
+        if kind == "adaptive" and ADAPTIVE_SAMPLE:
+            lines += ["[clusters.workers.adaptive]", 'sample = "%s"' % ADAPTIVE_SAMPLE]
         for b in self.workers:
             lines += ["[[clusters.workers.backends]]", 'address = "127.0.0.1:%d"' % b]
         path = self.write("tandem-%s.toml" % kind, "\n".join(lines) + "\n")
