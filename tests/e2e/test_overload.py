@@ -133,6 +133,41 @@ class AdaptiveConcurrencyTest(FaultTestCase):
                          "adaptive")
 
 
+    def test_a_reload_keeps_the_limit_of_an_unchanged_cluster(self):
+        workers = [self.start_worker("w%d" % i, threads=2) for i in (1, 2)]
+
+        def config(retries, max_limit):
+            extra = NO_CHECKS + ('[clusters.compute.adaptive]\nmin_limit = 3\n'
+                                 'max_limit = %d\n' % max_limit)
+            return make_config([w.address for w in workers],
+                               cluster_opts={"concurrency": "adaptive", "retries": retries},
+                               extra=extra)
+        tandem = self.start_tandem(config(2, 100))
+        for worker in workers:
+            self.assertEqual(http_request(worker.port, "POST", "/control/delay?ms=20",
+                                          body=b"").status, 200)
+        load_loop(tandem.port, "/", 16, 2.5)
+
+        def state():
+            return (gauge(tandem, "tandem_adaptive_concurrency_limit"),
+                    gauge(tandem, "tandem_adaptive_measuring"),
+                    gauge(tandem, "tandem_adaptive_min_rtt_seconds"))
+        grown = state()
+        # Another retries value, the same adaptive settings: the limiter, its
+        # limit and its minRTT carry over.
+        self.assertTrue(tandem.reload(config(3, 100)))
+        kept = state()
+        # Other adaptive settings: a new limiter, measuring minRTT at its floor.
+        self.assertTrue(tandem.reload(config(3, 90)))
+        fresh = state()
+        report("adaptive across reloads", grown=grown, kept=kept, fresh=fresh)
+        self.assertGreaterEqual(grown[0], 16)
+        self.assertEqual(grown[1], 0)
+        self.assertEqual(kept, grown)
+        self.assertEqual(fresh[0], 3)
+        self.assertEqual(fresh[1], 1)
+
+
 class MaxPendingTest(FaultTestCase):
 
     def test_a_full_queue_turns_requests_away_across_threads(self):
