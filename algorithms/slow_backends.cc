@@ -26,7 +26,7 @@ uint32_t SlowEstimate::value_us() const {
   return sorted[count_ / 2];
 }
 
-size_t FindSlow(std::span<const SlowView> views, std::span<uint8_t> slow) {
+SlowFound FindSlow(std::span<const SlowView> views, std::span<uint8_t> slow) {
   std::fill(slow.begin(), slow.end(), 0);
   size_t eligible = 0;
   double fastest = std::numeric_limits<double>::infinity();
@@ -36,7 +36,7 @@ size_t FindSlow(std::span<const SlowView> views, std::span<uint8_t> slow) {
     if (v.estimate.measured())
       fastest = std::min(fastest, static_cast<double>(v.estimate.value_us()));
   }
-  if (fastest == std::numeric_limits<double>::infinity()) return 0;
+  if (fastest == std::numeric_limits<double>::infinity()) return {};
   const double threshold = std::max(
       fastest * kSlowFactor, fastest + static_cast<double>(kSlowFloor.count()));
   size_t count = 0;
@@ -60,7 +60,7 @@ size_t FindSlow(std::span<const SlowView> views, std::span<uint8_t> slow) {
     slow[least] = 0;
     --count;
   }
-  return count;
+  return {count, static_cast<uint32_t>(fastest)};
 }
 
 }  // namespace tandem::algorithms

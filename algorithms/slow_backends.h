@@ -48,9 +48,14 @@ struct SlowView {
   SlowEstimate estimate;
 };
 
-// Sets slow[i] for the backends picks should pass over and returns how many
-// (slow.size() == views.size()). The slowest win when more than half of the
-// eligible backends qualify.
-size_t FindSlow(std::span<const SlowView> views, std::span<uint8_t> slow);
+struct SlowFound {
+  size_t count = 0;         // backends marked
+  uint32_t fastest_us = 0;  // the yardstick (0: nothing measured)
+};
+
+// Sets slow[i] for the backends picks should pass over (slow.size() ==
+// views.size()). The slowest win when more than half of the eligible
+// backends qualify.
+SlowFound FindSlow(std::span<const SlowView> views, std::span<uint8_t> slow);
 
 }  // namespace tandem::algorithms

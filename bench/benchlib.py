@@ -46,6 +46,15 @@ def backend_connections(ports):
     return total
 
 
+def tandem_bench_head(port):
+    """The start of a bench's tandem config: one loop thread, no access log,
+    a 1 s grace period, and listener "bench" on `port` for cluster
+    "workers"; a list of lines the caller extends."""
+    return ["[global]", "threads = 1", 'access_log = "off"', 'grace_period = "1s"', "",
+            "[listeners.bench]", 'listen = "127.0.0.1:%d"' % port,
+            'cluster = "workers"', 'idle_timeout = "120s"']
+
+
 def nginx_dir(parent, name):
     """A directory for one nginx instance's files, readable by its workers
     (they run as nobody)."""

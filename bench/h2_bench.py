@@ -47,7 +47,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (backend_connections, cpu_ticks, free_port, nginx_dir,  # noqa: E402
-                      nginx_temp_paths, pinned, wait_port)
+                      nginx_temp_paths, pinned, tandem_bench_head, wait_port)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ.get
@@ -177,9 +177,7 @@ class Bench:
     # ---- configs ---------------------------------------------------------
 
     def tandem(self, port, mode):
-        lines = ["[global]", "threads = 1", 'access_log = "off"', 'grace_period = "1s"', "",
-                 "[listeners.bench]", 'listen = "127.0.0.1:%d"' % port,
-                 'cluster = "workers"', 'idle_timeout = "120s"']
+        lines = tandem_bench_head(port)
         if mode == "h2":
             lines += ['tls_cert = "%s"' % self.cert, 'tls_key = "%s"' % self.key]
         lines += ["", "[clusters.workers]", 'algorithm = "round-robin"',

@@ -68,7 +68,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (cpu_ticks, free_port, nginx_dir, nginx_temp_paths, pinned,  # noqa: E402
-                      wait_port)
+                      tandem_bench_head, wait_port)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ.get
@@ -407,9 +407,7 @@ class Bench:
         return path
 
     def tandem(self, port, kind):
-        lines = ["[global]", "threads = 1", 'access_log = "off"', 'grace_period = "1s"', "",
-                 "[listeners.bench]", 'listen = "127.0.0.1:%d"' % port,
-                 'cluster = "workers"', 'idle_timeout = "120s"']
+        lines = tandem_bench_head(port)
         if kind == "ratelimit":
             lines += ["", "[listeners.bench.rate_limit]", "rate = %g" % RATE_LIMIT,
                       'key = "global"']

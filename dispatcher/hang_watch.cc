@@ -215,14 +215,11 @@ void Loop::SuspectUnanswered(ClusterRuntime& runtime, size_t suspect,
 void Loop::UpdateSlow(ClusterRuntime& runtime, Clock::time_point now) {
   for (size_t b = 0; b < runtime.backends.size(); ++b)
     runtime.slow_views[b].eligible = runtime.backends[b].eligible;
-  runtime.slow_count =
+  const algorithms::SlowFound found =
       algorithms::FindSlow(runtime.slow_views, runtime.slow_next);
+  runtime.slow_count = found.count;
   if (runtime.slow_next == runtime.slow) return;
-  uint32_t fastest = UINT32_MAX;
-  for (const algorithms::SlowView& v : runtime.slow_views) {
-    if (v.eligible && v.estimate.measured())
-      fastest = std::min(fastest, v.estimate.value_us());
-  }
+  const uint32_t fastest = found.fastest_us;
   for (size_t b = 0; b < runtime.backends.size(); ++b) {
     if (runtime.slow_next[b] == runtime.slow[b]) continue;
     BackendRuntime& backend = runtime.backends[b];

@@ -22,7 +22,7 @@ SlowView Measured(double us, bool eligible = true) {
 
 std::vector<uint8_t> Slow(const std::vector<SlowView>& views) {
   std::vector<uint8_t> slow(views.size(), 7);
-  size_t count = FindSlow(views, slow);
+  size_t count = FindSlow(views, slow).count;
   size_t marked = 0;
   for (uint8_t s : slow) marked += s;
   CHECK(count == marked);
@@ -97,6 +97,12 @@ TEST_CASE(
   // The fastest is ineligible: the yardstick is the next one.
   CHECK(Slow({Measured(100, false), Measured(2000), Measured(2100)}) ==
         Flags{0, 0, 0});
+  {
+    std::vector<SlowView> views = {Measured(100, false), Measured(2000),
+                                   Measured(2100)};
+    std::vector<uint8_t> slow(views.size());
+    CHECK(FindSlow(views, slow).fastest_us == 2000);
+  }
   // An ineligible slow one is not marked (the picks skip it anyway).
   CHECK(Slow({Measured(300), Measured(20000, false), Measured(300)}) ==
         Flags{0, 0, 0});
