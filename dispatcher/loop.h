@@ -272,6 +272,7 @@ class Loop {
   event_base* base() const { return base_.get(); }
   size_t index() const { return index_; }
   AccessLog& access_log() { return *access_log_; }
+  net::WriteBehind& write_behind() { return *write_behind_; }
   LoopStats& stats() { return stats_; }
   algorithms::Rng& rng() { return rng_; }
   // A scratch buffer for building heads; valid until the next call.
@@ -444,6 +445,7 @@ class Loop {
                                  std::shared_ptr<SharedLimits>>>
       limits_;
   std::unique_ptr<AccessLog> access_log_;
+  std::unique_ptr<net::WriteBehind> write_behind_;
   LoopStats stats_;
   algorithms::Rng rng_;
   static constexpr size_t kMaxScratchBytes = 64 * 1024;

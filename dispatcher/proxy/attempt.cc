@@ -108,6 +108,7 @@ bool Attempt::SendHead() {
   bufferevent_set_max_single_read(bev, kMaxSingleRead);
   if (bufferevent_enable(bev, EV_READ | EV_WRITE) != 0) return false;
   ReplayBody();
+  upstream_->WriteSoon();
   return true;
 }
 
@@ -126,11 +127,13 @@ void Attempt::ReplayBody() {
 void Attempt::SendBody(const char* data, size_t length) {
   net::FrameBody(exchange_.downstream().request().framing(), data, length,
                  upstream_->output());
+  upstream_->WriteSoon();
 }
 
 void Attempt::SendBodyEnd() {
   const net::HttpParser& request = exchange_.downstream().request();
   net::FrameBodyEnd(request.framing(), request.trailers(), upstream_->output());
+  upstream_->WriteSoon();
 }
 
 bool Attempt::OutputFull() const {

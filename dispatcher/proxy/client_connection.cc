@@ -204,18 +204,21 @@ ClientConnection::ClientConnection(Loop& loop, Generation& generation,
   bufferevent_setwatermark(bev_raw, EV_READ, 0, kClientReadHighWater);
   bufferevent_setwatermark(bev_raw, EV_WRITE, kOutputLowWater, 0);
   bufferevent_set_max_single_read(bev_raw, kMaxSingleRead);
+  if (!listener_->tls) net::ReadDirectly(bev_raw);
 }
 
 void ClientConnection::Destroy() {
   if (destroyed_) return;
   destroyed_ = true;
   if (bev_) bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
+  loop_.write_behind().Cancel(&write_slot_);
   event_del(&timer_);
   exchange_.Cancel();
   loop_.Retire(this);
 }
 
 ClientConnection::~ClientConnection() {
+  loop_.write_behind().Cancel(&write_slot_);
   event_del(&timer_);
   exchange_.Cancel();
   exchange_.Reset();
@@ -363,6 +366,7 @@ void ClientConnection::OnClientRead() {
       if (exchange_.attempt().upstream() != nullptr) {
         UpstreamConnection& backend = *exchange_.attempt().upstream();
         PumpTunnel(input(), backend.output(), bev_.get());
+        backend.WriteSoon();
       }
       break;
     case State::kClosing:
@@ -568,6 +572,7 @@ void ClientConnection::ContinueRequest() {
   if (message_.expect_continue && !message_.continue_sent) {
     message_.continue_sent = true;
     evbuffer_add(output(), kContinue, sizeof(kContinue) - 1);
+    WriteSoon();
   }
   if (exchange_.request_complete()) return;
   if (message_.paused_at_head) {
@@ -608,6 +613,7 @@ void ClientConnection::SendInterim(const net::HttpParser& response) {
   net::AppendResponseHead(response, net::ResponsePlan{}, client_minor, false,
                           &head);
   evbuffer_add(output(), head.data(), head.size());
+  WriteSoon();
 }
 
 void ClientConnection::SendResponseHead(const net::HttpParser& response) {
@@ -626,14 +632,17 @@ void ClientConnection::SendResponseHead(const net::HttpParser& response) {
   std::string& head = loop_.scratch();
   net::AppendResponseHead(response, plan, client_minor, head_request, &head);
   evbuffer_add(output(), head.data(), head.size());
+  WriteSoon();
 }
 
 void ClientConnection::SendResponseBody(const char* data, size_t length) {
   net::FrameBody(message_.response_framing, data, length, output());
+  WriteSoon();
 }
 
 void ClientConnection::SendResponseEnd(const net::HeaderList& trailers) {
   net::FrameBodyEnd(message_.response_framing, trailers, output());
+  WriteSoon();
 }
 
 bool ClientConnection::ResponseOutputFull() const { return Full(output()); }
@@ -645,6 +654,7 @@ Downstream::LocalReply ClientConnection::SendLocalResponse(
   net::AppendSimpleResponse(status, detail, close, request_->http_minor(),
                             extra_fields, &out);
   evbuffer_add(output(), out.data(), out.size());
+  WriteSoon();
   message_.response_close = close;
   return {close, out.size() - (out.find("\r\n\r\n") + 4)};
 }
@@ -713,12 +723,15 @@ void ClientConnection::StartTunnel() {
   // Bytes that followed the 101 belong to the new protocol already.
   PumpTunnel(backend.input(), output(), backend.bev());
   PumpTunnel(input(), backend.output(), bev_.get());
+  WriteSoon();
+  backend.WriteSoon();
   bufferevent_enable(bev_.get(), EV_READ);
 }
 
 void ClientConnection::TunnelBackendRead() {
   UpstreamConnection& backend = *exchange_.attempt().upstream();
   PumpTunnel(backend.input(), output(), backend.bev());
+  WriteSoon();
 }
 
 void ClientConnection::TunnelBackendDrained() {
@@ -732,6 +745,7 @@ void ClientConnection::TunnelBackendDrained() {
 void ClientConnection::TunnelBackendClosed(short events) {
   UpstreamConnection& backend = *exchange_.attempt().upstream();
   evbuffer_add_buffer(output(), backend.input());
+  WriteSoon();
   if (events & BEV_EVENT_ERROR) {
     // Reset: deliver what the backend sent, then close.
     exchange_.EndTunnel(End::kClose);
@@ -768,6 +782,10 @@ void ClientConnection::TunnelFlushed() {
     // Both directions are done (or a socket is gone).
     exchange_.EndTunnel(End::kDestroy);
   }
+}
+
+void ClientConnection::WriteSoon() {
+  if (!listener_->tls) loop_.write_behind().Add(bev_.get(), &write_slot_);
 }
 
 // ---- closing

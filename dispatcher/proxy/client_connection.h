@@ -16,6 +16,7 @@
 #include "dispatcher/loop.h"
 #include "dispatcher/proxy/exchange.h"
 #include "dispatcher/proxy/front_connection.h"
+#include "net/direct_io.h"
 #include "net/event_ptr.h"
 #include "net/http_parser.h"
 #include "net/proxy_protocol.h"
@@ -164,12 +165,16 @@ class ClientConnection final : public FrontConnection,
   // Idle until `deadline`: the timer fires then, or earlier to park.
   void ArmIdleTimer(std::chrono::steady_clock::time_point deadline);
   evbuffer* output() const { return bufferevent_get_output(bev_.get()); }
+  // Bytes were added to the output: a plain connection writes them at the
+  // end of this loop turn (net::WriteBehind), a TLS one when libevent does.
+  void WriteSoon();
   evbuffer* input() const { return bufferevent_get_input(bev_.get()); }
 
   Loop& loop_;
   Generation* generation_;
   ListenerRuntime* listener_;
   net::BufferEventPtr bev_;
+  net::WriteBehind::Slot write_slot_;
   struct event timer_;
   std::unique_ptr<net::HttpParser> request_;  // lent by the loop
   std::string client_address_;                // "ip:port"

@@ -118,6 +118,7 @@ void H2Connection::Destroy() {
   if (destroyed_) return;
   destroyed_ = true;
   if (bev_) bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
+  loop_.write_behind().Cancel(&write_slot_);
   event_del(&timer_);
   event_del(&send_event_);
   while (streams_ != nullptr) {
@@ -130,6 +131,7 @@ void H2Connection::Destroy() {
 }
 
 H2Connection::~H2Connection() {
+  loop_.write_behind().Cancel(&write_slot_);
   event_del(&timer_);
   event_del(&send_event_);
   DeleteClosed();
@@ -254,6 +256,10 @@ void H2Connection::Send() {
     if (n == 0) break;
     evbuffer_add(out, data, static_cast<size_t>(n));
   }
+  // Written at the end of this turn (a TLS connection's: when libevent
+  // finds the socket writable).
+  if (!listener_->tls && evbuffer_get_length(out) > 0)
+    loop_.write_behind().Add(bev_.get(), &write_slot_);
   DeleteClosed();
   if (destroyed_) return;
   // Exchanges waiting for room in their response buffers go on (the list

@@ -17,6 +17,7 @@
 
 #include "dispatcher/loop.h"
 #include "dispatcher/proxy/front_connection.h"
+#include "net/direct_io.h"
 #include "net/event_ptr.h"
 #include "net/h2_message.h"
 #include "net/proxy_protocol.h"
@@ -114,6 +115,7 @@ class H2Connection final : public FrontConnection {
   Generation* generation_;
   ListenerRuntime* listener_;
   net::BufferEventPtr bev_;
+  net::WriteBehind::Slot write_slot_;  // a plain socket's output
   nghttp2_session* session_ = nullptr;
   struct event timer_;
   struct event send_event_;

@@ -383,6 +383,7 @@ void H2Session::Send() {
     if (n == 0) break;
     evbuffer_add(out, data, static_cast<size_t>(n));
   }
+  if (evbuffer_get_length(out) > 0) raw_->WriteSoon();
   if (!nghttp2_session_want_read(session_) &&
       !nghttp2_session_want_write(session_) && evbuffer_get_length(out) == 0)
     Close();

@@ -36,6 +36,11 @@ UpstreamConnection::~UpstreamConnection() {
   // must not outlive this object.
   if (output_watch_ != nullptr)
     evbuffer_remove_cb_entry(output(), output_watch_);
+  pool_.write_behind_.Cancel(&write_slot_);
+}
+
+void UpstreamConnection::WriteSoon() {
+  if (connected_) pool_.write_behind_.Add(bev_.get(), &write_slot_);
 }
 
 void UpstreamConnection::ReadCb(bufferevent*, void* arg) {
@@ -79,6 +84,7 @@ void UpstreamConnection::EventCb(bufferevent*, short events, void* arg) {
   if (events & BEV_EVENT_CONNECTED) {
     self->connected_ = true;
     SetNoDelay(bufferevent_getfd(self->bev_.get()));
+    net::ReadDirectly(self->bev_.get());
     if (bufferevent_enable(self->bev_.get(), EV_READ | EV_WRITE) != 0) {
       self->user_->OnUpstreamClosed(*self, BEV_EVENT_ERROR);
       return;
@@ -93,9 +99,13 @@ void UpstreamConnection::EventCb(bufferevent*, short events, void* arg) {
   self->user_->OnUpstreamClosed(*self, events);
 }
 
-BackendPool::BackendPool(event_base* base, const conf::SocketAddress& address,
+BackendPool::BackendPool(event_base* base, net::WriteBehind& write_behind,
+                         const conf::SocketAddress& address,
                          BackendStats* stats)
-    : base_(base), address_(address), stats_(stats) {}
+    : base_(base),
+      write_behind_(write_behind),
+      address_(address),
+      stats_(stats) {}
 
 BackendPool::~BackendPool() {
   h2_.reset();

@@ -13,6 +13,7 @@
 
 #include "conf/config.h"
 #include "dispatcher/proxy/stats.h"
+#include "net/direct_io.h"
 #include "net/event_ptr.h"
 #include "net/tls_client.h"
 
@@ -64,6 +65,10 @@ class UpstreamConnection {
   // False while no byte of the current request has been written: a response
   // arriving then was not sent for it (a stray answer on a pooled connection).
   bool request_started() const { return request_started_; }
+  // Bytes were added to the output: they leave at the end of this loop turn
+  // (net::WriteBehind) once the connection is established, else when
+  // libevent finds the socket writable.
+  void WriteSoon();
 
  private:
   friend class BackendPool;
@@ -89,6 +94,7 @@ class UpstreamConnection {
   bool idle_ = false;  // in the pool's idle list
   bool request_started_ = true;
   evbuffer_cb_entry* output_watch_ = nullptr;  // OutputCb on the output
+  net::WriteBehind::Slot write_slot_;
   uint32_t tls_generation_ = 0;  // the pool's, when this one was made
   std::string preamble_;         // sent first (a PROXY header), or empty
   // An HTTP/2 stream's end of a bufferevent pair (null: a socket).
@@ -102,8 +108,8 @@ class UpstreamConnection {
 
 class BackendPool : public net::TlsSessionSink {
  public:
-  BackendPool(event_base* base, const conf::SocketAddress& address,
-              BackendStats* stats);
+  BackendPool(event_base* base, net::WriteBehind& write_behind,
+              const conf::SocketAddress& address, BackendStats* stats);
   ~BackendPool() override;
   BackendPool(const BackendPool&) = delete;
   BackendPool& operator=(const BackendPool&) = delete;
@@ -182,6 +188,7 @@ class BackendPool : public net::TlsSessionSink {
   void CloseSocket(UpstreamConnection* connection);
 
   event_base* base_;
+  net::WriteBehind& write_behind_;
   conf::SocketAddress address_;
   BackendStats* stats_;
   std::shared_ptr<std::atomic<uint32_t>> shared_connections_;

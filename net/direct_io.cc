@@ -1,0 +1,151 @@
+#include "net/direct_io.h"
+
+#include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+
+namespace tandem::net {
+namespace {
+
+// A read lands in the input's own free space up to this much (no copy: a
+// request or response head nearly always fits); the rest of a large read
+// goes through the spill area and is copied in.
+constexpr size_t kInPlaceRead = 4096;
+constexpr size_t kSpillBytes = 64 * 1024;
+
+void ReadCb(evutil_socket_t fd, short, void* arg) {
+  auto* bev = static_cast<bufferevent*>(arg);
+  evbuffer* input = bev->input;
+  size_t want = static_cast<size_t>(bufferevent_get_max_single_read(bev));
+  if (bev->wm_read.high != 0) {
+    const size_t buffered = evbuffer_get_length(input);
+    if (buffered >= bev->wm_read.high) {
+      // libevent stops reading here; setting the same mark makes it do so
+      // (and resume when the input drains).
+      bufferevent_setwatermark(bev, EV_READ, bev->wm_read.low,
+                               bev->wm_read.high);
+      return;
+    }
+    want = std::min(want, bev->wm_read.high - buffered);
+  }
+  thread_local std::array<char, kSpillBytes> spill;
+  want = std::min(want, kSpillBytes);
+  // The input is frozen at its end outside libevent's own read callback.
+  evbuffer_unfreeze(input, 0);
+  evbuffer_iovec space[1];
+  if (evbuffer_reserve_space(
+          input, static_cast<ev_ssize_t>(std::min(want, kInPlaceRead)), space,
+          1) != 1) {
+    evbuffer_freeze(input, 0);
+    bufferevent_disable(bev, EV_READ);
+    if (bev->errorcb != nullptr)
+      bev->errorcb(bev, BEV_EVENT_READING | BEV_EVENT_ERROR, bev->cbarg);
+    return;
+  }
+  const size_t in_place = std::min(space[0].iov_len, want);
+  iovec parts[2] = {{space[0].iov_base, in_place},
+                    {spill.data(), want - in_place}};
+  const ssize_t got = readv(fd, parts, want > in_place ? 2 : 1);
+  const int error = errno;
+  if (got > 0) {
+    space[0].iov_len = std::min(static_cast<size_t>(got), in_place);
+    evbuffer_commit_space(input, space, 1);
+    if (static_cast<size_t>(got) > in_place)
+      evbuffer_add(input, spill.data(), static_cast<size_t>(got) - in_place);
+  }
+  evbuffer_freeze(input, 0);
+  if (got > 0) {
+    if (evbuffer_get_length(input) >= bev->wm_read.low &&
+        bev->readcb != nullptr) {
+      bev->readcb(bev, bev->cbarg);
+    }
+    return;
+  }
+  if (got < 0 && (error == EAGAIN || error == EWOULDBLOCK || error == EINTR))
+    return;
+  // End of stream or an error, reported as libevent reports them.
+  bufferevent_disable(bev, EV_READ);
+  errno = error;
+  if (bev->errorcb != nullptr) {
+    bev->errorcb(
+        bev, BEV_EVENT_READING | (got == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR),
+        bev->cbarg);
+  }
+}
+
+}  // namespace
+
+void ReadDirectly(bufferevent* bev) {
+  const evutil_socket_t fd = bufferevent_getfd(bev);
+  if (fd < 0 || bufferevent_openssl_get_ssl(bev) != nullptr) return;
+  const bool pending = event_pending(&bev->ev_read, EV_READ, nullptr) != 0;
+  if (pending) event_del(&bev->ev_read);
+  // The flags libevent gives it (EV_FINALIZE: freed through its finalizer).
+  event_assign(&bev->ev_read, bufferevent_get_base(bev), fd,
+               EV_READ | EV_PERSIST | EV_FINALIZE, ReadCb, bev);
+  if (pending) event_add(&bev->ev_read, nullptr);
+}
+
+bool WriteNow(bufferevent* bev) {
+  evbuffer* output = bufferevent_get_output(bev);
+  if (evbuffer_get_length(output) == 0 ||
+      !(bufferevent_get_enabled(bev) & EV_WRITE) ||
+      bufferevent_openssl_get_ssl(bev) != nullptr) {
+    return false;
+  }
+  const evutil_socket_t fd = bufferevent_getfd(bev);
+  if (fd < 0) return false;  // a bufferevent pair
+  // libevent keeps the output's front frozen outside its own write callback.
+  evbuffer_unfreeze(output, 1);
+  const int written = evbuffer_write(output, fd);
+  evbuffer_freeze(output, 1);
+  if (written <= 0) return false;
+  // The write event was added (in libevent's changelist, no system call yet)
+  // when the bytes were queued; deleted in the same turn, it costs nothing.
+  if (evbuffer_get_length(output) == 0) event_del(&bev->ev_write);
+  if (evbuffer_get_length(output) <= bev->wm_write.low &&
+      bev->writecb != nullptr) {
+    bev->writecb(bev, bev->cbarg);
+  }
+  return true;
+}
+
+WriteBehind::WriteBehind(event_base* base)
+    : event_(event_new(base, -1, 0, RunCb, this)) {}
+
+void WriteBehind::Add(bufferevent* bev, Slot* slot) {
+  if (slot->index != 0) return;
+  entries_.push_back({bev, slot});
+  slot->index = static_cast<uint32_t>(entries_.size());
+  // Made active now, the event runs after every callback already due in
+  // this turn (libevent runs them in order), before the next poll.
+  if (entries_.size() == 1) event_active(event_.get(), EV_TIMEOUT, 0);
+}
+
+void WriteBehind::Cancel(Slot* slot) {
+  if (slot->index == 0) return;
+  entries_[slot->index - 1] = {nullptr, nullptr};
+  slot->index = 0;
+}
+
+void WriteBehind::RunCb(evutil_socket_t, short, void* arg) {
+  static_cast<WriteBehind*>(arg)->Run();
+}
+
+void WriteBehind::Run() {
+  // A write callback may queue more (appended, written in this pass) or
+  // cancel entries (nulled in place).
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const Entry entry = entries_[i];
+    if (entry.bev == nullptr) continue;
+    entry.slot->index = 0;
+    WriteNow(entry.bev);
+  }
+  entries_.clear();
+}
+
+}  // namespace tandem::net

@@ -1,0 +1,72 @@
+// Plain sockets' reads and writes with fewer system calls than libevent's
+// bufferevents make, on the same bufferevents (their buffers, watermarks and
+// callbacks are unchanged).
+//
+// Writes: libevent writes a bufferevent's output when the next poll reports the
+// socket writable: it adds EPOLLOUT to the interest set, polls, writes, and
+// removes EPOLLOUT again, two epoll_ctl calls per write, and four per proxied
+// request. A socket that has nothing queued is nearly always writable, so
+// tandem writes at once (after everything the turn adds is in the buffer) and
+// leaves the poll for the case it is for: a socket whose send buffer is full.
+//
+// Reads: libevent asks the kernel how many bytes are waiting (ioctl FIONREAD)
+// before every read, to size the buffer; tandem reads into the input's free
+// space and a per-thread spill area instead, one system call per read.
+//
+// docs/performance.md has the measurements.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "net/event_ptr.h"
+
+namespace tandem::net {
+
+// Writes `bev`'s output now, as libevent would on a writable socket: the
+// output's front is written, the write event dropped once nothing is left,
+// and the write callback called when the output is at or under its low-water
+// mark. Only for a connected plain socket with writing enabled; anything
+// else (TLS, a bufferevent pair, a connect still in progress is the caller's
+// to rule out) returns false and is left to libevent. A failed write also
+// returns false: libevent's own write then meets the error and reports it.
+bool WriteNow(bufferevent* bev);
+
+// From now on, `bev`'s reads (a plain socket's, connected) are made by
+// tandem: one readv per readable event, as many bytes as libevent would take
+// (the max single read, and no more than the read high-water mark allows).
+// Must be called again after bufferevent_setfd or a connect, which give the
+// read event back to libevent.
+void ReadDirectly(bufferevent* bev);
+
+class WriteBehind {
+ public:
+  // Where an owner's queued entry is (0: none); the owner keeps it and
+  // passes it to Cancel before its bufferevent goes away.
+  struct Slot {
+    uint32_t index = 0;
+  };
+
+  explicit WriteBehind(event_base* base);
+  WriteBehind(const WriteBehind&) = delete;
+  WriteBehind& operator=(const WriteBehind&) = delete;
+
+  bool ok() const { return event_ != nullptr; }
+  // WriteNow(bev) at the end of this loop turn, once however often it is
+  // asked for.
+  void Add(bufferevent* bev, Slot* slot);
+  void Cancel(Slot* slot);
+
+ private:
+  struct Entry {
+    bufferevent* bev;
+    Slot* slot;
+  };
+  static void RunCb(evutil_socket_t, short, void* arg);
+  void Run();
+
+  std::vector<Entry> entries_;
+  EventPtr event_;
+};
+
+}  // namespace tandem::net
