@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bitset>
 #include <cerrno>
 
 namespace tandem::net {
@@ -13,9 +14,16 @@ namespace {
 
 // A read lands in the input's own free space up to this much (no copy: a
 // request or response head nearly always fits); the rest of a large read
-// goes through the spill area and is copied in.
+// goes through the spill area and is copied in. A socket whose last read
+// was larger (a body streaming through) reads all in place, into chains of
+// kBulkRead: libevent rounds a chain's allocation up to a power of two, so a
+// full 64 KiB would take 128 KiB, at the allocator's mmap threshold.
 constexpr size_t kInPlaceRead = 4096;
 constexpr size_t kSpillBytes = 64 * 1024;
+constexpr size_t kBulkRead = 64 * 1024 - 256;
+// Which descriptors' last read was larger than kInPlaceRead, by number
+// modulo the set's size (a stale bit only picks the other buffer size).
+constexpr size_t kBulkSlots = 64 * 1024;
 
 void ReadCb(evutil_socket_t fd, short, void* arg) {
   auto* bev = static_cast<bufferevent*>(arg);
@@ -33,13 +41,17 @@ void ReadCb(evutil_socket_t fd, short, void* arg) {
     want = std::min(want, bev->wm_read.high - buffered);
   }
   thread_local std::array<char, kSpillBytes> spill;
-  want = std::min(want, kSpillBytes);
+  thread_local std::bitset<kBulkSlots> bulk;
+  const size_t slot = static_cast<size_t>(fd) % kBulkSlots;
+  want = std::min(want, bulk[slot] ? kBulkRead : kSpillBytes);
   // The input is frozen at its end outside libevent's own read callback.
   evbuffer_unfreeze(input, 0);
   evbuffer_iovec space[1];
   if (evbuffer_reserve_space(
-          input, static_cast<ev_ssize_t>(std::min(want, kInPlaceRead)), space,
-          1) != 1) {
+          input,
+          static_cast<ev_ssize_t>(bulk[slot] ? want
+                                             : std::min(want, kInPlaceRead)),
+          space, 1) != 1) {
     evbuffer_freeze(input, 0);
     bufferevent_disable(bev, EV_READ);
     if (bev->errorcb != nullptr)
@@ -51,6 +63,7 @@ void ReadCb(evutil_socket_t fd, short, void* arg) {
                     {spill.data(), want - in_place}};
   const ssize_t got = readv(fd, parts, want > in_place ? 2 : 1);
   const int error = errno;
+  bulk[slot] = got > static_cast<ssize_t>(kInPlaceRead);
   if (got > 0) {
     space[0].iov_len = std::min(static_cast<size_t>(got), in_place);
     evbuffer_commit_space(input, space, 1);
