@@ -242,12 +242,13 @@ tandem_backends() {
 # event-loop thread, round robin with idle connections kept, no active health
 # checks. DESCRIPTION ends the comment on top; LISTENER_LINEs go into the
 # listener.
+# TANDEM_THREADS loop threads (1) in $WORK/${TANDEM_NAME:-tandem}.toml.
 write_tandem_bench_config() {  # PORT DESCRIPTION [LISTENER_LINE...]
   {
     cat <<EOF
-# $BENCH.sh: tandem with one event-loop thread $2.
+# $BENCH.sh: tandem with ${TANDEM_THREADS:-1} event-loop thread(s) $2.
 [global]
-threads = 1
+threads = ${TANDEM_THREADS:-1}
 access_log = "off"
 grace_period = "1s"
 
@@ -269,7 +270,7 @@ max_idle_connections = 64
 kind = "none"
 EOF
     tandem_backends
-  } >"$WORK/tandem.toml"
+  } >"$WORK/${TANDEM_NAME:-tandem}.toml"
 }
 
 # --check-config: writes each proxy's config on a free port, has the proxy
@@ -300,7 +301,7 @@ launch_proxy() {  # PROXY LOG
     haproxy) "${PROXY_PIN[@]}" haproxy -f "$WORK/haproxy.cfg" -db >"$2" 2>&1 & ;;
     nginx) "${PROXY_PIN[@]}" nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" \
       -e "$WORK/nginx/error.log" >"$2" 2>&1 & ;;
-    tandem) "${PROXY_PIN[@]}" "$TANDEM" -c "$WORK/tandem.toml" >"$2" 2>&1 & ;;
+    tandem | tandem2) "${PROXY_PIN[@]}" "$TANDEM" -c "$WORK/$1.toml" >"$2" 2>&1 & ;;
   esac
   STARTED_PIDS+=("$!")
 }
@@ -312,19 +313,20 @@ write_wrk_script() {
 -- Prints one machine-readable line after wrk's own report; latencies in µs.
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("BENCH,%d,%d,%d,%d,%d,connect %d read %d write %d timeout %d status %d\n",
+  io.write(string.format("BENCH,%d,%d,%d,%d,%d,%d,connect %d read %d write %d timeout %d status %d\n",
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout + e.status,
+    e.connect + e.read + e.write + e.timeout + e.status, summary.bytes,
     e.connect, e.read, e.write, e.timeout, e.status))
 end
 EOF
 }
 
-# wrk with THREADS threads against WRK_SCHEME://127.0.0.1:PORT/, LOAD_PIN in
-# front, bounded by its own duration plus a margin.
+# wrk with THREADS threads against WRK_SCHEME://127.0.0.1:PORT/URL_PATH
+# (URL_PATH defaults to /), LOAD_PIN in front, bounded by its own duration
+# plus a margin.
 run_wrk() {  # PORT CONNS SECONDS OUTFILE
   run_waited "${LOAD_PIN[@]}" timeout "$(($3 + 30))" wrk -t"$THREADS" -c"$2" -d"$3s" --latency \
-    -s "$WORK/report.lua" "$WRK_SCHEME://127.0.0.1:$1/" >"$4" 2>&1
+    -s "$WORK/report.lua" "$WRK_SCHEME://127.0.0.1:$1${URL_PATH:-/}" >"$4" 2>&1
 }
 
 # Warms every proxy up with WARMUP seconds of wrk at 10 connections. Uses the
@@ -340,7 +342,8 @@ warm_up_proxies() {
 
 # DURATION seconds of wrk on CONNS connections against PROXY (PROXY_PORT,
 # PROXY_PID), its output in OUTFILE. Sets WRK_REQUESTS, WRK_DURATION_US,
-# WRK_P50, WRK_P99 (µs), WRK_ERRORS, WRK_ERROR_KINDS and CPU_TICKS, the
+# WRK_P50, WRK_P99 (µs), WRK_ERRORS, WRK_BYTES (read by wrk), WRK_ERROR_KINDS
+# and CPU_TICKS, the
 # proxy's CPU time during the run.
 measure_wrk() {  # PROXY CONNS OUTFILE
   local proxy="$1" out="$3" pid="${PROXY_PID[$1]}" cpu_before cpu_after line
@@ -349,7 +352,7 @@ measure_wrk() {  # PROXY CONNS OUTFILE
   cpu_after="$(python3 "$TOOL" cpu "$pid")"
   alive "$pid" || die "$proxy died during the run: $(tail -5 "$WORK/logs/$proxy.log")"
   line="$(grep '^BENCH,' "$out")" || die "no result from wrk: $(tail -3 "$out")"
-  IFS=, read -r _ WRK_REQUESTS WRK_DURATION_US WRK_P50 WRK_P99 WRK_ERRORS WRK_ERROR_KINDS <<<"$line"
+  IFS=, read -r _ WRK_REQUESTS WRK_DURATION_US WRK_P50 WRK_P99 WRK_ERRORS WRK_BYTES WRK_ERROR_KINDS <<<"$line"
   ((WRK_REQUESTS > 0)) || die "$proxy served no request: $(tail -5 "$out")"
   CPU_TICKS=$((cpu_after - cpu_before))
 }
@@ -363,11 +366,24 @@ rotated_proxies() {  # REP
   for ((k = 0; k < ${#list[@]}; k++)); do echo "${list[(k + $1 - 1) % ${#list[@]}]}"; done
 }
 
-# Copies FILEs into RESULTS_DIR, if that is set.
+# Copies FILEs into RESULTS_DIR (RESULTS_DIR=none: nowhere), by default
+# bench/results/<UTC date and time>-<BENCH>-<commit>/, with machine.txt: the
+# commit, the binaries' versions and the machine's CPU model.
 copy_results() {  # FILE...
-  if [[ -n "$RESULTS_DIR" ]]; then
-    mkdir -p "$RESULTS_DIR"
-    cp "$@" "$RESULTS_DIR/"
-    log "results copied to $RESULTS_DIR"
+  [[ "$RESULTS_DIR" == none ]] && return 0
+  if [[ -z "$RESULTS_DIR" ]]; then
+    RESULTS_DIR="$REPO/bench/results/$(date -u +%Y%m%d-%H%M%S)-$BENCH-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
   fi
+  mkdir -p "$RESULTS_DIR"
+  cp "$@" "$RESULTS_DIR/"
+  {
+    echo "commit: $(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') x $(nproc)"
+    echo "kernel: $(uname -r)"
+    echo "pinning: proxies ${PROXY_CPUS:-none}, load ${LOAD_CPUS:-none}"
+    echo "haproxy: $(haproxy -v 2>/dev/null | head -1)"
+    echo "nginx: $(nginx -v 2>&1)"
+    echo "wrk: $(wrk -v 2>&1 | head -1)"
+  } >"$RESULTS_DIR/machine.txt"
+  log "results copied to $RESULTS_DIR"
 }

@@ -125,8 +125,8 @@ def check_tandem_config(path, backends):
                       if k not in known[kind])
 
     keys("global", config.get("global", {}), "global")
-    if config["global"].get("threads") != 1 or config["global"].get("access_log") != "off":
-        errors.append("global: threads must be 1 and access_log \"off\"")
+    if config["global"].get("threads") not in (1, 2) or config["global"].get("access_log") != "off":
+        errors.append("global: threads must be 1 (2 for tandem2) and access_log \"off\"")
     clusters = config.get("clusters", {})
     for name, listener in config.get("listeners", {}).items():
         keys("listener", listener, f"listeners.{name}")
@@ -171,21 +171,34 @@ def report(args):
     def fmt(value, digits=0):
         return "n/a" if value is None else f"{value:,.{digits}f}"
 
+    for r in runs:
+        # Bodies: MB/s and proxy CPU per MB (wrk counts every byte it read).
+        nbytes = int(r.get("bytes") or 0)
+        seconds = int(r["duration_us"]) / 1e6
+        r["mb_s"] = f"{nbytes / 1e6 / seconds:.2f}" if nbytes else ""
+        cpu_us = float(r["cpu_us_per_req"]) * int(r["requests"])
+        r["cpu_us_per_mb"] = f"{cpu_us / (nbytes / 1e6):.1f}" if nbytes else ""
+    sizes = [int(r.get("bytes") or 0) / int(r["requests"]) for r in runs]
+    large = bool(sizes) and statistics.median(sizes) >= 64 * 1024
+
     out = []
     reps = max((int(r["rep"]) for r in runs), default=0)
     out.append(f"Medians of {reps} run(s) each; proxies alternate run by run.\n")
+    extra_head = " MB/s | proxy CPU µs/MB |" if large else ""
     out.append("| conns | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req "
-               "| backend conns opened | errors |")
-    out.append("|---:|---|---:|---:|---:|---:|---:|---:|")
+               "| backend conns opened | errors |" + extra_head)
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if large else ""))
     for c in conns:
         for proxy in proxies:
             p50, p99 = median(proxy, c, "p50_us"), median(proxy, c, "p99_us")
+            extra = (f" {fmt(median(proxy, c, 'mb_s'), 1)} "
+                     f"| {fmt(median(proxy, c, 'cpu_us_per_mb'), 0)} |") if large else ""
             out.append(
                 f"| {c} | {proxy} | {fmt(median(proxy, c, 'rps'))} "
                 f"| {fmt(p50 and p50 / 1000, 2)} | {fmt(p99 and p99 / 1000, 2)} "
                 f"| {fmt(median(proxy, c, 'cpu_us_per_req'), 1)} "
                 f"| {fmt(median(proxy, c, 'backend_conns'))} "
-                f"| {total(proxy, c, 'errors')} |")
+                f"| {total(proxy, c, 'errors')} |" + extra)
     if memory:
         out.append("")
         out.append("| proxy | idle keep-alive conns | RSS before KiB | RSS after KiB "
@@ -200,14 +213,14 @@ def report(args):
 
     by_proxy = {m["proxy"]: m for m in memory}
     base = "tandem" if "tandem" in proxies else None
-    others = [p for p in proxies if p != base] if base else proxies[1:]
+    others = [p for p in proxies if p not in (base, "tandem2")] if base else proxies[1:]
     base = base or (proxies[0] if proxies else None)
     if base and others:
         out.append("")
         out.append(f"Ratios {base}/other, same run (req/s: higher is better; "
                    "p99, CPU and memory: lower is better).\n")
-        out.append("| conns | ratio | req/s | p99 | CPU/req |")
-        out.append("|---:|---|---:|---:|---:|")
+        out.append("| conns | ratio | req/s | p99 | CPU/req |" + (" MB/s | CPU/MB |" if large else ""))
+        out.append("|---:|---|---:|---:|---:|" + ("---:|---:|" if large else ""))
 
         def ratio(a, b):
             return "n/a" if a is None or not b else f"{a / b:.2f}"
@@ -218,7 +231,10 @@ def report(args):
                     f"| {c} | {base}/{other} "
                     f"| {ratio(median(base, c, 'rps'), median(other, c, 'rps'))} "
                     f"| {ratio(median(base, c, 'p99_us'), median(other, c, 'p99_us'))} "
-                    f"| {ratio(median(base, c, 'cpu_us_per_req'), median(other, c, 'cpu_us_per_req'))} |")
+                    f"| {ratio(median(base, c, 'cpu_us_per_req'), median(other, c, 'cpu_us_per_req'))} |"
+                    + (f" {ratio(median(base, c, 'mb_s'), median(other, c, 'mb_s'))} "
+                       f"| {ratio(median(base, c, 'cpu_us_per_mb'), median(other, c, 'cpu_us_per_mb'))} |"
+                       if large else ""))
         for other in others:
             if base in by_proxy and other in by_proxy:
                 a = by_proxy[base]["bytes_per_connection"]
@@ -230,6 +246,16 @@ def report(args):
             ok = rps != "n/a" and p99 != "n/a" and float(rps) >= 0.8 and float(p99) <= 1.5
             out.append(f"\nBar at 100 connections (req/s >= 0.8 x HAProxy, p99 <= 1.5 x "
                        f"HAProxy): req/s {rps}, p99 {p99}: {'PASS' if ok else 'FAIL'}")
+    if "tandem" in proxies and "tandem2" in proxies:
+        out.append("\nScaling: CPU per request with two loop threads over one "
+                   "(goal: at most 1.10).\n")
+        out.append("| conns | tandem2/tandem CPU/req | req/s |")
+        out.append("|---:|---:|---:|")
+        for c in conns:
+            a, b = median("tandem2", c, "cpu_us_per_req"), median("tandem", c, "cpu_us_per_req")
+            ra, rb = median("tandem2", c, "rps"), median("tandem", c, "rps")
+            out.append(f"| {c} | {'n/a' if a is None or not b else f'{a / b:.2f}'} "
+                       f"| {'n/a' if ra is None or not rb else f'{ra / rb:.2f}'} |")
     print("\n".join(out))
 
 

@@ -11,17 +11,22 @@ Runs tandem, HAProxy and nginx (one worker thread or process each) in front of
 the same tandem-worker backends and prints, per connection count, the median
 requests/s, p50 and p99 latency and proxy CPU microseconds per request, the
 memory per idle keep-alive connection, and the ratios of tandem to the others.
+With tandem2 among the proxies (tandem with two loop threads) it also prints
+the scaling ratio: tandem2's CPU per request over tandem's.
 
   --check-config  only write each proxy's config and validate it (haproxy -c,
                   nginx -t, tandem --check or a TOML shape check), then exit
   --help          print this
 
 Environment (defaults in brackets):
-  PROXIES       proxies to run, in this order ["tandem haproxy nginx"]
+  PROXIES       proxies to run, in this order ["tandem haproxy nginx"];
+                tandem2 is tandem with two loop threads (same pinning)
   TANDEM        the tandem binary [<repo>/build/tandem]
   WORKER        the tandem-worker binary [<repo>/build/tandem-worker, else
                 <repo>/build-worker/tandem-worker]
   CONNS         wrk connection counts ["10 100 1000"]
+  URL_PATH      what wrk asks for [/]; /bytes?n=1048576 gives 1 MiB bodies,
+                and the report then adds MB/s and CPU per MB
   DURATION      seconds per wrk run [10]
   THREADS       wrk threads [2]
   REPS          repetitions of every (proxy, conns) pair [3]
@@ -30,7 +35,8 @@ Environment (defaults in brackets):
   IDLE_CONNS    idle keep-alive connections for the memory test, 0 skips it [10000]
   PROXY_CPUS    pin the proxies to these CPUs with taskset, e.g. "0" [no pinning]
   LOAD_CPUS     pin wrk and the backends to these CPUs, e.g. "1" [no pinning]
-  RESULTS_DIR   also copy runs.csv, memory.jsonl and report.md there
+  RESULTS_DIR   copy runs.csv, memory.jsonl, report.md and machine.txt
+                there [bench/results/<date>-proxy_bench-<commit>]; none: don't
   KEEP          1 keeps the temporary directory (configs, logs, wrk output)
 EOF
 }
@@ -62,7 +68,7 @@ fi
 parse_options "$@"
 
 for proxy in $PROXIES; do
-  case "$proxy" in tandem | haproxy | nginx) ;; *) die "unknown proxy $proxy" ;; esac
+  case "$proxy" in tandem | tandem2 | haproxy | nginx) ;; *) die "unknown proxy $proxy" ;; esac
 done
 for value in "$DURATION" "$THREADS" "$REPS" "$WARMUP" "$BACKENDS" "$IDLE_CONNS" $CONNS; do
   is_uint "$value" || die "not a count: $value"
@@ -123,6 +129,7 @@ write_config() {  # PROXY PORT
     haproxy) write_haproxy_bench_config "$2" ;;
     nginx) write_nginx_config "$2" ;;
     tandem) write_tandem_bench_config "$2" "over the benchmark backends" ;;
+    tandem2) TANDEM_THREADS=2 TANDEM_NAME=tandem2 write_tandem_bench_config "$2" "over the benchmark backends" ;;
   esac
 }
 
@@ -131,12 +138,12 @@ check_config() {  # PROXY
   case "$1" in
     haproxy) haproxy -c -f "$WORK/haproxy.cfg" >"$out" 2>&1 ;;
     nginx) nginx -t -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" >"$out" 2>&1 ;;
-    tandem)
+    tandem | tandem2)
       local addresses=() port
       for port in "${BACKEND_PORTS[@]}"; do addresses+=("127.0.0.1:$port"); done
-      python3 "$TOOL" check-tandem "$WORK/tandem.toml" "${addresses[@]}" >"$out" 2>&1 || return 1
+      python3 "$TOOL" check-tandem "$WORK/$1.toml" "${addresses[@]}" >"$out" 2>&1 || return 1
       if [[ -x "$TANDEM" ]]; then
-        "$TANDEM" -c "$WORK/tandem.toml" --check >>"$out" 2>&1
+        "$TANDEM" -c "$WORK/$1.toml" --check >>"$out" 2>&1
       else
         echo "(no tandem binary at $TANDEM: checked the TOML shape only)" >>"$out"
       fi
@@ -167,7 +174,7 @@ write_wrk_script
 
 RUNS_CSV="$WORK/runs.csv"
 MEMORY_JSONL="$WORK/memory.jsonl"
-echo "proxy,conns,rep,requests,duration_us,rps,p50_us,p99_us,errors,cpu_ticks,cpu_us_per_req,backend_conns,error_kinds" >"$RUNS_CSV"
+echo "proxy,conns,rep,requests,duration_us,rps,p50_us,p99_us,errors,cpu_ticks,cpu_us_per_req,backend_conns,bytes,error_kinds" >"$RUNS_CSV"
 : >"$MEMORY_JSONL"
 
 measure() {  # PROXY CONNS REP
@@ -176,14 +183,14 @@ measure() {  # PROXY CONNS REP
   measure_wrk "$proxy" "$conns" "$WORK/runs/$proxy-c$conns-r$rep.txt"
   conns_after="$(python3 "$TOOL" backend-conns "${BACKEND_PORTS[@]}")"
   python3 - "$proxy" "$conns" "$rep" "$WRK_REQUESTS" "$WRK_DURATION_US" "$WRK_P50" "$WRK_P99" \
-    "$WRK_ERRORS" "$CPU_TICKS" "$((conns_after - conns_before - BACKENDS))" "$WRK_ERROR_KINDS" \
-    >>"$RUNS_CSV" <<'EOF'
+    "$WRK_ERRORS" "$CPU_TICKS" "$((conns_after - conns_before - BACKENDS))" "$WRK_BYTES" \
+    "$WRK_ERROR_KINDS" >>"$RUNS_CSV" <<'EOF'
 import os, sys
-proxy, conns, rep, requests, duration_us, p50, p99, errors, ticks, backend, kinds = sys.argv[1:]
+proxy, conns, rep, requests, duration_us, p50, p99, errors, ticks, backend, nbytes, kinds = sys.argv[1:]
 cpu_us = int(ticks) * 1e6 / os.sysconf("SC_CLK_TCK")
 print(f"{proxy},{conns},{rep},{requests},{duration_us},"
       f"{int(requests) / (int(duration_us) / 1e6):.1f},{p50},{p99},{errors},{ticks},"
-      f"{cpu_us / int(requests):.2f},{backend},{kinds}")
+      f"{cpu_us / int(requests):.2f},{backend},{nbytes},{kinds}")
 EOF
   log "$(tail -1 "$RUNS_CSV")"
 }
@@ -230,6 +237,7 @@ python3 "$TOOL" report --runs "$RUNS_CSV" --memory "$MEMORY_JSONL" \
   echo
   echo "Host: $(nproc) CPUs, $(uname -r); wrk -t$THREADS -d${DURATION}s; $BACKENDS backends" \
     "(tandem-worker --threads 1); $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3);" \
-    "$(nginx -v 2>&1 | cut -d' ' -f3); pinning: proxies ${PROXY_CPUS:-none}, load ${LOAD_CPUS:-none}"
+    "$(nginx -v 2>&1 | cut -d' ' -f3); pinning: proxies ${PROXY_CPUS:-none}, load ${LOAD_CPUS:-none};" \
+    "URL path ${URL_PATH:-/}"
 } | tee -a "$WORK/report.md"
 copy_results "$RUNS_CSV" "$MEMORY_JSONL" "$WORK/report.md"
