@@ -24,6 +24,16 @@ const char* const kVersion = "0.1.0";
 
 namespace {
 
+// The wall clock now, in seconds. Not time(): on Linux it reads the coarse
+// clock, which lags by up to a scheduler tick, so a reload made just after a
+// second began could be stamped with the second before (a client comparing
+// it with its own clock saw that).
+long long UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 using net::AppendJsonString;
 using net::Log;
 using net::LogLevel;
@@ -431,7 +441,7 @@ int Server::Run() {
     }
     return 1;
   }
-  last_reload_.at_unix = static_cast<long long>(time(nullptr));
+  last_reload_.at_unix = UnixNow();
   const conf::Config& config = *result.config;
 
   std::string error;
@@ -599,7 +609,7 @@ bool Server::ReloadNow(const std::string& trigger,
   conf::LoadResult result = Load();
   // What was parsed, good or bad, is what the file watch compares against.
   if (watch_) watch_->set_loaded_content(loaded_text_);
-  last_reload_.at_unix = static_cast<long long>(time(nullptr));
+  last_reload_.at_unix = UnixNow();
   for (const conf::Diagnostic& error : result.errors)
     errors->push_back(error.ToString());
   std::map<std::string, std::vector<evutil_socket_t>> sockets;
