@@ -219,7 +219,6 @@ void Loop::UpdateSlow(ClusterRuntime& runtime, Clock::time_point now) {
       algorithms::FindSlow(runtime.slow_views, runtime.slow_next);
   runtime.slow_count = found.count;
   if (runtime.slow_next == runtime.slow) return;
-  const uint32_t fastest = found.fastest_us;
   for (size_t b = 0; b < runtime.backends.size(); ++b) {
     if (runtime.slow_next[b] == runtime.slow[b]) continue;
     BackendRuntime& backend = runtime.backends[b];
@@ -231,7 +230,7 @@ void Loop::UpdateSlow(ClusterRuntime& runtime, Clock::time_point now) {
                {{"cluster", runtime.config->name},
                 {"backend", backend.config->address.text},
                 {"median_us", median},
-                {"fastest_us", fastest},
+                {"fastest_us", found.fastest_us},
                 {"loop", index_}});
     } else {
       net::Log(net::LogLevel::kInfo, "proxy",
@@ -239,7 +238,7 @@ void Loop::UpdateSlow(ClusterRuntime& runtime, Clock::time_point now) {
                {{"cluster", runtime.config->name},
                 {"backend", backend.config->address.text},
                 {"median_us", median},
-                {"fastest_us", fastest},
+                {"fastest_us", found.fastest_us},
                 {"after_ms", Ms(now - backend.slow_since)},
                 {"loop", index_}});
       backend.slow_since = {};

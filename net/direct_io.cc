@@ -43,14 +43,15 @@ void ReadCb(evutil_socket_t fd, short, void* arg) {
   thread_local std::array<char, kSpillBytes> spill;
   thread_local std::bitset<kBulkSlots> bulk;
   const size_t slot = static_cast<size_t>(fd) % kBulkSlots;
-  want = std::min(want, bulk[slot] ? kBulkRead : kSpillBytes);
+  const bool streaming = bulk[slot];
+  want = std::min(want, streaming ? kBulkRead : kSpillBytes);
   // The input is frozen at its end outside libevent's own read callback.
   evbuffer_unfreeze(input, 0);
   evbuffer_iovec space[1];
   if (evbuffer_reserve_space(
           input,
-          static_cast<ev_ssize_t>(bulk[slot] ? want
-                                             : std::min(want, kInPlaceRead)),
+          static_cast<ev_ssize_t>(streaming ? want
+                                            : std::min(want, kInPlaceRead)),
           space, 1) != 1) {
     evbuffer_freeze(input, 0);
     bufferevent_disable(bev, EV_READ);

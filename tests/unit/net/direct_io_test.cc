@@ -33,7 +33,9 @@ struct Pair {
     REQUIRE(bev != nullptr);
     peer = fds[1];
   }
-  ~Pair() { close(peer); }
+  ~Pair() {
+    if (peer >= 0) close(peer);
+  }
   std::string Drain() {  // what the peer can read now
     std::string text;
     char buf[65536];
@@ -77,74 +79,67 @@ std::string Pattern(size_t length) {
   return text;
 }
 
-// Queues `text` on the pair's bufferevent from inside a loop callback, as
-// the proxy does, asks `behind` to write it, and cancels that if `cancel`.
-struct Queuer {
-  Pair* pair;
-  WriteBehind* behind;
-  WriteBehind::Slot* slot;
-  const char* text;
-  bool cancel;
-};
-
-void QueueCb(evutil_socket_t, short, void* arg) {
-  auto* q = static_cast<Queuer*>(arg);
-  bufferevent_write(q->pair->bev.get(), q->text, 6);
-  q->behind->Add(q->pair->bev.get(), q->slot);
-  bufferevent_write(q->pair->bev.get(), q->text + 6, std::strlen(q->text) - 6);
-  q->behind->Add(q->pair->bev.get(), q->slot);  // once, however often asked
-  if (q->cancel) q->behind->Cancel(q->slot);
-}
-
-// Reading and writing enabled, with nothing to write: libevent has dropped
-// its write event, as on any idle connection of the proxy.
-void EnableIdle(Pair& pair) {
-  REQUIRE(bufferevent_enable(pair.bev.get(), EV_READ | EV_WRITE) == 0);
-  pair.Once();
-  REQUIRE(event_pending(&pair.bev->ev_write, EV_WRITE, nullptr) == 0);
-}
-
-void RunQueuer(Queuer& q) {
-  event* ev = event_new(q.pair->base.get(), -1, 0, QueueCb, &q);
-  REQUIRE(ev != nullptr);
-  event_active(ev, EV_TIMEOUT, 0);
-  q.pair->Once();
-  event_free(ev);
-}
-
-TEST_CASE("output queued in a turn is written in that turn, not after a poll") {
+// A pair whose reading and writing are enabled with nothing to write (so
+// libevent has dropped its write event, as on any idle connection of the
+// proxy), and a WriteBehind for it.
+struct Behind {
   Pair pair;
   Seen seen;
-  bufferevent_setcb(pair.bev.get(), nullptr, OnDrained, OnEvent, &seen);
-  EnableIdle(pair);
-  WriteBehind behind(pair.base.get());
-  REQUIRE(behind.ok());
+  WriteBehind behind{pair.base.get()};
   WriteBehind::Slot slot;
-  Queuer q{&pair, &behind, &slot, "hello world", false};
-  seen.drained = 0;
-  RunQueuer(q);
+  Behind() {
+    REQUIRE(behind.ok());
+    bufferevent_setcb(pair.bev.get(), nullptr, OnDrained, OnEvent, &seen);
+    REQUIRE(bufferevent_enable(pair.bev.get(), EV_READ | EV_WRITE) == 0);
+    pair.Once();
+    REQUIRE(event_pending(&pair.bev->ev_write, EV_WRITE, nullptr) == 0);
+    seen.drained = 0;
+  }
+  // Queues `text` from inside a loop callback, as the proxy does, asks for
+  // the write twice, cancels it if `cancel`; then runs one loop turn.
+  void Queue(const char* text, bool cancel) {
+    text_ = text;
+    cancel_ = cancel;
+    event* ev = event_new(pair.base.get(), -1, 0, QueueCb, this);
+    REQUIRE(ev != nullptr);
+    event_active(ev, EV_TIMEOUT, 0);
+    pair.Once();
+    event_free(ev);
+  }
+
+ private:
+  static void QueueCb(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<Behind*>(arg);
+    bufferevent* bev = self->pair.bev.get();
+    bufferevent_write(bev, self->text_, 6);
+    self->behind.Add(bev, &self->slot);
+    bufferevent_write(bev, self->text_ + 6, std::strlen(self->text_) - 6);
+    self->behind.Add(bev, &self->slot);  // once, however often asked
+    if (self->cancel_) self->behind.Cancel(&self->slot);
+  }
+  const char* text_ = nullptr;
+  bool cancel_ = false;
+};
+
+TEST_CASE("output queued in a turn is written in that turn, not after a poll") {
+  Behind b;
+  b.Queue("hello world", false);
   // libevent alone would only now ask epoll for writability.
-  CHECK(pair.Drain() == "hello world");
-  CHECK(evbuffer_get_length(bufferevent_get_output(pair.bev.get())) == 0);
-  CHECK(event_pending(&pair.bev->ev_write, EV_WRITE, nullptr) == 0);
-  CHECK(seen.drained == 1);  // the write callback, as libevent calls it
-  CHECK(slot.index == 0);
+  CHECK(b.pair.Drain() == "hello world");
+  CHECK(evbuffer_get_length(bufferevent_get_output(b.pair.bev.get())) == 0);
+  CHECK(event_pending(&b.pair.bev->ev_write, EV_WRITE, nullptr) == 0);
+  CHECK(b.seen.drained == 1);  // the write callback, as libevent calls it
+  CHECK(b.slot.index == 0);
 }
 
 TEST_CASE("a cancelled entry is left to libevent, which writes after a poll") {
-  Pair pair;
-  Seen seen;
-  bufferevent_setcb(pair.bev.get(), nullptr, OnDrained, OnEvent, &seen);
-  EnableIdle(pair);
-  WriteBehind behind(pair.base.get());
-  WriteBehind::Slot slot;
-  Queuer q{&pair, &behind, &slot, "late bytes", true};
-  RunQueuer(q);
-  CHECK(slot.index == 0);
-  CHECK(pair.Drain().empty());
-  CHECK(event_pending(&pair.bev->ev_write, EV_WRITE, nullptr) != 0);
-  pair.Once();
-  CHECK(pair.Drain() == "late bytes");
+  Behind b;
+  b.Queue("late bytes", true);
+  CHECK(b.slot.index == 0);
+  CHECK(b.pair.Drain().empty());
+  CHECK(event_pending(&b.pair.bev->ev_write, EV_WRITE, nullptr) != 0);
+  b.pair.Once();
+  CHECK(b.pair.Drain() == "late bytes");
 }
 
 TEST_CASE("nothing is written where writing is disabled") {
@@ -223,6 +218,22 @@ TEST_CASE("direct reads stop at the read high-water mark and resume below it") {
   for (int i = 0; i < 20; ++i) pair.Once();
   CHECK(evbuffer_get_length(input) == 100);
   CHECK(seen.reads == 2);
+}
+
+TEST_CASE("a reset connection is a read error, reported as libevent does") {
+  Pair pair;
+  Seen seen;
+  bufferevent_setcb(pair.bev.get(), OnRead, nullptr, OnEvent, &seen);
+  ReadDirectly(pair.bev.get());
+  REQUIRE(bufferevent_enable(pair.bev.get(), EV_READ) == 0);
+  // A peer that closes with bytes it never read resets the connection.
+  REQUIRE(send(bufferevent_getfd(pair.bev.get()), "unread", 6, 0) == 6);
+  close(pair.peer);
+  pair.peer = -1;
+  for (int i = 0; i < 10 && seen.events == 0; ++i) pair.Once();
+  CHECK(seen.events == (BEV_EVENT_READING | BEV_EVENT_ERROR));
+  CHECK(EVUTIL_SOCKET_ERROR() == ECONNRESET);
+  CHECK((bufferevent_get_enabled(pair.bev.get()) & EV_READ) == 0);
 }
 
 }  // namespace
