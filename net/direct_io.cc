@@ -12,18 +12,36 @@
 namespace tandem::net {
 namespace {
 
-// A read lands in the input's own free space up to this much (no copy: a
-// request or response head nearly always fits); the rest of a large read
-// goes through the spill area and is copied in. A socket whose last read
-// was larger (a body streaming through) reads all in place, into chains of
-// kBulkRead: libevent rounds a chain's allocation up to a power of two, so a
-// full 64 KiB would take 128 KiB, at the allocator's mmap threshold.
+// A read lands in the input's own free space, up to what libevent's smallest
+// chain holds (no copy: a request or response head nearly always fits, and a
+// chain that small comes from the allocator's per-thread cache, where a 4 KiB
+// one took a trip through its bins on every read into an empty input); the
+// rest of a large read goes through the spill area and is copied in. A
+// socket whose last read was larger (a body streaming through) reads all in
+// place, into chains of kBulkRead: libevent rounds a chain's allocation up to
+// a power of two, so a full 64 KiB would take 128 KiB, at the allocator's
+// mmap threshold.
 constexpr size_t kInPlaceRead = 4096;
 constexpr size_t kSpillBytes = 64 * 1024;
 constexpr size_t kBulkRead = 64 * 1024 - 256;
 // Which descriptors' last read was larger than kInPlaceRead, by number
 // modulo the set's size (a stale bit only picks the other buffer size).
 constexpr size_t kBulkSlots = 64 * 1024;
+
+// The free space of libevent's smallest chain: what reserving one byte in an
+// empty buffer offers.
+size_t SmallChainSpace() {
+  static const size_t space = [] {
+    evbuffer* probe = evbuffer_new();
+    evbuffer_iovec vec[1];
+    size_t got = 0;
+    if (probe != nullptr && evbuffer_reserve_space(probe, 1, vec, 1) == 1)
+      got = vec[0].iov_len;
+    if (probe != nullptr) evbuffer_free(probe);
+    return std::clamp<size_t>(got, 256, kInPlaceRead);
+  }();
+  return space;
+}
 
 void ReadCb(evutil_socket_t fd, short, void* arg) {
   auto* bev = static_cast<bufferevent*>(arg);
@@ -50,8 +68,8 @@ void ReadCb(evutil_socket_t fd, short, void* arg) {
   evbuffer_iovec space[1];
   if (evbuffer_reserve_space(
           input,
-          static_cast<ev_ssize_t>(streaming ? want
-                                            : std::min(want, kInPlaceRead)),
+          static_cast<ev_ssize_t>(
+              streaming ? want : std::min(want, SmallChainSpace())),
           space, 1) != 1) {
     evbuffer_freeze(input, 0);
     bufferevent_disable(bev, EV_READ);
