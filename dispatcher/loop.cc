@@ -17,6 +17,7 @@
 #include "health/monitor.h"
 #include "net/log.h"
 #include "net/posix.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -284,6 +285,8 @@ bool Loop::Init(std::string* error) {
 }
 
 void Loop::Run() {
+  // The request path's clock reads, one per turn (net/turn_clock.h).
+  net::TurnClock clock(base_.get());
   event_base_dispatch(base_.get());
   access_log_->Flush();
 }

@@ -13,6 +13,7 @@
 #include "net/h2_message.h"
 #include "net/http_io.h"
 #include "net/http_message.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -35,7 +36,7 @@ Attempt::Start Attempt::Begin(size_t backend_index) {
   has_backend_ = true;
   ++runtime.inflight[backend_];
   backend.stats->inflight.Add(1);
-  start_ = Clock::now();
+  start_ = net::TurnClock::Now();
   LinkAwaiting();
   if (!response_)
     response_ = loop.TakeParser(net::HttpParser::Type::kResponse, this);
@@ -94,8 +95,8 @@ bool Attempt::SendHead() {
   std::string grpc_timeout;
   if (exchange_.grpc_deadline() != Clock::time_point{}) {
     // The worker is told the time the client has left.
-    grpc_timeout =
-        net::FormatGrpcTimeout(exchange_.grpc_deadline() - Clock::now());
+    grpc_timeout = net::FormatGrpcTimeout(exchange_.grpc_deadline() -
+                                          net::TurnClock::Now());
     forwarding.grpc_timeout = grpc_timeout;
   }
   std::string& head = exchange_.loop().scratch();
@@ -277,7 +278,7 @@ bool Attempt::RetryOffHungBackend() {
 void Attempt::SampleHeadTime() {
   std::optional<Clock::time_point> since = AwaitingSince();
   if (!since) return;
-  const Clock::time_point now = Clock::now();
+  const Clock::time_point now = net::TurnClock::Now();
   const auto sample =
       std::chrono::duration_cast<std::chrono::microseconds>(now - *since);
   exchange_.HeadArrived(backend_, sample);

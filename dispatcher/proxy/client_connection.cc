@@ -18,6 +18,7 @@
 #include "net/http_io.h"
 #include "net/http_message.h"
 #include "net/posix.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -124,8 +125,9 @@ bool ClientConnection::AcceptAfterProxyHeader(
   }
   // Counted as accepted when its header stage began; the head's deadline
   // starts now.
-  Resumed resumed{Clock::now() + listener.config->client_header_timeout, true,
-                  std::move(tlvs)};
+  Resumed resumed{
+      net::TurnClock::Now() + listener.config->client_header_timeout, true,
+      std::move(tlvs)};
   Create(loop, generation, listener, std::move(bev), address, ip_length,
          &resumed);
   return true;
@@ -162,7 +164,7 @@ ClientConnection* ClientConnection::Create(Loop& loop, Generation& generation,
     return nullptr;
   }
   if (resumed == nullptr) {
-    connection->ArmIdleTimer(Clock::now() +
+    connection->ArmIdleTimer(net::TurnClock::Now() +
                              listener.config->client_header_timeout);
   } else {
     // Enabling EV_WRITE adds the write event even with nothing to write;
@@ -492,7 +494,7 @@ void ClientConnection::ParseRequest() {
         // The head has begun: from now on it must be complete in time.
         header_timer_armed_ = true;
         // (Before a first request, the deadline set at the accept holds.)
-        ArmTimer(first_request_ ? idle_deadline_ - Clock::now()
+        ArmTimer(first_request_ ? idle_deadline_ - net::TurnClock::Now()
                                 : listener_->config->client_header_timeout);
       }
       break;
@@ -710,7 +712,7 @@ void ClientConnection::NextRequest() {
   } else {
     request_->Resume();
   }
-  ArmIdleTimer(Clock::now() + listener_->config->idle_timeout);
+  ArmIdleTimer(net::TurnClock::Now() + listener_->config->idle_timeout);
   bufferevent_enable(bev_.get(), EV_READ);
   ParseRequest();  // a pipelined request may be waiting
 }
@@ -834,7 +836,7 @@ void ClientConnection::FinishClose() {
 
 void ClientConnection::ArmIdleTimer(Clock::time_point deadline) {
   idle_deadline_ = deadline;
-  Clock::duration left = deadline - Clock::now();
+  Clock::duration left = deadline - net::TurnClock::Now();
   // A plain connection wakes up early to be parked; a TLS one cannot be.
   ArmTimer(listener_->tls ? left : std::min<Clock::duration>(left, kParkAfter));
 }
@@ -847,7 +849,8 @@ void ClientConnection::ArmTimer(Clock::duration delay) {
 void ClientConnection::OnTimer() {
   switch (state_) {
     case State::kIdle:
-      if (!request_->message_started() && Clock::now() < idle_deadline_) {
+      if (!request_->message_started() &&
+          net::TurnClock::Now() < idle_deadline_) {
         // Woken early: quiet for kParkAfter, the connection is parked; if it
         // cannot be yet (output still going out), look again later.
         if (!Parkable() || !Park()) ArmIdleTimer(idle_deadline_);

@@ -10,6 +10,7 @@
 #include "net/h2_message.h"
 #include "net/http_message.h"
 #include "net/posix.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -48,7 +49,7 @@ ClusterRuntime& Exchange::cluster() const {
 void Exchange::Begin(bool complete, bool at_upgrade) {
   cluster_ = downstream_.listener().cluster;
   const net::HttpParser& request = downstream_.request();
-  state_.request_start = Clock::now();
+  state_.request_start = net::TurnClock::Now();
   if (complete) {
     state_.request_complete = true;
     state_.request_done = state_.request_start;
@@ -105,7 +106,7 @@ void Exchange::OnRequestComplete(bool at_upgrade) {
   if (attempt_->upstream() != nullptr && phase_ == Phase::kProxying)
     attempt_->SendBodyEnd();
   state_.request_complete = true;
-  state_.request_done = Clock::now();
+  state_.request_done = net::TurnClock::Now();
   state_.stopped_at_upgrade = at_upgrade;
   if (state_.response_complete) {
     Finish();
@@ -113,7 +114,7 @@ void Exchange::OnRequestComplete(bool at_upgrade) {
   }
   if (!state_.response_started && phase_ == Phase::kProxying) {
     // The whole request is out: the backend's time to answer starts.
-    ArmHeadTimer(Clock::now());
+    ArmHeadTimer(net::TurnClock::Now());
   }
 }
 
@@ -265,7 +266,7 @@ void Exchange::HeadArrived(size_t backend, std::chrono::microseconds after) {
 size_t Exchange::PassOverSlow(ClusterRuntime& runtime,
                               algorithms::PickInput input, size_t pick) {
   BackendRuntime& slow = runtime.backends[pick];
-  const Clock::time_point now = Clock::now();
+  const Clock::time_point now = net::TurnClock::Now();
   if (now - slow.slow_probe_at >= algorithms::kSlowProbeInterval) {
     slow.slow_probe_at = now;  // a probe: its answer refreshes the estimate
     return pick;
@@ -342,7 +343,7 @@ void Exchange::EnterQueue(ClusterRuntime& runtime, Clock::duration timeout) {
   state_.queued = true;
   JoinQueue(runtime, false);
   runtime.stats->queued.Add(1);
-  state_.queued_since = Clock::now();
+  state_.queued_since = net::TurnClock::Now();
   loop_.WatchQueue();
   ArmTimer(timeout);
 }
@@ -495,7 +496,8 @@ void Exchange::Route(const Retry* again) {
       }
       state_.waiting_activation = true;
       EnterQueue(runtime, state_.request_start +
-                              runtime.config->request_timeout - Clock::now());
+                              runtime.config->request_timeout -
+                              net::TurnClock::Now());
       return;
     }
   }
@@ -529,7 +531,7 @@ void Exchange::StartAttempt(size_t pick) {
       return;
     case Attempt::Start::kConnecting:
       ArmTimer(attempt_->start() + runtime.config->connect_timeout -
-               Clock::now());
+               net::TurnClock::Now());
       return;
     case Attempt::Start::kFailed:
       FailAttempt(*attempt_, FailureKind::kConnect, 502,
@@ -558,7 +560,7 @@ void Exchange::SendRequest() {
     return;
   }
   if (state_.request_complete) {
-    ArmHeadTimer(Clock::now());
+    ArmHeadTimer(net::TurnClock::Now());
   } else {
     ArmIdleTimer();
   }
@@ -653,8 +655,8 @@ void Exchange::LeftQueue(ClusterRuntime& runtime, Clock::time_point since) {
   ReleasePending(runtime);
   runtime.stats->queued.Add(-1);
   runtime.stats->queue_wait.Observe(static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() -
-                                                            since)
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          net::TurnClock::Now() - since)
           .count()));
 }
 
@@ -756,7 +758,7 @@ RetryInput Exchange::RetryFacts(FailureKind failure,
   RetryInput input;
   input.failure = failure;
   input.response_started = state_.response_started;
-  input.deadline_passed = Clock::now() >= RequestDeadline();
+  input.deadline_passed = net::TurnClock::Now() >= RequestDeadline();
   input.idempotent = net::IsIdempotent(request);
   input.reached_failures = reached_failures;
   input.retries = runtime.config->retries;
@@ -805,7 +807,7 @@ void Exchange::FailAttempt(Attempt& attempt, FailureKind failure, int status,
       stats->upstream_timeouts.Add();
       if (std::optional<Clock::time_point> since = attempt.AwaitingSince()) {
         state_.unanswered_backend = attempt.backend();
-        state_.unanswered_for = Clock::now() - *since;
+        state_.unanswered_for = net::TurnClock::Now() - *since;
       }
     }
     // A pooled connection closing under us says nothing about the backend:
@@ -830,7 +832,7 @@ void Exchange::FailAttempt(Attempt& attempt, FailureKind failure, int status,
       if (other.connecting()) phase_ = Phase::kConnecting;
     }
     runtime.stats->hedges[kHedgeFailed].Add();
-    ArmHeadTimer(Clock::now());
+    ArmHeadTimer(net::TurnClock::Now());
     return;
   }
   RetryDecision decision =
@@ -845,13 +847,13 @@ void Exchange::FailAttempt(Attempt& attempt, FailureKind failure, int status,
     }
     attempt.End(false);
     auto deadline = RequestDeadline();
-    if (Clock::now() < deadline) {
+    if (net::TurnClock::Now() < deadline) {
       state_.pending_status = status;
       if (detail != state_.detail.c_str()) state_.detail = detail;
       phase_ = Phase::kRetryWait;
       runtime.retry_waiters.push_back(this);
       loop_.WatchQueue();
-      ArmTimer(deadline - Clock::now());
+      ArmTimer(deadline - net::TurnClock::Now());
       return;
     }
     decision = {RetryAction::kGiveUp, "retry budget spent"};
@@ -973,7 +975,7 @@ std::optional<Clock::time_point> Exchange::IdleDeadline() const {
 void Exchange::ArmIdleTimer() {
   const std::optional<Clock::time_point> deadline = IdleDeadline();
   if (deadline) {
-    ArmTimer(*deadline - Clock::now());
+    ArmTimer(*deadline - net::TurnClock::Now());
   } else {
     event_del(&timer_);
   }
@@ -989,7 +991,7 @@ void Exchange::TimerCb(evutil_socket_t, short, void* arg) {
 }
 
 void Exchange::OnTimer() {
-  Clock::time_point now = Clock::now();
+  Clock::time_point now = net::TurnClock::Now();
   const conf::Cluster& config = *cluster().config;
   switch (phase_) {
     case Phase::kIdle:
@@ -1131,7 +1133,7 @@ void Exchange::Log() {
   if (state_.logged) return;
   state_.logged = true;
   phase_ = Phase::kDone;
-  auto now = Clock::now();
+  auto now = net::TurnClock::Now();
   if (state_.request_start.time_since_epoch().count() == 0)
     state_.request_start = now;
   uint64_t micros = static_cast<uint64_t>(

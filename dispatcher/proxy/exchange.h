@@ -19,6 +19,7 @@
 #include "dispatcher/proxy/retry_policy.h"
 #include "net/http_parser.h"
 #include "net/proxy_protocol.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 
@@ -112,7 +113,7 @@ class Exchange {
   // The client side's output drained: the response may flow again.
   void OnDownstreamDrained();
   // Something moved: the exchange's idle clock starts again.
-  void Touch() { last_activity_ = std::chrono::steady_clock::now(); }
+  void Touch() { last_activity_ = net::TurnClock::Now(); }
   // The exchange ends badly with `flag` (DC: the client went away): logged,
   // its try ended, and the downstream told how to close.
   void Abort(uint32_t flag);

@@ -13,6 +13,7 @@
 #include "dispatcher/proxy/watermarks.h"
 #include "net/log.h"
 #include "net/posix.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -63,7 +64,7 @@ H2Connection::H2Connection(Loop& loop, Generation& generation,
   listener_->stats->h2_connections.Add();
   evtimer_assign(&timer_, loop_.base(), TimerCb, this);
   event_assign(&send_event_, loop_.base(), -1, 0, SendCb, this);
-  idle_since_ = Clock::now();
+  idle_since_ = net::TurnClock::Now();
 }
 
 bool H2Connection::Init() {
@@ -326,8 +327,8 @@ void H2Connection::ArmTimer() {
     event_del(&timer_);
     return;
   }
-  timeval tv = net::ToTimeval(
-      std::max<Clock::duration>(deadline - Clock::now(), Clock::duration{}));
+  timeval tv = net::ToTimeval(std::max<Clock::duration>(
+      deadline - net::TurnClock::Now(), Clock::duration{}));
   event_add(&timer_, &tv);
 }
 
@@ -337,7 +338,7 @@ void H2Connection::OnTimer() {
     GoAway(NGHTTP2_NO_ERROR);  // the PING did not come back in time
     return;
   }
-  const Clock::time_point now = Clock::now();
+  const Clock::time_point now = net::TurnClock::Now();
   const conf::Listener& config = *listener_->config;
   for (H2Stream* s = streams_; s != nullptr; s = s->next) {
     if (!s->head_done() && now >= s->began() + config.client_header_timeout) {
@@ -498,7 +499,7 @@ int H2Connection::OnStreamClose(nghttp2_session*, int32_t stream_id, uint32_t,
   if (stream->lingering()) --self->lingering_;
   stream->Abort();
   self->closed_.push_back(stream);
-  if (self->streams_ == nullptr) self->idle_since_ = Clock::now();
+  if (self->streams_ == nullptr) self->idle_since_ = net::TurnClock::Now();
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include "dispatcher/proxy/h2_connection.h"
 #include "net/http_io.h"
 #include "net/http_message.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -30,7 +31,7 @@ H2Stream::H2Stream(H2Connection& connection, int32_t id)
       trailers_(listener_->config->max_header_size_bytes),
       in_(evbuffer_new()),
       out_(evbuffer_new()),
-      began_(std::chrono::steady_clock::now()),
+      began_(net::TurnClock::Now()),
       exchange_(connection.loop(), *this) {
   connection_.loop().Hold(generation_);
   request_->set_max_head_bytes(listener_->config->max_header_size_bytes);
@@ -361,7 +362,7 @@ void H2Stream::Reset(uint32_t code) {
 void H2Stream::ExchangeEnded(End end) {
   if (!exchange_ended_ && !closed_) ++connection_.lingering_;
   exchange_ended_ = true;
-  ended_at_ = std::chrono::steady_clock::now();
+  ended_at_ = net::TurnClock::Now();
   // Request body nobody will read: its window opens for the rest.
   evbuffer_drain(in_.get(), evbuffer_get_length(in_.get()));
   Credit(unconsumed_);

@@ -14,6 +14,7 @@
 #include "net/h2_message.h"
 #include "net/http_io.h"
 #include "net/http_message.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -110,9 +111,10 @@ class H2Session final : private UpstreamUser {
   std::vector<H2UpstreamStream*> streams_;
   std::vector<H2UpstreamStream*> parse_;  // streams to read again
   uint64_t requests_ = 0;
-  Clock::time_point idle_since_ = Clock::now();
-  Clock::time_point heard_at_ = Clock::now();  // the worker's last bytes
-  Clock::time_point ping_sent_at_{};           // zero: none outstanding
+  Clock::time_point idle_since_ = net::TurnClock::Now();
+  Clock::time_point heard_at_ =
+      net::TurnClock::Now();          // the worker's last bytes
+  Clock::time_point ping_sent_at_{};  // zero: none outstanding
   bool ready_ = false;
   // GOAWAY received, max requests reached, or stream ids about to run out
   bool going_away_ = false;
@@ -242,7 +244,7 @@ void H2Upstream::CloseStream(UpstreamConnection* connection) {
 
 void H2Upstream::CloseIdle(Clock::duration max_age) {
   DeleteRetired();
-  const Clock::time_point now = Clock::now();
+  const Clock::time_point now = net::TurnClock::Now();
   std::vector<H2Session*> idle;
   for (auto& session : sessions_) {
     Clock::time_point since;
@@ -331,7 +333,7 @@ void H2Session::RemoveStream(H2UpstreamStream* stream) {
                  streams_.end());
   parse_.erase(std::remove(parse_.begin(), parse_.end(), stream), parse_.end());
   if (streams_.empty()) {
-    idle_since_ = Clock::now();
+    idle_since_ = net::TurnClock::Now();
     // A session that can take no stream (going away, or the worker's
     // SETTINGS_MAX_CONCURRENT_STREAMS is 0) ends with its last one: kept
     // idle, it would only hold a socket until idle_timeout, and a worker
@@ -454,7 +456,7 @@ void H2Session::OnUpstreamConnected(UpstreamConnection& connection) {
 
 void H2Session::OnUpstreamRead(UpstreamConnection& connection) {
   evbuffer* in = connection.input();
-  heard_at_ = Clock::now();
+  heard_at_ = net::TurnClock::Now();
   while (evbuffer_get_length(in) > 0 && !closed_) {
     evbuffer_iovec piece;
     if (evbuffer_peek(in, -1, nullptr, &piece, 1) < 1) break;
@@ -588,7 +590,7 @@ H2UpstreamStream::H2UpstreamStream(H2Session& session, UpstreamUser* user,
   end_->h2_stream_ = this;
   end_->user_ = user;
   end_->connected_ = ready;
-  end_->since_ = Clock::now();
+  end_->since_ = net::TurnClock::Now();
   bufferevent_setcb(pair[0], UpstreamConnection::ReadCb,
                     UpstreamConnection::WriteCb, UpstreamConnection::EventCb,
                     end_);

@@ -12,6 +12,7 @@
 #include "dispatcher/proxy/client_connection.h"
 #include "net/posix.h"
 #include "net/proxy_protocol.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 
@@ -33,11 +34,9 @@ bool ParkedConnection::AwaitProxyHeader(Loop& loop, Generation& generation,
                                         evutil_socket_t fd,
                                         std::string_view address,
                                         size_t ip_length) {
-  auto* waiting =
-      new ParkedConnection(loop, generation, listener, address, ip_length,
-                           std::chrono::steady_clock::now() +
-                               listener.config->proxy_protocol_timeout,
-                           true);
+  auto* waiting = new ParkedConnection(
+      loop, generation, listener, address, ip_length,
+      net::TurnClock::Now() + listener.config->proxy_protocol_timeout, true);
   waiting->proxy_header_ = std::make_unique<std::string>();
   if (!waiting->Wait(fd)) return false;
   listener.stats->connections_accepted.Add();
@@ -49,7 +48,7 @@ bool ParkedConnection::Wait(evutil_socket_t fd) {
   // Persistent, so that it still holds the socket's read interest when the
   // resumed connection adds its own, and epoll is not told of either.
   event_assign(&event_, loop_.base(), fd, EV_READ | EV_PERSIST, EventCb, this);
-  auto left = deadline_ - std::chrono::steady_clock::now();
+  auto left = deadline_ - net::TurnClock::Now();
   timeval tv = net::ToTimeval(std::max(left, decltype(left)::zero()));
   if (event_add(&event_, &tv) != 0) {
     event_del(&event_);

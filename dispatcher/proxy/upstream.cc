@@ -10,6 +10,7 @@
 #include <cerrno>
 
 #include "dispatcher/proxy/h2_upstream.h"
+#include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 namespace {
@@ -90,7 +91,7 @@ void UpstreamConnection::EventCb(bufferevent*, short events, void* arg) {
       return;
     }
     auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
-                      std::chrono::steady_clock::now() - self->since_)
+                      net::TurnClock::Now() - self->since_)
                       .count();
     self->pool_.stats_->connect_micros.Add(static_cast<uint64_t>(micros));
     self->user_->OnUpstreamConnected(*self);
@@ -210,7 +211,7 @@ UpstreamConnection* BackendPool::ConnectSocket(UpstreamUser* user, bool counted,
   connection->tls_generation_ = tls_generation_;
   connection->preamble_ = std::move(preamble);
   connection->user_ = user;
-  connection->since_ = std::chrono::steady_clock::now();
+  connection->since_ = net::TurnClock::Now();
   connection->next_ = head_;
   if (head_ != nullptr) head_->prev_ = connection;
   head_ = connection;
@@ -271,7 +272,7 @@ void BackendPool::Release(UpstreamConnection* connection, uint32_t max_idle) {
     return;
   }
   connection->user_ = nullptr;
-  connection->since_ = std::chrono::steady_clock::now();
+  connection->since_ = net::TurnClock::Now();
   // Reading stays on while idle so a close by the backend is noticed at once
   // (the callbacks route to OnIdleEvent while user_ is null).
   bufferevent_setwatermark(connection->bev_.get(), EV_WRITE, 0, 0);
@@ -313,7 +314,7 @@ void BackendPool::CloseSocket(UpstreamConnection* connection) {
 void BackendPool::CloseIdle(std::chrono::steady_clock::duration max_age,
                             size_t keep) {
   if (h2_) h2_->CloseIdle(max_age);
-  auto now = std::chrono::steady_clock::now();
+  auto now = net::TurnClock::Now();
   // idle_ is oldest first: stop at the first one young enough.
   while (!idle_.empty()) {
     UpstreamConnection* oldest = idle_.front();
