@@ -2,6 +2,7 @@
 
 #include <event2/bufferevent_ssl.h>
 #include <event2/bufferevent_struct.h>
+#include <openssl/ssl.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -122,13 +123,32 @@ void ReadDirectly(bufferevent* bev) {
   if (pending) event_add(&bev->ev_read, nullptr);
 }
 
+namespace {
+
+bool WriteTlsNow(bufferevent* bev, SSL* ssl) {
+  // The event's callback writes only once the handshake is done: libevent
+  // then gives the read and write events callbacks of their own (during the
+  // handshake both run the handshake) and OpenSSL says it is finished.
+  event* write = &bev->ev_write;
+  if (!SSL_is_init_finished(ssl) ||
+      event_get_callback(write) == event_get_callback(&bev->ev_read) ||
+      event_pending(write, EV_WRITE, nullptr) == 0) {
+    return false;
+  }
+  event_get_callback(write)(event_get_fd(write), EV_WRITE,
+                            event_get_callback_arg(write));
+  return true;
+}
+
+}  // namespace
+
 bool WriteNow(bufferevent* bev) {
   evbuffer* output = bufferevent_get_output(bev);
   if (evbuffer_get_length(output) == 0 ||
-      !(bufferevent_get_enabled(bev) & EV_WRITE) ||
-      bufferevent_openssl_get_ssl(bev) != nullptr) {
+      !(bufferevent_get_enabled(bev) & EV_WRITE)) {
     return false;
   }
+  if (SSL* ssl = bufferevent_openssl_get_ssl(bev)) return WriteTlsNow(bev, ssl);
   const evutil_socket_t fd = bufferevent_getfd(bev);
   if (fd < 0) return false;  // a bufferevent pair
   // libevent keeps the output's front frozen outside its own write callback.

@@ -5,9 +5,10 @@
 // Writes: libevent writes a bufferevent's output when the next poll reports the
 // socket writable: it adds EPOLLOUT to the interest set, polls, writes, and
 // removes EPOLLOUT again, two epoll_ctl calls per write, and four per proxied
-// request. A socket that has nothing queued is nearly always writable, so
-// tandem writes at once (after everything the turn adds is in the buffer) and
-// leaves the poll for the case it is for: a socket whose send buffer is full.
+// request. Its OpenSSL bufferevents do the same. A socket that has nothing
+// queued is nearly always writable, so tandem writes at once (after everything
+// the turn adds is in the buffer) and leaves the poll for the case it is for: a
+// socket whose send buffer is full.
 //
 // Reads: libevent asks the kernel how many bytes are waiting (ioctl FIONREAD)
 // before every read, to size the buffer; tandem reads into the input's free
@@ -26,10 +27,17 @@ namespace tandem::net {
 // Writes `bev`'s output now, as libevent would on a writable socket: the
 // output's front is written, the write event dropped once nothing is left,
 // and the write callback called when the output is at or under its low-water
-// mark. Only for a connected plain socket with writing enabled; anything
-// else (TLS, a bufferevent pair, a connect still in progress is the caller's
-// to rule out) returns false and is left to libevent. A failed write also
-// returns false: libevent's own write then meets the error and reports it.
+// mark. Only for a connected socket with writing enabled; anything else (a
+// bufferevent pair, a TLS handshake under way; a connect still in progress
+// is the caller's to rule out) returns false and is left to libevent. A
+// failed write also returns false: libevent's own write then meets the error
+// and reports it.
+//
+// A TLS bufferevent (libevent's OpenSSL one, on a socket) is written by
+// running its own write event's callback, which is what the next poll would
+// do: OpenSSL encrypts and writes, and libevent deletes the write event when
+// nothing is left, in the turn that added it. The bufferevent may be freed
+// by its owner's callbacks inside; the caller must not touch it after.
 bool WriteNow(bufferevent* bev);
 
 // From now on, `bev`'s reads (a plain socket's, connected) are made by

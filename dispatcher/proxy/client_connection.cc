@@ -787,7 +787,7 @@ void ClientConnection::TunnelFlushed() {
 }
 
 void ClientConnection::WriteSoon() {
-  if (!listener_->tls) loop_.write_behind().Add(bev_.get(), &write_slot_);
+  loop_.write_behind().Add(bev_.get(), &write_slot_);
 }
 
 // ---- closing

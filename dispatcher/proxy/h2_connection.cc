@@ -257,9 +257,8 @@ void H2Connection::Send() {
     if (n == 0) break;
     evbuffer_add(out, data, static_cast<size_t>(n));
   }
-  // Written at the end of this turn (a TLS connection's: when libevent
-  // finds the socket writable).
-  if (!listener_->tls && evbuffer_get_length(out) > 0)
+  // Written at the end of this turn.
+  if (evbuffer_get_length(out) > 0)
     loop_.write_behind().Add(bev_.get(), &write_slot_);
   DeleteClosed();
   if (destroyed_) return;

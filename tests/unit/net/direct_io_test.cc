@@ -3,28 +3,53 @@
 #include "net/direct_io.h"
 
 #include <doctest/doctest.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/bufferevent_struct.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <string>
 
 namespace tandem::net {
 namespace {
 
+// An event base as the proxy's loops make theirs.
+EventBasePtr LoopBase() {
+  event_config* config = event_config_new();
+  REQUIRE(config != nullptr);
+  event_config_set_flag(config, EVENT_BASE_FLAG_NOLOCK);
+  event_config_set_flag(config, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+  EventBasePtr base(event_base_new_with_config(config));
+  event_config_free(config);
+  REQUIRE(base != nullptr);
+  return base;
+}
+
+// Runs `body` inside a callback of one turn of `base`'s loop, as the proxy
+// queues its output.
+void InTurn(event_base* base, const std::function<void()>& body) {
+  EventPtr ev(event_new(
+      base, -1, 0,
+      [](evutil_socket_t, short, void* arg) {
+        (*static_cast<const std::function<void()>*>(arg))();
+      },
+      const_cast<std::function<void()>*>(&body)));
+  REQUIRE(ev != nullptr);
+  event_active(ev.get(), EV_TIMEOUT, 0);
+  event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+}
+
 struct Pair {
-  EventBasePtr base;
+  EventBasePtr base = LoopBase();
   BufferEventPtr bev;  // our end
   int peer = -1;       // the other end, read and written directly
   Pair() {
-    event_config* config = event_config_new();
-    REQUIRE(config != nullptr);
-    event_config_set_flag(config, EVENT_BASE_FLAG_NOLOCK);
-    event_config_set_flag(config, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    base.reset(event_base_new_with_config(config));
-    event_config_free(config);
-    REQUIRE(base != nullptr);
     int fds[2];
     REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
     REQUIRE(evutil_make_socket_nonblocking(fds[0]) == 0);
@@ -96,29 +121,17 @@ struct Behind {
     seen.drained = 0;
   }
   // Queues `text` from inside a loop callback, as the proxy does, asks for
-  // the write twice, cancels it if `cancel`; then runs one loop turn.
+  // the write twice, cancels it if `cancel`; that one loop turn runs.
   void Queue(const char* text, bool cancel) {
-    text_ = text;
-    cancel_ = cancel;
-    event* ev = event_new(pair.base.get(), -1, 0, QueueCb, this);
-    REQUIRE(ev != nullptr);
-    event_active(ev, EV_TIMEOUT, 0);
-    pair.Once();
-    event_free(ev);
+    InTurn(pair.base.get(), [&] {
+      bufferevent* bev = pair.bev.get();
+      bufferevent_write(bev, text, 6);
+      behind.Add(bev, &slot);
+      bufferevent_write(bev, text + 6, std::strlen(text) - 6);
+      behind.Add(bev, &slot);  // once, however often asked
+      if (cancel) behind.Cancel(&slot);
+    });
   }
-
- private:
-  static void QueueCb(evutil_socket_t, short, void* arg) {
-    auto* self = static_cast<Behind*>(arg);
-    bufferevent* bev = self->pair.bev.get();
-    bufferevent_write(bev, self->text_, 6);
-    self->behind.Add(bev, &self->slot);
-    bufferevent_write(bev, self->text_ + 6, std::strlen(self->text_) - 6);
-    self->behind.Add(bev, &self->slot);  // once, however often asked
-    if (self->cancel_) self->behind.Cancel(&self->slot);
-  }
-  const char* text_ = nullptr;
-  bool cancel_ = false;
 };
 
 TEST_CASE("output queued in a turn is written in that turn, not after a poll") {
@@ -234,6 +247,104 @@ TEST_CASE("a reset connection is a read error, reported as libevent does") {
   CHECK(seen.events == (BEV_EVENT_READING | BEV_EVENT_ERROR));
   CHECK(EVUTIL_SOCKET_ERROR() == ECONNRESET);
   CHECK((bufferevent_get_enabled(pair.bev.get()) & EV_READ) == 0);
+}
+
+// ---- TLS: libevent's OpenSSL bufferevents ----------------------------------
+
+struct SslCtxFree {
+  void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
+};
+using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
+
+// A server context with a self-signed P-256 certificate made here.
+SslCtxPtr ServerContext() {
+  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  REQUIRE(ctx != nullptr);
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  X509* cert = X509_new();
+  REQUIRE((key != nullptr && cert != nullptr));
+  ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+  X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
+  X509_set_pubkey(cert, key);
+  X509_set_issuer_name(cert, X509_get_subject_name(cert));
+  X509_sign(cert, key, EVP_sha256());
+  CHECK(SSL_CTX_use_certificate(ctx.get(), cert) == 1);
+  CHECK(SSL_CTX_use_PrivateKey(ctx.get(), key) == 1);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  return ctx;
+}
+
+// Both ends of a socket pair as OpenSSL bufferevents on one loop: the proxy's
+// end accepting, a client connecting (it does not verify the certificate).
+struct TlsPair {
+  EventBasePtr base = LoopBase();
+  SslCtxPtr server_ctx = ServerContext();
+  SslCtxPtr client_ctx{SSL_CTX_new(TLS_client_method())};
+  BufferEventPtr server;  // the proxy's end
+  BufferEventPtr client;
+  Seen server_seen;
+  Seen client_seen;
+  TlsPair() {
+    REQUIRE(client_ctx != nullptr);
+    int fds[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+    REQUIRE(evutil_make_socket_nonblocking(fds[0]) == 0);
+    REQUIRE(evutil_make_socket_nonblocking(fds[1]) == 0);
+    server.reset(bufferevent_openssl_socket_new(
+        base.get(), fds[0], SSL_new(server_ctx.get()),
+        BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE));
+    client.reset(bufferevent_openssl_socket_new(
+        base.get(), fds[1], SSL_new(client_ctx.get()),
+        BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE));
+    REQUIRE((server != nullptr && client != nullptr));
+    bufferevent_setcb(server.get(), nullptr, OnDrained, OnEvent, &server_seen);
+    bufferevent_setcb(client.get(), OnRead, nullptr, OnEvent, &client_seen);
+    REQUIRE(bufferevent_enable(server.get(), EV_READ | EV_WRITE) == 0);
+    REQUIRE(bufferevent_enable(client.get(), EV_READ | EV_WRITE) == 0);
+  }
+  void Once() { event_base_loop(base.get(), EVLOOP_ONCE | EVLOOP_NONBLOCK); }
+  // Turns until `done`, at most 2,000 of them.
+  bool RunUntil(const std::function<bool()>& done) {
+    for (int i = 0; i < 2000 && !done(); ++i) Once();
+    return done();
+  }
+  bool Connected() const {
+    return (server_seen.events & BEV_EVENT_CONNECTED) != 0 &&
+           (client_seen.events & BEV_EVENT_CONNECTED) != 0;
+  }
+};
+
+TEST_CASE("TLS output queued in a turn is encrypted and written in that turn") {
+  TlsPair t;
+  REQUIRE(t.RunUntil([&] { return t.Connected(); }));
+  // Idle, as a kept-alive connection: nothing to write, no write event.
+  REQUIRE(t.RunUntil([&] {
+    return event_pending(&t.server->ev_write, EV_WRITE, nullptr) == 0;
+  }));
+  t.server_seen.drained = 0;
+  WriteBehind behind(t.base.get());
+  WriteBehind::Slot slot;
+  InTurn(t.base.get(), [&] {
+    bufferevent_write(t.server.get(), "secret words", 12);
+    behind.Add(t.server.get(), &slot);
+  });
+  // libevent alone would only now ask epoll for writability.
+  CHECK(evbuffer_get_length(bufferevent_get_output(t.server.get())) == 0);
+  CHECK(event_pending(&t.server->ev_write, EV_WRITE, nullptr) == 0);
+  CHECK(t.server_seen.drained == 1);
+  CHECK(t.RunUntil([&] { return t.client_seen.read.size() >= 12; }));
+  CHECK(t.client_seen.read == "secret words");
+}
+
+TEST_CASE("TLS output queued during the handshake is left to libevent") {
+  TlsPair t;
+  bufferevent_write(t.server.get(), "early", 5);
+  CHECK_FALSE(WriteNow(t.server.get()));  // OpenSSL has not finished
+  CHECK(evbuffer_get_length(bufferevent_get_output(t.server.get())) == 5);
+  REQUIRE(t.RunUntil([&] { return t.client_seen.read.size() >= 5; }));
+  CHECK(t.client_seen.read == "early");
 }
 
 }  // namespace
