@@ -33,16 +33,11 @@ class TurnClock {
   TurnClock(const TurnClock&) = delete;
   TurnClock& operator=(const TurnClock&) = delete;
 
-  static Clock::time_point Now() {
-    TurnClock* clock = current_;
-    return clock != nullptr ? clock->Read() : Clock::now();
-  }
+  static Clock::time_point Now();
 
  private:
-  Clock::time_point Read();
   static void ForgetCb(evutil_socket_t, short, void* arg);
 
-  static thread_local TurnClock* current_;
   TurnClock* previous_;
   EventPtr forget_;
   Clock::time_point now_{};

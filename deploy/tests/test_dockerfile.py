@@ -121,6 +121,14 @@ def needed_libraries(binary):
     return [(name, path) for name, path in libraries if not SANITIZER_LIBRARIES.match(name)]
 
 
+def links_sanitizers(binary):
+    """Whether `binary` is a sanitizer build (ldd lists their runtimes)."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30,
+                         check=True).stdout
+    return any(SANITIZER_LIBRARIES.match(line.split()[0])
+               for line in out.splitlines() if line.split())
+
+
 def owning_packages(paths):
     """{path: the Debian package that installed it (dpkg -S)}, trying the
     merged-/usr spellings too; a path no package owns is left out."""
@@ -356,6 +364,10 @@ class RuntimePackagesTest(unittest.TestCase):
         # Packages no binary links today: TLS is on the way (libevent's
         # bufferevent_openssl); ca-certificates is data, for upstream TLS.
         expected_extra = {"libevent-openssl-2.1-7", "libssl3", "ca-certificates"}
+        # The image's build links tcmalloc; a sanitizer build, tested here too,
+        # keeps the sanitizers' own allocator instead.
+        if links_sanitizers(TANDEM):
+            expected_extra.add("libtcmalloc-minimal4")
         used = {package for libraries in self.libraries.values() for _, _, package in libraries}
         unused = set(self.packages) - used - expected_extra
         self.assertEqual(unused, set(), "runtime packages no binary needs")
