@@ -103,8 +103,9 @@ def apt_install_packages(stage):
     return packages
 
 
-def needed_libraries(binary):
-    """(soname, path) of every shared library `ldd binary` resolves."""
+def shared_libraries(binary):
+    """(soname, path) of every shared library `ldd binary` resolves, the
+    sanitizers' runtimes included."""
     out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30,
                          check=True).stdout
     libraries = []
@@ -118,15 +119,7 @@ def needed_libraries(binary):
             libraries.append((os.path.basename(path), path))
         elif "=> not found" in line:
             raise AssertionError("%s: %s" % (binary, line))
-    return [(name, path) for name, path in libraries if not SANITIZER_LIBRARIES.match(name)]
-
-
-def links_sanitizers(binary):
-    """Whether `binary` is a sanitizer build (ldd lists their runtimes)."""
-    out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30,
-                         check=True).stdout
-    return any(SANITIZER_LIBRARIES.match(line.split()[0])
-               for line in out.splitlines() if line.split())
+    return libraries
 
 
 def owning_packages(paths):
@@ -335,8 +328,12 @@ class RuntimePackagesTest(unittest.TestCase):
         cls.packages = apt_install_packages(parse_dockerfile(DOCKERFILE)[-1])
         # {binary: [(soname, path, owning package or None)]}
         cls.libraries = {}
+        cls.sanitized = False  # a sanitizer build (its runtimes are not shipped)
         for binary in (TANDEM, TANDEM_WORKER):
-            needed = needed_libraries(binary)
+            libraries = shared_libraries(binary)
+            needed = [(name, path) for name, path in libraries
+                      if not SANITIZER_LIBRARIES.match(name)]
+            cls.sanitized = cls.sanitized or len(needed) < len(libraries)
             owners = owning_packages([path for _, path in needed])
             cls.libraries[binary] = [(name, path, owners.get(path)) for name, path in needed]
 
@@ -366,7 +363,7 @@ class RuntimePackagesTest(unittest.TestCase):
         expected_extra = {"libevent-openssl-2.1-7", "libssl3", "ca-certificates"}
         # The image's build links tcmalloc; a sanitizer build, tested here too,
         # keeps the sanitizers' own allocator instead.
-        if links_sanitizers(TANDEM):
+        if self.sanitized:
             expected_extra.add("libtcmalloc-minimal4")
         used = {package for libraries in self.libraries.values() for _, _, package in libraries}
         unused = set(self.packages) - used - expected_extra

@@ -112,8 +112,8 @@ class H2Session final : private UpstreamUser {
   std::vector<H2UpstreamStream*> parse_;  // streams to read again
   uint64_t requests_ = 0;
   Clock::time_point idle_since_ = net::TurnClock::Now();
-  Clock::time_point heard_at_ =
-      net::TurnClock::Now();          // the worker's last bytes
+  // The worker's last bytes.
+  Clock::time_point heard_at_ = net::TurnClock::Now();
   Clock::time_point ping_sent_at_{};  // zero: none outstanding
   bool ready_ = false;
   // GOAWAY received, max requests reached, or stream ids about to run out

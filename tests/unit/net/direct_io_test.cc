@@ -8,6 +8,7 @@
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +16,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+
+#include "tests/unit/net/loop_turn.h"
 
 namespace tandem::net {
 namespace {
@@ -29,20 +32,6 @@ EventBasePtr LoopBase() {
   event_config_free(config);
   REQUIRE(base != nullptr);
   return base;
-}
-
-// Runs `body` inside a callback of one turn of `base`'s loop, as the proxy
-// queues its output.
-void InTurn(event_base* base, const std::function<void()>& body) {
-  EventPtr ev(event_new(
-      base, -1, 0,
-      [](evutil_socket_t, short, void* arg) {
-        (*static_cast<const std::function<void()>*>(arg))();
-      },
-      const_cast<std::function<void()>*>(&body)));
-  REQUIRE(ev != nullptr);
-  event_active(ev.get(), EV_TIMEOUT, 0);
-  event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
 }
 
 struct Pair {
@@ -336,6 +325,28 @@ TEST_CASE("TLS output queued in a turn is encrypted and written in that turn") {
   CHECK(t.server_seen.drained == 1);
   CHECK(t.RunUntil([&] { return t.client_seen.read.size() >= 12; }));
   CHECK(t.client_seen.read == "secret words");
+}
+
+TEST_CASE("TLS output a full send buffer stops is finished by libevent") {
+  TlsPair t;
+  REQUIRE(t.RunUntil([&] { return t.Connected(); }));
+  REQUIRE(t.RunUntil([&] {
+    return event_pending(&t.server->ev_write, EV_WRITE, nullptr) == 0;
+  }));
+  // The client reads nothing until the server has written what it could.
+  bufferevent_disable(t.client.get(), EV_READ);
+  const std::string big = Pattern(8 * 1024 * 1024);
+  bufferevent_write(t.server.get(), big.data(), big.size());
+  CHECK(WriteNow(t.server.get()));
+  // OpenSSL wrote records until the socket was full (it keeps the rest of
+  // its write to retry; libevent drains the output only when it is done).
+  int queued = 0;
+  REQUIRE(ioctl(bufferevent_getfd(t.client.get()), FIONREAD, &queued) == 0);
+  CHECK(queued > 0);
+  CHECK(event_pending(&t.server->ev_write, EV_WRITE, nullptr) != 0);
+  REQUIRE(bufferevent_enable(t.client.get(), EV_READ) == 0);
+  CHECK(t.RunUntil([&] { return t.client_seen.read.size() >= big.size(); }));
+  CHECK(t.client_seen.read == big);  // in order, nothing twice
 }
 
 TEST_CASE("TLS output queued during the handshake is left to libevent") {

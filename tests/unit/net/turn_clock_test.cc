@@ -4,8 +4,11 @@
 
 #include <doctest/doctest.h>
 
+#include <functional>
 #include <thread>
 #include <vector>
+
+#include "tests/unit/net/loop_turn.h"
 
 namespace tandem::net {
 namespace {
@@ -18,23 +21,11 @@ struct Base {
   Base() { REQUIRE(base != nullptr); }
 };
 
-// Runs `body` as a callback in a turn of `base`'s loop, `turns` times, one
-// loop turn each, with `pause` between them.
-template <typename Body>
-void InTurns(event_base* base, int turns, milliseconds pause, Body body) {
-  struct Call {
-    Body* body;
-  } call{&body};
-  EventPtr ev(event_new(
-      base, -1, 0,
-      [](evutil_socket_t, short, void* arg) {
-        (*static_cast<Call*>(arg)->body)();
-      },
-      &call));
-  REQUIRE(ev != nullptr);
+// Runs `body` in `turns` loop turns, with `pause` after each.
+void InTurns(event_base* base, int turns, milliseconds pause,
+             const std::function<void()>& body) {
   for (int i = 0; i < turns; ++i) {
-    event_active(ev.get(), EV_TIMEOUT, 0);
-    REQUIRE(event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK) == 0);
+    InTurn(base, body);
     std::this_thread::sleep_for(pause);
   }
 }
