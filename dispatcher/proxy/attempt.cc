@@ -103,11 +103,7 @@ bool Attempt::SendHead() {
   net::AppendRequestHead(request, forwarding, &head);
   upstream_->StartRequest();
   evbuffer_add(upstream_->output(), head.data(), head.size());
-  bufferevent* bev = upstream_->bev();
-  bufferevent_setwatermark(bev, EV_WRITE, kOutputLowWater, 0);
-  bufferevent_setwatermark(bev, EV_READ, 0, 0);
-  bufferevent_set_max_single_read(bev, kMaxSingleRead);
-  if (bufferevent_enable(bev, EV_READ | EV_WRITE) != 0) return false;
+  if (!upstream_->Open()) return false;
   ReplayBody();
   upstream_->WriteSoon();
   return true;
@@ -145,7 +141,7 @@ void Attempt::ResumeResponse() {
   if (!response_blocked_ || upstream_ == nullptr) return;
   response_blocked_ = false;
   exchange_.Touch();
-  bufferevent_enable(upstream_->bev(), EV_READ);
+  upstream_->SetReading(true);
   ParseResponse();
 }
 
@@ -338,7 +334,7 @@ void Attempt::OnUpstreamClosed(UpstreamConnection& connection, short events) {
   if (&connection != upstream_) return;  // no longer this try's
   if (connecting_) {
     connecting_ = false;
-    SSL* ssl = bufferevent_openssl_get_ssl(connection.bev());
+    SSL* ssl = connection.ssl();
     unsigned long tls_error =
         ssl != nullptr ? bufferevent_get_openssl_error(connection.bev()) : 0;
     if (ssl != nullptr &&
@@ -419,7 +415,7 @@ void Attempt::ParseResponse() {
     case net::HttpParser::Result::kNeedMore:
       if (exchange_.downstream().ResponseOutputFull()) {
         response_blocked_ = true;
-        bufferevent_disable(upstream_->bev(), EV_READ);
+        upstream_->SetReading(false);
       }
       return;
     case net::HttpParser::Result::kComplete:

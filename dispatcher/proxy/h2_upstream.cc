@@ -11,6 +11,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "dispatcher/proxy/watermarks.h"
 #include "net/h2_message.h"
 #include "net/http_io.h"
 #include "net/http_message.h"
@@ -61,6 +62,12 @@ class H2Session final : private UpstreamUser {
   }
   nghttp2_session* session() const { return session_; }
   H2Upstream& owner() const { return owner_; }
+  // Reused by the streams: a request's fields for nghttp2, the fields of
+  // the header block being read ("name: value\r\n"; blocks are never
+  // interleaved), and the response text made of them.
+  net::H2Fields& fields() { return fields_; }
+  std::string& lines() { return lines_; }
+  std::string& text() { return text_; }
 
   H2UpstreamStream* AddStream(UpstreamUser* user);
   void RemoveStream(H2UpstreamStream* stream);
@@ -90,6 +97,8 @@ class H2Session final : private UpstreamUser {
         nghttp2_session_get_stream_user_data(session_, id));
   }
   static nghttp2_session_callbacks* Callbacks();
+  static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
+                            void* arg);
   static int OnHeader(nghttp2_session*, const nghttp2_frame* frame,
                       const uint8_t* name, size_t name_length,
                       const uint8_t* value, size_t value_length, uint8_t,
@@ -110,6 +119,9 @@ class H2Session final : private UpstreamUser {
   net::EventPtr send_event_;
   std::vector<H2UpstreamStream*> streams_;
   std::vector<H2UpstreamStream*> parse_;  // streams to read again
+  net::H2Fields fields_;
+  std::string lines_;
+  std::string text_;
   uint64_t requests_ = 0;
   Clock::time_point idle_since_ = net::TurnClock::Now();
   // The worker's last bytes.
@@ -121,7 +133,10 @@ class H2Session final : private UpstreamUser {
   bool closed_ = false;
 };
 
-// One stream: the try's HTTP/1.1 bytes in, frames out, and back.
+// One stream: the try's HTTP/1.1 bytes in, frames out, and back. The try
+// sees an UpstreamConnection whose output the stream parses and whose input
+// the stream fills; what a socket's bufferevent would report (connected,
+// readable, drained, closed) the stream tells it from an event of its own.
 class H2UpstreamStream final : private net::HttpParser::Handler {
  public:
   H2UpstreamStream(H2Session& session, UpstreamUser* user, bool ready);
@@ -137,19 +152,37 @@ class H2UpstreamStream final : private net::HttpParser::Handler {
   void OnSessionClosed(bool reached);
   void Detach() { session_ = nullptr; }
 
+  // From the try's end.
+  void OnTryWrote();
+  void SetReading(bool on);
+
   // From the session's callbacks.
+  void OnBeginHeaders();
   void OnField(std::string_view name, std::string_view value);
   void OnHeaders(bool end_stream);
   void OnData(const uint8_t* data, size_t length);
   void OnEndStream();
   void OnHeadersSent() { headers_sent_ = true; }
   void OnClose(uint32_t error_code);
-  // Reads what the try wrote (the session's parse event).
+  // Reads what the try wrote (the session's send event).
   void Parse();
+  // In the session's list of streams to parse.
+  bool parse_scheduled = false;
 
  private:
-  static void ReadCb(bufferevent*, void* arg);
-  static void OutputCb(evbuffer*, const evbuffer_cb_info* info, void* arg);
+  // What the try is to be told (bits of due_), in this order.
+  enum Due : uint8_t {
+    kFailed = 1,     // the session could not be made
+    kConnected = 2,  // the session is ready
+    kReadable = 4,   // response bytes in the try's input
+    kDrained = 8,    // the try's output fell to its low-water mark
+    kEnded = 16,     // no more response bytes (EOF)
+  };
+  void Tell(uint8_t what);
+  bool Take(uint8_t what);
+  static void TellCb(evutil_socket_t, short, void* arg);
+  void TellTry();
+  static void CreditCb(evbuffer*, const evbuffer_cb_info* info, void* arg);
   static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buffer,
                           size_t length, uint32_t* data_flags,
                           nghttp2_data_source* source, void*);
@@ -164,19 +197,26 @@ class H2UpstreamStream final : private net::HttpParser::Handler {
   // The response cannot be carried: the stream is reset (CANCEL) and the try
   // sees its backend close (502, or a cut response).
   void Cancel();
-  evbuffer* out() const { return bufferevent_get_output(bev_); }
+  // The try's input (the response as HTTP/1.1) and output (its request).
+  evbuffer* to_try() const { return end_->input(); }
+  evbuffer* from_try() const { return end_->output(); }
+  size_t body_size() const {
+    return body_ ? evbuffer_get_length(body_.get()) : 0;
+  }
 
   H2Session* session_;
-  UpstreamConnection* end_ = nullptr;  // the try's end of the pair
-  bufferevent* bev_ = nullptr;         // this end
+  UpstreamConnection* end_ = nullptr;  // the try's end
+  net::EventPtr tell_;                 // runs TellTry
+  bool* alive_ = nullptr;              // cleared when freed inside TellTry
   net::HttpParser request_{net::HttpParser::Type::kRequest, this};
-  net::EvbufferPtr body_{evbuffer_new()};
-  std::string lines_;           // response fields as "name: value\r\n"
-  uint64_t lines_bytes_ = 0;    // what the fields came to, kept or not
+  net::EvbufferPtr body_;     // request body for DATA frames (made once needed)
+  uint64_t lines_bytes_ = 0;  // what the fields came to, kept or not
   uint64_t interim_bytes_ = 0;  // what the interim (1xx) heads came to
   int32_t id_ = -1;
   int status_ = 0;
   uint64_t unconsumed_ = 0;  // DATA bytes whose window was not given back
+  uint8_t due_ = 0;
+  bool reading_ = true;  // the try reads the response
   bool has_length_ = false;
   bool chunked_ = false;
   bool final_seen_ = false;
@@ -259,6 +299,12 @@ void H2Upstream::CloseIdle(Clock::duration max_age) {
   for (H2Session* session : all) session->CheckLiveness(now);
 }
 
+void H2Upstream::Wrote(H2UpstreamStream* stream) { stream->OnTryWrote(); }
+
+void H2Upstream::SetReading(H2UpstreamStream* stream, bool on) {
+  stream->SetReading(on);
+}
+
 size_t H2Upstream::free_streams() const {
   size_t free = 0;
   for (const auto& session : sessions_) {
@@ -331,7 +377,10 @@ H2UpstreamStream* H2Session::AddStream(UpstreamUser* user) {
 void H2Session::RemoveStream(H2UpstreamStream* stream) {
   streams_.erase(std::remove(streams_.begin(), streams_.end(), stream),
                  streams_.end());
-  parse_.erase(std::remove(parse_.begin(), parse_.end(), stream), parse_.end());
+  if (stream->parse_scheduled) {
+    parse_.erase(std::remove(parse_.begin(), parse_.end(), stream),
+                 parse_.end());
+  }
   if (streams_.empty()) {
     idle_since_ = net::TurnClock::Now();
     // A session that can take no stream (going away, or the worker's
@@ -359,16 +408,22 @@ void H2Session::ScheduleSend() {
 }
 
 void H2Session::ScheduleParse(H2UpstreamStream* stream) {
-  if (std::find(parse_.begin(), parse_.end(), stream) == parse_.end())
+  if (!stream->parse_scheduled) {
+    stream->parse_scheduled = true;
     parse_.push_back(stream);
+  }
   ScheduleSend();
 }
 
 void H2Session::SendCb(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<H2Session*>(arg);
+  // (Parse tells the try nothing at once: no stream goes away meanwhile.)
   std::vector<H2UpstreamStream*> parse;
   parse.swap(self->parse_);
-  for (H2UpstreamStream* stream : parse) stream->Parse();
+  for (H2UpstreamStream* stream : parse) {
+    stream->parse_scheduled = false;
+    stream->Parse();
+  }
   self->Send();
 }
 
@@ -419,6 +474,8 @@ void H2Session::Close() {
   if (closed_) return;
   closed_ = true;
   going_away_ = true;
+  for (H2UpstreamStream* stream : parse_) stream->parse_scheduled = false;
+  parse_.clear();
   std::vector<H2UpstreamStream*> streams;
   streams.swap(streams_);
   for (H2UpstreamStream* stream : streams) {
@@ -478,6 +535,16 @@ void H2Session::OnUpstreamClosed(UpstreamConnection& connection, short) {
 }
 
 // nghttp2 callbacks.
+
+int H2Session::OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
+                              void* arg) {
+  auto* self = static_cast<H2Session*>(arg);
+  self->lines_.clear();
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id))
+    stream->OnBeginHeaders();
+  return 0;
+}
 
 int H2Session::OnHeader(nghttp2_session*, const nghttp2_frame* frame,
                         const uint8_t* name, size_t name_length,
@@ -563,6 +630,7 @@ nghttp2_session_callbacks* H2Session::Callbacks() {
   static nghttp2_session_callbacks* const callbacks = [] {
     nghttp2_session_callbacks* c = nullptr;
     nghttp2_session_callbacks_new(&c);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(c, OnBeginHeaders);
     nghttp2_session_callbacks_set_on_header_callback(c, OnHeader);
     nghttp2_session_callbacks_set_on_frame_recv_callback(c, OnFrameRecv);
     nghttp2_session_callbacks_set_on_frame_send_callback(c, OnFrameSend);
@@ -579,33 +647,27 @@ H2UpstreamStream::H2UpstreamStream(H2Session& session, UpstreamUser* user,
                                    bool ready)
     : session_(&session) {
   BackendPool& pool = session.owner().pool();
-  bufferevent* pair[2] = {nullptr, nullptr};
-  if (bufferevent_pair_new(pool.base_,
-                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS,
-                           pair) != 0) {
+  tell_.reset(event_new(pool.base_, -1, 0, TellCb, this));
+  auto* end = new UpstreamConnection(pool, this);
+  end->user_ = user;
+  end->connected_ = ready;
+  end->since_ = net::TurnClock::Now();
+  if (tell_ && end->input() != nullptr && end->output() != nullptr) {
+    end->output_watch_ =
+        evbuffer_add_cb(end->output(), UpstreamConnection::OutputCb, end);
+  }
+  if (end->output_watch_ == nullptr ||
+      evbuffer_add_cb(end->input(), CreditCb, this) == nullptr) {
+    delete end;
     return;
   }
-  bev_ = pair[1];
-  end_ = new UpstreamConnection(pool, net::BufferEventPtr(pair[0]));
-  end_->h2_stream_ = this;
-  end_->user_ = user;
-  end_->connected_ = ready;
-  end_->since_ = net::TurnClock::Now();
-  bufferevent_setcb(pair[0], UpstreamConnection::ReadCb,
-                    UpstreamConnection::WriteCb, UpstreamConnection::EventCb,
-                    end_);
-  end_->output_watch_ = evbuffer_add_cb(bufferevent_get_output(pair[0]),
-                                        UpstreamConnection::OutputCb, end_);
-  bufferevent_setcb(bev_, ReadCb, nullptr, nullptr, this);
-  // The try's bytes come in only while the body waiting for frames is small.
-  bufferevent_setwatermark(bev_, EV_READ, 0, kBodyHighWater);
-  evbuffer_add_cb(out(), OutputCb, this);
-  bufferevent_enable(bev_, EV_READ | EV_WRITE);
+  end_ = end;
   request_.set_max_head_bytes(4 * 1024 * 1024);
   request_.set_max_fields(100000);
 }
 
 H2UpstreamStream::~H2UpstreamStream() {
+  if (alive_ != nullptr) *alive_ = false;
   if (session_ != nullptr) {
     if (id_ > 0) {
       nghttp2_session_set_stream_user_data(session_->session(), id_, nullptr);
@@ -617,20 +679,62 @@ H2UpstreamStream::~H2UpstreamStream() {
     }
     session_->RemoveStream(this);
   }
-  if (bev_ != nullptr) bufferevent_free(bev_);
-  delete end_;
+  delete end_;  // its buffers, and the callbacks on them, with it
+}
+
+void H2UpstreamStream::Tell(uint8_t what) {
+  due_ |= what;
+  event_active(tell_.get(), EV_TIMEOUT, 0);
+}
+
+bool H2UpstreamStream::Take(uint8_t what) {
+  if ((due_ & what) == 0) return false;
+  due_ &= static_cast<uint8_t>(~what);
+  return true;
+}
+
+void H2UpstreamStream::TellCb(evutil_socket_t, short, void* arg) {
+  static_cast<H2UpstreamStream*>(arg)->TellTry();
+}
+
+void H2UpstreamStream::TellTry() {
+  // Each call may end the try and free this stream.
+  bool alive = true;
+  alive_ = &alive;
+  UpstreamConnection& end = *end_;
+  if (Take(kFailed)) {
+    due_ = 0;
+    end.user_->OnUpstreamClosed(end, BEV_EVENT_ERROR);
+  } else {
+    if (Take(kConnected)) {
+      end.connected_ = true;
+      const auto waited = std::chrono::duration_cast<std::chrono::microseconds>(
+          net::TurnClock::Now() - end.since_);
+      end.pool_.stats_->connect_micros.Add(
+          static_cast<uint64_t>(waited.count()));
+      end.user_->OnUpstreamConnected(end);
+    }
+    // As from a socket: nothing is read, nor the end seen, while reading is
+    // off; then the bytes first, the end after.
+    if (alive && reading_ && Take(kReadable) &&
+        evbuffer_get_length(to_try()) > 0) {
+      end.user_->OnUpstreamRead(end);
+    }
+    if (alive && Take(kDrained)) end.user_->OnUpstreamDrained(end);
+    if (alive && reading_ && (due_ & kReadable) == 0 && Take(kEnded))
+      end.user_->OnUpstreamClosed(end, BEV_EVENT_EOF | BEV_EVENT_READING);
+  }
+  if (alive) alive_ = nullptr;
 }
 
 void H2UpstreamStream::OnSessionReady() {
-  end_->connected_ = true;
-  bufferevent_trigger_event(end_->bev(), BEV_EVENT_CONNECTED,
-                            BEV_TRIG_DEFER_CALLBACKS);
+  Tell(kConnected);
+  // (The try writes once it hears; anything already there is read then.)
 }
 
 void H2UpstreamStream::OnSessionFailed(int error) {
   end_->connect_error_ = error != 0 ? error : ECONNREFUSED;
-  bufferevent_trigger_event(end_->bev(), BEV_EVENT_ERROR,
-                            BEV_TRIG_DEFER_CALLBACKS);
+  Tell(kFailed);
 }
 
 void H2UpstreamStream::OnSessionClosed(bool reached) {
@@ -643,20 +747,32 @@ void H2UpstreamStream::Finish(bool never_reached) {
   // A refused stream never reached the backend: the try treats it as a
   // pooled connection found closed (retried, on another connection).
   if (never_reached && status_ == 0) end_->reused_ = true;
-  bufferevent_flush(bev_, EV_WRITE, BEV_FINISHED);
+  Tell(kEnded);
 }
 
-void H2UpstreamStream::ReadCb(bufferevent*, void* arg) {
-  static_cast<H2UpstreamStream*>(arg)->Parse();
+void H2UpstreamStream::OnTryWrote() {
+  if (session_ != nullptr && !finished_) session_->ScheduleParse(this);
+}
+
+void H2UpstreamStream::SetReading(bool on) {
+  reading_ = on;
+  if (on && due_ != 0) event_active(tell_.get(), EV_TIMEOUT, 0);
 }
 
 void H2UpstreamStream::Parse() {
   if (session_ == nullptr || finished_) return;
-  if (evbuffer_get_length(body_.get()) >= kBodyHighWater) return;
+  // The body waits in the try's output (which stops the try reading its
+  // client) while the frames have enough of it.
+  if (body_size() >= kBodyHighWater) return;
   size_t consumed = 0;
   const net::HttpParser::Result result =
-      net::Feed(request_, bufferevent_get_input(bev_), &consumed);
-  if (result == net::HttpParser::Result::kError) Finish(id_ <= 0);
+      net::Feed(request_, from_try(), &consumed);
+  if (result == net::HttpParser::Result::kError) {
+    Finish(id_ <= 0);
+    return;
+  }
+  if (consumed > 0 && evbuffer_get_length(from_try()) <= kOutputLowWater)
+    Tell(kDrained);
 }
 
 net::HttpParser::HeadAction H2UpstreamStream::OnHeadComplete(net::HttpParser&) {
@@ -665,7 +781,7 @@ net::HttpParser::HeadAction H2UpstreamStream::OnHeadComplete(net::HttpParser&) {
 }
 
 void H2UpstreamStream::Submit() {
-  net::H2Fields fields;
+  net::H2Fields& fields = session_->fields();
   fields.BuildRequest(request_, session_->owner().tls() ? "https" : "http",
                       session_->owner().pool().address().text);
   nghttp2_data_provider provider;
@@ -684,6 +800,7 @@ void H2UpstreamStream::Submit() {
 
 void H2UpstreamStream::OnBody(net::HttpParser&, const char* data,
                               size_t length) {
+  if (!body_) body_.reset(evbuffer_new());
   evbuffer_add(body_.get(), data, length);
   if (deferred_ && id_ > 0) {
     deferred_ = false;
@@ -706,14 +823,14 @@ ssize_t H2UpstreamStream::ReadBody(nghttp2_session* session, int32_t,
                                    uint32_t* data_flags,
                                    nghttp2_data_source* source, void*) {
   auto* self = static_cast<H2UpstreamStream*>(source->ptr);
-  evbuffer* body = self->body_.get();
-  const int n = evbuffer_remove(body, buffer, length);
-  if (evbuffer_get_length(body) == 0 && self->request_done_) {
+  const int n =
+      self->body_ ? evbuffer_remove(self->body_.get(), buffer, length) : 0;
+  if (self->body_size() == 0 && self->request_done_) {
     *data_flags |= NGHTTP2_DATA_FLAG_EOF;
     const net::HeaderList& trailers = self->request_.trailers();
     if (!trailers.empty()) {
       *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-      net::H2Fields fields;
+      net::H2Fields& fields = self->session_->fields();
       fields.BuildTrailers(trailers);
       nghttp2_submit_trailer(session, self->id_, fields.data(), fields.size());
     }
@@ -721,11 +838,16 @@ ssize_t H2UpstreamStream::ReadBody(nghttp2_session* session, int32_t,
     self->deferred_ = true;
     return NGHTTP2_ERR_DEFERRED;
   }
-  if (evbuffer_get_length(body) < kBodyLowWater &&
-      evbuffer_get_length(bufferevent_get_input(self->bev_)) > 0) {
+  if (self->body_size() < kBodyLowWater &&
+      evbuffer_get_length(self->from_try()) > 0) {
     self->session_->ScheduleParse(self);
   }
   return n < 0 ? 0 : n;
+}
+
+void H2UpstreamStream::OnBeginHeaders() {
+  lines_bytes_ = 0;
+  has_length_ = false;
 }
 
 void H2UpstreamStream::OnField(std::string_view name, std::string_view value) {
@@ -742,7 +864,7 @@ void H2UpstreamStream::OnField(std::string_view name, std::string_view value) {
   lines_bytes_ += name.size() + value.size() + 4;
   if (lines_bytes_ > net::kDefaultMaxHeadBytes) return;
   if (name == "content-length") has_length_ = true;
-  net::AppendField(name, value, &lines_);
+  net::AppendField(name, value, &session_->lines());
 }
 
 void H2UpstreamStream::Cancel() {
@@ -756,22 +878,28 @@ void H2UpstreamStream::Cancel() {
 
 void H2UpstreamStream::OnHeaders(bool end_stream) {
   if (finished_) return;  // the try has its answer, or its end
-  if (lines_bytes_ > net::kDefaultMaxHeadBytes) {
+  // A protocol switch cannot come over HTTP/2 (nghttp2 refuses it too).
+  if (lines_bytes_ > net::kDefaultMaxHeadBytes || status_ == 101) {
     Cancel();  // too large to carry
     return;
   }
-  std::string text;
+  const std::string& lines = session_->lines();
+  std::string& text = session_->text();
+  text.clear();
   if (final_seen_) {
     // Trailers: the end of a chunked body carries them.
     if (chunked_) {
-      text = "0\r\n" + lines_ + "\r\n";
+      text.append("0\r\n").append(lines).append("\r\n");
       chunked_ = false;
     }
   } else {
-    text = "HTTP/1.1 " + std::to_string(status_) + " ";
+    char digits[16];
+    const auto [digits_end, ignored] =
+        std::to_chars(digits, digits + sizeof(digits), status_);
+    text.append("HTTP/1.1 ").append(digits, digits_end).append(" ");
     text.append(net::ReasonPhrase(status_));
     text.append("\r\n");
-    text.append(lines_);
+    text.append(lines);
     const bool interim = status_ >= 100 && status_ < 200;
     if (!interim) {
       final_seen_ = true;
@@ -798,10 +926,12 @@ void H2UpstreamStream::OnHeaders(bool end_stream) {
       }
     }
   }
-  lines_.clear();
   lines_bytes_ = 0;
   has_length_ = false;
-  evbuffer_add(out(), text.data(), text.size());
+  if (!text.empty()) {
+    evbuffer_add(to_try(), text.data(), text.size());
+    Tell(kReadable);
+  }
   if (end_stream) OnEndStream();
 }
 
@@ -810,18 +940,20 @@ void H2UpstreamStream::OnData(const uint8_t* data, size_t length) {
   unconsumed_ += length;
   net::FrameBody(
       chunked_ ? net::Framing::kChunked : net::Framing::kContentLength,
-      reinterpret_cast<const char*>(data), length, out());
+      reinterpret_cast<const char*>(data), length, to_try());
+  Tell(kReadable);
 }
 
 void H2UpstreamStream::OnEndStream() {
   if (finished_) return;
   if (chunked_) {
-    evbuffer_add(out(), "0\r\n\r\n", 5);
+    evbuffer_add(to_try(), "0\r\n\r\n", 5);
     chunked_ = false;
+    Tell(kReadable);
   }
 }
 
-void H2UpstreamStream::OutputCb(evbuffer*, const evbuffer_cb_info* info,
+void H2UpstreamStream::CreditCb(evbuffer*, const evbuffer_cb_info* info,
                                 void* arg) {
   // The try read response bytes: the stream's window opens by as much.
   auto* self = static_cast<H2UpstreamStream*>(arg);

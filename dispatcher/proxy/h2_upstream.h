@@ -1,11 +1,12 @@
 // HTTP/2 to one backend from one loop thread (cluster protocol "h2" or
 // "h2c", docs/http2.md): a few sessions, each one backend connection made by
 // the pool, carry the requests as streams. Each try still sees an
-// UpstreamConnection speaking HTTP/1.1: it is one end of a bufferevent
-// pair, and an H2UpstreamStream on the other end turns the request bytes
-// into a stream's frames and the stream's frames into response bytes. So
-// the attempt's parsing, timeouts, retries and hang detection stay as they
-// are, and flow control follows the pair's watermarks: a stream's window
+// UpstreamConnection speaking HTTP/1.1: its output and input are buffers of
+// the stream's own (no socket), and an H2UpstreamStream turns the request
+// bytes the try writes into a stream's frames and the stream's frames into
+// response bytes the try reads. So the attempt's parsing, timeouts, retries
+// and hang detection stay as they are. The try's callbacks come from an
+// event of the stream's, never from inside nghttp2, and a stream's window
 // opens only as its try reads the response.
 #pragma once
 
@@ -58,6 +59,11 @@ class H2Upstream {
   }
   // A session ended: it is freed once its callbacks are done.
   void Retire(H2Session* session);
+
+  // For UpstreamConnection, on a stream's end: the try wrote to its output;
+  // reading the response on or off.
+  static void Wrote(H2UpstreamStream* stream);
+  static void SetReading(H2UpstreamStream* stream, bool on);
 
  private:
   void DeleteRetired();

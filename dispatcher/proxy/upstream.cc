@@ -10,14 +10,11 @@
 #include <cerrno>
 
 #include "dispatcher/proxy/h2_upstream.h"
+#include "dispatcher/proxy/watermarks.h"
 #include "net/turn_clock.h"
 
 namespace tandem::dispatcher {
 namespace {
-
-// Largest read per callback: big enough for bulk bodies, small enough that a
-// busy connection does not starve the others on the loop.
-constexpr size_t kMaxSingleRead = 64 * 1024;
 
 void SetNoDelay(evutil_socket_t fd) {
   int one = 1;
@@ -29,7 +26,19 @@ void SetNoDelay(evutil_socket_t fd) {
 
 UpstreamConnection::UpstreamConnection(BackendPool& pool,
                                        net::BufferEventPtr bev)
-    : pool_(pool), bev_(std::move(bev)) {}
+    : pool_(pool),
+      bev_(std::move(bev)),
+      input_(bufferevent_get_input(bev_.get())),
+      output_(bufferevent_get_output(bev_.get())) {}
+
+UpstreamConnection::UpstreamConnection(BackendPool& pool,
+                                       H2UpstreamStream* stream)
+    : pool_(pool),
+      stream_input_(evbuffer_new()),
+      stream_output_(evbuffer_new()),
+      input_(stream_input_.get()),
+      output_(stream_output_.get()),
+      h2_stream_(stream) {}
 
 UpstreamConnection::~UpstreamConnection() {
   // Freed inside one of its own callbacks, libevent keeps the bufferevent
@@ -40,8 +49,39 @@ UpstreamConnection::~UpstreamConnection() {
   pool_.write_behind_.Cancel(&write_slot_);
 }
 
+SSL* UpstreamConnection::ssl() const {
+  return bev_ ? bufferevent_openssl_get_ssl(bev_.get()) : nullptr;
+}
+
 void UpstreamConnection::WriteSoon() {
-  if (connected_) pool_.write_behind_.Add(bev_.get(), &write_slot_);
+  if (!connected_) return;
+  if (h2_stream_ != nullptr) {
+    H2Upstream::Wrote(h2_stream_);
+  } else {
+    pool_.write_behind_.Add(bev_.get(), &write_slot_);
+  }
+}
+
+bool UpstreamConnection::Open() {
+  if (h2_stream_ != nullptr) {
+    H2Upstream::SetReading(h2_stream_, true);
+    return true;
+  }
+  bufferevent* bev = bev_.get();
+  bufferevent_setwatermark(bev, EV_WRITE, kOutputLowWater, 0);
+  bufferevent_setwatermark(bev, EV_READ, 0, 0);
+  bufferevent_set_max_single_read(bev, kMaxSingleRead);
+  return bufferevent_enable(bev, EV_READ | EV_WRITE) == 0;
+}
+
+void UpstreamConnection::SetReading(bool on) {
+  if (h2_stream_ != nullptr) {
+    H2Upstream::SetReading(h2_stream_, on);
+  } else if (on) {
+    bufferevent_enable(bev_.get(), EV_READ);
+  } else {
+    bufferevent_disable(bev_.get(), EV_READ);
+  }
 }
 
 void UpstreamConnection::ReadCb(bufferevent*, void* arg) {

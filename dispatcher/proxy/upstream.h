@@ -44,9 +44,13 @@ class UpstreamConnection {
   UpstreamConnection(const UpstreamConnection&) = delete;
   UpstreamConnection& operator=(const UpstreamConnection&) = delete;
 
+  // The socket's bufferevent; null for an HTTP/2 stream's end.
   bufferevent* bev() const { return bev_.get(); }
-  evbuffer* input() const { return bufferevent_get_input(bev_.get()); }
-  evbuffer* output() const { return bufferevent_get_output(bev_.get()); }
+  // What the backend sent, and what goes to it.
+  evbuffer* input() const { return input_; }
+  evbuffer* output() const { return output_; }
+  // The TLS connection under a socket, or null.
+  SSL* ssl() const;
   BackendPool& pool() const { return pool_; }
   // True when the connection carried an earlier exchange (it may have been
   // closed by the backend while idle, so a failure is worth one more try).
@@ -66,15 +70,24 @@ class UpstreamConnection {
   // arriving then was not sent for it (a stray answer on a pooled connection).
   bool request_started() const { return request_started_; }
   // Bytes were added to the output: they leave at the end of this loop turn
-  // (net::WriteBehind) once the connection is established, else when
-  // libevent finds the socket writable.
+  // (net::WriteBehind, or the stream's session) once the connection is
+  // established, else when libevent finds the socket writable.
   void WriteSoon();
+  // An exchange starts on the connection: reading and writing on, and
+  // OnUpstreamDrained once the output falls to kOutputLowWater. False when
+  // the socket cannot be watched.
+  bool Open();
+  // Reading the response on or off (the client takes it too slowly).
+  void SetReading(bool on);
 
  private:
   friend class BackendPool;
   friend class H2UpstreamStream;  // makes the try's end of a stream
   friend class H2Upstream;
+  // A socket's connection.
   UpstreamConnection(BackendPool& pool, net::BufferEventPtr bev);
+  // An HTTP/2 stream's end: `stream` reads the output and fills the input.
+  UpstreamConnection(BackendPool& pool, H2UpstreamStream* stream);
   ~UpstreamConnection();
 
   static void ReadCb(bufferevent* bev, void* arg);
@@ -88,6 +101,11 @@ class UpstreamConnection {
 
   BackendPool& pool_;
   net::BufferEventPtr bev_;
+  // An HTTP/2 stream's end has buffers of its own (null for a socket).
+  net::EvbufferPtr stream_input_;
+  net::EvbufferPtr stream_output_;
+  evbuffer* input_;
+  evbuffer* output_;
   UpstreamUser* user_ = nullptr;  // null while idle in the pool
   bool connected_ = false;
   bool reused_ = false;
@@ -97,7 +115,7 @@ class UpstreamConnection {
   net::WriteBehind::Slot write_slot_;
   uint32_t tls_generation_ = 0;  // the pool's, when this one was made
   std::string preamble_;         // sent first (a PROXY header), or empty
-  // An HTTP/2 stream's end of a bufferevent pair (null: a socket).
+  // The HTTP/2 stream this connection is the end of (null: a socket).
   H2UpstreamStream* h2_stream_ = nullptr;
   int connect_error_ = 0;
   std::chrono::steady_clock::time_point since_;  // connect start, or idle since

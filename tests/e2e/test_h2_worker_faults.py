@@ -1310,6 +1310,39 @@ class EndlessBodyTest(WorkerFaultCase):
 
         self.check_endless("http11-client", open_stream, leave)
 
+    def test_a_stream_reset_while_its_client_does_not_read_is_cut_when_it_reads(self):
+        # tandem stops reading the stream for a client that does not read; the
+        # worker then resets it. What tandem holds reaches the client, and the
+        # cut right after, as soon as the client reads (fixed: the reset was
+        # seen while reading was off and then forgotten, so the client waited
+        # for request_timeout).
+        self.warm()
+        rss = self.tandem.memory_kib("VmRSS")
+        path = "/case/endless?reset-while-stalled"
+        start = self.tandem.stdout.count()
+        client = self.client(self.tandem.port, timeout=scaled(15))
+        client.request("GET", path)
+        stream, sent = self.stalled(path, "reset-while-stalled", rss)
+        with stream.connection.cond:
+            stream.reset = INTERNAL_ERROR  # the endless sender stops
+            stream.connection.cond.notify_all()
+        self.assertTrue(stream.connection.send(
+            frame(RST_STREAM, 0, stream.id, struct.pack(">I", INTERNAL_ERROR))))
+        time.sleep(scaled(0.5))  # tandem has the reset; the client still reads nothing
+        began = time.monotonic()
+        with self.assertRaises(IncompleteMessage) as cut:
+            client.response()
+        waited = time.monotonic() - began
+        head, body, complete = partial_body(cut.exception.partial)
+        self.assertTrue(head.startswith("http/1.1 200 "), head)
+        self.assertFalse(complete)
+        self.assertEqual(body, b"E" * sent, "the body is what the worker sent")
+        self.assertLess(waited, scaled(3), "the cut came late")
+        self.assertIn("flags=UC", self.access_line(path, start, "200"))
+        with Client(self.tandem.port) as other:
+            self.assert_ok(other.get("/ok/after-reset-while-stalled"),
+                           "/ok/after-reset-while-stalled")
+
     def test_an_endless_body_to_an_h2_client_that_does_not_read(self):
         client = H2Client(self.tandem.port, timeout=scaled(15))
         self.addCleanup(client.close)
