@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts' python helpers: free ports, waiting
 for a port, pinning with taskset, the connections tandem-worker backends
-accepted, nginx's directories, process CPU and RSS from /proc, the runs CSV,
-and the subcommands that print them.
+accepted, nginx's directories, process CPU and RSS from /proc, how busy the
+load generator's CPUs were, the runs CSV, and the subcommands that print them.
 Standard library only."""
 
 import argparse
@@ -127,6 +127,36 @@ def rss_kib(root):
     return tree_sum(root, rss)
 
 
+def cpu_list(cpus):
+    """The CPU numbers of a taskset list ("1", "0,2-3")."""
+    numbers = []
+    for part in cpus.split(","):
+        first, _, last = part.strip().partition("-")
+        numbers.extend(range(int(first), int(last or first) + 1))
+    return numbers
+
+
+def cpus_busy(cpus):
+    """(busy, total) clock ticks of the CPUs of taskset list `cpus` since
+    boot, from /proc/stat (idle and iowait are not busy)."""
+    wanted = {"cpu%d" % n for n in cpu_list(cpus)}
+    busy = total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] in wanted:
+                ticks = [int(v) for v in fields[1:9]]
+                total += sum(ticks)
+                busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def busy_percent(before, after):
+    """How busy CPUs were between two cpus_busy() readings, in percent."""
+    total = after[1] - before[1]
+    return round(100.0 * (after[0] - before[0]) / total, 1) if total > 0 else 0.0
+
+
 def read_runs(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -141,6 +171,10 @@ def command_parser(description, *common):
         p = sub.add_parser(name)
         if name in ("cpu", "rss"):
             p.add_argument("pid", type=int)
+    p = sub.add_parser("cpus-busy")  # CPUS: "busy total" ticks
+    p.add_argument("cpus")
+    p = sub.add_parser("busy-percent")  # from two "busy total" readings
+    p.add_argument("readings", type=int, nargs=4)
     return parser, sub
 
 
@@ -152,6 +186,11 @@ def run_common(args):
         print(cpu_ticks(args.pid))
     elif args.command == "rss":
         print(rss_kib(args.pid))
+    elif args.command == "cpus-busy":
+        print("%d %d" % cpus_busy(args.cpus))
+    elif args.command == "busy-percent":
+        r = args.readings
+        print(busy_percent((r[0], r[1]), (r[2], r[3])))
     else:
         return False
     return True

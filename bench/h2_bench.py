@@ -46,8 +46,9 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (backend_connections, cpu_ticks, free_port, nginx_dir,  # noqa: E402
-                      nginx_temp_paths, pinned, tandem_bench_head, wait_port)
+from benchlib import (backend_connections, busy_percent, cpu_ticks, cpus_busy,  # noqa: E402
+                      free_port, nginx_dir, nginx_temp_paths, pinned, tandem_bench_head,
+                      wait_port)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = os.environ.get
@@ -286,10 +287,13 @@ backend workers
         time.sleep(1)
         conns_before = self.backend_connections(mode)
         before = cpu_ticks(proc.pid)
+        load_before = cpus_busy(LOAD_CPUS) if LOAD_CPUS else None
         start = time.monotonic()
         ok, failed, _ = self.h2load(port, mode, DURATION, log_file)
         elapsed = time.monotonic() - start
         ticks = cpu_ticks(proc.pid) - before
+        # Near 100 %, h2load and the backends set the pace, not the proxy.
+        load_busy = busy_percent(load_before, cpus_busy(LOAD_CPUS)) if LOAD_CPUS else None
         # less the connections of the second reading
         conns = self.backend_connections(mode) - conns_before - BACKENDS
         durations = sorted(int(line.split("\t")[2]) for line in open(log_file)
@@ -300,7 +304,8 @@ backend workers
         return {"proxy": proxy, "mode": mode, "rep": rep, "requests": ok, "failed": failed,
                 "rps": round(ok / DURATION, 1), "p99_us": p99,
                 "cpu_us_per_req": round(cpu_us / max(ok, 1), 2),
-                "backend_conns": conns, "elapsed_s": round(elapsed, 2)}
+                "backend_conns": conns, "elapsed_s": round(elapsed, 2),
+                "load_busy_pct": load_busy}
 
     def close(self):
         for proc in self.procs:
@@ -315,8 +320,10 @@ backend workers
 
 
 def report(rows):
-    lines = ["| mode | proxy | req/s | p99 ms | CPU µs/req | backend conns opened | failed |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    load = LOAD_CPUS != ""
+    lines = ["| mode | proxy | req/s | p99 ms | CPU µs/req | backend conns opened | failed |"
+             + (" load CPU busy % |" if load else ""),
+             "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if load else "")]
     med = {}
     for mode in MODES:
         for proxy in PROXIES:
@@ -327,9 +334,11 @@ def report(rows):
                  for k in ("rps", "p99_us", "cpu_us_per_req", "backend_conns")}
             m["failed"] = sum(r["failed"] for r in runs)
             med[(mode, proxy)] = m
+            busy = (" %.1f |" % statistics.median(r["load_busy_pct"] for r in runs)
+                    if load else "")
             lines.append(f"| {mode} | {proxy} | {m['rps']:,.0f} | {m['p99_us'] / 1000:.2f} | "
                          f"{m['cpu_us_per_req']:.1f} | {m['backend_conns']:,.0f} | "
-                         f"{m['failed']} |")
+                         f"{m['failed']} |" + busy)
     lines.append("")
     for mode in MODES:
         t = med.get((mode, "tandem"))

@@ -342,14 +342,21 @@ warm_up_proxies() {
 
 # DURATION seconds of wrk on CONNS connections against PROXY (PROXY_PORT,
 # PROXY_PID), its output in OUTFILE. Sets WRK_REQUESTS, WRK_DURATION_US,
-# WRK_P50, WRK_P99 (µs), WRK_ERRORS, WRK_BYTES (read by wrk), WRK_ERROR_KINDS
-# and CPU_TICKS, the
-# proxy's CPU time during the run.
+# WRK_P50, WRK_P99 (µs), WRK_ERRORS, WRK_BYTES (read by wrk), WRK_ERROR_KINDS,
+# CPU_TICKS, the proxy's CPU time during the run, and LOAD_BUSY, how busy the
+# LOAD_CPUS were in percent (empty without LOAD_CPUS): near 100, the load
+# generator and backends set the pace, not the proxy.
 measure_wrk() {  # PROXY CONNS OUTFILE
   local proxy="$1" out="$3" pid="${PROXY_PID[$1]}" cpu_before cpu_after line
+  local load_before="" load_after=""
   cpu_before="$(python3 "$TOOL" cpu "$pid")"
+  [[ -n "$LOAD_CPUS" ]] && load_before="$(python3 "$TOOL" cpus-busy "$LOAD_CPUS")"
   run_wrk "${PROXY_PORT[$proxy]}" "$2" "$DURATION" "$out" || die "wrk failed against $proxy: $(tail -3 "$out")"
+  [[ -n "$LOAD_CPUS" ]] && load_after="$(python3 "$TOOL" cpus-busy "$LOAD_CPUS")"
   cpu_after="$(python3 "$TOOL" cpu "$pid")"
+  LOAD_BUSY=""
+  # shellcheck disable=SC2086  # two numbers each
+  [[ -n "$LOAD_CPUS" ]] && LOAD_BUSY="$(python3 "$TOOL" busy-percent $load_before $load_after)"
   alive "$pid" || die "$proxy died during the run: $(tail -5 "$WORK/logs/$proxy.log")"
   line="$(grep '^BENCH,' "$out")" || die "no result from wrk: $(tail -3 "$out")"
   IFS=, read -r _ WRK_REQUESTS WRK_DURATION_US WRK_P50 WRK_P99 WRK_ERRORS WRK_BYTES WRK_ERROR_KINDS <<<"$line"

@@ -161,7 +161,7 @@ def report(args):
 
     def median(proxy, c, field):
         values = [float(r[field]) for r in runs
-                  if r["proxy"] == proxy and int(r["conns"]) == c and r[field] != ""]
+                  if r["proxy"] == proxy and int(r["conns"]) == c and r.get(field)]
         return statistics.median(values) if values else None
 
     def total(proxy, c, field):
@@ -184,15 +184,22 @@ def report(args):
     out = []
     reps = max((int(r["rep"]) for r in runs), default=0)
     out.append(f"Medians of {reps} run(s) each; proxies alternate run by run.\n")
-    extra_head = " MB/s | proxy CPU µs/MB |" if large else ""
+    # How busy the load generator's CPUs were (pinned runs): near 100 %,
+    # wrk and the backends set the pace and a faster proxy cannot show it.
+    load = any(r.get("load_busy_pct") for r in runs)
+    extra_head = (" MB/s | proxy CPU µs/MB |" if large else "") + \
+        (" load CPU busy % |" if load else "")
     out.append("| conns | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req "
                "| backend conns opened | errors |" + extra_head)
-    out.append("|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if large else ""))
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if large else "")
+               + ("---:|" if load else ""))
     for c in conns:
         for proxy in proxies:
             p50, p99 = median(proxy, c, "p50_us"), median(proxy, c, "p99_us")
             extra = (f" {fmt(median(proxy, c, 'mb_s'), 1)} "
                      f"| {fmt(median(proxy, c, 'cpu_us_per_mb'), 0)} |") if large else ""
+            if load:
+                extra += f" {fmt(median(proxy, c, 'load_busy_pct'), 1)} |"
             out.append(
                 f"| {c} | {proxy} | {fmt(median(proxy, c, 'rps'))} "
                 f"| {fmt(p50 and p50 / 1000, 2)} | {fmt(p99 and p99 / 1000, 2)} "

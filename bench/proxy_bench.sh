@@ -174,7 +174,7 @@ write_wrk_script
 
 RUNS_CSV="$WORK/runs.csv"
 MEMORY_JSONL="$WORK/memory.jsonl"
-echo "proxy,conns,rep,requests,duration_us,rps,p50_us,p99_us,errors,cpu_ticks,cpu_us_per_req,backend_conns,bytes,error_kinds" >"$RUNS_CSV"
+echo "proxy,conns,rep,requests,duration_us,rps,p50_us,p99_us,errors,cpu_ticks,cpu_us_per_req,backend_conns,bytes,error_kinds,load_busy_pct" >"$RUNS_CSV"
 : >"$MEMORY_JSONL"
 
 measure() {  # PROXY CONNS REP
@@ -184,13 +184,14 @@ measure() {  # PROXY CONNS REP
   conns_after="$(python3 "$TOOL" backend-conns "${BACKEND_PORTS[@]}")"
   python3 - "$proxy" "$conns" "$rep" "$WRK_REQUESTS" "$WRK_DURATION_US" "$WRK_P50" "$WRK_P99" \
     "$WRK_ERRORS" "$CPU_TICKS" "$((conns_after - conns_before - BACKENDS))" "$WRK_BYTES" \
-    "$WRK_ERROR_KINDS" >>"$RUNS_CSV" <<'EOF'
+    "$WRK_ERROR_KINDS" "$LOAD_BUSY" >>"$RUNS_CSV" <<'EOF'
 import os, sys
-proxy, conns, rep, requests, duration_us, p50, p99, errors, ticks, backend, nbytes, kinds = sys.argv[1:]
+proxy, conns, rep, requests, duration_us, p50, p99, errors, ticks, backend, nbytes, kinds, \
+    load = sys.argv[1:]
 cpu_us = int(ticks) * 1e6 / os.sysconf("SC_CLK_TCK")
 print(f"{proxy},{conns},{rep},{requests},{duration_us},"
       f"{int(requests) / (int(duration_us) / 1e6):.1f},{p50},{p99},{errors},{ticks},"
-      f"{cpu_us / int(requests):.2f},{backend},{nbytes},{kinds}")
+      f"{cpu_us / int(requests):.2f},{backend},{nbytes},{kinds},{load}")
 EOF
   log "$(tail -1 "$RUNS_CSV")"
 }
