@@ -542,6 +542,7 @@ nghttp2_session_callbacks* H2Connection::Callbacks() {
     nghttp2_session_callbacks_new(&c);
     nghttp2_session_callbacks_set_on_begin_headers_callback(c, OnBeginHeaders);
     nghttp2_session_callbacks_set_on_header_callback(c, OnHeader);
+    nghttp2_session_callbacks_set_send_data_callback(c, H2Stream::SendData);
     nghttp2_session_callbacks_set_on_frame_recv_callback(c, OnFrameRecv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, OnDataChunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(c, OnStreamClose);

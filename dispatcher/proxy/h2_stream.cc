@@ -292,14 +292,14 @@ bool H2Stream::ResponseOutputFull() const {
   return full;
 }
 
-ssize_t H2Stream::ReadResponse(nghttp2_session* session, int32_t,
-                               uint8_t* buffer, size_t length,
-                               uint32_t* data_flags,
+ssize_t H2Stream::ReadResponse(nghttp2_session* session, int32_t, uint8_t*,
+                               size_t length, uint32_t* data_flags,
                                nghttp2_data_source* source, void*) {
   auto* self = static_cast<H2Stream*>(source->ptr);
-  evbuffer* out = self->out_.get();
-  const int n = evbuffer_remove(out, buffer, length);
-  const size_t left = evbuffer_get_length(out);
+  const size_t buffered = evbuffer_get_length(self->out_.get());
+  const size_t n = std::min(length, buffered);
+  const size_t left = buffered - n;
+  if (n > 0) *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
   if (left == 0 && self->response_ended_) {
     *data_flags |= NGHTTP2_DATA_FLAG_EOF;
     if (self->has_trailers_) {
@@ -308,7 +308,7 @@ ssize_t H2Stream::ReadResponse(nghttp2_session* session, int32_t,
       fields.BuildTrailers(self->response_trailers_);
       nghttp2_submit_trailer(session, self->id_, fields.data(), fields.size());
     }
-  } else if (n <= 0) {
+  } else if (n == 0) {
     self->data_deferred_ = true;
     return NGHTTP2_ERR_DEFERRED;
   }
@@ -316,7 +316,23 @@ ssize_t H2Stream::ReadResponse(nghttp2_session* session, int32_t,
     self->full_reported_ = false;
     self->connection_.NoteDrained(self);
   }
-  return n < 0 ? 0 : n;
+  return static_cast<ssize_t>(n);
+}
+
+int H2Stream::SendData(nghttp2_session*, nghttp2_frame* frame,
+                       const uint8_t* header, size_t length,
+                       nghttp2_data_source* source, void*) {
+  // Called in the connection's Send, in frame order (nghttp2 has returned
+  // every frame before this one). The stream is still here: nghttp2 calls
+  // it only while the stream is open, and closed streams are deleted after.
+  // tandem sets no padding callback, so nghttp2 adds no padding.
+  if (frame->data.padlen != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  auto* self = static_cast<H2Stream*>(source->ptr);
+  evbuffer* output = self->connection_.output();
+  constexpr size_t kFrameHeaderBytes = 9;
+  evbuffer_add(output, header, kFrameHeaderBytes);
+  evbuffer_remove_buffer(self->out_.get(), output, length);
+  return 0;
 }
 
 Downstream::LocalReply H2Stream::SendLocalResponse(

@@ -43,11 +43,17 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
   void OnResponseSent();
   // The response buffer has room again.
   void OnDrained() { exchange_.OnDownstreamDrained(); }
-  // nghttp2's data source: the next DATA payload.
+  // nghttp2's data source: how much the next DATA frame carries. The bytes
+  // stay in out_ (NGHTTP2_DATA_FLAG_NO_COPY) until SendData moves them.
   static ssize_t ReadResponse(nghttp2_session*, int32_t stream_id,
                               uint8_t* buffer, size_t length,
                               uint32_t* data_flags, nghttp2_data_source* source,
                               void*);
+  // nghttp2's send_data_callback: the DATA frame goes out, its payload
+  // moved from out_ to the connection's output (whole chains, not copied).
+  static int SendData(nghttp2_session*, nghttp2_frame* frame,
+                      const uint8_t* header, size_t length,
+                      nghttp2_data_source* source, void*);
   // nghttp2 closed the stream, or the connection ends: a request still in
   // progress ends (DC).
   void Abort();
