@@ -23,6 +23,8 @@ namespace {
 // a power of two, so a full 64 KiB would take 128 KiB, at the allocator's
 // mmap threshold.
 constexpr size_t kInPlaceRead = 4096;
+// The most plaintext one TLS record carries.
+constexpr size_t kTlsRecordBytes = 16 * 1024;
 constexpr size_t kSpillBytes = 64 * 1024;
 constexpr size_t kBulkRead = 64 * 1024 - 256;
 // Which descriptors' last read was larger than kInPlaceRead, by number
@@ -134,6 +136,16 @@ bool WriteTlsNow(bufferevent* bev, SSL* ssl) {
       event_get_callback(write) == event_get_callback(&bev->ev_read) ||
       event_pending(write, EV_WRITE, nullptr) == 0) {
     return false;
+  }
+  // libevent gives OpenSSL the output chain by chain, and each SSL_write is
+  // a record and a write of its own: what a turn queued in pieces (heads,
+  // bodies, HTTP/2 frames) is made one chain first, up to a full record.
+  // (libevent lets OpenSSL find a retried write's bytes moved.)
+  evbuffer* output = bufferevent_get_output(bev);
+  const size_t front = std::min(evbuffer_get_length(output), kTlsRecordBytes);
+  if (evbuffer_peek(output, static_cast<ev_ssize_t>(front), nullptr, nullptr,
+                    0) > 1) {
+    evbuffer_pullup(output, static_cast<ev_ssize_t>(front));
   }
   event_get_callback(write)(event_get_fd(write), EV_WRITE,
                             event_get_callback_arg(write));

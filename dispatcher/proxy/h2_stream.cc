@@ -329,9 +329,10 @@ int H2Stream::SendData(nghttp2_session*, nghttp2_frame* frame,
   if (frame->data.padlen != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
   auto* self = static_cast<H2Stream*>(source->ptr);
   evbuffer* output = self->connection_.output();
+  evbuffer* body = self->out_.get();
   constexpr size_t kFrameHeaderBytes = 9;
   evbuffer_add(output, header, kFrameHeaderBytes);
-  evbuffer_remove_buffer(self->out_.get(), output, length);
+  evbuffer_remove_buffer(body, output, length);
   return 0;
 }
 
