@@ -62,6 +62,8 @@ class H2Session final : private UpstreamUser {
   }
   nghttp2_session* session() const { return session_; }
   H2Upstream& owner() const { return owner_; }
+  // Frames for the backend (only while the session is ready).
+  evbuffer* output() const { return raw_->output(); }
   // Reused by the streams: a request's fields for nghttp2, the fields of
   // the header block being read ("name: value\r\n"; blocks are never
   // interleaved), and the response text made of them.
@@ -166,6 +168,11 @@ class H2UpstreamStream final : private net::HttpParser::Handler {
   void OnClose(uint32_t error_code);
   // Reads what the try wrote (the session's send event).
   void Parse();
+  // nghttp2's send_data_callback: the DATA frame goes out, its payload moved
+  // from body_ to the session's output (whole chains, not copied).
+  static int SendBody(nghttp2_session*, nghttp2_frame* frame,
+                      const uint8_t* header, size_t length,
+                      nghttp2_data_source* source, void*);
   // In the session's list of streams to parse.
   bool parse_scheduled = false;
 
@@ -183,9 +190,12 @@ class H2UpstreamStream final : private net::HttpParser::Handler {
   static void TellCb(evutil_socket_t, short, void* arg);
   void TellTry();
   static void CreditCb(evbuffer*, const evbuffer_cb_info* info, void* arg);
+  // nghttp2's data source: how much the next DATA frame carries. The bytes
+  // stay in body_ (NGHTTP2_DATA_FLAG_NO_COPY) until SendBody moves them.
   static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buffer,
                           size_t length, uint32_t* data_flags,
                           nghttp2_data_source* source, void*);
+
   // net::HttpParser::Handler, for the try's request.
   net::HttpParser::HeadAction OnHeadComplete(net::HttpParser&) override;
   void OnBody(net::HttpParser&, const char* data, size_t length) override;
@@ -632,6 +642,8 @@ nghttp2_session_callbacks* H2Session::Callbacks() {
     nghttp2_session_callbacks_new(&c);
     nghttp2_session_callbacks_set_on_begin_headers_callback(c, OnBeginHeaders);
     nghttp2_session_callbacks_set_on_header_callback(c, OnHeader);
+    nghttp2_session_callbacks_set_send_data_callback(
+        c, H2UpstreamStream::SendBody);
     nghttp2_session_callbacks_set_on_frame_recv_callback(c, OnFrameRecv);
     nghttp2_session_callbacks_set_on_frame_send_callback(c, OnFrameSend);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, OnDataChunk);
@@ -818,14 +830,15 @@ void H2UpstreamStream::OnMessageComplete(net::HttpParser&) {
   }
 }
 
-ssize_t H2UpstreamStream::ReadBody(nghttp2_session* session, int32_t,
-                                   uint8_t* buffer, size_t length,
-                                   uint32_t* data_flags,
+ssize_t H2UpstreamStream::ReadBody(nghttp2_session* session, int32_t, uint8_t*,
+                                   size_t length, uint32_t* data_flags,
                                    nghttp2_data_source* source, void*) {
   auto* self = static_cast<H2UpstreamStream*>(source->ptr);
-  const int n =
-      self->body_ ? evbuffer_remove(self->body_.get(), buffer, length) : 0;
-  if (self->body_size() == 0 && self->request_done_) {
+  const size_t buffered = self->body_size();
+  const size_t n = std::min(length, buffered);
+  const size_t left = buffered - n;
+  if (n > 0) *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (left == 0 && self->request_done_) {
     *data_flags |= NGHTTP2_DATA_FLAG_EOF;
     const net::HeaderList& trailers = self->request_.trailers();
     if (!trailers.empty()) {
@@ -834,15 +847,29 @@ ssize_t H2UpstreamStream::ReadBody(nghttp2_session* session, int32_t,
       fields.BuildTrailers(trailers);
       nghttp2_submit_trailer(session, self->id_, fields.data(), fields.size());
     }
-  } else if (n <= 0) {
+  } else if (n == 0) {
     self->deferred_ = true;
     return NGHTTP2_ERR_DEFERRED;
   }
-  if (self->body_size() < kBodyLowWater &&
-      evbuffer_get_length(self->from_try()) > 0) {
+  if (left < kBodyLowWater && evbuffer_get_length(self->from_try()) > 0)
     self->session_->ScheduleParse(self);
-  }
-  return n < 0 ? 0 : n;
+  return static_cast<ssize_t>(n);
+}
+
+int H2UpstreamStream::SendBody(nghttp2_session*, nghttp2_frame* frame,
+                               const uint8_t* header, size_t length,
+                               nghttp2_data_source* source, void*) {
+  // Called in the session's Send right after ReadBody, in frame order; the
+  // stream is still here (nghttp2 calls it only for an open stream, and a
+  // freed stream's RST_STREAM goes out before any DATA of it).
+  // tandem sets no padding callback, so nghttp2 adds no padding.
+  if (frame->data.padlen != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  auto* self = static_cast<H2UpstreamStream*>(source->ptr);
+  evbuffer* output = self->session_->output();
+  constexpr size_t kFrameHeaderBytes = 9;
+  evbuffer_add(output, header, kFrameHeaderBytes);
+  evbuffer_remove_buffer(self->body_.get(), output, length);
+  return 0;
 }
 
 void H2UpstreamStream::OnBeginHeaders() {
