@@ -66,4 +66,16 @@ void FrameBodyEnd(Framing framing, const HeaderList& trailers, evbuffer* out) {
   evbuffer_add(out, tail.data(), tail.size());
 }
 
+int SendDataFrame(const nghttp2_frame& frame, const uint8_t* header,
+                  size_t length, evbuffer* payload, evbuffer* output) {
+  if (frame.data.padlen != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  constexpr size_t kFrameHeaderBytes = 9;
+  if (evbuffer_add(output, header, kFrameHeaderBytes) != 0 ||
+      evbuffer_remove_buffer(payload, output, length) !=
+          static_cast<int>(length)) {
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+  }
+  return 0;
+}
+
 }  // namespace tandem::net

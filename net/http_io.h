@@ -3,10 +3,13 @@
 // end of a body go out for a message's framing: a length, chunked, or
 // delimited by the connection's close). The proxy parses requests and
 // responses, and frames request bodies to backends and response bodies to
-// clients, with these.
+// clients, with these. And HTTP/2 DATA frames written from a buffer.
 #pragma once
 
+#include <nghttp2/nghttp2.h>
+
 #include <cstddef>
+#include <cstdint>
 
 #include "net/http_parser.h"
 
@@ -27,5 +30,13 @@ void FrameBody(Framing framing, const char* data, size_t length, evbuffer* out);
 // Ends a body: the last chunk and `trailers` for kChunked (framing and
 // routing fields left out); nothing for the others.
 void FrameBodyEnd(Framing framing, const HeaderList& trailers, evbuffer* out);
+
+// nghttp2's send_data_callback for a data source that answered
+// NGHTTP2_DATA_FLAG_NO_COPY: the frame's 9-byte header, then `length` bytes
+// of `payload` moved (whole chains, not copied) to `output`. nghttp2 calls it
+// in frame order, after every frame before this one. A padded frame is an
+// error (tandem sets no padding callback, so nghttp2 pads nothing).
+int SendDataFrame(const nghttp2_frame& frame, const uint8_t* header,
+                  size_t length, evbuffer* payload, evbuffer* output);
 
 }  // namespace tandem::net

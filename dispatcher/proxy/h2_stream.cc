@@ -322,18 +322,11 @@ ssize_t H2Stream::ReadResponse(nghttp2_session* session, int32_t, uint8_t*,
 int H2Stream::SendData(nghttp2_session*, nghttp2_frame* frame,
                        const uint8_t* header, size_t length,
                        nghttp2_data_source* source, void*) {
-  // Called in the connection's Send, in frame order (nghttp2 has returned
-  // every frame before this one). The stream is still here: nghttp2 calls
-  // it only while the stream is open, and closed streams are deleted after.
-  // tandem sets no padding callback, so nghttp2 adds no padding.
-  if (frame->data.padlen != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  // In the connection's Send. The stream is still here: nghttp2 calls this
+  // only while the stream is open, and closed streams are deleted after.
   auto* self = static_cast<H2Stream*>(source->ptr);
-  evbuffer* output = self->connection_.output();
-  evbuffer* body = self->out_.get();
-  constexpr size_t kFrameHeaderBytes = 9;
-  evbuffer_add(output, header, kFrameHeaderBytes);
-  evbuffer_remove_buffer(body, output, length);
-  return 0;
+  return net::SendDataFrame(*frame, header, length, self->out_.get(),
+                            self->connection_.output());
 }
 
 Downstream::LocalReply H2Stream::SendLocalResponse(

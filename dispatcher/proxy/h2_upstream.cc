@@ -859,17 +859,12 @@ ssize_t H2UpstreamStream::ReadBody(nghttp2_session* session, int32_t, uint8_t*,
 int H2UpstreamStream::SendBody(nghttp2_session*, nghttp2_frame* frame,
                                const uint8_t* header, size_t length,
                                nghttp2_data_source* source, void*) {
-  // Called in the session's Send right after ReadBody, in frame order; the
-  // stream is still here (nghttp2 calls it only for an open stream, and a
-  // freed stream's RST_STREAM goes out before any DATA of it).
-  // tandem sets no padding callback, so nghttp2 adds no padding.
-  if (frame->data.padlen != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  // In the session's Send, right after ReadBody. The stream is still here:
+  // nghttp2 calls this only for an open stream, and a freed stream's
+  // RST_STREAM goes out before any DATA of it.
   auto* self = static_cast<H2UpstreamStream*>(source->ptr);
-  evbuffer* output = self->session_->output();
-  constexpr size_t kFrameHeaderBytes = 9;
-  evbuffer_add(output, header, kFrameHeaderBytes);
-  evbuffer_remove_buffer(self->body_.get(), output, length);
-  return 0;
+  return net::SendDataFrame(*frame, header, length, self->body_.get(),
+                            self->session_->output());
 }
 
 void H2UpstreamStream::OnBeginHeaders() {

@@ -1,5 +1,6 @@
 // Tests of the codec over libevent buffers: a parser fed in place from an
-// evbuffer, and the one body framer both directions of the proxy use.
+// evbuffer, the one body framer both directions of the proxy use, and HTTP/2
+// DATA frames written from a buffer.
 #include "net/http_io.h"
 
 #include <doctest/doctest.h>
@@ -141,6 +142,42 @@ TEST_CASE("a parser fed an incomplete message takes every byte and waits") {
   CHECK(consumed == part.size());
   CHECK(evbuffer_get_length(input.get()) == 0);
   CHECK(collector.heads == 0);
+}
+
+TEST_CASE("a DATA frame is its header, then the payload moved, the rest left") {
+  Buffer payload = NewBuffer();
+  Buffer output = NewBuffer();
+  evbuffer_add(output.get(), "before|", 7);
+  // The payload in two chains, each taken whole, and a third partly.
+  for (const char* piece : {"first ", "second ", "third and more"}) {
+    Buffer chain = NewBuffer();
+    evbuffer_add(chain.get(), piece, std::string(piece).size());
+    evbuffer_add_buffer(payload.get(), chain.get());
+  }
+  nghttp2_frame frame{};
+  frame.data.padlen = 0;
+  const uint8_t header[9] = {0, 0, 18, 0, 1, 0, 0, 0, 3};
+  CHECK(SendDataFrame(frame, header, 18, payload.get(), output.get()) == 0);
+  const std::string written = Text(output.get());
+  CHECK(written.substr(0, 7) == "before|");
+  CHECK(written.substr(7, 9) ==
+        std::string(reinterpret_cast<const char*>(header), 9));
+  CHECK(written.substr(16) == "first second third");
+  CHECK(Text(payload.get()) == " and more");
+}
+
+TEST_CASE("a padded DATA frame, or one longer than its payload, is refused") {
+  Buffer payload = NewBuffer();
+  Buffer output = NewBuffer();
+  evbuffer_add(payload.get(), "abc", 3);
+  const uint8_t header[9] = {};
+  nghttp2_frame frame{};
+  frame.data.padlen = 4;  // tandem never asks nghttp2 to pad
+  CHECK(SendDataFrame(frame, header, 3, payload.get(), output.get()) ==
+        NGHTTP2_ERR_CALLBACK_FAILURE);
+  frame.data.padlen = 0;
+  CHECK(SendDataFrame(frame, header, 5, payload.get(), output.get()) ==
+        NGHTTP2_ERR_CALLBACK_FAILURE);
 }
 
 }  // namespace
