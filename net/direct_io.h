@@ -36,7 +36,9 @@ namespace tandem::net {
 // A TLS bufferevent (libevent's OpenSSL one, on a socket) is written by
 // running its own write event's callback, which is what the next poll would
 // do: OpenSSL encrypts and writes, and libevent deletes the write event when
-// nothing is left, in the turn that added it. The bufferevent may be freed
+// nothing is left, in the turn that added it. libevent hands OpenSSL the
+// output chain by chain, a record each, so the output's front is made one
+// chain first, up to a full 16 KiB record. The bufferevent may be freed
 // by its owner's callbacks inside; the caller must not touch it after.
 bool WriteNow(bufferevent* bev);
 

@@ -504,7 +504,7 @@ void H2Session::Close() {
 }
 
 void H2Session::OnUpstreamConnected(UpstreamConnection& connection) {
-  if (SSL* ssl = bufferevent_openssl_get_ssl(connection.bev())) {
+  if (SSL* ssl = connection.ssl()) {
     const unsigned char* alpn = nullptr;
     unsigned int length = 0;
     SSL_get0_alpn_selected(ssl, &alpn, &length);

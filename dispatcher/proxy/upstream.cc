@@ -343,7 +343,7 @@ void BackendPool::CloseSocket(UpstreamConnection* connection) {
   stats_->connections_open.Add(-1);
   if (shared_connections_)
     shared_connections_->fetch_sub(1, std::memory_order_relaxed);
-  if (SSL* ssl = bufferevent_openssl_get_ssl(connection->bev())) {
+  if (SSL* ssl = connection->ssl()) {
     // Freed without a TLS shutdown, OpenSSL would mark the session as not
     // resumable and the next connection would pay a full handshake.
     SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
