@@ -36,6 +36,7 @@ See bench/README.md.
 import csv
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -105,6 +106,8 @@ class Bench:
         self.backends = []      # tandem-worker ports (HTTP/1.1)
         self.h2_backends = []   # nginx h2c ports
         self.h2_stats = []      # their stub_status ports (HTTP/1.1)
+        self.backend_procs = []
+        self.h2_backend_procs = []
         self.cert = os.path.join(self.dir, "cert.pem")
         self.key = os.path.join(self.dir, "key.pem")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
@@ -122,11 +125,17 @@ class Bench:
         self.procs.append(proc)
         return proc
 
+    def backend_ticks(self, mode):
+        """CPU ticks the mode's backend processes used so far."""
+        procs = self.h2_backend_procs if mode == "h2h2" else self.backend_procs
+        return sum(cpu_ticks(p.pid) for p in procs)
+
     def start_backends(self):
         for i in range(BACKENDS):
             port = free_port()
-            self.start([WORKER, "--listen", "127.0.0.1:%d" % port, "--name", "w%d" % i],
-                       "worker%d" % i, LOAD_CPUS)
+            self.backend_procs.append(
+                self.start([WORKER, "--listen", "127.0.0.1:%d" % port, "--name", "w%d" % i],
+                           "worker%d" % i, LOAD_CPUS))
             wait_port(port)
             self.backends.append(port)
 
@@ -156,8 +165,9 @@ class Bench:
 """
             path = os.path.join(d, "nginx.conf")
             open(path, "w").write(text)
-            self.start(["nginx", "-p", d + "/", "-c", path, "-e", os.path.join(d, "error.log")],
-                       "backend-h2-%d" % i, LOAD_CPUS)
+            self.h2_backend_procs.append(
+                self.start(["nginx", "-p", d + "/", "-c", path, "-e",
+                            os.path.join(d, "error.log")], "backend-h2-%d" % i, LOAD_CPUS))
             wait_port(port)
             wait_port(stats)
             self.h2_backends.append(port)
@@ -272,8 +282,12 @@ backend workers
                 "-D", str(duration), url]
         if log_file:
             argv += ["--log-file", log_file]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(pinned(LOAD_CPUS, argv), capture_output=True, text=True,
                              timeout=duration + 60).stdout
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.client_cpu_s = (after.ru_utime + after.ru_stime
+                             - before.ru_utime - before.ru_stime)
         done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, "
                          r"(\d+) failed, (\d+) errored", out)
         if not done:
@@ -287,11 +301,13 @@ backend workers
         time.sleep(1)
         conns_before = self.backend_connections(mode)
         before = cpu_ticks(proc.pid)
+        backends_before = self.backend_ticks(mode)
         load_before = cpus_busy(LOAD_CPUS) if LOAD_CPUS else None
         start = time.monotonic()
         ok, failed, _ = self.h2load(port, mode, DURATION, log_file)
         elapsed = time.monotonic() - start
         ticks = cpu_ticks(proc.pid) - before
+        backend_us = (self.backend_ticks(mode) - backends_before) * 1e6 / os.sysconf("SC_CLK_TCK")
         # Near 100 %, h2load and the backends set the pace, not the proxy.
         load_busy = busy_percent(load_before, cpus_busy(LOAD_CPUS)) if LOAD_CPUS else None
         # less the connections of the second reading
@@ -304,6 +320,8 @@ backend workers
         return {"proxy": proxy, "mode": mode, "rep": rep, "requests": ok, "failed": failed,
                 "rps": round(ok / DURATION, 1), "p99_us": p99,
                 "cpu_us_per_req": round(cpu_us / max(ok, 1), 2),
+                "client_cpu_us_per_req": round(self.client_cpu_s * 1e6 / max(ok, 1), 2),
+                "backend_cpu_us_per_req": round(backend_us / max(ok, 1), 2),
                 "backend_conns": conns, "elapsed_s": round(elapsed, 2),
                 "load_busy_pct": load_busy}
 
@@ -321,9 +339,10 @@ backend workers
 
 def report(rows):
     load = LOAD_CPUS != ""
-    lines = ["| mode | proxy | req/s | p99 ms | CPU µs/req | backend conns opened | failed |"
+    lines = ["| mode | proxy | req/s | p99 ms | CPU µs/req | h2load CPU µs/req "
+             "| backends CPU µs/req | backend conns opened | failed |"
              + (" load CPU busy % |" if load else ""),
-             "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if load else "")]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if load else "")]
     med = {}
     for mode in MODES:
         for proxy in PROXIES:
@@ -331,13 +350,15 @@ def report(rows):
             if not runs:
                 continue
             m = {k: statistics.median(r[k] for r in runs)
-                 for k in ("rps", "p99_us", "cpu_us_per_req", "backend_conns")}
+                 for k in ("rps", "p99_us", "cpu_us_per_req", "client_cpu_us_per_req",
+                           "backend_cpu_us_per_req", "backend_conns")}
             m["failed"] = sum(r["failed"] for r in runs)
             med[(mode, proxy)] = m
             busy = (" %.1f |" % statistics.median(r["load_busy_pct"] for r in runs)
                     if load else "")
             lines.append(f"| {mode} | {proxy} | {m['rps']:,.0f} | {m['p99_us'] / 1000:.2f} | "
-                         f"{m['cpu_us_per_req']:.1f} | {m['backend_conns']:,.0f} | "
+                         f"{m['cpu_us_per_req']:.1f} | {m['client_cpu_us_per_req']:.1f} | "
+                         f"{m['backend_cpu_us_per_req']:.1f} | {m['backend_conns']:,.0f} | "
                          f"{m['failed']} |" + busy)
     lines.append("")
     for mode in MODES:
