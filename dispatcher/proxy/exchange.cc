@@ -24,6 +24,10 @@ constexpr std::chrono::milliseconds kAutoTryFloor{1000};
 // A retry body kept past this capacity is freed when its exchange ends, so
 // one large upload does not stay resident on an idle connection.
 constexpr size_t kMaxIdleRetryBodyBytes = 16 * 1024;
+// Past retry_buffer, a request body is kept while its HTTP/2 worker has not
+// shown it has the stream only if the worker's stream window is at most
+// this (docs/retries.md, "Bodies").
+constexpr uint32_t kMaxHeldWindow = 1024 * 1024;
 // A request above normal priority may join a queue full of its equals and
 // betters up to this many times queue_size: queue_size keeps the wait of
 // normal and low requests short, and high ones, arriving in bursts, would
@@ -88,11 +92,29 @@ void Exchange::Begin(bool complete, bool at_upgrade) {
   Route();
 }
 
+std::optional<uint64_t> Exchange::BodyKeptForWorker() const {
+  if (phase_ != Phase::kProxying || attempt_->upstream() == nullptr)
+    return std::nullopt;
+  const std::optional<uint32_t> window =
+      attempt_->upstream()->window_before_heard();
+  if (!window || *window > kMaxHeldWindow) return std::nullopt;
+  return std::max<uint64_t>(*window, cluster().config->retry_buffer_bytes);
+}
+
+bool Exchange::HoldsBody() const {
+  if (!state_.body_kept) return false;
+  const std::optional<uint64_t> keep = BodyKeptForWorker();
+  return keep && state_.retry_body.size() >= *keep;
+}
+
 void Exchange::OnRequestBody(const char* data, size_t length) {
   if (state_.body_kept) {
-    // Keep a small body so the request can go to another backend.
+    // Keep a small body so the request can go to another backend, and any
+    // body while the try's worker has not shown it has the stream (held to
+    // its window, HoldsBody, plus what the client side parsed at once).
     if (state_.retry_body.size() + length <=
-        cluster().config->retry_buffer_bytes) {
+            cluster().config->retry_buffer_bytes ||
+        BodyKeptForWorker()) {
       state_.retry_body.append(data, length);
     } else {
       state_.body_kept = false;

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -177,9 +178,11 @@ class Exchange {
   void AddFlags(uint32_t flags) { state_.flags |= flags; }
   bool upgrade() const { return state_.upgrade; }
   uint8_t priority() const { return state_.priority; }
-  // The backend connection holds as much output as it should.
+  // The backend connection holds as much output as it should, or the body
+  // is held for a retry (HoldsBody).
   bool UpstreamOutputFull() const {
-    return attempt_->upstream() != nullptr && attempt_->OutputFull();
+    return attempt_->upstream() != nullptr &&
+           (attempt_->OutputFull() || HoldsBody());
   }
   // The try that carries the request (and, once it started, the response).
   Attempt& attempt() { return *attempt_; }
@@ -194,6 +197,15 @@ class Exchange {
   uint64_t BufferedBytes() const;
 
  private:
+  // The try's HTTP/2 worker has not shown it has the stream, and can take
+  // `window` body bytes meanwhile: all the body taken stays kept for a
+  // retry, however long, as a refusal leaves it never reached. Only while
+  // the window is at most kMaxHeldWindow; nullopt otherwise.
+  std::optional<uint64_t> BodyKeptForWorker() const;
+  // Take no more of the body from the client: what is kept is as much as
+  // the worker can take before it shows it has the stream.
+  bool HoldsBody() const;
+
   enum class Phase : uint8_t {
     kIdle,        // no request head yet
     kQueued,      // every eligible backend is at its limit: waiting

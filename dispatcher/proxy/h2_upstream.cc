@@ -166,6 +166,13 @@ class H2UpstreamStream final : private net::HttpParser::Handler {
   void OnEndStream();
   void OnHeadersSent() { headers_sent_ = true; }
   void OnClose(uint32_t error_code);
+  // The worker sent a frame on the stream (HEADERS, DATA, WINDOW_UPDATE):
+  // it has the stream.
+  void OnHeard();
+  // The worker's SETTINGS came: its stream window may have changed.
+  void OnSettings();
+  // See UpstreamConnection::window_before_heard.
+  std::optional<uint32_t> WindowBeforeHeard() const;
   // Reads what the try wrote (the session's send event).
   void Parse();
   // nghttp2's send_data_callback: the DATA frame goes out, its payload moved
@@ -233,6 +240,7 @@ class H2UpstreamStream final : private net::HttpParser::Handler {
   bool request_done_ = false;
   bool deferred_ = false;
   bool headers_sent_ = false;
+  bool heard_ = false;  // the worker sent a frame on the stream
   bool finished_ = false;
 };
 
@@ -313,6 +321,11 @@ void H2Upstream::Wrote(H2UpstreamStream* stream) { stream->OnTryWrote(); }
 
 void H2Upstream::SetReading(H2UpstreamStream* stream, bool on) {
   stream->SetReading(on);
+}
+
+std::optional<uint32_t> H2Upstream::WindowBeforeHeard(
+    const H2UpstreamStream* stream) {
+  return stream->WindowBeforeHeard();
 }
 
 size_t H2Upstream::free_streams() const {
@@ -551,8 +564,10 @@ int H2Session::OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
   auto* self = static_cast<H2Session*>(arg);
   self->lines_.clear();
   if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-  if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id))
+  if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id)) {
+    stream->OnHeard();
     stream->OnBeginHeaders();
+  }
   return 0;
 }
 
@@ -593,6 +608,17 @@ int H2Session::OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
     case NGHTTP2_PING:
       if (frame->hd.flags & NGHTTP2_FLAG_ACK) self->ping_sent_at_ = {};
       break;
+    case NGHTTP2_WINDOW_UPDATE:
+      if (frame->hd.stream_id != 0) {
+        if (H2UpstreamStream* stream = self->StreamOf(frame->hd.stream_id))
+          stream->OnHeard();
+      }
+      break;
+    case NGHTTP2_SETTINGS:
+      if ((frame->hd.flags & NGHTTP2_FLAG_ACK) == 0) {
+        for (H2UpstreamStream* stream : self->streams_) stream->OnSettings();
+      }
+      break;
     case NGHTTP2_GOAWAY:
       // Streams above its last id are closed by nghttp2 as refused (never
       // reached: retried on another connection); the rest finish.
@@ -619,6 +645,7 @@ int H2Session::OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
   auto* self = static_cast<H2Session*>(arg);
   nghttp2_session_consume_connection(session, length);
   if (H2UpstreamStream* stream = self->StreamOf(stream_id)) {
+    stream->OnHeard();
     stream->OnData(data, length);
   } else {
     nghttp2_session_consume_stream(session, stream_id, length);
@@ -987,6 +1014,23 @@ void H2UpstreamStream::CreditCb(evbuffer*, const evbuffer_cb_info* info,
   self->unconsumed_ -= credit;
   nghttp2_session_consume_stream(self->session_->session(), self->id_, credit);
   self->session_->ScheduleSend();
+}
+
+void H2UpstreamStream::OnHeard() {
+  if (heard_) return;
+  heard_ = true;
+  // The try may have stopped taking the body to keep it for a retry.
+  if (!finished_) Tell(kDrained);
+}
+
+void H2UpstreamStream::OnSettings() {
+  if (!heard_ && !finished_) Tell(kDrained);
+}
+
+std::optional<uint32_t> H2UpstreamStream::WindowBeforeHeard() const {
+  if (heard_ || finished_ || session_ == nullptr) return std::nullopt;
+  return nghttp2_session_get_remote_settings(
+      session_->session(), NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE);
 }
 
 void H2UpstreamStream::OnClose(uint32_t error_code) {

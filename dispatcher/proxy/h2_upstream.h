@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,8 @@ class H2Upstream {
   // reading the response on or off.
   static void Wrote(H2UpstreamStream* stream);
   static void SetReading(H2UpstreamStream* stream, bool on);
+  static std::optional<uint32_t> WindowBeforeHeard(
+      const H2UpstreamStream* stream);
 
  private:
   void DeleteRetired();

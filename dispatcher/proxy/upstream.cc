@@ -84,6 +84,11 @@ void UpstreamConnection::SetReading(bool on) {
   }
 }
 
+std::optional<uint32_t> UpstreamConnection::window_before_heard() const {
+  if (h2_stream_ == nullptr) return std::nullopt;
+  return H2Upstream::WindowBeforeHeard(h2_stream_);
+}
+
 void UpstreamConnection::ReadCb(bufferevent*, void* arg) {
   auto* self = static_cast<UpstreamConnection*>(arg);
   if (self->user_ == nullptr) {

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -79,6 +80,12 @@ class UpstreamConnection {
   bool Open();
   // Reading the response on or off (the client takes it too slowly).
   void SetReading(bool on);
+  // An HTTP/2 stream's end whose worker has sent nothing on the stream yet:
+  // the body bytes the worker can take meanwhile (its stream window). Until
+  // the worker sends something, a refusal leaves the request never reached,
+  // so the body taken from the client is kept for a retry (Exchange). None
+  // for a socket, and once the worker sent a frame on the stream.
+  std::optional<uint32_t> window_before_heard() const;
 
  private:
   friend class BackendPool;

@@ -25,6 +25,10 @@ What the tests hold tandem to:
   never with another stream's bytes.
 - A worker refusing every stream (RST_STREAM REFUSED_STREAM, GOAWAY with last
   stream 0) is tried a bounded number of times, then 502.
+- An upload far past retry_buffer that its worker refuses (RST_STREAM
+  REFUSED_STREAM, or a GOAWAY below its stream) half a second in, having sent
+  nothing on the stream, reaches the other worker whole (fixed: 502, the body
+  was not kept).
 - A GET the broken worker failed goes to a good worker of the cluster.
 - A worker allowing no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0) leaves no
   connection open per request (fixed: each stayed open until idle_timeout).
@@ -308,8 +312,10 @@ class RawH2Connection:
                 stream.body += payload
             if payload:
                 increment = len(payload).to_bytes(4, "big")
-                self.send(frame(WINDOW_UPDATE, 0, 0, increment) +
-                          frame(WINDOW_UPDATE, 0, stream_id, increment))
+                update = frame(WINDOW_UPDATE, 0, 0, increment)
+                if stream is None or not self.worker.holds_window(stream):
+                    update += frame(WINDOW_UPDATE, 0, stream_id, increment)
+                self.send(update)
             if stream is not None and flags & END_STREAM:
                 self._dispatch(stream)
 
@@ -392,11 +398,21 @@ class RawH2Worker:
                     found = stream
         return found
 
-    @staticmethod
-    def answers_early(stream):
+    def case_of(self, stream):
+        """The case `stream`'s path names (None for a good worker)."""
+        if self.all_ok or not stream.path.startswith("/case/"):
+            return None
+        return CASES.get(stream.path.split("?", 1)[0][len("/case/"):])
+
+    def answers_early(self, stream):
         """Cases that answer before the request's body is all in."""
-        case = CASES.get(stream.path.split("?", 1)[0][len("/case/"):])
+        case = self.case_of(stream)
         return case is not None and case.early
+
+    def holds_window(self, stream):
+        """Cases that never open the stream's window (nothing on the stream)."""
+        case = self.case_of(stream)
+        return case is not None and case.hold_window
 
     def serve(self, connection, stream):
         path = stream.path.split("?", 1)[0]
@@ -453,8 +469,10 @@ class Case:
     """
 
     def __init__(self, name, behave, scope, code=None, before=True, flag="UC", sent=b"",
-                 early=False):
+                 early=False, hold_window=False):
         self.early = early
+        # The stream's window is never opened: only the connection's is.
+        self.hold_window = hold_window
         self.name = name
         self.behave = behave
         self.scope = scope
@@ -761,6 +779,26 @@ def _(c, s):
 @case("goaway-before-every-stream", "never")
 def _(c, s):
     c.send(frame(GOAWAY, 0, 0, (0).to_bytes(4, "big") + NO_ERROR.to_bytes(4, "big")))
+
+
+# Refusing an upload after its first window of body came in, having sent
+# nothing on its stream: a server at its stream limit, or one whose GOAWAY
+# crossed the request (nginx at keepalive_requests). Never reached, so a POST
+# too is retried, with all its body.
+REFUSE_AFTER = 0.5  # seconds: the client's upload has gone far past 64 KiB
+
+
+@case("refuse-an-upload-late", "never", early=True, hold_window=True)
+def _(c, s):
+    time.sleep(REFUSE_AFTER)
+    c.send(frame(RST_STREAM, 0, s.id, REFUSED_STREAM.to_bytes(4, "big")))
+
+
+@case("goaway-under-an-upload", "never", early=True, hold_window=True)
+def _(c, s):
+    time.sleep(REFUSE_AFTER)
+    c.send(frame(GOAWAY, 0, 0, (s.id - 2 if s.id > 2 else 0).to_bytes(4, "big") +
+                 NO_ERROR.to_bytes(4, "big")))
 
 
 # Interim responses are HEADERS, outside flow control, and HPACK lets a
@@ -1147,6 +1185,52 @@ class NeverReachedTest(WorkerFaultCase):
                 self.assertIn(":PR", self.access_line(path, start, "502"))
         with Client(self.tandem.port) as client:
             self.assert_ok(client.get("/ok/after-refusals"), "/ok/after-refusals")
+
+
+class LargeUploadNeverReachedTest(TandemTestCase):
+    """A POST of 1 MiB, larger than retry_buffer (64 KiB), to a worker that
+    refuses its stream (RST_STREAM REFUSED_STREAM, or a GOAWAY below it) half a
+    second later, having sent nothing on it: the request never reached the
+    worker, so it goes to the other worker with its whole body. tandem keeps
+    what it took of such a body until the worker shows it has the stream, and
+    takes no more than the stream's window meanwhile (fixed: tandem read on,
+    dropped the copy past 64 KiB and answered 502 "body too large to
+    replay")."""
+
+    def test_a_refused_upload_goes_whole_to_another_worker(self):
+        refuser = RawH2Worker("refuser")
+        self.addCleanup(refuser.close)
+        good = RawH2Worker("good", all_ok=True)
+        self.addCleanup(good.close)
+        tandem = self.start_tandem(make_config([refuser.address, good.address],
+                                               cluster_opts=H2C_CLUSTER))
+        for name in ("refuse-an-upload-late", "goaway-under-an-upload"):
+            for n in range(2):  # round robin: one of each begins at the refuser
+                with self.subTest(name, n=n):
+                    path = CASES[name].path + "?n=%d" % n
+                    body = os.urandom(MIB)
+                    start = tandem.stdout.count()
+                    with Client(tandem.port, timeout=scaled(15)) as client:
+                        sender = threading.Thread(target=client.request, args=(
+                            "POST", path, {"Content-Type": "application/octet-stream"}, body))
+                        sender.start()
+                        response = client.response("POST")
+                        sender.join(scaled(10))
+                    self.assertEqual(response.status, 200, (path, response))
+                    self.assertEqual(response.header("x-worker"), "good", response)
+                    stream = good.stream_of(path)
+                    self.assertIsNotNone(stream, "the good worker never got " + path)
+                    self.assertEqual(hashlib.sha256(stream.body).hexdigest(),
+                                     hashlib.sha256(body).hexdigest(),
+                                     "%s: the good worker got %d bytes, not the body sent" % (
+                                         path, len(stream.body)))
+                    tandem.wait_access_line(r'"POST %s HTTP/1.1" 200' % re.escape(path),
+                                            start=start)
+        refused = [e for e in refuser.events_of("request") if e[3].startswith("/case/")]
+        self.assertGreaterEqual(len(refused), 2, "the refuser got no upload")
+        retried = [line for line in tandem.access_lines() if "POST /case/" in line
+                   and "failed_tries=%s" % refuser.address in line]
+        self.assertEqual(len(retried), len(refused), "\n".join(tandem.access_lines()))
 
 
 class ZeroStreamsWorkerTest(TandemTestCase):
