@@ -4,6 +4,7 @@ backend (asserted on the bytes the raw backend received). What tandem sends a ba
 is always CRLF-framed."""
 
 import socket
+import time
 import unittest
 
 from harness import (TandemTestCase, bare_line_ends, build_request, http_request,
@@ -334,6 +335,108 @@ class ForwardedBytesTest(TandemTestCase):
         response = http_request(tandem.port)
         self.assertEqual(response.status, 502)
         self.assertNotIn(b"hel", response.body)
+
+
+class RetryUnderAStreamingBodyTest(TandemTestCase):
+    """A PUT whose first try fails after its head and part of its body went
+    out is retried on another backend while the client is still sending the
+    body. What the client sends while the retry connects goes after the
+    retry's head, once: a body's bytes never reach a backend as a request of
+    their own. (Guarded by ClientConnection::OnClientRead, which reads no body
+    until a backend takes it; without that guard the client's bytes, here a
+    whole request, went to the connection being made ahead of the head.)"""
+
+    def test_body_sent_while_a_retry_connects_follows_its_head(self):
+        # The first backend reads the head and the start of the body, then
+        # resets the connection: a failure after the request reached it, so
+        # the (idempotent) PUT is retried.
+        first = socket.socket()
+        self.addCleanup(first.close)
+        first.bind(("127.0.0.1", 0))
+        first.listen(8)
+        # The second one's accept queue is full: tandem's SYN is dropped and
+        # sent again a second later, a connect that takes a second.
+        second = socket.socket()
+        self.addCleanup(second.close)
+        second.bind(("127.0.0.1", 0))
+        second.listen(0)
+        filler = socket.create_connection(second.getsockname())
+        self.addCleanup(filler.close)
+        extra = []
+        for _ in range(4):  # the queue takes backlog + 1, and SYNs in flight
+            try:
+                conn = socket.socket()
+                conn.setblocking(False)
+                conn.connect_ex(second.getsockname())
+                extra.append(conn)
+            except OSError:
+                break
+        self.addCleanup(lambda: [c.close() for c in extra])
+        # Only the first backend may take the first try: the second is
+        # listed after it, and round robin starts at the first.
+        addresses = ["127.0.0.1:%d" % s.getsockname()[1] for s in (first, second)]
+        tandem = self.start_tandem(make_config(
+            addresses,
+            cluster_opts={"connect_timeout": "10s", "request_timeout": "20s"},
+            extra='[clusters.compute.health]\nkind = "none"\n'))
+        smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+        part1 = b"a" * 1000
+        part2 = smuggled + b"b" * (1000 - len(smuggled))
+        head = (b"PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+                % (len(part1) + len(part2)))
+        client = self.client(tandem.port, timeout=scaled(20))
+        client.send(head + part1)
+        first.settimeout(scaled(5))
+        conn, _ = first.accept()
+        got = b""
+        conn.settimeout(scaled(5))
+        while len(got) < len(head) + len(part1):
+            chunk = conn.recv(65536)
+            self.assertTrue(chunk, "the first backend got %r" % got)
+            got += chunk
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        conn.close()  # reset: the try fails, reached, and is retried
+        time.sleep(0.3)  # the retry's connect is under way (its SYN dropped)
+        client.send(part2)
+        time.sleep(0.3)  # tandem has read it
+        # Free the queue: the SYN sent again is taken.
+        first_accepted, _ = second.accept()
+        first_accepted.close()  # the filler's
+        for c in extra:
+            c.close()
+        received = b""
+        second.settimeout(scaled(10))
+        deadline = time.monotonic() + scaled(10)
+        conn2 = None
+        while conn2 is None:
+            c, _ = second.accept()
+            c.settimeout(scaled(5))
+            try:
+                data = c.recv(65536)
+            except socket.timeout:
+                data = b""
+            if data:
+                conn2, received = c, data
+            else:
+                c.close()  # one of the fillers
+            self.assertLess(time.monotonic(), deadline, "no retry reached the second backend")
+        while len(received) < len(head) + len(part1) + len(part2):
+            try:
+                chunk = conn2.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            received += chunk
+        self.assertTrue(received.startswith(b"PUT /upload HTTP/1.1\r\n"),
+                        "the retry's first bytes: %r" % received[:80])
+        head_end = received.index(b"\r\n\r\n") + 4
+        self.assertEqual(received[head_end:], part1 + part2,
+                         "the retried body is not the client's, once")
+        conn2.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        response = client.response("PUT")
+        self.assertEqual(response.status, 200)
+        conn2.close()
 
 
 if __name__ == "__main__":
