@@ -29,6 +29,8 @@ What the tests hold tandem to:
   REFUSED_STREAM, or a GOAWAY below its stream) half a second in, having sent
   nothing on the stream, reaches the other worker whole (fixed: 502, the body
   was not kept).
+- Keeping such a body never stalls an upload: a worker that sends nothing on
+  the stream until its window (64 KiB, 1 MiB, 4 MiB) is spent gets 6 MiB whole.
 - A GET the broken worker failed goes to a good worker of the cluster.
 - A worker allowing no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0) leaves no
   connection open per request (fixed: each stayed open until idle_timeout).
@@ -121,6 +123,7 @@ class RawStream:
         self.id = stream_id
         self.fields = fields
         self.body = bytearray()
+        self.unacknowledged = 0  # DATA bytes its window was not opened by
         self.reset = None  # RST_STREAM code from tandem
         self.sent = 0  # DATA payload bytes sent on it
         self.served = False
@@ -313,7 +316,13 @@ class RawH2Connection:
             if payload:
                 increment = len(payload).to_bytes(4, "big")
                 update = frame(WINDOW_UPDATE, 0, 0, increment)
-                if stream is None or not self.worker.holds_window(stream):
+                if stream is not None and self.worker.lazy_window(stream):
+                    stream.unacknowledged += len(payload)
+                    if stream.unacknowledged >= self.worker.receive_window:
+                        update += frame(WINDOW_UPDATE, 0, stream_id,
+                                        stream.unacknowledged.to_bytes(4, "big"))
+                        stream.unacknowledged = 0
+                elif stream is None or not self.worker.holds_window(stream):
                     update += frame(WINDOW_UPDATE, 0, stream_id, increment)
                 self.send(update)
             if stream is not None and flags & END_STREAM:
@@ -335,6 +344,8 @@ class RawH2Worker:
         self.name = name
         self.all_ok = all_ok
         self.settings = b"".join(struct.pack(">HI", key, value) for key, value in settings)
+        # The stream window it gives (the protocol's default unless set).
+        self.receive_window = dict(settings).get(SETTINGS_INITIAL_WINDOW_SIZE, 65535)
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
@@ -414,6 +425,11 @@ class RawH2Worker:
         case = self.case_of(stream)
         return case is not None and case.hold_window
 
+    def lazy_window(self, stream):
+        """Cases that open the stream's window only once it is used up."""
+        case = self.case_of(stream)
+        return case is not None and case.lazy_window
+
     def serve(self, connection, stream):
         path = stream.path.split("?", 1)[0]
         if self.all_ok or path.startswith("/ok/"):
@@ -469,10 +485,12 @@ class Case:
     """
 
     def __init__(self, name, behave, scope, code=None, before=True, flag="UC", sent=b"",
-                 early=False, hold_window=False):
+                 early=False, hold_window=False, lazy_window=False):
         self.early = early
         # The stream's window is never opened: only the connection's is.
         self.hold_window = hold_window
+        # The stream's window is opened only once all of it was used.
+        self.lazy_window = lazy_window
         self.name = name
         self.behave = behave
         self.scope = scope
@@ -799,6 +817,13 @@ def _(c, s):
     time.sleep(REFUSE_AFTER)
     c.send(frame(GOAWAY, 0, 0, (s.id - 2 if s.id > 2 else 0).to_bytes(4, "big") +
                  NO_ERROR.to_bytes(4, "big")))
+
+
+# Opening the stream's window only once all of it is used, and answering only
+# after the whole body: nothing comes on the stream until the window is spent.
+@case("lazy-window-upload", "none", lazy_window=True)
+def _(c, s):
+    ok_answer(c, s)
 
 
 # Interim responses are HEADERS, outside flow control, and HPACK lets a
@@ -1231,6 +1256,39 @@ class LargeUploadNeverReachedTest(TandemTestCase):
         retried = [line for line in tandem.access_lines() if "POST /case/" in line
                    and "failed_tries=%s" % refuser.address in line]
         self.assertEqual(len(retried), len(refused), "\n".join(tandem.access_lines()))
+
+
+class LazyWindowUploadTest(TandemTestCase):
+    """The other side of LargeUploadNeverReachedTest: tandem keeps an upload's
+    body, and takes no more of it, only up to what the worker's stream window
+    lets it send; a worker that sends nothing on the stream until that window
+    is spent (then opens it, and answers after the whole body) gets every
+    upload whole, never a stall. With windows of 64 KiB and 1 MiB (kept up
+    to) and 4 MiB (past kMaxHeldWindow: not kept past retry_buffer)."""
+
+    def test_uploads_to_a_worker_opening_its_window_late_arrive_whole(self):
+        for window in (65535, MIB, 4 * MIB):
+            with self.subTest(window=window):
+                worker = RawH2Worker("lazy", settings=[(SETTINGS_INITIAL_WINDOW_SIZE, window)])
+                self.addCleanup(worker.close)
+                tandem = self.start_tandem(make_config([worker.address],
+                                                       cluster_opts=H2C_CLUSTER))
+                path = CASES["lazy-window-upload"].path + "?window=%d" % window
+                body = os.urandom(6 * MIB)
+                began = time.monotonic()
+                with Client(tandem.port, timeout=scaled(15)) as client:
+                    sender = threading.Thread(target=client.request, args=(
+                        "POST", path, {"Content-Type": "application/octet-stream"}, body))
+                    sender.start()
+                    response = client.response("POST")
+                    sender.join(scaled(10))
+                self.assertEqual(response.status, 200, (path, response))
+                stream = worker.stream_of(path)
+                self.assertEqual(len(stream.body), len(body))
+                self.assertEqual(hashlib.sha256(stream.body).digest(),
+                                 hashlib.sha256(body).digest())
+                self.assertLess(time.monotonic() - began, scaled(5))
+                tandem.stop()
 
 
 class ZeroStreamsWorkerTest(TandemTestCase):
