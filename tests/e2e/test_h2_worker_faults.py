@@ -1213,7 +1213,8 @@ class NeverReachedTest(WorkerFaultCase):
 
 
 class LargeUploadNeverReachedTest(TandemTestCase):
-    """A POST of 1 MiB, larger than retry_buffer (64 KiB), to a worker that
+    """A POST of 1 MiB (from an HTTP/1.1 and from an h2c client), larger than
+    retry_buffer (64 KiB), to a worker that
     refuses its stream (RST_STREAM REFUSED_STREAM, or a GOAWAY below it) half a
     second later, having sent nothing on it: the request never reached the
     worker, so it goes to the other worker with its whole body. tandem keeps
@@ -1228,34 +1229,51 @@ class LargeUploadNeverReachedTest(TandemTestCase):
         good = RawH2Worker("good", all_ok=True)
         self.addCleanup(good.close)
         tandem = self.start_tandem(make_config([refuser.address, good.address],
+                                               listener_opts=H2C_LISTENER,
                                                cluster_opts=H2C_CLUSTER))
-        for name in ("refuse-an-upload-late", "goaway-under-an-upload"):
-            for n in range(2):  # round robin: one of each begins at the refuser
-                with self.subTest(name, n=n):
-                    path = CASES[name].path + "?n=%d" % n
-                    body = os.urandom(MIB)
-                    start = tandem.stdout.count()
-                    with Client(tandem.port, timeout=scaled(15)) as client:
-                        sender = threading.Thread(target=client.request, args=(
-                            "POST", path, {"Content-Type": "application/octet-stream"}, body))
-                        sender.start()
-                        response = client.response("POST")
-                        sender.join(scaled(10))
-                    self.assertEqual(response.status, 200, (path, response))
-                    self.assertEqual(response.header("x-worker"), "good", response)
-                    stream = good.stream_of(path)
-                    self.assertIsNotNone(stream, "the good worker never got " + path)
-                    self.assertEqual(hashlib.sha256(stream.body).hexdigest(),
-                                     hashlib.sha256(body).hexdigest(),
-                                     "%s: the good worker got %d bytes, not the body sent" % (
-                                         path, len(stream.body)))
-                    tandem.wait_access_line(r'"POST %s HTTP/1.1" 200' % re.escape(path),
-                                            start=start)
+        for client_kind in ("http/1.1", "h2c"):
+            for name in ("refuse-an-upload-late", "goaway-under-an-upload"):
+                for n in range(2):  # round robin: one of each begins at the refuser
+                    with self.subTest(name, client=client_kind, n=n):
+                        path = CASES[name].path + "?client=%s&n=%d" % (client_kind, n)
+                        body = os.urandom(MIB)
+                        start = tandem.stdout.count()
+                        status, worker = self.upload(tandem.port, client_kind, path, body)
+                        self.assertEqual((status, worker), (200, "good"), path)
+                        stream = good.stream_of(path)
+                        self.assertIsNotNone(stream, "the good worker never got " + path)
+                        self.assertEqual(hashlib.sha256(stream.body).hexdigest(),
+                                         hashlib.sha256(body).hexdigest(),
+                                         "%s: the good worker got %d bytes, not the body sent"
+                                         % (path, len(stream.body)))
+                        tandem.wait_access_line(r'"POST %s HTTP/[\d.]+" 200' % re.escape(path),
+                                                start=start)
         refused = [e for e in refuser.events_of("request") if e[3].startswith("/case/")]
-        self.assertGreaterEqual(len(refused), 2, "the refuser got no upload")
+        self.assertGreaterEqual(len(refused), 4, "the refuser got no upload")
         retried = [line for line in tandem.access_lines() if "POST /case/" in line
                    and "failed_tries=%s" % refuser.address in line]
         self.assertEqual(len(retried), len(refused), "\n".join(tandem.access_lines()))
+
+    @staticmethod
+    def upload(port, client_kind, path, body):
+        """POSTs `body` to `path`: the status and x-worker of the answer."""
+        if client_kind == "h2c":
+            client = H2Client(port, timeout=scaled(15))
+            try:
+                stream_id = client.request("POST", path,
+                                           [("content-type", "application/octet-stream")],
+                                           body=body)
+                stream = client.wait_done(stream_id)
+                return int(stream.status), stream.header("x-worker")
+            finally:
+                client.close()
+        with Client(port, timeout=scaled(15)) as client:
+            sender = threading.Thread(target=client.request, args=(
+                "POST", path, {"Content-Type": "application/octet-stream"}, body))
+            sender.start()
+            response = client.response("POST")
+            sender.join(scaled(10))
+        return response.status, response.header("x-worker")
 
 
 class LazyWindowUploadTest(TandemTestCase):
