@@ -93,8 +93,11 @@ void Exchange::Begin(bool complete, bool at_upgrade) {
 }
 
 std::optional<uint64_t> Exchange::BodyKeptForWorker() const {
-  if (phase_ != Phase::kProxying || attempt_->upstream() == nullptr)
+  // retry_buffer = 0: no body is kept for a retry, this one neither.
+  if (phase_ != Phase::kProxying || attempt_->upstream() == nullptr ||
+      cluster().config->retry_buffer_bytes == 0) {
     return std::nullopt;
+  }
   const std::optional<uint32_t> window =
       attempt_->upstream()->window_before_heard();
   if (!window || *window > kMaxHeldWindow) return std::nullopt;

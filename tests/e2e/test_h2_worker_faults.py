@@ -1254,6 +1254,19 @@ class LargeUploadNeverReachedTest(TandemTestCase):
                    and "failed_tries=%s" % refuser.address in line]
         self.assertEqual(len(retried), len(refused), "\n".join(tandem.access_lines()))
 
+    def test_with_retry_buffer_0_no_body_is_kept(self):
+        refuser = RawH2Worker("refuser")
+        self.addCleanup(refuser.close)
+        tandem = self.start_tandem(make_config(
+            [refuser.address], cluster_opts=dict(H2C_CLUSTER, retry_buffer=0)))
+        path = CASES["refuse-an-upload-late"].path + "?retry_buffer=0"
+        start = tandem.stdout.count()
+        status, _ = self.upload(tandem.port, "http/1.1", path, os.urandom(MIB))
+        self.assertEqual(status, 502)
+        line = tandem.wait_access_line(r'"POST %s HTTP/1.1" 502 .*' % re.escape(path),
+                                       start=start).group(0)
+        self.assertIn('not_retried="body too large to replay"', line)
+
     @staticmethod
     def upload(port, client_kind, path, body):
         """POSTs `body` to `path`: the status and x-worker of the answer."""
