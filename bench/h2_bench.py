@@ -26,6 +26,10 @@ Environment (defaults in brackets):
   WARMUP      seconds of load before the rounds [2]
   BACKENDS    backends: tandem-worker processes (h2c, h2) and nginx h2c
               processes of one worker each (h2h2) [3]
+  WORKERS     the h2c and h2 modes' HTTP/1.1 backends: "tandem-worker", or
+              "nginx" (one worker process each, answering as tandem-worker
+              does; cheaper per request, so the load core holds out longer)
+              [tandem-worker]
   PROXY_CPUS  taskset CPUs for the proxies, e.g. "0" [none]
   LOAD_CPUS   taskset CPUs for h2load and the backends, e.g. "1" [none]
   TANDEM, WORKER  binaries [<repo>/build/tandem, <repo>/build/tandem-worker]
@@ -66,6 +70,7 @@ DURATION = int(ENV("DURATION", "10"))
 REPS = int(ENV("REPS", "3"))
 WARMUP = int(ENV("WARMUP", "2"))
 BACKENDS = int(ENV("BACKENDS", "3"))
+WORKERS = ENV("WORKERS", "tandem-worker")
 PROXY_CPUS = ENV("PROXY_CPUS", "")
 LOAD_CPUS = ENV("LOAD_CPUS", "")
 TANDEM = ENV("TANDEM", os.path.join(REPO, "build", "tandem"))
@@ -103,7 +108,8 @@ class Bench:
         self.dir = tempfile.mkdtemp(prefix="h2-bench-")
         os.chmod(self.dir, 0o755)  # nginx workers run as nobody
         self.procs = []
-        self.backends = []      # tandem-worker ports (HTTP/1.1)
+        self.backends = []      # tandem-worker or nginx ports (HTTP/1.1)
+        self.stats = []         # nginx's stub_status ports for them
         self.h2_backends = []   # nginx h2c ports
         self.h2_stats = []      # their stub_status ports (HTTP/1.1)
         self.backend_procs = []
@@ -131,6 +137,9 @@ class Bench:
         return sum(cpu_ticks(p.pid) for p in procs)
 
     def start_backends(self):
+        if WORKERS == "nginx":
+            self.backends, self.stats, self.backend_procs = self.start_nginx_backends(False)
+            return
         for i in range(BACKENDS):
             port = free_port()
             self.backend_procs.append(
@@ -140,17 +149,23 @@ class Bench:
             self.backends.append(port)
 
     def start_h2_backends(self):
+        self.h2_backends, self.h2_stats, self.h2_backend_procs = self.start_nginx_backends(True)
+
+    def start_nginx_backends(self, http2):
         """nginx processes of one worker each, speaking h2c (prior knowledge)
-        and answering GET / as tandem-worker does (same status, body, X-Worker
-        and Content-Type; nginx adds Server and Date). keepalive_requests is
-        lifted, else nginx ends an HTTP/2 connection after 1000 streams; a
-        second, HTTP/1.1 port serves stub_status for the accepted-connection
-        count."""
+        when `http2`, else HTTP/1.1, and answering GET / as tandem-worker does
+        (same status, body, X-Worker and Content-Type; nginx adds Server and
+        Date). keepalive_requests is lifted, else nginx ends a connection after
+        1000 requests; a second, HTTP/1.1 port serves stub_status for the
+        accepted-connection count. Returns the ports, the stats ports and the
+        processes."""
+        ports, stats_ports, procs = [], [], []
         for i in range(BACKENDS):
             port, stats = free_port(), free_port()
-            d = nginx_dir(self.dir, "backend-h2-%d" % i)
+            name = "backend-%s-%d" % ("h2" if http2 else "h1", i)
+            d = nginx_dir(self.dir, name)
             text = nginx_prologue(d) + f"""    server {{
-        listen 127.0.0.1:{port} http2;
+        listen 127.0.0.1:{port}{" http2" if http2 else ""};
         default_type "text/plain; charset=utf-8";
         location / {{
             add_header X-Worker w{i};
@@ -165,21 +180,21 @@ class Bench:
 """
             path = os.path.join(d, "nginx.conf")
             open(path, "w").write(text)
-            self.h2_backend_procs.append(
-                self.start(["nginx", "-p", d + "/", "-c", path, "-e",
-                            os.path.join(d, "error.log")], "backend-h2-%d" % i, LOAD_CPUS))
+            procs.append(self.start(["nginx", "-p", d + "/", "-c", path, "-e",
+                                     os.path.join(d, "error.log")], name, LOAD_CPUS))
             wait_port(port)
             wait_port(stats)
-            self.h2_backends.append(port)
-            self.h2_stats.append(stats)
+            ports.append(port)
+            stats_ports.append(stats)
+        return ports, stats_ports, procs
 
     def backend_connections(self, mode):
         """Connections the mode's backends accepted so far, the one each
         backend accepted for this reading included."""
-        if mode != "h2h2":
+        if mode != "h2h2" and not self.stats:
             return backend_connections(self.backends)
         total = 0
-        for port in self.h2_stats:
+        for port in (self.h2_stats if mode == "h2h2" else self.stats):
             with urllib.request.urlopen("http://127.0.0.1:%d/stats" % port, timeout=2) as r:
                 # "Active connections: N\nserver accepts handled requests\n A H R\n..."
                 total += int(r.read().decode().split("\n")[2].split()[0])
@@ -379,8 +394,10 @@ def main():
     if unknown:
         sys.exit("h2_bench: unknown mode %s (modes: %s)" % (" ".join(unknown), " ".join(ALL_MODES)))
     needed = set(p for p in PROXIES if p != "tandem") | {"h2load", "taskset"}
-    if "h2h2" in MODES:
-        needed.add("nginx")  # the h2c backends
+    if WORKERS not in ("tandem-worker", "nginx"):
+        sys.exit("h2_bench: WORKERS is tandem-worker or nginx, not %s" % WORKERS)
+    if "h2h2" in MODES or WORKERS == "nginx":
+        needed.add("nginx")  # the h2c backends, or the HTTP/1.1 ones
     for tool in sorted(needed):
         if not shutil.which(tool):
             sys.exit("h2_bench: %s is not installed" % tool)
@@ -409,8 +426,9 @@ def main():
     finally:
         bench.close()
     text = report(rows)
-    header = ("h2load -c%d -m%d -D%d, %d rounds, proxies pinned to %s, load to %s" %
-              (CONNS, STREAMS, DURATION, REPS, PROXY_CPUS or "-", LOAD_CPUS or "-"))
+    header = ("h2load -c%d -m%d -D%d, %d rounds, proxies pinned to %s, load to %s, "
+              "HTTP/1.1 workers: %s" % (CONNS, STREAMS, DURATION, REPS, PROXY_CPUS or "-",
+                                       LOAD_CPUS or "-", WORKERS))
     print(header + "\n\n" + text)
     if RESULTS_DIR:
         os.makedirs(RESULTS_DIR, exist_ok=True)
