@@ -66,6 +66,18 @@ void FrameBodyEnd(Framing framing, const HeaderList& trailers, evbuffer* out) {
   evbuffer_add(out, tail.data(), tail.size());
 }
 
+ssize_t NextDataFrame(size_t buffered, size_t max, bool ended,
+                      uint32_t* data_flags) {
+  const size_t n = std::min(max, buffered);
+  if (n > 0) *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (n == buffered && ended) {
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+  } else if (n == 0) {
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  return static_cast<ssize_t>(n);
+}
+
 int SendDataFrame(const nghttp2_frame& frame, const uint8_t* header,
                   size_t length, evbuffer* payload, evbuffer* output) {
   if (frame.data.padlen != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;

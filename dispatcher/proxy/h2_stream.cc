@@ -297,26 +297,24 @@ ssize_t H2Stream::ReadResponse(nghttp2_session* session, int32_t, uint8_t*,
                                nghttp2_data_source* source, void*) {
   auto* self = static_cast<H2Stream*>(source->ptr);
   const size_t buffered = evbuffer_get_length(self->out_.get());
-  const size_t n = std::min(length, buffered);
-  const size_t left = buffered - n;
-  if (n > 0) *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-  if (left == 0 && self->response_ended_) {
-    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
-    if (self->has_trailers_) {
-      *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-      net::H2Fields& fields = self->connection_.fields();
-      fields.BuildTrailers(self->response_trailers_);
-      nghttp2_submit_trailer(session, self->id_, fields.data(), fields.size());
-    }
-  } else if (n == 0) {
+  const ssize_t n =
+      net::NextDataFrame(buffered, length, self->response_ended_, data_flags);
+  if (n == NGHTTP2_ERR_DEFERRED) {
     self->data_deferred_ = true;
-    return NGHTTP2_ERR_DEFERRED;
+    return n;
   }
-  if (self->full_reported_ && left < kStreamOutputLowWater) {
+  if ((*data_flags & NGHTTP2_DATA_FLAG_EOF) != 0 && self->has_trailers_) {
+    *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    net::H2Fields& fields = self->connection_.fields();
+    fields.BuildTrailers(self->response_trailers_);
+    nghttp2_submit_trailer(session, self->id_, fields.data(), fields.size());
+  }
+  if (self->full_reported_ &&
+      buffered - static_cast<size_t>(n) < kStreamOutputLowWater) {
     self->full_reported_ = false;
     self->connection_.NoteDrained(self);
   }
-  return static_cast<ssize_t>(n);
+  return n;
 }
 
 int H2Stream::SendData(nghttp2_session*, nghttp2_frame* frame,

@@ -862,25 +862,24 @@ ssize_t H2UpstreamStream::ReadBody(nghttp2_session* session, int32_t, uint8_t*,
                                    nghttp2_data_source* source, void*) {
   auto* self = static_cast<H2UpstreamStream*>(source->ptr);
   const size_t buffered = self->body_size();
-  const size_t n = std::min(length, buffered);
-  const size_t left = buffered - n;
-  if (n > 0) *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-  if (left == 0 && self->request_done_) {
-    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
-    const net::HeaderList& trailers = self->request_.trailers();
-    if (!trailers.empty()) {
-      *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-      net::H2Fields& fields = self->session_->fields();
-      fields.BuildTrailers(trailers);
-      nghttp2_submit_trailer(session, self->id_, fields.data(), fields.size());
-    }
-  } else if (n == 0) {
+  const ssize_t n =
+      net::NextDataFrame(buffered, length, self->request_done_, data_flags);
+  if (n == NGHTTP2_ERR_DEFERRED) {
     self->deferred_ = true;
-    return NGHTTP2_ERR_DEFERRED;
+    return n;
   }
-  if (left < kBodyLowWater && evbuffer_get_length(self->from_try()) > 0)
+  const net::HeaderList& trailers = self->request_.trailers();
+  if ((*data_flags & NGHTTP2_DATA_FLAG_EOF) != 0 && !trailers.empty()) {
+    *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    net::H2Fields& fields = self->session_->fields();
+    fields.BuildTrailers(trailers);
+    nghttp2_submit_trailer(session, self->id_, fields.data(), fields.size());
+  }
+  if (buffered - static_cast<size_t>(n) < kBodyLowWater &&
+      evbuffer_get_length(self->from_try()) > 0) {
     self->session_->ScheduleParse(self);
-  return static_cast<ssize_t>(n);
+  }
+  return n;
 }
 
 int H2UpstreamStream::SendBody(nghttp2_session*, nghttp2_frame* frame,

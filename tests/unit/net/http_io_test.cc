@@ -166,6 +166,29 @@ TEST_CASE("a DATA frame is its header, then the payload moved, the rest left") {
   CHECK(Text(payload.get()) == " and more");
 }
 
+TEST_CASE(
+    "the next DATA frame: up to the frame size, EOF on the last, deferred on "
+    "none") {
+  uint32_t flags = 0;
+  CHECK(NextDataFrame(100, 16, false, &flags) == 16);
+  CHECK(flags == NGHTTP2_DATA_FLAG_NO_COPY);
+  flags = 0;
+  CHECK(NextDataFrame(100, 16, true, &flags) == 16);  // more left: no EOF
+  CHECK(flags == NGHTTP2_DATA_FLAG_NO_COPY);
+  flags = 0;
+  CHECK(NextDataFrame(10, 16, true, &flags) == 10);
+  CHECK(flags == (NGHTTP2_DATA_FLAG_NO_COPY | NGHTTP2_DATA_FLAG_EOF));
+  flags = 0;
+  CHECK(NextDataFrame(10, 16, false, &flags) == 10);  // the body goes on
+  CHECK(flags == NGHTTP2_DATA_FLAG_NO_COPY);
+  flags = 0;
+  CHECK(NextDataFrame(0, 16, true, &flags) == 0);  // an empty last frame
+  CHECK(flags == NGHTTP2_DATA_FLAG_EOF);
+  flags = 0;
+  CHECK(NextDataFrame(0, 16, false, &flags) == NGHTTP2_ERR_DEFERRED);
+  CHECK(flags == 0);
+}
+
 TEST_CASE("a padded DATA frame, or one longer than its payload, is refused") {
   Buffer payload = NewBuffer();
   Buffer output = NewBuffer();
