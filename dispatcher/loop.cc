@@ -272,10 +272,11 @@ bool Loop::Init(std::string* error) {
   hang_watch_event_.reset(evtimer_new(base_.get(), HangWatchCb, this));
   retire_event_.reset(event_new(base_.get(), -1, 0, DeleteRetiredCb, this));
   write_behind_ = std::make_unique<net::WriteBehind>(base_.get());
+  backend_write_behind_ = std::make_unique<net::WriteBehind>(base_.get());
   if (!messages_.Init(base_.get(), this) || !tick_event_ || !grace_event_ ||
-      !write_behind_->ok() || !flush_event_ || !queue_poll_event_ ||
-      !accept_retry_event_ || !hang_watch_event_ || !retire_event_ ||
-      event_add(tick_event_.get(), &kTickInterval) != 0) {
+      !write_behind_->ok() || !backend_write_behind_->ok() || !flush_event_ ||
+      !queue_poll_event_ || !accept_retry_event_ || !hang_watch_event_ ||
+      !retire_event_ || event_add(tick_event_.get(), &kTickInterval) != 0) {
     *error = "cannot create loop events";
     return false;
   }
@@ -630,7 +631,7 @@ BackendPool& Loop::PoolFor(const conf::Cluster& cluster,
   if (http2) key += "|h2|" + cluster.name;
   auto& slot = pools_[key];
   if (!slot)
-    slot = std::make_unique<BackendPool>(base_.get(), *write_behind_,
+    slot = std::make_unique<BackendPool>(base_.get(), *backend_write_behind_,
                                          backend.address, stats);
   if (http2)
     slot->set_http2(tls != nullptr, cluster.max_requests_per_connection);

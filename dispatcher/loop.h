@@ -272,7 +272,14 @@ class Loop {
   event_base* base() const { return base_.get(); }
   size_t index() const { return index_; }
   AccessLog& access_log() { return *access_log_; }
+  // Client connections' writes, at the end of the turn: one write carries
+  // all of a turn's answers on a connection.
   net::WriteBehind& write_behind() { return *write_behind_; }
+  // Backend connections' writes: at the end of the client read that queued
+  // them (FlushBackendWrites), else of the turn. docs/performance.md,
+  // "Backend writes".
+  net::WriteBehind& backend_write_behind() { return *backend_write_behind_; }
+  void FlushBackendWrites() { backend_write_behind_->Flush(); }
   LoopStats& stats() { return stats_; }
   algorithms::Rng& rng() { return rng_; }
   // A scratch buffer for building heads; valid until the next call.
@@ -446,6 +453,7 @@ class Loop {
       limits_;
   std::unique_ptr<AccessLog> access_log_;
   std::unique_ptr<net::WriteBehind> write_behind_;
+  std::unique_ptr<net::WriteBehind> backend_write_behind_;
   LoopStats stats_;
   algorithms::Rng rng_;
   static constexpr size_t kMaxScratchBytes = 64 * 1024;

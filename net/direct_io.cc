@@ -125,6 +125,22 @@ void ReadDirectly(bufferevent* bev) {
   if (pending) event_add(&bev->ev_read, nullptr);
 }
 
+void ReadAhead(bufferevent* bev) {
+  if (SSL* ssl = bufferevent_openssl_get_ssl(bev)) SSL_set_read_ahead(ssl, 1);
+}
+
+void ReadBuffered(bufferevent* bev) {
+  SSL* ssl = bufferevent_openssl_get_ssl(bev);
+  if (ssl == nullptr || SSL_has_pending(ssl) == 0 ||
+      !(bufferevent_get_enabled(bev) & EV_READ)) {
+    return;
+  }
+  // Its read event's callback reads (the handshake's, while one is under
+  // way). A partial record held runs it once for nothing: its read of the
+  // socket finds no more and the owner's callback is not called.
+  event_active(&bev->ev_read, EV_READ, 1);
+}
+
 namespace {
 
 bool WriteTlsNow(bufferevent* bev, SSL* ssl) {
@@ -201,8 +217,10 @@ void WriteBehind::RunCb(evutil_socket_t, short, void* arg) {
 }
 
 void WriteBehind::Run() {
-  // A write callback may queue more (appended, written in this pass) or
-  // cancel entries (nulled in place).
+  // A write callback may queue more (appended, written in this pass), cancel
+  // entries (nulled in place) or ask for a flush (this pass is it).
+  if (running_) return;
+  running_ = true;
   for (size_t i = 0; i < entries_.size(); ++i) {
     const Entry entry = entries_[i];
     if (entry.bev == nullptr) continue;
@@ -210,6 +228,7 @@ void WriteBehind::Run() {
     WriteNow(entry.bev);
   }
   entries_.clear();
+  running_ = false;
 }
 
 }  // namespace tandem::net

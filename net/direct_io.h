@@ -49,6 +49,20 @@ bool WriteNow(bufferevent* bev);
 // read event back to libevent.
 void ReadDirectly(bufferevent* bev);
 
+// TLS reads, whole. libevent's OpenSSL bufferevent decrypts at most two
+// records per readable event (one SSL_read per piece of input space) and
+// OpenSSL reads each record with two system calls, its header's and its
+// body's; a record the event left in the socket waits for the next poll, a
+// whole loop turn. With ReadAhead, OpenSSL takes all the socket holds (up
+// to its 16 KiB buffer) in one read; ReadBuffered, called after each read
+// callback, has libevent read again, in this turn, while OpenSSL holds
+// bytes it took from the socket. Those bytes are no longer the socket's,
+// so no poll reports them: only for a bufferevent whose owner calls
+// ReadBuffered after every read callback and never turns its reading off
+// with bytes held (an HTTP/2 connection reads until it ends).
+void ReadAhead(bufferevent* bev);
+void ReadBuffered(bufferevent* bev);
+
 class WriteBehind {
  public:
   // Where an owner's queued entry is (0: none); the owner keeps it and
@@ -66,6 +80,9 @@ class WriteBehind {
   // asked for.
   void Add(bufferevent* bev, Slot* slot);
   void Cancel(Slot* slot);
+  // Writes what is queued now, not at the turn's end (asked for inside a
+  // pass, by a write callback: that pass writes it).
+  void Flush() { Run(); }
 
  private:
   struct Entry {
@@ -77,6 +94,7 @@ class WriteBehind {
 
   std::vector<Entry> entries_;
   EventPtr event_;
+  bool running_ = false;
 };
 
 }  // namespace tandem::net

@@ -11,6 +11,7 @@
 #include "dispatcher/intrusive_list.h"
 #include "dispatcher/proxy/h2_stream.h"
 #include "dispatcher/proxy/watermarks.h"
+#include "net/direct_io.h"
 #include "net/log.h"
 #include "net/posix.h"
 #include "net/turn_clock.h"
@@ -110,7 +111,10 @@ bool H2Connection::Init() {
   bufferevent_setwatermark(bev, EV_READ, 0, 0);
   bufferevent_setwatermark(bev, EV_WRITE, kOutputLowWater, 0);
   bufferevent_set_max_single_read(bev, kMaxSingleRead);
+  // All the records a read finds are read in its turn (net::ReadAhead).
+  net::ReadAhead(bev);
   if (bufferevent_enable(bev, EV_READ | EV_WRITE) != 0) return false;
+  net::ReadBuffered(bev);
   ArmTimer();
   return true;
 }
@@ -178,7 +182,12 @@ const std::string& H2Connection::ProxyHeader(int version) {
 
 void H2Connection::ReadCb(bufferevent*, void* arg) {
   auto* self = static_cast<H2Connection*>(arg);
-  if (!self->destroyed_) self->OnRead();
+  if (self->destroyed_) return;
+  self->OnRead();
+  // The streams' requests leave now; a connection ended inside lives until
+  // the turn's end (Loop::Retire).
+  self->loop_.FlushBackendWrites();
+  if (!self->destroyed_) net::ReadBuffered(self->bev_.get());
 }
 
 void H2Connection::WriteCb(bufferevent*, void* arg) {

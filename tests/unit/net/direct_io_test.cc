@@ -144,6 +144,94 @@ TEST_CASE("a cancelled entry is left to libevent, which writes after a poll") {
   CHECK(b.pair.Drain() == "late bytes");
 }
 
+TEST_CASE("a flush writes what is queued at once, inside the turn") {
+  Behind b;
+  std::string seen_in_turn;
+  InTurn(b.pair.base.get(), [&] {
+    bufferevent_write(b.pair.bev.get(), "now", 3);
+    b.behind.Add(b.pair.bev.get(), &b.slot);
+    b.behind.Flush();
+    seen_in_turn = b.pair.Drain();  // before the turn's end
+  });
+  CHECK(seen_in_turn == "now");
+  CHECK(b.slot.index == 0);
+  CHECK(b.seen.drained == 1);
+}
+
+// A second socket pair's bufferevent on another pair's loop.
+struct OnSameLoop {
+  BufferEventPtr bev;
+  int peer = -1;
+  explicit OnSameLoop(event_base* base) {
+    int fds[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+    REQUIRE(evutil_make_socket_nonblocking(fds[0]) == 0);
+    bev.reset(bufferevent_socket_new(base, fds[0], BEV_OPT_CLOSE_ON_FREE));
+    REQUIRE(bev != nullptr);
+    peer = fds[1];
+    REQUIRE(bufferevent_enable(bev.get(), EV_READ | EV_WRITE) == 0);
+  }
+  ~OnSameLoop() { close(peer); }
+  std::string Drain() {
+    char buf[256];
+    const ssize_t n = recv(peer, buf, sizeof(buf), MSG_DONTWAIT);
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+  }
+};
+
+// A write callback that queues another bufferevent's bytes and asks for a
+// flush, as a backend drained can make a client's exchange send more.
+struct Chain {
+  OnSameLoop* next;
+  WriteBehind* behind;
+  WriteBehind::Slot* slot;
+  int calls = 0;
+};
+
+void QueueNextAndFlush(bufferevent*, void* arg) {
+  auto* chain = static_cast<Chain*>(arg);
+  if (chain->calls++ > 0) return;
+  bufferevent_write(chain->next->bev.get(), "second", 6);
+  chain->behind->Add(chain->next->bev.get(), chain->slot);
+  chain->behind->Flush();  // inside the pass: that pass writes it
+  // More after the flush, still inside the pass.
+  bufferevent_write(chain->next->bev.get(), "+", 1);
+  chain->behind->Add(chain->next->bev.get(), chain->slot);
+}
+
+TEST_CASE("a flush asked for inside a pass loses nothing") {
+  Pair first;
+  OnSameLoop second(first.base.get());
+  WriteBehind behind(first.base.get());
+  WriteBehind::Slot first_slot;
+  WriteBehind::Slot second_slot;
+  Chain chain{&second, &behind, &second_slot};
+  bufferevent_setcb(first.bev.get(), nullptr, QueueNextAndFlush, nullptr,
+                    &chain);
+  REQUIRE(bufferevent_enable(first.bev.get(), EV_READ | EV_WRITE) == 0);
+  std::string first_got;
+  std::string second_got;
+  InTurn(first.base.get(), [&] {
+    bufferevent_write(first.bev.get(), "first", 5);
+    behind.Add(first.bev.get(), &first_slot);
+    behind.Flush();
+    // Both written by this one flush, the second queued during it.
+    first_got = first.Drain();
+    second_got = second.Drain();
+  });
+  CHECK(first_got == "first");
+  CHECK(second_got == "second+");
+  CHECK(chain.calls == 1);
+  CHECK(first_slot.index == 0);
+  CHECK(second_slot.index == 0);
+  // Nothing stays queued: a later Add is taken again.
+  InTurn(first.base.get(), [&] {
+    bufferevent_write(second.bev.get(), "third", 5);
+    behind.Add(second.bev.get(), &second_slot);
+  });
+  CHECK(second.Drain() == "third");
+}
+
 TEST_CASE("nothing is written where writing is disabled") {
   Pair pair;
   REQUIRE(bufferevent_disable(pair.bev.get(), EV_WRITE) == 0);
@@ -383,6 +471,58 @@ TEST_CASE("TLS output a full send buffer stops is finished by libevent") {
   REQUIRE(bufferevent_enable(t.client.get(), EV_READ) == 0);
   CHECK(t.RunUntil([&] { return t.client_seen.read.size() >= big.size(); }));
   CHECK(t.client_seen.read == big);  // in order, nothing twice
+}
+
+// The proxy's end reads as an HTTP/2 connection does: all it is given,
+// then ReadBuffered.
+void ReadAllBuffered(bufferevent* bev, void* arg) {
+  OnRead(bev, arg);
+  ReadBuffered(bev);
+}
+
+// Five records from the client, in the server's socket before it reads.
+std::string SendRecords(TlsPair& t) {
+  std::string sent;
+  for (int i = 0; i < 5; ++i) {
+    const std::string piece = "record " + std::to_string(i) + ";";
+    bufferevent_write(t.client.get(), piece.data(), piece.size());
+    REQUIRE(WriteNow(t.client.get()));  // one record each
+    sent += piece;
+  }
+  return sent;
+}
+
+TEST_CASE("TLS records read ahead are all read in the turn that found them") {
+  TlsPair t;
+  REQUIRE(t.RunUntil([&] { return t.Connected(); }));
+  bufferevent_setcb(t.server.get(), ReadAllBuffered, OnDrained, OnEvent,
+                    &t.server_seen);
+  ReadAhead(t.server.get());
+  // The server's first read (its session tickets' answer, if any) is over.
+  bufferevent_write(t.client.get(), "x", 1);
+  REQUIRE(t.RunUntil([&] { return t.server_seen.read == "x"; }));
+  const std::string sent = SendRecords(t);
+  t.Once();  // one poll: OpenSSL took all five records in one read
+  CHECK(t.server_seen.read == "x" + sent);
+  // The socket is empty: no poll would have reported what OpenSSL held.
+  int queued = -1;
+  REQUIRE(ioctl(bufferevent_getfd(t.server.get()), FIONREAD, &queued) == 0);
+  CHECK(queued == 0);
+}
+
+TEST_CASE("without read-ahead a poll reads one record of the five") {
+  // What ReadAhead is for: libevent alone reads a record per readable event
+  // and leaves the rest to later polls, a loop turn each.
+  TlsPair t;
+  REQUIRE(t.RunUntil([&] { return t.Connected(); }));
+  bufferevent_setcb(t.server.get(), ReadAllBuffered, OnDrained, OnEvent,
+                    &t.server_seen);
+  bufferevent_write(t.client.get(), "x", 1);
+  REQUIRE(t.RunUntil([&] { return t.server_seen.read == "x"; }));
+  const std::string sent = SendRecords(t);
+  t.Once();
+  CHECK(t.server_seen.read.size() < 1 + sent.size());
+  CHECK(t.RunUntil([&] { return t.server_seen.read == "x" + sent; }));
 }
 
 TEST_CASE("TLS output queued during the handshake is left to libevent") {
