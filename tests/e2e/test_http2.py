@@ -565,6 +565,67 @@ class NegotiationTest(TandemTestCase):
                     self.assertEqual(sock.selected_alpn_protocol(), chosen, offer)
         tandem.wait_access_line(r'"GET /bytes\?n=100 HTTP/2\.0" 200 100 ')
 
+    def test_requests_in_many_tls_records_sent_at_once_are_all_answered(self):
+        # One TCP send carries 40 requests, each in a TLS record of its own,
+        # and the client sends nothing more: every record must be read
+        # although the socket has nothing left to report (OpenSSL's
+        # read-ahead holds them, docs/performance.md).
+        import ssl
+        from tlsutil import client_context
+        tandem = self.start_tandem(make_config([self.worker.address],
+                                               listener_opts=self.tls_opts()))
+        context = client_context(self.pki.cert("ca"), alpn=["h2"])
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="site.example.test")
+        end = time.monotonic() + scaled(10)
+        with socket.create_connection(("127.0.0.1", tandem.port), timeout=scaled(10)) as sock:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    sock.sendall(outgoing.read())
+                    data = sock.recv(65536)
+                    self.assertTrue(data, "closed in the handshake")
+                    incoming.write(data)
+            sock.sendall(outgoing.read())
+            self.assertEqual(tls.selected_alpn_protocol(), "h2")
+            encoder = Encoder()
+            tls.write(PREFACE + SettingsFrame(0).serialize())
+            count = 40
+            for i in range(count):
+                frame = HeadersFrame(1 + 2 * i, flags=["END_STREAM", "END_HEADERS"])
+                frame.data = encoder.encode([(":method", "GET"), (":scheme", "https"),
+                                             (":authority", "site.example.test"),
+                                             (":path", "/bytes?n=10&i=%d" % i)])
+                tls.write(frame.serialize())  # a record each
+            batch = outgoing.read()
+            self.assertGreater(len(batch), count * 22)  # a record's overhead each
+            sock.sendall(batch)
+            ended, buffer = set(), b""
+            while len(ended) < count and time.monotonic() < end:
+                sock.settimeout(max(0.05, end - time.monotonic()))
+                try:
+                    data = sock.recv(65536)
+                except socket.timeout:
+                    break
+                if not data:
+                    break
+                incoming.write(data)
+                try:
+                    while True:
+                        buffer += tls.read(65536)
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    pass
+                while len(buffer) >= 9:
+                    frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+                    if len(buffer) < 9 + length:
+                        break
+                    if "END_STREAM" in frame.flags:
+                        ended.add(frame.stream_id)
+                    buffer = buffer[9 + length:]
+        self.assertEqual(len(ended), count, "answered: %s" % sorted(ended))
+
     def test_http11_only_listeners_do_not_speak_http2(self):
         plain = self.start_tandem(make_config([self.worker.address],
                                               listener_opts={"protocols": ["http/1.1"]}))
