@@ -330,10 +330,7 @@ uint64_t ClientConnection::BufferedBytes() const {
 
 void ClientConnection::ReadCb(bufferevent*, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
-  Loop& loop = self->loop_;
   if (!self->destroyed_) self->OnClientRead();
-  // (A connection ended inside is deleted at the turn's end, not here.)
-  loop.FlushBackendWrites();
 }
 
 void ClientConnection::WriteCb(bufferevent*, void* arg) {
