@@ -149,6 +149,8 @@ class RawH2Connection:
         self.decoder.max_header_list_size = 1 << 20
         self.send_window = 65535  # the connection's
         self.initial_window = 65535
+        # The stream window this worker gives, as its SETTINGS last said.
+        self.receive_window = worker.receive_window
         self.stream_windows = {}
         self.streams = {}
         self.closed = False
@@ -305,6 +307,13 @@ class RawH2Connection:
                         self.streams[sid] = stream
                         self.stream_windows[sid] = self.initial_window
                     self.worker.event("request", self.number, sid, stream.path)
+                    window = self.worker.window_after_head(stream)
+                    if window is not None:
+                        # A new stream window for every stream, this one's
+                        # first body bytes perhaps already on their way.
+                        self.receive_window = window
+                        self.send(frame(SETTINGS, 0, 0,
+                                        struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, window)))
                 if first_flags & END_STREAM or self.worker.answers_early(stream):
                     self._dispatch(stream)
         elif ftype == DATA:
@@ -318,7 +327,7 @@ class RawH2Connection:
                 update = frame(WINDOW_UPDATE, 0, 0, increment)
                 if stream is not None and self.worker.lazy_window(stream):
                     stream.unacknowledged += len(payload)
-                    if stream.unacknowledged >= self.worker.receive_window:
+                    if stream.unacknowledged >= self.receive_window:
                         update += frame(WINDOW_UPDATE, 0, stream_id,
                                         stream.unacknowledged.to_bytes(4, "big"))
                         stream.unacknowledged = 0
@@ -430,6 +439,14 @@ class RawH2Worker:
         case = self.case_of(stream)
         return case is not None and case.lazy_window
 
+    def window_after_head(self, stream):
+        """The stream window (from ?window_after=N) a case's SETTINGS give
+        once its request's head is in; None for the others."""
+        case = self.case_of(stream)
+        if case is None or not case.window_after_head:
+            return None
+        return int(re.search(r"window_after=(\d+)", stream.path).group(1))
+
     def serve(self, connection, stream):
         path = stream.path.split("?", 1)[0]
         if self.all_ok or path.startswith("/ok/"):
@@ -485,8 +502,11 @@ class Case:
     """
 
     def __init__(self, name, behave, scope, code=None, before=True, flag="UC", sent=b"",
-                 early=False, hold_window=False, lazy_window=False):
+                 early=False, hold_window=False, lazy_window=False,
+                 window_after_head=False):
         self.early = early
+        # SETTINGS with a new stream window once the request's head is in.
+        self.window_after_head = window_after_head
         # The stream's window is never opened: only the connection's is.
         self.hold_window = hold_window
         # The stream's window is opened only once all of it was used.
@@ -822,6 +842,11 @@ def _(c, s):
 # Opening the stream's window only once all of it is used, and answering only
 # after the whole body: nothing comes on the stream until the window is spent.
 @case("lazy-window-upload", "none", lazy_window=True)
+def _(c, s):
+    ok_answer(c, s)
+
+
+@case("window-changed-under-an-upload", "none", lazy_window=True, window_after_head=True)
 def _(c, s):
     ok_answer(c, s)
 
@@ -1305,6 +1330,40 @@ class LazyWindowUploadTest(TandemTestCase):
                 tandem = self.start_tandem(make_config([worker.address],
                                                        cluster_opts=H2C_CLUSTER))
                 path = CASES["lazy-window-upload"].path + "?window=%d" % window
+                body = os.urandom(6 * MIB)
+                began = time.monotonic()
+                with Client(tandem.port, timeout=scaled(15)) as client:
+                    sender = threading.Thread(target=client.request, args=(
+                        "POST", path, {"Content-Type": "application/octet-stream"}, body))
+                    sender.start()
+                    response = client.response("POST")
+                    sender.join(scaled(10))
+                self.assertEqual(response.status, 200, (path, response))
+                stream = worker.stream_of(path)
+                self.assertEqual(len(stream.body), len(body))
+                self.assertEqual(hashlib.sha256(stream.body).digest(),
+                                 hashlib.sha256(body).digest())
+                self.assertLess(time.monotonic() - began, scaled(5))
+                tandem.stop()
+
+
+class WindowChangedUnderAnUploadTest(TandemTestCase):
+    """A worker's SETTINGS that change its stream window while tandem holds an
+    upload for it (nothing heard on the stream yet): the hold goes by the new
+    window. The worker gives 64 KiB, raises it once the request's head is in,
+    and opens the stream's window only when all of the new one is spent: to
+    1 MiB (still held, up to the new window) and to 4 MiB (past kMaxHeldWindow:
+    no longer held). Holding to the old 64 KiB would stall both."""
+
+    def test_uploads_go_by_the_window_the_worker_set_last(self):
+        for window in (MIB, 4 * MIB):
+            with self.subTest(window=window):
+                worker = RawH2Worker("changed")
+                self.addCleanup(worker.close)
+                tandem = self.start_tandem(make_config([worker.address],
+                                                       cluster_opts=H2C_CLUSTER))
+                path = (CASES["window-changed-under-an-upload"].path +
+                        "?window_after=%d" % window)
                 body = os.urandom(6 * MIB)
                 began = time.monotonic()
                 with Client(tandem.port, timeout=scaled(15)) as client:
