@@ -1314,7 +1314,28 @@ class LargeUploadNeverReachedTest(TandemTestCase):
         return response.status, response.header("x-worker")
 
 
-class LazyWindowUploadTest(TandemTestCase):
+class WholeUploadTestCase(TandemTestCase):
+
+    def assert_upload_whole(self, tandem, worker, path):
+        """POSTs 6 MiB to `path` over HTTP/1.1: a 200, the worker got every
+        byte, and in well under a timeout (no stall)."""
+        body = os.urandom(6 * MIB)
+        began = time.monotonic()
+        with Client(tandem.port, timeout=scaled(15)) as client:
+            sender = threading.Thread(target=client.request, args=(
+                "POST", path, {"Content-Type": "application/octet-stream"}, body))
+            sender.start()
+            response = client.response("POST")
+            sender.join(scaled(10))
+        self.assertEqual(response.status, 200, (path, response))
+        stream = worker.stream_of(path)
+        self.assertEqual(len(stream.body), len(body))
+        self.assertEqual(hashlib.sha256(stream.body).digest(), hashlib.sha256(body).digest())
+        self.assertLess(time.monotonic() - began, scaled(5))
+        tandem.stop()
+
+
+class LazyWindowUploadTest(WholeUploadTestCase):
     """The other side of LargeUploadNeverReachedTest: tandem keeps an upload's
     body, and takes no more of it, only up to what the worker's stream window
     lets it send; a worker that sends nothing on the stream until that window
@@ -1330,24 +1351,10 @@ class LazyWindowUploadTest(TandemTestCase):
                 tandem = self.start_tandem(make_config([worker.address],
                                                        cluster_opts=H2C_CLUSTER))
                 path = CASES["lazy-window-upload"].path + "?window=%d" % window
-                body = os.urandom(6 * MIB)
-                began = time.monotonic()
-                with Client(tandem.port, timeout=scaled(15)) as client:
-                    sender = threading.Thread(target=client.request, args=(
-                        "POST", path, {"Content-Type": "application/octet-stream"}, body))
-                    sender.start()
-                    response = client.response("POST")
-                    sender.join(scaled(10))
-                self.assertEqual(response.status, 200, (path, response))
-                stream = worker.stream_of(path)
-                self.assertEqual(len(stream.body), len(body))
-                self.assertEqual(hashlib.sha256(stream.body).digest(),
-                                 hashlib.sha256(body).digest())
-                self.assertLess(time.monotonic() - began, scaled(5))
-                tandem.stop()
+                self.assert_upload_whole(tandem, worker, path)
 
 
-class WindowChangedUnderAnUploadTest(TandemTestCase):
+class WindowChangedUnderAnUploadTest(WholeUploadTestCase):
     """A worker's SETTINGS that change its stream window while tandem holds an
     upload for it (nothing heard on the stream yet): the hold goes by the new
     window. The worker gives 64 KiB, raises it once the request's head is in,
@@ -1364,21 +1371,7 @@ class WindowChangedUnderAnUploadTest(TandemTestCase):
                                                        cluster_opts=H2C_CLUSTER))
                 path = (CASES["window-changed-under-an-upload"].path +
                         "?window_after=%d" % window)
-                body = os.urandom(6 * MIB)
-                began = time.monotonic()
-                with Client(tandem.port, timeout=scaled(15)) as client:
-                    sender = threading.Thread(target=client.request, args=(
-                        "POST", path, {"Content-Type": "application/octet-stream"}, body))
-                    sender.start()
-                    response = client.response("POST")
-                    sender.join(scaled(10))
-                self.assertEqual(response.status, 200, (path, response))
-                stream = worker.stream_of(path)
-                self.assertEqual(len(stream.body), len(body))
-                self.assertEqual(hashlib.sha256(stream.body).digest(),
-                                 hashlib.sha256(body).digest())
-                self.assertLess(time.monotonic() - began, scaled(5))
-                tandem.stop()
+                self.assert_upload_whole(tandem, worker, path)
 
 
 class ZeroStreamsWorkerTest(TandemTestCase):
