@@ -125,20 +125,55 @@ void ReadDirectly(bufferevent* bev) {
   if (pending) event_add(&bev->ev_read, nullptr);
 }
 
-void ReadAhead(bufferevent* bev) {
-  if (SSL* ssl = bufferevent_openssl_get_ssl(bev)) SSL_set_read_ahead(ssl, 1);
+void TlsReadAhead::Start(bufferevent* bev) {
+  SSL* ssl = bufferevent_openssl_get_ssl(bev);
+  if (ssl == nullptr) return;
+  bev_ = bev;
+  SSL_set_read_ahead(ssl, 1);
+  AfterRead(0);
 }
 
-void ReadBuffered(bufferevent* bev) {
-  SSL* ssl = bufferevent_openssl_get_ssl(bev);
+void TlsReadAhead::AfterRead(size_t bytes) {
+  if (bev_ == nullptr) return;
+  // A read this one asked for counts on; one a poll reported begins anew.
+  taken_ = again_ ? taken_ + bytes : bytes;
+  again_ = false;
+  SSL* ssl = bufferevent_openssl_get_ssl(bev_);
   if (ssl == nullptr || SSL_has_pending(ssl) == 0 ||
-      !(bufferevent_get_enabled(bev) & EV_READ)) {
+      !(bufferevent_get_enabled(bev_) & EV_READ)) {
     return;
   }
-  // Its read event's callback reads (the handshake's, while one is under
-  // way). A partial record held runs it once for nothing: its read of the
-  // socket finds no more and the owner's callback is not called.
-  event_active(&bev->ev_read, EV_READ, 1);
+  if (taken_ < kTurnBytes) {
+    ReadAgain();
+    return;
+  }
+  if (next_turn_ == nullptr) {
+    next_turn_.reset(evtimer_new(bufferevent_get_base(bev_), NextTurnCb, this));
+    if (next_turn_ == nullptr) return ReadAgain();
+  }
+  // A timeout of zero runs after the next poll.
+  const timeval now{0, 0};
+  event_add(next_turn_.get(), &now);
+}
+
+void TlsReadAhead::ReadAgain() {
+  // The read event's callback reads. A partial record held runs it once for
+  // nothing: its read of the socket finds no more and the owner's callback
+  // is not called.
+  again_ = true;
+  event_active(&bev_->ev_read, EV_READ, 1);
+}
+
+void TlsReadAhead::NextTurnCb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<TlsReadAhead*>(arg);
+  if (self->bev_ == nullptr) return;
+  self->taken_ = 0;
+  self->ReadAgain();
+}
+
+void TlsReadAhead::Stop() {
+  bev_ = nullptr;
+  next_turn_.reset();
 }
 
 namespace {

@@ -53,15 +53,43 @@ void ReadDirectly(bufferevent* bev);
 // records per readable event (one SSL_read per piece of input space) and
 // OpenSSL reads each record with two system calls, its header's and its
 // body's; a record the event left in the socket waits for the next poll, a
-// whole loop turn. With ReadAhead, OpenSSL takes all the socket holds (up
-// to its 16 KiB buffer) in one read; ReadBuffered, called after each read
-// callback, has libevent read again, in this turn, while OpenSSL holds
-// bytes it took from the socket. Those bytes are no longer the socket's,
-// so no poll reports them: only for a bufferevent whose owner calls
-// ReadBuffered after every read callback and never turns its reading off
-// with bytes held (an HTTP/2 connection reads until it ends).
-void ReadAhead(bufferevent* bev);
-void ReadBuffered(bufferevent* bev);
+// whole loop turn. With read-ahead, OpenSSL takes all the socket holds (up to
+// its 16 KiB buffer) in one read, and after each read callback its owner
+// calls AfterRead, which has libevent read again while OpenSSL holds bytes it
+// took from the socket: no poll would report those. OpenSSL's 16 KiB buffer
+// bounds what that reads per poll; in case more is held, reads asked for
+// this way take up to kTurnBytes a turn (the most a plain socket's read
+// takes) and the next waits for the next turn, as a socket's would, so that
+// a client sending without pause cannot keep the loop on its connection.
+//
+// Only for a bufferevent whose reading stays on while bytes may be held (an
+// HTTP/2 connection reads until it ends): a read turned on again later would
+// not see them.
+class TlsReadAhead {
+ public:
+  static constexpr size_t kTurnBytes = 64 * 1024;
+
+  TlsReadAhead() = default;
+  TlsReadAhead(const TlsReadAhead&) = delete;
+  TlsReadAhead& operator=(const TlsReadAhead&) = delete;
+
+  // Read-ahead on for `bev` (nothing on a plain socket's), and a read now if
+  // OpenSSL already holds bytes.
+  void Start(bufferevent* bev);
+  // After a read callback that took `bytes` from the input.
+  void AfterRead(size_t bytes);
+  // Before the bufferevent goes away.
+  void Stop();
+
+ private:
+  void ReadAgain();
+  static void NextTurnCb(evutil_socket_t, short, void* arg);
+
+  bufferevent* bev_ = nullptr;
+  EventPtr next_turn_;  // made the first time a turn's bytes run out
+  size_t taken_ = 0;    // by reads since the last one a poll reported
+  bool again_ = false;  // a read asked for, not yet seen
+};
 
 class WriteBehind {
  public:

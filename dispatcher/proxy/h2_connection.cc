@@ -111,10 +111,8 @@ bool H2Connection::Init() {
   bufferevent_setwatermark(bev, EV_READ, 0, 0);
   bufferevent_setwatermark(bev, EV_WRITE, kOutputLowWater, 0);
   bufferevent_set_max_single_read(bev, kMaxSingleRead);
-  // All the records a read finds are read in its turn (net::ReadAhead).
-  net::ReadAhead(bev);
   if (bufferevent_enable(bev, EV_READ | EV_WRITE) != 0) return false;
-  net::ReadBuffered(bev);
+  read_ahead_.Start(bev);
   ArmTimer();
   return true;
 }
@@ -122,6 +120,7 @@ bool H2Connection::Init() {
 void H2Connection::Destroy() {
   if (destroyed_) return;
   destroyed_ = true;
+  read_ahead_.Stop();
   if (bev_) bufferevent_disable(bev_.get(), EV_READ | EV_WRITE);
   loop_.write_behind().Cancel(&write_slot_);
   event_del(&timer_);
@@ -183,11 +182,12 @@ const std::string& H2Connection::ProxyHeader(int version) {
 void H2Connection::ReadCb(bufferevent*, void* arg) {
   auto* self = static_cast<H2Connection*>(arg);
   if (self->destroyed_) return;
+  const size_t bytes = evbuffer_get_length(self->input());
   self->OnRead();
   // The streams' requests leave now; a connection ended inside lives until
   // the turn's end (Loop::Retire).
   self->loop_.FlushBackendWrites();
-  if (!self->destroyed_) net::ReadBuffered(self->bev_.get());
+  if (!self->destroyed_) self->read_ahead_.AfterRead(bytes);
 }
 
 void H2Connection::WriteCb(bufferevent*, void* arg) {

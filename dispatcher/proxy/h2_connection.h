@@ -116,6 +116,8 @@ class H2Connection final : public FrontConnection {
   ListenerRuntime* listener_;
   net::BufferEventPtr bev_;
   net::WriteBehind::Slot write_slot_;  // a plain socket's output
+  // TLS: every record a read finds is read in its turn.
+  net::TlsReadAhead read_ahead_;
   nghttp2_session* session_ = nullptr;
   struct event timer_;
   struct event send_event_;

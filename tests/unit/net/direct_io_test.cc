@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tests/unit/net/loop_turn.h"
 
@@ -474,10 +475,19 @@ TEST_CASE("TLS output a full send buffer stops is finished by libevent") {
 }
 
 // The proxy's end reads as an HTTP/2 connection does: all it is given,
-// then ReadBuffered.
-void ReadAllBuffered(bufferevent* bev, void* arg) {
-  OnRead(bev, arg);
-  ReadBuffered(bev);
+// then TlsReadAhead::AfterRead.
+struct AheadReader {
+  Seen seen;
+  TlsReadAhead ahead;
+  std::vector<size_t> reads;  // bytes per read callback
+};
+
+void ReadAllAhead(bufferevent* bev, void* arg) {
+  auto* reader = static_cast<AheadReader*>(arg);
+  const size_t bytes = evbuffer_get_length(bufferevent_get_input(bev));
+  reader->reads.push_back(bytes);
+  OnRead(bev, &reader->seen);
+  reader->ahead.AfterRead(bytes);
 }
 
 // Five records from the client, in the server's socket before it reads.
@@ -492,37 +502,82 @@ std::string SendRecords(TlsPair& t) {
   return sent;
 }
 
+// A connected pair whose server end reads ahead (after a first exchange:
+// what OpenSSL sends after the handshake is out of the way).
+void StartReadingAhead(TlsPair& t, AheadReader& reader) {
+  REQUIRE(t.RunUntil([&] { return t.Connected(); }));
+  bufferevent_setcb(t.server.get(), ReadAllAhead, OnDrained, OnEvent, &reader);
+  reader.ahead.Start(t.server.get());
+  bufferevent_write(t.client.get(), "x", 1);
+  REQUIRE(t.RunUntil([&] { return reader.seen.read == "x"; }));
+  reader.reads.clear();
+}
+
 TEST_CASE("TLS records read ahead are all read in the turn that found them") {
   TlsPair t;
-  REQUIRE(t.RunUntil([&] { return t.Connected(); }));
-  bufferevent_setcb(t.server.get(), ReadAllBuffered, OnDrained, OnEvent,
-                    &t.server_seen);
-  ReadAhead(t.server.get());
-  // The server's first read (its session tickets' answer, if any) is over.
-  bufferevent_write(t.client.get(), "x", 1);
-  REQUIRE(t.RunUntil([&] { return t.server_seen.read == "x"; }));
+  AheadReader reader;
+  StartReadingAhead(t, reader);
   const std::string sent = SendRecords(t);
   t.Once();  // one poll: OpenSSL took all five records in one read
-  CHECK(t.server_seen.read == "x" + sent);
+  CHECK(reader.seen.read == "x" + sent);
   // The socket is empty: no poll would have reported what OpenSSL held.
   int queued = -1;
   REQUIRE(ioctl(bufferevent_getfd(t.server.get()), FIONREAD, &queued) == 0);
   CHECK(queued == 0);
+  reader.ahead.Stop();
+}
+
+TEST_CASE("a client sending without pause is read a turn's bytes a turn") {
+  TlsPair t;
+  AheadReader reader;
+  // OpenSSL's own buffer (16 KiB) bounds a poll's reads to less than a turn's
+  // bytes; one of 256 KiB holds more than a turn takes.
+  SSL_set_default_read_buffer_len(bufferevent_openssl_get_ssl(t.server.get()),
+                                  256 * 1024);
+  StartReadingAhead(t, reader);
+  // 1,200 small records (as a flood of small frames comes) in the socket at
+  // once: the client's records are made in memory and written in one go.
+  bufferevent_disable(t.client.get(), EV_READ | EV_WRITE);
+  SSL* ssl = bufferevent_openssl_get_ssl(t.client.get());
+  BIO* memory = BIO_new(BIO_s_mem());
+  REQUIRE(memory != nullptr);
+  BIO_up_ref(SSL_get_rbio(ssl));  // the socket BIO stays the read side
+  SSL_set_bio(ssl, SSL_get_rbio(ssl), memory);
+  std::string sent;
+  for (int i = 0; i < 1200; ++i) {
+    const std::string piece = Pattern(100);
+    REQUIRE(SSL_write(ssl, piece.data(), static_cast<int>(piece.size())) ==
+            100);
+    sent += piece;
+  }
+  char* records = nullptr;
+  const long length = BIO_get_mem_data(memory, &records);
+  REQUIRE(write(bufferevent_getfd(t.client.get()), records,
+                static_cast<size_t>(length)) == length);
+  t.Once();
+  const size_t first_turn = reader.seen.read.size() - 1;
+  CHECK(first_turn >= TlsReadAhead::kTurnBytes);
+  // No more than the turn's bytes and the read that passed them.
+  CHECK(first_turn < TlsReadAhead::kTurnBytes + 4096);
+  // The rest in the turns after, none lost, none twice.
+  CHECK(t.RunUntil([&] { return reader.seen.read.size() >= 1 + sent.size(); }));
+  CHECK(reader.seen.read == "x" + sent);
+  reader.ahead.Stop();
 }
 
 TEST_CASE("without read-ahead a poll reads one record of the five") {
   // What ReadAhead is for: libevent alone reads a record per readable event
   // and leaves the rest to later polls, a loop turn each.
   TlsPair t;
+  AheadReader reader;  // never started: AfterRead does nothing
   REQUIRE(t.RunUntil([&] { return t.Connected(); }));
-  bufferevent_setcb(t.server.get(), ReadAllBuffered, OnDrained, OnEvent,
-                    &t.server_seen);
+  bufferevent_setcb(t.server.get(), ReadAllAhead, OnDrained, OnEvent, &reader);
   bufferevent_write(t.client.get(), "x", 1);
-  REQUIRE(t.RunUntil([&] { return t.server_seen.read == "x"; }));
+  REQUIRE(t.RunUntil([&] { return reader.seen.read == "x"; }));
   const std::string sent = SendRecords(t);
   t.Once();
-  CHECK(t.server_seen.read.size() < 1 + sent.size());
-  CHECK(t.RunUntil([&] { return t.server_seen.read == "x" + sent; }));
+  CHECK(reader.seen.read.size() < 1 + sent.size());
+  CHECK(t.RunUntil([&] { return reader.seen.read == "x" + sent; }));
 }
 
 TEST_CASE("TLS output queued during the handshake is left to libevent") {
