@@ -541,8 +541,7 @@ TEST_CASE("a client sending without pause is read a turn's bytes a turn") {
   SSL* ssl = bufferevent_openssl_get_ssl(t.client.get());
   BIO* memory = BIO_new(BIO_s_mem());
   REQUIRE(memory != nullptr);
-  BIO_up_ref(SSL_get_rbio(ssl));  // the socket BIO stays the read side
-  SSL_set_bio(ssl, SSL_get_rbio(ssl), memory);
+  SSL_set0_wbio(ssl, memory);  // the socket's BIO stays the read side
   std::string sent;
   for (int i = 0; i < 1200; ++i) {
     const std::string piece = Pattern(100);
