@@ -63,8 +63,8 @@ void ReadDirectly(bufferevent* bev);
 // a client sending without pause cannot keep the loop on its connection.
 //
 // Only for a bufferevent whose reading stays on while bytes may be held (an
-// HTTP/2 connection reads until it ends): a read turned on again later would
-// not see them.
+// HTTP/2 connection, client's or worker's, reads until it ends): a read
+// turned on again later would not see them.
 class TlsReadAhead {
  public:
   static constexpr size_t kTurnBytes = 64 * 1024;

@@ -117,6 +117,9 @@ class H2Session final : private UpstreamUser {
   H2Upstream& owner_;
   std::string preamble_;
   UpstreamConnection* raw_ = nullptr;  // the backend connection
+  // TLS: every record a read finds is read in its turn (reading stays on
+  // for the session's life).
+  net::TlsReadAhead read_ahead_;
   nghttp2_session* session_ = nullptr;
   net::EventPtr send_event_;
   std::vector<H2UpstreamStream*> streams_;
@@ -497,6 +500,7 @@ void H2Session::Close() {
   if (closed_) return;
   closed_ = true;
   going_away_ = true;
+  read_ahead_.Stop();
   for (H2UpstreamStream* stream : parse_) stream->parse_scheduled = false;
   parse_.clear();
   std::vector<H2UpstreamStream*> streams;
@@ -528,6 +532,7 @@ void H2Session::OnUpstreamConnected(UpstreamConnection& connection) {
     }
   }
   bufferevent_setwatermark(connection.bev(), EV_WRITE, 64 * 1024, 0);
+  read_ahead_.Start(connection.bev());
   ready_ = true;
   std::vector<H2UpstreamStream*> streams = streams_;
   for (H2UpstreamStream* stream : streams) stream->OnSessionReady();
@@ -536,6 +541,7 @@ void H2Session::OnUpstreamConnected(UpstreamConnection& connection) {
 
 void H2Session::OnUpstreamRead(UpstreamConnection& connection) {
   evbuffer* in = connection.input();
+  const size_t bytes = evbuffer_get_length(in);
   heard_at_ = net::TurnClock::Now();
   while (evbuffer_get_length(in) > 0 && !closed_) {
     evbuffer_iovec piece;
@@ -549,6 +555,7 @@ void H2Session::OnUpstreamRead(UpstreamConnection& connection) {
     evbuffer_drain(in, static_cast<size_t>(n));
   }
   Send();
+  if (!closed_) read_ahead_.AfterRead(bytes);
 }
 
 void H2Session::OnUpstreamDrained(UpstreamConnection&) { Send(); }
