@@ -1374,6 +1374,84 @@ class WindowChangedUnderAnUploadTest(WholeUploadTestCase):
                 self.assert_upload_whole(tandem, worker, path)
 
 
+class TlsWorkerBurstTest(TandemTestCase):
+    """An h2 worker over TLS that answers twenty streams in one burst, a TLS
+    record per frame, all in tandem's socket at once, and then sends
+    nothing: every answer reaches the client. tandem reads ahead on TLS
+    worker sessions, and records OpenSSL holds are no poll's to report
+    (docs/performance.md, "TLS records read whole")."""
+
+    COUNT = 20
+
+    @classmethod
+    def setUpClass(cls):
+        from tlsutil import Pki
+        cls.pki = Pki()
+        cls.addClassCleanup(cls.pki.close)
+        cls.pki.ca("ca", "tandem h2 worker test CA")
+        cls.pki.leaf("worker", "ca", "worker.test", dns=["worker.test"], ips=["127.0.0.1"])
+
+    def burst_worker(self):
+        """The worker's address: it takes one connection, waits for COUNT
+        requests, answers them all at once, then holds the connection."""
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.pki.cert("worker"), self.pki.key("worker"))
+        context.set_alpn_protocols(["h2"])
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        finished = threading.Event()
+        self.addCleanup(listener.close)
+        self.addCleanup(finished.set)
+
+        def read(sock, n):
+            data = b""
+            while len(data) < n:
+                chunk = sock.recv(n - len(data))
+                if not chunk:
+                    raise EOFError
+                data += chunk
+            return data
+
+        def serve():
+            try:
+                raw, _ = listener.accept()
+                with context.wrap_socket(raw, server_side=True) as sock:
+                    if read(sock, len(PREFACE)) != PREFACE:
+                        return
+                    sock.sendall(frame(SETTINGS, 0, 0))
+                    streams = []
+                    while len(streams) < self.COUNT:
+                        head = read(sock, 9)
+                        payload = read(sock, int.from_bytes(head[:3], "big"))
+                        ftype, flags = head[3], head[4]
+                        if ftype == SETTINGS and not flags & ACK:
+                            sock.sendall(frame(SETTINGS, ACK, 0))
+                        elif ftype == HEADERS and flags & END_STREAM:
+                            streams.append(int.from_bytes(head[5:9], "big") & 0x7FFFFFFF)
+                    for stream_id in streams:
+                        body = b"answer %d\n" % stream_id
+                        sock.sendall(head_200(stream_id, len(body)))  # a record
+                        sock.sendall(frame(DATA, END_STREAM, stream_id, body))  # another
+                    finished.wait(scaled(30))
+            except (OSError, EOFError):
+                pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        return "127.0.0.1:%d" % listener.getsockname()[1]
+
+    def test_a_burst_of_answers_in_many_records_all_arrive(self):
+        tandem = self.start_tandem(make_config([self.burst_worker()], cluster_opts={
+            "protocol": "h2", "tls": True, "ca_file": self.pki.cert("ca"),
+            "request_timeout": "20s", "retries": 0}))
+        client = H2Client(tandem.port, timeout=scaled(10))
+        self.addCleanup(client.close)
+        ids = [client.request("GET", "/burst/%d" % i) for i in range(self.COUNT)]
+        streams = client.wait_done(ids, timeout=scaled(5))
+        self.assertEqual([int(s.status) for s in streams], [200] * self.COUNT)
+
+
 class ZeroStreamsWorkerTest(TandemTestCase):
 
     def test_a_worker_allowing_no_stream_leaves_no_connection_open(self):
