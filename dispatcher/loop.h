@@ -275,10 +275,9 @@ class Loop {
   // Client connections' writes, at the end of the turn: one write carries
   // all of a turn's answers on a connection.
   net::WriteBehind& write_behind() { return *write_behind_; }
-  // Backend connections' writes: at the end of the HTTP/2 client read that
-  // queued them (FlushBackendWrites), else of the turn. docs/performance.md,
-  // "Backend writes".
-  net::WriteBehind& backend_write_behind() { return *backend_write_behind_; }
+  // Backend connections' writes (their pools' write-behind) go at the end of
+  // the HTTP/2 client read that queued them, else of the turn.
+  // docs/performance.md, "Backend writes".
   void FlushBackendWrites() { backend_write_behind_->Flush(); }
   LoopStats& stats() { return stats_; }
   algorithms::Rng& rng() { return rng_; }

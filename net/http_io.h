@@ -31,12 +31,11 @@ void FrameBody(Framing framing, const char* data, size_t length, evbuffer* out);
 // routing fields left out); nothing for the others.
 void FrameBodyEnd(Framing framing, const HeaderList& trailers, evbuffer* out);
 
-// nghttp2's data source over the body bytes buffered in `payload` (of which
-// `buffered`, its length, the caller has read): the next DATA frame's length,
-// at most `max`, with NGHTTP2_DATA_FLAG_NO_COPY (SendDataFrame moves the
-// bytes). `ended`: the body is all in `payload`, and the frame that empties
-// it gets NGHTTP2_DATA_FLAG_EOF. NGHTTP2_ERR_DEFERRED when there is nothing
-// to send yet (the caller resumes the stream when more comes).
+// nghttp2's data source over `buffered` body bytes the caller holds: the next
+// DATA frame's length, at most `max`, with NGHTTP2_DATA_FLAG_NO_COPY
+// (SendDataFrame moves the bytes). `ended`: the body is all buffered, and the
+// frame that empties it gets NGHTTP2_DATA_FLAG_EOF. NGHTTP2_ERR_DEFERRED when
+// there is nothing to send yet (the caller resumes the stream when more comes).
 ssize_t NextDataFrame(size_t buffered, size_t max, bool ended,
                       uint32_t* data_flags);
 

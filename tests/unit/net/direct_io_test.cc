@@ -564,6 +564,36 @@ TEST_CASE("a client sending without pause is read a turn's bytes a turn") {
   reader.ahead.Stop();
 }
 
+TEST_CASE("a TLS record split in two is read once whole, with no spin") {
+  TlsPair t;
+  AheadReader reader;
+  StartReadingAhead(t, reader);
+  // One record made in memory, its first half in the socket.
+  bufferevent_disable(t.client.get(), EV_READ | EV_WRITE);
+  SSL* ssl = bufferevent_openssl_get_ssl(t.client.get());
+  BIO* memory = BIO_new(BIO_s_mem());
+  REQUIRE(memory != nullptr);
+  SSL_set0_wbio(ssl, memory);  // the socket's BIO stays the read side
+  const std::string piece = Pattern(1000);
+  REQUIRE(SSL_write(ssl, piece.data(), static_cast<int>(piece.size())) == 1000);
+  char* record = nullptr;
+  const long length = BIO_get_mem_data(memory, &record);
+  const int fd = bufferevent_getfd(t.client.get());
+  REQUIRE(write(fd, record, static_cast<size_t>(length / 2)) == length / 2);
+  // OpenSSL holds the half (it has pending bytes); the read asked for finds
+  // no more in the socket and the owner hears nothing. The turns end.
+  for (int i = 0; i < 5; ++i) t.Once();
+  CHECK(reader.seen.read == "x");
+  CHECK(reader.reads.empty());
+  CHECK(SSL_has_pending(bufferevent_openssl_get_ssl(t.server.get())) == 1);
+  const long rest = length - length / 2;
+  REQUIRE(write(fd, record + length / 2, static_cast<size_t>(rest)) == rest);
+  CHECK(
+      t.RunUntil([&] { return reader.seen.read.size() >= 1 + piece.size(); }));
+  CHECK(reader.seen.read == "x" + piece);
+  reader.ahead.Stop();
+}
+
 TEST_CASE("without read-ahead a poll reads one record of the five") {
   // What ReadAhead is for: libevent alone reads a record per readable event
   // and leaves the rest to later polls, a loop turn each.
