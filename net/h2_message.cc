@@ -14,6 +14,25 @@ constexpr uint64_t kFieldOverhead = 32;
 
 // ---- requests ----------------------------------------------------------
 
+void H2RequestHead::Start(uint64_t max_bytes) {
+  max_bytes_ = max_bytes;
+  bytes_ = 0;
+  // What one large head grew is not kept for the connection's life.
+  constexpr size_t kKeptBytes = 4096;
+  for (std::string* s :
+       {&method_, &scheme_, &authority_, &path_, &host_, &cookies_, &fields_}) {
+    if (s->capacity() > kKeptBytes) {
+      std::string().swap(*s);
+    } else {
+      s->clear();
+    }
+  }
+  content_length_ = false;
+  grpc_ = false;
+  error_status_ = 0;
+  error_reason_ = "";
+}
+
 void H2RequestHead::Add(std::string_view name, std::string_view value) {
   bytes_ += name.size() + value.size() + kFieldOverhead;
   if (too_large()) return;  // counted, never kept

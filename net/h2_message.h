@@ -21,14 +21,18 @@
 
 namespace tandem::net {
 
-// The HTTP/1.1 head of one HTTP/2 request, built field by field.
+// The HTTP/1.1 head of one HTTP/2 request, built field by field. One serves
+// a whole connection: header blocks never interleave (RFC 9113 §4.3), so
+// each block starts it anew and its buffers keep their size.
 class H2RequestHead {
  public:
   // Fields past `max_bytes` (names, values and 4 bytes each, as
   // SETTINGS_MAX_HEADER_LIST_SIZE counts them, with 32) are not kept: the
   // request is then answered 431.
-  explicit H2RequestHead(uint64_t max_bytes) : max_bytes_(max_bytes) {}
+  explicit H2RequestHead(uint64_t max_bytes) { Start(max_bytes); }
 
+  // A new request's head begins.
+  void Start(uint64_t max_bytes);
   void Add(std::string_view name, std::string_view value);
   // The head is complete (`end_stream`: no body follows): appends the
   // HTTP/1.1 head to `out`, with Transfer-Encoding: chunked when a body of

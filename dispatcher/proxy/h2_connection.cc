@@ -405,6 +405,7 @@ int H2Connection::OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
     self->listener_->stats->connections_open.Add(1);
   }
   ++self->heads_waiting_;
+  self->request_head_.Start(self->listener_->config->max_header_size_bytes);
   auto* stream = new H2Stream(*self, id);
   nghttp2_session_set_stream_user_data(self->session_, id, stream);
   LinkFront(self->streams_, stream);
@@ -429,7 +430,7 @@ int H2Connection::OnHeader(nghttp2_session*, const nghttp2_frame* frame,
   const std::string_view n(reinterpret_cast<const char*>(name), name_length);
   const std::string_view v(reinterpret_cast<const char*>(value), value_length);
   if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-    stream->AddField(n, v);
+    self->request_head_.Add(n, v);
   } else {
     stream->AddTrailer(n, v);
   }
@@ -445,7 +446,7 @@ int H2Connection::OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
       if (stream == nullptr) break;
       const bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
       if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-        stream->OnHead(end);
+        stream->OnHead(self->request_head_, end);
       } else if (end) {
         stream->OnEndStream();  // after its trailers
       }

@@ -127,6 +127,9 @@ class H2Connection final : public FrontConnection {
   std::string proxy_header_out_;
   int proxy_header_version_ = 0;
   net::H2Fields fields_;
+  // The head of the stream whose header block is being read (blocks never
+  // interleave), built anew for each (OnBeginHeaders).
+  net::H2RequestHead request_head_{0};
   // Streams open, and those nghttp2 closed, deleted after its call returns.
   H2Stream* streams_ = nullptr;
   std::vector<H2Stream*> closed_;

@@ -27,9 +27,7 @@ H2Stream::H2Stream(H2Connection& connection, int32_t id)
       listener_(connection.listener_),
       request_(
           connection.loop().TakeParser(net::HttpParser::Type::kRequest, this)),
-      head_(listener_->config->max_header_size_bytes),
       trailers_(listener_->config->max_header_size_bytes),
-      in_(evbuffer_new()),
       out_(evbuffer_new()),
       began_(net::TurnClock::Now()),
       exchange_(connection.loop(), *this) {
@@ -46,31 +44,42 @@ H2Stream::~H2Stream() {
 }
 
 uint64_t H2Stream::BufferedBytes() const {
-  return evbuffer_get_length(in_.get()) + evbuffer_get_length(out_.get()) +
-         request_->HeldBytes() + exchange_.BufferedBytes();
+  return (in_ ? evbuffer_get_length(in_.get()) : 0) +
+         evbuffer_get_length(out_.get()) + request_->HeldBytes() +
+         exchange_.BufferedBytes();
 }
 
 // ---- the request -----------------------------------------------------------
-
-void H2Stream::AddField(std::string_view name, std::string_view value) {
-  head_.Add(name, value);
-}
 
 void H2Stream::AddTrailer(std::string_view name, std::string_view value) {
   trailers_.Add(name, value);
 }
 
-void H2Stream::OnHead(bool end_stream) {
+evbuffer* H2Stream::input() {
+  if (!in_) in_.reset(evbuffer_new());
+  return in_.get();
+}
+
+void H2Stream::OnHead(net::H2RequestHead& head, bool end_stream) {
   head_done_ = true;
   --connection_.heads_waiting_;
   end_stream_ = end_stream;
+  grpc_ = head.grpc();
   std::string& text = connection_.loop().scratch();
-  if (!head_.Write(end_stream, &text, &chunked_)) {
-    RejectHead(head_.error_status(), head_.error_reason());
+  text.clear();
+  if (!head.Write(end_stream, &text, &chunked_)) {
+    RejectHead(head.error_status(), head.error_reason());
     return;
   }
-  evbuffer_add(in_.get(), text.data(), text.size());
-  ParseRequest();
+  if (exchange_ended_) return;
+  // Parsed where it lies; only what the parser leaves is kept (the exchange
+  // the head begins may use the scratch text).
+  size_t consumed = 0;
+  const net::HttpParser::Result result =
+      request_->Execute(text.data(), text.size(), &consumed);
+  if (consumed < text.size() && result != net::HttpParser::Result::kError)
+    evbuffer_add(input(), text.data() + consumed, text.size() - consumed);
+  OnParsed(result, 0);
 }
 
 void H2Stream::OnData(const uint8_t* data, size_t length) {
@@ -82,7 +91,7 @@ void H2Stream::OnData(const uint8_t* data, size_t length) {
   const auto* bytes = reinterpret_cast<const char*>(data);
   net::FrameBody(
       chunked_ ? net::Framing::kChunked : net::Framing::kContentLength, bytes,
-      length, in_.get());
+      length, input());
   if (begun_) exchange_.Touch();
   if (MayFeed()) ParseRequest();
 }
@@ -101,7 +110,7 @@ void H2Stream::OnEndStream() {
   if (chunked_) {
     std::string& text = connection_.loop().scratch();
     trailers_.Write(&text);
-    evbuffer_add(in_.get(), text.data(), text.size());
+    evbuffer_add(input(), text.data(), text.size());
   }
   if (MayFeed()) ParseRequest();
 }
@@ -123,8 +132,12 @@ void H2Stream::ParseRequest() {
   if (exchange_ended_) return;
   const uint64_t before = request_->body_bytes();
   size_t consumed = 0;
-  const net::HttpParser::Result result =
-      net::Feed(*request_, in_.get(), &consumed);
+  OnParsed(in_ ? net::Feed(*request_, in_.get(), &consumed)
+               : net::HttpParser::Result::kNeedMore,
+           before);
+}
+
+void H2Stream::OnParsed(net::HttpParser::Result result, uint64_t before) {
   // What the backend took opens the stream's window by as much.
   Credit(request_->body_bytes() - before);
   switch (result) {
@@ -372,7 +385,7 @@ void H2Stream::ExchangeEnded(End end) {
   exchange_ended_ = true;
   ended_at_ = net::TurnClock::Now();
   // Request body nobody will read: its window opens for the rest.
-  evbuffer_drain(in_.get(), evbuffer_get_length(in_.get()));
+  if (in_) evbuffer_drain(in_.get(), evbuffer_get_length(in_.get()));
   Credit(unconsumed_);
   switch (end) {
     case End::kNext:

@@ -31,10 +31,10 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
   H2Stream& operator=(const H2Stream&) = delete;
 
   // ---- from the connection --------------------------------------------
-  void AddField(std::string_view name, std::string_view value);
   void AddTrailer(std::string_view name, std::string_view value);
-  // The request's fields are all here (`end_stream`: no body follows).
-  void OnHead(bool end_stream);
+  // The request's fields are all here, in `head` (`end_stream`: no body
+  // follows).
+  void OnHead(net::H2RequestHead& head, bool end_stream);
   void OnData(const uint8_t* data, size_t length);
   // The request ended (after DATA or trailers).
   void OnEndStream();
@@ -75,6 +75,10 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
  private:
   // Feeds the parser what it may take now.
   void ParseRequest();
+  // What the parser said, having taken request body up to `before` before.
+  void OnParsed(net::HttpParser::Result result, uint64_t before);
+  // The request's bytes not yet parsed (made when the first one comes).
+  evbuffer* input();
   void OnRequestHead(bool complete);
   // The request cannot be served: answered by the exchange with `status`.
   void RejectHead(int status, const char* reason);
@@ -95,7 +99,7 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
   std::string_view client_address() const override;
   std::string_view client_ip() const override;
   std::string_view protocol() const override { return "HTTP/2.0"; }
-  bool grpc() const override { return head_.grpc(); }
+  bool grpc() const override { return grpc_; }
   const net::ProxyTlvs* proxy_tlvs() const override;
   const std::string& ProxyHeader(int version) override;
   void ContinueRequest() override;
@@ -122,9 +126,10 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
   Generation* generation_;  // held until the stream ends
   ListenerRuntime* listener_;
   std::unique_ptr<net::HttpParser> request_;  // lent by the loop
-  net::H2RequestHead head_;
   net::H2RequestTrailers trailers_;
-  net::EvbufferPtr in_;   // the request as HTTP/1.1 bytes, not yet parsed
+  // Request body (and trailers) as HTTP/1.1 bytes, not yet parsed; none
+  // until some comes: the head is parsed where it is built.
+  net::EvbufferPtr in_;
   net::EvbufferPtr out_;  // response body not yet in a DATA frame
   net::HeaderList response_trailers_;
   std::chrono::steady_clock::time_point began_;
@@ -142,6 +147,7 @@ class H2Stream final : private net::HttpParser::Handler, private Downstream {
   bool response_submitted_ = false;
   bool response_ended_ = false;  // every body byte is in out_
   bool has_trailers_ = false;
+  bool grpc_ = false;  // the request's content-type is application/grpc*
   bool data_deferred_ = false;          // the data source said DEFERRED
   mutable bool full_reported_ = false;  // ResponseOutputFull said so
   bool exchange_ended_ = false;

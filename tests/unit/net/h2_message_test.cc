@@ -120,6 +120,42 @@ TEST_CASE("fields past the limit are counted, never kept, and answered 431") {
   CHECK(out.empty());
 }
 
+TEST_CASE("a head started anew keeps nothing of the one before") {
+  // One head serves a connection's streams in turn.
+  H2RequestHead head(1024);
+  head.Add(":method", "POST");
+  head.Add(":authority", "a.test");
+  head.Add(":path", "/first");
+  head.Add("host", "b.test");
+  head.Add("cookie", "a=1");
+  head.Add("content-length", "3");
+  head.Add("content-type", "application/grpc");
+  for (int i = 0; i < 20; ++i) head.Add("x-big", std::string(100, 'a'));
+  std::string out;
+  bool chunked = false;
+  CHECK_FALSE(head.Write(false, &out, &chunked));
+  CHECK(head.error_status() == 431);
+  CHECK(head.grpc());
+
+  head.Start(64 * 1024);
+  CHECK_FALSE(head.too_large());
+  CHECK_FALSE(head.grpc());
+  CHECK(head.error_status() == 0);
+  CHECK_FALSE(head.Write(true, &out, &chunked));  // no :method any more
+  CHECK(head.error_status() == 400);
+
+  head.Start(64 * 1024);
+  head.Add(":method", "GET");
+  head.Add(":authority", "c.test");
+  head.Add(":path", "/second");
+  out.clear();
+  REQUIRE(head.Write(false, &out, &chunked));
+  CHECK(chunked);  // the content-length before is gone
+  CHECK(out ==
+        "GET /second HTTP/1.1\r\nhost: c.test\r\n"
+        "transfer-encoding: chunked\r\n\r\n");
+}
+
 TEST_CASE("CONNECT has an authority form; gRPC is recognised") {
   H2RequestHead head(1024);
   head.Add(":method", "CONNECT");
