@@ -272,7 +272,9 @@ bool Loop::Init(std::string* error) {
   hang_watch_event_.reset(evtimer_new(base_.get(), HangWatchCb, this));
   retire_event_.reset(event_new(base_.get(), -1, 0, DeleteRetiredCb, this));
   write_behind_ = std::make_unique<net::WriteBehind>(base_.get());
-  backend_write_behind_ = std::make_unique<net::WriteBehind>(base_.get());
+  // Backend connections' writing is on only while bytes wait for room.
+  backend_write_behind_ = std::make_unique<net::WriteBehind>(
+      base_.get(), net::WriteEvent::kOnDemand);
   if (!messages_.Init(base_.get(), this) || !tick_event_ || !grace_event_ ||
       !write_behind_->ok() || !backend_write_behind_->ok() || !flush_event_ ||
       !queue_poll_event_ || !accept_retry_event_ || !hang_watch_event_ ||

@@ -205,23 +205,36 @@ bool WriteTlsNow(bufferevent* bev, SSL* ssl) {
 
 }  // namespace
 
-bool WriteNow(bufferevent* bev) {
+bool WriteNow(bufferevent* bev, WriteEvent mode) {
   evbuffer* output = bufferevent_get_output(bev);
-  if (evbuffer_get_length(output) == 0 ||
-      !(bufferevent_get_enabled(bev) & EV_WRITE)) {
-    return false;
+  if (evbuffer_get_length(output) == 0) return false;
+  const bool enabled = (bufferevent_get_enabled(bev) & EV_WRITE) != 0;
+  if (SSL* ssl = bufferevent_openssl_get_ssl(bev)) {
+    return enabled && WriteTlsNow(bev, ssl);
   }
-  if (SSL* ssl = bufferevent_openssl_get_ssl(bev)) return WriteTlsNow(bev, ssl);
   const evutil_socket_t fd = bufferevent_getfd(bev);
   if (fd < 0) return false;  // a bufferevent pair
+  const bool on_demand = mode == WriteEvent::kOnDemand;
+  if (!enabled && !on_demand) return false;
   // libevent keeps the output's front frozen outside its own write callback.
   evbuffer_unfreeze(output, 1);
   const int written = evbuffer_write(output, fd);
   evbuffer_freeze(output, 1);
-  if (written <= 0) return false;
-  // The write event was added (in libevent's changelist, no system call yet)
-  // when the bytes were queued; deleted in the same turn, it costs nothing.
-  if (evbuffer_get_length(output) == 0) event_del(&bev->ev_write);
+  if (written <= 0) {
+    // libevent's own write meets the error, or the socket's room.
+    if (on_demand) bufferevent_enable(bev, EV_WRITE);
+    return false;
+  }
+  if (evbuffer_get_length(output) > 0) {
+    if (on_demand && !enabled) bufferevent_enable(bev, EV_WRITE);
+  } else if (on_demand && enabled) {
+    bufferevent_disable(bev, EV_WRITE);
+  } else {
+    // The write event was added (in libevent's changelist, no system call
+    // yet) when the bytes were queued; deleted in the same turn, it costs
+    // nothing.
+    event_del(&bev->ev_write);
+  }
   if (evbuffer_get_length(output) <= bev->wm_write.low &&
       bev->writecb != nullptr) {
     bev->writecb(bev, bev->cbarg);
@@ -229,8 +242,8 @@ bool WriteNow(bufferevent* bev) {
   return true;
 }
 
-WriteBehind::WriteBehind(event_base* base)
-    : event_(event_new(base, -1, 0, RunCb, this)) {}
+WriteBehind::WriteBehind(event_base* base, WriteEvent mode)
+    : event_(event_new(base, -1, 0, RunCb, this)), mode_(mode) {}
 
 void WriteBehind::Add(bufferevent* bev, Slot* slot) {
   if (slot->index != 0) return;
@@ -260,7 +273,7 @@ void WriteBehind::Run() {
     const Entry entry = entries_[i];
     if (entry.bev == nullptr) continue;
     entry.slot->index = 0;
-    WriteNow(entry.bev);
+    WriteNow(entry.bev, mode_);
   }
   entries_.clear();
   running_ = false;

@@ -40,7 +40,18 @@ namespace tandem::net {
 // output chain by chain, a record each, so the output's front is made one
 // chain first, up to a full 16 KiB record. The bufferevent may be freed
 // by its owner's callbacks inside; the caller must not touch it after.
-bool WriteNow(bufferevent* bev);
+//
+// kOnDemand (plain sockets only; TLS ones are written as above): the
+// socket's writing stays off (EV_WRITE disabled) while nothing waits to be
+// written, so queuing bytes adds no write event: libevent adds one on every
+// write into an output whose writing is on, and WriteNow deleted it again,
+// two updates of libevent's change list per request. WriteNow then writes
+// whether writing is on or not, and turns it off once the output is empty,
+// or on when bytes remain (libevent writes them when the socket is
+// writable). Only for a bufferevent whose owner never turns writing off to
+// hold its output back, and always asks for its writes (WriteBehind).
+enum class WriteEvent : uint8_t { kKept, kOnDemand };
+bool WriteNow(bufferevent* bev, WriteEvent mode = WriteEvent::kKept);
 
 // From now on, `bev`'s reads (a plain socket's, connected) are made by
 // tandem: one readv per readable event, as many bytes as libevent would take
@@ -99,7 +110,8 @@ class WriteBehind {
     uint32_t index = 0;
   };
 
-  explicit WriteBehind(event_base* base);
+  // `mode`: how WriteNow treats the write events of what is queued.
+  explicit WriteBehind(event_base* base, WriteEvent mode = WriteEvent::kKept);
   WriteBehind(const WriteBehind&) = delete;
   WriteBehind& operator=(const WriteBehind&) = delete;
 
@@ -122,6 +134,7 @@ class WriteBehind {
 
   std::vector<Entry> entries_;
   EventPtr event_;
+  WriteEvent mode_;
   bool running_ = false;
 };
 

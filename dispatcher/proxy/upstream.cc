@@ -71,7 +71,10 @@ bool UpstreamConnection::Open() {
   bufferevent_setwatermark(bev, EV_WRITE, kOutputLowWater, 0);
   bufferevent_setwatermark(bev, EV_READ, 0, 0);
   bufferevent_set_max_single_read(bev, kMaxSingleRead);
-  return bufferevent_enable(bev, EV_READ | EV_WRITE) == 0;
+  // A plain socket's writing is turned on only when a write leaves bytes
+  // (net::WriteEvent::kOnDemand); a connect or a TLS session needs it on.
+  const bool on_demand = connected_ && ssl() == nullptr;
+  return bufferevent_enable(bev, on_demand ? EV_READ : EV_READ | EV_WRITE) == 0;
 }
 
 void UpstreamConnection::SetReading(bool on) {

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -260,6 +261,102 @@ TEST_CASE("a full send buffer leaves the rest to libevent's write event") {
     got += pair.Drain();
   }
   CHECK(got == big);  // in order, nothing twice
+}
+
+// Writing on demand, as backend connections are written: their writing is
+// on only while bytes wait for the socket's room.
+struct OnDemand {
+  Pair pair;
+  Seen seen;
+  WriteBehind behind{pair.base.get(), WriteEvent::kOnDemand};
+  WriteBehind::Slot slot;
+  explicit OnDemand(short enabled) {
+    REQUIRE(behind.ok());
+    bufferevent_setcb(pair.bev.get(), nullptr, OnDrained, OnEvent, &seen);
+    // (A new bufferevent's writing is on.)
+    REQUIRE(bufferevent_disable(pair.bev.get(), EV_READ | EV_WRITE) == 0);
+    REQUIRE(bufferevent_enable(pair.bev.get(), enabled) == 0);
+    pair.Once();
+    seen.drained = 0;
+  }
+  bool writing() const {
+    return (bufferevent_get_enabled(pair.bev.get()) & EV_WRITE) != 0;
+  }
+  bool write_event() const {
+    return event_pending(&pair.bev->ev_write, EV_WRITE, nullptr) != 0;
+  }
+  // Queues `text` in one turn; whether a write event was added on the way.
+  bool Queue(const std::string& text) {
+    bool added = false;
+    InTurn(pair.base.get(), [&] {
+      bufferevent_write(pair.bev.get(), text.data(), text.size());
+      added = write_event();
+      behind.Add(pair.bev.get(), &slot);
+    });
+    return added;
+  }
+};
+
+TEST_CASE("on demand: a write in the turn, and no write event on the way") {
+  OnDemand d(EV_READ);
+  CHECK_FALSE(d.Queue("GET / HTTP/1.1\r\n\r\n"));
+  CHECK(d.pair.Drain() == "GET / HTTP/1.1\r\n\r\n");
+  CHECK_FALSE(d.writing());
+  CHECK_FALSE(d.write_event());
+  CHECK(d.seen.drained == 1);
+  // Again: nothing was left on.
+  CHECK_FALSE(d.Queue("next"));
+  CHECK(d.pair.Drain() == "next");
+  CHECK(d.seen.drained == 2);
+}
+
+TEST_CASE("on demand: writing left on (a connect) is turned off once empty") {
+  OnDemand d(EV_READ | EV_WRITE);
+  CHECK(d.writing());
+  d.Queue("first");  // libevent adds its event: writing was on
+  CHECK(d.pair.Drain() == "first");
+  CHECK_FALSE(d.writing());
+  CHECK_FALSE(d.write_event());
+  CHECK_FALSE(d.Queue("second"));
+  CHECK(d.pair.Drain() == "second");
+}
+
+TEST_CASE("on demand: bytes the socket has no room for turn writing on") {
+  OnDemand d(EV_READ);
+  const std::string big = Pattern(8 * 1024 * 1024);
+  d.Queue(big);
+  const size_t left =
+      evbuffer_get_length(bufferevent_get_output(d.pair.bev.get()));
+  CHECK(left > 0);
+  CHECK(d.writing());
+  CHECK(d.write_event());  // libevent writes the rest when there is room
+  CHECK(d.seen.drained == 0);
+  std::string got = d.pair.Drain();
+  for (int i = 0; i < 1000 && got.size() < big.size(); ++i) {
+    d.pair.Once();
+    got += d.pair.Drain();
+  }
+  CHECK(got == big);
+  CHECK(d.seen.drained >= 1);
+  CHECK_FALSE(d.write_event());
+  // The next request is written at once again, writing turned off.
+  CHECK(d.Queue("after") == d.writing());
+  CHECK(d.pair.Drain() == "after");
+  CHECK_FALSE(d.writing());
+}
+
+TEST_CASE("on demand: a failed write is left to libevent, which reports it") {
+  std::signal(SIGPIPE, SIG_IGN);  // as the proxy has it
+  OnDemand d(EV_READ);
+  close(d.pair.peer);
+  d.pair.peer = -1;
+  d.Queue("lost");
+  CHECK(d.writing());  // libevent's write meets the error
+  CHECK(d.write_event());
+  for (int i = 0; i < 10 && !(d.seen.events & BEV_EVENT_WRITING); ++i)
+    d.pair.Once();
+  CHECK((d.seen.events & BEV_EVENT_WRITING) != 0);
+  CHECK((d.seen.events & BEV_EVENT_ERROR) != 0);
 }
 
 TEST_CASE("direct reads deliver everything in order, small and large") {
