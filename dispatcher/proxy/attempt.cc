@@ -102,7 +102,7 @@ bool Attempt::SendHead() {
   std::string& head = exchange_.loop().scratch();
   net::AppendRequestHead(request, forwarding, &head);
   upstream_->StartRequest();
-  evbuffer_add(upstream_->output(), head.data(), head.size());
+  upstream_->Write(head);
   if (!upstream_->Open()) return false;
   ReplayBody();
   upstream_->WriteSoon();
