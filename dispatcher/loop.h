@@ -318,7 +318,7 @@ class Loop {
                      health::TrafficFailure kind, bool refused);
   // Parsers are only needed while a connection reads a message: a free list
   // per type keeps idle connections light without allocating per request.
-  // A parser taken has its limits at their defaults.
+  // A parser taken is reset, its limits at their defaults.
   std::unique_ptr<net::HttpParser> TakeParser(
       net::HttpParser::Type type, net::HttpParser::Handler* handler);
   void ReturnParser(std::unique_ptr<net::HttpParser> parser);

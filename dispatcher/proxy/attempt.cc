@@ -38,9 +38,12 @@ Attempt::Start Attempt::Begin(size_t backend_index) {
   backend.stats->inflight.Add(1);
   start_ = net::TurnClock::Now();
   LinkAwaiting();
-  if (!response_)
+  if (!response_) {
+    // The loop's spare parsers are reset when they come back.
     response_ = loop.TakeParser(net::HttpParser::Type::kResponse, this);
-  response_->Reset();
+  } else {
+    response_->Reset();  // an earlier try's
+  }
   interim_responses_ = 0;
   response_bytes_seen_ = false;
   response_blocked_ = false;

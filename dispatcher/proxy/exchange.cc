@@ -999,15 +999,21 @@ std::optional<Clock::time_point> Exchange::IdleDeadline() const {
 
 void Exchange::ArmIdleTimer() {
   const std::optional<Clock::time_point> deadline = IdleDeadline();
-  if (deadline) {
-    ArmTimer(*deadline - net::TurnClock::Now());
-  } else {
+  if (!deadline) {
     event_del(&timer_);
+    return;
   }
+  // A timer due sooner (the try's deadline, when the response head comes)
+  // stays: OnTimer then finds the idle deadline not reached and arms it.
+  // One timer update less per response.
+  if (evtimer_pending(&timer_, nullptr) && timer_due_ <= *deadline) return;
+  ArmTimer(*deadline - net::TurnClock::Now());
 }
 
 void Exchange::ArmTimer(Clock::duration delay) {
-  timeval tv = net::ToTimeval(std::max(delay, Clock::duration::zero()));
+  delay = std::max(delay, Clock::duration::zero());
+  timer_due_ = net::TurnClock::Now() + delay;
+  timeval tv = net::ToTimeval(delay);
   event_add(&timer_, &tv);
 }
 

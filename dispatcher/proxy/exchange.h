@@ -309,6 +309,8 @@ class Exchange {
   // request on); null before the first.
   ClusterRuntime* cluster_ = nullptr;
   struct event timer_;
+  std::chrono::steady_clock::time_point
+      timer_due_;  // when timer_ fires, while it is pending
   Phase phase_ = Phase::kIdle;
   std::chrono::steady_clock::time_point last_activity_;
   std::string flags_text_;
