@@ -40,8 +40,8 @@ bool IsKnownTransferCoding(std::string_view coding) {
   return false;
 }
 
-// RFC 3986 host [ ":" port ], as allowed in a Host field: no whitespace,
-// controls, userinfo or path characters.
+}  // namespace
+
 bool IsValidHost(std::string_view host) {
   for (char c : host) {
     unsigned char u = static_cast<unsigned char>(c);
@@ -67,8 +67,6 @@ bool IsValidHost(std::string_view host) {
   }
   return true;
 }
-
-}  // namespace
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;

@@ -76,6 +76,10 @@ class HeaderList {
 // ASCII case-insensitive comparison of header names and tokens.
 bool EqualsIgnoreCase(std::string_view a, std::string_view b);
 
+// RFC 3986 host [ ":" port ], as allowed in a Host field: no whitespace,
+// controls, userinfo or path characters.
+bool IsValidHost(std::string_view host);
+
 // Whether the comma-separated list `value` (e.g. a Connection header) holds
 // `token`, compared case-insensitively.
 bool HasToken(std::string_view value, std::string_view token);
@@ -145,6 +149,16 @@ class HttpParser {
   // Feeds bytes; stops early at a pause, a complete message or an error.
   // `*consumed` is set to the number of bytes used.
   Result Execute(const char* data, size_t length, size_t* consumed);
+  // A whole request head with no body, as tandem writes an HTTP/2
+  // request's (net/h2_message.h), taken without llhttp when it is plain:
+  // a usual method, an origin-form target of common characters, HTTP/1.1,
+  // fields of token names and visible-character values, one valid Host, no
+  // framing or connection field, within the head's limits. Then the parser
+  // is as Execute(text) leaves it, at kComplete, and true is returned.
+  // Anything else returns false with nothing changed: Execute() takes the
+  // text, with every check, and answers what is wrong. Only on a parser
+  // reset or between messages (message_started() false).
+  bool TakeSimpleRequestHead(std::string_view text);
 
   // Continues after kPausedHead or kComplete.
   void Resume();

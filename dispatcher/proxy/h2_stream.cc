@@ -72,6 +72,10 @@ void H2Stream::OnHead(net::H2RequestHead& head, bool end_stream) {
     return;
   }
   if (exchange_ended_) return;
+  if (end_stream && request_->TakeSimpleRequestHead(text)) {
+    OnRequestHead(true);  // as Execute() would end, at kComplete
+    return;
+  }
   // Parsed where it lies; only what the parser leaves is kept (the exchange
   // the head begins may use the scratch text).
   size_t consumed = 0;
