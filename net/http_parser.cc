@@ -42,6 +42,31 @@ bool IsKnownTransferCoding(std::string_view coding) {
 
 }  // namespace
 
+bool HasControlCharacter(std::string_view text) {
+  const char* data = text.data();
+  const size_t length = text.size();
+  constexpr uint64_t kOnes = 0x0101010101010101ULL;
+  constexpr uint64_t kHigh = 0x8080808080808080ULL;
+  size_t i = 0;
+  for (; i + 8 <= length; i += 8) {
+    uint64_t word;
+    std::memcpy(&word, data + i, 8);
+    const uint64_t below_space = (word - 0x20 * kOnes) & ~word & kHigh;
+    const uint64_t del = word ^ (0x7f * kOnes);
+    const uint64_t is_del = (del - kOnes) & ~del & kHigh;
+    if ((below_space | is_del) == 0) continue;
+    for (size_t j = i; j < i + 8; ++j) {
+      const auto c = static_cast<unsigned char>(data[j]);
+      if ((c < 0x20 && c != '\t') || c == 0x7f) return true;
+    }
+  }
+  for (; i < length; ++i) {
+    const auto c = static_cast<unsigned char>(data[i]);
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return true;
+  }
+  return false;
+}
+
 bool IsValidHost(std::string_view host) {
   for (char c : host) {
     unsigned char u = static_cast<unsigned char>(c);
@@ -515,12 +540,8 @@ int HttpParser::OnHeaderValueCb(llhttp_t* p, const char* at, size_t length) {
       return self->Invalid(400, "obsolete line folding in header");
   }
   self->value_started_ = true;
-  for (size_t i = 0; i < length; ++i) {
-    unsigned char c = static_cast<unsigned char>(at[i]);
-    if ((c < 0x20 && c != '\t') || c == 0x7f) {
-      return self->Invalid(400, "control character in header field");
-    }
-  }
+  if (HasControlCharacter({at, length}))
+    return self->Invalid(400, "control character in header field");
   if (self->field_is_content_length_)
     self->current_content_length_.append(at, length);
   HeaderList& list = self->head_done_ ? self->trailers_ : self->headers_;

@@ -76,6 +76,10 @@ class HeaderList {
 // ASCII case-insensitive comparison of header names and tokens.
 bool EqualsIgnoreCase(std::string_view a, std::string_view b);
 
+// Whether `text` holds a control character other than HTAB, or DEL, none
+// of which a field value may (RFC 9110 §5.5); read eight bytes at a time.
+bool HasControlCharacter(std::string_view text);
+
 // RFC 3986 host [ ":" port ], as allowed in a Host field: no whitespace,
 // controls, userinfo or path characters.
 bool IsValidHost(std::string_view host);

@@ -29,7 +29,8 @@ UpstreamConnection::UpstreamConnection(BackendPool& pool,
     : pool_(pool),
       bev_(std::move(bev)),
       input_(bufferevent_get_input(bev_.get())),
-      output_(bufferevent_get_output(bev_.get())) {}
+      output_(bufferevent_get_output(bev_.get())),
+      ssl_(bufferevent_openssl_get_ssl(bev_.get())) {}
 
 UpstreamConnection::UpstreamConnection(BackendPool& pool,
                                        H2UpstreamStream* stream)
@@ -47,10 +48,6 @@ UpstreamConnection::~UpstreamConnection() {
   if (output_watch_ != nullptr)
     evbuffer_remove_cb_entry(output(), output_watch_);
   pool_.write_behind_.Cancel(&write_slot_);
-}
-
-SSL* UpstreamConnection::ssl() const {
-  return bev_ ? bufferevent_openssl_get_ssl(bev_.get()) : nullptr;
 }
 
 void UpstreamConnection::Write(std::string_view bytes) {

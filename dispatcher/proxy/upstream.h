@@ -51,7 +51,7 @@ class UpstreamConnection {
   evbuffer* input() const { return input_; }
   evbuffer* output() const { return output_; }
   // The TLS connection under a socket, or null.
-  SSL* ssl() const;
+  SSL* ssl() const { return ssl_; }
   BackendPool& pool() const { return pool_; }
   // True when the connection carried an earlier exchange (it may have been
   // closed by the backend while idle, so a failure is worth one more try).
@@ -123,6 +123,7 @@ class UpstreamConnection {
   net::EvbufferPtr stream_output_;
   evbuffer* input_;
   evbuffer* output_;
+  SSL* ssl_ = nullptr;  // the socket's TLS connection (the bufferevent's)
   UpstreamUser* user_ = nullptr;  // null while idle in the pool
   bool connected_ = false;
   bool reused_ = false;

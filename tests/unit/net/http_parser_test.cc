@@ -218,6 +218,23 @@ TEST_CASE("identical duplicate Content-Length fields collapse to one") {
   CHECK(recorder.body == "abc");
 }
 
+TEST_CASE("a control character is found anywhere in a value") {
+  // Every position of words read whole and of the tail read byte by byte.
+  const std::string plain(43, 'v');
+  CHECK_FALSE(HasControlCharacter(plain));
+  CHECK_FALSE(HasControlCharacter(""));
+  for (size_t at = 0; at < plain.size(); ++at) {
+    CAPTURE(at);
+    for (int c = 0; c < 256; ++c) {
+      std::string value = plain;
+      value[at] = static_cast<char>(c);
+      CAPTURE(c);
+      CHECK(HasControlCharacter(value) ==
+            ((c < 0x20 && c != '\t') || c == 0x7f));
+    }
+  }
+}
+
 TEST_CASE("field syntax errors are refused with 400") {
   const char* cases[] = {
       "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",   // obs-fold
