@@ -125,13 +125,6 @@ void ReadDirectly(bufferevent* bev) {
   if (pending) event_add(&bev->ev_read, nullptr);
 }
 
-bool ReadDue(const bufferevent* bev) {
-  // libevent marks every event a poll reports active before it runs any
-  // callback of the turn.
-  return (bev->ev_read.ev_evcallback.evcb_flags &
-          (EVLIST_ACTIVE | EVLIST_ACTIVE_LATER)) != 0;
-}
-
 void TlsReadAhead::Start(bufferevent* bev) {
   SSL* ssl = bufferevent_openssl_get_ssl(bev);
   if (ssl == nullptr) return;

@@ -60,10 +60,6 @@ bool WriteNow(bufferevent* bev, WriteEvent mode = WriteEvent::kKept);
 // read event back to libevent.
 void ReadDirectly(bufferevent* bev);
 
-// Whether this turn's poll found `bev`'s socket readable and its read
-// callback has not run yet: a read is due before the next poll.
-bool ReadDue(const bufferevent* bev);
-
 // TLS reads, whole. libevent's OpenSSL bufferevent decrypts at most two
 // records per readable event (one SSL_read per piece of input space) and
 // OpenSSL reads each record with two system calls, its header's and its

@@ -105,7 +105,7 @@ bool Attempt::SendHead() {
   std::string& head = exchange_.loop().scratch();
   net::AppendRequestHead(request, forwarding, &head);
   upstream_->StartRequest();
-  upstream_->Write(head);
+  evbuffer_add(upstream_->output(), head.data(), head.size());
   if (!upstream_->Open()) return false;
   ReplayBody();
   upstream_->WriteSoon();

@@ -50,24 +50,11 @@ UpstreamConnection::~UpstreamConnection() {
   pool_.write_behind_.Cancel(&write_slot_);
 }
 
-void UpstreamConnection::Write(std::string_view bytes) {
-  if (connected_ && h2_stream_ == nullptr && ssl() == nullptr &&
-      evbuffer_get_length(output_) == 0 && !net::ReadDue(bev_.get())) {
-    const ssize_t sent = send(bufferevent_getfd(bev_.get()), bytes.data(),
-                              bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (sent > 0) {
-      request_started_ = true;  // (OutputCb sees no bytes leave the output)
-      bytes.remove_prefix(static_cast<size_t>(sent));
-    }
-  }
-  if (!bytes.empty()) evbuffer_add(output_, bytes.data(), bytes.size());
-}
-
 void UpstreamConnection::WriteSoon() {
   if (!connected_) return;
   if (h2_stream_ != nullptr) {
     H2Upstream::Wrote(h2_stream_);
-  } else if (evbuffer_get_length(output_) > 0) {  // (else all sent: Write)
+  } else {
     pool_.write_behind_.Add(bev_.get(), &write_slot_);
   }
 }

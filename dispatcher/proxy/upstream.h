@@ -70,16 +70,6 @@ class UpstreamConnection {
   // False while no byte of the current request has been written: a response
   // arriving then was not sent for it (a stray answer on a pooled connection).
   bool request_started() const { return request_started_; }
-  // Adds `bytes` to what goes to the backend. On an established plain
-  // socket with nothing queued they are sent now, in one send and not
-  // copied into the output; what the socket has no room for, or what a
-  // failed send did not take, is queued as any bytes are, and the write
-  // WriteSoon asks for goes on from there (and meets any error). Bytes the
-  // backend sent unasked (a pooled connection's stray answer) that this
-  // turn's poll found are read before the request leaves, as they would be
-  // with the write at the turn's end, so the request is never taken to be
-  // answered by them (Attempt::ParseResponse).
-  void Write(std::string_view bytes);
   // Bytes were added to the output: they leave at the end of this loop turn
   // (net::WriteBehind, or the stream's session) once the connection is
   // established, else when libevent finds the socket writable.

@@ -359,27 +359,6 @@ TEST_CASE("on demand: a failed write is left to libevent, which reports it") {
   CHECK((d.seen.events & BEV_EVENT_ERROR) != 0);
 }
 
-TEST_CASE("a read is due from the poll that found the socket readable") {
-  Pair pair;
-  Seen seen;
-  bufferevent_setcb(pair.bev.get(), OnRead, nullptr, OnEvent, &seen);
-  ReadDirectly(pair.bev.get());
-  REQUIRE(bufferevent_enable(pair.bev.get(), EV_READ) == 0);
-  pair.Once();
-  bool due = true;
-  InTurn(pair.base.get(), [&] { due = ReadDue(pair.bev.get()); });
-  CHECK_FALSE(due);  // nothing to read
-  REQUIRE(send(pair.peer, "stray", 5, 0) == 5);
-  // The turn's poll reports the socket; a callback before its read sees it.
-  InTurn(pair.base.get(), [&] {
-    due = ReadDue(pair.bev.get());
-    CHECK(seen.read.empty());
-  });
-  CHECK(due);
-  CHECK(seen.read == "stray");  // read in that turn
-  CHECK_FALSE(ReadDue(pair.bev.get()));
-}
-
 TEST_CASE("direct reads deliver everything in order, small and large") {
   Pair pair;
   Seen seen;
