@@ -11,32 +11,22 @@
 namespace tandem::net {
 namespace {
 
+// Letters, digits and `extra`.
+constexpr std::array<bool, 256> CharSet(std::string_view extra) {
+  std::array<bool, 256> chars{};
+  for (int c = 'a'; c <= 'z'; ++c) chars[c] = true;
+  for (int c = 'A'; c <= 'Z'; ++c) chars[c] = true;
+  for (int c = '0'; c <= '9'; ++c) chars[c] = true;
+  for (char c : extra) chars[static_cast<unsigned char>(c)] = true;
+  return chars;
+}
+
 // Characters of an origin-form target taken here: RFC 3986 unreserved,
 // sub-delims, ":", "@", "/", "?" and "%" (others, which llhttp may take
 // too, go through it).
-constexpr std::array<bool, 256> TargetChars() {
-  std::array<bool, 256> chars{};
-  for (int c = 'a'; c <= 'z'; ++c) chars[c] = true;
-  for (int c = 'A'; c <= 'Z'; ++c) chars[c] = true;
-  for (int c = '0'; c <= '9'; ++c) chars[c] = true;
-  for (char c : std::string_view("-._~!$&'()*+,;=:@/?%"))
-    chars[static_cast<unsigned char>(c)] = true;
-  return chars;
-}
-
+constexpr std::array<bool, 256> kTargetChars = CharSet("-._~!$&'()*+,;=:@/?%");
 // RFC 9110 tchar.
-constexpr std::array<bool, 256> TokenChars() {
-  std::array<bool, 256> chars{};
-  for (int c = 'a'; c <= 'z'; ++c) chars[c] = true;
-  for (int c = 'A'; c <= 'Z'; ++c) chars[c] = true;
-  for (int c = '0'; c <= '9'; ++c) chars[c] = true;
-  for (char c : std::string_view("!#$%&'*+-.^_`|~"))
-    chars[static_cast<unsigned char>(c)] = true;
-  return chars;
-}
-
-constexpr std::array<bool, 256> kTargetChars = TargetChars();
-constexpr std::array<bool, 256> kTokenChars = TokenChars();
+constexpr std::array<bool, 256> kTokenChars = CharSet("!#$%&'*+-.^_`|~");
 
 bool All(std::string_view text, const std::array<bool, 256>& chars) {
   bool ok = !text.empty();
@@ -44,7 +34,7 @@ bool All(std::string_view text, const std::array<bool, 256>& chars) {
   return ok;
 }
 
-// Visible characters (no obs-text), single spaces or tabs only inside.
+// Visible characters (no obs-text); spaces and tabs only inside.
 bool IsPlainValue(std::string_view value) {
   if (value.empty() || value.front() == ' ' || value.front() == '\t' ||
       value.back() == ' ' || value.back() == '\t') {
