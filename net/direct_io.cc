@@ -129,6 +129,7 @@ void TlsReadAhead::Start(bufferevent* bev) {
   SSL* ssl = bufferevent_openssl_get_ssl(bev);
   if (ssl == nullptr) return;
   bev_ = bev;
+  ssl_ = ssl;
   SSL_set_read_ahead(ssl, 1);
   AfterRead(0);
 }
@@ -138,8 +139,7 @@ void TlsReadAhead::AfterRead(size_t bytes) {
   // A read this one asked for counts on; one a poll reported begins anew.
   taken_ = again_ ? taken_ + bytes : bytes;
   again_ = false;
-  SSL* ssl = bufferevent_openssl_get_ssl(bev_);
-  if (ssl == nullptr || SSL_has_pending(ssl) == 0 ||
+  if (SSL_has_pending(ssl_) == 0 ||
       !(bufferevent_get_enabled(bev_) & EV_READ)) {
     return;
   }
@@ -173,6 +173,7 @@ void TlsReadAhead::NextTurnCb(evutil_socket_t, short, void* arg) {
 
 void TlsReadAhead::Stop() {
   bev_ = nullptr;
+  ssl_ = nullptr;
   next_turn_.reset();
 }
 

@@ -17,6 +17,8 @@
 // docs/performance.md has the measurements.
 #pragma once
 
+#include <openssl/types.h>
+
 #include <cstdint>
 #include <vector>
 
@@ -97,6 +99,7 @@ class TlsReadAhead {
   static void NextTurnCb(evutil_socket_t, short, void* arg);
 
   bufferevent* bev_ = nullptr;
+  SSL* ssl_ = nullptr;  // bev_'s
   EventPtr next_turn_;  // made the first time a turn's bytes run out
   size_t taken_ = 0;    // by reads since the last one a poll reported
   bool again_ = false;  // a read asked for, not yet seen

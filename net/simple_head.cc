@@ -78,7 +78,8 @@ bool IsFramingField(std::string_view name) {
   return false;
 }
 
-// One "name: value\r\n" line at the front of `*rest`, removed from it.
+// One "name: value\r\n" line at the front of `*rest`, removed from it and
+// split (its characters are checked by the caller, once).
 bool NextField(std::string_view* rest, std::string_view* name,
                std::string_view* value) {
   const size_t end = rest->find("\r\n");
@@ -92,7 +93,7 @@ bool NextField(std::string_view* rest, std::string_view* name,
   }
   *name = line.substr(0, colon);
   *value = line.substr(colon + 2);
-  return All(*name, kTokenChars) && IsPlainValue(*value);
+  return true;
 }
 
 }  // namespace
@@ -129,7 +130,10 @@ bool HttpParser::TakeSimpleRequestHead(std::string_view text) {
   size_t count = 0;
   size_t hosts = 0;
   while (!rest.empty() && rest.substr(0, 2) != "\r\n") {
-    if (!NextField(&rest, &name, &value) || IsFramingField(name)) return false;
+    if (!NextField(&rest, &name, &value) || !All(name, kTokenChars) ||
+        !IsPlainValue(value) || IsFramingField(name)) {
+      return false;
+    }
     ++count;
     if (EqualsIgnoreCase(name, "host")) {
       if (++hosts > 1 || !IsValidHost(value)) return false;
@@ -142,10 +146,8 @@ bool HttpParser::TakeSimpleRequestHead(std::string_view text) {
   StartMessage();
   target_.assign(target);
   rest = fields;
-  while (rest.size() > 2) {
-    NextField(&rest, &name, &value);
+  while (rest.size() > 2 && NextField(&rest, &name, &value))
     headers_.Add(name, value);
-  }
   parser_.method = method;
   parser_.http_major = 1;
   parser_.http_minor = 1;

@@ -66,7 +66,6 @@ void H2Stream::OnHead(net::H2RequestHead& head, bool end_stream) {
   end_stream_ = end_stream;
   grpc_ = head.grpc();
   std::string& text = connection_.loop().scratch();
-  text.clear();
   if (!head.Write(end_stream, &text, &chunked_)) {
     RejectHead(head.error_status(), head.error_reason());
     return;

@@ -599,6 +599,26 @@ std::string SendRecords(TlsPair& t) {
   return sent;
 }
 
+// `pieces` as the client's TLS records, one each, made in memory and not
+// sent: from now on the client's writes go to a memory BIO (its socket BIO
+// stays the read side), so a test can put the records in the socket as it
+// likes.
+std::string RecordsInMemory(TlsPair& t,
+                            const std::vector<std::string>& pieces) {
+  bufferevent_disable(t.client.get(), EV_READ | EV_WRITE);
+  SSL* ssl = bufferevent_openssl_get_ssl(t.client.get());
+  BIO* memory = BIO_new(BIO_s_mem());
+  REQUIRE(memory != nullptr);
+  SSL_set0_wbio(ssl, memory);
+  for (const std::string& piece : pieces) {
+    REQUIRE(SSL_write(ssl, piece.data(), static_cast<int>(piece.size())) ==
+            static_cast<int>(piece.size()));
+  }
+  char* records = nullptr;
+  const long length = BIO_get_mem_data(memory, &records);
+  return std::string(records, static_cast<size_t>(length));
+}
+
 // A connected pair whose server end reads ahead (after a first exchange:
 // what OpenSSL sends after the handshake is out of the way).
 void StartReadingAhead(TlsPair& t, AheadReader& reader) {
@@ -633,23 +653,13 @@ TEST_CASE("a client sending without pause is read a turn's bytes a turn") {
                                   256 * 1024);
   StartReadingAhead(t, reader);
   // 1,200 small records (as a flood of small frames comes) in the socket at
-  // once: the client's records are made in memory and written in one go.
-  bufferevent_disable(t.client.get(), EV_READ | EV_WRITE);
-  SSL* ssl = bufferevent_openssl_get_ssl(t.client.get());
-  BIO* memory = BIO_new(BIO_s_mem());
-  REQUIRE(memory != nullptr);
-  SSL_set0_wbio(ssl, memory);  // the socket's BIO stays the read side
+  // once, written in one go.
+  const std::vector<std::string> pieces(1200, Pattern(100));
   std::string sent;
-  for (int i = 0; i < 1200; ++i) {
-    const std::string piece = Pattern(100);
-    REQUIRE(SSL_write(ssl, piece.data(), static_cast<int>(piece.size())) ==
-            100);
-    sent += piece;
-  }
-  char* records = nullptr;
-  const long length = BIO_get_mem_data(memory, &records);
-  REQUIRE(write(bufferevent_getfd(t.client.get()), records,
-                static_cast<size_t>(length)) == length);
+  for (const std::string& piece : pieces) sent += piece;
+  const std::string records = RecordsInMemory(t, pieces);
+  REQUIRE(write(bufferevent_getfd(t.client.get()), records.data(),
+                records.size()) == static_cast<ssize_t>(records.size()));
   t.Once();
   const size_t first_turn = reader.seen.read.size() - 1;
   CHECK(first_turn >= TlsReadAhead::kTurnBytes);
@@ -665,26 +675,22 @@ TEST_CASE("a TLS record split in two is read once whole, with no spin") {
   TlsPair t;
   AheadReader reader;
   StartReadingAhead(t, reader);
-  // One record made in memory, its first half in the socket.
-  bufferevent_disable(t.client.get(), EV_READ | EV_WRITE);
-  SSL* ssl = bufferevent_openssl_get_ssl(t.client.get());
-  BIO* memory = BIO_new(BIO_s_mem());
-  REQUIRE(memory != nullptr);
-  SSL_set0_wbio(ssl, memory);  // the socket's BIO stays the read side
+  // One record, its first half in the socket.
   const std::string piece = Pattern(1000);
-  REQUIRE(SSL_write(ssl, piece.data(), static_cast<int>(piece.size())) == 1000);
-  char* record = nullptr;
-  const long length = BIO_get_mem_data(memory, &record);
+  const std::string record = RecordsInMemory(t, {piece});
+  const ssize_t length = static_cast<ssize_t>(record.size());
   const int fd = bufferevent_getfd(t.client.get());
-  REQUIRE(write(fd, record, static_cast<size_t>(length / 2)) == length / 2);
+  REQUIRE(write(fd, record.data(), static_cast<size_t>(length / 2)) ==
+          length / 2);
   // OpenSSL holds the half (it has pending bytes); the read asked for finds
   // no more in the socket and the owner hears nothing. The turns end.
   for (int i = 0; i < 5; ++i) t.Once();
   CHECK(reader.seen.read == "x");
   CHECK(reader.reads.empty());
   CHECK(SSL_has_pending(bufferevent_openssl_get_ssl(t.server.get())) == 1);
-  const long rest = length - length / 2;
-  REQUIRE(write(fd, record + length / 2, static_cast<size_t>(rest)) == rest);
+  const ssize_t rest = length - length / 2;
+  REQUIRE(write(fd, record.data() + length / 2, static_cast<size_t>(rest)) ==
+          rest);
   CHECK(
       t.RunUntil([&] { return reader.seen.read.size() >= 1 + piece.size(); }));
   CHECK(reader.seen.read == "x" + piece);
@@ -692,7 +698,7 @@ TEST_CASE("a TLS record split in two is read once whole, with no spin") {
 }
 
 TEST_CASE("without read-ahead a poll reads one record of the five") {
-  // What ReadAhead is for: libevent alone reads a record per readable event
+  // What read-ahead is for: libevent alone reads a record per readable event
   // and leaves the rest to later polls, a loop turn each.
   TlsPair t;
   AheadReader reader;  // never started: AfterRead does nothing
