@@ -3,6 +3,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/bufferevent_struct.h>
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -83,7 +84,12 @@ void ReadCb(evutil_socket_t fd, short, void* arg) {
   const size_t in_place = std::min(space[0].iov_len, want);
   iovec parts[2] = {{space[0].iov_base, in_place},
                     {spill.data(), want - in_place}};
-  const ssize_t got = readv(fd, parts, want > in_place ? 2 : 1);
+  // recvmsg, not readv: a socket's own call skips the file layer's work
+  // (the position lock, the file checks and notifications) on every read.
+  msghdr message{};
+  message.msg_iov = parts;
+  message.msg_iovlen = want > in_place ? 2 : 1;
+  const ssize_t got = recvmsg(fd, &message, 0);
   const int error = errno;
   bulk[slot] = got > static_cast<ssize_t>(kInPlaceRead);
   if (got > 0) {
@@ -110,6 +116,32 @@ void ReadCb(evutil_socket_t fd, short, void* arg) {
         bev, BEV_EVENT_READING | (got == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR),
         bev->cbarg);
   }
+}
+
+// Writes the output's front with one system call, as evbuffer_write does,
+// but with the socket's own call (send, or sendmsg for several chains) in
+// place of writev, which goes through the file layer. Returns what was
+// written and drained, or -1 with errno set.
+ssize_t Send(evbuffer* output, evutil_socket_t fd) {
+  // What libevent's own write takes at most (its NUM_WRITE_IOVEC).
+  constexpr int kMostChains = 128;
+  std::array<evbuffer_iovec, kMostChains> chains;
+  const int count =
+      std::min(evbuffer_peek(output, -1, nullptr, chains.data(), kMostChains),
+               kMostChains);
+  ssize_t sent = 0;
+  if (count == 1) {
+    sent = send(fd, chains[0].iov_base, chains[0].iov_len, MSG_NOSIGNAL);
+  } else {
+    // evbuffer_iovec is struct iovec's layout (libevent's promise on Unix).
+    static_assert(sizeof(evbuffer_iovec) == sizeof(iovec));
+    msghdr message{};
+    message.msg_iov = reinterpret_cast<iovec*>(chains.data());
+    message.msg_iovlen = static_cast<size_t>(std::max(count, 0));
+    sent = sendmsg(fd, &message, MSG_NOSIGNAL);
+  }
+  if (sent > 0) evbuffer_drain(output, static_cast<size_t>(sent));
+  return sent;
 }
 
 }  // namespace
@@ -219,7 +251,7 @@ bool WriteNow(bufferevent* bev, WriteEvent mode) {
   if (!enabled && !on_demand) return false;
   // libevent keeps the output's front frozen outside its own write callback.
   evbuffer_unfreeze(output, 1);
-  const int written = evbuffer_write(output, fd);
+  const ssize_t written = Send(output, fd);
   evbuffer_freeze(output, 1);
   if (written <= 0) {
     // libevent's own write meets the error, or the socket's room.

@@ -56,7 +56,7 @@ enum class WriteEvent : uint8_t { kKept, kOnDemand };
 bool WriteNow(bufferevent* bev, WriteEvent mode = WriteEvent::kKept);
 
 // From now on, `bev`'s reads (a plain socket's, connected) are made by
-// tandem: one readv per readable event, as many bytes as libevent would take
+// tandem: one recvmsg per readable event, as many bytes as libevent would take
 // (the max single read, and no more than the read high-water mark allows).
 // Must be called again after bufferevent_setfd or a connect, which give the
 // read event back to libevent.
