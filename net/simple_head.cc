@@ -69,10 +69,12 @@ bool MethodOf(std::string_view name, uint8_t* method) {
 }
 
 // Fields llhttp reads for framing or the connection: theirs to judge.
+constexpr std::array<std::string_view, 6> kFramingFields = {
+    "content-length",   "transfer-encoding", "connection",
+    "proxy-connection", "keep-alive",        "upgrade"};
+
 bool IsFramingField(std::string_view name) {
-  for (std::string_view field :
-       {"content-length", "transfer-encoding", "connection", "proxy-connection",
-        "keep-alive", "upgrade"}) {
+  for (std::string_view field : kFramingFields) {
     if (EqualsIgnoreCase(name, field)) return true;
   }
   return false;
