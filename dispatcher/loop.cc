@@ -247,18 +247,8 @@ Loop::~Loop() {
 
 bool Loop::Init(std::string* error) {
   // Only this loop's thread touches its base, so it needs no lock (messages
-  // from other threads arrive through the queue's eventfd); the changelist
-  // folds the add/remove of write interest within one iteration into one
-  // epoll_ctl.
-  event_config* config = event_config_new();
-  if (config == nullptr) {
-    *error = "cannot create an event base";
-    return false;
-  }
-  event_config_set_flag(config, EVENT_BASE_FLAG_NOLOCK);
-  event_config_set_flag(config, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-  base_.reset(event_base_new_with_config(config));
-  event_config_free(config);
+  // from other threads arrive through the queue's eventfd).
+  base_ = net::NewEventBase(net::BaseLocking::kUnlocked);
   if (!base_) {
     *error = "cannot create an event base";
     return false;

@@ -47,8 +47,16 @@ size_t SmallChainSpace() {
   return space;
 }
 
-void ReadCb(evutil_socket_t fd, short, void* arg) {
+void ReadCb(evutil_socket_t fd, short what, void* arg) {
   auto* bev = static_cast<bufferevent*>(arg);
+  if (what == EV_TIMEOUT) {
+    // The read timeout (bufferevent_set_timeouts), as libevent reports it: a
+    // timeout that came with readable bytes is no timeout.
+    bufferevent_disable(bev, EV_READ);
+    if (bev->errorcb != nullptr)
+      bev->errorcb(bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, bev->cbarg);
+    return;
+  }
   evbuffer* input = bev->input;
   size_t want = static_cast<size_t>(bufferevent_get_max_single_read(bev));
   if (bev->wm_read.high != 0) {
@@ -154,7 +162,11 @@ void ReadDirectly(bufferevent* bev) {
   // The flags libevent gives it (EV_FINALIZE: freed through its finalizer).
   event_assign(&bev->ev_read, bufferevent_get_base(bev), fd,
                EV_READ | EV_PERSIST | EV_FINALIZE, ReadCb, bev);
-  if (pending) event_add(&bev->ev_read, nullptr);
+  // Added again with the read timeout libevent gives it, if any.
+  if (pending) {
+    const bool timed = evutil_timerisset(&bev->timeout_read);
+    event_add(&bev->ev_read, timed ? &bev->timeout_read : nullptr);
+  }
 }
 
 void TlsReadAhead::Start(bufferevent* bev) {

@@ -35,4 +35,22 @@ using BufferEventPtr = std::unique_ptr<bufferevent, BufferEventDeleter>;
 using ListenerPtr = std::unique_ptr<evconnlistener, ListenerDeleter>;
 using EvbufferPtr = std::unique_ptr<evbuffer, EvbufferDeleter>;
 
+// Every event base tandem runs: epoll's changelist folds the add and the
+// removal of a write interest made within one loop turn (what direct_io's
+// writes do on every answer) into no epoll_ctl at all. `locked`: whether
+// other threads call into the base (event_base_loopexit, event_active);
+// a base only its own thread touches needs no lock. Null when libevent fails.
+enum class BaseLocking : bool { kUnlocked, kLocked };
+inline EventBasePtr NewEventBase(BaseLocking locking) {
+  event_config* config = event_config_new();
+  if (config == nullptr) return nullptr;
+  if (locking == BaseLocking::kUnlocked) {
+    event_config_set_flag(config, EVENT_BASE_FLAG_NOLOCK);
+  }
+  event_config_set_flag(config, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+  EventBasePtr base(event_base_new_with_config(config));
+  event_config_free(config);
+  return base;
+}
+
 }  // namespace tandem::net

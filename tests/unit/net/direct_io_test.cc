@@ -26,12 +26,7 @@ namespace {
 
 // An event base as the proxy's loops make theirs.
 EventBasePtr LoopBase() {
-  event_config* config = event_config_new();
-  REQUIRE(config != nullptr);
-  event_config_set_flag(config, EVENT_BASE_FLAG_NOLOCK);
-  event_config_set_flag(config, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-  EventBasePtr base(event_base_new_with_config(config));
-  event_config_free(config);
+  EventBasePtr base = NewEventBase(BaseLocking::kUnlocked);
   REQUIRE(base != nullptr);
   return base;
 }
@@ -422,6 +417,29 @@ TEST_CASE("a reset connection is a read error, reported as libevent does") {
   CHECK(seen.events == (BEV_EVENT_READING | BEV_EVENT_ERROR));
   CHECK(EVUTIL_SOCKET_ERROR() == ECONNRESET);
   CHECK((bufferevent_get_enabled(pair.bev.get()) & EV_READ) == 0);
+}
+
+TEST_CASE("a read timeout is reported as libevent does, and data resets it") {
+  Pair pair;
+  Seen seen;
+  bufferevent_setcb(pair.bev.get(), OnRead, nullptr, OnEvent, &seen);
+  const timeval idle{0, 50 * 1000};
+  REQUIRE(bufferevent_set_timeouts(pair.bev.get(), &idle, nullptr) == 0);
+  REQUIRE(bufferevent_enable(pair.bev.get(), EV_READ) == 0);
+  ReadDirectly(pair.bev.get());
+  // Bytes within the timeout are read; then a silent peer times out.
+  REQUIRE(send(pair.peer, "ping", 4, 0) == 4);
+  for (int i = 0; i < 10 && seen.read.empty(); ++i) pair.Once();
+  CHECK(seen.read == "ping");
+  CHECK(seen.events == 0);
+  for (int i = 0; i < 20 && seen.events == 0; ++i) {
+    const timeval turn{0, 100 * 1000};  // each wait bounded: 2 s in all
+    event_base_loopexit(pair.base.get(), &turn);
+    event_base_loop(pair.base.get(), EVLOOP_ONCE);
+  }
+  CHECK(seen.events == (BEV_EVENT_READING | BEV_EVENT_TIMEOUT));
+  CHECK((bufferevent_get_enabled(pair.bev.get()) & EV_READ) == 0);
+  CHECK(seen.reads == 1);
 }
 
 // ---- TLS: libevent's OpenSSL bufferevents ----------------------------------
