@@ -18,7 +18,7 @@ DemoWorkers::~DemoWorkers() {
 }
 
 bool DemoWorkers::Start(size_t count, std::string* error) {
-  base_.reset(event_base_new());
+  base_ = net::NewEventBase(net::BaseLocking::kLocked);
   if (!base_) {
     *error = "cannot create the demo workers' event loop";
     return false;

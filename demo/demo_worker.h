@@ -21,6 +21,10 @@ struct evconnlistener;
 struct evp_md_st;
 struct sockaddr;
 
+namespace tandem::net {
+class WriteBehind;
+}  // namespace tandem::net
+
 namespace tandem::demo {
 
 // What the workers of one process share: their counters and the status that
@@ -153,6 +157,8 @@ class DemoWorker {
   uint16_t port_ = 0;
   net::EventPtr accept_retry_;
   net::ListenerPtr listener_;
+  // Writes the connections' answers at the end of each turn; outlives them.
+  std::unique_ptr<net::WriteBehind> write_behind_;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
 };
 

@@ -184,9 +184,9 @@ int main(int argc, char** argv) {
   std::vector<Loop> loops(options.threads);
   std::string address = options.listen;
   for (Loop& loop : loops) {
-    loop.base.reset(event_base_new());
+    loop.base = tandem::net::NewEventBase(tandem::net::BaseLocking::kLocked);
     if (!loop.base) {
-      std::fputs("tandem-worker: event_base_new failed\n", stderr);
+      std::fputs("tandem-worker: cannot create an event base\n", stderr);
       return 1;
     }
     loop.worker =

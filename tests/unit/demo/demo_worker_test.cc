@@ -22,6 +22,8 @@
 #include <utility>
 #include <vector>
 
+#include "net/event_ptr.h"
+
 namespace tandem::demo {
 namespace {
 
@@ -35,7 +37,7 @@ class WorkerThread {
     REQUIRE(sigpipe_ignored);
     // Lets event_base_loopexit() from this thread wake the loop thread.
     REQUIRE(evthread_use_pthreads() == 0);
-    base_.reset(event_base_new());
+    base_ = net::NewEventBase(net::BaseLocking::kLocked);
     REQUIRE(base_ != nullptr);
     worker_ = std::make_unique<DemoWorker>(base_.get(), "w1");
     DemoWorkerStart started = worker_->Start("127.0.0.1:0");
@@ -54,10 +56,7 @@ class WorkerThread {
   uint16_t port() const { return worker_->port(); }
 
  private:
-  struct BaseDeleter {
-    void operator()(event_base* base) const { event_base_free(base); }
-  };
-  std::unique_ptr<event_base, BaseDeleter> base_;
+  net::EventBasePtr base_;
   std::unique_ptr<DemoWorker> worker_;
   std::thread thread_;
 };
