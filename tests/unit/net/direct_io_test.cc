@@ -155,6 +155,34 @@ TEST_CASE("a flush writes what is queued at once, inside the turn") {
   CHECK(b.seen.drained == 1);
 }
 
+TEST_CASE("an output of many chains is written in order, all of it") {
+  Behind b;
+  // 300 chains (each reference is one), more than one write takes (128):
+  // the first write sends what it can, libevent's write event the rest.
+  std::vector<std::string> pieces;
+  std::string all;
+  for (int i = 0; i < 300; ++i) {
+    pieces.push_back(std::to_string(i) + Pattern(7 + i % 13) + "|");
+    all += pieces.back();
+  }
+  evbuffer* output = bufferevent_get_output(b.pair.bev.get());
+  InTurn(b.pair.base.get(), [&] {
+    for (const std::string& piece : pieces) {
+      REQUIRE(evbuffer_add_reference(output, piece.data(), piece.size(),
+                                     nullptr, nullptr) == 0);
+    }
+    REQUIRE(evbuffer_peek(output, -1, nullptr, nullptr, 0) == 300);
+    b.behind.Add(b.pair.bev.get(), &b.slot);
+  });
+  std::string got = b.pair.Drain();
+  for (int i = 0; i < 10 && got.size() < all.size(); ++i) {
+    b.pair.Once();
+    got += b.pair.Drain();
+  }
+  CHECK(got == all);
+  CHECK(evbuffer_get_length(output) == 0);
+}
+
 // A second socket pair's bufferevent on another pair's loop.
 struct OnSameLoop {
   BufferEventPtr bev;
