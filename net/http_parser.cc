@@ -40,6 +40,8 @@ bool IsKnownTransferCoding(std::string_view coding) {
   return false;
 }
 
+bool IsControl(unsigned char c) { return (c < 0x20 && c != '\t') || c == 0x7f; }
+
 }  // namespace
 
 bool HasControlCharacter(std::string_view text) {
@@ -55,14 +57,13 @@ bool HasControlCharacter(std::string_view text) {
     const uint64_t del = word ^ (0x7f * kOnes);
     const uint64_t is_del = (del - kOnes) & ~del & kHigh;
     if ((below_space | is_del) == 0) continue;
+    // A word with a byte under 0x20 or DEL in it: a tab, or a control.
     for (size_t j = i; j < i + 8; ++j) {
-      const auto c = static_cast<unsigned char>(data[j]);
-      if ((c < 0x20 && c != '\t') || c == 0x7f) return true;
+      if (IsControl(static_cast<unsigned char>(data[j]))) return true;
     }
   }
   for (; i < length; ++i) {
-    const auto c = static_cast<unsigned char>(data[i]);
-    if ((c < 0x20 && c != '\t') || c == 0x7f) return true;
+    if (IsControl(static_cast<unsigned char>(data[i]))) return true;
   }
   return false;
 }
